@@ -1,0 +1,41 @@
+# hubforge: `make up` starts the platform, `make test` runs every test.
+# Both create .venv and install everything from a clean checkout.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hubforge-installed
+CHP := node_modules/.bin/configurable-http-proxy
+PYTEST_ARGS ?=
+
+.PHONY: install up test test-unit test-platform bench lint clean
+
+install: $(STAMP) $(CHP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e ".[test,dev]"
+	touch $@
+
+$(CHP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+up: install
+	$(VENV)/bin/hubforge up
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m bench
+
+lint: install
+	$(VENV)/bin/ruff check core hub server_extension widgets spawner_profiles tests bench
+	$(VENV)/bin/ruff format --check core hub server_extension widgets spawner_profiles tests bench
+	$(VENV)/bin/mypy core hub spawner_profiles
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,31 @@
+"""Run every benchmark and print one table of ratios (``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import startup
+from bench.report import Result, print_table
+
+SUITES = {"startup": startup.run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side (the median is reported)")
+    parser.add_argument("suites", nargs="*", help=f"suites to run (default: all of {', '.join(SUITES)})")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {unknown[0]!r} (known: {', '.join(SUITES)})")
+    results: list[Result] = []
+    for name in args.suites or list(SUITES):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results.extend(SUITES[name](args.repeat))
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The ``hubforge`` command line.
+
+``hubforge up`` starts the platform; ``hubforge config`` checks and shows the
+platform config. Errors a person can act on end the command with one line on
+stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .config import default_config_text, load_config
+from .errors import HubforgeError
+
+__all__ = ["main"]
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    # --config may come before or after the subcommand; SUPPRESS keeps either.
+    return getattr(args, "config", None)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from hubforge.hub.launcher import Platform  # the hub side is only needed here
+
+    cfg = load_config(_config_path(args))
+    return Platform(cfg, log=lambda line: print(f"[hubforge] {line}", flush=True)).run()
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load_config(_config_path(args))
+    print(f"ok: {cfg.source} (data in {cfg.data_dir})")
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    print(load_config(_config_path(args)).dump(), end="")
+    return 0
+
+
+def _cmd_config_default(args: argparse.Namespace) -> int:
+    print(default_config_text(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="platform.yaml to use (default: $HUBFORGE_CONFIG, else the shipped default)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="hubforge",
+        description="hubforge: a governed, self-service AI platform on JupyterHub.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"hubforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="start the platform on this machine (Ctrl-C stops it)")
+    up.set_defaults(func=_cmd_up)
+
+    config = sub.add_parser("config", help="check or show the platform config")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    actions: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+        "check": ("validate the config; one line per problem, non-zero status if invalid", _cmd_config_check),
+        "show": ("print the effective config (defaults merged in)", _cmd_config_show),
+        "default": ("print the documented default platform.yaml", _cmd_config_default),
+    }
+    for name, (help_text, func) in actions.items():
+        action = config_sub.add_parser(name, parents=[common], help=help_text)
+        action.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except HubforgeError as exc:
+        print(f"hubforge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

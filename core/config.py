@@ -1,0 +1,221 @@
+"""The platform config: one YAML file that configures every component.
+
+Loading is a list of steps: read the user's file, merge it over the shipped
+default, validate the result against ``platform.schema.json``, then run the
+cross-checks a schema cannot express. Every failure is a :class:`ConfigError`
+whose message is one line naming the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+from .personas import persona_names
+
+__all__ = [
+    "CONFIG_ENV",
+    "DATA_ENV",
+    "PlatformConfig",
+    "default_config_text",
+    "load_config",
+    "merge",
+    "schema",
+    "validate",
+]
+
+CONFIG_ENV = "HUBFORGE_CONFIG"
+DATA_ENV = "HUBFORGE_DATA"
+
+#: Keys whose value in the user's file replaces the default instead of merging.
+REPLACED_KEYS = frozenset({"users", "tiers"})
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The JSON schema of the platform config."""
+    return json.loads(resources.files(__package__).joinpath("platform.schema.json").read_text())
+
+
+def default_config_text() -> str:
+    """The documented default platform.yaml shipped with the package."""
+    return resources.files(__package__).joinpath("default-platform.yaml").read_text()
+
+
+def merge(base: dict[str, Any], override: dict[str, Any], _top: bool = True) -> dict[str, Any]:
+    """Merge ``override`` over ``base``: mappings key by key, anything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        replaced = _top and key in REPLACED_KEYS
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not replaced:
+            out[key] = merge(out[key], value, _top=False)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _key_path(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _explain(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
+    """The key path and the problem of one schema error, as a person reads them."""
+    path = list(error.absolute_path)
+    if "propertyNames" in error.schema_path:
+        # A bad mapping key is reported at its parent; name the key itself.
+        path.append(error.instance)
+        if error.validator != "enum":
+            return path, f"invalid name {error.instance!r}"
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return [*path, extra[0]], "unknown key"
+    if error.validator == "enum" and error.validator_value == persona_names():
+        return path, f"unknown persona {error.instance!r} (known: {', '.join(persona_names())})"
+    return path, error.message
+
+
+def validate(data: Any, source: str = "platform.yaml") -> None:
+    """Validate merged config data; raise ConfigError with one line on the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys, not {type(data).__name__}")
+    validator = jsonschema.Draft202012Validator(schema())
+    # Report the shallowest problem first: it is usually the cause of deeper ones.
+    errors = sorted(
+        validator.iter_errors(data), key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path])
+    )
+    if errors:
+        path, problem = _explain(errors[0])
+        raise ConfigError(f"{source}: {_key_path(path)}: {problem}")
+    _cross_check(data, source)
+
+
+def _cross_check(data: dict[str, Any], source: str) -> None:
+    auth = data["auth"]
+    if auth.get("type", "demo") == "demo":
+        if not auth.get("demo"):
+            raise ConfigError(f"{source}: auth.type: the demo authenticator needs auth.demo: true")
+        if not _is_loopback(data["hub"].get("ip", "127.0.0.1")):
+            raise ConfigError(
+                f"{source}: hub.ip: the demo authenticator only binds to loopback, not {data['hub']['ip']!r}"
+            )
+    for kind in ("oauth", "ldap"):
+        if auth.get("type") == kind and kind not in auth:
+            raise ConfigError(f"{source}: auth.{kind}: required when auth.type is {kind!r}")
+    port = data["hub"]["port"]
+    for key, value in (
+        ("hub.hub_port", data["hub"].get("hub_port")),
+        ("hub.proxy_api_port", data["hub"].get("proxy_api_port")),
+    ):
+        if value and value == port:
+            raise ConfigError(f"{source}: {key}: {value} is already hub.port")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from exc
+    return {} if data is None else data
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    """A validated platform config with paths resolved.
+
+    ``data`` is the merged, validated mapping; the properties answer the
+    questions every component asks of it.
+    """
+
+    data: dict[str, Any]
+    source: str
+    data_dir: Path
+
+    @property
+    def hub(self) -> dict[str, Any]:
+        """The ``hub`` section."""
+        return self.data["hub"]
+
+    @property
+    def public_url(self) -> str:
+        """The address people open, ending in the base URL."""
+        origin = (self.hub.get("public_url") or "").rstrip("/") or f"http://{self.hub['ip']}:{self.hub['port']}"
+        return origin + self.hub["base_url"]
+
+    @property
+    def local_url(self) -> str:
+        """The proxy's address on this machine (what `hubforge up` polls)."""
+        host = "127.0.0.1" if self.hub["ip"] in ("0.0.0.0", "", "::") else self.hub["ip"]
+        return f"http://{host}:{self.hub['port']}{self.hub['base_url']}"
+
+    def db_url(self, component: str) -> str:
+        """The SQLAlchemy URL of ``component`` (hub, governance, mlflow)."""
+        url = self.data["backends"].get(f"{component}_db_url") or ""
+        if url.startswith("postgresql://"):
+            # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; we ship psycopg2.
+            url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+        return url or f"sqlite:///{self.data_dir / (component + '.sqlite')}"
+
+    def persona_groups(self) -> dict[str, list[str]]:
+        """Persona name -> the hub groups that grant it."""
+        return {name: list(spec.get("groups", [])) for name, spec in self.data["personas"].items()}
+
+    def group_personas(self) -> dict[str, list[str]]:
+        """Hub group -> the personas it grants."""
+        out: dict[str, list[str]] = {}
+        for persona, groups in self.persona_groups().items():
+            for group in groups:
+                out.setdefault(group, []).append(persona)
+        return out
+
+    def dump(self) -> str:
+        """The effective config as YAML (for ``hubforge config show``)."""
+        return yaml.safe_dump({**self.data, "data_dir": str(self.data_dir)}, sort_keys=False)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> PlatformConfig:
+    """Load, merge and validate the platform config.
+
+    ``path`` wins over ``HUBFORGE_CONFIG``; with neither, the shipped default
+    is used alone. ``HUBFORGE_DATA`` overrides ``data_dir``.
+    """
+    env = os.environ if environ is None else environ
+    default = yaml.safe_load(default_config_text())
+    chosen = path or env.get(CONFIG_ENV) or None
+    source = str(chosen) if chosen else "default platform.yaml"
+    user = _read_yaml(Path(chosen)) if chosen else {}
+    if not isinstance(user, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys, not {type(user).__name__}")
+    data = merge(default, user)
+    validate(data, source)
+    # A relative data_dir is relative to the working folder, as documented.
+    data_dir = Path(env.get(DATA_ENV) or data["data_dir"]).expanduser().resolve()
+    return PlatformConfig(data=data, source=source, data_dir=data_dir)

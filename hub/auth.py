@@ -1,0 +1,100 @@
+"""Authenticators: the demo authenticator and the claim -> persona mapping for OAuth.
+
+The demo authenticator exists so that ``make up`` gives a working platform
+with five personas on a laptop. It is refused (by the config validation and
+again here) unless the config says ``demo: true`` and the hub binds to
+loopback. Real deployments configure GenericOAuthenticator (or LDAP) in
+platform.yaml; :func:`groups_from_claims` turns the identity provider's
+claims into hub groups, and groups grant personas.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from jupyterhub.auth import Authenticator
+from traitlets import Unicode
+
+__all__ = ["DemoAuthenticator", "claim_values", "groups_from_claims", "oauth_groups_key"]
+
+
+class DemoAuthenticator(Authenticator):
+    """Every configured user logs in with one shared demo password.
+
+    Only for demonstrations on loopback: the password is shared, so anyone who
+    knows it can be anyone. ``allowed_users`` limits who may log in.
+    """
+
+    password = Unicode(
+        "",
+        config=True,
+        help="The shared demo password; set by `hubforge up` from HUBFORGE_DEMO_PASSWORD "
+        "or a generated one. An empty password refuses every login.",
+    )
+
+    async def authenticate(self, handler: Any, data: dict[str, str]) -> str | None:
+        """Accept a configured user whose password matches, in constant time."""
+        username = (data or {}).get("username", "")
+        given = (data or {}).get("password", "")
+        if not self.password or not username:
+            return None
+        if not hmac.compare_digest(given.encode(), self.password.encode()):
+            self.log.warning("Demo login refused for %s: wrong password", username)
+            return None
+        return username
+
+
+def claim_values(userdata: dict[str, Any], claim: str) -> list[str]:
+    """The string values at ``claim`` (a dotted path) in the identity provider's user data.
+
+    A missing claim is no values; a single string is one value.
+    """
+    node: Any = userdata
+    for part in claim.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return []
+        node = node[part]
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, list):
+        return [v for v in node if isinstance(v, str)]
+    return []
+
+
+def groups_from_claims(
+    values: Iterable[str],
+    persona_map: dict[str, list[str]],
+    persona_groups: dict[str, list[str]],
+) -> list[str]:
+    """Hub groups for a user whose identity-provider claim holds ``values``.
+
+    With a ``persona_map`` (claim value -> personas), each persona contributes
+    the first hub group that grants it; without one, claim values are taken
+    as hub group names. The result is sorted and has no duplicates.
+    """
+    if not persona_map:
+        return sorted(set(values))
+    groups = set()
+    for value in values:
+        for persona in persona_map.get(value, []):
+            granted = persona_groups.get(persona) or [persona]
+            groups.add(granted[0])
+    return sorted(groups)
+
+
+def oauth_groups_key(
+    claim: str, persona_map: dict[str, list[str]], persona_groups: dict[str, list[str]]
+) -> Callable[[dict[str, Any]], list[str]]:
+    """A callable for ``GenericOAuthenticator.auth_state_groups_key``.
+
+    oauthenticator calls it with the auth state; the user data is under
+    ``oauth_user``.
+    """
+
+    def groups(auth_state: dict[str, Any]) -> list[str]:
+        userdata = (auth_state or {}).get("oauth_user") or {}
+        return groups_from_claims(claim_values(userdata, claim), persona_map, persona_groups)
+
+    return groups

@@ -1,0 +1,301 @@
+"""The governance service application: :func:`make_app` and the process entry point.
+
+JupyterHub starts it as a managed service (``python -m hubforge.hub.governance``)
+with the usual ``JUPYTERHUB_*`` environment; start-up is a list of steps:
+:meth:`GovernanceService.init_logging`, :meth:`~GovernanceService.init_config`,
+:meth:`~GovernanceService.init_store`
+(which migrates the store), :meth:`~GovernanceService.init_handlers`, then
+:meth:`~GovernanceService.start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from jupyterhub.services.auth import HubOAuth
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Unicode, default
+from traitlets.config import Application, catch_config_error
+
+from hubforge import __version__
+from hubforge.config import PlatformConfig, load_config
+from hubforge.errors import ConfigError, HubforgeError
+
+from .handlers import ROUTES, NotFoundHandler
+from .openapi import build_spec, path_pattern
+from .store import GovernanceStore
+
+__all__ = [
+    "GovernanceService",
+    "load_cookie_secret",
+    "main",
+    "make_app",
+    "make_hub_auth",
+]
+
+#: Bodies are a few kilobytes at most; refuse anything far larger unread.
+MAX_BODY_SIZE = 64 * 1024
+
+#: Hub-service environment variables -> the HubOAuth traits they set.
+_HUB_ENV = {
+    "JUPYTERHUB_API_URL": "api_url",
+    "JUPYTERHUB_HOST": "hub_host",
+    "JUPYTERHUB_OAUTH_CALLBACK_URL": "oauth_redirect_uri",
+}
+
+
+def make_hub_auth(prefix: str, environ: Mapping[str, str] | None = None) -> HubOAuth:
+    """The service's HubOAuth, from the hub-service environment (``JUPYTERHUB_*``).
+
+    Refuses (ConfigError) to run without the hub's token and OAuth client id.
+    Without ``JUPYTERHUB_OAUTH_ACCESS_SCOPES`` access needs
+    ``access:services!service=<name>``: with no access scope at all, HubOAuth
+    would let in every hub user.
+    """
+    env = os.environ if environ is None else environ
+    required = ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_CLIENT_ID")
+    missing = [name for name in required if not env.get(name)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not set: the governance service runs as a JupyterHub-managed service")
+    scopes_env = env.get("JUPYTERHUB_OAUTH_ACCESS_SCOPES")
+    service = env.get("JUPYTERHUB_SERVICE_NAME") or "governance"
+    try:
+        access = set(json.loads(scopes_env)) if scopes_env else set()
+    except ValueError as exc:
+        raise ConfigError(f"JUPYTERHUB_OAUTH_ACCESS_SCOPES is not a JSON list: {exc}") from exc
+    settings: dict[str, Any] = {
+        "api_token": env["JUPYTERHUB_API_TOKEN"],
+        "oauth_client_id": env["JUPYTERHUB_CLIENT_ID"],
+        "base_url": prefix,
+        "access_scopes": access or {f"access:services!service={service}"},
+    }
+    # Read from ``environ`` rather than left to HubOAuth's os.environ defaults,
+    # so that one process can run services for several hubs (as the tests do).
+    for name, trait in _HUB_ENV.items():
+        if env.get(name):
+            settings[trait] = env[name]
+    if env.get("JUPYTERHUB_BASE_URL"):
+        settings["hub_prefix"] = url_path_join(env["JUPYTERHUB_BASE_URL"], "hub") + "/"
+    return HubOAuth(**settings)
+
+
+def make_app(
+    store: GovernanceStore,
+    prefix: str,
+    *,
+    hub_auth: HubOAuth | None = None,
+    group_personas: dict[str, list[str]] | None = None,
+    cookie_secret: bytes | None = None,
+    **settings: Any,
+) -> web.Application:
+    """The tornado application serving the governance API under ``prefix``.
+
+    ``hub_auth`` defaults to :func:`make_hub_auth` (from the environment),
+    ``group_personas`` to the platform config's, ``cookie_secret`` to a random
+    one (browser sessions then end with the process).
+    """
+    prefix = url_path_join("/", prefix, "/")
+    hub_auth = hub_auth if hub_auth is not None else make_hub_auth(prefix)
+    if group_personas is None:
+        group_personas = load_config().group_personas()
+    handlers = [(url_path_join(prefix, path_pattern(template)), handler) for template, handler in ROUTES]
+    return web.Application(
+        handlers,  # type: ignore[arg-type]
+        default_handler_class=NotFoundHandler,
+        store=store,
+        hub_auth=hub_auth,
+        service_prefix=prefix,
+        group_personas=group_personas,
+        openapi=build_spec(ROUTES, prefix, cookie_name=hub_auth.cookie_name, version=__version__),
+        cookie_secret=cookie_secret or secrets.token_bytes(32),
+        # No tornado-level xsrf_cookies: it runs before authentication and would
+        # refuse token-authenticated API calls. HubOAuth checks XSRF on cookie writes.
+        xsrf_cookies=False,
+        **settings,
+    )
+
+
+def load_cookie_secret(path: Path) -> bytes:
+    """The cookie secret kept in ``path``, created (mode 0600) on first use."""
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable cookie secret: {exc}") from exc
+    else:
+        if len(secret) < 16:
+            raise ConfigError(f"{path}: cookie secret too short (delete it to make a new one)")
+        return secret
+    secret = secrets.token_bytes(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return load_cookie_secret(path)  # another process made it first
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create cookie secret: {exc.strerror}") from exc
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex())
+    return secret
+
+
+class GovernanceService(Application):
+    """The governance service process."""
+
+    name = "hubforge-governance"
+    description = "The hubforge governance service: approval requests behind JupyterHub auth."
+    version = __version__
+    aliases: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
+        "db-url": "GovernanceService.db_url",
+        "log-level": "Application.log_level",
+    }
+
+    db_url = Unicode(
+        "",
+        help="SQLAlchemy URL of the store. Default: the platform config's backends.governance_db_url, "
+        "else SQLite in data_dir.",
+    ).tag(config=True)
+
+    service_prefix = Unicode(help="URL prefix served (JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+
+    service_url = Unicode(help="Address to bind, as a URL (JUPYTERHUB_SERVICE_URL).").tag(config=True)
+
+    cookie_secret_file = Unicode(
+        "",
+        help="File holding the browser-session cookie secret. Default: governance_cookie_secret in data_dir.",
+    ).tag(config=True)
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        # A service's start, stop and requests belong in the hub's log.
+        return logging.INFO
+
+    @default("log_format")
+    def _default_log_format(self) -> str:
+        return "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
+
+    @default("service_prefix")
+    def _default_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/governance/"
+
+    @default("service_url")
+    def _default_service_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "")
+
+    platform: PlatformConfig
+    hub_auth: HubOAuth
+    store: GovernanceStore
+    web_app: web.Application
+    ip: str
+    port: int
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        """Parse the command line, then run the init steps in order."""
+        super().initialize(argv)
+        self.init_logging()
+        self.init_config()
+        self.init_store()
+        self.init_handlers()
+
+    def init_logging(self) -> None:
+        """Send the libraries' logs (store, alembic, tornado, hub auth) where ours go."""
+        for name in ("hubforge", "alembic", "tornado"):
+            logger = logging.getLogger(name)
+            logger.handlers = list(self.log.handlers)
+            logger.setLevel(self.log.level)
+            logger.propagate = False
+
+    def init_config(self) -> None:
+        """Load the platform config and the hub environment; settle URLs and address."""
+        self.platform = load_config()
+        self.hub_auth = make_hub_auth(self.service_prefix)
+        if not self.db_url:
+            self.db_url = self.platform.db_url("governance")
+        url = urlsplit(self.service_url)
+        if not (url.hostname and url.port):
+            raise ConfigError(
+                f"JUPYTERHUB_SERVICE_URL {self.service_url!r} names no host and port: "
+                "the governance service runs as a JupyterHub-managed service"
+            )
+        self.ip, self.port = url.hostname, url.port
+
+    def init_store(self) -> None:
+        """Open the store and migrate it to the newest revision."""
+        self.store = GovernanceStore(self.db_url)
+        self.store.upgrade()
+
+    def init_handlers(self) -> None:
+        """Build the web application."""
+        secret_file = Path(self.cookie_secret_file or self.platform.data_dir / "governance_cookie_secret")
+        self.web_app = make_app(
+            self.store,
+            self.service_prefix,
+            hub_auth=self.hub_auth,
+            group_personas=self.platform.group_personas(),
+            cookie_secret=load_cookie_secret(secret_file),
+            log_function=self._log_request,
+            log=self.log,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        # Health checks arrive every few seconds; keep them out of the info log.
+        status = handler.get_status()
+        level = self.log.debug if handler.request.path.endswith("/api/health") and status == 200 else self.log.info
+        if status >= 500:
+            level = self.log.error
+        request = handler.request
+        level(
+            "%d %s %s %.1fms",
+            status,
+            request.method,
+            request.path,
+            1000 * request.request_time(),
+        )
+
+    def start(self) -> None:
+        """Serve until SIGTERM or SIGINT."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        server = HTTPServer(self.web_app, xheaders=True, max_body_size=MAX_BODY_SIZE)
+        server.listen(self.port, self.ip)
+        self.log.info(
+            "Governance service listening on http://%s:%d%s",
+            self.ip,
+            self.port,
+            self.service_prefix,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("Governance service stopping")
+        server.stop()
+        await server.close_all_connections()
+        self.store.dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the governance service; a configuration problem exits 1 with one line."""
+    service = GovernanceService()
+    try:
+        service.initialize(argv)
+    except HubforgeError as exc:
+        service.log.critical("%s", exc)
+        sys.exit(1)
+    service.start()

@@ -1,0 +1,377 @@
+"""The governance REST API: HTTP at the edge, the store and policy behind it.
+
+Every response is JSON, errors included (``{"status": N, "message": "..."}``).
+Bodies must be ``application/json`` (else 415) and match the operation's
+schema (else 400 naming the field). :data:`ROUTES` lists every route as an
+OpenAPI path template, relative to the service prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from hubforge.errors import StoreError
+from hubforge.personas import persona_names
+
+from .auth import HubAuthHandler, needs_scope, public
+from .model import KINDS, STATUSES
+from .openapi import Operation
+from .policy import (
+    APPROVER_SCOPES,
+    NOT_FOUND_MESSAGE,
+    SUBMIT_SCOPE,
+    PolicyDenied,
+    can_view,
+    check_decision,
+    visibility,
+)
+from .schemas import (
+    APPROVAL_REQUEST,
+    DECISION_BODY,
+    HEALTH,
+    INDEX,
+    NEW_REQUEST_BODY,
+    WHOAMI,
+    describe,
+    first_error,
+)
+from .store import AlreadyDecided, GovernanceStore, RequestNotFound, SelfDecision
+
+__all__ = [
+    "ROUTES",
+    "APIHandler",
+    "ApprovalRequestHandler",
+    "ApprovalRequestsHandler",
+    "DecisionHandler",
+    "HealthHandler",
+    "IndexHandler",
+    "NotFoundHandler",
+    "OAuthCallbackHandler",
+    "OpenAPIHandler",
+    "WhoAmIHandler",
+]
+
+T = TypeVar("T")
+
+#: Errors the store raises that are answers, not outages.
+_STORE_ANSWERS = (RequestNotFound, AlreadyDecided, SelfDecision)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class APIHandler(HubAuthHandler):
+    """Base of the JSON handlers: bodies, store calls, JSON replies.
+
+    Application settings used: ``store``, ``group_personas``, ``openapi``.
+    """
+
+    operations: ClassVar[dict[str, Operation]] = {}
+
+    def set_default_headers(self) -> None:
+        """JSON, and never cached: answers depend on who asks."""
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    @property
+    def store(self) -> GovernanceStore:
+        """The governance store."""
+        return self.settings["store"]
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        """Finish with ``data`` as JSON."""
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body, checked against this operation's schema (415/400 otherwise)."""
+        schema = self.operations[str(self.request.method).lower()].request
+        if schema is None:
+            raise TypeError(f"{type(self).__name__} documents no request body")
+        media = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            # "%s": the message carries caller input, which must not act as a format.
+            raise web.HTTPError(
+                415,
+                "the body must be application/json, not %s",
+                media[:80] or "untyped",
+            )
+        try:
+            data = json.loads(self.request.body.decode("utf-8"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise web.HTTPError(400, "malformed JSON body: %s", exc) from None
+        except RecursionError:
+            raise web.HTTPError(400, "malformed JSON body: nested too deeply") from None
+        error = first_error(schema, data)
+        if error is not None:
+            raise web.HTTPError(400, "%s", describe(error))
+        return data
+
+    def query_choice(self, name: str, choices: tuple[str, ...]) -> str | None:
+        """An optional query argument restricted to ``choices`` (400 naming it otherwise)."""
+        value = self.get_query_argument(name, None)
+        if value is not None and value not in choices:
+            raise web.HTTPError(400, f"query parameter {name!r} must be one of {', '.join(choices)}")
+        return value
+
+    async def call_store(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store method in a worker thread; an outage becomes a 503."""
+        try:
+            return await asyncio.to_thread(func, *args, **kwargs)
+        except _STORE_ANSWERS:
+            raise
+        except StoreError as exc:
+            self.log.error(
+                "Governance store failed on %s %s: %s",
+                self.request.method,
+                self.request.path,
+                exc,
+            )
+            raise web.HTTPError(503, "the governance store is unavailable; try again later") from exc
+
+
+class IndexHandler(APIHandler):
+    """The service's landing page (the hub's Services menu links here)."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation(
+            "Who is logged in and where the API is described",
+            {200: INDEX, 302: None},
+            description="Browsers without a session are sent to the hub login (302).",
+        )
+    }
+
+    @needs_scope()
+    def get(self) -> None:
+        """Answer the user's name and the API's links."""
+        prefix = self.settings["service_prefix"]
+        self.write_json(
+            {
+                "service": "hubforge governance",
+                "user": self.user_name,
+                "openapi": url_path_join(prefix, "api/openapi.json"),
+                "whoami": url_path_join(prefix, "api/whoami"),
+            }
+        )
+
+
+class HealthHandler(APIHandler):
+    """Readiness: the process serves requests (no auth, no store access)."""
+
+    operations: ClassVar[dict[str, Operation]] = {"get": Operation("Readiness check", {200: HEALTH})}
+
+    @public
+    def get(self) -> None:
+        """Answer ``{"status": "ok"}``."""
+        self.write_json({"status": "ok"})
+
+
+class OpenAPIHandler(APIHandler):
+    """The OpenAPI document of this service."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation("This API as an OpenAPI 3.1 document", {200: {"type": "object"}})
+    }
+
+    @public
+    def get(self) -> None:
+        """Answer the document built at start-up."""
+        self.write_json(self.settings["openapi"])
+
+
+class WhoAmIHandler(APIHandler):
+    """Who the caller is, as the platform sees them."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation("The caller's name, groups, personas and custom scopes", {200: WHOAMI})
+    }
+
+    @needs_scope()
+    def get(self) -> None:
+        """Answer the caller's identity."""
+        user = self.current_user
+        groups = sorted(user.get("groups") or [])
+        held = {p for group in groups for p in self.settings["group_personas"].get(group, [])}
+        self.write_json(
+            {
+                "name": user["name"],
+                "groups": groups,
+                "personas": [p for p in persona_names() if p in held],
+                "scopes": sorted(s for s in self.user_scopes if s.startswith("custom:")),
+                "admin": bool(user.get("admin", False)),
+            }
+        )
+
+
+_LIST = {"type": "array", "items": APPROVAL_REQUEST}
+
+
+class ApprovalRequestsHandler(APIHandler):
+    """The approval requests collection."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation(
+            "List the approval requests the caller may see, newest first",
+            {200: _LIST},
+            description="One's own requests; every request of the kinds one approves; all with custom:audit:read.",
+            query={
+                "status": {"type": "string", "enum": list(STATUSES)},
+                "kind": {"type": "string", "enum": list(KINDS)},
+            },
+            errors=(400, 503),
+        ),
+        "post": Operation(
+            "Submit an approval request",
+            {201: APPROVAL_REQUEST},
+            request=NEW_REQUEST_BODY,
+            errors=(503,),
+        ),
+    }
+
+    @needs_scope()
+    async def get(self) -> None:
+        """List the visible requests."""
+        status = self.query_choice("status", STATUSES)
+        kind = self.query_choice("kind", KINDS)
+        visible = visibility(self.user_name, self.user_scopes)
+        found = await self.call_store(self.store.list_requests, visible, status=status, kind=kind)
+        self.write_json([r.to_json() for r in found])
+
+    @needs_scope(SUBMIT_SCOPE)
+    async def post(self) -> None:
+        """Create a pending request by the caller."""
+        body = self.json_body()
+        created = await self.call_store(self.store.create_request, requester=self.user_name, **body)
+        self.log.info(
+            "%s submitted %s request %s for %r",
+            self.user_name,
+            created.kind,
+            created.id,
+            created.target,
+        )
+        self.set_header(
+            "Location",
+            url_path_join(self.settings["service_prefix"], "api/requests", created.id),
+        )
+        self.write_json(created.to_json(), status=201)
+
+
+class ApprovalRequestHandler(APIHandler):
+    """One approval request."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation(
+            "One approval request",
+            {200: APPROVAL_REQUEST},
+            description="A request the caller may not see answers 404, exactly as a missing one.",
+            errors=(404, 503),
+        )
+    }
+
+    @needs_scope()
+    async def get(self, request_id: str) -> None:
+        """Answer the request if the caller may see it, else 404."""
+        found = await self.call_store(self.store.get_request, request_id)
+        if found is None or not can_view(self.user_name, self.user_scopes, found):
+            raise web.HTTPError(404, NOT_FOUND_MESSAGE)
+        self.write_json(found.to_json())
+
+
+class DecisionHandler(APIHandler):
+    """Approve or reject a request."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "post": Operation(
+            "Approve or reject a pending request",
+            {200: APPROVAL_REQUEST},
+            request=DECISION_BODY,
+            description=(
+                "Needs the approver scope of the request's kind ("
+                + "; ".join(f"{kind}: {scope}" for kind, scope in APPROVER_SCOPES.items())
+                + "). Nobody decides their own request (403); a decided request cannot be decided again (409)."
+            ),
+            errors=(404, 409, 503),
+        )
+    }
+
+    @needs_scope(*APPROVER_SCOPES.values())
+    async def post(self, request_id: str) -> None:
+        """Record the caller's decision."""
+        body = self.json_body()
+        found = await self.call_store(self.store.get_request, request_id)
+        if found is None:
+            raise web.HTTPError(404, NOT_FOUND_MESSAGE)
+        try:
+            check_decision(self.user_name, self.user_scopes, found)
+            decided = await self.call_store(
+                self.store.decide,
+                request_id,
+                self.user_name,
+                body["decision"],
+                body.get("comment", ""),
+            )
+        except PolicyDenied as denied:
+            raise web.HTTPError(denied.status, denied.message) from None
+        except RequestNotFound:
+            raise web.HTTPError(404, NOT_FOUND_MESSAGE) from None
+        except AlreadyDecided as exc:
+            raise web.HTTPError(409, "the request was already decided") from exc
+        except SelfDecision as exc:
+            raise web.HTTPError(403, str(exc)) from exc
+        self.log.info(
+            "%s %s request %s (%s)",
+            self.user_name,
+            decided.status,
+            decided.id,
+            decided.kind,
+        )
+        self.write_json(decided.to_json())
+
+
+class OAuthCallbackHandler(HubAuthHandler, HubOAuthCallbackHandler):
+    """Finishes the hub OAuth login of a browser and sets the service cookie."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation(
+            "Finish the hub OAuth login (browsers; the hub redirects here)",
+            {302: None},
+            query={"code": {"type": "string"}, "state": {"type": "string"}},
+            errors=(400, 403),
+        )
+    }
+
+    @public
+    async def get(self) -> None:
+        """Exchange the OAuth code for a token and redirect to where the login started."""
+        # The parent asks for current_user on a stale login; look the user up first.
+        await self.resolve_user()
+        await HubOAuthCallbackHandler.get(self)
+
+
+class NotFoundHandler(APIHandler):
+    """Any path no route matches: a JSON 404."""
+
+    async def prepare(self) -> None:
+        """Answer 404 whatever the method."""
+        raise web.HTTPError(404, "no such endpoint")
+
+
+#: (OpenAPI path template relative to the service prefix, handler)
+ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
+    ("", IndexHandler),
+    ("api/health", HealthHandler),
+    ("api/openapi.json", OpenAPIHandler),
+    ("api/whoami", WhoAmIHandler),
+    ("api/requests", ApprovalRequestsHandler),
+    ("api/requests/{request_id}", ApprovalRequestHandler),
+    ("api/requests/{request_id}/decision", DecisionHandler),
+    ("oauth_callback", OAuthCallbackHandler),
+]

@@ -1,0 +1,3 @@
+"""Alembic migrations of the governance store."""
+
+__all__: list[str] = []

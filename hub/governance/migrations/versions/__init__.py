@@ -1,0 +1,3 @@
+"""Alembic revisions of the governance store."""
+
+__all__: list[str] = []

@@ -1,0 +1,200 @@
+"""JSON schemas of the governance API: bodies are validated with them, the OpenAPI document lists them.
+
+Also :func:`describe`, which turns the first validation error into one line
+that names the field, for a 400 a person can act on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+
+from .model import (
+    DECISIONS,
+    KINDS,
+    MAX_COMMENT,
+    MAX_JUSTIFICATION,
+    MAX_TARGET,
+    STATUSES,
+)
+
+__all__ = [
+    "APPROVAL_REQUEST",
+    "COMPONENTS",
+    "DECISION_BODY",
+    "ERROR",
+    "HEALTH",
+    "INDEX",
+    "NEW_REQUEST_BODY",
+    "WHOAMI",
+    "describe",
+    "first_error",
+]
+
+_TEXT = {"type": "string", "pattern": r"\S"}
+
+NEW_REQUEST_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "target", "justification"],
+    "properties": {
+        "kind": {
+            "type": "string",
+            "enum": list(KINDS),
+            "description": "What is requested.",
+        },
+        "target": {
+            **_TEXT,
+            "maxLength": MAX_TARGET,
+            "description": "The model, version or dataset concerned.",
+        },
+        "justification": {
+            **_TEXT,
+            "maxLength": MAX_JUSTIFICATION,
+            "description": "Why, for the approver.",
+        },
+    },
+}
+
+DECISION_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["decision"],
+    "properties": {
+        "decision": {"type": "string", "enum": list(DECISIONS)},
+        "comment": {
+            "type": "string",
+            "maxLength": MAX_COMMENT,
+            "description": "The approver's reason.",
+        },
+    },
+}
+
+_TIME = {"type": "string", "format": "date-time"}
+_MAYBE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_MAYBE_TEXT = {"type": ["string", "null"]}
+
+APPROVAL_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "id",
+        "kind",
+        "target",
+        "justification",
+        "requester",
+        "status",
+        "created",
+        "decided",
+        "decided_by",
+        "comment",
+    ],
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string", "enum": list(KINDS)},
+        "target": {"type": "string"},
+        "justification": {"type": "string"},
+        "requester": {"type": "string"},
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "created": _TIME,
+        "decided": _MAYBE_TIME,
+        "decided_by": _MAYBE_TEXT,
+        "comment": _MAYBE_TEXT,
+    },
+}
+
+WHOAMI: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "groups", "personas", "scopes", "admin"],
+    "properties": {
+        "name": {"type": "string"},
+        "groups": {"type": "array", "items": {"type": "string"}},
+        "personas": {"type": "array", "items": {"type": "string"}},
+        "scopes": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "The caller's custom: scopes, sorted.",
+        },
+        "admin": {"type": "boolean"},
+    },
+}
+
+ERROR: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["status", "message"],
+    "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+}
+
+HEALTH: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"const": "ok"}},
+}
+
+INDEX: dict[str, Any] = {
+    "type": "object",
+    "required": ["service", "user", "openapi", "whoami"],
+    "properties": {
+        "service": {"type": "string"},
+        "user": {"type": "string"},
+        "openapi": {"type": "string", "description": "Path of the OpenAPI document."},
+        "whoami": {"type": "string"},
+    },
+}
+
+#: Named schemas for the OpenAPI ``components`` section.
+COMPONENTS: dict[str, dict[str, Any]] = {
+    "NewRequest": NEW_REQUEST_BODY,
+    "Decision": DECISION_BODY,
+    "ApprovalRequest": APPROVAL_REQUEST,
+    "WhoAmI": WHOAMI,
+    "Error": ERROR,
+    "Health": HEALTH,
+    "Index": INDEX,
+}
+
+
+def first_error(schema: dict[str, Any], instance: Any) -> jsonschema.ValidationError | None:
+    """The most useful validation error of ``instance``, or None when it is valid."""
+    validator = jsonschema.Draft202012Validator(schema)
+    return jsonschema.exceptions.best_match(validator.iter_errors(instance))
+
+
+def describe(error: jsonschema.ValidationError) -> str:
+    """One line naming the field and what is wrong with it.
+
+    The offending value is not echoed back: it may be long, or not the
+    caller's to see in a log.
+    """
+    path = [str(part) for part in error.absolute_path]
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"unknown field {_field([*path, extra[0]])}" if extra else "unknown field"
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return f"missing field {_field([*path, missing[0]])}"
+    subject = f"field {_field(path)}" if path else "request body"
+    return f"{subject} {_problem(error)}"
+
+
+def _problem(error: jsonschema.ValidationError) -> str:
+    expected = error.validator_value
+    if error.validator == "type":
+        types = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"must be of type {types}"
+    if error.validator == "enum":
+        return "must be one of " + ", ".join(map(str, expected))
+    if error.validator == "maxLength":
+        return f"must be at most {expected} characters"
+    if error.validator == "pattern":
+        return "must not be blank"
+    return "is invalid"
+
+
+def _field(path: list[str]) -> str:
+    # Field names come from the caller: quote them, and keep them short.
+    name = ".".join(path)
+    return repr(name if len(name) <= 60 else name[:57] + "...")

@@ -1,0 +1,323 @@
+"""The governance store: approval requests in SQLite or PostgreSQL.
+
+A plain class over SQLAlchemy 2 (sync); handlers call it from a worker
+thread. Tables are prefixed ``gov_`` and alembic keeps its revision in
+``hubforge_governance_alembic_version``, so the store can share one
+PostgreSQL database with JupyterHub and MLflow. Every SQLAlchemy error
+leaves this module as a :class:`~hubforge.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from hubforge.errors import StoreError
+
+from .model import (
+    DECISIONS,
+    KINDS,
+    MAX_COMMENT,
+    MAX_JUSTIFICATION,
+    MAX_TARGET,
+    STATUSES,
+    ApprovalRequest,
+)
+from .policy import Visibility
+
+__all__ = [
+    "TABLE_PREFIX",
+    "VERSION_TABLE",
+    "AlreadyDecided",
+    "ApprovalRequestRow",
+    "Base",
+    "GovernanceStore",
+    "RequestNotFound",
+    "SelfDecision",
+    "alembic_config",
+]
+
+log = logging.getLogger(__name__)
+
+TABLE_PREFIX = "gov_"
+VERSION_TABLE = "hubforge_governance_alembic_version"
+
+T = TypeVar("T")
+
+
+class RequestNotFound(StoreError):
+    """No approval request has the given id."""
+
+
+class AlreadyDecided(StoreError):
+    """The approval request was decided before (perhaps a moment ago, by someone else)."""
+
+
+class SelfDecision(StoreError):
+    """The approver is the requester: separation of duties forbids it."""
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite keeps no zone, so values come back naive; they were written as UTC,
+    so they are made aware again on the way out.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Refuse naive datetimes and store UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the governance store keeps UTC only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach UTC where the backend dropped the zone."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the governance tables (the alembic target metadata)."""
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class ApprovalRequestRow(Base):
+    """A row of ``gov_approval_requests``; see :class:`~.model.ApprovalRequest`."""
+
+    __tablename__ = TABLE_PREFIX + "approval_requests"
+    __table_args__ = (
+        sa.CheckConstraint(_in("kind", KINDS), name="ck_gov_approval_requests_kind"),
+        sa.CheckConstraint(_in("status", STATUSES), name="ck_gov_approval_requests_status"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32), index=True)
+    target: Mapped[str] = mapped_column(sa.String(MAX_TARGET))
+    justification: Mapped[str] = mapped_column(sa.String(MAX_JUSTIFICATION))
+    requester: Mapped[str] = mapped_column(sa.String(255), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    decided_by: Mapped[str | None] = mapped_column(sa.String(255))
+    comment: Mapped[str | None] = mapped_column(sa.String(MAX_COMMENT))
+
+    def to_model(self) -> ApprovalRequest:
+        """The row as a detached value."""
+        return ApprovalRequest(
+            id=self.id,
+            kind=self.kind,
+            target=self.target,
+            justification=self.justification,
+            requester=self.requester,
+            status=self.status,
+            created=self.created,
+            decided=self.decided,
+            decided_by=self.decided_by,
+            comment=self.comment,
+        )
+
+
+def alembic_config(connection: sa.Connection | None = None, url: str | None = None) -> Config:
+    """An alembic config for the governance migrations, without an ini file.
+
+    The migrations ship inside the package; ``connection`` (preferred) or
+    ``url`` tells ``env.py`` where to run them.
+    """
+    cfg = Config()
+    location = resources.files(__package__).joinpath("migrations")
+    cfg.set_main_option("script_location", str(location))
+    cfg.set_main_option("version_table", VERSION_TABLE)
+    if url:
+        # ConfigParser interpolation would choke on a %-escaped password.
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _engine_url(url: str) -> sa.URL:
+    """``url`` parsed; a bare ``postgresql://`` means psycopg2, the driver hubforge ships."""
+    parsed = sa.make_url(url)
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed.
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed
+
+
+def _ensure_sqlite_folder(url: sa.URL) -> None:
+    """Create the folder of a SQLite file: the default lives in a data_dir made on demand."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    folder = Path(url.database).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"governance store: cannot create {folder}: {exc.strerror}") from exc
+
+
+class GovernanceStore:
+    """Approval requests in a SQL database given by its SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            parsed = _engine_url(url)
+            _ensure_sqlite_folder(parsed)
+            # pre_ping: a PostgreSQL restart must not fail the next request.
+            self.engine = sa.create_engine(parsed, pool_pre_ping=True)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"governance store: invalid database URL: {exc}") from exc
+        except ImportError as exc:
+            raise StoreError(f"governance store: database driver not installed: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"<GovernanceStore {self.engine.url!r}>"
+
+    @contextmanager
+    def _session(self, action: str) -> Iterator[Session]:
+        """A transaction; SQLAlchemy errors become StoreError naming ``action``."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StoreError(f"governance store: {action} failed: {detail}") from exc
+
+    def _run(self, action: str, func: Callable[[Session], T]) -> T:
+        with self._session(action) as session:
+            return func(session)
+
+    def upgrade(self) -> None:
+        """Create or migrate the tables to the newest revision (idempotent)."""
+        try:
+            with self.engine.begin() as connection:
+                command.upgrade(alembic_config(connection), "head")
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StoreError(f"governance store: migration failed: {detail}") from exc
+        log.info(
+            "Governance store at revision head (%s)",
+            self.engine.url.render_as_string(hide_password=True),
+        )
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    def create_request(self, *, kind: str, target: str, justification: str, requester: str) -> ApprovalRequest:
+        """Record a new pending request and return it."""
+        if kind not in KINDS:
+            raise StoreError(f"governance store: unknown request kind {kind!r}")
+        row = ApprovalRequestRow(
+            # Random, not sequential: ids must not reveal how many requests exist.
+            id=secrets.token_urlsafe(16),
+            kind=kind,
+            target=target,
+            justification=justification,
+            requester=requester,
+            status="pending",
+            created=datetime.now(UTC),
+        )
+
+        def create(session: Session) -> ApprovalRequest:
+            session.add(row)
+            session.flush()
+            return row.to_model()
+
+        return self._run("creating a request", create)
+
+    def get_request(self, request_id: str) -> ApprovalRequest | None:
+        """The request with ``request_id``, or None."""
+
+        def get(session: Session) -> ApprovalRequest | None:
+            row = session.get(ApprovalRequestRow, request_id)
+            return None if row is None else row.to_model()
+
+        return self._run("reading a request", get)
+
+    def list_requests(
+        self,
+        visible_to: Visibility | None = None,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+    ) -> list[ApprovalRequest]:
+        """Requests, newest first; only those ``visible_to`` allows, when given."""
+        query = sa.select(ApprovalRequestRow)
+        if visible_to is not None:
+            own = ApprovalRequestRow.requester == visible_to.user
+            kinds = ApprovalRequestRow.kind.in_(sorted(visible_to.kinds))
+            query = query.where(sa.or_(own, kinds) if visible_to.kinds else own)
+        if status is not None:
+            query = query.where(ApprovalRequestRow.status == status)
+        if kind is not None:
+            query = query.where(ApprovalRequestRow.kind == kind)
+        query = query.order_by(ApprovalRequestRow.created.desc(), ApprovalRequestRow.id)
+
+        def select(session: Session) -> list[ApprovalRequest]:
+            return [row.to_model() for row in session.scalars(query)]
+
+        return self._run("listing requests", select)
+
+    def decide(self, request_id: str, approver: str, decision: str, comment: str = "") -> ApprovalRequest:
+        """Approve or reject a pending request and return it.
+
+        Raises :class:`RequestNotFound`, :class:`AlreadyDecided`, or
+        :class:`SelfDecision` when ``approver`` is the requester (separation
+        of duties is kept here too, so no caller can skip the policy check).
+        """
+        if decision not in DECISIONS:
+            raise StoreError(f"governance store: unknown decision {decision!r}")
+        values: dict[str, Any] = {
+            "status": DECISIONS[decision],
+            "decided": datetime.now(UTC),
+            "decided_by": approver,
+            "comment": comment,
+        }
+        return self._run(
+            "deciding a request",
+            lambda s: self._decide(s, request_id, approver, values),
+        )
+
+    @staticmethod
+    def _decide(session: Session, request_id: str, approver: str, values: dict[str, Any]) -> ApprovalRequest:
+        # A conditional UPDATE, not read-then-write: of two approvers racing,
+        # exactly one wins and the other gets AlreadyDecided.
+        t = ApprovalRequestRow
+        update = (
+            sa.update(t)
+            .where(t.id == request_id, t.status == "pending", t.requester != approver)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        updated = session.execute(update).rowcount  # type: ignore[attr-defined]
+        row = session.get(t, request_id, populate_existing=True)
+        if row is None:
+            raise RequestNotFound(f"no approval request {request_id!r}")
+        if updated != 1:
+            if row.requester == approver:
+                raise SelfDecision("separation of duties: nobody may decide their own request")
+            raise AlreadyDecided(f"approval request {request_id!r} is already {row.status}")
+        return row.to_model()

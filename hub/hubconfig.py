@@ -1,0 +1,233 @@
+"""Turn the platform config into JupyterHub configuration.
+
+``jupyterhub_config.py`` (shipped beside this module) calls :func:`configure`
+with the hub's ``c``. Each concern is one small function that sets a group of
+traitlets, so the whole reads as a list of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from hubforge.config import PlatformConfig
+from hubforge.personas import CUSTOM_SCOPES, hub_roles
+
+from .auth import oauth_groups_key
+
+__all__ = ["RUNTIME_ENV", "Runtime", "configure"]
+
+RUNTIME_ENV = "HUBFORGE_RUNTIME"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What ``hubforge up`` decided at start: ports picked, programs found.
+
+    Passed to the hub process as JSON in ``HUBFORGE_RUNTIME``.
+    """
+
+    hub_port: int
+    proxy_api_port: int
+    governance_port: int
+    mlflow_port: int
+    proxy_command: str
+    instance: str
+
+    def to_json(self) -> str:
+        """Serialise for the environment."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Runtime:
+        """Read what ``hubforge up`` put in the environment."""
+        env = os.environ if environ is None else environ
+        return cls(**json.loads(env[RUNTIME_ENV]))
+
+
+def configure(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
+    """Apply the platform config to a JupyterHub config object ``c``."""
+    configure_network(c, cfg, rt)
+    configure_state(c, cfg)
+    configure_auth(c, cfg)
+    configure_rbac(c, cfg)
+    configure_spawner(c, cfg, rt)
+    configure_services(c, cfg, rt)
+
+
+def configure_network(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
+    """Public address, the hub's internal address and configurable-http-proxy."""
+    hub = cfg.hub
+    c.JupyterHub.ip = hub["ip"]
+    c.JupyterHub.port = hub["port"]
+    c.JupyterHub.base_url = hub["base_url"]
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = rt.hub_port
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{rt.proxy_api_port}"
+    c.ConfigurableHTTPProxy.command = [rt.proxy_command]
+    c.ConfigurableHTTPProxy.pid_file = str(cfg.data_dir / "proxy.pid")
+    c.ConfigurableHTTPProxy.should_start = True
+
+
+def configure_state(c: Any, cfg: PlatformConfig) -> None:
+    """Everything the hub keeps goes under the data folder (or the configured database)."""
+    data = cfg.data_dir
+    c.JupyterHub.db_url = cfg.db_url("hub")
+    c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.cleanup_proxy = True
+
+
+def configure_auth(c: Any, cfg: PlatformConfig) -> None:
+    """The authenticator named by ``auth.type``."""
+    auth = cfg.data["auth"]
+    kind = auth.get("type", "demo")
+    admins = set(auth.get("admin_groups", []))
+    c.Authenticator.admin_groups = admins
+    if kind == "demo":
+        c.JupyterHub.authenticator_class = "hubforge.hub.auth.DemoAuthenticator"
+        c.DemoAuthenticator.password = os.environ.get("HUBFORGE_DEMO_PASSWORD", "")
+        c.DemoAuthenticator.allowed_users = set(cfg.data.get("users", {}))
+    elif kind == "oauth":
+        _configure_oauth(c, cfg, auth["oauth"])
+    else:
+        _configure_ldap(c, auth["ldap"])
+
+
+def _configure_oauth(c: Any, cfg: PlatformConfig, oauth: dict[str, Any]) -> None:
+    c.JupyterHub.authenticator_class = "generic-oauth"
+    g = c.GenericOAuthenticator
+    g.client_id = oauth["client_id"]
+    g.client_secret = oauth.get("client_secret") or os.environ.get("OAUTH_CLIENT_SECRET", "")
+    for key in ("authorize_url", "token_url", "userdata_url", "oauth_callback_url"):
+        if key in oauth:
+            setattr(g, key, oauth[key])
+    g.username_claim = oauth.get("username_claim", "preferred_username")
+    g.scope = oauth.get("scope", ["openid", "profile"])
+    if "persona_claim" in oauth:
+        # Groups follow the identity provider on every login.
+        g.manage_groups = True
+        g.auth_state_groups_key = oauth_groups_key(
+            oauth["persona_claim"], oauth.get("persona_map", {}), cfg.persona_groups()
+        )
+    if oauth.get("allow_all"):
+        g.allow_all = True
+    else:
+        g.allowed_groups = {grp for groups in cfg.persona_groups().values() for grp in groups}
+
+
+def _configure_ldap(c: Any, ldap: dict[str, Any]) -> None:
+    c.JupyterHub.authenticator_class = "ldapauthenticator.LDAPAuthenticator"
+    for key, value in ldap.items():
+        if key != "persona_map":
+            setattr(c.LDAPAuthenticator, key, value)
+
+
+def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
+    """Personas become roles with custom scopes; configured users join their groups."""
+    c.JupyterHub.custom_scopes = {name: {"description": text} for name, text in CUSTOM_SCOPES.items()}
+    c.JupyterHub.load_roles = hub_roles(cfg.persona_groups())
+    groups: dict[str, dict[str, list[str]]] = {
+        group: {"users": []} for groups in cfg.persona_groups().values() for group in groups
+    }
+    for user, spec in cfg.data.get("users", {}).items():
+        for group in spec.get("groups", []):
+            groups.setdefault(group, {"users": []})["users"].append(user)
+    c.JupyterHub.load_groups = groups
+
+
+def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
+    """The local spawner on one machine (Kubernetes is configured from the tier catalog)."""
+    c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.LocalTierSpawner"
+    c.Spawner.default_url = cfg.data["spawner"].get("default_url", "/lab")
+    c.Spawner.start_timeout = cfg.hub.get("start_timeout", 120)
+    c.Spawner.http_timeout = cfg.hub.get("start_timeout", 120)
+    c.Spawner.environment = {"HUBFORGE_INSTANCE": rt.instance}
+    c.LocalTierSpawner.home_dir_template = str(cfg.data_dir / "users" / "{username}")
+    c.LocalTierSpawner.instance_marker = rt.instance
+
+
+def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
+    """The governance service and the MLflow tracking server, both behind hub auth."""
+    env = {
+        "HUBFORGE_INSTANCE": rt.instance,
+        "HUBFORGE_DATA": str(cfg.data_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if os.environ.get("HUBFORGE_CONFIG"):
+        env["HUBFORGE_CONFIG"] = os.environ["HUBFORGE_CONFIG"]
+    services = [
+        {
+            "name": "governance",
+            "url": f"http://127.0.0.1:{rt.governance_port}",
+            "command": [sys.executable, "-m", "hubforge.hub.governance"],
+            "environment": env,
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
+        }
+    ]
+    if cfg.data["services"]["mlflow"].get("enabled", True):
+        services.append(
+            {
+                "name": "mlflow",
+                "url": f"http://127.0.0.1:{rt.mlflow_port}",
+                "command": mlflow_command(cfg, rt.mlflow_port),
+                "environment": env,
+                "oauth_no_confirm": True,
+            }
+        )
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = [
+        *c.JupyterHub.load_roles,
+        # Services read who a token belongs to; nothing more.
+        {
+            "name": "hubforge-services",
+            "scopes": ["read:users:name", "read:users:groups"],
+            "services": [s["name"] for s in services],
+        },
+    ]
+
+
+def mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
+    """``mlflow server`` behind the hub, with its state in the data folder."""
+    artifacts = cfg.data["backends"].get("object_store_url") or str(cfg.data_dir / "mlartifacts")
+    Path(cfg.data_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
+    return [
+        os.path.join(os.path.dirname(sys.executable), "mlflow"),
+        "server",
+        "--app-name",
+        "hubforge",
+        "--backend-store-uri",
+        cfg.db_url("mlflow"),
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--static-prefix",
+        f"{cfg.hub['base_url']}services/mlflow".replace("//", "/"),
+        "--workers",
+        "1",
+        # MLflow's own middleware checks Host and Origin; the proxy keeps the browser's.
+        "--allowed-hosts",
+        ",".join(_allowed_hosts(cfg)),
+        "--cors-allowed-origins",
+        _origin(cfg.public_url),
+    ]
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _allowed_hosts(cfg: PlatformConfig) -> list[str]:
+    public = urlsplit(cfg.public_url).netloc
+    return sorted({public, f"{cfg.hub['ip']}:{cfg.hub['port']}", "localhost:*", "127.0.0.1:*"})

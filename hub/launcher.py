@@ -1,0 +1,280 @@
+"""``hubforge up``: start the platform on one machine and stop all of it on Ctrl-C.
+
+The supervisor starts one process, JupyterHub, in a session of its own; the
+hub starts configurable-http-proxy, the hub-managed services (governance,
+MLflow) and users' servers. Every process of the platform carries
+``HUBFORGE_INSTANCE=<data folder>`` in its environment, which is how a stop,
+or the next start after a crash, finds all of them, whoever their parent was.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, suppress
+from pathlib import Path
+from typing import IO
+
+import httpx
+import psutil
+
+import hubforge
+from hubforge.config import PlatformConfig
+from hubforge.errors import LaunchError
+
+from .hubconfig import RUNTIME_ENV, Runtime
+
+__all__ = ["Platform", "demo_password", "find_proxy_command", "free_port", "instance_processes"]
+
+SUPERVISOR_PID = "hubforge-up.pid"
+PASSWORD_FILE = "demo-password"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something accepts connections at host:port."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def find_proxy_command(configured: str = "") -> str:
+    """configurable-http-proxy: as configured, else the project's node_modules, else PATH."""
+    if configured:
+        return configured
+    roots = [Path(hubforge.__file__).resolve().parents[1], Path.cwd()]
+    for root in roots:
+        candidate = root / "node_modules" / ".bin" / "configurable-http-proxy"
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("configurable-http-proxy")
+    if not found:
+        raise LaunchError(
+            "configurable-http-proxy not found: run `make up`, or `npm install configurable-http-proxy` "
+            "and set hub.proxy_command"
+        )
+    return found
+
+
+def demo_password(cfg: PlatformConfig, announce: Callable[[str], None]) -> str:
+    """The demo password: HUBFORGE_DEMO_PASSWORD, else the saved one, else a new one announced once."""
+    given = os.environ.get("HUBFORGE_DEMO_PASSWORD")
+    if given:
+        return given
+    path = cfg.data_dir / PASSWORD_FILE
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    users = ", ".join(cfg.data.get("users", {}))
+    announce(f"Demo password for {users}: {password}  (shown once; kept in {path})")
+    return password
+
+
+def instance_processes(instance: str, exclude: Iterator[int] | None = None) -> list[psutil.Process]:
+    """Every live process whose environment marks it as part of ``instance``."""
+    skip = {os.getpid(), *(exclude or ())}
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid in skip:
+            continue
+        try:
+            if proc.environ().get("HUBFORGE_INSTANCE") == instance:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def stop_processes(procs: list[psutil.Process], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL whatever is still there after ``timeout`` seconds."""
+    for proc in procs:
+        with suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+class Platform:
+    """The platform's processes on one machine, started and stopped as a whole."""
+
+    def __init__(self, cfg: PlatformConfig, log: Callable[[str], None] = print, output: IO[str] | None = None):
+        self.cfg = cfg
+        self.log = log
+        self.output = output
+        self.instance = str(cfg.data_dir)
+        self.hub: subprocess.Popen[bytes] | None = None
+        self.signals: list[int] = []
+        self._claimed = False
+        self._stopping = False
+
+    @property
+    def url(self) -> str:
+        """The public address of the hub."""
+        return self.cfg.public_url
+
+    def start(self) -> None:
+        """Prepare the data folder, clean up after a crash, start the hub."""
+        self.init_data_dir()
+        self.init_cleanup()
+        self.init_ports()
+        env = self.init_environment()
+        self.start_hub(env)
+
+    def init_data_dir(self) -> None:
+        """Create the data folder and claim it for this supervisor."""
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.cfg.data_dir / "logs").mkdir(exist_ok=True)
+        pidfile = self.cfg.data_dir / SUPERVISOR_PID
+        if pidfile.exists():
+            other = _read_pid(pidfile)
+            if other and other != os.getpid() and psutil.pid_exists(other) and _is_hubforge(other):
+                raise LaunchError(f"hubforge is already running for {self.cfg.data_dir} (pid {other})")
+        pidfile.write_text(f"{os.getpid()}\n")
+        self._claimed = True
+
+    def init_cleanup(self) -> None:
+        """Stop what a crashed earlier run left behind and forget its pid files."""
+        leftovers = instance_processes(self.instance)
+        if leftovers:
+            self.log(f"Stopping {len(leftovers)} process(es) left by an earlier run")
+            stop_processes(leftovers)
+        for name in ("jupyterhub.pid", "proxy.pid"):
+            (self.cfg.data_dir / name).unlink(missing_ok=True)
+
+    def init_ports(self) -> None:
+        """Pick the internal ports; refuse if the public port belongs to another program."""
+        hub = self.cfg.hub
+        if port_in_use(hub["ip"], hub["port"]):
+            raise LaunchError(f"hub.port: {hub['ip']}:{hub['port']} is in use by another program")
+        services = self.cfg.data["services"]
+        self.runtime = Runtime(
+            hub_port=hub.get("hub_port") or free_port(),
+            proxy_api_port=hub.get("proxy_api_port") or free_port(),
+            governance_port=services["governance"].get("port") or free_port(),
+            mlflow_port=services["mlflow"].get("port") or free_port(),
+            proxy_command=find_proxy_command(hub.get("proxy_command", "")),
+            instance=self.instance,
+        )
+
+    def init_environment(self) -> dict[str, str]:
+        """The hub's environment: runtime facts, secrets, the instance marker."""
+        env = dict(os.environ)
+        env[RUNTIME_ENV] = self.runtime.to_json()
+        env["HUBFORGE_INSTANCE"] = self.instance
+        env["HUBFORGE_DATA"] = str(self.cfg.data_dir)
+        env["CONFIGPROXY_AUTH_TOKEN"] = secrets.token_hex(32)
+        if self.cfg.source != "default platform.yaml":
+            env["HUBFORGE_CONFIG"] = str(Path(self.cfg.source).resolve())
+        if self.cfg.data["auth"].get("type", "demo") == "demo":
+            env["HUBFORGE_DEMO_PASSWORD"] = demo_password(self.cfg, self.log)
+        return env
+
+    def start_hub(self, env: dict[str, str]) -> None:
+        """Start JupyterHub in a session of its own (Ctrl-C reaches only the supervisor)."""
+        config_file = Path(__file__).with_name("jupyterhub_config.py")
+        cmd = [sys.executable, "-m", "jupyterhub", "-f", str(config_file)]
+        out = self.output if self.output is not None else None
+        self.hub = subprocess.Popen(
+            cmd,
+            cwd=self.cfg.data_dir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Poll the hub through the proxy until it answers; return the seconds waited."""
+        started = time.monotonic()
+        health = f"{self.cfg.local_url}hub/health"
+        while time.monotonic() - started < timeout:
+            if self.signals:
+                raise LaunchError("interrupted during start-up")
+            if self.hub is not None and self.hub.poll() is not None:
+                raise LaunchError(f"the hub exited with status {self.hub.returncode} during start-up")
+            try:
+                if httpx.get(health, timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise LaunchError(f"the hub did not answer at {health} within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the hub (it stops servers and services), then anything still marked."""
+        if self._stopping or not self._claimed:
+            # Never sweep an instance this supervisor does not own (e.g. refused to start).
+            return
+        self._stopping = True
+        if self.hub is not None and self.hub.poll() is None:
+            self.hub.send_signal(signal.SIGTERM)
+            try:
+                self.hub.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.hub.kill()
+                self.hub.wait()
+        stop_processes(instance_processes(self.instance))
+        pidfile = self.cfg.data_dir / SUPERVISOR_PID
+        if _read_pid(pidfile) == os.getpid():
+            pidfile.unlink(missing_ok=True)
+
+    def run(self) -> int:
+        """Start, report readiness, and wait for Ctrl-C (SIGINT) or SIGTERM."""
+        received = self.signals
+
+        def on_signal(signum: int, _frame: object) -> None:
+            received.append(signum)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            try:
+                self.wait_ready()
+            except LaunchError:
+                if received:
+                    return 0
+                raise
+            self.log(f"hubforge is ready at {self.url} (Ctrl-C stops it)")
+            while not received and self.hub is not None and self.hub.poll() is None:
+                time.sleep(0.2)
+            if not received and self.hub is not None:
+                self.log(f"the hub exited with status {self.hub.returncode}")
+                return self.hub.returncode or 1
+            return 0
+        finally:
+            self.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_hubforge(pid: int) -> bool:
+    try:
+        return any("hubforge" in part for part in psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False

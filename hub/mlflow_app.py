@@ -1,0 +1,402 @@
+"""MLflow's tracking server behind JupyterHub auth: ``mlflow server --app-name hubforge``.
+
+``--app-name`` makes MLflow run ``uvicorn --factory ...mlflow_app:create_app`` in
+every worker; ``--static-prefix /services/mlflow`` puts MLflow's UI and its API
+(``.../api/2.0/mlflow/...``, ``.../ajax-api/...``) under the path the proxy forwards.
+:func:`create_app` wraps MLflow's FastAPI app (which mounts the Flask app) in
+:class:`HubGate`, which every request passes except ``<prefix>health`` and
+``<prefix>oauth_callback``. A request names its hub user with ``Authorization:
+token|Bearer <hub token>`` or with the session cookie the OAuth callback sets;
+:func:`decide_access` decides what that user may do, and Flask sees the name as
+``g.hubforge_user``.
+
+CSRF: a cookie-authenticated request other than GET/HEAD/OPTIONS needs an ``Origin``
+(lacking one, a ``Referer``) naming the request's own host. The MLflow 3.17 UI sends
+no CSRF header and its GraphQL client adds no custom header at all, so a token header
+would break it; browsers send ``Origin`` on every ``fetch`` POST. OAuth state lives in
+a signed cookie, not in ``HubOAuth``'s in-process dict, so a login started in one
+uvicorn worker can finish in another.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+from itsdangerous import BadData, URLSafeTimedSerializer
+from jupyterhub.services.auth import HubOAuth, check_scopes
+from starlette.requests import Request
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tornado.httputil import url_concat
+from tornado.web import HTTPError
+
+from hubforge.errors import ConfigError, HubforgeError
+
+__all__ = [
+    "HubGate",
+    "HubUnavailable",
+    "HubUser",
+    "claim_run",
+    "create_app",
+    "decide_access",
+    "same_origin",
+]
+
+log = logging.getLogger(__name__)
+
+Admission = Response | tuple[str, Scope, Receive]
+
+SESSION_COOKIE = "hubforge-mlflow-session"
+STATE_COOKIE = "hubforge-mlflow-oauth-state"
+SESSION_MAX_AGE = 14 * 24 * 3600
+STATE_MAX_AGE = 600
+TOKEN_CACHE_SECONDS = 60
+USER_TAG = "mlflow.user"
+API_PATHS = ("api/", "ajax-api/", "graphql", "gateway/", "v1/")
+RUN_CREATE_PATHS = ("/mlflow/runs/create", "/mlflow/runs/create-promptlab-run")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SERVICE_ENV = (
+    "JUPYTERHUB_API_TOKEN",
+    "JUPYTERHUB_CLIENT_ID",
+    "JUPYTERHUB_SERVICE_PREFIX",
+)
+# Visible ASCII only: anything else is no hub token and must not reach a header.
+_AUTH_HEADER = re.compile(r"\s*(?:token|bearer)\s+([!-~]+)\s*", re.IGNORECASE)
+
+_current_user: ContextVar[str | None] = ContextVar("hubforge_user", default=None)
+
+
+class HubUnavailable(HubforgeError):
+    """The hub could not say who a token belongs to (down, or refusing the service)."""
+
+
+@dataclass(frozen=True)
+class HubUser:
+    """The owner of a hub token, as ``GET /hub/api/user`` describes it."""
+
+    name: str
+    scopes: frozenset[str]
+    groups: frozenset[str]
+    via_cookie: bool
+
+    @classmethod
+    def from_model(cls, model: Any, *, via_cookie: bool) -> HubUser | None:
+        """The user in a hub user model, or None when the model names nobody."""
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            return None
+        scopes, groups = model.get("scopes") or (), model.get("groups") or ()
+        return cls(model["name"], frozenset(scopes), frozenset(groups), via_cookie)
+
+
+def decide_access(user: HubUser, method: str, path: str, payload: Any, required: set[str]) -> str | None:
+    """Why ``user`` may not make this request, or None when they may.
+
+    ``required`` is the service's access scope set (``HubAuth.access_scopes``);
+    ``payload`` is the JSON body of a create-run request, None for other requests.
+    Per-experiment permissions belong here, deciding on ``method`` and ``path``.
+    """
+    try:
+        granted = check_scopes(required, set(user.scopes))
+    except ValueError:  # a scope the hub should never send: fail closed
+        granted = set()
+    if not granted:
+        return f"{user.name}'s token lacks {' or '.join(sorted(required))}"
+    claimed = {tag.get("value", "") for tag in _user_tags(payload)} - {user.name}
+    if claimed:
+        return (
+            f"a run may not name {', '.join(map(repr, sorted(claimed)))} in its "
+            f"{USER_TAG} tag: leave the tag out or set it to {user.name!r}"
+        )
+    return None
+
+
+def claim_run(payload: Mapping[str, Any], user: str) -> dict[str, Any]:
+    """A create-run body owned by ``user``: ``user_id`` set, ``mlflow.user`` if absent."""
+    tags = list(payload.get("tags") or [])
+    if not _user_tags(payload):
+        tags.append({"key": USER_TAG, "value": user})
+    return {**payload, "user_id": user, "tags": tags}
+
+
+def same_origin(headers: Mapping[str, str]) -> bool:
+    """Whether ``Origin`` (lacking one, ``Referer``) names the host that was addressed."""
+    source = headers.get("origin") or headers.get("referer")
+    if not source or source == "null":
+        return False
+    forwarded = headers.get("x-forwarded-host", "").split(",")[0].strip()
+    return urlsplit(source).netloc in {headers.get("host", ""), forwarded} - {""}
+
+
+def _user_tags(payload: Any) -> list[dict[str, Any]]:
+    tags = payload.get("tags") or [] if isinstance(payload, dict) else []
+    return [tag for tag in tags if tag.get("key") == USER_TAG]
+
+
+def _parse_run_request(body: bytes) -> dict[str, Any]:
+    """A create-run body as MLflow reads it: empty is ``{}``, a JSON string is decoded."""
+    payload: Any = json.loads(body) if body.strip() else {}
+    if isinstance(payload, str):
+        payload = json.loads(payload)
+    tags = payload.get("tags") or [] if isinstance(payload, dict) else None
+    if not isinstance(tags, list) or not all(_is_tag(tag) for tag in tags):
+        raise TypeError("a JSON object whose tags are a list of {key, value} strings")
+    return payload
+
+
+def _is_tag(tag: Any) -> bool:
+    fields = (tag.get("key", ""), tag.get("value", "")) if isinstance(tag, dict) else [0]
+    return all(isinstance(field, str) for field in fields)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error_code": code, "message": message}, status_code=status)
+
+
+class HubGate:
+    """ASGI middleware: a request reaches MLflow only for a hub user with access."""
+
+    def __init__(self, app: ASGIApp, hub_auth: HubOAuth):
+        self.app = app
+        self.hub_auth = hub_auth
+        self.prefix = hub_auth.base_url
+        self.required = set(hub_auth.access_scopes)
+        self.exempt = {self.prefix + "health"}
+        self.callback = self.prefix + "oauth_callback"
+        # Keyed on the service's hub token: every worker has it, nobody else does.
+        self.sessions = URLSafeTimedSerializer(hub_auth.api_token, salt=SESSION_COOKIE)
+        self.states = URLSafeTimedSerializer(hub_auth.api_token, salt=STATE_COOKIE)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer the callback and refusals here; pass the rest on as the hub user."""
+        if scope["type"] == "lifespan" or scope.get("path") in self.exempt:
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await send({"type": "websocket.close", "code": 1008})
+        request = Request(scope, receive)
+        try:
+            if scope["path"] == self.callback:
+                admitted: Admission = await self._oauth_callback(request)
+            else:
+                admitted = await self._admit(request)
+        except HubUnavailable as exc:
+            log.warning("hub unavailable: %s", exc)
+            admitted = _error(502, "TEMPORARILY_UNAVAILABLE", f"no hub answer: {exc}")
+        if isinstance(admitted, Response):
+            return await admitted(scope, receive, send)
+        user, scope, receive = admitted
+        token = _current_user.set(user)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current_user.reset(token)
+
+    async def _admit(self, request: Request) -> Admission:
+        """The refusal for this request, or (user name, scope, receive) to pass on."""
+        user = await self._identify(request)
+        if user is None:
+            return self._unauthenticated(request)
+        method, path = request.method, request.scope["path"]
+        forgeable = user.via_cookie and method not in SAFE_METHODS
+        if forgeable and not same_origin(request.headers):
+            return _error(403, "PERMISSION_DENIED", "cross-origin request refused")
+        payload = None
+        if method == "POST" and path.endswith(RUN_CREATE_PATHS):
+            try:
+                payload = _parse_run_request(await request.body())
+            except (ValueError, TypeError, RecursionError) as exc:
+                message = f"a create-run body must be {exc}"
+                return _error(400, "INVALID_PARAMETER_VALUE", message)
+        if refusal := decide_access(user, method, path, payload, self.required):
+            return _error(403, "PERMISSION_DENIED", refusal)
+        if payload is None:
+            return user.name, request.scope, request.receive
+        body = json.dumps(claim_run(payload, user.name)).encode()
+        return (user.name, *_replay(request.scope, request.receive, body))
+
+    async def _identify(self, request: Request) -> HubUser | None:
+        """The hub user behind the Authorization header, else behind the cookie."""
+        header = request.headers.get("authorization", "")
+        if match := _AUTH_HEADER.fullmatch(header):
+            return await self._user_for_token(match.group(1), via_cookie=False)
+        cookie = request.cookies.get(SESSION_COOKIE)
+        token = _load(self.sessions, cookie, SESSION_MAX_AGE)
+        if not isinstance(token, str):
+            return None
+        return await self._user_for_token(token, via_cookie=True)
+
+    async def _user_for_token(self, token: str, *, via_cookie: bool) -> HubUser | None:
+        try:
+            model = await anyio.to_thread.run_sync(self.hub_auth.user_for_token, token)
+        except HTTPError as exc:
+            raise HubUnavailable(exc.log_message or str(exc)) from exc
+        return HubUser.from_model(model, via_cookie=via_cookie)
+
+    def _unauthenticated(self, request: Request) -> Response:
+        """401 for API clients; browsers asking for a page go to the hub's login."""
+        path, method = request.scope["path"], request.method
+        page = path.startswith(self.prefix) and method in {"GET", "HEAD"}
+        if page and not path[len(self.prefix) :].startswith(API_PATHS):
+            return self._login_redirect(request)
+        scopes = " or ".join(sorted(self.required))
+        message = f"send 'Authorization: token <JupyterHub token>' with {scopes}"
+        response = _error(401, "UNAUTHENTICATED", message)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    def _login_redirect(self, request: Request) -> Response:
+        """Send the browser to the hub's authorize URL; remember where it was going."""
+        verifier, challenge, method = self.hub_auth.generate_pkce_code_challenge()
+        state = secrets.token_urlsafe(16)
+        target = request.scope.get("raw_path") or request.scope["path"].encode()
+        if query := request.scope.get("query_string"):
+            target += b"?" + query
+        saved = {"state": state, "next": target.decode("latin-1"), "verifier": verifier}
+        pkce = {"code_challenge": challenge, "code_challenge_method": method}
+        url = url_concat(self.hub_auth.login_url, {"state": state, **pkce})
+        response = RedirectResponse(url, status_code=302)
+        self._set_cookie(response, request, STATE_COOKIE, self.states.dumps(saved))
+        response.delete_cookie(SESSION_COOKIE, path=self.prefix)
+        return response
+
+    async def _oauth_callback(self, request: Request) -> Response:
+        """Trade the hub's code for a token, keep it in the session cookie, go back."""
+        params = request.query_params
+        saved = _load(self.states, request.cookies.get(STATE_COOKIE), STATE_MAX_AGE)
+        if "error" in params:  # not echoed: it is the caller's text
+            return PlainTextResponse("The hub refused the login.", 403)
+        if not isinstance(saved, dict) or not _same(params.get("state"), saved):
+            again = f"OAuth state missing, expired or wrong: open {self.prefix} again."
+            return PlainTextResponse(again, 400)
+        code, verifier = params.get("code", ""), saved.get("verifier")
+        exchange = partial(self.hub_auth.token_for_code, code, code_verifier=verifier)
+        try:
+            token = await anyio.to_thread.run_sync(exchange)
+        except (HTTPError, KeyError, TypeError) as exc:
+            log.warning("OAuth code exchange failed: %s", exc)
+            again = f"The hub did not accept the login: open {self.prefix} again."
+            return PlainTextResponse(again, 400)
+        user = await self._user_for_token(token, via_cookie=True)
+        if user is None:
+            return PlainTextResponse("The hub named nobody for that login.", 400)
+        if refusal := decide_access(user, "GET", self.prefix, None, self.required):
+            return PlainTextResponse(f"MLflow refused: {refusal}", 403)
+        response = RedirectResponse(_local(saved.get("next"), self.prefix), 302)
+        self._set_cookie(response, request, SESSION_COOKIE, self.sessions.dumps(token))
+        response.delete_cookie(STATE_COOKIE, path=self.prefix)
+        return response
+
+    def _set_cookie(self, response: Response, request: Request, name: str, value: str):
+        """An HttpOnly, SameSite=Lax cookie on the prefix; Secure behind https."""
+        scheme = request.headers.get("x-forwarded-proto", request.url.scheme)
+        secure = scheme.split(",")[0].strip() == "https"
+        max_age = STATE_MAX_AGE if name == STATE_COOKIE else None
+        flags = {"path": self.prefix, "httponly": True, "samesite": "lax"}
+        response.set_cookie(name, value, max_age, secure=secure, **flags)
+
+
+def _load(serializer: URLSafeTimedSerializer, value: str | None, max_age: int) -> Any:
+    """What a signed cookie holds, or None when it is missing, forged or expired."""
+    try:
+        return serializer.loads(value, max_age=max_age) if value else None
+    except BadData:
+        return None
+
+
+def _same(given: str | None, saved: dict[str, Any]) -> bool:
+    """Whether the callback's ``state`` is the one saved in the state cookie."""
+    expected = saved.get("state")
+    if not given or not isinstance(expected, str):
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _local(target: Any, prefix: str) -> str:
+    """``target`` when it is a path under ``prefix``, else the prefix: no open redirect."""
+    if isinstance(target, str) and target.startswith(prefix) and "\\" not in target:
+        return target
+    return prefix
+
+
+def _replay(scope: Scope, receive: Receive, body: bytes) -> tuple[Scope, Receive]:
+    """A scope and receive that hand ``body`` downstream in place of the one read."""
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        # After the body, wait for the client to go, as the real receive does.
+        return pending.pop() if pending else await receive()
+
+    return {**scope, "headers": headers}, replayed
+
+
+def _install_flask_hook(flask_app: Any, exempt: set[str]) -> None:
+    """Expose ``g.hubforge_user`` to MLflow's Flask app; refuse what skipped the gate."""
+    from flask import g, jsonify, request
+
+    def expose_hub_user() -> Any:
+        g.hubforge_user = _current_user.get()
+        if g.hubforge_user is None and request.path not in exempt:
+            return jsonify(error_code="UNAUTHENTICATED", message="no hub user"), 401
+        return None
+
+    if not getattr(flask_app, "_hubforge_gate", False):
+        flask_app.before_request(expose_hub_user)
+        flask_app._hubforge_gate = True
+
+
+def _hub_auth() -> HubOAuth:
+    """HubOAuth from the hub-service environment; ConfigError naming what is missing."""
+    for name in SERVICE_ENV:
+        if not os.environ.get(name):
+            raise ConfigError(f"{name} is unset: run MLflow as a hub-managed service")
+    hub_auth = HubOAuth(cache_max_age=TOKEN_CACHE_SECONDS)
+    if not hub_auth.access_scopes:
+        raise ConfigError(
+            "JUPYTERHUB_OAUTH_ACCESS_SCOPES and JUPYTERHUB_SERVICE_NAME are unset: "
+            "no scope would grant access to MLflow"
+        )
+    return hub_auth
+
+
+def _check_server(prefix: str) -> None:
+    """Refuse to start when MLflow serves another prefix or runs under WSGI."""
+    from mlflow.server.handlers import STATIC_PREFIX_ENV_VAR
+
+    static_prefix = os.environ.get(STATIC_PREFIX_ENV_VAR, "")
+    if static_prefix.rstrip("/") + "/" != prefix:
+        raise ConfigError(
+            f"start mlflow server with --static-prefix {prefix.rstrip('/')} "
+            f"(JUPYTERHUB_SERVICE_PREFIX), not {static_prefix or 'none'!r}"
+        )
+    if os.environ.get("_MLFLOW_SGI_NAME", "uvicorn") != "uvicorn":
+        raise ConfigError("the hubforge MLflow app runs under uvicorn only: drop --gunicorn-opts and --waitress-opts")
+
+
+def create_app() -> HubGate:
+    """The ``mlflow.app`` entry point ``hubforge``: MLflow behind :class:`HubGate`."""
+    hub_auth = _hub_auth()
+    _check_server(hub_auth.base_url)
+    from mlflow.server import app as flask_app
+    from mlflow.server.fastapi_app import create_fastapi_app
+
+    gate = HubGate(create_fastapi_app(flask_app), hub_auth)
+    _install_flask_hook(flask_app, gate.exempt)
+    return gate

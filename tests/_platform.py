@@ -1,0 +1,206 @@
+"""Start the real platform as processes and act on it as a person would.
+
+Used by the platform tests and by bench/. Nothing here is faked: `hubforge up`
+runs as a subprocess with its own data folder and free ports, and people log
+in through the hub's login form.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg2
+import yaml
+
+DEMO_PASSWORD = "demo-" + uuid.uuid4().hex[:12]
+PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+PERSONA_USERS = {
+    "data-scientist": "alice",
+    "ml-engineer": "bob",
+    "ml-lead": "carol",
+    "data-steward": "dan",
+    "platform-admin": "erin",
+}
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@contextmanager
+def pg_databases(*names: str) -> Iterator[dict[str, str]]:
+    """Fresh PostgreSQL databases on the local server, dropped afterwards; name -> URL."""
+    suffix = uuid.uuid4().hex[:8]
+    real = {name: f"hubforge_test_{name}_{suffix}" for name in names}
+    conn = psycopg2.connect(PG_DSN)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for db in real.values():
+                cur.execute(f'CREATE DATABASE "{db}"')
+        yield {name: f"postgresql://postgres@127.0.0.1:5432/{db}" for name, db in real.items()}
+    finally:
+        with conn.cursor() as cur:
+            for db in real.values():
+                cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        conn.close()
+
+
+class PlatformProcess:
+    """`hubforge up` as a subprocess on free ports with its own data folder."""
+
+    def __init__(self, data_dir: Path, overrides: dict[str, Any] | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        config = {"data_dir": str(data_dir), "hub": {"port": self.port}}
+        for key, value in (overrides or {}).items():
+            config.setdefault(key, {}).update(value) if isinstance(value, dict) else config.__setitem__(key, value)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = data_dir.parent / f"{data_dir.name}-platform.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = data_dir.parent / f"{data_dir.name}-up.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The hub's public address, without a trailing slash."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment `hubforge up` runs with."""
+        env = dict(os.environ)
+        env.update({"HUBFORGE_DEMO_PASSWORD": DEMO_PASSWORD, "PYTHONUNBUFFERED": "1"})
+        env.pop("HUBFORGE_DATA", None)
+        env.pop("HUBFORGE_CONFIG", None)
+        return env
+
+    def start(self) -> None:
+        """Start `hubforge up` (returns at once; see wait_ready)."""
+        hubforge = Path(sys.executable).with_name("hubforge")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(hubforge), "up", "--config", str(self.config_path)],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def ready(self) -> bool:
+        """Whether the hub, the governance service and MLflow answer through the proxy."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"hubforge up exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            hub = httpx.get(f"{self.url}/hub/health", timeout=2).status_code == 200
+            gov = httpx.get(f"{self.url}/services/governance/api/health", timeout=2).status_code == 200
+            mlflow = httpx.get(f"{self.url}/services/mlflow/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+        return hub and gov and mlflow
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Wait until every part answers."""
+        try:
+            wait_for(self.ready, timeout, "the platform to answer")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.log_tail()}") from None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        """Send ``sig`` to `hubforge up` (Ctrl-C by default) and wait for it to exit."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the platform's log, for failure messages."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class HubSession:
+    """A person in a browser: cookies, the login form, XSRF headers."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.client = httpx.Client(base_url=url, follow_redirects=False, timeout=30)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.client.close()
+
+    def login(self, username: str, password: str = DEMO_PASSWORD) -> httpx.Response:
+        """Log in through the hub's login form."""
+        page = self.client.get("/hub/login")
+        page.raise_for_status()
+        match = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        assert match, "the login form has no _xsrf field"
+        return self.client.post(
+            "/hub/login", data={"username": username, "password": password, "_xsrf": match.group(1)}
+        )
+
+    def xsrf(self) -> str:
+        """The hub's XSRF token from its cookie (what the hub's own pages send back)."""
+        for cookie in self.client.cookies.jar:
+            if cookie.name == "_xsrf" and cookie.path == "/hub/":
+                return cookie.value
+        self.client.get("/hub/home")
+        return next(c.value for c in self.client.cookies.jar if c.name == "_xsrf")
+
+    def new_token(self, username: str, note: str = "test") -> str:
+        """Create an API token for the logged-in user, as the token page does."""
+        resp = self.client.post(
+            f"/hub/api/users/{username}/tokens",
+            json={"note": note},
+            headers={"X-XSRFToken": self.xsrf()},
+        )
+        resp.raise_for_status()
+        return str(resp.json()["token"])
+
+    def follow(self, path: str, limit: int = 20) -> httpx.Response:
+        """GET ``path`` and follow redirects within the hub (OAuth hops included)."""
+        resp = self.client.get(path)
+        for _ in range(limit):
+            if resp.status_code not in (301, 302, 303, 307):
+                return resp
+            location = resp.headers["location"]
+            resp = self.client.get(httpx.URL(str(resp.url)).join(location))
+        raise AssertionError(f"too many redirects from {path}")
+
+
+def api(url: str, token: str) -> httpx.Client:
+    """An API client that authenticates with a hub token."""
+    return httpx.Client(base_url=url, headers={"Authorization": f"token {token}"}, timeout=30)

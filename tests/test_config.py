@@ -1,0 +1,143 @@
+"""The platform config: defaults, merging, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hubforge.config import load_config, merge
+from hubforge.errors import ConfigError
+from hubforge.personas import persona_names
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "platform.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_default_config_is_valid_and_complete(tmp_path: Path) -> None:
+    cfg = load_config(environ={"HUBFORGE_DATA": str(tmp_path)})
+    assert cfg.source == "default platform.yaml"
+    assert cfg.data_dir == tmp_path.resolve()
+    assert set(cfg.data["personas"]) == set(persona_names())
+    assert set(cfg.data["users"]) == {"alice", "bob", "carol", "dan", "erin"}
+    assert cfg.db_url("governance") == f"sqlite:///{tmp_path.resolve() / 'governance.sqlite'}"
+    assert cfg.public_url == "http://127.0.0.1:8000/"
+
+
+def test_user_file_merges_over_default(tmp_path: Path) -> None:
+    path = write(tmp_path, {"hub": {"port": 9000}, "users": {"zoe": {"groups": ["ml-lead"]}}})
+    cfg = load_config(path, environ={})
+    assert cfg.hub["port"] == 9000
+    assert cfg.hub["ip"] == "127.0.0.1"  # merged, not replaced
+    assert list(cfg.data["users"]) == ["zoe"]  # users replace the demo users whole
+    assert cfg.group_personas()["ml-lead"] == ["ml-lead"]
+
+
+def test_config_env_and_data_env(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data_dir": "relative-data"})
+    cfg = load_config(environ={"HUBFORGE_CONFIG": str(path)})
+    assert cfg.source == str(path)
+    assert cfg.data_dir == (Path.cwd() / "relative-data").resolve()
+    cfg = load_config(environ={"HUBFORGE_CONFIG": str(path), "HUBFORGE_DATA": str(tmp_path / "d")})
+    assert cfg.data_dir == tmp_path / "d"
+
+
+def test_backend_urls_are_used_when_configured(tmp_path: Path) -> None:
+    url = "postgresql://postgres@127.0.0.1:5432/hub"
+    cfg = load_config(write(tmp_path, {"backends": {"hub_db_url": url}}), environ={})
+    assert cfg.db_url("hub") == "postgresql+psycopg2://postgres@127.0.0.1:5432/hub"
+    assert cfg.db_url("mlflow").startswith("sqlite:///")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"hub": {"prot": 8000}}, "hub.prot: unknown key"),
+        ({"colour": "blue"}, "colour: unknown key"),
+        ({"hub": {"port": "eighty"}}, "hub.port: 'eighty' is not of type 'integer'"),
+        ({"hub": {"port": 70000}}, "hub.port: 70000 is greater than the maximum of 65535"),
+        ({"personas": {"data-scienist": {"groups": ["x"]}}}, "personas.data-scienist: unknown persona 'data-scienist'"),
+        (
+            {
+                "auth": {
+                    "oauth": {
+                        "client_id": "x",
+                        "authorize_url": "https://idp/a",
+                        "token_url": "https://idp/t",
+                        "userdata_url": "https://idp/u",
+                        "persona_map": {"ds": ["wizard"]},
+                    }
+                }
+            },
+            "auth.oauth.persona_map.ds.0: unknown persona 'wizard'",
+        ),
+        ({"auth": {"type": "sso"}}, "auth.type: 'sso' is not one of"),
+        ({"auth": {"type": "oauth"}}, "auth.oauth: required when auth.type is 'oauth'"),
+        ({"auth": {"demo": False}}, "auth.type: the demo authenticator needs auth.demo: true"),
+        ({"hub": {"ip": "0.0.0.0"}}, "hub.ip: the demo authenticator only binds to loopback"),
+        ({"users": {"Alice Smith": {"groups": []}}}, "users.Alice Smith: invalid name 'Alice Smith'"),
+        ({"hub": {"hub_port": 8000}}, "hub.hub_port: 8000 is already hub.port"),
+        ("hub: [unclosed", "invalid YAML at line 1"),
+        ("- a\n- b\n", "the config must be a mapping of keys, not list"),
+    ],
+)
+def test_config_errors_are_one_line_naming_the_key(tmp_path: Path, data: object, expected: str) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_merge_replaces_lists_and_scalars() -> None:
+    assert merge({"a": {"b": [1], "c": 1}}, {"a": {"b": [2]}}) == {"a": {"b": [2], "c": 1}}
+
+
+def _cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("hubforge")
+    return subprocess.run(
+        [str(exe), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env_extra or {})},
+    )
+
+
+def test_cli_config_check_reports_one_line_and_fails(tmp_path: Path) -> None:
+    path = write(tmp_path, {"hub": {"prot": 1}})
+    result = _cli("config", "check", "--config", str(path))
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"hubforge: error: {path}: hub.prot: unknown key"
+    assert result.stdout == ""
+
+
+def test_cli_up_refuses_bad_config_before_starting_anything(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data_dir": str(tmp_path / "data"), "personas": {"wizard": {"groups": []}}})
+    result = _cli("--config", str(path), "up")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "personas.wizard: unknown persona 'wizard'" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_help_lists_subcommands() -> None:
+    result = _cli("--help")
+    assert result.returncode == 0
+    for command in ("up", "config"):
+        assert command in result.stdout
+    check = _cli("config", "check", env_extra={"HUBFORGE_DATA": "/tmp/x"})
+    assert check.returncode == 0 and check.stdout.startswith("ok: default platform.yaml")

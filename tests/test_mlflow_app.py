@@ -1,0 +1,430 @@
+"""The hubforge MLflow app: a real ``mlflow server --app-name hubforge`` and a fake hub.
+
+The fake hub is faked at the transport: an HTTP server answering the two hub
+endpoints the gate calls (``GET /hub/api/user``, ``POST /hub/api/oauth2/token``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from _platform import free_port, wait_for
+from hubforge.hub.mlflow_app import (
+    HubGate,
+    HubUser,
+    _install_flask_hook,
+    claim_run,
+    decide_access,
+    same_origin,
+)
+
+pytestmark = pytest.mark.platform
+
+PREFIX = "/services/mlflow/"
+HOST = "hub.example.test"
+ORIGIN = f"http://{HOST}"
+ACCESS = "access:services!service=mlflow"
+SERVICE_TOKEN = "service-" + uuid.uuid4().hex
+CLIENT_ID = "service-mlflow"
+SEARCH = "api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def user_model(name: str, access: bool = True) -> dict:
+    """A hub user model as ``GET /hub/api/user`` returns it: scopes expanded."""
+    scopes = [f"read:users:name!user={name}", *([ACCESS] if access else [])]
+    return {"name": name, "kind": "user", "scopes": scopes, "groups": ["data-science"]}
+
+
+class FakeHub(ThreadingHTTPServer):
+    """The hub's user and OAuth token endpoints, with tokens and codes the tests set."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HubHandler)
+        self.tokens = {
+            "alice-token": user_model("alice"),
+            "carol-token": user_model("carol"),
+            "mallory-token": user_model("mallory", access=False),
+        }
+        self.codes: dict[str, tuple[str, str]] = {}  # code -> (token, PKCE challenge)
+        self.lookups: dict[str, int] = {}
+
+    @property
+    def api_url(self) -> str:
+        """What the service gets as JUPYTERHUB_API_URL."""
+        return f"http://127.0.0.1:{self.server_address[1]}/hub/api"
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    server: FakeHub
+
+    def do_GET(self) -> None:
+        token = self.headers.get("Authorization", "").removeprefix("token ")
+        self.server.lookups[token] = self.server.lookups.get(token, 0) + 1
+        if self.path != "/hub/api/user":
+            return self._reply(404, {"message": "not found"})
+        if token == "explode-token":
+            return self._reply(500, {"message": "hub broke"})
+        model = self.server.tokens.get(token)
+        return self._reply(200, model) if model else self._reply(403, {"message": "no"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        token, challenge = self.server.codes.pop(form.get("code", ""), ("", ""))
+        verifier = form.get("code_verifier", "").encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
+        if self.path != "/hub/api/oauth2/token" or not token:
+            return self._reply(400, {"error": "invalid_grant"})
+        if form.get("client_secret") != SERVICE_TOKEN or digest.decode() != challenge:
+            return self._reply(400, {"error": "invalid_client"})
+        return self._reply(200, {"access_token": token, "token_type": "Bearer"})
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet: the test output is not the place for a request log."""
+
+
+@pytest.fixture(scope="module")
+def fake_hub() -> Iterator[FakeHub]:
+    hub = FakeHub()
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    yield hub
+    hub.shutdown()
+    hub.server_close()
+
+
+def service_env(hub: FakeHub) -> dict[str, str]:
+    """The environment JupyterHub gives a managed service named mlflow."""
+    return {
+        **os.environ,
+        "JUPYTERHUB_API_TOKEN": SERVICE_TOKEN,
+        "JUPYTERHUB_API_URL": hub.api_url,
+        "JUPYTERHUB_BASE_URL": "/",
+        "JUPYTERHUB_CLIENT_ID": CLIENT_ID,
+        "JUPYTERHUB_HOST": "",
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([ACCESS]),
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": PREFIX + "oauth_callback",
+        "JUPYTERHUB_SERVICE_NAME": "mlflow",
+        "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+
+
+def mlflow_command(data: Path, port: int) -> list[str]:
+    """``mlflow server`` as the hub starts it, behind a proxy that keeps the Host header."""
+    return [
+        sys.executable, "-m", "mlflow", "server", "--app-name", "hubforge",
+        "--backend-store-uri", f"sqlite:///{data}/mlflow.sqlite",
+        "--artifacts-destination", str(data / "mlartifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+        "--static-prefix", PREFIX.rstrip("/"),
+        "--allowed-hosts", f"{HOST},127.0.0.1:*", "--cors-allowed-origins", ORIGIN,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(fake_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log_path = data / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            mlflow_command(data, port), env=service_env(fake_hub), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow server exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{url}{PREFIX}health", headers={"Host": HOST}).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "mlflow server", interval=0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture
+def browser(mlflow_url: str) -> Iterator[httpx.Client]:
+    """A client with its own cookie jar that reaches MLflow as the proxy forwards it."""
+    with httpx.Client(base_url=mlflow_url, headers={"Host": HOST}, timeout=30) as client:
+        yield client
+
+
+def api(token: str, scheme: str = "token") -> dict[str, str]:
+    return {"Authorization": f"{scheme} {token}"}
+
+
+def create_experiment(client: httpx.Client, headers: dict[str, str]) -> str:
+    name = f"exp-{uuid.uuid4().hex[:8]}"
+    resp = client.post(
+        f"{PREFIX}api/2.0/mlflow/experiments/create",
+        json={"name": name},
+        headers=headers,
+    )
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["experiment_id"])
+
+
+def log_in(client: httpx.Client, hub: FakeHub, token: str, page: str = PREFIX + "?from=test") -> httpx.Response:
+    """The OAuth round trip a browser makes, the hub's consent step stood in for."""
+    start = client.get(page)
+    assert start.status_code == 302, start.text
+    query = parse_qs(urlsplit(start.headers["location"]).query)
+    code = uuid.uuid4().hex
+    hub.codes[code] = (token, query["code_challenge"][0])
+    return client.get(f"{PREFIX}oauth_callback", params={"code": code, "state": query["state"][0]})
+
+
+# --- pure logic -------------------------------------------------------------------
+
+
+def test_same_origin_compares_origin_or_referer_with_host() -> None:
+    assert same_origin({"host": HOST, "origin": ORIGIN})
+    assert same_origin({"host": HOST, "referer": f"{ORIGIN}{PREFIX}#/experiments"})
+    assert same_origin({"host": "127.0.0.1:9", "x-forwarded-host": HOST, "origin": ORIGIN})
+    assert not same_origin({"host": HOST, "origin": "http://evil.test"})
+    assert not same_origin({"host": HOST, "origin": "null"})
+    assert not same_origin({"host": HOST})
+
+
+def test_claim_run_fills_in_the_owner_and_keeps_other_tags() -> None:
+    tags = [{"key": "team", "value": "x"}]
+    claimed = claim_run({"experiment_id": "1", "tags": tags, "user_id": "root"}, "alice")
+    assert claimed["user_id"] == "alice"
+    assert claimed["tags"] == [*tags, {"key": "mlflow.user", "value": "alice"}]
+    own = [{"key": "mlflow.user", "value": "alice"}]
+    assert claim_run({"tags": own}, "alice")["tags"] == own
+
+
+def test_decide_access_needs_the_scope_and_the_own_name() -> None:
+    alice = HubUser("alice", frozenset({ACCESS}), frozenset(), via_cookie=False)
+    assert decide_access(alice, "GET", PREFIX, None, {ACCESS}) is None
+    assert decide_access(alice, "GET", PREFIX, None, {"access:services!service=other"})
+    forged = {"tags": [{"key": "mlflow.user", "value": "bob"}]}
+    assert "'bob'" in decide_access(alice, "POST", "/runs/create", forged, {ACCESS})
+    own = {"tags": [{"key": "mlflow.user", "value": "alice"}]}
+    assert decide_access(alice, "POST", "/runs/create", own, {ACCESS}) is None
+
+
+# --- API clients ------------------------------------------------------------------
+
+
+def test_health_answers_without_a_token(browser: httpx.Client) -> None:
+    assert browser.get(f"{PREFIX}health").text == "OK"
+
+
+@pytest.mark.parametrize("auth", [None, "token wrong", "Bearer wrong", "Basic YTpi", "token a\tb"])
+@pytest.mark.parametrize("root", ["api/", "ajax-api/", "graphql"])
+def test_api_without_a_valid_token_is_401(browser: httpx.Client, auth: str | None, root: str) -> None:
+    resp = browser.get(
+        PREFIX + SEARCH.replace("api/", root, 1),
+        headers={"Authorization": auth} if auth else {},
+    )
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error_code"] == "UNAUTHENTICATED"
+    assert ACCESS in resp.json()["message"]
+
+
+def test_token_without_the_access_scope_is_403(browser: httpx.Client) -> None:
+    resp = browser.get(PREFIX + SEARCH, headers=api("mallory-token"))
+    assert resp.status_code == 403
+    assert resp.json()["error_code"] == "PERMISSION_DENIED"
+
+
+def test_hub_failure_is_502_not_500(browser: httpx.Client) -> None:
+    resp = browser.get(PREFIX + SEARCH, headers=api("explode-token"))
+    assert resp.status_code == 502
+    assert resp.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("scheme", ["token", "Bearer"])
+def test_runs_carry_the_hub_user(browser: httpx.Client, scheme: str) -> None:
+    headers = api("alice-token", scheme)
+    experiment = create_experiment(browser, headers)
+    tags = [{"key": "team", "value": "vision"}]
+    resp = browser.post(
+        f"{PREFIX}api/2.0/mlflow/runs/create",
+        json={"experiment_id": experiment, "tags": tags},
+        headers=headers,
+    )
+    assert resp.status_code == 200, resp.text
+    run_id = resp.json()["run"]["info"]["run_id"]
+    stored = browser.get(f"{PREFIX}api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=headers).json()
+    stored_tags = {tag["key"]: tag["value"] for tag in stored["run"]["data"]["tags"]}
+    assert stored_tags["mlflow.user"] == "alice"
+    assert stored_tags["team"] == "vision"
+    assert stored["run"]["info"]["user_id"] == "alice"
+
+
+def test_a_run_naming_somebody_else_is_refused(browser: httpx.Client) -> None:
+    headers = api("alice-token")
+    experiment = create_experiment(browser, headers)
+    url = f"{PREFIX}api/2.0/mlflow/runs/create"
+
+    def create(owner: str) -> httpx.Response:
+        return browser.post(
+            url,
+            json={
+                "experiment_id": experiment,
+                "tags": [{"key": "mlflow.user", "value": owner}],
+            },
+            headers=headers,
+        )
+
+    forged = create("bob")
+    assert forged.status_code == 403, forged.text
+    assert forged.json()["error_code"] == "PERMISSION_DENIED" and "'bob'" in forged.json()["message"]
+    search = browser.post(
+        f"{PREFIX}api/2.0/mlflow/runs/search",
+        json={"experiment_ids": [experiment]},
+        headers=headers,
+    )
+    assert search.json().get("runs", []) == []
+    assert create("alice").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"tags": "mlflow.user"}',
+        '{"tags": [{"key": "mlflow.user", "value": 1}]}',
+        "[1]",
+        "{",
+    ],
+)
+def test_a_malformed_create_run_is_400(browser: httpx.Client, body: str) -> None:
+    headers = {**api("alice-token"), "Content-Type": "application/json"}
+    resp = browser.post(f"{PREFIX}api/2.0/mlflow/runs/create", content=body, headers=headers)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_token_lookups_are_cached(browser: httpx.Client, fake_hub: FakeHub) -> None:
+    for _ in range(8):
+        assert browser.get(PREFIX + SEARCH, headers=api("carol-token")).status_code == 200
+    # One lookup per uvicorn worker at most, each cached for a minute.
+    assert 1 <= fake_hub.lookups["carol-token"] <= 2
+
+
+# --- browsers ---------------------------------------------------------------------
+
+
+def test_a_browser_without_a_cookie_goes_to_the_hub(browser: httpx.Client) -> None:
+    resp = browser.get(PREFIX)
+    assert resp.status_code == 302
+    location = urlsplit(resp.headers["location"])
+    query = parse_qs(location.query)
+    assert location.path == "/hub/api/oauth2/authorize"
+    assert query["client_id"] == [CLIENT_ID] and query["response_type"] == ["code"]
+    assert query["redirect_uri"] == [PREFIX + "oauth_callback"]
+    assert query["state"][0] and query["code_challenge_method"] == ["S256"]
+    state_cookie = next(c for c in resp.headers.get_list("set-cookie") if "oauth-state" in c)
+    assert "HttpOnly" in state_cookie and f"Path={PREFIX}" in state_cookie
+
+
+def test_oauth_callback_sets_the_cookie_and_the_ui_answers(browser: httpx.Client, fake_hub: FakeHub) -> None:
+    done = log_in(browser, fake_hub, "alice-token")
+    assert done.status_code == 302, done.text
+    assert done.headers["location"] == PREFIX + "?from=test"
+    session = next(c for c in done.headers.get_list("set-cookie") if c.startswith("hubforge-mlflow-session="))
+    assert "HttpOnly" in session and f"Path={PREFIX}" in session and "SameSite=lax" in session
+    ui = browser.get(PREFIX)
+    assert ui.status_code == 200 and "<title>MLflow</title>" in ui.text
+    assert browser.get(PREFIX + SEARCH.replace("api/", "ajax-api/")).status_code == 200
+
+
+def test_cookie_writes_must_come_from_the_same_origin(browser: httpx.Client, fake_hub: FakeHub) -> None:
+    assert log_in(browser, fake_hub, "alice-token").status_code == 302
+    url = f"{PREFIX}ajax-api/2.0/mlflow/experiments/create"
+
+    def create(**headers: str) -> httpx.Response:
+        return browser.post(url, json={"name": f"ui-{uuid.uuid4().hex[:8]}"}, headers=headers)
+
+    assert create(Origin=ORIGIN).status_code == 200
+    assert create(Referer=f"{ORIGIN}{PREFIX}").status_code == 200
+    assert create().status_code == 403
+    assert create(Origin="http://evil.test").status_code == 403
+
+
+def test_a_bad_oauth_state_is_400(browser: httpx.Client, fake_hub: FakeHub) -> None:
+    callback = f"{PREFIX}oauth_callback"
+    assert browser.get(callback, params={"code": "c", "state": "s"}).status_code == 400  # no cookie
+    start = browser.get(PREFIX)
+    state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
+    assert browser.get(callback, params={"code": "c", "state": "wrong"}).status_code == 400
+    assert browser.get(callback, params={"code": "unknown", "state": state}).status_code == 400
+    forged = {"Cookie": "hubforge-mlflow-oauth-state=forged.cookie"}
+    assert browser.get(callback, params={"code": "c", "state": state}, headers=forged).status_code == 400
+
+
+def test_a_user_without_access_gets_no_cookie(browser: httpx.Client, fake_hub: FakeHub) -> None:
+    done = log_in(browser, fake_hub, "mallory-token")
+    assert done.status_code == 403
+    assert not any("session=" in c for c in done.headers.get_list("set-cookie"))
+
+
+@pytest.mark.parametrize("cookie", ["garbage", "a.b.c", "x" * 5000])
+def test_a_bad_session_cookie_is_like_none(browser: httpx.Client, cookie: str) -> None:
+    headers = {"Cookie": f"hubforge-mlflow-session={cookie}"}
+    assert browser.get(PREFIX + SEARCH, headers=headers).status_code == 401
+    assert browser.get(PREFIX, headers=headers).status_code == 302
+
+
+def test_flask_sees_the_hub_user_as_g_hubforge_user(fake_hub: FakeHub) -> None:
+    """In process: the gate before MLflow's FastAPI wrapper, a Flask route behind it."""
+    from flask import Flask, g
+    from jupyterhub.services.auth import HubOAuth
+    from mlflow.server.fastapi_app import create_fastapi_app
+
+    flask_app = Flask("probe")
+    flask_app.add_url_rule(f"{PREFIX}whoami", "whoami", lambda: str(g.hubforge_user))
+    _install_flask_hook(flask_app, set())
+    hub_auth = HubOAuth(
+        api_token=SERVICE_TOKEN, oauth_client_id=CLIENT_ID, api_url=fake_hub.api_url,
+        base_url=PREFIX, access_scopes={ACCESS},
+    )  # fmt: skip
+    transport = httpx.ASGITransport(HubGate(create_fastapi_app(flask_app), hub_auth))
+
+    async def whoami(**headers: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return await c.get(f"{PREFIX}whoami", headers=headers)
+
+    assert asyncio.run(whoami(**api("alice-token"))).text == "alice"
+    assert asyncio.run(whoami()).status_code == 302
+    # A request that never passed the gate finds no user and is refused.
+    assert flask_app.test_client().get(f"{PREFIX}whoami").status_code == 401
