@@ -1,0 +1,64 @@
+"""The launcher's small parts: the demo password, the proxy command, the instance marker."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hubforge.config import load_config
+from hubforge.errors import LaunchError
+from hubforge.hub.launcher import demo_password, find_proxy_command, instance_processes
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("HUBFORGE_DEMO_PASSWORD", raising=False)
+    (tmp_path / "data").mkdir()
+    return load_config(environ={"HUBFORGE_DATA": str(tmp_path / "data")})
+
+
+def test_demo_password_is_generated_once_and_announced_once(cfg) -> None:
+    said: list[str] = []
+    first = demo_password(cfg, said.append)
+    second = demo_password(cfg, said.append)
+    assert first == second and len(first) >= 16
+    assert len(said) == 1
+    assert first in said[0] and "alice, bob, carol, dan, erin" in said[0]
+    mode = stat.S_IMODE((cfg.data_dir / "demo-password").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_demo_password_from_the_environment_wins(cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUBFORGE_DEMO_PASSWORD", "chosen-password")
+    said: list[str] = []
+    assert demo_password(cfg, said.append) == "chosen-password"
+    assert said == [] and not (cfg.data_dir / "demo-password").exists()
+
+
+def test_proxy_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert find_proxy_command("/opt/chp") == "/opt/chp"
+    found = find_proxy_command("")
+    assert found.endswith("configurable-http-proxy") and os.access(found, os.X_OK)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("hubforge.__file__", str(tmp_path / "pkg" / "__init__.py"))
+    with pytest.raises(LaunchError, match="configurable-http-proxy not found"):
+        find_proxy_command("")
+
+
+def test_instance_processes_finds_marked_processes_only(tmp_path: Path) -> None:
+    marker = str(tmp_path)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    ours = subprocess.Popen(sleeper, env={**os.environ, "HUBFORGE_INSTANCE": marker})
+    other = subprocess.Popen(sleeper, env={**os.environ, "HUBFORGE_INSTANCE": marker + "-other"})
+    try:
+        assert [p.pid for p in instance_processes(marker)] == [ours.pid]
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
