@@ -69,7 +69,9 @@ def configure_network(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.hub_port = rt.hub_port
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{rt.proxy_api_port}"
-    c.ConfigurableHTTPProxy.command = [rt.proxy_command]
+    # Route to the hub from the proxy's first moment: the hub answers (login,
+    # health) while it is still waiting for its services to come up.
+    c.ConfigurableHTTPProxy.command = [rt.proxy_command, f"--default-target=http://127.0.0.1:{rt.hub_port}"]
     c.ConfigurableHTTPProxy.pid_file = str(cfg.data_dir / "proxy.pid")
     c.ConfigurableHTTPProxy.should_start = True
 

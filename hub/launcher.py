@@ -202,22 +202,40 @@ class Platform:
             start_new_session=True,
         )
 
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Poll the hub through the proxy until it answers; return the seconds waited."""
-        started = time.monotonic()
-        health = f"{self.cfg.local_url}hub/health"
-        while time.monotonic() - started < timeout:
+    def _poll(self, url: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
             if self.signals:
                 raise LaunchError("interrupted during start-up")
             if self.hub is not None and self.hub.poll() is not None:
                 raise LaunchError(f"the hub exited with status {self.hub.returncode} during start-up")
             try:
-                if httpx.get(health, timeout=2).status_code == 200:
-                    return time.monotonic() - started
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
-        raise LaunchError(f"the hub did not answer at {health} within {timeout:.0f}s")
+            time.sleep(0.1)
+        raise LaunchError(f"nothing answered at {url} in time")
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Poll the hub through the proxy until it answers; return the seconds waited."""
+        started = time.monotonic()
+        self._poll(f"{self.cfg.local_url}hub/health", started + timeout)
+        return time.monotonic() - started
+
+    def service_health_urls(self) -> dict[str, str]:
+        """Each enabled service's health check, through the proxy."""
+        base = f"{self.cfg.local_url}services"
+        urls = {"governance": f"{base}/governance/api/health"}
+        if self.cfg.data["services"]["mlflow"].get("enabled", True):
+            urls["mlflow"] = f"{base}/mlflow/health"
+        return urls
+
+    def wait_services(self, timeout: float = 300.0) -> None:
+        """Poll every service through the proxy until each answers."""
+        deadline = time.monotonic() + timeout
+        for name, url in self.service_health_urls().items():
+            self._poll(url, deadline)
+            self.log(f"{name} is ready at {url.rsplit('/api/health', 1)[0].removesuffix('/health')}/")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the hub (it stops servers and services), then anything still marked."""
@@ -248,7 +266,9 @@ class Platform:
         try:
             self.start()
             try:
-                self.wait_ready()
+                waited = self.wait_ready()
+                self.log(f"the hub answers at {self.url} after {waited:.1f}s; waiting for its services")
+                self.wait_services()
             except LaunchError:
                 if received:
                     return 0

@@ -31,7 +31,7 @@ def render(tmp_path: Path, data: dict | None = None) -> Config:
 def test_network_and_state(tmp_path: Path) -> None:
     c = render(tmp_path)
     assert (c.JupyterHub.ip, c.JupyterHub.port, c.JupyterHub.hub_port) == ("127.0.0.1", 8000, 1001)
-    assert c.ConfigurableHTTPProxy.command == ["/opt/chp"]
+    assert c.ConfigurableHTTPProxy.command == ["/opt/chp", "--default-target=http://127.0.0.1:1001"]
     assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:1002"
     assert c.JupyterHub.db_url == f"sqlite:///{tmp_path / 'data' / 'hub.sqlite'}"
     assert c.JupyterHub.cookie_secret_file.startswith(str(tmp_path / "data"))
