@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, func) in actions.items():
         action = config_sub.add_parser(name, parents=[common], help=help_text)
         action.set_defaults(func=func)
+
+    from hubforge.spawner_profiles.cli import register  # profiles render, k8s render
+
+    register(sub, parents=[common])
     return parser
 
 

@@ -98,6 +98,12 @@ def validate(data: Any, source: str = "platform.yaml") -> None:
         path, problem = _explain(errors[0])
         raise ConfigError(f"{source}: {_key_path(path)}: {problem}")
     _cross_check(data, source)
+    # The tier catalog's checks (default image among the choices, GPU ranges,
+    # known groups) are part of the config's validity; imported late because
+    # the catalog module itself reads PlatformConfig.
+    from hubforge.spawner_profiles.catalog import catalog_from_data
+
+    catalog_from_data(data, source)
 
 
 def _cross_check(data: dict[str, Any], source: str) -> None:

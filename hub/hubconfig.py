@@ -145,7 +145,12 @@ def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
 
 
 def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
-    """The local spawner on one machine (Kubernetes is configured from the tier catalog)."""
+    """KubeSpawner on Kubernetes, the local spawner on one machine; both from the tier catalog."""
+    if cfg.data["spawner"].get("type") == "kubernetes":
+        from hubforge.spawner_profiles.kube import configure_kubespawner
+
+        configure_kubespawner(c, cfg)
+        return
     c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.LocalTierSpawner"
     c.Spawner.default_url = cfg.data["spawner"].get("default_url", "/lab")
     c.Spawner.start_timeout = cfg.hub.get("start_timeout", 120)

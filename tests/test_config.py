@@ -141,3 +141,11 @@ def test_cli_help_lists_subcommands() -> None:
         assert command in result.stdout
     check = _cli("config", "check", env_extra={"HUBFORGE_DATA": "/tmp/x"})
     assert check.returncode == 0 and check.stdout.startswith("ok: default platform.yaml")
+
+
+def test_tier_cross_checks_run_at_load(tmp_path: Path) -> None:
+    tiers = yaml.safe_load(load_config(environ={}).dump())["tiers"]
+    tiers["training"]["images"]["default"] = "nope"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, {"tiers": tiers}), environ={})
+    assert "tiers.training.images.default: 'nope' is not among the image choices" in str(info.value)

@@ -119,3 +119,9 @@ def test_mlflow_accepts_the_public_address(tmp_path: Path) -> None:
     cmd = next(s for s in c.JupyterHub.services if s["name"] == "mlflow")["command"]
     assert "hub.example.org" in cmd[cmd.index("--allowed-hosts") + 1].split(",")
     assert cmd[cmd.index("--cors-allowed-origins") + 1] == "https://hub.example.org"
+
+
+def test_kubernetes_uses_kubespawner_with_the_tier_catalog(tmp_path: Path) -> None:
+    c = render(tmp_path, {"spawner": {"type": "kubernetes"}})
+    assert "HubforgeKubeSpawner" in str(c.JupyterHub.spawner_class)
+    assert callable(c.KubeSpawner.profile_list) or callable(c.HubforgeKubeSpawner.profile_list)

@@ -173,6 +173,15 @@ class GovernanceService(Application):
 
     service_url = Unicode(help="Address to bind, as a URL (JUPYTERHUB_SERVICE_URL).").tag(config=True)
 
+    bind_ip = Unicode(
+        help="Address to listen on, when it differs from JUPYTERHUB_SERVICE_URL's host (HUBFORGE_BIND_IP): "
+        "on Kubernetes the URL names the hub's Service, which the pod cannot bind; listen on 0.0.0.0 there.",
+    ).tag(config=True)
+
+    @default("bind_ip")
+    def _default_bind_ip(self) -> str:
+        return os.environ.get("HUBFORGE_BIND_IP", "")
+
     cookie_secret_file = Unicode(
         "",
         help="File holding the browser-session cookie secret. Default: governance_cookie_secret in data_dir.",
@@ -231,7 +240,7 @@ class GovernanceService(Application):
                 f"JUPYTERHUB_SERVICE_URL {self.service_url!r} names no host and port: "
                 "the governance service runs as a JupyterHub-managed service"
             )
-        self.ip, self.port = url.hostname, url.port
+        self.ip, self.port = self.bind_ip or url.hostname, url.port
 
     def init_store(self) -> None:
         """Open the store and migrate it to the newest revision."""

@@ -1,0 +1,368 @@
+"""``hubforge k8s render``: the platform as Kubernetes objects and helm values.
+
+What is written (``render_k8s``):
+
+- ``helm-values.yaml``: values for the Zero-to-JupyterHub chart. Its
+  ``hub.extraConfig`` loads the platform config (mounted from a Secret) and
+  configures auth, roles and :class:`~hubforge.spawner_profiles.kube.HubforgeKubeSpawner`;
+  ``singleuser.profileList`` is the static view of every tier; ``hub.services``
+  runs governance and MLflow inside the hub pod.
+- ``hubforge-platform.yaml``: the user namespace and the Secret with the platform config.
+- ``priority-classes.yaml``: a PriorityClass per class the tiers name.
+- ``kueue.yaml``: a ResourceFlavor per GPU model, a ClusterQueue per queued tier
+  (one cohort, fair-sharing weights, nominal quotas) and a LocalQueue per
+  queued tier in the user namespace.
+
+The builders are pure functions returning plain dicts; only
+:func:`render_k8s` writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from hubforge.config import PlatformConfig
+from hubforge.errors import ConfigError, HubforgeError
+from hubforge.personas import CUSTOM_SCOPES
+
+from .catalog import Catalog, Tier, load_catalog
+from .hardware import GPU_MODELS
+from .kube import KubeSettings, kube_memory, kube_settings, profile_for
+
+__all__ = [
+    "HUB_CONFIG_DIR",
+    "HUB_DATA_DIR",
+    "cluster_queue",
+    "helm_values",
+    "kueue_manifests",
+    "local_queue",
+    "platform_manifests",
+    "priority_classes",
+    "render_k8s",
+    "resource_flavor",
+]
+
+#: Where the hub pod mounts the platform config (from the Secret).
+HUB_CONFIG_DIR = PurePosixPath("/etc/hubforge")
+#: The platform's data folder in the hub pod: on z2jh's hub volume.
+HUB_DATA_DIR = PurePosixPath("/srv/jupyterhub/hubforge")
+SECRET_NAME = "hubforge-platform"
+#: Ports of the hub-managed services inside the hub pod when platform.yaml says 0.
+DEFAULT_PORTS = {"governance": 10101, "mlflow": 10102}
+KUEUE_API = "kueue.x-k8s.io/v1beta1"
+LABELS = {"app.kubernetes.io/part-of": "hubforge", "app.kubernetes.io/managed-by": "hubforge"}
+#: PriorityClass values: reserved (interactive) servers above queued ones.
+PRIORITY_RESERVED, PRIORITY_QUEUED = 1000, 100
+
+EXTRA_CONFIG = """\
+# hubforge: every setting comes from the platform config mounted from a Secret.
+from hubforge.config import load_config
+from hubforge.hub.hubconfig import configure_auth, configure_rbac
+from hubforge.spawner_profiles.kube import configure_kubespawner
+
+_platform = load_config()
+configure_auth(c, _platform)
+configure_rbac(c, _platform)
+configure_kubespawner(c, _platform)
+c.JupyterHub.load_roles = [
+    *c.JupyterHub.load_roles,
+    {"name": "hubforge-services", "scopes": ["read:users:name", "read:users:groups"], "services": %s},
+]
+"""
+
+
+def _metadata(name: str, namespace: str | None = None, **labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {**LABELS, **labels}}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def _in_cluster(cfg: PlatformConfig) -> PlatformConfig:
+    """The config as the hub pod sees it: its data folder on the hub volume."""
+    return dataclasses.replace(cfg, data_dir=Path(str(HUB_DATA_DIR)))
+
+
+def _ports(cfg: PlatformConfig) -> dict[str, int]:
+    services = cfg.data["services"]
+    ports = {name: services.get(name, {}).get("port") or port for name, port in DEFAULT_PORTS.items()}
+    if not services["mlflow"].get("enabled", True):
+        del ports["mlflow"]
+    return ports
+
+
+def _service_env() -> dict[str, str]:
+    return {
+        "HUBFORGE_CONFIG": str(HUB_CONFIG_DIR / "platform.yaml"),
+        "HUBFORGE_DATA": str(HUB_DATA_DIR),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
+    pod_cfg = _in_cluster(cfg)
+    public = urlsplit(cfg.public_url)
+    artifacts = cfg.data["backends"].get("object_store_url") or str(HUB_DATA_DIR / "mlartifacts")
+    return [
+        "mlflow",
+        "server",
+        "--app-name",
+        "hubforge",
+        "--backend-store-uri",
+        pod_cfg.db_url("mlflow"),
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--static-prefix",
+        f"{cfg.hub['base_url']}services/mlflow",
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        ",".join(sorted({public.netloc, f"hub:{port}"})),
+        "--cors-allowed-origins",
+        f"{public.scheme}://{public.netloc}",
+    ]
+
+
+def _services(cfg: PlatformConfig) -> dict[str, dict[str, Any]]:
+    """z2jh ``hub.services``: governance and MLflow run in the hub pod; the chart makes their tokens."""
+    ports = _ports(cfg)
+    services: dict[str, dict[str, Any]] = {
+        "governance": {
+            "url": f"http://hub:{ports['governance']}",
+            "command": ["python3", "-m", "hubforge.hub.governance"],
+            # The URL names the hub's Service; the pod listens on every address.
+            "environment": {**_service_env(), "HUBFORGE_BIND_IP": "0.0.0.0"},
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
+        }
+    }
+    if "mlflow" in ports:
+        services["mlflow"] = {
+            "url": f"http://hub:{ports['mlflow']}",
+            "command": _mlflow_command(cfg, ports["mlflow"]),
+            "environment": _service_env(),
+            "oauth_no_confirm": True,
+        }
+    return services
+
+
+def _hub_values(cfg: PlatformConfig, settings: KubeSettings) -> dict[str, Any]:
+    ports = _ports(cfg)
+    hub: dict[str, Any] = {
+        "extraEnv": _service_env(),
+        "extraVolumes": [{"name": SECRET_NAME, "secret": {"secretName": SECRET_NAME}}],
+        "extraVolumeMounts": [{"name": SECRET_NAME, "mountPath": str(HUB_CONFIG_DIR), "readOnly": True}],
+        "extraConfig": {"hubforge": EXTRA_CONFIG % sorted(ports)},
+        "services": _services(cfg),
+        # The proxy reaches the services on the hub's Service, beside the hub API.
+        "service": {"extraPorts": [{"name": n, "port": p, "targetPort": p} for n, p in ports.items()]},
+        "networkPolicy": {
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-hub": "true"}}}],
+                    "ports": [{"port": p, "protocol": "TCP"} for p in ports.values()],
+                }
+            ]
+        },
+    }
+    if settings.hub_image:
+        name, _, tag = settings.hub_image.rpartition(":")
+        hub["image"] = {"name": name, "tag": tag} if name and "/" not in tag else {"name": settings.hub_image}
+    if cfg.data["backends"].get("hub_db_url"):
+        hub["db"] = {"type": "other", "url": cfg.db_url("hub")}
+    return hub
+
+
+def helm_values(cfg: PlatformConfig, catalog: Catalog) -> dict[str, Any]:
+    """Values for the Zero-to-JupyterHub chart, installed in the user namespace."""
+    settings = kube_settings(cfg)
+    return {
+        "hub": _hub_values(cfg, settings),
+        "singleuser": {
+            "cmd": "jupyterhub-singleuser",
+            "defaultUrl": cfg.data["spawner"].get("default_url", "/lab"),
+            # The static view; the hub replaces it with the per-user tiers (extraConfig).
+            "profileList": [profile_for(tier) for tier in catalog],
+        },
+    }
+
+
+def _secret_config(cfg: PlatformConfig) -> str:
+    data = {**cfg.data, "data_dir": str(HUB_DATA_DIR)}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def platform_manifests(cfg: PlatformConfig) -> list[dict[str, Any]]:
+    """The user namespace and the Secret holding the platform config for the hub pod."""
+    ns = kube_settings(cfg).namespace
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": _metadata(ns)},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": _metadata(SECRET_NAME, ns),
+            "type": "Opaque",
+            # A Secret, not a ConfigMap: backend URLs and OAuth settings may carry credentials.
+            "stringData": {"platform.yaml": _secret_config(cfg)},
+        },
+    ]
+
+
+def priority_classes(catalog: Catalog) -> list[dict[str, Any]]:
+    """A PriorityClass per class the tiers name; a reserved tier's class outranks a queued one's."""
+    values: dict[str, int] = {}
+    users: dict[str, list[str]] = {}
+    for tier in catalog:
+        if tier.priority_class:
+            value = PRIORITY_QUEUED if tier.queue else PRIORITY_RESERVED
+            values[tier.priority_class] = max(value, values.get(tier.priority_class, 0))
+            users.setdefault(tier.priority_class, []).append(tier.slug)
+    return [
+        {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": _metadata(name),
+            "value": value,
+            "globalDefault": False,
+            # Queued servers wait for Kueue; they never push a running server out.
+            "preemptionPolicy": "Never" if value == PRIORITY_QUEUED else "PreemptLowerPriority",
+            "description": f"hubforge tiers: {', '.join(users[name])}",
+        }
+        for name, value in values.items()
+    ]
+
+
+def _flavor_name(tier: Tier) -> str:
+    return tier.resources.model or "cpu"
+
+
+def resource_flavor(name: str) -> dict[str, Any]:
+    """The ResourceFlavor of a GPU model (its nodes by GPU feature discovery's label), or 'cpu'."""
+    spec: dict[str, Any] = {}
+    if name in GPU_MODELS:
+        spec["nodeLabels"] = {"nvidia.com/gpu.product": GPU_MODELS[name].product}
+    return {"apiVersion": KUEUE_API, "kind": "ResourceFlavor", "metadata": _metadata(name), "spec": spec}
+
+
+def _cpu_quantity(cores: float) -> int | str:
+    return int(cores) if cores == int(cores) else f"{round(cores * 1000)}m"
+
+
+def _weight(weight: float) -> int | str:
+    return int(weight) if weight == int(weight) else f"{weight:g}"
+
+
+def cluster_queue(tier: Tier, settings: KubeSettings) -> dict[str, Any]:
+    """The ClusterQueue of a queued tier: its nominal quota, in the cohort, with its fair share."""
+    assert tier.capacity is not None, "load_catalog requires a capacity on queued tiers"
+    covered: list[str] = ["cpu", "memory"]
+    quotas: list[dict[str, Any]] = [
+        {"name": "cpu", "nominalQuota": _cpu_quantity(tier.capacity.cpu)},
+        {"name": "memory", "nominalQuota": kube_memory(tier.capacity.memory)},
+    ]
+    if tier.resources.gpu_resource:
+        covered.append(tier.resources.gpu_resource)
+        quotas.append({"name": tier.resources.gpu_resource, "nominalQuota": tier.capacity.gpus})
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "ClusterQueue",
+        "metadata": _metadata(f"hubforge-{tier.slug}", **{"hubforge.dev/tier": tier.slug}),
+        "spec": {
+            "cohort": settings.cohort,
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.namespace}},
+            "queueingStrategy": "BestEffortFIFO",
+            "fairSharing": {"weight": _weight(tier.fair_share_weight)},
+            # Take back lent quota when needed; never end a running server of the same queue.
+            "preemption": {"reclaimWithinCohort": "Any", "withinClusterQueue": "Never"},
+            "resourceGroups": [
+                {"coveredResources": covered, "flavors": [{"name": _flavor_name(tier), "resources": quotas}]}
+            ],
+        },
+    }
+
+
+def local_queue(tier: Tier, settings: KubeSettings) -> dict[str, Any]:
+    """The LocalQueue users' pods name (``kueue.x-k8s.io/queue-name``), in the user namespace."""
+    assert tier.queue is not None
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "LocalQueue",
+        "metadata": _metadata(tier.queue, settings.namespace, **{"hubforge.dev/tier": tier.slug}),
+        "spec": {"clusterQueue": f"hubforge-{tier.slug}"},
+    }
+
+
+def kueue_manifests(catalog: Catalog, settings: KubeSettings) -> list[dict[str, Any]]:
+    """ResourceFlavors, then ClusterQueues, then LocalQueues (the order to apply them)."""
+    queued = [tier for tier in catalog if tier.queue]
+    flavors = dict.fromkeys(_flavor_name(tier) for tier in catalog if tier.queue or tier.resources.model)
+    return [
+        *(resource_flavor(name) for name in flavors),
+        *(cluster_queue(tier, settings) for tier in queued),
+        *(local_queue(tier, settings) for tier in queued),
+    ]
+
+
+class _Dumper(yaml.SafeDumper):
+    """YAML with multi-line strings (the extraConfig snippet) as literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _write(path: Path, docs: list[dict[str, Any]], header: str) -> Path:
+    body = yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    try:
+        path.write_text(f"# {header}\n# Rendered by `hubforge k8s render`; edit platform.yaml, not this file.\n{body}")
+    except OSError as exc:
+        raise HubforgeError(f"{path}: cannot write: {exc.strerror}") from exc
+    return path
+
+
+def render_k8s(cfg: PlatformConfig, out_dir: str | Path) -> list[Path]:
+    """Write the helm values and the manifests under ``out_dir``; return the files written."""
+    if cfg.data["auth"].get("type", "demo") == "demo":
+        raise ConfigError(
+            f"{cfg.source}: auth.type: the demo authenticator is for one machine; use oauth or ldap on Kubernetes"
+        )
+    catalog = load_catalog(cfg)
+    settings = kube_settings(cfg)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HubforgeError(f"{out}: cannot create the output folder: {exc.strerror}") from exc
+    ns = settings.namespace
+    return [
+        _write(
+            out / "helm-values.yaml",
+            [helm_values(cfg, catalog)],
+            f"Zero-to-JupyterHub values: helm upgrade --install hubforge jupyterhub/jupyterhub "
+            f"--namespace {ns} --values helm-values.yaml",
+        ),
+        _write(
+            out / "hubforge-platform.yaml",
+            platform_manifests(cfg),
+            "The user namespace and the platform config: kubectl apply -f hubforge-platform.yaml (before the chart)",
+        ),
+        _write(out / "priority-classes.yaml", priority_classes(catalog), "kubectl apply -f priority-classes.yaml"),
+        _write(
+            out / "kueue.yaml",
+            kueue_manifests(catalog, settings),
+            "Kueue objects (needs Kueue with the pod integration and fair sharing on): kubectl apply -f kueue.yaml",
+        ),
+    ]

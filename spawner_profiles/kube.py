@@ -1,0 +1,403 @@
+"""KubeSpawner configured from the tier catalog.
+
+Each tier becomes one KubeSpawner profile (``profile_list``) with two
+``profile_options``, ``image`` and ``gpus``; a user sees only the tiers their
+personas or groups allow. :class:`HubforgeKubeSpawner` checks every request
+against the catalog before KubeSpawner applies it, so options forged through
+the REST API get a 4xx and nothing is created in the cluster.
+
+:func:`render_pod` returns the pod KubeSpawner itself would create for a
+user's choice, without a cluster or a kubeconfig (see :func:`_offline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import kubespawner.spawner as kubespawner_module
+from kubernetes_asyncio import client
+from kubespawner import KubeSpawner
+from tornado import web
+from traitlets import Dict, Instance, default
+from traitlets.config import Config
+
+from hubforge.config import PlatformConfig
+
+from .catalog import (
+    Catalog,
+    ChoiceError,
+    Tier,
+    ValidatedChoice,
+    check_choice,
+    load_catalog,
+    personas_for_groups,
+    tiers_for,
+)
+from .hardware import memory_bytes
+
+__all__ = [
+    "QUEUE_LABEL",
+    "TIER_LABEL",
+    "HubforgeKubeSpawner",
+    "KubeSettings",
+    "TierProfileList",
+    "configure_kubespawner",
+    "kube_memory",
+    "kube_settings",
+    "offline_spawner",
+    "profile_for",
+    "render_pod",
+    "render_pod_async",
+    "user_groups",
+]
+
+#: The pod label Kueue's pod integration reads to queue a pod.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: The pod label naming the tier a server runs on.
+TIER_LABEL = "hubforge.dev/tier"
+
+#: Traitlets a tier's overrides set; reset before each spawn, because
+#: KubeSpawner merges dict overrides into the live values of a reused spawner.
+TIER_TRAITS = (
+    "image",
+    "cpu_guarantee",
+    "cpu_limit",
+    "mem_guarantee",
+    "mem_limit",
+    "node_selector",
+    "tolerations",
+    "priority_class_name",
+    "extra_labels",
+    "extra_pod_config",
+    "extra_resource_limits",
+    "extra_resource_guarantees",
+)
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Kubernetes settings of the platform (``spawner.kubernetes`` in platform.yaml)."""
+
+    #: Where users' pods and the tiers' Kueue LocalQueues live.
+    namespace: str = "hubforge"
+    #: The Kueue cohort the queued tiers share and borrow within.
+    cohort: str = "hubforge"
+    #: The hub image (must have hubforge installed); empty: the chart's default.
+    hub_image: str = ""
+
+
+def kube_settings(cfg: PlatformConfig) -> KubeSettings:
+    """The Kubernetes settings, defaults filled in."""
+    spec = cfg.data.get("spawner", {}).get("kubernetes", {})
+    return KubeSettings(**{k: v for k, v in spec.items() if k in KubeSettings.__dataclass_fields__})
+
+
+def kube_memory(spec: str) -> str:
+    """A JupyterHub memory spec as a Kubernetes quantity ('8G' is 8 GiB: '8Gi')."""
+    number, unit = spec[:-1], spec[-1]
+    return f"{number}{unit}i" if number.isdigit() else str(memory_bytes(spec))
+
+
+def _gpu_override(tier: Tier, count: int) -> dict[str, Any]:
+    resource = tier.resources.gpu_resource
+    if resource is None:
+        return {}
+    # None removes the key when KubeSpawner merges the override (no GPU request).
+    value = str(count) if count else None
+    return {"extra_resource_limits": {resource: value}, "extra_resource_guarantees": {resource: value}}
+
+
+def _tier_override(tier: Tier) -> dict[str, Any]:
+    res = tier.resources
+    labels = {TIER_LABEL: tier.slug}
+    if tier.queue:
+        labels[QUEUE_LABEL] = tier.queue
+    override: dict[str, Any] = {
+        "image": tier.image(tier.default_image).image,  # type: ignore[union-attr]
+        "cpu_guarantee": res.cpu_guarantee,
+        "cpu_limit": res.cpu_limit,
+        "mem_guarantee": res.mem_guarantee,
+        "mem_limit": res.mem_limit,
+        "node_selector": dict(tier.node_selector),
+        "tolerations": [dict(t) for t in tier.tolerations],
+        "extra_labels": labels,
+    }
+    if tier.priority_class:
+        override["priority_class_name"] = tier.priority_class
+    if tier.max_lifetime:
+        # Kubernetes ends the pod itself once its maximum lifetime has passed.
+        override["extra_pod_config"] = {"activeDeadlineSeconds": tier.max_lifetime}
+    return override
+
+
+def profile_for(tier: Tier) -> dict[str, Any]:
+    """The KubeSpawner profile of one tier (plain data: fit for helm values too)."""
+    gpus = tier.resources.gpus
+    return {
+        "slug": tier.slug,
+        "display_name": tier.display_name,
+        "description": tier.description,
+        "kubespawner_override": _tier_override(tier),
+        "profile_options": {
+            "image": {
+                "display_name": "Image",
+                "choices": {
+                    choice.key: {
+                        "display_name": choice.display_name,
+                        "default": choice.key == tier.default_image,
+                        "kubespawner_override": {"image": choice.image},
+                    }
+                    for choice in tier.images
+                },
+            },
+            "gpus": {
+                "display_name": "GPUs",
+                "choices": {
+                    str(n): {
+                        "display_name": tier.resources.describe_gpus(n),
+                        "default": n == gpus.default,
+                        "kubespawner_override": _gpu_override(tier, n),
+                    }
+                    for n in range(gpus.min, gpus.max + 1)
+                },
+            },
+        },
+    }
+
+
+def _group_names(spawner: Any) -> list[str]:
+    return [group.name for group in getattr(spawner.user, "groups", [])]
+
+
+@dataclass
+class TierProfileList:
+    """``KubeSpawner.profile_list`` as a callable: the profiles of the tiers a user may use."""
+
+    catalog: Catalog
+    #: Hub group -> the personas it grants (``cfg.group_personas()``).
+    group_personas: dict[str, list[str]] = field(default_factory=dict)
+
+    def __call__(self, spawner: Any) -> list[dict[str, Any]]:
+        """The profiles ``spawner.user`` may choose from, in catalog order."""
+        groups = _group_names(spawner)
+        personas = personas_for_groups(self.group_personas, groups)
+        return [profile_for(tier) for tier in tiers_for(self.catalog, groups, personas)]
+
+
+class HubforgeKubeSpawner(KubeSpawner):
+    """KubeSpawner that refuses any tier or option the catalog does not allow the user."""
+
+    tier_catalog = Instance(
+        Catalog,
+        allow_none=True,
+        config=True,
+        help="The tier catalog (hubforge.spawner_profiles.catalog.load_catalog(cfg)). "
+        "Every spawn request is checked against it; without one, every spawn is refused.",
+    )
+    group_personas = Dict(
+        config=True,
+        help="Hub group -> the personas it grants, as PlatformConfig.group_personas() returns.",
+    )
+    tier_choice = Instance(ValidatedChoice, allow_none=True, help="The checked choice of the last spawn.")
+
+    @default("profile_list")
+    def _default_profile_list(self) -> Any:
+        if self.tier_catalog is None:
+            return []
+        return TierProfileList(self.tier_catalog, dict(self.group_personas))
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Any:
+        # JupyterHub (5.3+) runs this hook before pre_spawn_hook and start():
+        # the earliest point to refuse. load_user_options checks again.
+        return _refuse_forbidden_options
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._configured = {name: copy.deepcopy(getattr(self, name)) for name in TIER_TRAITS}
+        #: Whether the last start was refused before anything reached the cluster.
+        self._refused = False
+
+    def check_user_options(self) -> ValidatedChoice:
+        """The user's request checked against the catalog; HTTPError 400/403 if not allowed."""
+        if self.tier_catalog is None:
+            raise web.HTTPError(500, "hubforge: no tier catalog is configured for the spawner")
+        self._refused = False
+        options = dict(self.user_options or {})
+        slug = options.pop("profile", None)
+        groups = _group_names(self)
+        personas = personas_for_groups(self.group_personas, groups)
+        try:
+            return check_choice(self.tier_catalog, groups, personas, slug, options)
+        except ChoiceError as exc:
+            self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
+            self._refused = True
+            raise web.HTTPError(exc.status, str(exc)) from exc
+
+    async def load_user_options(self) -> None:
+        """Check the request, then let KubeSpawner apply the tier's profile and options."""
+        choice = self.check_user_options()
+        for name, value in self._configured.items():
+            setattr(self, name, copy.deepcopy(value))
+        # Canonical keys and string values: KubeSpawner looks choices up by string key.
+        self.user_options = {"profile": choice.tier.slug, "image": choice.image_key, "gpus": str(choice.gpus)}
+        self.tier_choice = choice
+        await super().load_user_options()
+
+    async def poll(self) -> int | None:
+        """KubeSpawner's poll, except after a refused start: no pod exists, nothing to ask.
+
+        JupyterHub polls a server whose start failed before cleaning up; a
+        refusal then answers at once, without starting the pod watch.
+        """
+        if self._refused:
+            return 0
+        status: int | None = await super().poll()
+        return status
+
+    def get_args(self) -> list[str]:
+        """The server's arguments, plus the tier's idle timeout for jupyter-server."""
+        args: list[str] = super().get_args()
+        idle = self.tier_choice.tier.idle_timeout if self.tier_choice else 0
+        if idle:
+            args += [
+                f"--ServerApp.shutdown_no_activity_timeout={idle}",
+                f"--MappingKernelManager.cull_idle_timeout={idle}",
+                f"--TerminalManager.cull_inactive_timeout={idle}",
+            ]
+        return args
+
+
+def _refuse_forbidden_options(spawner: HubforgeKubeSpawner, user_options: dict[str, Any]) -> None:
+    """``Spawner.apply_user_options``: HTTPError 400/403 unless the catalog allows the request."""
+    spawner.check_user_options()
+
+
+def configure_kubespawner(c: Any, cfg: PlatformConfig, catalog: Catalog | None = None) -> None:
+    """Make JupyterHub spawn with :class:`HubforgeKubeSpawner` and the platform's tiers."""
+    catalog = catalog if catalog is not None else load_catalog(cfg)
+    group_personas = cfg.group_personas()
+    c.JupyterHub.spawner_class = HubforgeKubeSpawner
+    c.HubforgeKubeSpawner.tier_catalog = catalog
+    c.HubforgeKubeSpawner.group_personas = group_personas
+    # Set on our class: it wins over a static c.KubeSpawner.profile_list (z2jh's profileList).
+    c.HubforgeKubeSpawner.profile_list = TierProfileList(catalog, group_personas)
+    c.KubeSpawner.namespace = kube_settings(cfg).namespace
+    # An explicit command: KubeSpawner drops arguments (the idle timeout) without one.
+    c.KubeSpawner.cmd = ["jupyterhub-singleuser"]
+    c.Spawner.default_url = cfg.data["spawner"].get("default_url", "/lab")
+
+
+# --- rendering without a cluster ----------------------------------------------
+
+#: Where the offline client points: a name that never resolves (RFC 2606).
+OFFLINE_HOST = "https://kubernetes.invalid"
+
+
+@contextmanager
+def _offline(api_client: client.ApiClient) -> Iterator[None]:
+    """Construct KubeSpawners that load no kubeconfig and reach no cluster.
+
+    KubeSpawner's ``__init__`` calls ``load_config()`` (in-cluster config,
+    else ``~/.kube/config``) and ``shared_client()``. Both are swapped, for
+    the construction only, for a no-op and a client on ``api_client``, which
+    points at :data:`OFFLINE_HOST`: anything that did try to call the API
+    would fail to connect instead of touching a real cluster. Swapping the
+    two names at KubeSpawner's import boundary beats a throwaway kubeconfig:
+    kubernetes_asyncio reads ``$KUBECONFIG`` once at import and
+    ``load_config`` is cached for the process.
+    """
+    saved = kubespawner_module.load_config, kubespawner_module.shared_client
+    kubespawner_module.load_config = lambda **_: None
+    kubespawner_module.shared_client = lambda kind, *a, **k: getattr(client, kind)(api_client)
+    try:
+        yield
+    finally:
+        kubespawner_module.load_config, kubespawner_module.shared_client = saved
+
+
+@dataclass(frozen=True)
+class _Group:
+    name: str
+
+
+@dataclass(frozen=True)
+class _RenderUser:
+    """What KubeSpawner reads of a hub user."""
+
+    name: str
+    url: str
+    groups: tuple[_Group, ...]
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class _RenderHub:
+    """What KubeSpawner reads of the hub: z2jh's hub service address."""
+
+    base_url: str
+    url: str
+    api_url: str
+    public_host: str = ""
+
+
+def user_groups(cfg: PlatformConfig, name: str) -> list[str]:
+    """The groups of a user declared in the config's ``users:`` section."""
+    users = cfg.data.get("users", {})
+    if name not in users:
+        raise ChoiceError(f"no user {name!r} in the users of {cfg.source}", status=404)
+    return list(users[name].get("groups", []))
+
+
+@asynccontextmanager
+async def offline_spawner(
+    cfg: PlatformConfig, user: str, catalog: Catalog | None = None
+) -> AsyncIterator[HubforgeKubeSpawner]:
+    """A HubforgeKubeSpawner for a user of the config, configured as the hub would, with no cluster.
+
+    The user's groups come from the config's ``users:`` section; the hub is
+    z2jh's (``http://hub:8081``). The spawner's API client points at
+    :data:`OFFLINE_HOST` and is closed on exit.
+    """
+    catalog = catalog if catalog is not None else load_catalog(cfg)
+    c = Config()
+    configure_kubespawner(c, cfg, catalog)
+    prefix = cfg.hub["base_url"]
+    hub = _RenderHub(f"{prefix}hub/", f"http://hub:8081{prefix}hub/", f"http://hub:8081{prefix}hub/api")
+    account = _RenderUser(user, f"{prefix}user/{user}/", tuple(_Group(g) for g in user_groups(cfg, user)))
+    async with client.ApiClient(client.Configuration(host=OFFLINE_HOST)) as api_client:
+        with _offline(api_client):
+            spawner = HubforgeKubeSpawner(config=c, user=account, hub=hub)
+        yield spawner
+
+
+async def render_pod_async(
+    cfg: PlatformConfig, user: str, tier: str, options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The pod manifest (a dict) KubeSpawner would create for ``user``'s choice.
+
+    ChoiceError when the user may not use that tier or option.
+    """
+    options = dict(options or {})
+    catalog = load_catalog(cfg)
+    groups = user_groups(cfg, user)
+    check_choice(catalog, groups, personas_for_groups(cfg.group_personas(), groups), tier, options)
+    async with offline_spawner(cfg, user, catalog) as spawner:
+        spawner.user_options = {"profile": tier, **options}
+        try:
+            await spawner.load_user_options()
+        except web.HTTPError as exc:
+            raise ChoiceError(exc.get_message() or str(exc), exc.status_code) from exc
+        pod = spawner.api.api_client.sanitize_for_serialization(await spawner.get_pod_manifest())
+    pod["metadata"]["namespace"] = spawner.namespace
+    return pod
+
+
+def render_pod(cfg: PlatformConfig, user: str, tier: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`render_pod_async` for callers without an event loop (the command line, tests)."""
+    return asyncio.run(render_pod_async(cfg, user, tier, options))
