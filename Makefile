@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hubforge-installed
 CHP := node_modules/.bin/configurable-http-proxy
+# Browser tests drive Debian's Chromium (never a browser download).
+CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
 .PHONY: install up test test-unit test-platform bench lint clean
@@ -23,10 +25,13 @@ $(CHP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 up: install
 	$(VENV)/bin/hubforge up
 
-test: install
+test: install $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install

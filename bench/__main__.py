@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import startup
+from bench import allocator, spawnstorm, startup
 from bench.report import Result, print_table
 
-SUITES = {"startup": startup.run}
+SUITES = {"startup": startup.run, "allocator": allocator.run, "spawnstorm": spawnstorm.run}
 
 
 def main(argv: list[str] | None = None) -> int:

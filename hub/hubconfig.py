@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from hubforge.config import PlatformConfig
 from hubforge.personas import CUSTOM_SCOPES, hub_roles
+from hubforge.spawner_profiles.catalog import load_catalog
 
 from .auth import oauth_groups_key
 
@@ -156,8 +157,18 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.Spawner.start_timeout = cfg.hub.get("start_timeout", 120)
     c.Spawner.http_timeout = cfg.hub.get("start_timeout", 120)
     c.Spawner.environment = {"HUBFORGE_INSTANCE": rt.instance}
-    c.LocalTierSpawner.home_dir_template = str(cfg.data_dir / "users" / "{username}")
-    c.LocalTierSpawner.instance_marker = rt.instance
+    local = cfg.data["spawner"].get("local", {})
+    s = c.LocalTierSpawner
+    s.home_dir_template = str(cfg.data_dir / "users" / "{username}")
+    s.instance_marker = rt.instance
+    s.tier_catalog = load_catalog(cfg)
+    s.group_personas = cfg.group_personas()
+    s.gpu_db = str(cfg.data_dir / "gpus.sqlite")
+    s.declared_gpus = local.get("gpus", [])
+    s.fair_share_window = float(local.get("fair_share_window_hours", 168)) * 3600
+    s.poll_interval = local.get("poll_interval", 10)
+    # A queued spawn may wait for GPUs far longer than a server takes to start.
+    c.Spawner.start_timeout = max(cfg.hub.get("start_timeout", 120), 24 * 3600)
 
 
 def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:

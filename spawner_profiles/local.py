@@ -1,22 +1,50 @@
-"""The one-machine spawner: each user's server is a local process.
+"""The one-machine spawner: each user's server is a local process on a compute tier.
 
 Users need not exist on the system: every server runs as the hub's own
 system user with its home under the platform's data folder. That gives no
 isolation between users, which is why the one-machine default is meant for
 a single trusted team or a demo; on Kubernetes every server is its own pod.
+
+The tier catalog is the same as on Kubernetes. GPUs come from the shared
+:class:`~hubforge.spawner_profiles.allocator.GpuAllocator`: a server gets
+specific devices (``CUDA_VISIBLE_DEVICES``), waits in the fair-share queue
+when none is free (its place shown on the spawn progress page), and gives
+them back when it stops, crashes or is culled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import resource
 import shutil
 import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, suppress
+from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Unicode, default
+from tornado import web
+from traitlets import Any as AnyTrait
+from traitlets import Dict, Float, List, Unicode, default
 
-__all__ = ["LocalTierSpawner", "singleuser_command"]
+from hubforge.errors import HubforgeError
+
+from .allocation import AllocationConflict, NoSuchGpu, QuotaExceeded
+from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
+from .catalog import Catalog, ChoiceError, Tier, ValidatedChoice, check_choice, personas_for_groups
+from .gpus import inventory
+from .spawn_page import render_options_form
+
+__all__ = ["LocalTierSpawner", "fair_share_group", "shared_allocator", "singleuser_command"]
+
+#: One allocator per GPU database in this (hub) process: every spawner shares it.
+_ALLOCATORS: dict[str, GpuAllocator] = {}
+
+#: Allocator errors a person can act on, and the HTTP status each answers with.
+_REFUSALS: dict[type[HubforgeError], int] = {QuotaExceeded: 403, NoSuchGpu: 400, AllocationConflict: 409}
 
 
 def singleuser_command() -> list[str]:
@@ -25,8 +53,24 @@ def singleuser_command() -> list[str]:
     return [local if os.path.exists(local) else shutil.which("jupyterhub-singleuser") or local]
 
 
+def shared_allocator(db_path: str, declared_gpus: list[dict[str, Any]], window_s: float) -> GpuAllocator:
+    """The process-wide allocator for ``db_path`` (created on first use)."""
+    if db_path not in _ALLOCATORS:
+        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        _ALLOCATORS[db_path] = GpuAllocator(inventory(declared_gpus), db_path, window_s=window_s)
+    return _ALLOCATORS[db_path]
+
+
+def fair_share_group(user_groups: list[str], tier: Tier, fallback: str) -> str:
+    """The group a request is counted against: one the tier has a quota for, else the first group."""
+    for group in sorted(user_groups):
+        if group in tier.quota:
+            return group
+    return sorted(user_groups)[0] if user_groups else fallback
+
+
 class LocalTierSpawner(SimpleLocalProcessSpawner):
-    """Start single-user servers (jupyter-server + JupyterLab) as local processes."""
+    """Start single-user servers (jupyter-server + JupyterLab) as local processes on a tier."""
 
     instance_marker = Unicode(
         "",
@@ -34,16 +78,198 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         help="A value put in every server's environment as HUBFORGE_INSTANCE, so that "
         "`hubforge up` can find and stop what an earlier, crashed run left behind.",
     )
+    tier_catalog = AnyTrait(None, allow_none=True, config=True, help="The platform's tier Catalog.")
+    group_personas = Dict(config=True, help="Hub group -> the personas it grants.")
+    gpu_db = Unicode("", config=True, help="SQLite file of GPU allocations (survives hub restarts).")
+    declared_gpus: List[dict[str, Any]] = List(config=True, help="spawner.local.gpus: GPUs of a machine without NVML.")
+    fair_share_window = Float(7 * 24 * 3600.0, config=True, help="Seconds of GPU use fair share looks back on.")
 
     @default("cmd")
     def _default_cmd(self) -> list[str]:
         return singleuser_command()
 
+    @default("options_form")
+    def _default_options_form(self) -> Callable[[Any], Any]:
+        return render_options_form
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Callable[[Any, Any], Any]:
+        # JupyterHub runs this before start(): refusals reach the REST caller as 4xx.
+        return lambda spawner, _options: spawner.check_user_options()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tier_choice: ValidatedChoice | None = None
+        self.allocation: Allocation | None = None
+        self._events: list[dict[str, Any]] = []
+        self._events_changed = asyncio.Event()
+        self._acquiring: asyncio.Task[Allocation] | None = None
+
+    # -- who may use what -------------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        """The tier catalog (configured by the platform)."""
+        if self.tier_catalog is None:
+            raise web.HTTPError(500, "hubforge: no tier catalog is configured for the spawner")
+        return self.tier_catalog
+
+    @property
+    def allocator(self) -> GpuAllocator:
+        """This machine's shared GPU allocator."""
+        db = self.gpu_db or os.path.join(os.path.dirname(self.home_dir_template), "gpus.sqlite")
+        return shared_allocator(db, list(self.declared_gpus), self.fair_share_window)
+
+    def user_groups(self) -> list[str]:
+        """The hub groups of this server's user."""
+        return [group.name for group in getattr(self.user, "groups", [])]
+
+    def user_personas(self) -> set[str]:
+        """The personas those groups grant."""
+        return personas_for_groups(self.group_personas, self.user_groups())
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        """The spawn page's fields -> ``{"profile", "image", "gpus"}`` (checked later, like the API's)."""
+        slug = (formdata.get("profile") or [""])[0]
+        options: dict[str, Any] = {"profile": slug}
+        for key in ("image", "gpus"):
+            values = formdata.get(f"{key}_{slug}") or [""]
+            if values[0] != "":
+                options[key] = values[0]
+        return options
+
+    def gpu_request(self, choice: ValidatedChoice) -> tuple[GpuRequest, Quotas]:
+        """What to ask the allocator for this choice, and the quotas that apply."""
+        tier = choice.tier
+        group = fair_share_group(self.user_groups(), tier, self.user.name)
+        request = GpuRequest(
+            server_key=f"{self.user.name}/{self.name}",
+            user=self.user.name,
+            group=group,
+            tier=tier.slug,
+            gpus=choice.gpus,
+            model=tier.resources.model if choice.gpus else None,
+            mig_profile=tier.resources.mig_profile if choice.gpus else None,
+        )
+        return request, Quotas(group_gpus=tier.quota.get(group), user_servers=self.catalog.max_servers_per_user)
+
+    def check_user_options(self) -> ValidatedChoice:
+        """The request checked against the catalog and the machine; HTTPError 4xx if refused."""
+        options = dict(self.user_options or {})
+        slug = options.pop("profile", None)
+        try:
+            choice = check_choice(self.catalog, self.user_groups(), self.user_personas(), slug, options)
+            self.allocator.check(*self.gpu_request(choice))
+        except ChoiceError as exc:
+            self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
+            raise web.HTTPError(exc.status, str(exc)) from exc
+        except tuple(_REFUSALS) as exc:
+            self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
+            raise web.HTTPError(_REFUSALS[type(exc)], str(exc)) from exc
+        self.tier_choice = choice
+        return choice
+
+    # -- start, progress, stop ----------------------------------------------------------------------
+
+    def _announce(self, message: str, progress: int = 10) -> None:
+        self._events.append({"progress": progress, "message": message})
+        self._events_changed.set()
+
+    async def _acquire(self, choice: ValidatedChoice) -> Allocation:
+        request, quotas = self.gpu_request(choice)
+        async with aclosing(self.allocator.acquire(request, quotas)) as steps:
+            async for step in steps:
+                if isinstance(step, QueueStatus):
+                    self._announce(step.message)
+                    continue
+                return step
+        raise RuntimeError("the GPU allocator ended without an allocation")  # pragma: no cover
+
+    async def start(self) -> Any:
+        """Wait for GPUs in the fair-share queue, then start the server with them."""
+        self._events.clear()
+        choice = self.tier_choice or self.check_user_options()
+        self._announce(f"Requesting {choice.tier.display_name}: {_describe(choice)}", 5)
+        self._acquiring = asyncio.ensure_future(self._acquire(choice))
+        try:
+            self.allocation = await self._acquiring
+            self._apply_tier(choice)
+            self._announce(f"Starting your server on {choice.tier.display_name}{_gpu_words(self.allocation)}", 50)
+        finally:
+            self._acquiring = None
+        try:
+            return await super().start()
+        except BaseException:
+            self._release("start failed")
+            raise
+
+    def _apply_tier(self, choice: ValidatedChoice) -> None:
+        tier = choice.tier
+        self.mem_limit = tier.resources.mem_limit
+        self.cpu_limit = tier.resources.cpu_limit
+        env: dict[str, Any] = dict(self.environment)  # type: ignore[has-type]
+        env.update(gpu_env(self.allocation) if self.allocation else {})
+        env.update({"HUBFORGE_TIER": tier.slug, "HUBFORGE_IMAGE": choice.image_key})
+        self.environment = env
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """Spawn progress: queue position and reason while waiting, then start-up steps."""
+        seen = 0
+        while True:
+            while seen < len(self._events):
+                yield self._events[seen]
+                seen += 1
+            if self._acquiring is None and self.allocation is not None:
+                return
+            self._events_changed.clear()
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._events_changed.wait(), timeout=1)
+
+    async def stop(self, now: bool = False) -> None:
+        """Stop the server (or leave the queue) and give its GPUs back."""
+        if self._acquiring is not None:
+            self._acquiring.cancel()
+        await super().stop(now=now)
+        self._release("stopped")
+
+    async def poll(self) -> int | None:
+        """Whether the server runs; a dead one's GPUs go back, an overdue one is stopped."""
+        if self._acquiring is not None:
+            return None  # still queued: nothing to poll yet
+        status: int | None = await super().poll()
+        if status is None and self._past_lifetime():
+            self.log.info("Stopping %s: the tier's maximum lifetime has passed", self._log_name)
+            await super().stop(now=True)
+            status = 0
+        if status is not None:
+            self._release("exited")
+        return status
+
+    def _past_lifetime(self) -> bool:
+        lifetime = self.tier_choice.tier.max_lifetime if self.tier_choice else 0
+        started = self.orm_spawner.started if self.orm_spawner is not None else None
+        return bool(lifetime and started and time.time() - started.timestamp() > lifetime)
+
+    def _release(self, why: str) -> None:
+        released = self.allocator.release(f"{self.user.name}/{self.name}")
+        if released is not None and released.gpus:
+            self.log.info("Released %d GPU(s) of %s (%s)", len(released.gpus), self._log_name, why)
+        self.allocation = None
+
+    # -- the process ----------------------------------------------------------------------------------
+
     def get_args(self) -> list[str]:
-        """jupyter-server refuses to run as root without ``--allow-root``; allow it here."""
+        """jupyter-server refuses root without ``--allow-root``; the tier's idle timeout culls it."""
         args: list[str] = super().get_args()
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--allow-root")
+        idle = self.tier_choice.tier.idle_timeout if self.tier_choice else 0
+        if idle:
+            args += [
+                f"--ServerApp.shutdown_no_activity_timeout={idle}",
+                f"--MappingKernelManager.cull_idle_timeout={idle}",
+                f"--TerminalManager.cull_inactive_timeout={idle}",
+            ]
         return args
 
     def get_env(self) -> dict[str, Any]:
@@ -52,3 +278,55 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         if self.instance_marker:
             env["HUBFORGE_INSTANCE"] = self.instance_marker
         return env
+
+    def make_preexec_fn(self, name: str) -> Callable[[], None]:
+        """Create the home folder, then cap the server's data segment at the tier's memory limit."""
+        parent = super().make_preexec_fn(name)
+        limit = int(self.mem_limit or 0)
+
+        def preexec() -> None:
+            parent()
+            if limit:
+                # RLIMIT_DATA counts heap and anonymous mappings: what a runaway kernel grows.
+                resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+        return preexec
+
+    # -- state across hub restarts -----------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """The process id (JupyterHub's) and the tier choice, so a restarted hub can poll it."""
+        state: dict[str, Any] = super().get_state()
+        if self.tier_choice is not None:
+            state["hubforge_choice"] = {
+                "profile": self.tier_choice.tier.slug,
+                "image": self.tier_choice.image_key,
+                "gpus": self.tier_choice.gpus,
+            }
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore the tier choice (lifetime, culling) after a hub restart."""
+        super().load_state(state)
+        saved = state.get("hubforge_choice")
+        if saved and self.tier_catalog is not None:
+            tier = next((t for t in self.catalog.tiers if t.slug == saved.get("profile")), None)
+            image = next((i for i in tier.images if i.key == saved.get("image")), None) if tier else None
+            if tier and image:
+                self.tier_choice = ValidatedChoice(tier, image.key, image.image, int(saved.get("gpus", 0)))
+
+    def clear_state(self) -> None:
+        """Forget the choice along with the process."""
+        super().clear_state()
+        self.tier_choice = None
+
+
+def _describe(choice: ValidatedChoice) -> str:
+    gpus = f"{choice.gpus} GPU{'s' if choice.gpus != 1 else ''}" if choice.gpus else "no GPU"
+    return f"{choice.image_key} image, {gpus}"
+
+
+def _gpu_words(allocation: Allocation | None) -> str:
+    if allocation is None or not allocation.gpus:
+        return ""
+    return " with GPU " + ", ".join(g.visible_id for g in allocation.gpus)

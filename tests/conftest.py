@@ -40,6 +40,14 @@ def sqlite_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
     yield from _run(tmp_path_factory, "own", {})
 
 
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where tests leave files for people to look at (screenshots); kept after the run."""
+    path = Path(__file__).resolve().parents[1] / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture
 def session_for(platform: PlatformProcess) -> Iterator:
     """Log a persona in: ``session_for("ml-lead")`` -> (HubSession, username)."""

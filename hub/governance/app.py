@@ -112,7 +112,7 @@ def make_app(
         group_personas = load_config().group_personas()
     handlers = [(url_path_join(prefix, path_pattern(template)), handler) for template, handler in ROUTES]
     return web.Application(
-        handlers,  # type: ignore[arg-type]
+        handlers,
         default_handler_class=NotFoundHandler,
         store=store,
         hub_auth=hub_auth,

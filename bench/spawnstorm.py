@@ -1,0 +1,163 @@
+"""50 concurrent spawn requests on the interactive tier: hubforge against plain JupyterHub.
+
+The same storm hits both hubs in one run: an admin's token asks for 50
+users' servers at once, then polls each user until their server is ready.
+Reported: the hub API's p99 latency over every request of the storm (the
+spawn POSTs and the polling GETs), and the time until all 50 are ready. The
+baseline is plain JupyterHub with SimpleLocalProcessSpawner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _platform import DEMO_PASSWORD, HubSession, PlatformProcess, free_port, wait_for
+from bench.report import Result
+from hubforge.hub.launcher import find_proxy_command
+
+USERS = [f"user{i:02d}" for i in range(50)]
+
+PLAIN_CONFIG = """
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+c.ConfigurableHTTPProxy.command = [{chp!r}]
+c.JupyterHub.db_url = "sqlite:///{data}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{data}/cookie_secret"
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = {password!r}
+c.Authenticator.allowed_users = set({users!r}) | {{"erin"}}
+c.Authenticator.admin_users = {{"erin"}}
+c.JupyterHub.load_groups = {{"everyone": {{"users": {users!r}}}}}
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = "{data}/users/{{username}}"
+c.Spawner.args = ["--allow-root"]
+c.Spawner.default_url = "/lab"
+"""
+
+
+def p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+class PlainHub:
+    """Plain JupyterHub with SimpleLocalProcessSpawner and the same proxy."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        config = PLAIN_CONFIG.format(
+            port=self.port,
+            hub_port=free_port(),
+            api_port=free_port(),
+            chp=find_proxy_command(),
+            data=root,
+            password=DEMO_PASSWORD,
+            users=USERS,
+        )
+        (root / "jupyterhub_config.py").write_text(textwrap.dedent(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.root / "hub.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: _healthy(self.url), 120, "the plain hub")
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/hub/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def admin_token(url: str) -> str:
+    session = HubSession(url)
+    try:
+        assert session.login("erin").status_code == 302
+        return session.new_token("erin", note="bench")
+    finally:
+        session.close()
+
+
+async def storm(url: str, token: str, body: dict | None) -> tuple[list[float], float]:
+    """Start every user's server at once and wait for all; (request latencies, total seconds)."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"token {token}"}, timeout=300, limits=limits
+    ) as client:
+
+        async def timed(method: str, path: str, **kw: object) -> httpx.Response:
+            start = time.monotonic()
+            resp = await client.request(method, path, **kw)
+            latencies.append(time.monotonic() - start)
+            return resp
+
+        async def one(user: str) -> None:
+            resp = await timed("POST", f"/hub/api/users/{user}/server", json=body)
+            assert resp.status_code in (201, 202), resp.text
+            while not (await timed("GET", f"/hub/api/users/{user}")).json()["servers"].get("", {}).get("ready"):
+                await asyncio.sleep(0.5)
+
+        start = time.monotonic()
+        await asyncio.gather(*(one(u) for u in USERS))
+        total = time.monotonic() - start
+
+        async def stop(user: str) -> None:
+            await client.delete(f"/hub/api/users/{user}/server")
+
+        await asyncio.gather(*(stop(u) for u in USERS))
+    return latencies, total
+
+
+def run(repeat: int) -> list[Result]:
+    """One storm per side (a storm is 50 servers; repeat is ignored to keep the run short)."""
+    with tempfile.TemporaryDirectory(prefix="hubforge-storm-") as tmp:
+        users = {u: {"groups": ["data-scientist"]} for u in USERS} | {"erin": {"groups": ["platform-admin"]}}
+        ours = PlatformProcess(Path(tmp) / "ours" / "data", {"users": users})
+        ours.start()
+        try:
+            ours.wait_ready()
+            our_lat, our_total = asyncio.run(storm(ours.url, admin_token(ours.url), {"profile": "interactive"}))
+        finally:
+            ours.stop()
+        root = Path(tmp) / "plain"
+        root.mkdir()
+        plain = PlainHub(root)
+        plain.start()
+        try:
+            base_lat, base_total = asyncio.run(storm(plain.url, admin_token(plain.url), None))
+        finally:
+            plain.stop()
+    baseline = "plain JupyterHub, SimpleLocalProcessSpawner"
+    return [
+        Result("50 spawns: hub API p99", "s", [p99(our_lat)], [p99(base_lat)], baseline),
+        Result("50 spawns: all ready", "s", [our_total], [base_total], baseline),
+    ]

@@ -1,0 +1,84 @@
+"""The spawn page's tier picker: only the tiers a user may use, with live GPU counts.
+
+Rendered by JupyterHub inside its spawn form (``Spawner.options_form`` as a
+callable); the fields come back through ``options_from_form`` and are
+checked like any REST request.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .catalog import Tier, tiers_for
+from .gpus import Selector
+
+__all__ = ["render_options_form", "tier_cards"]
+
+
+@cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("options_form.html")
+
+
+def _selector(tier: Tier) -> Selector | None:
+    res = tier.resources
+    return Selector(res.model, res.mig_profile) if res.gpus.max and res.model else None
+
+
+def _gpu_label(tier: Tier) -> str:
+    res = tier.resources
+    if not res.gpus.max:
+        return ""
+    kind = f"{res.model} {res.mig_profile} MIG slice" if res.mig_profile else f"{res.model} GPU"
+    return f"{res.gpus.min} to {res.gpus.max} × {kind}{'s' if res.gpus.max > 1 else ''}"  # noqa: RUF001
+
+
+def tier_cards(tiers: list[Tier], snapshot: Any) -> list[dict[str, Any]]:
+    """The values each tier's card shows (pure: tiers and an allocator snapshot in, dicts out)."""
+    cards = []
+    for tier in tiers:
+        res, state = tier.resources, snapshot.tiers.get(tier.slug)
+        total = state.total if state else 0
+        cards.append(
+            {
+                "slug": tier.slug,
+                "display_name": tier.display_name,
+                "description": tier.description,
+                "cpu": f"{res.cpu_limit:g}",
+                "memory": res.mem_limit,
+                "model": f"{res.model} ({res.mig_profile})" if res.mig_profile else res.model,
+                "gpu_label": _gpu_label(tier),
+                "gpu_min": res.gpus.min,
+                "gpu_max": res.gpus.max,
+                "gpu_default": res.gpus.default,
+                "gpu_total": total,
+                "gpu_free": state.free if state else 0,
+                "waiting": state.queued if state else 0,
+                "needs_gpu": res.gpus.min > 0,
+                "available": total > 0 or res.gpus.min == 0,
+                "queued": tier.queue is not None,
+                "images": [{"key": i.key, "display_name": i.display_name} for i in tier.images],
+                "default_image": tier.default_image,
+                "checked": False,
+            }
+        )
+    first = next((c for c in cards if c["available"]), None)
+    if first is not None:
+        first["checked"] = True
+    return cards
+
+
+def render_options_form(spawner: Any) -> str:
+    """``Spawner.options_form``: the tier cards for this spawner's user."""
+    tiers = tiers_for(spawner.catalog, spawner.user_groups(), spawner.user_personas())
+    snapshot = spawner.allocator.snapshot({t.slug: _selector(t) for t in tiers})
+    return _template().render(tiers=tier_cards(tiers, snapshot))
