@@ -19,6 +19,9 @@ $(PY):
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e ".[test,dev]"
+	# An editable install skips data_files: enable the server extension as a wheel would.
+	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d
+	cp server_extension/jupyter_server_config.d/hubforge.json $(VENV)/etc/jupyter/jupyter_server_config.d/
 	touch $@
 
 $(CHP): package.json package-lock.json

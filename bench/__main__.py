@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import allocator, spawnstorm, startup
+from bench import allocator, extension_start, spawnstorm, startup, tracking
 from bench.report import Result, print_table
 
-SUITES = {"startup": startup.run, "allocator": allocator.run, "spawnstorm": spawnstorm.run}
+SUITES = {
+    "startup": startup.run,
+    "allocator": allocator.run,
+    "spawnstorm": spawnstorm.run,
+    "extension": extension_start.run,
+    "tracking": tracking.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

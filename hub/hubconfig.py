@@ -156,7 +156,13 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.Spawner.default_url = cfg.data["spawner"].get("default_url", "/lab")
     c.Spawner.start_timeout = cfg.hub.get("start_timeout", 120)
     c.Spawner.http_timeout = cfg.hub.get("start_timeout", 120)
-    c.Spawner.environment = {"HUBFORGE_INSTANCE": rt.instance}
+    c.Spawner.environment = {
+        "HUBFORGE_INSTANCE": rt.instance,
+        # Servers reach MLflow through the proxy, as the person's own hub identity.
+        "HUBFORGE_MLFLOW_URL": f"{cfg.local_url}services/mlflow",
+    }
+    # The server's token may log runs to MLflow on the person's behalf, nothing more.
+    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=mlflow"]
     local = cfg.data["spawner"].get("local", {})
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")
@@ -190,13 +196,17 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
             "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
         }
     ]
-    if cfg.data["services"]["mlflow"].get("enabled", True):
+    mlflow_cfg = cfg.data["services"]["mlflow"]
+    if mlflow_cfg.get("enabled", True):
         services.append(
             {
                 "name": "mlflow",
                 "url": f"http://127.0.0.1:{rt.mlflow_port}",
                 "command": mlflow_command(cfg, rt.mlflow_port),
-                "environment": env,
+                "environment": {
+                    **env,
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(mlflow_cfg.get("job_execution", False)).lower(),
+                },
                 "oauth_no_confirm": True,
             }
         )

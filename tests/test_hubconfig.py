@@ -125,3 +125,16 @@ def test_kubernetes_uses_kubespawner_with_the_tier_catalog(tmp_path: Path) -> No
     c = render(tmp_path, {"spawner": {"type": "kubernetes"}})
     assert "HubforgeKubeSpawner" in str(c.JupyterHub.spawner_class)
     assert callable(c.KubeSpawner.profile_list) or callable(c.HubforgeKubeSpawner.profile_list)
+
+
+def test_servers_reach_mlflow_as_their_user(tmp_path: Path) -> None:
+    c = render(tmp_path)
+    assert c.Spawner.environment["HUBFORGE_MLFLOW_URL"] == "http://127.0.0.1:8000/services/mlflow"
+    assert "access:services!service=mlflow" in c.Spawner.server_token_scopes
+
+
+def test_mlflow_job_workers_are_off_by_default(tmp_path: Path) -> None:
+    env = lambda c: next(s for s in c.JupyterHub.services if s["name"] == "mlflow")["environment"]  # noqa: E731
+    assert env(render(tmp_path))["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    on = render(tmp_path, {"services": {"mlflow": {"job_execution": True}}})
+    assert env(on)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"

@@ -1,0 +1,355 @@
+"""A background, batching, spooling sender of run data to MLflow.
+
+Callers append metrics, params and tags in O(1) without touching the network;
+a daemon thread drains them into ``MlflowClient.log_batch`` within MLflow's
+per-request limits. When MLflow is down or slow the thread retries with
+backoff; when the memory buffer is full it is spilled to an append-only JSON
+lines spool on disk (one fsync per spill), replayed in order when MLflow is
+back; past the disk bound items are dropped and counted, never silently.
+
+Exactly-once, from the caller's view: an item leaves the queue only when a
+``log_batch`` carrying it was acknowledged. A failure is *ambiguous* (the
+server may have committed before the connection broke), so before a failed
+batch is sent again its metrics are checked against
+``get_metric_history`` and those already stored are skipped. Params (same
+value) and tags (overwrite) are idempotent and are simply re-sent. The
+trade-off: a metric identical in key, value, timestamp and step to one already
+stored in the run is taken as delivered (MLflow's SQL store would merge it as
+a duplicate primary key anyway), and recovery costs one history read per
+metric key of the failed batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MAX_BATCH_BYTES", "MAX_METRICS", "MAX_PARAMS", "MAX_TAGS", "TrackingQueue"]
+
+log = logging.getLogger(__name__)
+
+MAX_METRICS = 1000
+MAX_PARAMS = 100
+MAX_TAGS = 100
+#: Below MLflow's 1 MB request limit, leaving room for the JSON framing.
+MAX_BATCH_BYTES = 900_000
+#: An item is a JSON-friendly list: ["m", run_id, key, value, timestamp, step] or ["p"|"t", run_id, key, value].
+Item = list
+_REJECTED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"}
+
+
+@dataclass
+class _Batch:
+    """Items of one run, sent in one ``log_batch``; ``ambiguous`` after a failed try."""
+
+    run_id: str
+    items: list[Item] = field(default_factory=list)
+    ambiguous: bool = False
+
+
+class _Spool:
+    """An append-only JSON lines file: one line per spilled chunk, read back in order."""
+
+    def __init__(self, directory: Path, max_bytes: int):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"spool-{os.getpid()}-{id(self):x}.jsonl"
+        self.max_bytes = max_bytes
+        self._writer = open(self.path, "ab")  # noqa: SIM115 - held for the queue's life
+        self._offset = 0
+        self.items = 0
+
+    def append(self, items: list[Item]) -> bool:
+        """Write one chunk and fsync it; False (nothing written) when it would pass the bound."""
+        line = (json.dumps(items, separators=(",", ":")) + "\n").encode()
+        if self._writer.tell() + len(line) > self.max_bytes:
+            return False
+        self._writer.write(line)
+        self._writer.flush()
+        os.fsync(self._writer.fileno())
+        self.items += len(items)
+        return True
+
+    def read_raw(self) -> bytes | None:
+        """The oldest unread chunk as raw bytes (parse it outside any lock), or None."""
+        if self._offset >= self._writer.tell():
+            return None
+        with open(self.path, "rb") as reader:
+            reader.seek(self._offset)
+            line = reader.readline()
+        self._offset += len(line)
+        if self._offset >= self._writer.tell():
+            self._writer.truncate(0)
+            self._writer.seek(0)
+            self._offset = 0
+        return line
+
+    def close(self) -> None:
+        """Close the file; remove it when nothing is left in it."""
+        empty = self._writer.tell() == 0
+        self._writer.close()
+        if empty:
+            self.path.unlink(missing_ok=True)
+
+
+class TrackingQueue:
+    """Buffer run data and deliver it to MLflow from a daemon thread.
+
+    ``client_factory`` returns an ``MlflowClient`` (anything with ``log_batch``
+    and ``get_metric_history``); it is called on the sender thread, so the
+    caller never pays for importing mlflow. ``max_memory_items`` bounds the
+    caller-side buffer (the sender holds at most one more chunk),
+    ``max_spool_bytes`` the disk spool in ``spool_dir``.
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        max_memory_items: int = 100_000,
+        spool_dir: str | os.PathLike[str] | None = None,
+        flush_interval: float = 1.0,
+        max_spool_bytes: int = 256 * 1024 * 1024,
+        max_backoff: float = 10.0,
+    ):
+        self._factory = client_factory
+        self._client: Any = None
+        self.max_memory_items = max_memory_items
+        self.flush_interval = flush_interval
+        self.max_backoff = max_backoff
+        directory = Path(spool_dir) if spool_dir else Path(tempfile.mkdtemp(prefix="hubforge-spool-"))
+        self._spool = _Spool(directory, max_spool_bytes)
+        self._memory: deque[Item] = deque()
+        self._staged: deque[Item] = deque()
+        self._retries: deque[_Batch] = deque()
+        self._cond = threading.Condition()
+        self._outstanding = 0
+        self.dropped = 0
+        self.delivered = 0
+        self.spilled = 0
+        self.last_error: str | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="hubforge-tracking", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side: O(1), no network -------------------------------------------
+
+    def log_metric(self, run_id: str, key: str, value: float, timestamp: int | None = None, step: int | None = None):
+        """Queue one metric; ``timestamp`` in ms since the epoch (now when None)."""
+        ts = int(time.time() * 1000) if timestamp is None else int(timestamp)
+        self._put(["m", run_id, key, float(value), ts, int(step or 0)])
+
+    def log_param(self, run_id: str, key: str, value: Any) -> None:
+        """Queue one param (stored as a string, like MLflow does)."""
+        self._put(["p", run_id, key, str(value)])
+
+    def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        """Queue one tag."""
+        self._put(["t", run_id, key, str(value)])
+
+    def _put(self, item: Item) -> None:
+        with self._cond:
+            if self._closing and not self._thread.is_alive():
+                self.dropped += 1
+                return
+            self._memory.append(item)
+            self._outstanding += 1
+            if len(self._memory) >= self.max_memory_items:
+                self._spill_locked()
+            elif len(self._memory) == MAX_METRICS:
+                self._cond.notify()
+
+    def _spill_locked(self) -> None:
+        items = list(self._memory)
+        self._memory.clear()
+        if self._spool.append(items):
+            self.spilled += len(items)
+        else:
+            self._count_dropped_locked(len(items))
+        self._cond.notify()
+
+    def _count_dropped_locked(self, n: int) -> None:
+        if n and not self.dropped:
+            log.warning("hubforge tracking: buffer and spool full, dropping run data (counted)")
+        self.dropped += n
+        self._outstanding -= n
+        self._cond.notify_all()
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Items accepted and neither delivered nor dropped yet."""
+        return self._outstanding
+
+    @property
+    def spool_path(self) -> Path:
+        """The spool file (exists while the queue is open)."""
+        return self._spool.path
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything accepted so far is delivered or dropped; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while self._outstanding > 0:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush for up to ``timeout`` seconds, then stop the sender; True when all was delivered."""
+        done = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(max(0.1, min(timeout, 1.0)))
+        if not self._thread.is_alive():
+            self._spool.close()
+        return done
+
+    # -- the sender thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                with self._cond:
+                    if self._closing:
+                        return
+                    if not self._memory and self._spool.items == 0:
+                        self._cond.wait(self.flush_interval)
+                continue
+            if self._deliver(batch):
+                backoff = 0.0
+                continue
+            backoff = min(self.max_backoff, max(0.05, backoff * 2))
+            with self._cond:
+                if self._closing:
+                    return
+                self._cond.wait(backoff)
+
+    def _next_batch(self) -> _Batch | None:
+        """The batch to send: a failed one first, then staged, spooled, in-memory items."""
+        if self._retries:
+            return self._retries[0]
+        if not self._staged:
+            self._stage()
+        if not self._staged:
+            return None
+        return self._take_batch()
+
+    def _stage(self) -> None:
+        """Move the oldest items (a spooled chunk, else up to one batch of memory) to staged."""
+        with self._cond:
+            raw = self._spool.read_raw()
+            if raw is None:
+                for _ in range(min(len(self._memory), MAX_METRICS)):
+                    self._staged.append(self._memory.popleft())
+                return
+        chunk = json.loads(raw)
+        with self._cond:
+            self._spool.items -= len(chunk)
+        self._staged.extend(chunk)
+
+    def _take_batch(self) -> _Batch:
+        """Pop staged items of one run up to MLflow's per-request limits."""
+        batch = _Batch(run_id=self._staged[0][1])
+        counts = {"m": 0, "p": 0, "t": 0}
+        limits = {"m": MAX_METRICS, "p": MAX_PARAMS, "t": MAX_TAGS}
+        keys: set[tuple[str, str]] = set()
+        size = 0
+        while self._staged:
+            item = self._staged[0]
+            kind, key = item[0], item[2]
+            cost = len(key) + len(str(item[3])) + 64
+            if item[1] != batch.run_id or counts[kind] >= limits[kind] or size + cost > MAX_BATCH_BYTES:
+                break
+            if kind != "m" and (kind, key) in keys:
+                break  # MLflow rejects a param key twice in one request
+            keys.add((kind, key))
+            counts[kind] += 1
+            size += cost
+            batch.items.append(self._staged.popleft())
+        return batch
+
+    def _deliver(self, batch: _Batch) -> bool:
+        """Send one batch; True when it is settled (acknowledged or definitively rejected)."""
+        try:
+            if self._client is None:
+                self._client = self._factory()
+            items = self._unsent(batch) if batch.ambiguous else batch.items
+            if items:
+                self._send(batch.run_id, items)
+        except Exception as exc:
+            return self._failed(batch, exc)
+        self._settle(batch, delivered=len(batch.items))
+        return True
+
+    def _send(self, run_id: str, items: list[Item]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics = [Metric(i[2], i[3], i[4], i[5]) for i in items if i[0] == "m"]
+        params = [Param(i[2], i[3]) for i in items if i[0] == "p"]
+        tags = [RunTag(i[2], i[3]) for i in items if i[0] == "t"]
+        self._client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
+    def _unsent(self, batch: _Batch) -> list[Item]:
+        """The items of a batch that failed ambiguously and are not stored yet."""
+        stored: Counter[tuple] = Counter()
+        for key in {i[2] for i in batch.items if i[0] == "m"}:
+            for m in self._client.get_metric_history(batch.run_id, key):
+                stored[(m.key, _norm(m.value), m.timestamp, m.step)] += 1
+        unsent = []
+        for item in batch.items:
+            ident = (item[2], _norm(item[3]), item[4], item[5])
+            if item[0] == "m" and stored[ident] > 0:
+                stored[ident] -= 1
+            else:
+                unsent.append(item)
+        return unsent
+
+    def _failed(self, batch: _Batch, exc: Exception) -> bool:
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if self._retries and self._retries[0] is batch:
+            self._retries.popleft()
+        if getattr(exc, "error_code", None) in _REJECTED:
+            if len(batch.items) == 1:
+                log.warning("hubforge tracking: MLflow rejected %s: %s", batch.items[0][2], exc)
+                self._settle(batch, dropped=1)
+                return True
+            # Bisect so one bad item (a param changing value) costs only itself; the store
+            # may have committed part of the request, so both halves are checked first.
+            half = len(batch.items) // 2
+            self._retries.extendleft(
+                [_Batch(batch.run_id, batch.items[half:], True), _Batch(batch.run_id, batch.items[:half], True)]
+            )
+            return True
+        batch.ambiguous = True
+        self._retries.appendleft(batch)
+        return False
+
+    def _settle(self, batch: _Batch, delivered: int = 0, dropped: int = 0) -> None:
+        if self._retries and self._retries[0] is batch:
+            self._retries.popleft()
+        with self._cond:
+            self.delivered += delivered
+            self._outstanding -= delivered
+            if dropped:
+                self._count_dropped_locked(dropped)
+            self._cond.notify_all()
+
+
+def _norm(value: float) -> Any:
+    """NaN never equals itself; give it one identity for matching stored metrics."""
+    return "nan" if value != value else float(value)

@@ -1,0 +1,97 @@
+"""What a tracked kernel is started with: pure functions, no server, no I/O.
+
+The contract with the kernel side (``hubforge.server_extension.kernel``) lives
+here, so that the jupyter-server hook and the papermill engine build exactly
+the same launch: one extra command-line argument that loads the IPython
+extension, and a handful of environment variables it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "KERNEL_EXTENSION",
+    "add_extension_argument",
+    "apply_env",
+    "extension_argument",
+    "is_python_kernel",
+    "tracking_env",
+    "tracking_state",
+]
+
+#: The IPython extension every Python kernel loads at start.
+KERNEL_EXTENSION = "hubforge.server_extension.kernel"
+
+#: MLflow credentials that would beat the hub token (MLflow prefers basic auth
+#: over a bearer token), so a hub kernel must not inherit them.
+_COMPETING_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def extension_argument(module: str = KERNEL_EXTENSION) -> str:
+    """The ipykernel argument that loads ``module`` as an IPython extension."""
+    return f"--IPKernelApp.extensions={module}"
+
+
+def add_extension_argument(extra_arguments: Sequence[str] | None, module: str = KERNEL_EXTENSION) -> list[str]:
+    """``extra_arguments`` with the extension argument appended once (restarts reuse the list)."""
+    arguments = list(extra_arguments or [])
+    wanted = extension_argument(module)
+    if wanted not in arguments:
+        arguments.append(wanted)
+    return arguments
+
+
+def is_python_kernel(spec: Any) -> bool:
+    """Whether a kernelspec (``jupyter_client.kernelspec.KernelSpec``) runs Python."""
+    return str(getattr(spec, "language", "") or "").strip().lower() == "python"
+
+
+def tracking_env(
+    server_env: Mapping[str, str],
+    *,
+    root_dir: str,
+    origin: str = "jupyterlab",
+    enabled: bool = True,
+) -> dict[str, str]:
+    """The variables to add to a kernel's environment.
+
+    ``server_env`` is the server's own environment. In a hub (``HUBFORGE_MLFLOW_URL``
+    set by the spawner) runs go to the hub's MLflow under the server's hub token;
+    outside a hub the user's own ``MLFLOW_TRACKING_URI`` and credentials are left alone.
+    ``HUBFORGE_TRACKING=off`` in the server's environment beats ``enabled``.
+    """
+    env: dict[str, str] = {
+        "HUBFORGE_ORIGIN": origin,
+        "HUBFORGE_NOTEBOOK_ROOT": root_dir,
+        "HUBFORGE_TRACKING": tracking_state(server_env, enabled),
+    }
+    for source, target in (
+        ("JUPYTERHUB_USER", "JUPYTERHUB_USER"),
+        ("JUPYTERHUB_SERVER_NAME", "HUBFORGE_SERVER_NAME"),
+        ("HUBFORGE_TIER", "HUBFORGE_TIER"),
+    ):
+        if server_env.get(source):
+            env[target] = server_env[source]
+    hub_mlflow = server_env.get("HUBFORGE_MLFLOW_URL", "")
+    if hub_mlflow:
+        env["MLFLOW_TRACKING_URI"] = hub_mlflow
+        if server_env.get("JUPYTERHUB_API_TOKEN"):
+            env["MLFLOW_TRACKING_TOKEN"] = server_env["JUPYTERHUB_API_TOKEN"]
+    return env
+
+
+def tracking_state(server_env: Mapping[str, str], enabled: bool) -> str:
+    """``"off"`` when config or the server's ``HUBFORGE_TRACKING=off`` says so, else ``"on"``."""
+    switched_off = server_env.get("HUBFORGE_TRACKING", "").strip().lower() in {"off", "0", "false", "no"}
+    return "off" if switched_off or not enabled else "on"
+
+
+def apply_env(base: Mapping[str, str], server_env: Mapping[str, str], additions: Mapping[str, str]) -> dict[str, str]:
+    """``base`` plus ``additions``; in a hub, minus credentials that would override the hub token."""
+    env = {**base, **additions}
+    if server_env.get("HUBFORGE_MLFLOW_URL"):
+        for name in _COMPETING_CREDENTIALS:
+            env.pop(name, None)
+    return env

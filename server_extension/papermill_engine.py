@@ -1,0 +1,171 @@
+"""A papermill engine that runs notebooks as tracked runs: ``papermill --engine hubforge``.
+
+Registered under the ``papermill.engine`` entry-point group as ``hubforge``.
+It is papermill's own ``NBClientEngine`` with the kernel started the way the
+jupyter-server extension starts it (:mod:`.launch`), plus:
+
+- ``HUBFORGE_ORIGIN=papermill`` and ``JPY_SESSION_NAME`` = the input notebook;
+- ``HUBFORGE_PARAMETERS``: the papermill parameters as a JSON object, for the
+  kernel side to log as MLflow params;
+- ``HUBFORGE_OUTPUT_NOTEBOOK``: where papermill writes the output notebook;
+- ``HUBFORGE_RUN_ID_FILE``: a file the kernel side writes its MLflow run id to
+  when it opens a run. After execution the engine reads it and logs the output
+  notebook (as executed) to that run as an artifact, plus any parameter the
+  kernel did not log, because the kernel is gone by the time papermill has
+  the finished notebook.
+
+Non-Python kernels run exactly as with the default engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine
+from papermill.log import logger
+from papermill.utils import merge_kwargs, remove_args
+
+from .launch import add_extension_argument, apply_env, is_python_kernel, tracking_env
+
+__all__ = ["HubforgeEngine", "kernel_launch", "log_output_notebook"]
+
+ORIGIN = "papermill"
+
+
+def kernel_launch(
+    server_env: Mapping[str, str],
+    *,
+    input_path: str | None,
+    output_path: str | None,
+    parameters: Mapping[str, Any],
+    run_id_file: str,
+    cwd: str,
+) -> tuple[dict[str, str], list[str]]:
+    """The kernel's full environment and extra arguments for a papermill run."""
+    additions = tracking_env(server_env, root_dir=cwd, origin=ORIGIN)
+    additions["HUBFORGE_PARAMETERS"] = json.dumps(dict(parameters), default=str)
+    additions["HUBFORGE_RUN_ID_FILE"] = run_id_file
+    if input_path:
+        additions["JPY_SESSION_NAME"] = _local(input_path)
+    if output_path and output_path != "-":  # "-" is stdout
+        additions["HUBFORGE_OUTPUT_NOTEBOOK"] = _local(output_path)
+    return apply_env(server_env, server_env, additions), add_extension_argument([])
+
+
+def _local(path: str) -> str:
+    # Remote notebooks (s3://, https://) keep their URL; local ones become absolute.
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _is_python(kernel_name: str | None, nb: Any) -> bool:
+    try:
+        return is_python_kernel(KernelSpecManager().get_kernel_spec(kernel_name or "python3"))
+    except NoSuchKernel:
+        return str(nb.metadata.get("kernelspec", {}).get("language", "")).lower() == "python"
+
+
+class HubforgeEngine(NBClientEngine):
+    """``NBClientEngine`` whose Python kernels load hubforge's tracking extension."""
+
+    @classmethod
+    def execute_managed_notebook(
+        cls,
+        nb_man: Any,
+        kernel_name: str,
+        log_output: bool = False,
+        stdout_file: Any = None,
+        stderr_file: Any = None,
+        start_timeout: int = 60,
+        execution_timeout: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the notebook like papermill's default engine, the kernel prepared for tracking."""
+        meta = nb_man.nb.metadata.get("papermill", {})
+        input_path = kwargs.pop("input_path", None) or meta.get("input_path")
+        if not _is_python(kernel_name, nb_man.nb):
+            return super().execute_managed_notebook(
+                nb_man, kernel_name, log_output, stdout_file, stderr_file, start_timeout, execution_timeout, **kwargs
+            )
+        with tempfile.TemporaryDirectory(prefix="hubforge-papermill-") as spool:
+            run_id_file = os.path.join(spool, "run_id")
+            env, extra_arguments = kernel_launch(
+                os.environ,
+                input_path=input_path,
+                output_path=meta.get("output_path"),
+                parameters=meta.get("parameters") or {},
+                run_id_file=run_id_file,
+                cwd=os.getcwd(),
+            )
+            safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+            final_kwargs = merge_kwargs(
+                safe_kwargs,
+                timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
+                startup_timeout=start_timeout,
+                kernel_name=kernel_name,
+                log=logger,
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+                extra_arguments=extra_arguments,
+            )
+            try:
+                return PapermillNotebookClient(nb_man, **final_kwargs).execute(env=env)
+            finally:
+                run_id = Path(run_id_file).read_text().strip() if os.path.exists(run_id_file) else ""
+                if run_id:
+                    log_output_notebook(run_id, nb_man.nb, meta.get("output_path"), env, meta.get("parameters"))
+
+
+@contextmanager
+def _mlflow_env(env: Mapping[str, str]) -> Iterator[None]:
+    # MLflow reads its URI and token from os.environ only: lend it the kernel's, then restore.
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: env[name] for name in names if name in env})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def log_output_notebook(
+    run_id: str,
+    nb: Any,
+    output_path: str | None,
+    env: Mapping[str, str],
+    parameters: Mapping[str, Any] | None = None,
+) -> None:
+    """Log the executed notebook (and parameters the kernel did not log) to ``run_id``.
+
+    Failures are reported as warnings: the notebook has run, and its output is
+    already written by papermill.
+    """
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        with _mlflow_env(env), tempfile.TemporaryDirectory() as tmp:
+            client = MlflowClient()
+            name = os.path.basename(output_path or "") if output_path and "://" not in output_path else ""
+            local = os.path.join(tmp, name or "output.ipynb")
+            nbformat.write(nb, local)
+            client.log_artifact(run_id, local)
+            logged = client.get_run(run_id).data.params
+            missing = [Param(k, str(v)) for k, v in (parameters or {}).items() if k not in logged]
+            if missing:
+                client.log_batch(run_id, params=missing[:100])
+    except Exception:  # the run's data is a bonus; never fail a finished notebook over it
+        logger.warning("hubforge: could not log the output notebook to MLflow run %s", run_id, exc_info=True)

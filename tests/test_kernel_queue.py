@@ -1,0 +1,166 @@
+"""The tracking queue against a real ``mlflow server``: outages, spool, disk bound, exactly-once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from _platform import free_port, wait_for
+from hubforge.server_extension.kernel.queue import TrackingQueue
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+class MlflowServer:
+    """A plain ``mlflow server`` on SQLite and a free port; stop/start keep the database."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db"]
+        cmd += ["--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--workers", "1"]
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._healthy, 120, "mlflow server health")
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError((self.root / "server.log").read_text()[-2000:])
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch):
+    from mlflow import MlflowClient
+
+    # Our queue retries; MLflow's own transport retries would only slow the outage tests.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    return MlflowClient(mlflow_server.url)
+
+
+def new_run(client, name: str) -> str:
+    exp = client.create_experiment(f"{name}-{os.urandom(4).hex()}")
+    return client.create_run(exp).info.run_id
+
+
+def test_batches_params_tags_and_metrics(client, tmp_path: Path) -> None:
+    run = new_run(client, "basic")
+    queue = TrackingQueue(lambda: client, spool_dir=tmp_path, flush_interval=0.05)
+    for i in range(2500):
+        queue.log_metric(run, "loss", i / 10, step=i)
+    for i in range(150):
+        queue.log_param(run, f"p{i}", i)
+    queue.set_tag(run, "team", "blue")
+    assert queue.close(30)
+    data = client.get_run(run).data
+    assert len(client.get_metric_history(run, "loss")) == 2500
+    assert len(data.params) == 150 and data.tags["team"] == "blue"
+    assert queue.dropped == 0 and queue.delivered == 2651
+
+
+def test_outage_mid_stream_delivers_exactly_once(client, mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    run = new_run(client, "outage")
+    queue = TrackingQueue(lambda: client, spool_dir=tmp_path, flush_interval=0.05, max_backoff=0.5)
+    for i in range(1000):
+        queue.log_metric(run, "acc", i, step=i)
+    assert queue.flush(30)
+    mlflow_server.stop()
+    for i in range(1000, 3000):
+        queue.log_metric(run, "acc", i, step=i)
+    wait_for(lambda: queue.last_error is not None, 30, "the queue to notice the outage")
+    assert queue.depth > 0
+    mlflow_server.start()
+    assert queue.close(60)
+    steps = sorted(m.step for m in client.get_metric_history(run, "acc"))
+    assert steps == list(range(3000)), "every metric exactly once"
+
+
+def test_ambiguous_failure_is_not_sent_twice(client, tmp_path: Path) -> None:
+    """A batch that committed but whose reply was lost is checked, not re-sent."""
+    run = new_run(client, "ambiguous")
+
+    class LostReply:
+        calls = 0
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def log_batch(self, *args, **kwargs):
+            client.log_batch(*args, **kwargs)
+            LostReply.calls += 1
+            if LostReply.calls == 1:
+                raise TimeoutError("reply lost after commit")
+
+    queue = TrackingQueue(LostReply, spool_dir=tmp_path, flush_interval=0.05, max_backoff=0.1)
+    for i in range(10):
+        queue.log_metric(run, "m", 1.0, timestamp=1000, step=i)
+    assert queue.close(30)
+    assert LostReply.calls == 1, "the committed batch was found in the history, not re-sent"
+    assert len(client.get_metric_history(run, "m")) == 10
+
+
+def test_memory_bound_spills_to_spool_and_replays(client, mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    run = new_run(client, "spool")
+    mlflow_server.stop()
+    try:
+        queue = TrackingQueue(lambda: client, max_memory_items=100, spool_dir=tmp_path, max_backoff=0.3)
+        for i in range(1050):
+            queue.log_metric(run, "x", i, step=i)
+        assert queue.spilled >= 900
+        assert queue.spool_path.stat().st_size > 0
+        assert len(queue._memory) < 100
+    finally:
+        mlflow_server.start()
+    assert queue.close(60)
+    steps = [m.step for m in client.get_metric_history(run, "x")]
+    assert sorted(steps) == list(range(1050))
+    assert queue.dropped == 0
+
+
+def test_disk_bound_drops_and_counts(client, mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    run = new_run(client, "dropped")
+    mlflow_server.stop()
+    try:
+        queue = TrackingQueue(
+            lambda: client, max_memory_items=100, spool_dir=tmp_path, max_spool_bytes=20_000, max_backoff=0.3
+        )
+        for i in range(2000):
+            queue.log_metric(run, "y", i, step=i)
+        assert queue.dropped > 0
+        assert queue.spool_path.stat().st_size <= 20_000
+    finally:
+        mlflow_server.start()
+    assert queue.close(60)
+    stored = len(client.get_metric_history(run, "y"))
+    assert stored + queue.dropped == 2000
