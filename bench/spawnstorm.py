@@ -10,11 +10,8 @@ baseline is plain JupyterHub with SimpleLocalProcessSpawner.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,31 +19,20 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _platform import DEMO_PASSWORD, HubSession, PlatformProcess, free_port, wait_for
+from _platform import HubSession, PlatformProcess
+from bench.plainhub import PlainHub
 from bench.report import Result
-from hubforge.hub.launcher import find_proxy_command
 from hubforge.spawner_profiles.local import singleuser_command
 
 USERS = [f"user{i:02d}" for i in range(50)]
 
-PLAIN_CONFIG = """
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {port}
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.ConfigurableHTTPProxy.command = [{chp!r}]
-c.JupyterHub.db_url = "sqlite:///{data}/hub.sqlite"
-c.JupyterHub.cookie_secret_file = "{data}/cookie_secret"
-c.JupyterHub.authenticator_class = "shared-password"
-c.SharedPasswordAuthenticator.user_password = {password!r}
-c.Authenticator.allowed_users = set({users!r}) | {{"erin"}}
+PLAIN_EXTRA = f"""
+c.Authenticator.allowed_users = set({USERS!r}) | {{"erin"}}
 c.JupyterHub.load_roles = [{{"name": "bench-admin", "scopes": ["admin:servers", "admin:users"], "users": ["erin"]}}]
-c.JupyterHub.load_groups = {{"everyone": {{"users": {users!r}}}}}
 c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = "{data}/users/{{username}}"
-c.Spawner.cmd = {cmd!r}
+c.SimpleLocalProcessSpawner.home_dir_template = "{{data}}/users/{{username}}"
+c.Spawner.cmd = {singleuser_command()!r}
 c.Spawner.args = ["--allow-root"]
-c.Spawner.default_url = "/lab"
 # The same patience as hubforge's: 50 servers starting at once on a small machine are slow.
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
@@ -56,51 +42,6 @@ c.Spawner.http_timeout = 120
 def p99(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-
-
-class PlainHub:
-    """Plain JupyterHub with SimpleLocalProcessSpawner and the same proxy."""
-
-    def __init__(self, root: Path):
-        self.root, self.port = root, free_port()
-        config = PLAIN_CONFIG.format(
-            port=self.port,
-            hub_port=free_port(),
-            api_port=free_port(),
-            chp=find_proxy_command(),
-            data=root,
-            password=DEMO_PASSWORD,
-            users=USERS,
-            cmd=singleuser_command(),
-        )
-        (root / "jupyterhub_config.py").write_text(textwrap.dedent(config))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.root / "hub.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: _healthy(self.url), 120, "the plain hub")
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/hub/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def admin_token(url: str) -> str:
@@ -169,8 +110,9 @@ def run(repeat: int) -> list[Result]:
             ours.stop()
         root = Path(tmp) / "plain"
         root.mkdir()
-        plain = PlainHub(root)
+        plain = PlainHub(root, PLAIN_EXTRA)
         plain.start()
+        plain.wait_ready()
         try:
             base_lat, base_total = asyncio.run(storm(plain.url, admin_token(plain.url), None))
         finally:

@@ -7,80 +7,22 @@ proxy; "spawn-to-ready" runs from the login form to JupyterLab's page.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _platform import DEMO_PASSWORD, HubSession, PlatformProcess, api, free_port, wait_for
+from _platform import HubSession, PlatformProcess, api, wait_for
+from bench.plainhub import PlainHub, hub_healthy
 from bench.report import Result
-from hubforge.hub.launcher import find_proxy_command
 
-PLAIN_CONFIG = """
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {port}
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.ConfigurableHTTPProxy.command = [{chp!r}]
-c.JupyterHub.db_url = "sqlite:///{data}/hub.sqlite"
-c.JupyterHub.cookie_secret_file = "{data}/cookie_secret"
-c.JupyterHub.authenticator_class = "shared-password"
-c.SharedPasswordAuthenticator.user_password = {password!r}
-c.Authenticator.allowed_users = {{"alice"}}
+PLAIN_EXTRA = """
+c.Authenticator.allowed_users = {"alice"}
 c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.LocalTierSpawner"
-c.LocalTierSpawner.home_dir_template = "{data}/users/{{username}}"
-c.Spawner.default_url = "/lab"
+c.LocalTierSpawner.home_dir_template = "{data}/users/{username}"
 """
-
-
-class PlainHub:
-    """Plain JupyterHub with hubforge's local spawner: the baseline."""
-
-    def __init__(self, root: Path):
-        self.data = root
-        self.port = free_port()
-        config = PLAIN_CONFIG.format(
-            port=self.port,
-            hub_port=free_port(),
-            api_port=free_port(),
-            chp=find_proxy_command(),
-            data=root,
-            password=DEMO_PASSWORD,
-        )
-        (root / "jupyterhub_config.py").write_text(textwrap.dedent(config))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.data / "hub.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
-                cwd=self.data,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-
-def hub_healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/hub/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def time_to_ready(hub: PlatformProcess | PlainHub) -> float:
@@ -122,7 +64,7 @@ def run(repeat: int) -> list[Result]:
             ours = PlatformProcess(Path(tmp) / f"ours{i}" / "data")
             plain_root = Path(tmp) / f"plain{i}"
             plain_root.mkdir()
-            plain = PlainHub(plain_root)
+            plain = PlainHub(plain_root, PLAIN_EXTRA)
             started = time.monotonic()
             ours_up.append(time_to_ready(ours))
             try:

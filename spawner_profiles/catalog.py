@@ -33,6 +33,7 @@ __all__ = [
     "ValidatedChoice",
     "catalog_from_data",
     "check_choice",
+    "culling_args",
     "known_groups",
     "load_catalog",
     "personas_for_groups",
@@ -330,6 +331,18 @@ def _check_queue(tier: Tier, queues: dict[str, str]) -> Iterator[tuple[str, str]
 
 
 # --- who may use what --------------------------------------------------------
+
+
+def culling_args(tier: Tier) -> list[str]:
+    """jupyter-server options that make a server on ``tier`` cull idle kernels and stop when idle."""
+    idle = tier.idle_timeout
+    if not idle:
+        return []
+    return [
+        f"--ServerApp.shutdown_no_activity_timeout={idle}",
+        f"--MappingKernelManager.cull_idle_timeout={idle}",
+        f"--TerminalManager.cull_inactive_timeout={idle}",
+    ]
 
 
 def personas_for_groups(group_personas: Mapping[str, Iterable[str]], groups: Iterable[str]) -> set[str]:

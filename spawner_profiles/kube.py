@@ -34,6 +34,7 @@ from .catalog import (
     Tier,
     ValidatedChoice,
     check_choice,
+    culling_args,
     load_catalog,
     personas_for_groups,
     tiers_for,
@@ -263,13 +264,8 @@ class HubforgeKubeSpawner(KubeSpawner):
     def get_args(self) -> list[str]:
         """The server's arguments, plus the tier's idle timeout for jupyter-server."""
         args: list[str] = super().get_args()
-        idle = self.tier_choice.tier.idle_timeout if self.tier_choice else 0
-        if idle:
-            args += [
-                f"--ServerApp.shutdown_no_activity_timeout={idle}",
-                f"--MappingKernelManager.cull_idle_timeout={idle}",
-                f"--TerminalManager.cull_inactive_timeout={idle}",
-            ]
+        if self.tier_choice is not None:
+            args += culling_args(self.tier_choice.tier)
         return args
 
 

@@ -34,7 +34,7 @@ from hubforge.errors import HubforgeError
 
 from .allocation import AllocationConflict, NoSuchGpu, QuotaExceeded
 from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
-from .catalog import Catalog, ChoiceError, Tier, ValidatedChoice, check_choice, personas_for_groups
+from .catalog import Catalog, ChoiceError, Tier, ValidatedChoice, check_choice, culling_args, personas_for_groups
 from .gpus import inventory
 from .spawn_page import render_options_form
 
@@ -263,13 +263,8 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         args: list[str] = super().get_args()
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--allow-root")
-        idle = self.tier_choice.tier.idle_timeout if self.tier_choice else 0
-        if idle:
-            args += [
-                f"--ServerApp.shutdown_no_activity_timeout={idle}",
-                f"--MappingKernelManager.cull_idle_timeout={idle}",
-                f"--TerminalManager.cull_inactive_timeout={idle}",
-            ]
+        if self.tier_choice is not None:
+            args += culling_args(self.tier_choice.tier)
         return args
 
     def get_env(self) -> dict[str, Any]:
