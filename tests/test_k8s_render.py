@@ -6,11 +6,9 @@ the Kueue CRD schemas vendored under ``tests/data/kueue`` (see its README).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
-import sys
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -22,10 +20,10 @@ import pytest
 import yaml
 from traitlets.config import Config
 
+from hubforge.cli import main
 from hubforge.config import default_config_text, load_config
-from hubforge.errors import ConfigError, HubforgeError
+from hubforge.errors import ConfigError
 from hubforge.spawner_profiles.catalog import load_catalog
-from hubforge.spawner_profiles.cli import register
 from hubforge.spawner_profiles.k8s_render import HUB_DATA_DIR, render_k8s
 from hubforge.spawner_profiles.kube import QUEUE_LABEL, HubforgeKubeSpawner, TierProfileList, render_pod
 
@@ -296,17 +294,8 @@ def test_the_demo_authenticator_is_refused_on_kubernetes(tmp_path: Path) -> None
 
 
 def run_cli(argv: Sequence[str]) -> int:
-    """What ``hubforge``'s main does with ``register``ed commands (one error line, status 2)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(prog="hubforge", parents=[common])
-    register(parser.add_subparsers(dest="command", required=True), parents=[common])
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except HubforgeError as exc:
-        print(f"hubforge: error: {exc}", file=sys.stderr)
-        return 2
+    """``hubforge``'s own main, in-process (one error line, status 2)."""
+    return main(list(argv))
 
 
 def test_cli_k8s_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
