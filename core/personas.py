@@ -40,6 +40,21 @@ CUSTOM_SCOPES: dict[str, str] = {
     "custom:schedules:run": "Run parameterised notebooks on a schedule.",
 }
 
+#: What the platform's services may ask the hub: who a user is, their groups and roles.
+SERVICE_ROLE_SCOPES = ("read:users:name", "read:users:groups", "read:roles:users")
+
+#: What a notebook server's own hub token carries (JupyterHub keeps the subset the
+#: person holds): MLflow decides on the custom scopes what the server may log or read.
+SERVER_TOKEN_SCOPES = (
+    "users:activity!user",
+    "access:servers!server",
+    "access:services!service=mlflow",
+    "custom:experiments:write",
+    "custom:models:read",
+    "custom:registry:manage",
+    "custom:audit:read",
+)
+
 #: Hub services every persona may reach; the service checks finer scopes itself.
 SERVICES = ("governance", "mlflow")
 

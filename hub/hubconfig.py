@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hubforge.config import PlatformConfig
-from hubforge.personas import CUSTOM_SCOPES, hub_roles
+from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, SERVICE_ROLE_SCOPES, hub_roles
 from hubforge.spawner_profiles.catalog import load_catalog
 
 from .auth import oauth_groups_key
@@ -156,13 +156,12 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.Spawner.default_url = cfg.data["spawner"].get("default_url", "/lab")
     c.Spawner.start_timeout = cfg.hub.get("start_timeout", 120)
     c.Spawner.http_timeout = cfg.hub.get("start_timeout", 120)
-    c.Spawner.environment = {
-        "HUBFORGE_INSTANCE": rt.instance,
+    c.Spawner.environment = {"HUBFORGE_INSTANCE": rt.instance}
+    if cfg.data["services"]["mlflow"].get("enabled", True):
         # Servers reach MLflow through the proxy, as the person's own hub identity.
-        "HUBFORGE_MLFLOW_URL": f"{cfg.local_url}services/mlflow",
-    }
+        c.Spawner.environment["HUBFORGE_MLFLOW_URL"] = f"{cfg.local_url}services/mlflow"
     # The server's token may log runs to MLflow on the person's behalf, nothing more.
-    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=mlflow"]
+    c.Spawner.server_token_scopes = list(SERVER_TOKEN_SCOPES)
     local = cfg.data["spawner"].get("local", {})
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")
@@ -208,15 +207,17 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(mlflow_cfg.get("job_execution", False)).lower(),
                 },
                 "oauth_no_confirm": True,
+                # The UI's token carries the person's MLflow permissions (experiments, registry).
+                "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
             }
         )
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = [
         *c.JupyterHub.load_roles,
-        # Services read who a token belongs to; nothing more.
+        # Services read who a token belongs to, their groups and roles; nothing more.
         {
             "name": "hubforge-services",
-            "scopes": ["read:users:name", "read:users:groups"],
+            "scopes": list(SERVICE_ROLE_SCOPES),
             "services": [s["name"] for s in services],
         },
     ]

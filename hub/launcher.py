@@ -166,11 +166,29 @@ class Platform:
         if port_in_use(hub["ip"], hub["port"]):
             raise LaunchError(f"hub.port: {hub['ip']}:{hub['port']} is in use by another program")
         services = self.cfg.data["services"]
+        wanted = [
+            hub.get("hub_port"),
+            hub.get("proxy_api_port"),
+            services["governance"].get("port"),
+            services["mlflow"].get("port"),
+        ]
+        # A free port is free until somebody binds it: the public port is not bound
+        # until the proxy starts, so it must not be handed out again, nor one port twice.
+        taken = {hub["port"], *(port for port in wanted if port)}
+        ports = []
+        for port in wanted:
+            if not port:
+                port = free_port()
+                while port in taken:
+                    port = free_port()
+                taken.add(port)
+            ports.append(port)
+        hub_port, proxy_api_port, governance_port, mlflow_port = ports
         self.runtime = Runtime(
-            hub_port=hub.get("hub_port") or free_port(),
-            proxy_api_port=hub.get("proxy_api_port") or free_port(),
-            governance_port=services["governance"].get("port") or free_port(),
-            mlflow_port=services["mlflow"].get("port") or free_port(),
+            hub_port=hub_port,
+            proxy_api_port=proxy_api_port,
+            governance_port=governance_port,
+            mlflow_port=mlflow_port,
             proxy_command=find_proxy_command(hub.get("proxy_command", "")),
             instance=self.instance,
         )

@@ -20,6 +20,7 @@ uvicorn worker can finish in another.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -31,11 +32,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import anyio.to_thread
 from itsdangerous import BadData, URLSafeTimedSerializer
 from jupyterhub.services.auth import HubOAuth, check_scopes
+from jupyterhub.utils import url_path_join
 from starlette.requests import Request
 from starlette.responses import (
     JSONResponse,
@@ -49,6 +51,8 @@ from tornado.web import HTTPError
 
 from hubforge.errors import ConfigError, HubforgeError
 
+from .mlflow_access import OWNER_TAG, Principal, Resolver, StoreResolver, authorize, install
+
 __all__ = [
     "HubGate",
     "HubUnavailable",
@@ -61,7 +65,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Admission = Response | tuple[str, Scope, Receive]
+Admission = Response | tuple["HubUser", Scope, Receive]
 
 SESSION_COOKIE = "hubforge-mlflow-session"
 STATE_COOKIE = "hubforge-mlflow-oauth-state"
@@ -71,6 +75,9 @@ TOKEN_CACHE_SECONDS = 60
 USER_TAG = "mlflow.user"
 API_PATHS = ("api/", "ajax-api/", "graphql", "gateway/", "v1/")
 RUN_CREATE_PATHS = ("/mlflow/runs/create", "/mlflow/runs/create-promptlab-run")
+OWNED_CREATE_PATHS = ("/mlflow/experiments/create", "/mlflow/registered-models/create")
+# Bodies that are files, not JSON: the path says what they are.
+RAW_BODY_PATHS = ("mlflow-artifacts/", "mlflow/upload-artifact", "v1/traces")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SERVICE_ENV = (
     "JUPYTERHUB_API_TOKEN",
@@ -80,7 +87,7 @@ SERVICE_ENV = (
 # Visible ASCII only: anything else is no hub token and must not reach a header.
 _AUTH_HEADER = re.compile(r"\s*(?:token|bearer)\s+([!-~]+)\s*", re.IGNORECASE)
 
-_current_user: ContextVar[str | None] = ContextVar("hubforge_user", default=None)
+_current_user: ContextVar[HubUser | None] = ContextVar("hubforge_user", default=None)
 
 
 class HubUnavailable(HubforgeError):
@@ -95,6 +102,7 @@ class HubUser:
     scopes: frozenset[str]
     groups: frozenset[str]
     via_cookie: bool
+    roles: frozenset[str] = frozenset()
 
     @classmethod
     def from_model(cls, model: Any, *, via_cookie: bool) -> HubUser | None:
@@ -102,7 +110,13 @@ class HubUser:
         if not isinstance(model, dict) or not isinstance(model.get("name"), str):
             return None
         scopes, groups = model.get("scopes") or (), model.get("groups") or ()
-        return cls(model["name"], frozenset(scopes), frozenset(groups), via_cookie)
+        roles = model.get("roles") or ()
+        return cls(model["name"], frozenset(scopes), frozenset(groups), via_cookie, frozenset(roles))
+
+    @property
+    def principal(self) -> Principal:
+        """The person as :mod:`.mlflow_access` decides on them."""
+        return Principal(self.name, self.scopes, self.groups, self.roles)
 
 
 def decide_access(user: HubUser, method: str, path: str, payload: Any, required: set[str]) -> str | None:
@@ -127,6 +141,12 @@ def decide_access(user: HubUser, method: str, path: str, payload: Any, required:
     return None
 
 
+def claim_owned(payload: Mapping[str, Any], user: str) -> dict[str, Any]:
+    """A create-experiment or create-model body owned by ``user`` (the owner tag set)."""
+    tags = [tag for tag in payload.get("tags") or [] if tag.get("key") != OWNER_TAG]
+    return {**payload, "tags": [*tags, {"key": OWNER_TAG, "value": user}]}
+
+
 def claim_run(payload: Mapping[str, Any], user: str) -> dict[str, Any]:
     """A create-run body owned by ``user``: ``user_id`` set, ``mlflow.user`` if absent."""
     tags = list(payload.get("tags") or [])
@@ -149,15 +169,45 @@ def _user_tags(payload: Any) -> list[dict[str, Any]]:
     return [tag for tag in tags if tag.get("key") == USER_TAG]
 
 
-def _parse_run_request(body: bytes) -> dict[str, Any]:
-    """A create-run body as MLflow reads it: empty is ``{}``, a JSON string is decoded."""
-    payload: Any = json.loads(body) if body.strip() else {}
-    if isinstance(payload, str):
-        payload = json.loads(payload)
-    tags = payload.get("tags") or [] if isinstance(payload, dict) else None
+def _parse_body(body: bytes, *, strict: bool = False) -> dict[str, Any]:
+    """A JSON body as MLflow reads it: empty is ``{}``, a JSON string is decoded.
+
+    Not JSON at all is ``{}`` (MLflow refuses it itself) unless ``strict``.
+    """
+    try:
+        payload: Any = json.loads(body) if body.strip() else {}
+        if isinstance(payload, str):
+            payload = json.loads(payload)
+    except ValueError:
+        if strict:
+            raise
+        return {}
+    if not isinstance(payload, dict):
+        if strict:
+            raise TypeError("a JSON object")
+        return {}
+    tags = payload.get("tags") or []
     if not isinstance(tags, list) or not all(_is_tag(tag) for tag in tags):
         raise TypeError("a JSON object whose tags are a list of {key, value} strings")
     return payload
+
+
+def _raw_body(relative: str) -> bool:
+    """Whether a path under the prefix carries a file, not JSON."""
+    _, _, rest = relative.partition(".0/") if relative.startswith(("api/", "ajax-api/")) else ("", "", relative)
+    return rest.startswith(RAW_BODY_PATHS)
+
+
+def _params(request: Request, payload: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Query arguments (repeated ones as lists) under the JSON body's fields."""
+    params: dict[str, Any] = {}
+    for key, value in parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        params[key] = (
+            [*params[key], value]
+            if isinstance(params.get(key), list)
+            else ([params[key], value] if key in params else value)
+        )
+    return {**params, **(payload or {})}
 
 
 def _is_tag(tag: Any) -> bool:
@@ -208,27 +258,46 @@ class HubGate:
             _current_user.reset(token)
 
     async def _admit(self, request: Request) -> Admission:
-        """The refusal for this request, or (user name, scope, receive) to pass on."""
+        """The refusal for this request, or (user, scope, receive) to pass on."""
         user = await self._identify(request)
         if user is None:
             return self._unauthenticated(request)
         method, path = request.method, request.scope["path"]
+        if not path.startswith(self.prefix):
+            return _error(404, "ENDPOINT_NOT_FOUND", f"MLflow is served under {self.prefix}")
+        relative = path[len(self.prefix) :]
         forgeable = user.via_cookie and method not in SAFE_METHODS
         if forgeable and not same_origin(request.headers):
             return _error(403, "PERMISSION_DENIED", "cross-origin request refused")
-        payload = None
-        if method == "POST" and path.endswith(RUN_CREATE_PATHS):
+        payload, raw = None, None
+        if method not in SAFE_METHODS and not _raw_body(relative):
+            raw = await request.body()
             try:
-                payload = _parse_run_request(await request.body())
+                payload = _parse_body(raw, strict=path.endswith(RUN_CREATE_PATHS))
             except (ValueError, TypeError, RecursionError) as exc:
-                message = f"a create-run body must be {exc}"
-                return _error(400, "INVALID_PARAMETER_VALUE", message)
-        if refusal := decide_access(user, method, path, payload, self.required):
+                return _error(400, "INVALID_PARAMETER_VALUE", f"the request body must be {exc}")
+        run_create = path.endswith(RUN_CREATE_PATHS) and method == "POST"
+        if refusal := decide_access(user, method, path, payload if run_create else None, self.required):
             return _error(403, "PERMISSION_DENIED", refusal)
-        if payload is None:
-            return user.name, request.scope, request.receive
-        body = json.dumps(claim_run(payload, user.name)).encode()
-        return (user.name, *_replay(request.scope, request.receive, body))
+        params = _params(request, payload)
+        if relative.startswith("v1/traces"):
+            params["x-mlflow-experiment-id"] = request.headers.get("x-mlflow-experiment-id", "")
+        decide = partial(authorize, user.principal, method, relative, params, self.resolver())
+        if refusal := await anyio.to_thread.run_sync(decide):
+            return _error(403, "PERMISSION_DENIED", refusal)
+        if run_create:
+            body = claim_run(payload or {}, user.name)
+        elif method == "POST" and path.endswith(OWNED_CREATE_PATHS):
+            body = claim_owned(payload or {}, user.name)
+        elif raw is not None:  # read here, so handed on from here
+            return (user, *_replay(request.scope, request.receive, raw))
+        else:
+            return user, request.scope, request.receive
+        return (user, *_replay(request.scope, request.receive, json.dumps(body).encode()))
+
+    def resolver(self) -> Resolver:
+        """MLflow's stores, as this process's MLflow server opens them (when first asked)."""
+        return StoreResolver()
 
     async def _identify(self, request: Request) -> HubUser | None:
         """The hub user behind the Authorization header, else behind the cookie."""
@@ -242,11 +311,29 @@ class HubGate:
         return await self._user_for_token(token, via_cookie=True)
 
     async def _user_for_token(self, token: str, *, via_cookie: bool) -> HubUser | None:
+        """The token's owner with the token's scopes, and the person's groups and roles.
+
+        The token's own model lacks groups and roles unless it may read them (a
+        server's token may not), so they are asked with the service's token.
+        """
         try:
             model = await anyio.to_thread.run_sync(self.hub_auth.user_for_token, token)
+            user = HubUser.from_model(model, via_cookie=via_cookie)
+            if user is None:
+                return None
+            profile = await anyio.to_thread.run_sync(self._profile, user.name)
         except HTTPError as exc:
             raise HubUnavailable(exc.log_message or str(exc)) from exc
-        return HubUser.from_model(model, via_cookie=via_cookie)
+        profile = profile if isinstance(profile, dict) else {}
+        groups, roles = profile.get("groups") or (), profile.get("roles") or ()
+        return dataclasses.replace(user, groups=frozenset(groups), roles=frozenset(roles))
+
+    def _profile(self, name: str) -> Any:
+        """``GET /hub/api/users/<name>`` with the service's token, cached like tokens."""
+        auth = self.hub_auth
+        url = url_path_join(auth.api_url, "users", quote(name, safe=""))
+        check = auth._check_hub_authorization
+        return auth._call_coroutine(True, check, url=url, api_token=auth.api_token, cache_key=f"profile:{name}")
 
     def _unauthenticated(self, request: Request) -> Response:
         """401 for API clients; browsers asking for a page go to the hub's login."""
@@ -352,14 +439,21 @@ def _install_flask_hook(flask_app: Any, exempt: set[str]) -> None:
     from flask import g, jsonify, request
 
     def expose_hub_user() -> Any:
-        g.hubforge_user = _current_user.get()
+        user = _current_user.get()
+        g.hubforge_user = user.name if user else None
         if g.hubforge_user is None and request.path not in exempt:
             return jsonify(error_code="UNAUTHENTICATED", message="no hub user"), 401
         return None
 
     if not getattr(flask_app, "_hubforge_gate", False):
         flask_app.before_request(expose_hub_user)
+        install(flask_app, _current_principal)
         flask_app._hubforge_gate = True
+
+
+def _current_principal() -> Principal | None:
+    user = _current_user.get()
+    return user.principal if user else None
 
 
 def _hub_auth() -> HubOAuth:

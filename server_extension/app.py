@@ -24,7 +24,14 @@ from typing import Any
 from traitlets import Bool, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .launch import add_extension_argument, apply_env, is_python_kernel, tracking_env, tracking_state
+from .launch import (
+    add_extension_argument,
+    apply_env,
+    is_python_kernel,
+    tracking_env,
+    tracking_state,
+    voila_notebook,
+)
 
 __all__ = ["HubforgeTracking", "load", "prepare_launch"]
 
@@ -41,7 +48,8 @@ class HubforgeTracking(LoggingConfigurable):
     origin = Unicode(
         "jupyterlab",
         help="What started the kernels, recorded as the run's origin tag (HUBFORGE_ORIGIN): "
-        "jupyterlab for a user's server, voila for a Voila server.",
+        "jupyterlab for a user's server, voila for a Voila server. Kernels of Voila pages "
+        "rendered by any server (/voila/render/...) are recorded as voila.",
     ).tag(config=True)
 
     kernel_extension = Unicode(
@@ -58,7 +66,14 @@ def prepare_launch(settings: HubforgeTracking, km: Any, kwargs: dict[str, Any], 
     if not is_python_kernel(km.kernel_spec):
         return False
     server_env = os.environ
-    additions = tracking_env(server_env, root_dir=root_dir, origin=settings.origin, enabled=settings.enabled)
+    origin = settings.origin
+    voila_page = voila_notebook(kwargs.get("env") or {})
+    if voila_page is not None:  # an app page, whatever the server is
+        origin = "voila"
+    additions = tracking_env(server_env, root_dir=root_dir, origin=origin, enabled=settings.enabled)
+    if voila_page:
+        # jupyter-server names a session's notebook in JPY_SESSION_NAME; Voila has no session.
+        additions["JPY_SESSION_NAME"] = voila_page
     # No env means the provisioner would copy os.environ: start from the same.
     kwargs["env"] = apply_env(kwargs.get("env") or server_env, server_env, additions)
     kwargs["extra_arguments"] = add_extension_argument(kwargs.get("extra_arguments"), settings.kernel_extension)

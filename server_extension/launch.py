@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 __all__ = [
     "KERNEL_EXTENSION",
@@ -19,6 +20,7 @@ __all__ = [
     "is_python_kernel",
     "tracking_env",
     "tracking_state",
+    "voila_notebook",
 ]
 
 #: The IPython extension every Python kernel loads at start.
@@ -80,6 +82,21 @@ def tracking_env(
         if server_env.get("JUPYTERHUB_API_TOKEN"):
             env["MLFLOW_TRACKING_TOKEN"] = server_env["JUPYTERHUB_API_TOKEN"]
     return env
+
+
+def voila_notebook(kernel_env: Mapping[str, str]) -> str | None:
+    """The notebook a Voila page renders, if Voila is starting this kernel; else None.
+
+    Voila (as a jupyter-server extension) starts a page's kernel with CGI-style
+    variables: ``SERVER_SOFTWARE=voila/<version>`` and ``SCRIPT_NAME``, the page's
+    path (``<base_url>voila/render/<notebook>``). The notebook is "" when the path
+    has another shape (Voila serving one notebook at its root).
+    """
+    if not kernel_env.get("SERVER_SOFTWARE", "").startswith("voila/"):
+        return None
+    render = kernel_env.get("VOILA_BASE_URL", "/").rstrip("/") + "/voila/render/"
+    script = kernel_env.get("SCRIPT_NAME", "")
+    return unquote(script[len(render) :]) if script.startswith(render) else ""
 
 
 def tracking_state(server_env: Mapping[str, str], enabled: bool) -> str:

@@ -13,7 +13,7 @@ Pure: nothing here reads files or talks to a hub.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hubforge.config import PlatformConfig
@@ -23,6 +23,7 @@ from hubforge.personas import persona_names
 from .hardware import GPU_MODELS, cpu_cores, memory_bytes
 
 __all__ = [
+    "TRACKING_ENV",
     "Capacity",
     "Catalog",
     "ChoiceError",
@@ -37,11 +38,16 @@ __all__ = [
     "known_groups",
     "load_catalog",
     "personas_for_groups",
+    "tier_env",
     "tiers_for",
 ]
 
 #: The options a spawn request may carry besides the tier itself.
 OPTION_KEYS = ("image", "gpus")
+
+#: The server environment variable whose ``off`` switches tracking off for every
+#: kernel of the server (hubforge.server_extension reads it as each kernel starts).
+TRACKING_ENV = "HUBFORGE_TRACKING"
 
 
 class ChoiceError(HubforgeError):
@@ -138,6 +144,9 @@ class Tier:
     quota: dict[str, int] = field(default_factory=dict)
     capacity: Capacity | None = None
     fair_share_weight: float = 1.0
+    #: Whether notebook runs on the tier are tracked to MLflow: the tier's own
+    #: ``tracking`` if it has one, else the platform's ``tracking.enabled``.
+    tracking: bool = True
 
     def image(self, key: str) -> ImageChoice | None:
         """The image choice named ``key``, if the tier offers it."""
@@ -198,7 +207,7 @@ def _resources(spec: dict[str, Any]) -> Resources:
     )
 
 
-def _tier(slug: str, spec: dict[str, Any]) -> Tier:
+def _tier(slug: str, spec: dict[str, Any], tracking: bool) -> Tier:
     capacity = spec.get("capacity")
     return Tier(
         slug=slug,
@@ -221,6 +230,7 @@ def _tier(slug: str, spec: dict[str, Any]) -> Tier:
         quota=dict(spec.get("quota", {})),
         capacity=Capacity(capacity["gpus"], cpu_cores(capacity["cpu"]), capacity["memory"]) if capacity else None,
         fair_share_weight=float(spec.get("fair_share_weight", 1)),
+        tracking=spec.get("tracking", tracking),
     )
 
 
@@ -238,7 +248,11 @@ def catalog_from_data(data: Mapping[str, Any], source: str = "platform.yaml") ->
     For callers that hold the merged mapping rather than a PlatformConfig
     (``hubforge.config.validate``'s cross-checks).
     """
-    tiers = tuple(_tier(slug, spec) for slug, spec in data.get("tiers", {}).items())
+    tracking = data.get("tracking", {}).get("enabled", True)
+    tiers = tuple(_tier(slug, spec, tracking) for slug, spec in data.get("tiers", {}).items())
+    if not data.get("services", {}).get("mlflow", {}).get("enabled", True):
+        # No MLflow on the platform: nothing to track to, whatever the tiers say.
+        tiers = tuple(replace(tier, tracking=False) for tier in tiers)
     groups = known_groups(data)
     queues: dict[str, str] = {}
     for tier in tiers:
@@ -343,6 +357,14 @@ def culling_args(tier: Tier) -> list[str]:
         f"--MappingKernelManager.cull_idle_timeout={idle}",
         f"--TerminalManager.cull_inactive_timeout={idle}",
     ]
+
+
+def tier_env(tier: Tier) -> dict[str, str]:
+    """What a server on ``tier`` finds in its environment: the tier's name and its tracking switch.
+
+    Both spawners put it there; the server extension hands it on to every kernel.
+    """
+    return {"HUBFORGE_TIER": tier.slug, TRACKING_ENV: "on" if tier.tracking else "off"}
 
 
 def personas_for_groups(group_personas: Mapping[str, Iterable[str]], groups: Iterable[str]) -> set[str]:

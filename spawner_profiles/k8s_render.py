@@ -28,7 +28,7 @@ import yaml
 
 from hubforge.config import PlatformConfig
 from hubforge.errors import ConfigError, HubforgeError
-from hubforge.personas import CUSTOM_SCOPES
+from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
 
 from .catalog import Catalog, Tier, load_catalog
 from .hardware import GPU_MODELS
@@ -71,7 +71,7 @@ configure_rbac(c, _platform)
 configure_kubespawner(c, _platform)
 c.JupyterHub.load_roles = [
     *c.JupyterHub.load_roles,
-    {"name": "hubforge-services", "scopes": ["read:users:name", "read:users:groups"], "services": %s},
+    {"name": "hubforge-services", "scopes": %s, "services": %s},
 ]
 """
 
@@ -161,7 +161,7 @@ def _hub_values(cfg: PlatformConfig, settings: KubeSettings) -> dict[str, Any]:
         "extraEnv": _service_env(),
         "extraVolumes": [{"name": SECRET_NAME, "secret": {"secretName": SECRET_NAME}}],
         "extraVolumeMounts": [{"name": SECRET_NAME, "mountPath": str(HUB_CONFIG_DIR), "readOnly": True}],
-        "extraConfig": {"hubforge": EXTRA_CONFIG % sorted(ports)},
+        "extraConfig": {"hubforge": EXTRA_CONFIG % (list(SERVICE_ROLE_SCOPES), sorted(ports))},
         "services": _services(cfg),
         # The proxy reaches the services on the hub's Service, beside the hub API.
         "service": {"extraPorts": [{"name": n, "port": p, "targetPort": p} for n, p in ports.items()]},

@@ -37,6 +37,7 @@ from .catalog import (
     culling_args,
     load_catalog,
     personas_for_groups,
+    tier_env,
     tiers_for,
 )
 from .hardware import memory_bytes
@@ -77,6 +78,7 @@ TIER_TRAITS = (
     "extra_pod_config",
     "extra_resource_limits",
     "extra_resource_guarantees",
+    "environment",
 )
 
 
@@ -127,6 +129,8 @@ def _tier_override(tier: Tier) -> dict[str, Any]:
         "node_selector": dict(tier.node_selector),
         "tolerations": [dict(t) for t in tier.tolerations],
         "extra_labels": labels,
+        # Merged into the configured environment; HUBFORGE_TRACKING=off stops the kernels' tracking.
+        "environment": tier_env(tier),
     }
     if tier.priority_class:
         override["priority_class_name"] = tier.priority_class

@@ -34,7 +34,16 @@ from hubforge.errors import HubforgeError
 
 from .allocation import AllocationConflict, NoSuchGpu, QuotaExceeded
 from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
-from .catalog import Catalog, ChoiceError, Tier, ValidatedChoice, check_choice, culling_args, personas_for_groups
+from .catalog import (
+    Catalog,
+    ChoiceError,
+    Tier,
+    ValidatedChoice,
+    check_choice,
+    culling_args,
+    personas_for_groups,
+    tier_env,
+)
 from .gpus import inventory
 from .spawn_page import render_options_form
 
@@ -209,7 +218,8 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         self.cpu_limit = tier.resources.cpu_limit
         env: dict[str, Any] = dict(self.environment)  # type: ignore[has-type]
         env.update(gpu_env(self.allocation) if self.allocation else {})
-        env.update({"HUBFORGE_TIER": tier.slug, "HUBFORGE_IMAGE": choice.image_key})
+        # Tracking on or off, always: a reused spawner must not keep the last tier's switch.
+        env.update({**tier_env(tier), "HUBFORGE_IMAGE": choice.image_key})
         self.environment = env
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:

@@ -204,3 +204,17 @@ class HubSession:
 def api(url: str, token: str) -> httpx.Client:
     """An API client that authenticates with a hub token."""
     return httpx.Client(base_url=url, headers={"Authorization": f"token {token}"}, timeout=30)
+
+
+#: Debian's chromium, headless, for Playwright tests (never a browser download).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

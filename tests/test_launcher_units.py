@@ -12,6 +12,7 @@ import pytest
 
 from hubforge.config import load_config
 from hubforge.errors import LaunchError
+from hubforge.hub import launcher
 from hubforge.hub.launcher import demo_password, find_proxy_command, instance_processes
 
 
@@ -62,3 +63,17 @@ def test_instance_processes_finds_marked_processes_only(tmp_path: Path) -> None:
         for proc in (ours, other):
             proc.kill()
             proc.wait()
+
+
+def test_internal_ports_never_reuse_the_public_port_or_each_other(cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The public port is free until the proxy binds it, so the OS may offer it again."""
+    public = cfg.hub["port"]
+    offered = iter([public, 41001, 41001, public, 41002, 41003, 41004])
+    monkeypatch.setattr(launcher, "free_port", lambda host="127.0.0.1": next(offered))
+    monkeypatch.setattr(launcher, "port_in_use", lambda host, port: False)
+    monkeypatch.setattr(launcher, "find_proxy_command", lambda command: ["configurable-http-proxy"])
+    platform = launcher.Platform(cfg)
+    platform.init_ports()
+    rt = platform.runtime
+    ports = [rt.hub_port, rt.proxy_api_port, rt.governance_port, rt.mlflow_port]
+    assert ports == [41001, 41002, 41003, 41004]

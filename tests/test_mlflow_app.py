@@ -1,7 +1,9 @@
 """The hubforge MLflow app: a real ``mlflow server --app-name hubforge`` and a fake hub.
 
-The fake hub is faked at the transport: an HTTP server answering the two hub
-endpoints the gate calls (``GET /hub/api/user``, ``POST /hub/api/oauth2/token``).
+The fake hub is faked at the transport: an HTTP server answering the hub endpoints
+the gate calls (``GET /hub/api/user``, ``GET /hub/api/users/<name>`` with the
+service's token, ``POST /hub/api/oauth2/token``). Permissions between real hub users
+are tested against a real hub in test_mlflow_isolation.py.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ SEARCH = "api/2.0/mlflow/experiments/search?max_results=1"
 
 def user_model(name: str, access: bool = True) -> dict:
     """A hub user model as ``GET /hub/api/user`` returns it: scopes expanded."""
-    scopes = [f"read:users:name!user={name}", *([ACCESS] if access else [])]
-    return {"name": name, "kind": "user", "scopes": scopes, "groups": ["data-science"]}
+    scopes = [f"read:users:name!user={name}", *([ACCESS, "custom:experiments:write"] if access else [])]
+    return {"name": name, "kind": "user", "scopes": scopes}
 
 
 class FakeHub(ThreadingHTTPServer):
@@ -76,6 +78,9 @@ class _HubHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         token = self.headers.get("Authorization", "").removeprefix("token ")
         self.server.lookups[token] = self.server.lookups.get(token, 0) + 1
+        if self.path.startswith("/hub/api/users/") and token == SERVICE_TOKEN:
+            name = self.path.rsplit("/", 1)[1]
+            return self._reply(200, {"name": name, "groups": ["data-science"], "roles": ["data-scientist"]})
         if self.path != "/hub/api/user":
             return self._reply(404, {"message": "not found"})
         if token == "explode-token":
@@ -412,7 +417,8 @@ def test_flask_sees_the_hub_user_as_g_hubforge_user(fake_hub: FakeHub) -> None:
     from mlflow.server.fastapi_app import create_fastapi_app
 
     flask_app = Flask("probe")
-    flask_app.add_url_rule(f"{PREFIX}whoami", "whoami", lambda: str(g.hubforge_user))
+    # A path every hub user may GET (MLflow serves its version there).
+    flask_app.add_url_rule(f"{PREFIX}version", "whoami", lambda: str(g.hubforge_user))
     _install_flask_hook(flask_app, set())
     hub_auth = HubOAuth(
         api_token=SERVICE_TOKEN, oauth_client_id=CLIENT_ID, api_url=fake_hub.api_url,
@@ -422,9 +428,9 @@ def test_flask_sees_the_hub_user_as_g_hubforge_user(fake_hub: FakeHub) -> None:
 
     async def whoami(**headers: str) -> httpx.Response:
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
-            return await c.get(f"{PREFIX}whoami", headers=headers)
+            return await c.get(f"{PREFIX}version", headers=headers)
 
     assert asyncio.run(whoami(**api("alice-token"))).text == "alice"
     assert asyncio.run(whoami()).status_code == 302
     # A request that never passed the gate finds no user and is refused.
-    assert flask_app.test_client().get(f"{PREFIX}whoami").status_code == 401
+    assert flask_app.test_client().get(f"{PREFIX}version").status_code == 401

@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from _platform import HubSession, PlatformProcess, api, wait_for
+from _platform import CHROMIUM, CHROMIUM_FLAGS, HubSession, PlatformProcess, api, wait_for
 from hubforge.hub.launcher import instance_processes
 
 pytestmark = pytest.mark.platform
@@ -163,24 +163,12 @@ def test_cancelling_a_queued_spawn_leaves_nothing(people) -> None:
     assert "0 waiting" in people["alice"][0].client.get("/hub/spawn").text
 
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 def test_spawn_page_in_a_real_browser(gpu_platform, people, artifacts) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     from _platform import DEMO_PASSWORD
 
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 1300})
             page.goto(f"{gpu_platform.url}/hub/login")

@@ -1,0 +1,206 @@
+"""Per-person MLflow: a real hub, real personas' tokens, MLflow's own REST API.
+
+alice is a data scientist, bob an ML engineer (registry manager), carol an ML lead
+(reads everything for audit), erin the platform admin. Each talks to
+``/services/mlflow/`` with their own hub API token, as the MLflow client does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from _platform import CHROMIUM, CHROMIUM_FLAGS, DEMO_PASSWORD, PERSONA_USERS, api
+
+pytestmark = pytest.mark.platform
+
+MLFLOW = "/services/mlflow/api/2.0/mlflow/"
+
+
+@pytest.fixture
+def clients(platform, session_for) -> Iterator[dict[str, httpx.Client]]:
+    """An MLflow REST client per persona, each with that person's hub token."""
+    opened = {}
+    for persona in ("data-scientist", "ml-engineer", "ml-lead", "platform-admin", "data-steward"):
+        session, user = session_for(persona)
+        opened[user] = api(platform.url, session.new_token(user, note="mlflow isolation"))
+    yield opened
+    for client in opened.values():
+        client.close()
+
+
+def ok(resp: httpx.Response) -> dict:
+    assert resp.status_code == 200, f"{resp.request.method} {resp.request.url}: {resp.status_code} {resp.text}"
+    return resp.json()
+
+
+def refused(resp: httpx.Response, *words: str) -> str:
+    assert resp.status_code == 403, f"{resp.request.method} {resp.request.url}: {resp.status_code} {resp.text}"
+    body = resp.json()
+    assert body["error_code"] == "PERMISSION_DENIED"
+    for word in words:
+        assert word in body["message"], body["message"]
+    return body["message"]
+
+
+def experiment_with_run(client: httpx.Client, user: str) -> tuple[str, str]:
+    """A fresh experiment of ``user``'s with one run that logged a metric."""
+    name = f"/Users/{user}/isolation-{uuid.uuid4().hex[:8]}"
+    experiment = ok(client.post(MLFLOW + "experiments/create", json={"name": name}))["experiment_id"]
+    run = ok(client.post(MLFLOW + "runs/create", json={"experiment_id": experiment}))["run"]["info"]["run_id"]
+    ok(client.post(MLFLOW + "runs/log-metric", json={"run_id": run, "key": "loss", "value": 0.5, "timestamp": 1}))
+    return experiment, run
+
+
+def test_two_people_cannot_read_or_write_each_others_runs(clients) -> None:
+    alice, bob = clients["alice"], clients["bob"]
+    alice_exp, alice_run = experiment_with_run(alice, "alice")
+    bob_exp, bob_run = experiment_with_run(bob, "bob")
+
+    for reader, exp, run, owner in ((bob, alice_exp, alice_run, "alice"), (alice, bob_exp, bob_run, "bob")):
+        refused(reader.get(MLFLOW + "runs/get", params={"run_id": run}), "may not read run")
+        refused(reader.get(MLFLOW + "experiments/get", params={"experiment_id": exp}))
+        refused(reader.get(MLFLOW + "metrics/get-history", params={"run_id": run, "metric_key": "loss"}))
+        refused(reader.post(MLFLOW + "runs/search", json={"experiment_ids": [exp]}))
+        refused(reader.get(MLFLOW + "artifacts/list", params={"run_id": run}))
+        refused(reader.get("/services/mlflow/get-artifact", params={"run_uuid": run, "path": "x"}))
+        # Writes into the other person's run, each kind MLflow offers.
+        metric = {"run_id": run, "key": "loss", "value": 9.9, "timestamp": 2}
+        refused(reader.post(MLFLOW + "runs/log-metric", json=metric), f"{owner}'s")
+        refused(reader.post(MLFLOW + "runs/log-batch", json={"run_id": run, "metrics": [metric]}))
+        refused(reader.post(MLFLOW + "runs/set-tag", json={"run_id": run, "key": "k", "value": "v"}))
+        refused(reader.post(MLFLOW + "runs/update", json={"run_id": run, "status": "KILLED"}))
+        refused(reader.post(MLFLOW + "runs/delete", json={"run_id": run}))
+        refused(reader.post(MLFLOW + "runs/create", json={"experiment_id": exp}))
+        refused(reader.post(MLFLOW + "experiments/update", json={"experiment_id": exp, "new_name": "mine"}))
+        refused(reader.post(MLFLOW + "experiments/delete", json={"experiment_id": exp}))
+
+    # Nothing leaked into the owners' runs, and each still sees their own.
+    history = ok(alice.get(MLFLOW + "metrics/get-history", params={"run_id": alice_run, "metric_key": "loss"}))
+    assert [m["value"] for m in history["metrics"]] == [0.5]
+    assert ok(alice.get(MLFLOW + "runs/get", params={"run_id": alice_run}))["run"]["info"]["status"] == "RUNNING"
+    # Searches list only what the person may read.
+    names = {e["name"] for e in ok(bob.post(MLFLOW + "experiments/search", json={"max_results": 1000}))["experiments"]}
+    assert not any(name.startswith("/Users/alice/") for name in names)
+    assert any(name.startswith("/Users/bob/") for name in names)
+    # The MLflow UI's GraphQL answers nothing about a run one may not read.
+    query = {"query": "query q($id: String) { mlflowGetRun(input: {runId: $id}) { run { info { runId } } } }",
+             "variables": {"id": alice_run}}  # fmt: skip
+    graphql = bob.post("/services/mlflow/graphql", json=query)
+    assert graphql.status_code == 200 and graphql.json()["data"]["mlflowGetRun"] is None, graphql.text
+    assert "PERMISSION_DENIED: bob may not read run" in graphql.json()["errors"][0]  # MLflow sends messages
+    mine = alice.post("/services/mlflow/graphql", json=query).json()["data"]["mlflowGetRun"]
+    assert mine["run"]["info"]["runId"] == alice_run
+
+
+def test_nobody_takes_another_persons_folder_or_ownership(clients) -> None:
+    alice, bob = clients["alice"], clients["bob"]
+    refused(bob.post(MLFLOW + "experiments/create", json={"name": "/Users/alice/squat"}), "alice's folder")
+    forged = {"name": f"/Shared/{uuid.uuid4().hex[:8]}", "tags": [{"key": "hubforge.owner", "value": "alice"}]}
+    refused(bob.post(MLFLOW + "experiments/create", json=forged), "hubforge.owner")
+    experiment, _ = experiment_with_run(alice, "alice")
+    tags = ok(alice.get(MLFLOW + "experiments/get", params={"experiment_id": experiment}))["experiment"]["tags"]
+    assert {"key": "hubforge.owner", "value": "alice"} in tags
+    take = {"experiment_id": experiment, "key": "hubforge.owner", "value": "bob"}
+    refused(alice.post(MLFLOW + "experiments/set-experiment-tag", json=take), "set by hubforge")
+    # Runs in the shared Default experiment belong to nobody's space.
+    refused(alice.post(MLFLOW + "runs/create", json={}), "set_experiment")
+
+
+def test_sharing_with_a_group_lets_it_read_and_add_runs_but_not_write_yours(clients) -> None:
+    alice, bob = clients["alice"], clients["bob"]
+    experiment, run = experiment_with_run(alice, "alice")
+    share = {"experiment_id": experiment, "key": "hubforge.shared_with", "value": "ml-engineer"}
+    refused(bob.post(MLFLOW + "experiments/set-experiment-tag", json=share), "only the owner")
+    ok(alice.post(MLFLOW + "experiments/set-experiment-tag", json=share))
+
+    assert ok(bob.get(MLFLOW + "runs/get", params={"run_id": run}))["run"]["info"]["run_id"] == run
+    found = ok(bob.post(MLFLOW + "runs/search", json={"experiment_ids": [experiment]}))["runs"]
+    assert [r["info"]["run_id"] for r in found] == [run]
+    names = {e["name"] for e in ok(bob.post(MLFLOW + "experiments/search", json={}))["experiments"]}
+    assert any(name.startswith("/Users/alice/isolation-") for name in names)
+    # bob adds a run of his own to the shared experiment, and still cannot write alice's.
+    own = ok(bob.post(MLFLOW + "runs/create", json={"experiment_id": experiment}))["run"]["info"]
+    assert own["user_id"] == "bob"
+    metric = {"run_id": run, "key": "loss", "value": 1.0, "timestamp": 3}
+    refused(bob.post(MLFLOW + "runs/log-metric", json=metric), "alice's")
+    ok(bob.post(MLFLOW + "runs/log-metric", json={**metric, "run_id": own["run_id"]}))
+    # ...and alice cannot write bob's run in her own experiment.
+    refused(alice.post(MLFLOW + "runs/log-metric", json={**metric, "run_id": own["run_id"]}), "bob's")
+
+
+def test_auditors_and_admins_read_everything_and_write_no_ones_runs(clients) -> None:
+    experiment, run = experiment_with_run(clients["alice"], "alice")
+    for reader in ("carol", "erin"):  # ml-lead (custom:audit:read), platform admin
+        client = clients[reader]
+        assert ok(client.get(MLFLOW + "runs/get", params={"run_id": run}))["run"]["info"]["user_id"] == "alice"
+        assert ok(client.post(MLFLOW + "runs/search", json={"experiment_ids": [experiment]}))["runs"]
+        metric = {"run_id": run, "key": "loss", "value": 2.0, "timestamp": 4}
+        refused(client.post(MLFLOW + "runs/log-metric", json=metric), "alice's")
+
+
+def test_ml_engineers_manage_the_registry_and_data_scientists_own_their_models(clients) -> None:
+    alice, bob, dan = clients["alice"], clients["bob"], clients["dan"]
+    _, run = experiment_with_run(alice, "alice")
+    name = f"churn-{uuid.uuid4().hex[:8]}"
+    model = ok(alice.post(MLFLOW + "registered-models/create", json={"name": name}))["registered_model"]
+    assert {"key": "hubforge.owner", "value": "alice"} in model["tags"]
+    version = {"name": name, "source": f"runs:/{run}/model", "run_id": run}
+    assert ok(alice.post(MLFLOW + "model-versions/create", json=version))["model_version"]["version"] == "1"
+    # The lifecycle is the registry managers': alice may not set an alias, bob may.
+    alias = {"name": name, "alias": "champion", "version": "1"}
+    refused(alice.post(MLFLOW + "registered-models/alias", json=alias), "custom:registry:manage")
+    ok(bob.post(MLFLOW + "registered-models/alias", json=alias))
+    got = ok(alice.get(MLFLOW + "registered-models/alias", params={"name": name, "alias": "champion"}))
+    assert got["model_version"]["version"] == "1"
+    # bob registers a version of alice's run (he manages the registry); a data steward
+    # may neither register models nor see them as theirs.
+    assert ok(bob.post(MLFLOW + "model-versions/create", json=version))["model_version"]["version"] == "2"
+    refused(dan.post(MLFLOW + "registered-models/create", json={"name": name + "-dan"}), "may not register")
+    refused(bob.post(MLFLOW + "experiments/create", json={"name": "/Users/bob/x", "tags": [
+        {"key": "hubforge.owner", "value": "alice"}]}))  # fmt: skip
+
+
+def test_every_persona_token_is_known(clients) -> None:
+    """The fixture really logged each persona in: the hub named who each token is."""
+    assert set(clients) == {PERSONA_USERS[p] for p in
+                            ("data-scientist", "ml-engineer", "ml-lead", "platform-admin", "data-steward")}  # fmt: skip
+    for user, client in clients.items():
+        assert client.get("/hub/api/user").json()["name"] == user
+
+
+def test_the_mlflow_ui_shows_a_person_their_runs_and_not_anothers(platform, clients, artifacts) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    alice_exp, alice_run = experiment_with_run(clients["alice"], "alice")
+    bob_exp, bob_run = experiment_with_run(clients["bob"], "bob")
+    refusals: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.on("response", lambda r: refusals.append(r.url) if r.status == 403 else None)
+            page.goto(f"{platform.url}/hub/login")
+            page.fill("#username_input", "alice")
+            page.fill("#password_input", DEMO_PASSWORD)
+            page.click("#login_submit")
+            page.wait_for_url("**/hub/**")
+            # Her run, through the hub's OAuth into MLflow: the UI names her and the experiment.
+            page.goto(f"{platform.url}/services/mlflow/#/experiments/{alice_exp}/runs/{alice_run}")
+            page.get_by_text("Created by").wait_for(timeout=60_000)
+            page.get_by_text("/Users/alice/isolation-").first.wait_for()
+            assert page.get_by_role("link", name="alice").count() >= 1
+            page.screenshot(path=str(artifacts / "mlflow-ui-alice-run.png"))
+            before = len(refusals)
+            # bob's experiment: the UI's search for his runs is refused, his run is not shown.
+            with page.expect_response(lambda r: "/runs/search" in r.url and r.status == 403, timeout=60_000):
+                page.goto(f"{platform.url}/services/mlflow/#/experiments/{bob_exp}")
+            page.get_by_text(f"alice may not read experiment {bob_exp}").wait_for(timeout=30_000)
+            assert bob_run not in page.content()
+            page.screenshot(path=str(artifacts / "mlflow-ui-alice-on-bobs-experiment.png"))
+        finally:
+            browser.close()
+    # Nothing alice's own pages asked about her run or experiment was refused.
+    assert not any("/runs/" in url or "/experiments/" in url for url in refusals[:before]), refusals
