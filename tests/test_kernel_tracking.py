@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,9 @@ import nbformat
 import pytest
 from jupyter_client.manager import KernelManager
 from test_kernel_queue import MlflowServer
+
+from _platform import wait_for
+from hubforge.server_extension.kernel.patches import attach_active_run, detach_active_run
 
 EXTENSION = "--IPKernelApp.extensions=hubforge.server_extension.kernel"
 
@@ -50,11 +55,13 @@ def write_notebook(root: Path, rel: str, cells: list[str]) -> Path:
     return path
 
 
-def run_notebook(server: MlflowServer, root: Path, rel: str, user: str, cells: list[str]) -> list[str]:
+def run_notebook(
+    url: str, root: Path, rel: str, user: str, cells: list[str], timeout: float = 120, **extra: str
+) -> list[str]:
     """Execute ``cells`` in a fresh kernel carrying the hub's environment; shut it down; return stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
     env.update(
-        MLFLOW_TRACKING_URI=server.url,
+        MLFLOW_TRACKING_URI=url,
         JUPYTERHUB_USER=user,
         HUBFORGE_SERVER_NAME="gpu-box",
         HUBFORGE_TIER="small",
@@ -62,6 +69,7 @@ def run_notebook(server: MlflowServer, root: Path, rel: str, user: str, cells: l
         JPY_SESSION_NAME=rel,
         HUBFORGE_NOTEBOOK_ROOT=str(root),
         HUBFORGE_SPOOL_DIR=str(root / ".spool"),
+        **extra,
     )
     km = KernelManager(kernel_name="python3")
     km.shutdown_wait_time = 60
@@ -77,7 +85,7 @@ def run_notebook(server: MlflowServer, root: Path, rel: str, user: str, cells: l
     try:
         kc.wait_for_ready(timeout=60)
         for cell in cells:
-            kc.execute_interactive(cell, timeout=120, output_hook=hook)
+            kc.execute_interactive(cell, timeout=timeout, output_hook=hook)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
@@ -95,7 +103,7 @@ def only_run(client, name: str):
 def test_notebook_training_is_tracked(mlflow_server: MlflowServer, client, tmp_path: Path) -> None:
     write_notebook(tmp_path, "work/train.ipynb", TRAIN)
     cells = [c.source for c in nbformat.read(tmp_path / "work/train.ipynb", as_version=4).cells]
-    out = run_notebook(mlflow_server, tmp_path, "work/train.ipynb", "alice", cells)
+    out = run_notebook(mlflow_server.url, tmp_path, "work/train.ipynb", "alice", cells)
     exp, run = only_run(client, "/Users/alice/work/train.ipynb")
     assert run.info.run_id in "".join(out), "status prints the run id"
     assert run.info.status == "FINISHED"
@@ -113,7 +121,8 @@ def test_notebook_training_is_tracked(mlflow_server: MlflowServer, client, tmp_p
     assert tags["mlflow.source.git.commit"] == head.stdout.strip()
     assert tags["hubforge.git.dirty"] == "false"
     rid = run.info.run_id
-    assert len(client.get_metric_history(rid, "hubforge.cell.duration_s")) == len(cells)
+    durations = client.get_metric_history(rid, "hubforge.cell.duration_s")
+    assert sorted(m.step for m in durations) == list(range(1, len(cells) + 1)), "cells run while it opened too"
     assert [m.value for m in client.get_metric_history(rid, "hubforge.cell.error")] == [0.0] * len(cells)
     assert len(client.get_metric_history(rid, "custom")) == 50, "user metrics once each"
     assert run.data.params["alpha"] == "0.5"
@@ -131,7 +140,7 @@ def test_notebook_training_is_tracked(mlflow_server: MlflowServer, client, tmp_p
 def test_tracking_off_creates_no_run(mlflow_server: MlflowServer, client, tmp_path: Path) -> None:
     cells = ["%hubforge_tracking off", "x = 1", "import mlflow\nprint(mlflow.__version__)"]
     write_notebook(tmp_path, "off.ipynb", cells)
-    run_notebook(mlflow_server, tmp_path, "off.ipynb", "bob", cells)
+    run_notebook(mlflow_server.url, tmp_path, "off.ipynb", "bob", cells)
     exp = client.get_experiment_by_name("/Users/bob/off.ipynb")
     assert exp is None or not client.search_runs([exp.experiment_id])
 
@@ -139,8 +148,104 @@ def test_tracking_off_creates_no_run(mlflow_server: MlflowServer, client, tmp_pa
 def test_error_in_last_cell_fails_the_run(mlflow_server: MlflowServer, client, tmp_path: Path) -> None:
     cells = ["x = 1", "raise ValueError('boom')"]
     write_notebook(tmp_path, "fail.ipynb", cells)
-    run_notebook(mlflow_server, tmp_path, "fail.ipynb", "carol", cells)
+    run_notebook(mlflow_server.url, tmp_path, "fail.ipynb", "carol", cells)
     _, run = only_run(client, "/Users/carol/fail.ipynb")
     assert run.info.status == "FAILED"
     errors = client.get_metric_history(run.info.run_id, "hubforge.cell.error")
     assert [m.value for m in sorted(errors, key=lambda m: m.step)] == [0.0, 1.0]
+
+
+def test_mlflow_away_at_the_first_cell_loses_nothing(tmp_path: Path) -> None:
+    """MLflow is down when the notebook starts: cells run, the person is told once, and when
+    MLflow comes up the run opens and every cell's metrics arrive."""
+    from mlflow import MlflowClient
+
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(tmp_path / "mlflow")  # not started yet
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
+    env.update(
+        MLFLOW_TRACKING_URI=server.url,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",  # each attempt fails at once; hubforge retries
+        JUPYTERHUB_USER="erin",
+        JPY_SESSION_NAME="away.ipynb",
+        HUBFORGE_NOTEBOOK_ROOT=str(tmp_path),
+        HUBFORGE_SPOOL_DIR=str(tmp_path / ".spool"),
+    )
+    km = KernelManager(kernel_name="python3")
+    km.shutdown_wait_time = 60
+    km.start_kernel(extra_arguments=[EXTENSION], env=env, cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    said: list[str] = []
+
+    def hook(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            said.append(msg["content"]["text"])
+
+    try:
+        kc.wait_for_ready(timeout=60)
+        for i in range(1, 6):
+            kc.execute_interactive(f"x = {i}", timeout=60, output_hook=hook)
+            kc.execute_interactive("import time; time.sleep(0.5)", timeout=60, output_hook=hook)
+        assert "".join(said).count("MLflow not reachable") == 1, said  # told once, not per retry
+        server.start()
+        client = MlflowClient(server.url)
+        exp = wait_for(lambda: client.get_experiment_by_name("/Users/erin/away.ipynb"), 120, "the run to open")
+        for i in range(6, 9):
+            kc.execute_interactive(f"x = {i}", timeout=60, output_hook=hook)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    try:
+        (run,) = client.search_runs([exp.experiment_id])
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "hubforge.cell.count"))
+        assert steps == list(range(1, 14)), "every cell, before and after MLflow came, exactly once"
+        assert run.info.status == "FINISHED"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def unresponsive_mlflow() -> Iterator[str]:
+    """An MLflow URL whose server accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_no_cell_waits_for_an_unresponsive_mlflow(unresponsive_mlflow: str, tmp_path: Path) -> None:
+    """The run opens off the cells' path: cells finish while MLflow has not answered (for 10 minutes)."""
+    cells = ["x = 1", "x += 1", "print(x)", "%hubforge_tracking status"]
+    out = "".join(
+        run_notebook(unresponsive_mlflow, tmp_path, "slow.ipynb", "dave", cells, 60, MLFLOW_HTTP_REQUEST_TIMEOUT="600")
+    )
+    assert "2\n" in out
+    assert "run: (opening)" in out
+
+
+def test_a_run_opened_on_another_thread_becomes_the_active_run(mlflow_server, client, monkeypatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    experiment = client.create_experiment(f"handover-{os.urandom(4).hex()}")
+    opened = []
+
+    def opener() -> None:
+        run = mlflow.start_run(experiment_id=experiment)
+        detach_active_run(mlflow, run)
+        opened.append((run, mlflow.active_run()))
+
+    thread = threading.Thread(target=opener)
+    thread.start()
+    thread.join(60)
+    run, left_on_opener = opened[0]
+    assert left_on_opener is None
+    assert mlflow.active_run() is None
+    assert attach_active_run(mlflow, run)
+    try:
+        assert mlflow.active_run().info.run_id == run.info.run_id
+        assert not attach_active_run(mlflow, run), "never stacked on an active run"
+    finally:
+        mlflow.end_run()
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

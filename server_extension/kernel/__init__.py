@@ -2,13 +2,19 @@
 
 Loaded by every kernel the hubforge server extension starts
 (``--IPKernelApp.extensions=hubforge.server_extension.kernel``). Loading is
-cheap: mlflow is imported on the first tracked cell. ``%hubforge_tracking
-off|on|status`` controls it per notebook; ``HUBFORGE_TRACKING=off`` disables it.
+cheap: mlflow (a second or so of imports) starts importing on a background
+thread right away, while the person looks at the notebook, so that the run
+opened from the first tracked cell (see :class:`Tracker`) is ready by the next.
+``%hubforge_tracking off|on|status`` controls it per notebook;
+``HUBFORGE_TRACKING=off`` disables it.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib
+import threading
 from typing import Any
 
 from hubforge.server_extension.kernel.context import KernelContext
@@ -30,6 +36,14 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.events.register("post_run_cell", tracker.post_run_cell)
     ipython.register_magic_function(_magic, "line", "hubforge_tracking")
     atexit.register(tracker.finish)
+    if tracker.enabled and tracker.ctx.tracking_uri:
+        threading.Thread(target=_import_mlflow, name="hubforge-import-mlflow", daemon=True).start()
+
+
+def _import_mlflow() -> None:
+    """Import mlflow ahead of the first cell; a failure is the opener's to report."""
+    with contextlib.suppress(Exception):
+        importlib.import_module("mlflow")
 
 
 def unload_ipython_extension(ipython: Any) -> None:

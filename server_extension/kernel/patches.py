@@ -1,8 +1,15 @@
-"""Route the user's own ``mlflow.log_metric``/``log_param``/``set_tag`` calls through the queue.
+"""Where hubforge reaches into mlflow: the fluent logging functions and the active run.
 
-Only calls aimed at the tracked run take the fast path (no ``run_id`` or the
-tracked one, and no other run active); anything else, and any argument the
-queue does not carry (``model_id``, ``dataset``), goes to MLflow unchanged.
+:class:`FluentPatch` routes the user's own ``mlflow.log_metric``/``log_param``/
+``set_tag`` calls through the queue. Only calls aimed at the tracked run take
+the fast path (no ``run_id`` or the tracked one, and no other run active);
+anything else, and any argument the queue does not carry (``model_id``,
+``dataset``), goes to MLflow unchanged.
+
+:func:`detach_active_run` and :func:`attach_active_run` move a run started on
+one thread (where it was opened, off the cells' path) to the thread that runs
+the cells: mlflow keeps the active run per thread, and autolog and the fluent
+API look there.
 """
 
 from __future__ import annotations
@@ -10,9 +17,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FluentPatch"]
+__all__ = ["FluentPatch", "attach_active_run", "detach_active_run"]
 
 NAMES = ("log_metric", "log_metrics", "log_param", "log_params", "set_tag", "set_tags")
+
+
+def _run_stack(mlflow: Any) -> list[Any] | None:
+    """This thread's stack of active runs, or None where mlflow no longer keeps one there."""
+    stack = getattr(getattr(mlflow.tracking, "fluent", None), "_active_run_stack", None)
+    return stack.get() if stack is not None and hasattr(stack, "get") else None
+
+
+def detach_active_run(mlflow: Any, active: Any) -> None:
+    """Take ``active`` (just returned by ``mlflow.start_run`` on this thread) off this thread."""
+    stack = _run_stack(mlflow)
+    if stack and stack[-1] is active:
+        stack.pop()
+
+
+def attach_active_run(mlflow: Any, active: Any) -> bool:
+    """Make ``active`` this thread's active run, unless one is active already; True when it is.
+
+    Where mlflow's internals have moved, falls back to resuming the run by id
+    (``start_run(run_id=...)``, which asks the server).
+    """
+    if mlflow.active_run() is not None:
+        return False
+    stack = _run_stack(mlflow)
+    if stack is None:
+        mlflow.start_run(run_id=active.info.run_id)
+    else:
+        stack.append(active)
+    return True
 
 
 class FluentPatch:

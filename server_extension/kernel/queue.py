@@ -28,7 +28,8 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,9 @@ class TrackingQueue:
     and ``get_metric_history``); it is called on the sender thread, so the
     caller never pays for importing mlflow. ``max_memory_items`` bounds the
     caller-side buffer (the sender holds at most one more chunk),
-    ``max_spool_bytes`` the disk spool in ``spool_dir``.
+    ``max_spool_bytes`` the disk spool in ``spool_dir``. A partial batch goes
+    out at most once per ``flush_interval`` seconds; a full one, a backlog, and
+    anything ``flush()`` or ``close()`` waits for go out at once.
     """
 
     def __init__(
@@ -136,6 +139,11 @@ class TrackingQueue:
         self.spilled = 0
         self.last_error: str | None = None
         self._closing = False
+        self._flushing = 0
+        self._next_send = 0.0
+        self._held: set[str] = set()
+        self._aliases: dict[str, str] = {}
+        self._sending = threading.Lock()  # held by the sender while it talks to MLflow; see paused()
         self._thread = threading.Thread(target=self._run, name="hubforge-tracking", daemon=True)
         self._thread.start()
 
@@ -182,6 +190,38 @@ class TrackingQueue:
         self._outstanding -= n
         self._cond.notify_all()
 
+    def hold(self, alias: str) -> None:
+        """Accept items for the placeholder run id ``alias`` but send nothing until :meth:`release`.
+
+        Lets a caller queue run data before MLflow has created the run (and named
+        it); held items count against the same memory and spool bounds.
+        """
+        with self._cond:
+            self._held.add(alias)
+
+    def release(self, alias: str, run_id: str) -> None:
+        """Items queued under ``alias``, before or after this call, belong to ``run_id``; send them."""
+        with self._cond:
+            self._aliases[alias] = run_id
+            self._held.discard(alias)
+            self._cond.notify_all()
+
+    @contextmanager
+    def paused(self, timeout: float) -> Iterator[bool]:
+        """Keep the sender from talking to MLflow inside the block; yields False (not paused)
+        when the request in flight outlasts ``timeout`` (0: do not wait).
+
+        mlflow imports modules on every request; ``mlflow.autolog()`` fires import hooks
+        for already imported libraries under its import-hook lock, which deadlocks with an
+        import on another thread. Such a caller runs inside this block.
+        """
+        held = self._sending.acquire(timeout=timeout) if timeout > 0 else self._sending.acquire(blocking=False)
+        try:
+            yield held
+        finally:
+            if held:
+                self._sending.release()
+
     # -- state ---------------------------------------------------------------------
 
     @property
@@ -198,12 +238,16 @@ class TrackingQueue:
         """Wait until everything accepted so far is delivered or dropped; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._flushing += 1
             self._cond.notify_all()
-            while self._outstanding > 0:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return False
-                self._cond.wait(min(left, 0.05))
+            try:
+                while self._outstanding > 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._thread.is_alive():
+                        return False
+                    self._cond.wait(min(left, 0.05))
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float = 10.0) -> bool:
@@ -222,15 +266,19 @@ class TrackingQueue:
     def _run(self) -> None:
         backoff = 0.0
         while True:
+            with self._cond:
+                while not self._due_locked():
+                    if self._closing:
+                        return
+                    self._cond.wait(self._until_due_locked())
             batch = self._next_batch()
             if batch is None:
                 with self._cond:
-                    if self._closing:
-                        return
-                    if not self._memory and self._spool.items == 0:
-                        self._cond.wait(self.flush_interval)
+                    self._cond.wait(self.flush_interval)
                 continue
-            if self._deliver(batch):
+            with self._sending:
+                settled = self._deliver(batch)
+            if settled:
                 backoff = 0.0
                 continue
             backoff = min(self.max_backoff, max(0.05, backoff * 2))
@@ -238,6 +286,28 @@ class TrackingQueue:
                 if self._closing:
                     return
                 self._cond.wait(backoff)
+
+    def _due_locked(self) -> bool:
+        """Send now? A backlog or a full batch at once; a partial batch once per ``flush_interval``.
+
+        Sending every few items as they come costs each request's fixed price (ours in
+        the kernel's GIL, the server's in CPU) over and over; pacing keeps it to one
+        request per interval while cells run, and ``flush()``/``close()`` skip the wait.
+        """
+        if self._held:
+            return False
+        if self._retries or self._staged or self._spool.items:
+            return True
+        if not self._memory:
+            return False
+        if self._flushing or self._closing or len(self._memory) >= MAX_METRICS:
+            return True
+        return time.monotonic() >= self._next_send
+
+    def _until_due_locked(self) -> float:
+        if self._held or not self._memory:
+            return self.flush_interval  # release(), a full batch and flush() notify
+        return max(0.001, self._next_send - time.monotonic())
 
     def _next_batch(self) -> _Batch | None:
         """The batch to send: a failed one first, then staged, spooled, in-memory items."""
@@ -264,16 +334,18 @@ class TrackingQueue:
 
     def _take_batch(self) -> _Batch:
         """Pop staged items of one run up to MLflow's per-request limits."""
-        batch = _Batch(run_id=self._staged[0][1])
+        self._next_send = time.monotonic() + self.flush_interval
+        aliases = self._aliases
+        batch = _Batch(run_id=aliases.get(self._staged[0][1], self._staged[0][1]))
         counts = {"m": 0, "p": 0, "t": 0}
         limits = {"m": MAX_METRICS, "p": MAX_PARAMS, "t": MAX_TAGS}
         keys: set[tuple[str, str]] = set()
         size = 0
         while self._staged:
             item = self._staged[0]
-            kind, key = item[0], item[2]
+            kind, run, key = item[0], aliases.get(item[1], item[1]), item[2]
             cost = len(key) + len(str(item[3])) + 64
-            if item[1] != batch.run_id or counts[kind] >= limits[kind] or size + cost > MAX_BATCH_BYTES:
+            if run != batch.run_id or counts[kind] >= limits[kind] or size + cost > MAX_BATCH_BYTES:
                 break
             if kind != "m" and (kind, key) in keys:
                 break  # MLflow rejects a param key twice in one request

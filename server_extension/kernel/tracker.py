@@ -1,8 +1,11 @@
-"""The per-kernel tracker: one MLflow run per notebook session, opened on the first cell.
+"""The per-kernel tracker: one MLflow run per notebook session, opened from the first cell.
 
-mlflow is imported on the first tracked cell, never at extension load. After
-that, nothing on a cell's path touches the network: cell metrics and the
-user's own fluent logging calls go through :class:`TrackingQueue`.
+Nothing on a cell's path waits for MLflow. The first tracked cell starts a
+background thread that imports mlflow, installs the fluent fast path and opens
+the run; meanwhile cell metrics (and the user's own fluent logging calls) are
+queued under a placeholder id that :class:`TrackingQueue` holds until the run
+is named. The run becomes the cells' active run, and autolog is switched on, at
+the start of the first cell after it is open.
 """
 
 from __future__ import annotations
@@ -13,34 +16,56 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from hubforge.server_extension.kernel.context import KernelContext, run_tags
-from hubforge.server_extension.kernel.patches import FluentPatch
+from hubforge.server_extension.kernel.patches import FluentPatch, attach_active_run, detach_active_run
 from hubforge.server_extension.kernel.queue import TrackingQueue
 
 __all__ = ["Tracker"]
 
 log = logging.getLogger(__name__)
 MAGIC = "%hubforge_tracking"
+#: The run id cell metrics are queued under until MLflow has created the run.
+PENDING = "hubforge-pending-run"
+#: Seconds between attempts to open the run while MLflow is away (doubling to the max).
+RETRY_FIRST, RETRY_MAX = 2.0, 60.0
 
 
 class Tracker:
-    """Open, feed and close the run of one kernel; wired to IPython's cell events."""
+    """Open, feed and close the run of one kernel; wired to IPython's cell events.
 
-    def __init__(self, ctx: KernelContext, close_timeout: float = 3.0):
+    A cell that starts while the run is still being opened (back-to-back
+    execution: papermill, Run All) waits for it once, at most ``open_wait``
+    seconds, so that autolog is on before that cell's training code runs; the
+    cell that started the opening never waits, and so is not autologged.
+    """
+
+    def __init__(self, ctx: KernelContext, close_timeout: float = 3.0, open_wait: float = 3.0):
         self.ctx = ctx
         self.enabled = ctx.enabled
         self.close_timeout = close_timeout
+        self.open_wait = open_wait
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.queue: TrackingQueue | None = None
         self.last_failed = False
         self._patch: FluentPatch | None = None
         self._mlflow: Any = None
+        self._opener: threading.Thread | None = None
+        self._opened: Any = None  # the ActiveRun, once open, until it is the cells' active run
+        self._open_error: str | None = None
+        self._unreachable: str | None = None  # why MLflow is away, while the opener retries
+        self._told_unreachable = False
+        self._stop = threading.Event()  # set when the kernel finishes: the opener gives up
+        self._attached = False
+        self._active = False
+        self._waited = False
+        self._lock = threading.Lock()  # the fluent patch, installed by the opener, switched by the magic
         self._t0 = 0.0
         self._reported_dropped = 0
         self._finished = False
@@ -48,20 +73,32 @@ class Tracker:
     # -- IPython events ---------------------------------------------------------
 
     def pre_run_cell(self, info: Any) -> None:
-        """Open the run on the first tracked cell; start the cell's clock."""
-        if self.enabled and self.run_id is None and not (info.raw_cell or "").lstrip().startswith(MAGIC):
-            self._start()
+        """Start opening the run on the first tracked cell, activate it once open; start the clock."""
+        if self.enabled and not (info.raw_cell or "").lstrip().startswith(MAGIC):
+            if self.queue is None:
+                self._start()
+            elif not self._active:
+                self._activate()
         self._t0 = time.perf_counter()
 
     def post_run_cell(self, result: Any) -> None:
         """Queue the cell's count, duration and error flag."""
-        if not self.enabled or self.run_id is None or self.queue is None:
+        if self._open_error is not None:
+            self._give_up()
+        if self._unreachable is not None and not self._told_unreachable and self.run_id is None:
+            self._told_unreachable = True
+            print(
+                f"hubforge: MLflow not reachable ({self._unreachable}); this notebook's run data "
+                "is kept and sent when it is back",
+                file=sys.stderr,
+            )
+        if not self.enabled or self.queue is None:
             return
         duration = time.perf_counter() - self._t0
         count = result.execution_count or 0
         failed = not result.success
         self.last_failed = failed
-        q, run = self.queue, self.run_id
+        q, run = self.queue, self.run_id or PENDING
         q.log_metric(run, "hubforge.cell.duration_s", duration, step=count)
         q.log_metric(run, "hubforge.cell.error", 1.0 if failed else 0.0, step=count)
         q.log_metric(run, "hubforge.cell.count", count, step=count)
@@ -76,34 +113,111 @@ class Tracker:
             self.enabled = False
             print("hubforge: tracking off (no MLFLOW_TRACKING_URI)", file=sys.stderr)
             return
+        self.queue = TrackingQueue(_client, spool_dir=self.ctx.spool_dir)
+        self.queue.hold(PENDING)
+        self._opener = threading.Thread(target=self._open, name="hubforge-open-run", daemon=True)
+        self._opener.start()
+
+    def _open(self) -> None:
+        """On the opener thread: mlflow, the fluent fast path, the experiment and the run."""
+        assert self.queue is not None
         try:
-            self._open_run()
+            import mlflow
+
+            # Right after the import, before any network call: a cell that imported mlflow
+            # meanwhile waited on the import lock and must find its logging calls queued.
+            with self._lock:
+                self._mlflow = mlflow
+                self._patch = FluentPatch(mlflow, self.queue, PENDING)
+                if self.enabled:
+                    self._patch.install()
+            opened = self._open_run_retrying(mlflow)
+            if opened is None:
+                return
+            detach_active_run(mlflow, opened)
+            self._patch.run_id = self.run_id = opened.info.run_id
+            self._handoff(self.queue, self.run_id)
+            self.queue.release(PENDING, self.run_id)
+            self._opened = opened
         except Exception as exc:  # a cell must never fail because of tracking
-            self.enabled = False
             log.warning("hubforge tracking could not start: %s", exc)
-            print(f"hubforge: tracking off, MLflow not reachable: {exc}", file=sys.stderr)
+            self._open_error = str(exc) or type(exc).__name__
 
-    def _open_run(self) -> None:
-        import mlflow
-        from mlflow import MlflowClient
+    def _open_run_retrying(self, mlflow: Any) -> Any:
+        """The experiment and the run, tried again with backoff while MLflow is away.
 
-        self._mlflow = mlflow
-        client = MlflowClient()
-        experiment = client.get_experiment_by_name(self.ctx.experiment_name)
-        if experiment is None:
-            self.experiment_id = client.create_experiment(self.ctx.experiment_name)
-        else:
-            self.experiment_id = experiment.experiment_id
-        run = mlflow.start_run(experiment_id=self.experiment_id, tags=run_tags(self.ctx))
-        self.run_id = run.info.run_id
-        self.queue = TrackingQueue(MlflowClient, spool_dir=self.ctx.spool_dir)
-        self._handoff(self.queue, self.run_id)
-        self._patch = FluentPatch(mlflow, self.queue, self.run_id)
-        self._patch.install()
-        try:
-            mlflow.autolog(silent=True)
-        except Exception as exc:
-            log.warning("hubforge: mlflow.autolog failed: %s", exc)
+        Meanwhile cells run and their data waits in the queue (memory, then the disk
+        spool); the person is told once. None when the kernel finishes first.
+        """
+        delay = RETRY_FIRST
+        while not self._finished:
+            try:
+                client = mlflow.MlflowClient()
+                experiment = client.get_experiment_by_name(self.ctx.experiment_name)
+                if experiment is None:
+                    self.experiment_id = client.create_experiment(self.ctx.experiment_name)
+                else:
+                    self.experiment_id = experiment.experiment_id
+                return mlflow.start_run(experiment_id=self.experiment_id, tags=run_tags(self.ctx))
+            except Exception as exc:
+                if _refused(exc):  # MLflow answered no: waiting changes nothing
+                    raise
+                if self._unreachable is None:
+                    self._unreachable = str(exc).splitlines()[0][:200] or type(exc).__name__
+                log.debug("hubforge: MLflow not reachable, retrying in %.0f s: %s", delay, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX)
+        return None
+
+    def _activate(self) -> None:
+        """On a cell: make the open run the cells' active run, then switch autolog on.
+
+        Only the first cell to try waits (for the opening, then for the sender to be
+        between requests: see :meth:`TrackingQueue.paused`), within ``open_wait``; a
+        later one tries again without waiting.
+        """
+        assert self.queue is not None
+        wait = 0.0 if self._waited else self.open_wait
+        self._waited = True
+        deadline = time.monotonic() + wait
+        if self._opened is None and self._opener is not None:
+            self._opener.join(wait)
+        if self._open_error is not None:
+            self._give_up()
+        if self._opened is None or not self.enabled:
+            return
+        mlflow = self._mlflow
+        if not self._attached:
+            self._attached = True
+            try:
+                attach_active_run(mlflow, self._opened)
+            except Exception as exc:
+                log.warning("hubforge: could not make run %s active: %s", self.run_id, exc)
+        with self.queue.paused(max(0.0, deadline - time.monotonic())) as quiet:
+            if not quiet:
+                return
+            self._active = True
+            try:
+                mlflow.autolog(silent=True)
+            except Exception as exc:
+                log.warning("hubforge: mlflow.autolog failed: %s", exc)
+
+    def _give_up(self) -> None:
+        """The run could not be opened: say so, stop tracking, drop what was queued for it.
+
+        ``%hubforge_tracking on`` then tries again from scratch on the next cell.
+        """
+        error, self._open_error = self._open_error, None
+        print(f"hubforge: tracking off, MLflow not reachable: {error}", file=sys.stderr)
+        with self._lock:
+            self.enabled = False
+            if self._patch is not None:
+                self._patch.restore()
+            self._patch = None
+        if self.queue is not None:
+            self.queue.close(0)
+        self.queue = self._opener = None
+        self._waited = False
 
     @staticmethod
     def _handoff(queue: TrackingQueue, run_id: str) -> None:
@@ -121,16 +235,18 @@ class Tracker:
 
     def set_enabled(self, on: bool) -> None:
         """``%hubforge_tracking on|off``: stop or resume recording (the run stays open)."""
-        self.enabled = on
-        if self._patch is not None:
-            self._patch.install() if on else self._patch.restore()
+        with self._lock:
+            self.enabled = on
+            if self._patch is not None:
+                self._patch.install() if on else self._patch.restore()
 
     def status(self) -> str:
         """What ``%hubforge_tracking status`` prints."""
         q = self.queue
+        opening = self._opener is not None and self._opener.is_alive()
         lines = [
             f"tracking: {'on' if self.enabled else 'off'}",
-            f"run: {self.run_id or '(none yet)'}",
+            f"run: {self.run_id or ('(opening)' if opening else '(none yet)')}",
             f"experiment: {self.ctx.experiment_name} ({self.experiment_id or '-'})",
             f"queue depth: {q.depth if q else 0}",
             f"dropped: {q.dropped if q else 0}",
@@ -141,11 +257,17 @@ class Tracker:
 
     def finish(self) -> None:
         """Flush, log notebook and environment, end the run (idempotent; never raises)."""
-        if self._finished or self.run_id is None:
+        if self._finished or self.queue is None:
             return
         self._finished = True
-        if self._patch is not None:
-            self._patch.restore()
+        self._stop.set()
+        if self._opener is not None:
+            self._opener.join(self.close_timeout)
+        with self._lock:
+            if self._patch is not None:
+                self._patch.restore()
+        if self.run_id is None:
+            return
         from mlflow import MlflowClient
 
         client = MlflowClient()
@@ -184,6 +306,19 @@ class Tracker:
             self._mlflow.end_run(status=status)
         else:
             client.set_terminated(self.run_id, status)
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether MLflow itself answered with a refusal (4xx), rather than being away."""
+    code = getattr(exc, "get_http_status_code", lambda: 500)()
+    return isinstance(code, int) and 400 <= code < 500
+
+
+def _client() -> Any:
+    """The queue's MlflowClient, made on its sender thread."""
+    from mlflow import MlflowClient
+
+    return MlflowClient()
 
 
 def _freeze() -> str:
