@@ -143,6 +143,10 @@ def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
         for group in spec.get("groups", []):
             groups.setdefault(group, {"users": []})["users"].append(user)
     c.JupyterHub.load_groups = groups
+    # A server's token may log runs to MLflow on the person's behalf, nothing more; it
+    # names the custom scopes above and the MLflow service, so it is set beside them.
+    mlflow = cfg.data["services"]["mlflow"].get("enabled", True)
+    c.Spawner.server_token_scopes = [s for s in SERVER_TOKEN_SCOPES if mlflow or "service=mlflow" not in s]
 
 
 def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
@@ -160,8 +164,6 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     if cfg.data["services"]["mlflow"].get("enabled", True):
         # Servers reach MLflow through the proxy, as the person's own hub identity.
         c.Spawner.environment["HUBFORGE_MLFLOW_URL"] = f"{cfg.local_url}services/mlflow"
-    # The server's token may log runs to MLflow on the person's behalf, nothing more.
-    c.Spawner.server_token_scopes = list(SERVER_TOKEN_SCOPES)
     local = cfg.data["spawner"].get("local", {})
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")

@@ -185,9 +185,16 @@ def _hub_values(cfg: PlatformConfig, settings: KubeSettings) -> dict[str, Any]:
 def helm_values(cfg: PlatformConfig, catalog: Catalog) -> dict[str, Any]:
     """Values for the Zero-to-JupyterHub chart, installed in the user namespace."""
     settings = kube_settings(cfg)
+    singleuser: dict[str, Any] = {}
+    if "mlflow" in (ports := _ports(cfg)):
+        # Kernels log to MLflow on the hub's Service (the hub's NetworkPolicy above lets
+        # user pods in), as the person's own hub identity: the server's token.
+        mlflow = f"http://hub:{ports['mlflow']}{cfg.hub['base_url']}services/mlflow"
+        singleuser["extraEnv"] = {"HUBFORGE_MLFLOW_URL": mlflow}
     return {
         "hub": _hub_values(cfg, settings),
         "singleuser": {
+            **singleuser,
             "cmd": "jupyterhub-singleuser",
             "defaultUrl": cfg.data["spawner"].get("default_url", "/lab"),
             # The static view; the hub replaces it with the per-user tiers (extraConfig).

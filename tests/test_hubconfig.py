@@ -131,6 +131,14 @@ def test_servers_reach_mlflow_as_their_user(tmp_path: Path) -> None:
     c = render(tmp_path)
     assert c.Spawner.environment["HUBFORGE_MLFLOW_URL"] == "http://127.0.0.1:8000/services/mlflow"
     assert "access:services!service=mlflow" in c.Spawner.server_token_scopes
+    assert "custom:experiments:write" in c.Spawner.server_token_scopes
+
+
+def test_without_mlflow_servers_get_no_mlflow_address_or_scope(tmp_path: Path) -> None:
+    c = render(tmp_path, {"services": {"mlflow": {"enabled": False}}})
+    assert "HUBFORGE_MLFLOW_URL" not in c.Spawner.environment
+    assert not [s for s in c.Spawner.server_token_scopes if "mlflow" in s]
+    assert "access:servers!server" in c.Spawner.server_token_scopes
 
 
 def test_mlflow_job_workers_are_off_by_default(tmp_path: Path) -> None:

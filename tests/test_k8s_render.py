@@ -232,6 +232,13 @@ def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert hub["extraVolumeMounts"][0]["mountPath"] == "/etc/hubforge"
     assert hub["extraVolumes"][0]["secret"]["secretName"] == "hubforge-platform"
     assert hub["extraEnv"]["HUBFORGE_CONFIG"] == "/etc/hubforge/platform.yaml"
+    # User pods reach MLflow on the hub's Service, a port the hub's NetworkPolicy opens to them.
+    mlflow_url = values["singleuser"]["extraEnv"]["HUBFORGE_MLFLOW_URL"]
+    assert mlflow_url == "http://hub:10102/services/mlflow"
+    allowed = mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
+    assert "hub:10102" in allowed
+    (rule,) = hub["networkPolicy"]["ingress"]
+    assert {"port": 10102, "protocol": "TCP"} in rule["ports"]
 
 
 def test_extra_config_configures_the_hub(
@@ -251,6 +258,7 @@ def test_extra_config_configures_the_hub(
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert {"data-scientist", "ml-lead", "hubforge-services"} <= set(roles)
     assert roles["hubforge-services"]["services"] == ["governance", "mlflow"]
+    assert "custom:experiments:write" in c.Spawner.server_token_scopes
 
 
 def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:
@@ -260,6 +268,7 @@ def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:
     assert set(values["hub"]["services"]) == {"governance"}
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
     assert "\"services\": ['governance']" in values["hub"]["extraConfig"]["hubforge"]
+    assert "HUBFORGE_MLFLOW_URL" not in values["singleuser"].get("extraEnv", {})
 
 
 def test_a_queued_cpu_only_tier_gets_a_cpu_flavor(tmp_path: Path) -> None:
