@@ -350,10 +350,9 @@ class Check:
         return f"run {run_id} is {run.owner or 'nobody'}'s: nobody writes into another person's run"
 
     def delete_run(self) -> str | None:
-        run_id = self.param("run_id")
-        if self.who.admin or run_id is None:
-            return None if run_id else "name the run (run_id)"
-        return self.write_run(run_id)
+        if self.who.admin and self.param("run_id"):
+            return None
+        return self.write_run()
 
     def create_run(self) -> str | None:
         return self.add_to_experiment(self.param("experiment_id"))

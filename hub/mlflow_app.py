@@ -32,7 +32,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio.to_thread
 from itsdangerous import BadData, URLSafeTimedSerializer
@@ -200,13 +200,8 @@ def _raw_body(relative: str) -> bool:
 
 def _params(request: Request, payload: Mapping[str, Any] | None) -> dict[str, Any]:
     """Query arguments (repeated ones as lists) under the JSON body's fields."""
-    params: dict[str, Any] = {}
-    for key, value in parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
-        params[key] = (
-            [*params[key], value]
-            if isinstance(params.get(key), list)
-            else ([params[key], value] if key in params else value)
-        )
+    query = request.query_params
+    params = {key: values[0] if len(values := query.getlist(key)) == 1 else values for key in query}
     return {**params, **(payload or {})}
 
 

@@ -64,3 +64,14 @@ def session_for(platform: PlatformProcess) -> Iterator:
     yield login
     for session in opened:
         session.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A plain ``mlflow server`` of the test module's own (tests may stop and restart it)."""
+    from test_kernel_queue import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    yield server
+    server.stop()

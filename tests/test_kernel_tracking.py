@@ -28,14 +28,6 @@ TRAIN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-kernel"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def client(mlflow_server: MlflowServer):
     from mlflow import MlflowClient

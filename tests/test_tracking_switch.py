@@ -319,14 +319,6 @@ def notebook_session(http: httpx.Client, prefix: str, path: str) -> Iterator[Ker
         assert deleted.status_code == 204, deleted.text
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-switch"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize(("tier", "runs"), [("quiet", 0), ("interactive", 1)])
 def test_a_server_on_a_tier_with_tracking_off_creates_no_run(
     mlflow_server: MlflowServer, tmp_path: Path, tier: str, runs: int

@@ -7,7 +7,6 @@ run in a real MLflow server named after that notebook.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -28,14 +27,6 @@ def test_voila_kernels_are_recognised_by_voilas_own_variables() -> None:
     assert voila_notebook({**page, "SCRIPT_NAME": "/user/ann/"}) == ""
     assert voila_notebook({"SERVER_SOFTWARE": "TornadoServer/6.5"}) is None
     assert voila_notebook({}) is None
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-voila"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_voila_page_is_a_tracked_run_with_origin_voila(mlflow_server: MlflowServer, tmp_path: Path) -> None:
