@@ -20,6 +20,10 @@ from hubforge.server_extension.kernel.queue import TrackingQueue
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind its port: something else took it first."""
+
+
 class MlflowServer:
     """A plain ``mlflow server`` on SQLite and a free port; stop/start keep the database."""
 
@@ -28,19 +32,39 @@ class MlflowServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_once = False
+        self.log_start = 0
 
     def start(self) -> None:
+        for attempt in range(3):
+            try:
+                self._start()
+                return
+            except PortTaken:
+                # free_port() only says the port was free a moment ago. A first start may move
+                # to another one; a restart must keep its address, which clients already hold.
+                if self.started_once or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+
+    def _start(self) -> None:
         cmd = [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db"]
         cmd += ["--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--workers", "1"]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - handed to the child
+        self.log_start = (self.root / "server.log").stat().st_size
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._healthy, 120, "mlflow server health")
+        self.started_once = True
 
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError((self.root / "server.log").read_text()[-2000:])
+            log = (self.root / "server.log").read_text(errors="replace")[self.log_start :]
+            if "address already in use" in log.lower():
+                raise PortTaken(self.port)
+            raise RuntimeError(log[-2000:])
         try:
             return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
         except httpx.HTTPError:

@@ -62,12 +62,13 @@ class Server:
         shutil.copy(SHIPPED_CONFIG, conf_d)
         _fake_kernelspec(tmp / "share" / "kernels" / "fakelang")
         self.port = free_port()
+        self.runtime = tmp / "runtime"
         self.log_path = tmp / "server.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
         base.update(
             JUPYTER_CONFIG_DIR=str(tmp / "config"),
             JUPYTER_PATH=str(tmp / "share"),
-            JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+            JUPYTER_RUNTIME_DIR=str(self.runtime),
         )
         cmd = [
             str(Path(sys.executable).with_name("jupyter-server")),
@@ -82,14 +83,24 @@ class Server:
             cmd.append("--allow-root")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
-        self.http = httpx.Client(
-            base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"token {TOKEN}"}, timeout=30
-        )
-        wait_for(self.ready, 60, "jupyter-server /api/status")
+        self.http = httpx.Client(headers={"Authorization": f"token {TOKEN}"}, timeout=30)
+        try:
+            wait_for(self.ready, 60, "jupyter-server /api/status")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; the server's log:\n{self.log[-3000:]}") from None
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"jupyter-server exited:\n{self.log}")
+        # The port asked for can be taken between free_port() and the server's bind (a kernel
+        # or a client socket elsewhere on the machine); jupyter-server then moves to another
+        # port. Its runtime file says where it really listens.
+        info = self.runtime / f"jpserver-{self.proc.pid}.json"
+        try:
+            self.port = int(json.loads(info.read_text())["port"])
+        except (OSError, ValueError, KeyError):
+            return False
+        self.http.base_url = httpx.URL(f"http://127.0.0.1:{self.port}")
         try:
             return self.http.get("/api/status").status_code == 200
         except httpx.HTTPError:
