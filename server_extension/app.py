@@ -17,11 +17,16 @@ into ``env`` (jupyter_server ``SessionManager.get_kernel_env``); we keep it.
 from __future__ import annotations
 
 import functools
+import json
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Unicode
+from traitlets import Bool, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .launch import (
@@ -32,8 +37,9 @@ from .launch import (
     tracking_state,
     voila_notebook,
 )
+from .pending import adopt_dead, list_pending, spool_root
 
-__all__ = ["HubforgeTracking", "load", "prepare_launch"]
+__all__ = ["HubforgeTracking", "Replayer", "load", "prepare_launch"]
 
 
 class HubforgeTracking(LoggingConfigurable):
@@ -57,6 +63,24 @@ class HubforgeTracking(LoggingConfigurable):
         help="The IPython extension every Python kernel loads at start (--IPKernelApp.extensions).",
     ).tag(config=True)
 
+    spool_dir = Unicode(
+        "",
+        help="Where kernels spill run data while MLflow is away, and keep what it had not taken "
+        "when they end (HUBFORGE_SPOOL_DIR). Default: HUBFORGE_SPOOL_DIR in the server's "
+        "environment, else <jupyter data dir>/hubforge/spool, in the person's home.",
+    ).tag(config=True)
+
+    replay_interval = Float(
+        30.0,
+        help="Seconds between looks for run data kernels kept because MLflow was away when they "
+        "ended; the server sends it when MLflow is back. 0 turns replay off.",
+    ).tag(config=True)
+
+    @property
+    def spool_root(self) -> Path:
+        """The spool root kernels and the replayer share."""
+        return Path(self.spool_dir).expanduser() if self.spool_dir else spool_root(os.environ)
+
 
 def prepare_launch(settings: HubforgeTracking, km: Any, kwargs: dict[str, Any], root_dir: str) -> bool:
     """Add hubforge's env and kernel argument to ``kwargs`` if ``km`` starts a Python kernel.
@@ -71,6 +95,7 @@ def prepare_launch(settings: HubforgeTracking, km: Any, kwargs: dict[str, Any], 
     if voila_page is not None:  # an app page, whatever the server is
         origin = "voila"
     additions = tracking_env(server_env, root_dir=root_dir, origin=origin, enabled=settings.enabled)
+    additions["HUBFORGE_SPOOL_DIR"] = str(settings.spool_root)
     if voila_page:
         # jupyter-server names a session's notebook in JPY_SESSION_NAME; Voila has no session.
         additions["JPY_SESSION_NAME"] = voila_page
@@ -106,9 +131,104 @@ def load(serverapp: Any) -> None:
         return
     if getattr(original, "__hubforge__", False):
         return
-    kernels.pre_start_kernel = _hooked(original, settings, os.path.abspath(serverapp.root_dir))
+    root_dir = os.path.abspath(serverapp.root_dir)
+    kernels.pre_start_kernel = _hooked(original, settings, root_dir)
     serverapp.log.info(
         "hubforge: Python kernels load %s (tracking %s)",
         settings.kernel_extension,
         tracking_state(os.environ, settings.enabled),
     )
+    env = apply_env(os.environ, os.environ, tracking_env(os.environ, root_dir=root_dir))
+    if settings.replay_interval > 0 and env.get("MLFLOW_TRACKING_URI"):
+        Replayer(settings.spool_root, env, settings.replay_interval, serverapp.log).start()
+
+
+class Replayer:
+    """Send run data that ended kernels kept (MLflow was away) once MLflow is back.
+
+    A daemon thread looks at the spool root every ``interval`` seconds. Kernels that
+    died without ending their run (killed, out of memory) are adopted first (see
+    :func:`~.pending.adopt_dead`), so their runs end KILLED instead of
+    staying RUNNING (first after a
+    few seconds, for what waited while the server was down); when entries for this
+    server's MLflow wait, it runs ``python -m hubforge.server_extension.replay`` as a
+    child process, so the server itself never imports mlflow. While MLflow stays away
+    the looks back off, up to ten intervals apart.
+    """
+
+    EX_TEMPFAIL = 75
+
+    def __init__(self, root: Path, env: Mapping[str, str], interval: float, log: Any):
+        self.root = root
+        self.uri = env["MLFLOW_TRACKING_URI"].rstrip("/")
+        # One quick try per request: an outage is waited out between runs, not inside one.
+        self.env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+        self.interval = interval
+        self.log = log
+        self.child: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+        self._backoff = 1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hubforge-replay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        wait = min(self.interval, 5.0)
+        while not self._stop.wait(wait):
+            try:
+                wait = self.tick()
+            except Exception:  # never let a bad look end the loop
+                self.log.warning("hubforge: replay look failed", exc_info=True)
+                wait = self.interval
+
+    def tick(self) -> float:
+        """One look: reap a finished child, start one if entries wait; the seconds to the next look."""
+        if self.child is not None:
+            code = self.child.poll()
+            if code is None:
+                return self.interval
+            self._report(code)
+            self.child = None
+            if code == self.EX_TEMPFAIL:
+                self._backoff = min(self._backoff * 2, 10)
+                return self.interval * self._backoff
+        self._backoff = 1
+        for entry in adopt_dead(self.root):
+            self.log.warning("hubforge: a kernel died without ending its MLflow run; %s ends it as KILLED", entry.name)
+        if not self.waiting():
+            return self.interval
+        log_file = open(self.root / ".replay.log", "wb")  # noqa: SIM115 - handed to the child
+        with log_file:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "hubforge.server_extension.replay", "--spool", str(self.root)],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        self.runs += 1
+        return min(self.interval, 1.0)
+
+    def waiting(self) -> bool:
+        """Whether entries for this server's MLflow (or unreadable ones, to set aside) wait."""
+        for entry in list_pending(self.root):
+            try:
+                uri = json.loads((entry / "run.json").read_bytes()).get("tracking_uri", "")
+            except (OSError, ValueError, AttributeError):
+                return True
+            if str(uri).rstrip("/") == self.uri:
+                return True
+        return False
+
+    def _report(self, code: int) -> None:
+        try:
+            said = (self.root / ".replay.log").read_text(errors="replace").strip()
+        except OSError:
+            said = ""
+        level = self.log.info if code in (0, self.EX_TEMPFAIL) else self.log.warning
+        level("hubforge: replay of kept run data exited %s%s", code, f":\n{said}" if said else "")

@@ -12,7 +12,8 @@ jupyter-server extension starts it (:mod:`.launch`), plus:
   when it opens a run. After execution the engine reads it and logs the output
   notebook (as executed) to that run as an artifact, plus any parameter the
   kernel did not log, because the kernel is gone by the time papermill has
-  the finished notebook.
+  the finished notebook. When MLflow is away just then, the output notebook is
+  kept in the spool for the user's server to send later (:mod:`.replay`).
 
 Non-Python kernels run exactly as with the default engine.
 """
@@ -35,6 +36,7 @@ from papermill.log import logger
 from papermill.utils import merge_kwargs, remove_args
 
 from .launch import add_extension_argument, apply_env, is_python_kernel, tracking_env
+from .pending import PendingRun, spool_root, write_pending
 
 __all__ = ["HubforgeEngine", "kernel_launch", "log_output_notebook"]
 
@@ -153,19 +155,34 @@ def log_output_notebook(
     Failures are reported as warnings: the notebook has run, and its output is
     already written by papermill.
     """
-    try:
-        from mlflow import MlflowClient
-        from mlflow.entities import Param
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
 
-        with _mlflow_env(env), tempfile.TemporaryDirectory() as tmp:
-            client = MlflowClient()
-            name = os.path.basename(output_path or "") if output_path and "://" not in output_path else ""
-            local = os.path.join(tmp, name or "output.ipynb")
+    with _mlflow_env(env), tempfile.TemporaryDirectory() as tmp:
+        name = os.path.basename(output_path or "") if output_path and "://" not in output_path else ""
+        local = Path(tmp) / (name or "output.ipynb")
+        try:
             nbformat.write(nb, local)
-            client.log_artifact(run_id, local)
+            client = MlflowClient()
+            client.log_artifact(run_id, str(local))
             logged = client.get_run(run_id).data.params
             missing = [Param(k, str(v)) for k, v in (parameters or {}).items() if k not in logged]
             if missing:
                 client.log_batch(run_id, params=missing[:100])
-    except Exception:  # the run's data is a bonus; never fail a finished notebook over it
-        logger.warning("hubforge: could not log the output notebook to MLflow run %s", run_id, exc_info=True)
+        except Exception as exc:  # the run's data is a bonus; never fail a finished notebook over it
+            code = getattr(exc, "get_http_status_code", lambda: 500)()
+            if not local.is_file() or (isinstance(code, int) and 400 <= code < 500):
+                logger.warning("hubforge: could not log the output notebook to MLflow run %s: %s", run_id, exc)
+                return
+            # MLflow is away: keep the output notebook (and the parameters, idempotent) for later.
+            try:
+                kept = write_pending(
+                    spool_root(env),
+                    PendingRun(tracking_uri=env.get("MLFLOW_TRACKING_URI", ""), run_id=run_id, status=None),
+                    [["p", run_id, str(k), str(v)] for k, v in (parameters or {}).items()],
+                    [(local, "")],
+                )
+            except Exception as keep_exc:
+                logger.warning("hubforge: MLflow unreachable (%s), and keeping the output failed: %s", exc, keep_exc)
+                return
+            logger.warning("hubforge: MLflow unreachable; the output notebook is kept in %s and sent later", kept)

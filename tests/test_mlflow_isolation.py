@@ -204,3 +204,56 @@ def test_the_mlflow_ui_shows_a_person_their_runs_and_not_anothers(platform, clie
             browser.close()
     # Nothing alice's own pages asked about her run or experiment was refused.
     assert not any("/runs/" in url or "/experiments/" in url for url in refusals[:before]), refusals
+
+
+def test_kept_run_data_replays_through_the_hub_as_its_owner_only(
+    platform, clients, session_for, tmp_path, monkeypatch
+) -> None:
+    """What a kernel kept while MLflow was away goes in with the person's own token: alice's
+    entry opens and ends her run; an entry aimed at bob's run is refused and set aside."""
+    from mlflow import MlflowClient
+
+    from hubforge.server_extension.kernel.tracker import PENDING
+    from hubforge.server_extension.pending import PendingRun, list_pending, write_pending
+    from hubforge.server_extension.replay import replay
+
+    _, bob_run = experiment_with_run(clients["bob"], "bob")
+    session, _ = session_for("data-scientist")
+    uri = f"{platform.url}/services/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", session.new_token("alice", note="replay"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    name = f"/Users/alice/replayed-{uuid.uuid4().hex[:8]}.ipynb"
+    artifact = tmp_path / "requirements.txt"
+    artifact.write_text("scikit-learn==1.0\n")
+    mine = write_pending(
+        tmp_path / "spool",
+        PendingRun(tracking_uri=uri, run_id=None, experiment_name=name, tags={"mlflow.user": "alice"}),
+        [["m", PENDING, "hubforge.cell.count", float(i), 1_000 + i, i] for i in range(1, 4)],
+        [(artifact, "environment")],
+    )
+    theirs = write_pending(
+        tmp_path / "spool",
+        PendingRun(tracking_uri=uri, run_id=bob_run, status="KILLED"),
+        [["m", bob_run, "loss", 9.9, 5, 0]],
+    )
+
+    report = replay(tmp_path / "spool", uri, client=MlflowClient(uri))
+
+    assert report.rejected == [theirs.name] and len(report.delivered) == 1
+    assert "MLflow refused it" in (tmp_path / "spool" / "rejected" / theirs.name / "reason.txt").read_text()
+    assert list_pending(tmp_path / "spool") == [] and not mine.exists()
+    alice = clients["alice"]
+    exp = ok(alice.get(MLFLOW + "experiments/get-by-name", params={"experiment_name": name}))["experiment"]
+    (run,) = ok(alice.post(MLFLOW + "runs/search", json={"experiment_ids": [exp["experiment_id"]]}))["runs"]
+    assert run["info"]["status"] == "FINISHED" and run["info"]["user_id"] == "alice"
+    history = ok(
+        alice.get(
+            MLFLOW + "metrics/get-history",
+            params={"run_id": run["info"]["run_id"], "metric_key": "hubforge.cell.count"},
+        )
+    )
+    assert sorted(m["step"] for m in history["metrics"]) == [1, 2, 3]
+    listed = ok(alice.get(MLFLOW + "artifacts/list", params={"run_id": run["info"]["run_id"], "path": "environment"}))
+    assert [f["path"] for f in listed["files"]] == ["environment/requirements.txt"]
+    bob_view = ok(clients["bob"].get(MLFLOW + "runs/get", params={"run_id": bob_run}))["run"]
+    assert bob_view["info"]["status"] == "RUNNING" and bob_view["data"]["metrics"][0]["value"] == 0.5

@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubforge.server_extension.pending import spool_root
+
 __all__ = ["KernelContext", "git_state", "run_tags"]
 
 
@@ -24,7 +26,7 @@ class KernelContext:
     tier: str
     origin: str
     kernel_id: str
-    spool_dir: str | None
+    spool_dir: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, kernel_id: str = "") -> KernelContext:
@@ -46,7 +48,7 @@ class KernelContext:
             tier=env.get("HUBFORGE_TIER", ""),
             origin=env.get("HUBFORGE_ORIGIN", "jupyterlab"),
             kernel_id=kernel_id,
-            spool_dir=env.get("HUBFORGE_SPOOL_DIR") or None,
+            spool_dir=str(spool_root(env)),
         )
 
     @property

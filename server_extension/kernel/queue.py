@@ -144,6 +144,8 @@ class TrackingQueue:
         self._held: set[str] = set()
         self._aliases: dict[str, str] = {}
         self._sending = threading.Lock()  # held by the sender while it talks to MLflow; see paused()
+        self._inflight: _Batch | None = None  # the batch being sent, while it is in no deque
+        self._detached = False
         self._thread = threading.Thread(target=self._run, name="hubforge-tracking", daemon=True)
         self._thread.start()
 
@@ -190,6 +192,60 @@ class TrackingQueue:
         self._outstanding -= n
         self._cond.notify_all()
 
+    def resend(self, items: list[Item]) -> None:
+        """Queue items whose delivery is unknown (a previous process accepted them, then ended).
+
+        They go out first, in order, each batch checked against what the run already holds,
+        as after an ambiguous failure; so items that did arrive are not stored twice.
+        """
+        staged = deque(items)
+        with self._cond:
+            while staged:
+                batch = _take_batch(staged, self._aliases)
+                batch.ambiguous = True
+                self._retries.append(batch)
+            self._outstanding += len(items)
+            self._cond.notify_all()
+
+    def detach(self, timeout: float = 0.5) -> list[Item]:
+        """Stop the sender; hand back every item neither delivered nor dropped, oldest first.
+
+        For a process that ends while MLflow is away: it keeps the items elsewhere and a
+        later process :meth:`resend` s them. A request still in flight after ``timeout``
+        seconds is abandoned and its items are handed back too (they may have arrived:
+        that is what :meth:`resend` checks). Placeholder run ids are resolved where known.
+        """
+        with self._cond:
+            self._closing = self._detached = True
+            self._cond.notify_all()
+        # Wait until the sender has returned, or is inside a request (its batch is then
+        # ``_inflight``); between the two it moves items between deques.
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline + 5:
+            self._thread.join(0.01)
+            if self._inflight is not None and time.monotonic() >= deadline:
+                break
+        with self._cond:
+            batches = list(self._retries)
+            if self._inflight is not None and all(b is not self._inflight for b in batches):
+                batches.insert(0, self._inflight)
+            items = [item for batch in batches for item in batch.items]
+            items.extend(self._staged)
+            while (raw := self._spool.read_raw()) is not None:
+                items.extend(json.loads(raw))
+            items.extend(self._memory)
+            self._retries.clear()
+            self._staged.clear()
+            self._memory.clear()
+            self._spool.items = 0
+            self._inflight = None
+            self._outstanding = 0
+            self._cond.notify_all()
+            aliases = dict(self._aliases)
+        if not self._thread.is_alive():
+            self._spool.close()
+        return [[i[0], aliases.get(i[1], i[1]), *i[2:]] for i in items]
+
     def hold(self, alias: str) -> None:
         """Accept items for the placeholder run id ``alias`` but send nothing until :meth:`release`.
 
@@ -228,6 +284,11 @@ class TrackingQueue:
     def depth(self) -> int:
         """Items accepted and neither delivered nor dropped yet."""
         return self._outstanding
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last request failed and its batch waits to be sent again."""
+        return bool(self._retries)
 
     @property
     def spool_path(self) -> Path:
@@ -277,7 +338,17 @@ class TrackingQueue:
                     self._cond.wait(self.flush_interval)
                 continue
             with self._sending:
+                with self._cond:
+                    if self._detached:
+                        if not any(b is batch for b in self._retries):
+                            self._staged.extendleft(reversed(batch.items))  # for detach() to find
+                        return
+                    self._inflight = batch
                 settled = self._deliver(batch)
+                with self._cond:
+                    self._inflight = None
+                    if self._detached:
+                        return
             if settled:
                 backoff = 0.0
                 continue
@@ -335,25 +406,7 @@ class TrackingQueue:
     def _take_batch(self) -> _Batch:
         """Pop staged items of one run up to MLflow's per-request limits."""
         self._next_send = time.monotonic() + self.flush_interval
-        aliases = self._aliases
-        batch = _Batch(run_id=aliases.get(self._staged[0][1], self._staged[0][1]))
-        counts = {"m": 0, "p": 0, "t": 0}
-        limits = {"m": MAX_METRICS, "p": MAX_PARAMS, "t": MAX_TAGS}
-        keys: set[tuple[str, str]] = set()
-        size = 0
-        while self._staged:
-            item = self._staged[0]
-            kind, run, key = item[0], aliases.get(item[1], item[1]), item[2]
-            cost = len(key) + len(str(item[3])) + 64
-            if run != batch.run_id or counts[kind] >= limits[kind] or size + cost > MAX_BATCH_BYTES:
-                break
-            if kind != "m" and (kind, key) in keys:
-                break  # MLflow rejects a param key twice in one request
-            keys.add((kind, key))
-            counts[kind] += 1
-            size += cost
-            batch.items.append(self._staged.popleft())
-        return batch
+        return _take_batch(self._staged, self._aliases)
 
     def _deliver(self, batch: _Batch) -> bool:
         """Send one batch; True when it is settled (acknowledged or definitively rejected)."""
@@ -384,11 +437,12 @@ class TrackingQueue:
                 stored[(m.key, _norm(m.value), m.timestamp, m.step)] += 1
         unsent = []
         for item in batch.items:
-            ident = (item[2], _norm(item[3]), item[4], item[5])
-            if item[0] == "m" and stored[ident] > 0:
-                stored[ident] -= 1
-            else:
-                unsent.append(item)
+            if item[0] == "m":
+                ident = (item[2], _norm(item[3]), item[4], item[5])
+                if stored[ident] > 0:
+                    stored[ident] -= 1
+                    continue
+            unsent.append(item)
         return unsent
 
     def _failed(self, batch: _Batch, exc: Exception) -> bool:
@@ -420,6 +474,28 @@ class TrackingQueue:
             if dropped:
                 self._count_dropped_locked(dropped)
             self._cond.notify_all()
+
+
+def _take_batch(staged: deque[Item], aliases: dict[str, str]) -> _Batch:
+    """Pop the oldest items of one run from ``staged`` up to MLflow's per-request limits."""
+    batch = _Batch(run_id=aliases.get(staged[0][1], staged[0][1]))
+    counts = {"m": 0, "p": 0, "t": 0}
+    limits = {"m": MAX_METRICS, "p": MAX_PARAMS, "t": MAX_TAGS}
+    keys: set[tuple[str, str]] = set()
+    size = 0
+    while staged:
+        item = staged[0]
+        kind, run, key = item[0], aliases.get(item[1], item[1]), item[2]
+        cost = len(key) + len(str(item[3])) + 64
+        if run != batch.run_id or counts[kind] >= limits[kind] or size + cost > MAX_BATCH_BYTES:
+            break
+        if kind != "m" and (kind, key) in keys:
+            break  # MLflow rejects a param key twice in one request
+        keys.add((kind, key))
+        counts[kind] += 1
+        size += cost
+        batch.items.append(staged.popleft())
+    return batch
 
 
 def _norm(value: float) -> Any:

@@ -25,13 +25,21 @@ from typing import Any
 from hubforge.server_extension.kernel.context import KernelContext, run_tags
 from hubforge.server_extension.kernel.patches import FluentPatch, attach_active_run, detach_active_run
 from hubforge.server_extension.kernel.queue import TrackingQueue
+from hubforge.server_extension.pending import (
+    PLACEHOLDER,
+    PendingRun,
+    list_pending,
+    remove_live,
+    write_live,
+    write_pending,
+)
 
 __all__ = ["Tracker"]
 
 log = logging.getLogger(__name__)
 MAGIC = "%hubforge_tracking"
 #: The run id cell metrics are queued under until MLflow has created the run.
-PENDING = "hubforge-pending-run"
+PENDING = PLACEHOLDER
 #: Seconds between attempts to open the run while MLflow is away (doubling to the max).
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
 
@@ -69,6 +77,10 @@ class Tracker:
         self._t0 = 0.0
         self._reported_dropped = 0
         self._finished = False
+        self._start_ms = 0
+        self.kept: Path | None = None  # where run data waits for MLflow, if the kernel ended without it
+        self._record: PendingRun | None = None  # what this kernel records, as a pending entry would say it
+        self._live: Path | None = None  # its live/ file, for the server to adopt if the kernel dies
 
     # -- IPython events ---------------------------------------------------------
 
@@ -113,7 +125,8 @@ class Tracker:
             self.enabled = False
             print("hubforge: tracking off (no MLFLOW_TRACKING_URI)", file=sys.stderr)
             return
-        self.queue = TrackingQueue(_client, spool_dir=self.ctx.spool_dir)
+        self._start_ms = int(time.time() * 1000)
+        self.queue = TrackingQueue(_client, spool_dir=Path(self.ctx.spool_dir))
         self.queue.hold(PENDING)
         self._opener = threading.Thread(target=self._open, name="hubforge-open-run", daemon=True)
         self._opener.start()
@@ -122,6 +135,14 @@ class Tracker:
         """On the opener thread: mlflow, the fluent fast path, the experiment and the run."""
         assert self.queue is not None
         try:
+            self._record = PendingRun(
+                tracking_uri=self.ctx.tracking_uri or "",
+                run_id=None,
+                experiment_name=self.ctx.experiment_name,
+                tags=run_tags(self.ctx),
+                start_time=self._start_ms,
+            )
+            self._say_live()
             import mlflow
 
             # Right after the import, before any network call: a cell that imported mlflow
@@ -131,11 +152,12 @@ class Tracker:
                 self._patch = FluentPatch(mlflow, self.queue, PENDING)
                 if self.enabled:
                     self._patch.install()
-            opened = self._open_run_retrying(mlflow)
+            opened = self._open_run_retrying(mlflow, self._record.tags)
             if opened is None:
                 return
             detach_active_run(mlflow, opened)
-            self._patch.run_id = self.run_id = opened.info.run_id
+            self._patch.run_id = self.run_id = self._record.run_id = opened.info.run_id
+            self._say_live()
             self._handoff(self.queue, self.run_id)
             self.queue.release(PENDING, self.run_id)
             self._opened = opened
@@ -143,7 +165,15 @@ class Tracker:
             log.warning("hubforge tracking could not start: %s", exc)
             self._open_error = str(exc) or type(exc).__name__
 
-    def _open_run_retrying(self, mlflow: Any) -> Any:
+    def _say_live(self) -> None:
+        """(Re)write this kernel's live/ file; tracking goes on without it if that fails."""
+        assert self._record is not None and self.queue is not None
+        try:
+            self._live = write_live(Path(self.ctx.spool_dir), self._record, self.queue.spool_path)
+        except OSError as exc:
+            log.warning("hubforge tracking: cannot record the run in %s: %s", self.ctx.spool_dir, exc)
+
+    def _open_run_retrying(self, mlflow: Any, tags: dict[str, str]) -> Any:
         """The experiment and the run, tried again with backoff while MLflow is away.
 
         Meanwhile cells run and their data waits in the queue (memory, then the disk
@@ -158,7 +188,7 @@ class Tracker:
                     self.experiment_id = client.create_experiment(self.ctx.experiment_name)
                 else:
                     self.experiment_id = experiment.experiment_id
-                return mlflow.start_run(experiment_id=self.experiment_id, tags=run_tags(self.ctx))
+                return mlflow.start_run(experiment_id=self.experiment_id, tags=tags)
             except Exception as exc:
                 if _refused(exc):  # MLflow answered no: waiting changes nothing
                     raise
@@ -222,11 +252,7 @@ class Tracker:
     @staticmethod
     def _handoff(queue: TrackingQueue, run_id: str) -> None:
         """papermill's parameters become run params; its engine learns the run id (see papermill_engine)."""
-        try:
-            parameters = json.loads(os.environ.get("HUBFORGE_PARAMETERS") or "{}")
-        except ValueError:
-            parameters = {}
-        for key, value in parameters.items() if isinstance(parameters, dict) else ():
+        for key, value in _parameters().items():
             queue.log_param(run_id, str(key), str(value))
         run_id_file = os.environ.get("HUBFORGE_RUN_ID_FILE")
         if run_id_file:
@@ -253,10 +279,17 @@ class Tracker:
         ]
         if q is not None and q.last_error:
             lines.append(f"last error: {q.last_error}")
+        kept = len(list_pending(Path(self.ctx.spool_dir)))
+        if kept:
+            lines.append(f"kept for MLflow: {kept} ended run(s), sent by the server when MLflow is back")
         return "\n".join(lines)
 
     def finish(self) -> None:
-        """Flush, log notebook and environment, end the run (idempotent; never raises)."""
+        """Flush, log notebook and environment, end the run (idempotent; never raises).
+
+        What MLflow cannot take before the kernel ends (it is away, or never opened the
+        run) is kept on disk (see :mod:`hubforge.server_extension.pending`) for the server to replay.
+        """
         if self._finished or self.queue is None:
             return
         self._finished = True
@@ -266,38 +299,91 @@ class Tracker:
         with self._lock:
             if self._patch is not None:
                 self._patch.restore()
-        if self.run_id is None:
+        try:
+            self._finish()
+        finally:
+            remove_live(self._live)
+
+    def _finish(self) -> None:
+        assert self.queue is not None
+        try:
+            if self.run_id is None:
+                if self.queue.depth:
+                    self._keep(self.queue.detach(), artifacts=True)
+                return
+            # MLflow failing right now: keep the data at once, within the kernel's time to end.
+            if not self.queue.flush(0.5 if self.queue.failing else self.close_timeout):
+                self._keep(self.queue.detach(), artifacts=True)
+                return
+            self.queue.close(self.close_timeout)
+        except Exception as exc:
+            log.warning("hubforge tracking: could not keep the run's data: %s", exc)
             return
         from mlflow import MlflowClient
 
         client = MlflowClient()
-        steps = [self._flush, self._log_snapshot, self._end_run]
-        for step in steps:
+        for step in (self._note_dropped, self._log_snapshot, self._end_run):
             try:
                 step(client)
             except Exception as exc:
                 log.warning("hubforge tracking: %s failed: %s", step.__name__, exc)
+                with suppress(Exception):
+                    self._keep([], artifacts=step is not self._end_run)
+                return
 
-    def _flush(self, client: Any) -> None:
+    def _keep(self, items: list[Any], artifacts: bool) -> None:
+        """Leave ``items``, the snapshot (if ``artifacts``) and how the run ends for a later replay."""
         assert self.queue is not None
-        self.queue.close(self.close_timeout)
-        dropped = self.queue.dropped + self.queue.depth
+        run = PendingRun(
+            tracking_uri=self.ctx.tracking_uri or "",
+            run_id=self.run_id,
+            experiment_name=self.ctx.experiment_name,
+            start_time=self._start_ms,
+            status="FAILED" if self.last_failed else "FINISHED",
+            end_time=int(time.time() * 1000),
+            dropped=self.queue.dropped,
+        )
+        if self._record is not None:
+            run.id = self._record.id  # one id for this run, on disk and in MLflow (hubforge.replay_id)
+        if self.run_id is None:
+            run.tags = self._record.tags if self._record is not None else run_tags(self.ctx)
+            items = [["p", PENDING, str(k), str(v)] for k, v in _parameters().items()] + items
+        with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
+            files = self._snapshot(Path(tmp)) if artifacts else []
+            self.kept = write_pending(Path(self.ctx.spool_dir), run, items, files)
+        log.warning(
+            "hubforge tracking: MLflow unreachable as the kernel ends; %d records of %s kept in %s, "
+            "sent when it is back",
+            len(items),
+            self.run_id or self.ctx.experiment_name,
+            self.kept,
+        )
+
+    def _note_dropped(self, client: Any) -> None:
+        assert self.queue is not None
+        dropped = self.queue.dropped
         if dropped:
             client.set_tag(self.run_id, "hubforge.dropped", str(dropped))
             client.log_metric(self.run_id, "hubforge.dropped", dropped)
 
+    def _snapshot(self, folder: Path) -> list[tuple[Path, str]]:
+        """The environment and the notebook as files in ``folder``, with their artifact paths."""
+        req = folder / "requirements.txt"
+        req.write_text(_freeze())
+        files = [(req, "environment")]
+        file = self.ctx.notebook_file
+        if file is not None and file.suffix == ".ipynb" and file.is_file():
+            import nbformat
+
+            snapshot = folder / file.name
+            nbformat.write(nbformat.read(file, as_version=4), snapshot)
+            files.append((snapshot, "notebook"))
+        return files
+
     def _log_snapshot(self, client: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
-            req = Path(tmp) / "requirements.txt"
-            req.write_text(_freeze())
-            client.log_artifact(self.run_id, str(req), "environment")
-            file = self.ctx.notebook_file
-            if file is not None and file.suffix == ".ipynb" and file.is_file():
-                import nbformat
-
-                snapshot = Path(tmp) / file.name
-                nbformat.write(nbformat.read(file, as_version=4), snapshot)
-                client.log_artifact(self.run_id, str(snapshot), "notebook")
+            for local, artifact_path in self._snapshot(Path(tmp)):
+                client.log_artifact(self.run_id, str(local), artifact_path)
 
     def _end_run(self, client: Any) -> None:
         status = "FAILED" if self.last_failed else "FINISHED"
@@ -306,6 +392,15 @@ class Tracker:
             self._mlflow.end_run(status=status)
         else:
             client.set_terminated(self.run_id, status)
+
+
+def _parameters() -> dict[str, Any]:
+    """The notebook's papermill parameters (``HUBFORGE_PARAMETERS``, a JSON object), or {}."""
+    try:
+        parameters = json.loads(os.environ.get("HUBFORGE_PARAMETERS") or "{}")
+    except ValueError:
+        return {}
+    return parameters if isinstance(parameters, dict) else {}
 
 
 def _refused(exc: Exception) -> bool:
