@@ -241,3 +241,43 @@ def test_a_run_opened_on_another_thread_becomes_the_active_run(mlflow_server, cl
     finally:
         mlflow.end_run()
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_kernel_restart_ends_the_run_and_the_next_cells_open_another(mlflow_server, client, tmp_path) -> None:
+    """Restart is the end of a run (snapshot, environment, status) and the start of the next."""
+    write_notebook(tmp_path, "restart.ipynb", ["x = 1"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
+    env.update(
+        MLFLOW_TRACKING_URI=mlflow_server.url,
+        JUPYTERHUB_USER="frank",
+        JPY_SESSION_NAME="restart.ipynb",
+        HUBFORGE_NOTEBOOK_ROOT=str(tmp_path),
+        HUBFORGE_SPOOL_DIR=str(tmp_path / ".spool"),
+    )
+    km = KernelManager(kernel_name="python3")
+    km.shutdown_wait_time = 60
+    km.start_kernel(extra_arguments=[EXTENSION], env=env, cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        for code in ("x = 1", "x = 2"):
+            kc.execute_interactive(code, timeout=60)
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        for code in ("y = 1", "raise ValueError('after the restart')"):
+            kc.execute_interactive(code, timeout=60)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    exp = client.get_experiment_by_name("/Users/frank/restart.ipynb")
+    runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED"], "one run per kernel process"
+    first, second = (r.info.run_id for r in runs)
+    assert [a.path for a in client.list_artifacts(first, "notebook")] == ["notebook/restart.ipynb"]
+    assert steps_of(client, first) == [1, 2] and steps_of(client, second) == [1, 2]
+    assert runs[0].data.tags["hubforge.kernel_id"] == runs[1].data.tags["hubforge.kernel_id"]
+
+
+def steps_of(client, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "hubforge.cell.count"))
