@@ -35,6 +35,7 @@ from papermill.engines import NBClientEngine
 from papermill.log import logger
 from papermill.utils import merge_kwargs, remove_args
 
+from .kernel.tracker import _refused
 from .launch import add_extension_argument, apply_env, is_python_kernel, tracking_env
 from .pending import PendingRun, spool_root, write_pending
 
@@ -170,8 +171,7 @@ def log_output_notebook(
             if missing:
                 client.log_batch(run_id, params=missing[:100])
         except Exception as exc:  # the run's data is a bonus; never fail a finished notebook over it
-            code = getattr(exc, "get_http_status_code", lambda: 500)()
-            if not local.is_file() or (isinstance(code, int) and 400 <= code < 500):
+            if not local.is_file() or _refused(exc):
                 logger.warning("hubforge: could not log the output notebook to MLflow run %s: %s", run_id, exc)
                 return
             # MLflow is away: keep the output notebook (and the parameters, idempotent) for later.

@@ -419,3 +419,17 @@ def test_adoption_keeps_what_a_dead_kernel_spilled_and_leaves_living_ones_alone(
     (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["k"] == "v"
     assert steps(client, run.info.run_id) == [1, 2, 3]
+
+
+def test_only_answers_that_waiting_cannot_change_count_as_refusals() -> None:
+    from mlflow.exceptions import RestException
+
+    from hubforge.server_extension.kernel.tracker import _refused
+
+    def answer(code: str) -> RestException:  # what MlflowClient raises for an error response
+        return RestException({"error_code": code, "message": "x"})
+
+    assert _refused(answer("PERMISSION_DENIED")) and _refused(answer("RESOURCE_DOES_NOT_EXIST"))
+    assert not _refused(answer("RESOURCE_EXHAUSTED")), "429: rate limited, try later"
+    assert not _refused(answer("UNAUTHENTICATED")), "401: the hub may know the token again"
+    assert not _refused(answer("INTERNAL_ERROR")) and not _refused(ConnectionError("refused"))

@@ -87,8 +87,25 @@ def test_public_api_is_explicit() -> None:
     import hubforge.config
     import hubforge.errors
     import hubforge.personas
+    import hubforge.server_extension.app
+    import hubforge.server_extension.kernel
+    import hubforge.server_extension.kernel.queue
+    import hubforge.server_extension.kernel.tracker
+    import hubforge.server_extension.pending
+    import hubforge.server_extension.replay
 
-    for module in (hubforge, hubforge.config, hubforge.errors, hubforge.personas):
+    for module in (
+        hubforge,
+        hubforge.config,
+        hubforge.errors,
+        hubforge.personas,
+        hubforge.server_extension.app,
+        hubforge.server_extension.kernel,
+        hubforge.server_extension.kernel.queue,
+        hubforge.server_extension.kernel.tracker,
+        hubforge.server_extension.pending,
+        hubforge.server_extension.replay,
+    ):
         assert module.__all__, module.__name__
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

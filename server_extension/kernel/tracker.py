@@ -403,10 +403,15 @@ def _parameters() -> dict[str, Any]:
     return parameters if isinstance(parameters, dict) else {}
 
 
+#: 4xx answers that say "not now" rather than "no": timeouts, rate limits, a credential
+#: the hub does not know at this moment. Waiting can change these.
+_NOT_NOW = {401, 408, 425, 429}
+
+
 def _refused(exc: Exception) -> bool:
-    """Whether MLflow itself answered with a refusal (4xx), rather than being away."""
+    """Whether MLflow itself answered with a refusal (a 4xx that waiting will not change)."""
     code = getattr(exc, "get_http_status_code", lambda: 500)()
-    return isinstance(code, int) and 400 <= code < 500
+    return isinstance(code, int) and 400 <= code < 500 and code not in _NOT_NOW
 
 
 def _client() -> Any:
