@@ -254,3 +254,20 @@ def test_paused_keeps_the_sender_off_mlflow(client, tmp_path: Path) -> None:
     rec.gate.set()
     assert queue.close(30)
     assert len(client.get_metric_history(run, "q")) == 2
+
+
+def test_values_json_cannot_carry_still_arrive(client, tmp_path: Path) -> None:
+    """The REST fast path sends plain JSON; NaN and infinities take MLflow's own path."""
+    run = new_run(client, "nan")
+    queue = TrackingQueue(lambda: client, spool_dir=tmp_path, flush_interval=0.01)
+    for step, value in enumerate([0.5, float("nan"), float("inf"), -1.0]):
+        queue.log_metric(run, "odd", value, step=step)
+    queue.log_param(run, "note", "ünïcode ✓")
+    queue.set_tag(run, "team", "blue")
+    assert queue.close(30)
+    values = [m.value for m in sorted(client.get_metric_history(run, "odd"), key=lambda m: m.step)]
+    assert values[0] == 0.5 and values[1] != values[1] and values[3] == -1.0
+    assert values[2] >= 1.7e308, "MLflow stores infinity as the largest float"
+    data = client.get_run(run).data
+    assert data.params["note"] == "ünïcode ✓" and data.tags["team"] == "blue"
+    assert queue._rest, "an http:// tracking URI takes the REST fast path"

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubforge.server_extension.kernel.rest import rest_log_batch
+
 __all__ = ["MAX_BATCH_BYTES", "MAX_METRICS", "MAX_PARAMS", "MAX_TAGS", "TrackingQueue"]
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ class TrackingQueue:
     ):
         self._factory = client_factory
         self._client: Any = None
+        self._rest: Any = None  # the REST fast path for log_batch; False when the store has none
         self.max_memory_items = max_memory_items
         self.flush_interval = flush_interval
         self.max_backoff = max_backoff
@@ -422,6 +425,10 @@ class TrackingQueue:
         return True
 
     def _send(self, run_id: str, items: list[Item]) -> None:
+        if self._rest is None:
+            self._rest = rest_log_batch(self._client) or False
+        if self._rest and self._rest(run_id, items):
+            return
         from mlflow.entities import Metric, Param, RunTag
 
         metrics = [Metric(i[2], i[3], i[4], i[5]) for i in items if i[0] == "m"]
