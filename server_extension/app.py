@@ -17,7 +17,6 @@ into ``env`` (jupyter_server ``SessionManager.get_kernel_env``); we keep it.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from .launch import (
     tracking_state,
     voila_notebook,
 )
-from .pending import adopt_dead, list_pending, spool_root
+from .pending import adopt_dead, list_pending, read_pending, spool_root
 
 __all__ = ["HubforgeTracking", "Replayer", "load", "prepare_launch"]
 
@@ -218,10 +217,9 @@ class Replayer:
         """Whether entries for this server's MLflow (or unreadable ones, to set aside) wait."""
         for entry in list_pending(self.root):
             try:
-                uri = json.loads((entry / "run.json").read_bytes()).get("tracking_uri", "")
-            except (OSError, ValueError, AttributeError):
-                return True
-            if str(uri).rstrip("/") == self.uri:
+                if read_pending(entry).tracking_uri.rstrip("/") == self.uri:
+                    return True
+            except ValueError:
                 return True
         return False
 

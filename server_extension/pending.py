@@ -197,16 +197,12 @@ def read_items(entry: Path) -> list[list[Any]]:
 
 def write_items(entry: Path, items: Iterable[list[Any]]) -> None:
     """Replace the entry's items (what is left after a partial replay), atomically."""
-    tmp = entry / ".items.jsonl"
-    _write_durably(tmp, b"".join(_line(item) for item in items))
-    os.replace(tmp, entry / "items.jsonl")
+    _replace_durably(entry / "items.jsonl", b"".join(_line(item) for item in items))
 
 
 def write_run(entry: Path, run: PendingRun) -> None:
     """Replace the entry's ``run.json`` (the run id, once opened), atomically."""
-    tmp = entry / ".run.json"
-    _write_durably(tmp, json.dumps(asdict(run), indent=1).encode())
-    os.replace(tmp, entry / "run.json")
+    _replace_durably(entry / "run.json", json.dumps(asdict(run), indent=1).encode())
 
 
 def reject(root: Path, entry: Path, reason: str) -> Path:
@@ -228,9 +224,7 @@ def write_live(root: Path, run: PendingRun, spool_file: Path) -> Path:
     pid = os.getpid()
     data = {**asdict(run), "pid": pid, "started": _process_start(pid), "host": _host(), "spool_file": str(spool_file)}
     path = folder / f"{pid}-{run.id}.json"
-    tmp = folder / f".{path.name}"
-    _write_durably(tmp, json.dumps(data, indent=1).encode())
-    os.replace(tmp, path)
+    _replace_durably(path, json.dumps(data, indent=1).encode())
     return path
 
 
@@ -368,6 +362,13 @@ def _write_durably(path: Path, data: bytes) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
+
+
+def _replace_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` at once: written beside it under a dot-name, then renamed."""
+    tmp = path.with_name(f".{path.name}")
+    _write_durably(tmp, data)
+    os.replace(tmp, path)
 
 
 def _fsync_file(path: Path) -> None:

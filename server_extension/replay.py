@@ -133,7 +133,8 @@ def _replay_entry(entry: Path, run: PendingRun, items: list[list[Any]], client: 
         shutil.rmtree(entry / ".spool", ignore_errors=True)
         write_items(entry, [])
         run.dropped += queue.dropped
-    _call(client.set_tag if run.dropped else None, run_id, "hubforge.dropped", str(run.dropped))
+    if run.dropped:
+        _call(client.set_tag, run_id, "hubforge.dropped", str(run.dropped))
     artifacts = entry / "artifacts"
     for file in sorted(p for p in artifacts.rglob("*") if p.is_file()) if artifacts.is_dir() else ():
         folder = file.parent.relative_to(artifacts).as_posix()
@@ -163,8 +164,6 @@ def _open_run(client: Any, run: PendingRun) -> str:
 
 def _call(method: Any, *args: Any, **kwargs: Any) -> Any:
     """Call MLflow; MlflowAway when it did not answer, its own exception when it refused."""
-    if method is None:
-        return None
     try:
         return method(*args, **kwargs)
     except Exception as exc:

@@ -75,3 +75,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_mlflow(tmp_path: Path) -> Iterator:
+    """A plain ``mlflow server`` of the test's own, not started yet: outage tests start and stop it."""
+    from test_kernel_queue import MlflowServer
+
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(tmp_path / "mlflow")
+    yield server
+    server.stop()

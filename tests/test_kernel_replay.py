@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from jupyter_client.manager import KernelManager
 from test_kernel_queue import MlflowServer, new_run
-from test_kernel_tracking import EXTENSION, write_notebook
+from test_kernel_tracking import Kernel, kernel_env, write_notebook
 
 from _platform import free_port, wait_for
 from hubforge.server_extension.kernel.queue import TrackingQueue
@@ -42,42 +41,17 @@ def client(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch):
     return MlflowClient(mlflow_server.url)
 
 
-def kernel_env(url: str, root: Path, user: str, notebook: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
-    env.update(
-        MLFLOW_TRACKING_URI=url,
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
-        MLFLOW_HTTP_REQUEST_TIMEOUT="5",
-        JUPYTERHUB_USER=user,
-        JPY_SESSION_NAME=notebook,
-        HUBFORGE_NOTEBOOK_ROOT=str(root),
-        HUBFORGE_SPOOL_DIR=str(root / ".spool"),
-    )
-    return env
+#: MLflow's client fails at once while its server is down; hubforge's own retries are what is tested.
+OUTAGE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
-class Kernel:
-    """A tracked kernel driven cell by cell; ``shutdown()`` ends it the way a server does."""
-
-    def __init__(self, env: dict[str, str], cwd: Path):
-        self.km = KernelManager(kernel_name="python3")
-        self.km.shutdown_wait_time = 60
-        self.km.start_kernel(extra_arguments=[EXTENSION], env=env, cwd=str(cwd))
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
-
-    def run(self, code: str) -> None:
-        self.kc.execute_interactive(code, timeout=60)
-
-    def shutdown(self) -> None:
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=False)
+def tracked_kernel(url: str, root: Path, notebook: str) -> Kernel:
+    return Kernel(kernel_env(url, root, "yuki", notebook, **OUTAGE), root)
 
 
 def run_replay(url: str, spool: Path, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    base.update(MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5", **env)
+    base.update(MLFLOW_TRACKING_URI=url, **OUTAGE, **env)
     return subprocess.run(
         [*REPLAY, "--spool", str(spool), "--timeout", "30"], env=base, capture_output=True, text=True, timeout=180
     )
@@ -170,15 +144,14 @@ def test_entries_for_another_mlflow_are_left_alone(client, mlflow_server, tmp_pa
 # -- kernels that end while MLflow is away, replayed by the command ----------------------------------------
 
 
-def test_a_notebook_run_entirely_without_mlflow_arrives_later(tmp_path: Path) -> None:
+def test_a_notebook_run_entirely_without_mlflow_arrives_later(own_mlflow: MlflowServer, tmp_path: Path) -> None:
     """MLflow is down from the first cell to kernel shutdown: nothing is lost, and replaying twice
     stores nothing twice."""
     from mlflow import MlflowClient
 
-    (tmp_path / "mlflow").mkdir()
-    server = MlflowServer(tmp_path / "mlflow")  # not started yet
+    server = own_mlflow  # not started yet
     write_notebook(tmp_path, "work/offline.ipynb", ["x = 1"])
-    kernel = Kernel(kernel_env(server.url, tmp_path, "yuki", "work/offline.ipynb"), tmp_path)
+    kernel = tracked_kernel(server.url, tmp_path, "work/offline.ipynb")
     try:
         for i in range(1, 6):
             kernel.run(f"x = {i}")
@@ -197,41 +170,37 @@ def test_a_notebook_run_entirely_without_mlflow_arrives_later(tmp_path: Path) ->
     assert f"waiting: {entry.name}" in still_away.stdout and entry.is_dir()
 
     server.start()
-    try:
-        done = run_replay(server.url, spool)
-        assert done.returncode == 0, done.stderr
-        assert list_pending(spool) == []
-        again = run_replay(server.url, spool)
-        assert again.returncode == 0 and "delivered" not in again.stdout
-        client = MlflowClient(server.url)
-        exp = client.get_experiment_by_name("/Users/yuki/work/offline.ipynb")
-        (run,) = client.search_runs([exp.experiment_id])
-        rid = run.info.run_id
-        assert f"delivered: run {rid}" in done.stdout
-        assert steps(client, rid) == list(range(1, 7)), "every cell exactly once"
-        assert [m.value for m in client.get_metric_history(rid, "mine")] == [7.5], "the person's own metric"
-        assert run.info.status == "FINISHED"
-        assert run.info.start_time == kept.start_time, "the run starts when the notebook did"
-        assert run.data.tags["mlflow.user"] == "yuki"
-        arts = {a.path for a in client.list_artifacts(rid, "notebook")} | {
-            a.path for a in client.list_artifacts(rid, "environment")
-        }
-        assert arts == {"notebook/offline.ipynb", "environment/requirements.txt"}
-    finally:
-        server.stop()
+    done = run_replay(server.url, spool)
+    assert done.returncode == 0, done.stderr
+    assert list_pending(spool) == []
+    again = run_replay(server.url, spool)
+    assert again.returncode == 0 and "delivered" not in again.stdout
+    client = MlflowClient(server.url)
+    exp = client.get_experiment_by_name("/Users/yuki/work/offline.ipynb")
+    (run,) = client.search_runs([exp.experiment_id])
+    rid = run.info.run_id
+    assert f"delivered: run {rid}" in done.stdout
+    assert steps(client, rid) == list(range(1, 7)), "every cell exactly once"
+    assert [m.value for m in client.get_metric_history(rid, "mine")] == [7.5], "the person's own metric"
+    assert run.info.status == "FINISHED"
+    assert run.info.start_time == kept.start_time, "the run starts when the notebook did"
+    assert run.data.tags["mlflow.user"] == "yuki"
+    arts = {a.path for a in client.list_artifacts(rid, "notebook")} | {
+        a.path for a in client.list_artifacts(rid, "environment")
+    }
+    assert arts == {"notebook/offline.ipynb", "environment/requirements.txt"}
 
 
-def test_mlflow_killed_before_the_kernel_ends_loses_nothing(tmp_path: Path) -> None:
+def test_mlflow_killed_before_the_kernel_ends_loses_nothing(own_mlflow: MlflowServer, tmp_path: Path) -> None:
     """The run is open, MLflow dies, the notebook goes on and ends on an error: the run gets every
     cell once, the artifacts, and FAILED, after MLflow comes back."""
     from mlflow import MlflowClient
 
-    (tmp_path / "mlflow").mkdir()
-    server = MlflowServer(tmp_path / "mlflow")
+    server = own_mlflow
     server.start()
     client = MlflowClient(server.url)
     write_notebook(tmp_path, "killed.ipynb", ["x = 1"])
-    kernel = Kernel(kernel_env(server.url, tmp_path, "yuki", "killed.ipynb"), tmp_path)
+    kernel = tracked_kernel(server.url, tmp_path, "killed.ipynb")
     try:
         for i in range(1, 4):
             kernel.run(f"x = {i}")
@@ -250,26 +219,22 @@ def test_mlflow_killed_before_the_kernel_ends_loses_nothing(tmp_path: Path) -> N
     assert read_pending(entry).run_id == run.info.run_id
     assert read_pending(entry).status == "FAILED"
     server.start()
-    try:
-        done = run_replay(server.url, spool)
-        assert done.returncode == 0, done.stderr
-        rid = run.info.run_id
-        assert steps(client, rid) == list(range(1, 10)), "before and after the outage, each once"
-        assert client.get_run(rid).info.status == "FAILED"
-        assert [a.path for a in client.list_artifacts(rid, "notebook")] == ["notebook/killed.ipynb"]
-    finally:
-        server.stop()
+    done = run_replay(server.url, spool)
+    assert done.returncode == 0, done.stderr
+    rid = run.info.run_id
+    assert steps(client, rid) == list(range(1, 10)), "before and after the outage, each once"
+    assert client.get_run(rid).info.status == "FAILED"
+    assert [a.path for a in client.list_artifacts(rid, "notebook")] == ["notebook/killed.ipynb"]
 
 
 # -- the user's server replays by itself -------------------------------------------------------------------
 
 
-def test_the_server_replays_kept_run_data_when_mlflow_is_back(tmp_path: Path) -> None:
+def test_the_server_replays_kept_run_data_when_mlflow_is_back(own_mlflow: MlflowServer, tmp_path: Path) -> None:
     from mlflow import MlflowClient
     from test_server_extension import Server
 
-    (tmp_path / "mlflow").mkdir()
-    mlflow = MlflowServer(tmp_path / "mlflow")
+    mlflow = own_mlflow
     spool = tmp_path / "spool"
     entry = write_pending(
         spool,
@@ -304,41 +269,36 @@ def test_the_server_replays_kept_run_data_when_mlflow_is_back(tmp_path: Path) ->
         assert env_of_kernel["HUBFORGE_SPOOL_DIR"] == str(spool), "kernels keep their data where the server looks"
     finally:
         server.stop()
-        mlflow.stop()
 
 
-def test_papermill_output_notebook_is_kept_when_mlflow_is_away(tmp_path: Path) -> None:
+def test_papermill_output_notebook_is_kept_when_mlflow_is_away(
+    own_mlflow: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import nbformat
     from mlflow import MlflowClient
 
     from hubforge.server_extension.papermill_engine import log_output_notebook
 
-    (tmp_path / "mlflow").mkdir()
-    server = MlflowServer(tmp_path / "mlflow")
+    server = own_mlflow
     server.start()
-    try:
-        client = MlflowClient(server.url)
-        run_id = new_run(client, "papermill")
-        server.stop()
-        spool = tmp_path / "spool"
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("alpha = 0.5")])
-        env = {"MLFLOW_TRACKING_URI": server.url, "HUBFORGE_SPOOL_DIR": str(spool)}
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        try:
-            log_output_notebook(run_id, nb, str(tmp_path / "out.ipynb"), env, {"alpha": 0.5})
-        finally:
-            del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
-        (entry,) = list_pending(spool)
-        assert read_pending(entry).run_id == run_id and read_pending(entry).status is None
-        server.start()
-        done = run_replay(server.url, spool)
-        assert done.returncode == 0, done.stderr
-        assert [a.path for a in client.list_artifacts(run_id)] == ["out.ipynb"]
-        run = client.get_run(run_id)
-        assert run.data.params == {"alpha": "0.5"}
-        assert run.info.status == "RUNNING", "the kernel's own record ends the run, not this one"
-    finally:
-        server.stop()
+    client = MlflowClient(server.url)
+    run_id = new_run(client, "papermill")
+    server.stop()
+    spool = tmp_path / "spool"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("alpha = 0.5")])
+    env = {"MLFLOW_TRACKING_URI": server.url, "HUBFORGE_SPOOL_DIR": str(spool)}
+    with monkeypatch.context() as patched:
+        patched.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        log_output_notebook(run_id, nb, str(tmp_path / "out.ipynb"), env, {"alpha": 0.5})
+    (entry,) = list_pending(spool)
+    assert read_pending(entry).run_id == run_id and read_pending(entry).status is None
+    server.start()
+    done = run_replay(server.url, spool)
+    assert done.returncode == 0, done.stderr
+    assert [a.path for a in client.list_artifacts(run_id)] == ["out.ipynb"]
+    run = client.get_run(run_id)
+    assert run.data.params == {"alpha": "0.5"}
+    assert run.info.status == "RUNNING", "the kernel's own record ends the run, not this one"
 
 
 # -- kernels that die without ending their run --------------------------------------------------------------
@@ -348,40 +308,36 @@ def live_files(spool: Path) -> list[Path]:
     return sorted((spool / "live").glob("*.json")) if (spool / "live").is_dir() else []
 
 
-def test_a_killed_kernels_run_ends_killed_instead_of_running_forever(tmp_path: Path) -> None:
+def test_a_killed_kernels_run_ends_killed_instead_of_running_forever(own_mlflow: MlflowServer, tmp_path: Path) -> None:
     import signal
 
     from mlflow import MlflowClient
 
-    (tmp_path / "mlflow").mkdir()
-    server = MlflowServer(tmp_path / "mlflow")
+    server = own_mlflow
     server.start()
     spool = tmp_path / ".spool"
+    client = MlflowClient(server.url)
+    write_notebook(tmp_path, "oom.ipynb", ["x = 1"])
+    kernel = tracked_kernel(server.url, tmp_path, "oom.ipynb")
     try:
-        client = MlflowClient(server.url)
-        write_notebook(tmp_path, "oom.ipynb", ["x = 1"])
-        kernel = Kernel(kernel_env(server.url, tmp_path, "yuki", "oom.ipynb"), tmp_path)
-        try:
-            for i in range(1, 4):
-                kernel.run(f"x = {i}")
-            exp = wait_for(lambda: client.get_experiment_by_name("/Users/yuki/oom.ipynb"), 60, "the run")
-            (run,) = wait_for(lambda: client.search_runs([exp.experiment_id]), 30, "the run")
-            wait_for(lambda: len(steps(client, run.info.run_id)) >= 2, 30, "the first cells to arrive")
-            (live,) = wait_for(lambda: live_files(spool), 30, "the kernel's live file")
-            assert json.loads(live.read_text())["run_id"] == run.info.run_id
-            os.kill(kernel.km.provisioner.pid, signal.SIGKILL)  # what the OOM killer does
-            wait_for(lambda: not kernel.km.is_alive(), 30, "the kernel to die")
-        finally:
-            kernel.kc.stop_channels()
-            kernel.km.cleanup_resources()
-        assert client.get_run(run.info.run_id).info.status == "RUNNING", "MLflow alone would leave it so"
-        done = run_replay(server.url, spool)
-        assert done.returncode == 0, done.stderr
-        assert client.get_run(run.info.run_id).info.status == "KILLED"
-        assert live_files(spool) == [] and list_pending(spool) == []
-        assert not list(spool.glob("spool-*.jsonl")), "the dead kernel's spool file is cleaned up"
+        for i in range(1, 4):
+            kernel.run(f"x = {i}")
+        exp = wait_for(lambda: client.get_experiment_by_name("/Users/yuki/oom.ipynb"), 60, "the run")
+        (run,) = wait_for(lambda: client.search_runs([exp.experiment_id]), 30, "the run")
+        wait_for(lambda: len(steps(client, run.info.run_id)) >= 2, 30, "the first cells to arrive")
+        (live,) = wait_for(lambda: live_files(spool), 30, "the kernel's live file")
+        assert json.loads(live.read_text())["run_id"] == run.info.run_id
+        os.kill(kernel.km.provisioner.pid, signal.SIGKILL)  # what the OOM killer does
+        wait_for(lambda: not kernel.km.is_alive(), 30, "the kernel to die")
     finally:
-        server.stop()
+        kernel.kc.stop_channels()
+        kernel.km.cleanup_resources()
+    assert client.get_run(run.info.run_id).info.status == "RUNNING", "MLflow alone would leave it so"
+    done = run_replay(server.url, spool)
+    assert done.returncode == 0, done.stderr
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert live_files(spool) == [] and list_pending(spool) == []
+    assert not list(spool.glob("spool-*.jsonl")), "the dead kernel's spool file is cleaned up"
 
 
 def test_adoption_keeps_what_a_dead_kernel_spilled_and_leaves_living_ones_alone(

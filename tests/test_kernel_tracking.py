@@ -47,41 +47,61 @@ def write_notebook(root: Path, rel: str, cells: list[str]) -> Path:
     return path
 
 
-def run_notebook(
-    url: str, root: Path, rel: str, user: str, cells: list[str], timeout: float = 120, **extra: str
-) -> list[str]:
-    """Execute ``cells`` in a fresh kernel carrying the hub's environment; shut it down; return stdout."""
+def kernel_env(url: str, root: Path, user: str, notebook: str, **extra: str) -> dict[str, str]:
+    """A tracked kernel's environment as the server extension builds it, minus the outer run's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
     env.update(
         MLFLOW_TRACKING_URI=url,
         JUPYTERHUB_USER=user,
-        HUBFORGE_SERVER_NAME="gpu-box",
-        HUBFORGE_TIER="small",
-        HUBFORGE_ORIGIN="jupyterlab",
-        JPY_SESSION_NAME=rel,
+        JPY_SESSION_NAME=notebook,
         HUBFORGE_NOTEBOOK_ROOT=str(root),
         HUBFORGE_SPOOL_DIR=str(root / ".spool"),
         **extra,
     )
-    km = KernelManager(kernel_name="python3")
-    km.shutdown_wait_time = 60
-    km.start_kernel(extra_arguments=[EXTENSION], env=env, cwd=str(root))
-    kc = km.client()
-    kc.start_channels()
-    out: list[str] = []
+    return env
 
-    def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
 
+class Kernel:
+    """A tracked ipykernel driven cell by cell; ``shutdown()`` ends it the way a server does."""
+
+    def __init__(self, env: dict[str, str], cwd: Path):
+        self.km = KernelManager(kernel_name="python3")
+        self.km.shutdown_wait_time = 60
+        self.km.start_kernel(extra_arguments=[EXTENSION], env=env, cwd=str(cwd))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        try:
+            self.kc.wait_for_ready(timeout=60)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def run(self, code: str, timeout: float = 60) -> str:
+        """Execute one cell; its stdout and stderr."""
+        out: list[str] = []
+
+        def hook(msg: dict) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        return "".join(out)
+
+    def shutdown(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=False)
+
+
+def run_notebook(
+    url: str, root: Path, rel: str, user: str, cells: list[str], timeout: float = 120, **extra: str
+) -> list[str]:
+    """Execute ``cells`` in a fresh kernel carrying the hub's environment; shut it down; return stdout."""
+    server = {"HUBFORGE_SERVER_NAME": "gpu-box", "HUBFORGE_TIER": "small", "HUBFORGE_ORIGIN": "jupyterlab"}
+    kernel = Kernel(kernel_env(url, root, user, rel, **server, **extra), root)
     try:
-        kc.wait_for_ready(timeout=60)
-        for cell in cells:
-            kc.execute_interactive(cell, timeout=timeout, output_hook=hook)
+        return [kernel.run(cell, timeout) for cell in cells]
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-    return out
+        kernel.shutdown()
 
 
 def only_run(client, name: str):
@@ -147,54 +167,30 @@ def test_error_in_last_cell_fails_the_run(mlflow_server: MlflowServer, client, t
     assert [m.value for m in sorted(errors, key=lambda m: m.step)] == [0.0, 1.0]
 
 
-def test_mlflow_away_at_the_first_cell_loses_nothing(tmp_path: Path) -> None:
+def test_mlflow_away_at_the_first_cell_loses_nothing(own_mlflow: MlflowServer, tmp_path: Path) -> None:
     """MLflow is down when the notebook starts: cells run, the person is told once, and when
     MLflow comes up the run opens and every cell's metrics arrive."""
     from mlflow import MlflowClient
 
-    (tmp_path / "mlflow").mkdir()
-    server = MlflowServer(tmp_path / "mlflow")  # not started yet
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
-    env.update(
-        MLFLOW_TRACKING_URI=server.url,
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",  # each attempt fails at once; hubforge retries
-        JUPYTERHUB_USER="erin",
-        JPY_SESSION_NAME="away.ipynb",
-        HUBFORGE_NOTEBOOK_ROOT=str(tmp_path),
-        HUBFORGE_SPOOL_DIR=str(tmp_path / ".spool"),
-    )
-    km = KernelManager(kernel_name="python3")
-    km.shutdown_wait_time = 60
-    km.start_kernel(extra_arguments=[EXTENSION], env=env, cwd=str(tmp_path))
-    kc = km.client()
-    kc.start_channels()
+    # Each attempt fails at once; hubforge retries.
+    env = kernel_env(own_mlflow.url, tmp_path, "erin", "away.ipynb", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    kernel = Kernel(env, tmp_path)
     said: list[str] = []
-
-    def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            said.append(msg["content"]["text"])
-
     try:
-        kc.wait_for_ready(timeout=60)
         for i in range(1, 6):
-            kc.execute_interactive(f"x = {i}", timeout=60, output_hook=hook)
-            kc.execute_interactive("import time; time.sleep(0.5)", timeout=60, output_hook=hook)
+            said += [kernel.run(f"x = {i}"), kernel.run("import time; time.sleep(0.5)")]
         assert "".join(said).count("MLflow not reachable") == 1, said  # told once, not per retry
-        server.start()
-        client = MlflowClient(server.url)
+        own_mlflow.start()
+        client = MlflowClient(own_mlflow.url)
         exp = wait_for(lambda: client.get_experiment_by_name("/Users/erin/away.ipynb"), 120, "the run to open")
         for i in range(6, 9):
-            kc.execute_interactive(f"x = {i}", timeout=60, output_hook=hook)
+            kernel.run(f"x = {i}")
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-    try:
-        (run,) = client.search_runs([exp.experiment_id])
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "hubforge.cell.count"))
-        assert steps == list(range(1, 14)), "every cell, before and after MLflow came, exactly once"
-        assert run.info.status == "FINISHED"
-    finally:
-        server.stop()
+        kernel.shutdown()
+    (run,) = client.search_runs([exp.experiment_id])
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "hubforge.cell.count"))
+    assert steps == list(range(1, 14)), "every cell, before and after MLflow came, exactly once"
+    assert run.info.status == "FINISHED"
 
 
 @pytest.fixture
@@ -246,30 +242,16 @@ def test_a_run_opened_on_another_thread_becomes_the_active_run(mlflow_server, cl
 def test_a_kernel_restart_ends_the_run_and_the_next_cells_open_another(mlflow_server, client, tmp_path) -> None:
     """Restart is the end of a run (snapshot, environment, status) and the start of the next."""
     write_notebook(tmp_path, "restart.ipynb", ["x = 1"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
-    env.update(
-        MLFLOW_TRACKING_URI=mlflow_server.url,
-        JUPYTERHUB_USER="frank",
-        JPY_SESSION_NAME="restart.ipynb",
-        HUBFORGE_NOTEBOOK_ROOT=str(tmp_path),
-        HUBFORGE_SPOOL_DIR=str(tmp_path / ".spool"),
-    )
-    km = KernelManager(kernel_name="python3")
-    km.shutdown_wait_time = 60
-    km.start_kernel(extra_arguments=[EXTENSION], env=env, cwd=str(tmp_path))
-    kc = km.client()
-    kc.start_channels()
+    kernel = Kernel(kernel_env(mlflow_server.url, tmp_path, "frank", "restart.ipynb"), tmp_path)
     try:
-        kc.wait_for_ready(timeout=60)
         for code in ("x = 1", "x = 2"):
-            kc.execute_interactive(code, timeout=60)
-        km.restart_kernel(now=False)
-        kc.wait_for_ready(timeout=60)
+            kernel.run(code)
+        kernel.km.restart_kernel(now=False)
+        kernel.kc.wait_for_ready(timeout=60)
         for code in ("y = 1", "raise ValueError('after the restart')"):
-            kc.execute_interactive(code, timeout=60)
+            kernel.run(code)
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
+        kernel.shutdown()
     exp = client.get_experiment_by_name("/Users/frank/restart.ipynb")
     runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED"], "one run per kernel process"

@@ -10,6 +10,7 @@ the start of the first cell after it is open.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -135,13 +136,7 @@ class Tracker:
         """On the opener thread: mlflow, the fluent fast path, the experiment and the run."""
         assert self.queue is not None
         try:
-            self._record = PendingRun(
-                tracking_uri=self.ctx.tracking_uri or "",
-                run_id=None,
-                experiment_name=self.ctx.experiment_name,
-                tags=run_tags(self.ctx),
-                start_time=self._start_ms,
-            )
+            self._record = self._describe()
             self._say_live()
             import mlflow
 
@@ -164,6 +159,16 @@ class Tracker:
         except Exception as exc:  # a cell must never fail because of tracking
             log.warning("hubforge tracking could not start: %s", exc)
             self._open_error = str(exc) or type(exc).__name__
+
+    def _describe(self) -> PendingRun:
+        """This kernel's run as a pending entry says it: enough to open it elsewhere."""
+        return PendingRun(
+            tracking_uri=self.ctx.tracking_uri or "",
+            run_id=self.run_id,
+            experiment_name=self.ctx.experiment_name,
+            tags=run_tags(self.ctx),
+            start_time=self._start_ms,
+        )
 
     def _say_live(self) -> None:
         """(Re)write this kernel's live/ file; tracking goes on without it if that fails."""
@@ -334,19 +339,15 @@ class Tracker:
     def _keep(self, items: list[Any], artifacts: bool) -> None:
         """Leave ``items``, the snapshot (if ``artifacts``) and how the run ends for a later replay."""
         assert self.queue is not None
-        run = PendingRun(
-            tracking_uri=self.ctx.tracking_uri or "",
+        # The live record's id: one id for this run, on disk and in MLflow (hubforge.replay_id).
+        run = dataclasses.replace(
+            self._record or self._describe(),
             run_id=self.run_id,
-            experiment_name=self.ctx.experiment_name,
-            start_time=self._start_ms,
             status="FAILED" if self.last_failed else "FINISHED",
             end_time=int(time.time() * 1000),
             dropped=self.queue.dropped,
         )
-        if self._record is not None:
-            run.id = self._record.id  # one id for this run, on disk and in MLflow (hubforge.replay_id)
-        if self.run_id is None:
-            run.tags = self._record.tags if self._record is not None else run_tags(self.ctx)
+        if self.run_id is None:  # the params _handoff would have logged to the opened run
             items = [["p", PENDING, str(k), str(v)] for k, v in _parameters().items()] + items
         with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
             files = self._snapshot(Path(tmp)) if artifacts else []
