@@ -389,3 +389,16 @@ def test_only_answers_that_waiting_cannot_change_count_as_refusals() -> None:
     assert not _refused(answer("RESOURCE_EXHAUSTED")), "429: rate limited, try later"
     assert not _refused(answer("UNAUTHENTICATED")), "401: the hub may know the token again"
     assert not _refused(answer("INTERNAL_ERROR")) and not _refused(ConnectionError("refused"))
+
+
+def test_the_replay_command_says_in_one_line_what_is_missing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run([*REPLAY, "--spool", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .endswith("MLFLOW_TRACKING_URI is not set: where should the kept run data go?")
+    )
+    bad = subprocess.run([*REPLAY, "--timeout", "soon"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--timeout: invalid float value: 'soon'" in bad.stderr
