@@ -582,6 +582,10 @@ _rules("POST", ["mlflow/logged-models/search"], lambda c: c.read_experiments(c.i
 # traces (experiment-scoped)
 _rules("POST", ["mlflow/traces"], Check.start_trace)
 _rules("POST", ["mlflow/traces/search"], Check.search_traces)
+# the UI's trace charts and its Traces tab's evaluation datasets: the named experiments' own
+_rules(
+    "POST", ["mlflow/traces/metrics", "mlflow/datasets/search"], lambda c: c.read_experiments(c.ids("experiment_ids"))
+)
 _rules("GET", ["mlflow/traces/get", "mlflow/get-trace-artifact"], lambda c: c.trace(False))
 _rules("GET", ["mlflow/traces/batchGet"], lambda c: c.traces("trace_ids"))
 _rules("POST", ["mlflow/traces/batchGetInfos"], lambda c: c.traces("trace_ids"))

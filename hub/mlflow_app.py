@@ -16,6 +16,8 @@ no CSRF header and its GraphQL client adds no custom header at all, so a token h
 would break it; browsers send ``Origin`` on every ``fetch`` POST. OAuth state lives in
 a signed cookie, not in ``HubOAuth``'s in-process dict, so a login started in one
 uvicorn worker can finish in another.
+
+The UI's page and the answers for features that are off come from :mod:`.mlflow_ui`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from tornado.web import HTTPError
 from hubforge.errors import ConfigError, HubforgeError
 
 from .mlflow_access import OWNER_TAG, Principal, Resolver, StoreResolver, authorize, install
+from .mlflow_ui import feature_off, rewriting, unconditional, with_ui_defaults
 
 __all__ = [
     "HubGate",
@@ -246,6 +249,8 @@ class HubGate:
         if isinstance(admitted, Response):
             return await admitted(scope, receive, send)
         user, scope, receive = admitted
+        if scope["method"] == "GET" and scope["path"] == self.prefix:
+            scope, send = unconditional(scope), rewriting(send, with_ui_defaults)
         token = _current_user.set(user)
         try:
             await self.app(scope, receive, send)
@@ -278,7 +283,10 @@ class HubGate:
         if relative.startswith("v1/traces"):
             params["x-mlflow-experiment-id"] = request.headers.get("x-mlflow-experiment-id", "")
         decide = partial(authorize, user.principal, method, relative, params, self.resolver())
-        if refusal := await anyio.to_thread.run_sync(decide):
+        refusal = await anyio.to_thread.run_sync(decide)
+        if (off := feature_off(method, relative, refused=bool(refusal))) is not None:
+            return JSONResponse(off)
+        if refusal:
             return _error(403, "PERMISSION_DENIED", refusal)
         if run_create:
             body = claim_run(payload or {}, user.name)
