@@ -207,6 +207,8 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
                 "environment": {
                     **env,
                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(mlflow_cfg.get("job_execution", False)).lower(),
+                    # A company's tracking server reports nothing to MLflow's authors.
+                    "MLFLOW_DISABLE_TELEMETRY": "true",
                 },
                 "oauth_no_confirm": True,
                 # The UI's token carries the person's MLflow permissions (experiments, registry).

@@ -28,6 +28,7 @@ import psutil
 import hubforge
 from hubforge.config import PlatformConfig
 from hubforge.errors import LaunchError
+from hubforge.spawner_profiles.catalog import SERVER_STOP_GRACE
 
 from .hubconfig import RUNTIME_ENV, Runtime
 
@@ -256,11 +257,20 @@ class Platform:
             self.log(f"{name} is ready at {url.rsplit('/api/health', 1)[0].removesuffix('/health')}/")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the hub (it stops servers and services), then anything still marked."""
+        """Stop the users' servers, then the hub (it stops the services), then anything still marked.
+
+        The servers go first: JupyterHub stops its services (MLflow) and the proxy before
+        the servers, and a server stopping ends its kernels' runs through both. Each
+        server gets SERVER_STOP_GRACE seconds (hubforge.spawner_profiles.catalog).
+        """
         if self._stopping or not self._claimed:
             # Never sweep an instance this supervisor does not own (e.g. refused to start).
             return
         self._stopping = True
+        servers = [p for p in instance_processes(self.instance) if _is_user_server(p)]
+        if servers:
+            self.log(f"stopping {len(servers)} user server(s); their kernels end their MLflow runs")
+            stop_processes(servers, timeout=SERVER_STOP_GRACE)
         if self.hub is not None and self.hub.poll() is None:
             self.hub.send_signal(signal.SIGTERM)
             try:
@@ -309,6 +319,14 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _is_user_server(proc: psutil.Process) -> bool:
+    """Whether ``proc`` is a person's single-user server (the spawners start jupyterhub-singleuser)."""
+    try:
+        return any("jupyterhub-singleuser" in part for part in proc.cmdline()[:2])
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
 
 
 def _is_hubforge(pid: int) -> bool:

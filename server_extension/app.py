@@ -28,15 +28,19 @@ from typing import Any
 from traitlets import Bool, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
+from .kept_fits import list_fits, read_fit
 from .launch import (
+    KERNEL_SHUTDOWN_WAIT,
     add_extension_argument,
     apply_env,
+    close_budget,
     is_python_kernel,
     tracking_env,
     tracking_state,
     voila_notebook,
 )
 from .pending import adopt_dead, list_pending, read_pending, spool_root
+from .sessions import follow_notebooks
 
 __all__ = ["HubforgeTracking", "Replayer", "load", "prepare_launch"]
 
@@ -67,6 +71,16 @@ class HubforgeTracking(LoggingConfigurable):
         help="Where kernels spill run data while MLflow is away, and keep what it had not taken "
         "when they end (HUBFORGE_SPOOL_DIR). Default: HUBFORGE_SPOOL_DIR in the server's "
         "environment, else <jupyter data dir>/hubforge/spool, in the person's home.",
+    ).tag(config=True)
+
+    kernel_shutdown_wait = Float(
+        KERNEL_SHUTDOWN_WAIT,
+        help="Seconds a tracked kernel gets to leave after a shutdown or restart request before it "
+        "is killed (jupyter_client sends SIGTERM halfway, SIGKILL at the end); raises "
+        "KernelManager.shutdown_wait_time (5 s by default) for Python kernels. A kernel ends its "
+        "MLflow run within 8 s and logs fits still waiting until 5 s before the SIGTERM (fits it "
+        "has no time for are kept for the server to log); a kernel killed sooner leaves its run to "
+        "be ended KILLED.",
     ).tag(config=True)
 
     replay_interval = Float(
@@ -101,6 +115,9 @@ def prepare_launch(settings: HubforgeTracking, km: Any, kwargs: dict[str, Any], 
     # No env means the provisioner would copy os.environ: start from the same.
     kwargs["env"] = apply_env(kwargs.get("env") or server_env, server_env, additions)
     kwargs["extra_arguments"] = add_extension_argument(kwargs.get("extra_arguments"), settings.kernel_extension)
+    if hasattr(km, "shutdown_wait_time"):
+        km.shutdown_wait_time = max(float(km.shutdown_wait_time), settings.kernel_shutdown_wait)
+        kwargs["env"]["HUBFORGE_CLOSE_BUDGET"] = str(close_budget(km.shutdown_wait_time))
     return True
 
 
@@ -137,9 +154,25 @@ def load(serverapp: Any) -> None:
         settings.kernel_extension,
         tracking_state(os.environ, settings.enabled),
     )
+    follow_notebooks(serverapp, settings.spool_root)
     env = apply_env(os.environ, os.environ, tracking_env(os.environ, root_dir=root_dir))
     if settings.replay_interval > 0 and env.get("MLFLOW_TRACKING_URI"):
-        Replayer(settings.spool_root, env, settings.replay_interval, serverapp.log).start()
+        replayer = Replayer(settings.spool_root, env, settings.replay_interval, serverapp.log, Path(root_dir))
+        replayer.start()
+        kernels.shutdown_kernel = _then(kernels.shutdown_kernel, replayer.soon)
+
+
+def _then(method: Callable[..., Any], after: Callable[[], None]) -> Callable[..., Any]:
+    """The kernel manager's ``method`` (a coroutine function), then ``after()``."""
+
+    @functools.wraps(method)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            after()
+
+    return wrapped
 
 
 class Replayer:
@@ -152,13 +185,17 @@ class Replayer:
     few seconds, for what waited while the server was down); when entries for this
     server's MLflow wait, it runs ``python -m hubforge.server_extension.replay`` as a
     child process, so the server itself never imports mlflow. While MLflow stays away
-    the looks back off, up to ten intervals apart.
+    the looks back off, up to ten intervals apart. A kernel that shut down may have
+    kept fits for it to log: :meth:`soon` asks for a look within a second.
     """
 
     EX_TEMPFAIL = 75
 
-    def __init__(self, root: Path, env: Mapping[str, str], interval: float, log: Any):
+    def __init__(
+        self, root: Path, env: Mapping[str, str], interval: float, log: Any, notebook_root: Path | None = None
+    ):
         self.root = root
+        self.notebook_root = notebook_root
         self.uri = env["MLFLOW_TRACKING_URI"].rstrip("/")
         # One quick try per request: an outage is waited out between runs, not inside one.
         self.env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -168,6 +205,7 @@ class Replayer:
         self.runs = 0
         self._backoff = 1
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hubforge-replay", daemon=True)
 
     def start(self) -> None:
@@ -175,10 +213,19 @@ class Replayer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def soon(self) -> None:
+        """Look now rather than at the next interval (a kernel just ended)."""
+        self._wake.set()
 
     def _loop(self) -> None:
         wait = min(self.interval, 5.0)
-        while not self._stop.wait(wait):
+        while not self._stop.is_set():
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 wait = self.tick()
             except Exception:  # never let a bad look end the loop
@@ -197,7 +244,7 @@ class Replayer:
                 self._backoff = min(self._backoff * 2, 10)
                 return self.interval * self._backoff
         self._backoff = 1
-        for entry in adopt_dead(self.root):
+        for entry in adopt_dead(self.root, self.notebook_root):
             self.log.warning("hubforge: a kernel died without ending its MLflow run; %s ends it as KILLED", entry.name)
         if not self.waiting():
             return self.interval
@@ -214,7 +261,13 @@ class Replayer:
         return min(self.interval, 1.0)
 
     def waiting(self) -> bool:
-        """Whether entries for this server's MLflow (or unreadable ones, to set aside) wait."""
+        """Whether entries or fits for this server's MLflow (or unreadable ones, to set aside) wait."""
+        for fit in list_fits(self.root):
+            try:
+                if read_fit(fit).tracking_uri.rstrip("/") == self.uri:
+                    return True
+            except ValueError:
+                return True
         for entry in list_pending(self.root):
             try:
                 if read_pending(entry).tracking_uri.rstrip("/") == self.uri:

@@ -14,8 +14,10 @@ from urllib.parse import unquote
 
 __all__ = [
     "KERNEL_EXTENSION",
+    "KERNEL_SHUTDOWN_WAIT",
     "add_extension_argument",
     "apply_env",
+    "close_budget",
     "extension_argument",
     "is_python_kernel",
     "tracking_env",
@@ -25,6 +27,11 @@ __all__ = [
 
 #: The IPython extension every Python kernel loads at start.
 KERNEL_EXTENSION = "hubforge.server_extension.kernel"
+
+#: Seconds a tracked kernel gets to leave after a shutdown request: it ends its run
+#: within 8 s and logs fits still waiting within 20 s (see the kernel's Tracker);
+#: jupyter_client sends SIGTERM halfway and SIGKILL at the end.
+KERNEL_SHUTDOWN_WAIT = 50.0
 
 #: MLflow credentials that would beat the hub token (MLflow prefers basic auth
 #: over a bearer token), so a hub kernel must not inherit them.
@@ -82,6 +89,14 @@ def tracking_env(
         if server_env.get("JUPYTERHUB_API_TOKEN"):
             env["MLFLOW_TRACKING_TOKEN"] = server_env["JUPYTERHUB_API_TOKEN"]
     return env
+
+
+def close_budget(shutdown_wait: float) -> float:
+    """Seconds a kernel may spend ending its run and logging fits, given how long its manager waits.
+
+    jupyter_client sends SIGTERM halfway through its wait: the kernel is done 5 s before.
+    """
+    return max(5.0, shutdown_wait / 2 - 5.0)
 
 
 def voila_notebook(kernel_env: Mapping[str, str]) -> str | None:

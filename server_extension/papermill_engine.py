@@ -35,8 +35,15 @@ from papermill.engines import NBClientEngine
 from papermill.log import logger
 from papermill.utils import merge_kwargs, remove_args
 
-from .kernel.tracker import _refused
-from .launch import add_extension_argument, apply_env, is_python_kernel, tracking_env
+from .kernel.queue import refused
+from .launch import (
+    KERNEL_SHUTDOWN_WAIT,
+    add_extension_argument,
+    apply_env,
+    close_budget,
+    is_python_kernel,
+    tracking_env,
+)
 from .pending import PendingRun, spool_root, write_pending
 
 __all__ = ["HubforgeEngine", "kernel_launch", "log_output_notebook"]
@@ -57,6 +64,7 @@ def kernel_launch(
     additions = tracking_env(server_env, root_dir=cwd, origin=ORIGIN)
     additions["HUBFORGE_PARAMETERS"] = json.dumps(dict(parameters), default=str)
     additions["HUBFORGE_RUN_ID_FILE"] = run_id_file
+    additions["HUBFORGE_CLOSE_BUDGET"] = str(close_budget(KERNEL_SHUTDOWN_WAIT))
     if input_path:
         additions["JPY_SESSION_NAME"] = _local(input_path)
     if output_path and output_path != "-":  # "-" is stdout
@@ -74,6 +82,15 @@ def _is_python(kernel_name: str | None, nb: Any) -> bool:
         return is_python_kernel(KernelSpecManager().get_kernel_spec(kernel_name or "python3"))
     except NoSuchKernel:
         return str(nb.metadata.get("kernelspec", {}).get("language", "")).lower() == "python"
+
+
+class _TrackedClient(PapermillNotebookClient):
+    """papermill's client, giving the kernel time to end its run and log its fits when done."""
+
+    def create_kernel_manager(self) -> Any:
+        km = super().create_kernel_manager()
+        km.shutdown_wait_time = max(float(km.shutdown_wait_time), KERNEL_SHUTDOWN_WAIT)
+        return km
 
 
 class HubforgeEngine(NBClientEngine):
@@ -121,7 +138,7 @@ class HubforgeEngine(NBClientEngine):
                 extra_arguments=extra_arguments,
             )
             try:
-                return PapermillNotebookClient(nb_man, **final_kwargs).execute(env=env)
+                return _TrackedClient(nb_man, **final_kwargs).execute(env=env)
             finally:
                 run_id = Path(run_id_file).read_text().strip() if os.path.exists(run_id_file) else ""
                 if run_id:
@@ -171,7 +188,7 @@ def log_output_notebook(
             if missing:
                 client.log_batch(run_id, params=missing[:100])
         except Exception as exc:  # the run's data is a bonus; never fail a finished notebook over it
-            if not local.is_file() or _refused(exc):
+            if not local.is_file() or refused(exc):
                 logger.warning("hubforge: could not log the output notebook to MLflow run %s: %s", run_id, exc)
                 return
             # MLflow is away: keep the output notebook (and the parameters, idempotent) for later.

@@ -10,11 +10,15 @@ person's home, so it outlives the server too)::
     pending/<id>/items.jsonl    metrics, params and tags not acknowledged, a JSON list per line
     pending/<id>/artifacts/<artifact path>/<file>
     live/<pid>-<id>.json        a kernel recording a run now: the same header, plus its
-                                process and its disk spool file
+                                process, its disk spool file and its environment
+    rejected/<id>/              entries that could not be replayed, and
+    rejected/<id>-refused/      records MLflow refused while a kernel ran, each
+                                with reason.txt saying why
 
 A kernel that dies without ending its run (killed, out of memory) leaves its
 ``live/`` file behind; :func:`adopt_dead` turns it, with whatever the kernel had
-spilled to disk, into a pending entry whose run ends KILLED.
+spilled to disk and the notebook as it is on disk, into a pending entry whose
+run ends KILLED.
 
 An entry appears whole or not at all: it is written under a dot-name, fsync'd
 and renamed. Its files are checked when read back; an entry that does not parse
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -37,6 +42,7 @@ __all__ = [
     "PendingRun",
     "adopt_dead",
     "default_spool_root",
+    "keep_refused",
     "list_pending",
     "read_items",
     "read_pending",
@@ -55,6 +61,8 @@ PENDING, REJECTED, LIVE = "pending", "rejected", "live"
 PLACEHOLDER = "hubforge-pending-run"
 _STATUSES = {"FINISHED", "FAILED", "KILLED", None}
 _STR_MAX = 100_000  # no MLflow field is longer; a longer one is not ours
+#: What a live/ file says beside the run header.
+_LIVE_ONLY = ("pid", "started", "host", "spool_file", "requirements")
 
 
 @dataclass
@@ -76,6 +84,7 @@ class PendingRun:
     end_time: int = 0
     dropped: int = 0
     id: str = ""
+    notebook_file: str = ""
     version: int = VERSION
 
     @classmethod
@@ -86,7 +95,7 @@ class PendingRun:
         if data.get("version") != VERSION:
             raise ValueError(f"run.json: version {data.get('version')!r}, expected {VERSION}")
         run = cls(tracking_uri="", run_id=None)
-        for name, kind in (("tracking_uri", str), ("experiment_name", str), ("id", str)):
+        for name, kind in (("tracking_uri", str), ("experiment_name", str), ("id", str), ("notebook_file", str)):
             value = data.get(name, "")
             if not isinstance(value, kind) or len(value) > _STR_MAX:
                 raise ValueError(f"run.json: {name} must be a string")
@@ -216,13 +225,34 @@ def reject(root: Path, entry: Path, reason: str) -> Path:
     return target
 
 
-def write_live(root: Path, run: PendingRun, spool_file: Path) -> Path:
-    """Record that this process is recording ``run`` (rewritten when the run is named)."""
+def keep_refused(root: Path, run: PendingRun, items: list[list[Any]], reasons: list[str]) -> Path:
+    """Keep records MLflow refused, beside the run they were for; one reason line per record.
+
+    One folder per run (``rejected/<run record id>-refused/``): ``run.json`` names the
+    run, ``items.jsonl`` and ``reason.txt`` grow line by line, in step.
+    """
+    run.id = run.id or f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+    folder = root / REJECTED / f"{run.id}-refused"
+    folder.mkdir(parents=True, exist_ok=True)
+    _replace_durably(folder / "run.json", json.dumps(asdict(run), indent=1).encode())
+    _append_durably(folder / "items.jsonl", b"".join(_line(item) for item in items))
+    _append_durably(folder / "reason.txt", "".join(f"{why}\n" for why in reasons).encode())
+    return folder
+
+
+def write_live(root: Path, run: PendingRun, spool_file: Path, requirements: str = "") -> Path:
+    """Record that this process is recording ``run`` (rewritten when the run is named or moves).
+
+    ``requirements`` (the environment, as ``pip freeze`` says it) lets the server end
+    the run with its environment if the process dies.
+    """
     run.id = run.id or f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
     folder = root / LIVE
     folder.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
     data = {**asdict(run), "pid": pid, "started": _process_start(pid), "host": _host(), "spool_file": str(spool_file)}
+    if requirements:
+        data["requirements"] = requirements
     path = folder / f"{pid}-{run.id}.json"
     _replace_durably(path, json.dumps(data, indent=1).encode())
     return path
@@ -234,13 +264,15 @@ def remove_live(path: Path | None) -> None:
         path.unlink(missing_ok=True)
 
 
-def adopt_dead(root: Path) -> list[Path]:
+def adopt_dead(root: Path, notebook_root: Path | None = None) -> list[Path]:
     """Turn the ``live/`` files of kernels that died into pending entries; return them.
 
     A file is adopted when it was written on this host and its process is gone (or
     its pid now belongs to a later process). Files of other hosts sharing the home
     folder (pods with one volume) are theirs to adopt. The kernel's spilled items
-    become the entry's items; what it held in memory died with it. A run MLflow never
+    become the entry's items; what it held in memory died with it. The notebook, as
+    it is on disk (only from under ``notebook_root``, the server's root folder), and
+    the environment the kernel recorded become its artifacts. A run MLflow never
     opened and that spilled nothing leaves no entry.
     """
     adopted: list[Path] = []
@@ -258,7 +290,7 @@ def adopt_dead(root: Path) -> list[Path]:
             continue
         spool_file = Path(str(data.get("spool_file", "")))
         try:
-            run = PendingRun.parse({k: v for k, v in data.items() if k not in ("pid", "started", "host", "spool_file")})
+            run = PendingRun.parse({k: v for k, v in data.items() if k not in _LIVE_ONLY})
             items = _spooled_items(spool_file, run.run_id)
         except ValueError:
             items, run = [], None
@@ -267,11 +299,36 @@ def adopt_dead(root: Path) -> list[Path]:
         kept = bool(run and run.id) and (root / PENDING / run.id).exists()  # type: ignore[union-attr]
         if run is not None and (run.run_id is not None or items) and not kept:
             run.status, run.end_time = "KILLED", int(_last_write(path, spool_file) * 1000)
-            adopted.append(write_pending(root, run, items))
+            with tempfile.TemporaryDirectory(prefix="hubforge-adopt-") as tmp:
+                artifacts = _left_behind(Path(tmp), run, data.get("requirements"), notebook_root)
+                adopted.append(write_pending(root, run, items, artifacts))
         if spool_file.name.startswith("spool-") and spool_file.parent == root:
             spool_file.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     return adopted
+
+
+def _left_behind(
+    folder: Path, run: PendingRun, requirements: Any, notebook_root: Path | None
+) -> list[tuple[Path, str]]:
+    """A dead kernel's artifacts: the environment it recorded, its notebook as it is on disk.
+
+    The notebook is read only from under ``notebook_root`` (symbolic links resolved): the
+    live file that names it was written by code the person runs.
+    """
+    files = []
+    if isinstance(requirements, str) and requirements and len(requirements) <= _STR_MAX * 10:
+        (folder / "requirements.txt").write_text(requirements)
+        files.append((folder / "requirements.txt", "environment"))
+    notebook = Path(run.notebook_file).resolve() if run.notebook_file and notebook_root else None
+    inside = notebook is not None and notebook_root is not None and notebook.is_relative_to(notebook_root.resolve())
+    if notebook is not None and inside and notebook.suffix == ".ipynb" and notebook.is_file():
+        try:
+            shutil.copyfile(notebook, folder / notebook.name)
+            files.append((folder / notebook.name, "notebook"))
+        except OSError:
+            pass
+    return files
 
 
 def _spooled_items(spool_file: Path, run_id: str | None) -> list[list[Any]]:
@@ -359,6 +416,13 @@ def _line(item: list[Any]) -> bytes:
 
 def _write_durably(path: Path, data: bytes) -> None:
     with open(path, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    with open(path, "ab") as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())

@@ -7,7 +7,9 @@ variables): it opens the run if MLflow never did, sends the items through the
 same batching queue kernels use (each batch checked against what the run holds,
 so what did arrive is not stored twice), logs the artifacts, ends the run and
 removes the entry. Runs of kernels that died without ending them are adopted
-first and end KILLED. The user's server starts it whenever entries wait (see
+first and end KILLED. Then the fits kernels kept (trained, not yet logged when
+they ended) are logged as child runs of their notebook's run (see
+:mod:`hubforge.server_extension.fit_replay`). The user's server starts it whenever entries wait (see
 :class:`hubforge.server_extension.app.Replayer`); people outside a hub can run
 it by hand.
 
@@ -29,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubforge.server_extension.kernel.queue import TrackingQueue
-from hubforge.server_extension.kernel.tracker import PENDING, _refused
+from hubforge.server_extension.fit_replay import FitReport, replay_fits
+from hubforge.server_extension.kernel.queue import TrackingQueue, refused
 from hubforge.server_extension.pending import (
+    PLACEHOLDER,
     PendingRun,
     adopt_dead,
+    keep_refused,
     list_pending,
     read_items,
     read_pending,
@@ -63,6 +67,7 @@ class Report:
     rejected: list[str] = field(default_factory=list)  # entry ids moved aside
     skipped: list[str] = field(default_factory=list)  # entries for another MLflow
     records: int = 0  # metrics, params and tags sent (or found already there)
+    fits: FitReport = field(default_factory=FitReport)  # kept fits (see fit_replay)
 
 
 def replay(root: Path, tracking_uri: str, client: Any = None, timeout: float = 60.0) -> Report:
@@ -110,6 +115,8 @@ def replay(root: Path, tracking_uri: str, client: Any = None, timeout: float = 6
                 report.rejected.append(entry.name)
                 continue
             report.delivered.append(str(run.run_id))
+        # Kept fits hang under runs the entries above may just have opened.
+        report.fits = replay_fits(root, tracking_uri, client)
     return report
 
 
@@ -121,9 +128,16 @@ def _replay_entry(entry: Path, run: PendingRun, items: list[list[Any]], client: 
     else:
         _call(client.get_run, run.run_id)  # away: fail fast, before the queue's retries; gone: refused
     run_id = run.run_id
-    items = [[i[0], run_id if i[1] == PENDING else i[1], *i[2:]] for i in items]
+    items = [[i[0], run_id if i[1] == PLACEHOLDER else i[1], *i[2:]] for i in items]
     if items:
-        queue = TrackingQueue(lambda: client, spool_dir=entry / ".spool", flush_interval=0.0, max_backoff=2.0)
+
+        def keep(refused_items: list[list[Any]], why: str) -> None:
+            reasons = [f"{i[0]} {i[2]}: {why}" for i in refused_items]
+            keep_refused(entry.parent.parent, run, refused_items, reasons)
+
+        queue = TrackingQueue(
+            lambda: client, spool_dir=entry / ".spool", flush_interval=0.0, max_backoff=2.0, on_refused=keep
+        )
         queue.resend(items)
         done = queue.flush(timeout)
         if not done:
@@ -167,7 +181,7 @@ def _call(method: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return method(*args, **kwargs)
     except Exception as exc:
-        if _refused(exc):
+        if refused(exc):
             raise
         raise MlflowAway(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__) from exc
 
@@ -200,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"set aside: {root / 'rejected' / name} (see reason.txt)")
     for name in report.left:
         print(f"waiting: {name} (MLflow away)")
-    return EX_TEMPFAIL if report.left else 0
+    for name in report.fits.logged:
+        print(f"logged: kept fit {name}")
+    for name in report.fits.rejected:
+        print(f"set aside: {root / 'rejected' / name} (see reason.txt)")
+    for name in report.fits.left:
+        print(f"waiting: kept fit {name} (MLflow away)")
+    return EX_TEMPFAIL if report.left or report.fits.left else 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from hubforge.personas import persona_names
 from .hardware import GPU_MODELS, cpu_cores, memory_bytes
 
 __all__ = [
+    "SERVER_STOP_GRACE",
     "TRACKING_ENV",
     "Capacity",
     "Catalog",
@@ -41,6 +42,11 @@ __all__ = [
     "tier_env",
     "tiers_for",
 ]
+
+#: Seconds a user's server gets to stop before it is terminated (one machine) or its pod
+#: killed (Kubernetes). Stopping, it shuts its kernels down, and each ends its MLflow run
+#: and logs the fits still waiting (up to 20 s: see hubforge.server_extension.launch).
+SERVER_STOP_GRACE = 30
 
 #: The options a spawn request may carry besides the tier itself.
 OPTION_KEYS = ("image", "gpus")

@@ -29,6 +29,7 @@ from traitlets.config import Config
 from hubforge.config import PlatformConfig
 
 from .catalog import (
+    SERVER_STOP_GRACE,
     Catalog,
     ChoiceError,
     Tier,
@@ -215,6 +216,11 @@ class HubforgeKubeSpawner(KubeSpawner):
         if self.tier_catalog is None:
             return []
         return TierProfileList(self.tier_catalog, dict(self.group_personas))
+
+    @default("delete_grace_period")
+    def _default_delete_grace_period(self) -> int:
+        # KubeSpawner's 1 s would kill the server before its kernels end their MLflow runs.
+        return SERVER_STOP_GRACE
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Any:

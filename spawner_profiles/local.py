@@ -35,6 +35,7 @@ from hubforge.errors import HubforgeError
 from .allocation import AllocationConflict, NoSuchGpu, QuotaExceeded
 from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
 from .catalog import (
+    SERVER_STOP_GRACE,
     Catalog,
     ChoiceError,
     Tier,
@@ -92,6 +93,11 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
     gpu_db = Unicode("", config=True, help="SQLite file of GPU allocations (survives hub restarts).")
     declared_gpus: List[dict[str, Any]] = List(config=True, help="spawner.local.gpus: GPUs of a machine without NVML.")
     fair_share_window = Float(7 * 24 * 3600.0, config=True, help="Seconds of GPU use fair share looks back on.")
+
+    @default("interrupt_timeout")
+    def _default_interrupt_timeout(self) -> int:
+        # Between asking the server to stop (SIGINT) and terminating it: its kernels end their runs.
+        return SERVER_STOP_GRACE
 
     @default("cmd")
     def _default_cmd(self) -> list[str]:

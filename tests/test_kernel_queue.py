@@ -235,25 +235,51 @@ def test_trickling_items_go_out_once_per_interval(client, tmp_path: Path) -> Non
     assert sorted(step for batch in rec.batches for step in batch) == list(range(300))
 
 
-def test_paused_keeps_the_sender_off_mlflow(client, tmp_path: Path) -> None:
-    run = new_run(client, "paused")
-    rec = Recording(client)
-    queue = TrackingQueue(lambda: rec, spool_dir=tmp_path, flush_interval=0.05)
-    with queue.paused(5) as quiet:
-        assert quiet
-        queue.log_metric(run, "q", 1.0, step=0)
-        assert not queue.flush(0.3)
-        assert rec.calls == 0
-    assert queue.flush(30) and rec.batches == [[0]]
-    rec.gate.clear()
-    queue.log_metric(run, "q", 2.0, step=1)
-    queue.flush(0)
-    wait_for(lambda: rec.calls == 2, 30, "the second request to start")
-    with queue.paused(0.1) as quiet:
-        assert not quiet, "a request in flight is not waited for past the timeout"
-    rec.gate.set()
+def test_refusals_reach_on_refused_with_mlflows_reason_and_cost_only_themselves(client, tmp_path: Path) -> None:
+    """A param changing value is refused by MLflow; the rest of its batch still arrives."""
+    run = new_run(client, "refused")
+    client.log_param(run, "alpha", "1")
+    refusals: list[tuple[list, str]] = []
+    queue = TrackingQueue(
+        lambda: client, spool_dir=tmp_path, flush_interval=0.05, on_refused=lambda i, r: refusals.append((i, r))
+    )
+    for i in range(20):
+        queue.log_metric(run, "loss", i, step=i)
+    queue.log_param(run, "alpha", "2")  # MLflow: params may not change within a run
+    queue.log_param(run, "beta", "3")
     assert queue.close(30)
-    assert len(client.get_metric_history(run, "q")) == 2
+    assert [items for items, _ in refusals] == [[["p", run, "alpha", "2"]]]
+    assert refusals[0][1].startswith("INVALID_PARAMETER_VALUE: Changing param values is not allowed")
+    assert "\n" not in refusals[0][1] and len(refusals[0][1]) <= 300
+    assert (queue.refused, queue.dropped, queue.depth) == (1, 0, 0)
+    data = client.get_run(run).data
+    assert data.params == {"alpha": "1", "beta": "3"}
+    assert len(client.get_metric_history(run, "loss")) == 20
+
+
+def test_a_run_mlflow_no_longer_takes_refuses_the_whole_batch_at_once(client, tmp_path: Path) -> None:
+    run = new_run(client, "deleted")
+    client.delete_run(run)
+    refusals: list[tuple[list, str]] = []
+    queue = TrackingQueue(
+        lambda: client, spool_dir=tmp_path, flush_interval=0.05, on_refused=lambda i, r: refusals.append((i, r))
+    )
+    for i in range(300):
+        queue.log_metric(run, "loss", i, step=i)
+    assert queue.close(30)
+    assert len(refusals) == 1 and len(refusals[0][0]) == 300, "not bisected item by item"
+    assert queue.refused == 300 and queue.dropped == 0
+
+
+def test_without_on_refused_a_refusal_is_logged_and_counted(client, tmp_path: Path, caplog) -> None:
+    run = new_run(client, "logged")
+    client.log_param(run, "alpha", "1")
+    queue = TrackingQueue(lambda: client, spool_dir=tmp_path, flush_interval=0.05)
+    queue.log_param(run, "alpha", "2")
+    with caplog.at_level("WARNING", logger="hubforge.server_extension.kernel.queue"):
+        assert queue.close(30)
+    assert queue.refused == 1
+    assert "MLflow refused 1 record(s)" in caplog.text and "INVALID_PARAMETER_VALUE" in caplog.text
 
 
 def test_values_json_cannot_carry_still_arrive(client, tmp_path: Path) -> None:

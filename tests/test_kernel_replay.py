@@ -380,7 +380,7 @@ def test_adoption_keeps_what_a_dead_kernel_spilled_and_leaves_living_ones_alone(
 def test_only_answers_that_waiting_cannot_change_count_as_refusals() -> None:
     from mlflow.exceptions import RestException
 
-    from hubforge.server_extension.kernel.tracker import _refused
+    from hubforge.server_extension.kernel.queue import refused as _refused
 
     def answer(code: str) -> RestException:  # what MlflowClient raises for an error response
         return RestException({"error_code": code, "message": "x"})

@@ -105,11 +105,18 @@ def run_notebook(
 
 
 def only_run(client, name: str):
+    """The experiment and its one notebook-session run (the parent of any fits' runs)."""
     exp = client.get_experiment_by_name(name)
     assert exp is not None, f"no experiment {name}"
-    runs = client.search_runs([exp.experiment_id])
+    runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
     assert len(runs) == 1
     return exp, runs[0]
+
+
+def children(client, exp, parent) -> dict[str, object]:
+    """The child runs of ``parent`` (one per autologged fit), by run name."""
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return {r.info.run_name: r for r in runs}
 
 
 def test_notebook_training_is_tracked(mlflow_server: MlflowServer, client, tmp_path: Path) -> None:
@@ -137,11 +144,17 @@ def test_notebook_training_is_tracked(mlflow_server: MlflowServer, client, tmp_p
     assert sorted(m.step for m in durations) == list(range(1, len(cells) + 1)), "cells run while it opened too"
     assert [m.value for m in client.get_metric_history(rid, "hubforge.cell.error")] == [0.0] * len(cells)
     assert len(client.get_metric_history(rid, "custom")) == 50, "user metrics once each"
-    assert run.data.params["alpha"] == "0.5"
-    assert run.data.params["max_iter"] == "300", "sklearn autolog params"
-    assert any(k.startswith("training_") for k in run.data.metrics), "sklearn autolog metrics"
+    assert run.info.run_name == "train.ipynb"
+    assert run.data.params == {"alpha": "0.5"}, "the person's own params; the fit's are its own run's"
+    fits = children(client, exp, run)
+    assert list(fits) == ["LogisticRegression"], "each autologged fit is a child run, named after the estimator"
+    fit = fits["LogisticRegression"]
+    assert fit.info.status == "FINISHED"
+    assert fit.data.params["max_iter"] == "300", "sklearn autolog params"
+    assert any(k.startswith("training_") for k in fit.data.metrics), "sklearn autolog metrics"
+    assert fit.data.tags["mlflow.source.name"] == "work/train.ipynb"
     models = client.search_logged_models(experiment_ids=[exp.experiment_id])
-    assert any(m.source_run_id == rid for m in models), "autologged model"
+    assert [(m.name, m.source_run_id) for m in models] == [("LogisticRegression", fit.info.run_id)]
     assert [a.path for a in client.list_artifacts(rid, "notebook")] == ["notebook/train.ipynb"]
     local = client.download_artifacts(rid, "notebook/train.ipynb", str(tmp_path / "dl"))
     assert [c.source for c in nbformat.read(local, as_version=4).cells] == cells

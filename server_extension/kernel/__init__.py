@@ -3,8 +3,16 @@
 Loaded by every kernel the hubforge server extension starts
 (``--IPKernelApp.extensions=hubforge.server_extension.kernel``). Loading is
 cheap: mlflow (a second or so of imports) starts importing on a background
-thread right away, while the person looks at the notebook, so that the run
-opened from the first tracked cell (see :class:`Tracker`) is ready by the next.
+thread right away, while the person looks at the notebook, so that the first
+tracked cell (see :class:`Tracker`) finds it ready.
+
+How a kernel ends decides how its run ends: a shutdown request (Shut Down
+Kernel, Restart, the server stopping, culling) runs :meth:`Tracker.finish` at
+exit; ``SIGTERM`` (what jupyter_client sends a kernel that has not left in time,
+or a process manager) does the same, ending the run KILLED when a cell was still
+running. Only a kernel that dies outright (``kill -9``, out of memory) leaves its
+run to the server, which ends it KILLED (see :mod:`hubforge.server_extension.pending`).
+
 ``%hubforge_tracking off|on|status`` controls it per notebook;
 ``HUBFORGE_TRACKING=off`` disables it.
 """
@@ -14,36 +22,142 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import io
+import logging
+import os
+import signal
+import sys
 import threading
 from typing import Any
 
+from hubforge.server_extension.kernel import quiet
 from hubforge.server_extension.kernel.context import KernelContext
 from hubforge.server_extension.kernel.queue import TrackingQueue
 from hubforge.server_extension.kernel.tracker import Tracker, kernel_id
 
-__all__ = ["KernelContext", "Tracker", "TrackingQueue", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = [
+    "KernelContext",
+    "Tracker",
+    "TrackingQueue",
+    "current_tracker",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+#: What a tracked kernel sets for MLflow unless the person set it: no telemetry from a
+#: company's notebooks, and no run links printed (they name the hub's internal address).
+MLFLOW_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 _tracker: Tracker | None = None
+_handler: logging.Handler | None = None
+
+
+def current_tracker() -> Tracker | None:
+    """This kernel's tracker, while the extension is loaded and tracking is on."""
+    tracker = _tracker
+    return tracker if tracker is not None and tracker.enabled else None
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Register the cell events, the magic and the end-of-session hook."""
+    """Register the cell events, the magic and the end-of-session hooks."""
     global _tracker
     if _tracker is not None:
         return
-    _tracker = tracker = Tracker(KernelContext.from_env(kernel_id=kernel_id()))
+    ctx = KernelContext.from_env(kernel_id=kernel_id())
+    _tracker = tracker = Tracker(ctx)
+    _log_to_kernel_log()
+    quiet.install()
     ipython.events.register("pre_run_cell", tracker.pre_run_cell)
     ipython.events.register("post_run_cell", tracker.post_run_cell)
     ipython.register_magic_function(_magic, "line", "hubforge_tracking")
     atexit.register(tracker.finish)
-    if tracker.enabled and tracker.ctx.tracking_uri:
-        threading.Thread(target=_import_mlflow, name="hubforge-import-mlflow", daemon=True).start()
+    _finish_on_shutdown_request(ipython, tracker)
+    _handle_sigterm()
+    if tracker.enabled and ctx.tracking_uri:
+        for name, value in MLFLOW_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        file = ctx.notebook_file(ctx.notebook)
+        if file is not None:
+            # MLflow's own notebook detection otherwise asks every Jupyter server it finds
+            # for its sessions (with the hub token: a 403 in the server's log).
+            os.environ.setdefault("IPYNB_FILE", str(file))
+        tracker.importer = threading.Thread(target=_import_mlflow, name="hubforge-import-mlflow", daemon=True)
+        tracker.importer.start()
 
 
 def _import_mlflow() -> None:
-    """Import mlflow ahead of the first cell; a failure is the opener's to report."""
+    """Import mlflow ahead of the first cell; a failure is the first cell's to report."""
+    quiet.quiet_thread()
     with contextlib.suppress(Exception):
         importlib.import_module("mlflow")
+
+
+def _log_to_kernel_log() -> None:
+    """hubforge's kernel-side log lines go where the kernel's own log goes, not into cells.
+
+    ipykernel points file descriptor 2 at the notebook; ``sys.stderr.fileno()`` is its
+    copy of the process's original standard error (the server's log).
+    """
+    global _handler
+    logger = logging.getLogger("hubforge")
+    if _handler is not None:
+        return
+    try:
+        stream: Any = io.TextIOWrapper(io.FileIO(os.dup(sys.stderr.fileno()), "w"), line_buffering=True)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        stream = sys.__stderr__
+    _handler = logging.StreamHandler(stream)
+    _handler.setFormatter(logging.Formatter("[hubforge %(levelname)s %(name)s] %(message)s"))
+    logger.addHandler(_handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _finish_on_shutdown_request(ipython: Any, tracker: Tracker) -> None:
+    """End the run when the kernel is asked to shut down (or restart), before it winds down.
+
+    At exit is too late for part of it: the interpreter has shut the thread pools
+    MLflow's model logging uses. ipykernel calls ``do_shutdown`` on its control
+    thread; the shutdown reply waits for the run to end.
+    """
+    kernel = getattr(ipython, "kernel", None)
+    original = getattr(kernel, "do_shutdown", None)
+    if original is None or getattr(original, "__hubforge__", False):
+        return
+
+    def do_shutdown(restart: bool) -> Any:
+        tracker.finish()
+        return original(restart)
+
+    do_shutdown.__hubforge__ = True  # type: ignore[attr-defined]
+    setattr(kernel, "do_shutdown", do_shutdown)  # noqa: B010 - on this kernel instance only
+
+
+def _handle_sigterm() -> None:
+    """End the run on SIGTERM too, unless someone else handles that signal already."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    """Finish the run, then leave: KILLED if a cell was running (it never got to end).
+
+    While :meth:`Tracker.finish` still runs (on a shutdown request), the signal waits
+    for it: jupyter_client sends SIGTERM halfway through its wait and SIGKILL at the end.
+    """
+    tracker = _tracker
+    if tracker is not None and tracker.finishing and not tracker.finished:
+        return
+    busy = tracker is not None and tracker.busy
+    if tracker is not None:
+        tracker.finish(status="KILLED" if busy else None)
+    if busy:
+        # Raising here would only end the cell (IPython catches SystemExit): leave now.
+        os._exit(128 + signum)
+    raise SystemExit(128 + signum)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -55,7 +169,10 @@ def unload_ipython_extension(ipython: Any) -> None:
     ipython.events.unregister("pre_run_cell", tracker.pre_run_cell)
     ipython.events.unregister("post_run_cell", tracker.post_run_cell)
     atexit.unregister(tracker.finish)
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     tracker.finish()
+    quiet.uninstall()
 
 
 def _magic(line: str) -> None:

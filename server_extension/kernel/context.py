@@ -1,16 +1,36 @@
-"""What a kernel knows about itself: user, notebook, server, git; pure reads, no mlflow."""
+"""What a kernel knows about itself: user, notebook, server, git; pure reads, no mlflow.
+
+The notebook can change under a running kernel (renamed, moved): :class:`KernelContext`
+is what the kernel was started with, and the functions here take the notebook path
+as an argument so the tracker can pass the current one.
+"""
 
 from __future__ import annotations
 
 import getpass
 import os
+import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from hubforge.server_extension.pending import spool_root
 
-__all__ = ["KernelContext", "git_state", "run_tags"]
+__all__ = [
+    "DEFAULT_SERVER",
+    "HubforgeRunContext",
+    "KernelContext",
+    "experiment_name",
+    "git_state",
+    "is_untitled",
+    "run_tags",
+]
+
+#: How hubforge names a person's unnamed (default) server in tags.
+DEFAULT_SERVER = "default"
+#: JupyterLab's names for new notebooks: Untitled.ipynb, Untitled1.ipynb, ...
+_UNTITLED = re.compile(r"Untitled\d*\.ipynb")
 
 
 @dataclass(frozen=True)
@@ -21,12 +41,13 @@ class KernelContext:
     enabled: bool
     user: str
     notebook: str
-    notebook_file: Path | None
+    root: Path
     server: str
     tier: str
     origin: str
     kernel_id: str
     spool_dir: str
+    close_budget: float | None = None  # seconds to end the run and log fits at shutdown
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, kernel_id: str = "") -> KernelContext:
@@ -37,24 +58,52 @@ class KernelContext:
         path = Path(notebook) if notebook else None
         if path is not None and path.is_absolute():
             notebook = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-        file = (path if path.is_absolute() else root / path) if path is not None else None
         return cls(
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             enabled=env.get("HUBFORGE_TRACKING", "on").strip().lower() not in {"off", "0", "false", "no"},
             user=env.get("JUPYTERHUB_USER") or getpass.getuser(),
             notebook=notebook or f"kernel-{kernel_id or os.getpid()}",
-            notebook_file=file,
-            server=env.get("HUBFORGE_SERVER_NAME", ""),
+            root=root,
+            server=env.get("HUBFORGE_SERVER_NAME") or DEFAULT_SERVER,
             tier=env.get("HUBFORGE_TIER", ""),
             origin=env.get("HUBFORGE_ORIGIN", "jupyterlab"),
             kernel_id=kernel_id,
             spool_dir=str(spool_root(env)),
+            close_budget=_seconds(env.get("HUBFORGE_CLOSE_BUDGET")),
         )
 
-    @property
-    def experiment_name(self) -> str:
-        """One experiment per user and notebook."""
-        return f"/Users/{self.user}/{self.notebook.lstrip('/')}"
+    def notebook_file(self, notebook: str) -> Path | None:
+        """The file of ``notebook`` (a path relative to the server's root), if it is a file path."""
+        if notebook.startswith("kernel-") and "/" not in notebook:
+            return None  # no notebook: a kernel started without a session
+        path = Path(notebook)
+        return path if path.is_absolute() else self.root / path
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < 3600 else None
+
+
+def is_untitled(notebook: str) -> bool:
+    """Whether ``notebook`` still has the name JupyterLab gives a new notebook."""
+    return bool(_UNTITLED.fullmatch(PurePosixPath(notebook).name))
+
+
+def experiment_name(ctx: KernelContext, notebook: str) -> str:
+    """One experiment per user and notebook; an untitled notebook gets one of its own.
+
+    Every new notebook starts as ``Untitled.ipynb`` (or ``Untitled1.ipynb``...), so
+    that name says nothing about which notebook it is: the kernel's id keeps each
+    untitled notebook's runs apart until it is renamed.
+    """
+    name = f"/Users/{ctx.user}/{notebook.lstrip('/')}"
+    if is_untitled(notebook):
+        name += f" (kernel {(ctx.kernel_id or str(os.getpid()))[:8]})"
+    return name
 
 
 def git_state(directory: Path, timeout: float = 2.0) -> tuple[str, bool] | None:
@@ -78,20 +127,54 @@ def git_state(directory: Path, timeout: float = 2.0) -> tuple[str, bool] | None:
     return commit, any(not ln.startswith("#") for ln in lines)
 
 
-def run_tags(ctx: KernelContext) -> dict[str, str]:
-    """The tags a tracked run starts with: the person, the notebook, the server, git."""
+def source_tags(ctx: KernelContext, notebook: str) -> dict[str, str]:
+    """The tags every run of this kernel carries: the person, the notebook, the server.
+
+    Empty values are left out (MLflow would show them as blank tags).
+    """
     tags = {
         "mlflow.user": ctx.user,
-        "mlflow.source.name": ctx.notebook,
+        "mlflow.source.name": notebook,
         "mlflow.source.type": "NOTEBOOK",
+        "hubforge.notebook": notebook,
         "hubforge.server": ctx.server,
         "hubforge.tier": ctx.tier,
         "hubforge.kernel_id": ctx.kernel_id,
         "hubforge.origin": ctx.origin,
     }
-    if ctx.notebook_file is not None:
-        state = git_state(ctx.notebook_file.parent)
+    return {key: value for key, value in tags.items() if value}
+
+
+def run_tags(ctx: KernelContext, notebook: str) -> dict[str, str]:
+    """The tags a notebook session's run starts with: :func:`source_tags` and git."""
+    tags = source_tags(ctx, notebook)
+    file = ctx.notebook_file(notebook)
+    if file is not None:
+        state = git_state(file.parent)
         if state is not None:
             tags["mlflow.source.git.commit"] = state[0]
             tags["hubforge.git.dirty"] = str(state[1]).lower()
     return tags
+
+
+class HubforgeRunContext:
+    """An MLflow run context provider (entry point ``mlflow.run_context_provider``).
+
+    Runs a person starts themselves in a tracked kernel (``mlflow.start_run()``) get
+    the same source tags as hubforge's own runs, naming the notebook as it is named
+    now; MLflow's own Jupyter provider names it once and never again. Registered
+    after MLflow's providers, so its tags win.
+    """
+
+    def in_context(self) -> bool:
+        """Only inside a kernel that hubforge tracks."""
+        from hubforge.server_extension.kernel import current_tracker
+
+        return current_tracker() is not None
+
+    def tags(self) -> dict[str, Any]:
+        """The tracker's current source tags."""
+        from hubforge.server_extension.kernel import current_tracker
+
+        tracker = current_tracker()
+        return tracker.source_tags() if tracker is not None else {}

@@ -10,27 +10,41 @@ anything else, and any argument the queue does not carry (``model_id``,
 one thread (where it was opened, off the cells' path) to the thread that runs
 the cells: mlflow keeps the active run per thread, and autolog and the fluent
 API look there.
+
+:class:`SessionRunPatch` makes the notebook's run the one the person's own
+fluent calls find: ``mlflow.log_artifact`` (or anything that needs a run) in a
+cell before the run is open waits for it instead of starting another one, and
+``mlflow.start_run()`` under it opens a child run of it rather than failing with
+"run is already active".
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FluentPatch", "attach_active_run", "detach_active_run"]
+__all__ = ["FluentPatch", "SessionRunPatch", "attach_active_run", "detach_active_run"]
 
 NAMES = ("log_metric", "log_metrics", "log_param", "log_params", "set_tag", "set_tags")
 
 
-def _run_stack(mlflow: Any) -> list[Any] | None:
-    """This thread's stack of active runs, or None where mlflow no longer keeps one there."""
+def _run_stack(mlflow: Any, thread: int | None = None) -> list[Any] | None:
+    """The stack of active runs of ``thread`` (default: this one), or None where mlflow keeps none."""
     stack = getattr(getattr(mlflow.tracking, "fluent", None), "_active_run_stack", None)
-    return stack.get() if stack is not None and hasattr(stack, "get") else None
+    if stack is None or not hasattr(stack, "get"):
+        return None
+    if thread is None or thread == threading.get_ident():
+        return stack.get()
+    every = getattr(stack, "get_all_thread_values", None)
+    return every().get(thread) if callable(every) else None
 
 
-def detach_active_run(mlflow: Any, active: Any) -> None:
-    """Take ``active`` (just returned by ``mlflow.start_run`` on this thread) off this thread."""
-    stack = _run_stack(mlflow)
+def detach_active_run(mlflow: Any, active: Any, thread: int | None = None) -> None:
+    """Take ``active`` off the top of ``thread``'s (default: this thread's) stack of active runs."""
+    stack = _run_stack(mlflow, thread)
     if stack and stack[-1] is active:
         stack.pop()
 
@@ -124,3 +138,61 @@ class FluentPatch:
         for key, value in tags.items():
             self.queue.set_tag(self.run_id, key, value)
         return None
+
+
+class SessionRunPatch:
+    """Patch ``mlflow.start_run`` and the fluent API's ``_get_or_start_run`` (see the module).
+
+    ``attach()`` makes the notebook's run the calling thread's active run, waiting
+    (within its own bound) for it to open, and returns it; None when there is none
+    to give. ``run_id()`` is the notebook's run id once it is open.
+    """
+
+    def __init__(self, mlflow: Any, attach: Callable[[], Any], run_id: Callable[[], str | None]):
+        self.mlflow = mlflow
+        self.attach = attach
+        self.run_id = run_id
+        self.fluent = mlflow.tracking.fluent
+        self.originals: dict[str, Callable[..., Any]] = {}
+
+    def install(self) -> None:
+        """Replace both (idempotent)."""
+        if self.originals:
+            return
+        self.originals = {"start_run": self.mlflow.start_run, "_get_or_start_run": self.fluent._get_or_start_run}
+        self._signature = inspect.signature(self.originals["start_run"])
+        self.mlflow.start_run = functools.wraps(self.originals["start_run"])(
+            lambda *args, **kwargs: self.start_run(*args, **kwargs)
+        )
+        self.fluent._get_or_start_run = self.get_or_start_run
+
+    def restore(self) -> None:
+        """Put mlflow's own functions back."""
+        if self.originals:
+            self.mlflow.start_run = self.originals["start_run"]
+            self.fluent._get_or_start_run = self.originals["_get_or_start_run"]
+            self.originals = {}
+
+    def _active_or_session(self) -> Any:
+        """This thread's active run; on the cells' thread with none, the notebook's run."""
+        active = self.mlflow.active_run()
+        if active is None and threading.current_thread() is threading.main_thread():
+            active = self.attach()
+        return active
+
+    def get_or_start_run(self) -> Any:
+        """The active run or the notebook's; a new run only when there is neither."""
+        return self._active_or_session() or self.originals["_get_or_start_run"]()
+
+    def start_run(self, *args: Any, **kwargs: Any) -> Any:
+        """``mlflow.start_run``; a new run started under the notebook's run is its child."""
+        try:
+            call = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            return self.originals["start_run"](*args, **kwargs)
+        given = call.arguments
+        if not any(given.get(k) for k in ("run_id", "nested", "parent_run_id")):
+            active = self._active_or_session()
+            if active is not None and active.info.run_id == self.run_id():
+                given["nested"] = True
+        return self.originals["start_run"](*call.args, **call.kwargs)

@@ -6,6 +6,9 @@ per-request limits. When MLflow is down or slow the thread retries with
 backoff; when the memory buffer is full it is spilled to an append-only JSON
 lines spool on disk (one fsync per spill), replayed in order when MLflow is
 back; past the disk bound items are dropped and counted, never silently.
+What MLflow refuses (a param changing value, a key it does not accept, a run
+deleted meanwhile) is handed, with MLflow's reason, to ``on_refused``: the
+tracker keeps it on disk and tells the person (see :func:`refused`).
 
 Exactly-once, from the caller's view: an item leaves the queue only when a
 ``log_batch`` carrying it was acknowledged. A failure is *ambiguous* (the
@@ -28,15 +31,14 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hubforge.server_extension.kernel.rest import rest_log_batch
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_METRICS", "MAX_PARAMS", "MAX_TAGS", "TrackingQueue"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_METRICS", "MAX_PARAMS", "MAX_TAGS", "TrackingQueue", "reason", "refused"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,25 @@ MAX_TAGS = 100
 MAX_BATCH_BYTES = 900_000
 #: An item is a JSON-friendly list: ["m", run_id, key, value, timestamp, step] or ["p"|"t", run_id, key, value].
 Item = list
-_REJECTED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"}
+#: Refusals about the run itself (deleted, not the caller's): every item of the batch shares them.
+_RUN_REFUSALS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "PERMISSION_DENIED"}
+#: 4xx answers that say "not now" rather than "no": timeouts, rate limits, a credential
+#: the hub does not know at this moment. Waiting can change these.
+_NOT_NOW = {401, 408, 425, 429}
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether MLflow itself answered with a refusal (a 4xx that waiting will not change)."""
+    code = getattr(exc, "get_http_status_code", lambda: 500)()
+    return isinstance(code, int) and 400 <= code < 500 and code not in _NOT_NOW
+
+
+def reason(exc: BaseException) -> str:
+    """MLflow's answer in one line: its error code and the first line of its message."""
+    code = getattr(exc, "error_code", None) or type(exc).__name__
+    message = str(getattr(exc, "message", "") or exc).strip().splitlines()
+    text = message[0] if message else ""
+    return f"{code}: {text}"[:300] if not text.startswith(code) else text[:300]
 
 
 @dataclass
@@ -112,7 +132,9 @@ class TrackingQueue:
     caller-side buffer (the sender holds at most one more chunk),
     ``max_spool_bytes`` the disk spool in ``spool_dir``. A partial batch goes
     out at most once per ``flush_interval`` seconds; a full one, a backlog, and
-    anything ``flush()`` or ``close()`` waits for go out at once.
+    anything ``flush()`` or ``close()`` waits for go out at once. ``on_refused(items,
+    reason)`` receives what MLflow refused (called on the sender thread); without
+    one, refusals are logged. Either way they are counted in ``refused``.
     """
 
     def __init__(
@@ -123,8 +145,10 @@ class TrackingQueue:
         flush_interval: float = 1.0,
         max_spool_bytes: int = 256 * 1024 * 1024,
         max_backoff: float = 10.0,
+        on_refused: Callable[[list[Item], str], None] | None = None,
     ):
         self._factory = client_factory
+        self._on_refused = on_refused
         self._client: Any = None
         self._rest: Any = None  # the REST fast path for log_batch; False when the store has none
         self.max_memory_items = max_memory_items
@@ -138,6 +162,7 @@ class TrackingQueue:
         self._cond = threading.Condition()
         self._outstanding = 0
         self.dropped = 0
+        self.refused = 0
         self.delivered = 0
         self.spilled = 0
         self.last_error: str | None = None
@@ -146,7 +171,6 @@ class TrackingQueue:
         self._next_send = 0.0
         self._held: set[str] = set()
         self._aliases: dict[str, str] = {}
-        self._sending = threading.Lock()  # held by the sender while it talks to MLflow; see paused()
         self._inflight: _Batch | None = None  # the batch being sent, while it is in no deque
         self._detached = False
         self._thread = threading.Thread(target=self._run, name="hubforge-tracking", daemon=True)
@@ -265,27 +289,11 @@ class TrackingQueue:
             self._held.discard(alias)
             self._cond.notify_all()
 
-    @contextmanager
-    def paused(self, timeout: float) -> Iterator[bool]:
-        """Keep the sender from talking to MLflow inside the block; yields False (not paused)
-        when the request in flight outlasts ``timeout`` (0: do not wait).
-
-        mlflow imports modules on every request; ``mlflow.autolog()`` fires import hooks
-        for already imported libraries under its import-hook lock, which deadlocks with an
-        import on another thread. Such a caller runs inside this block.
-        """
-        held = self._sending.acquire(timeout=timeout) if timeout > 0 else self._sending.acquire(blocking=False)
-        try:
-            yield held
-        finally:
-            if held:
-                self._sending.release()
-
     # -- state ---------------------------------------------------------------------
 
     @property
     def depth(self) -> int:
-        """Items accepted and neither delivered nor dropped yet."""
+        """Items accepted and neither delivered, refused nor dropped yet."""
         return self._outstanding
 
     @property
@@ -340,18 +348,17 @@ class TrackingQueue:
                 with self._cond:
                     self._cond.wait(self.flush_interval)
                 continue
-            with self._sending:
-                with self._cond:
-                    if self._detached:
-                        if not any(b is batch for b in self._retries):
-                            self._staged.extendleft(reversed(batch.items))  # for detach() to find
-                        return
-                    self._inflight = batch
-                settled = self._deliver(batch)
-                with self._cond:
-                    self._inflight = None
-                    if self._detached:
-                        return
+            with self._cond:
+                if self._detached:
+                    if not any(b is batch for b in self._retries):
+                        self._staged.extendleft(reversed(batch.items))  # for detach() to find
+                    return
+                self._inflight = batch
+            settled = self._deliver(batch)
+            with self._cond:
+                self._inflight = None
+                if self._detached:
+                    return
             if settled:
                 backoff = 0.0
                 continue
@@ -456,10 +463,9 @@ class TrackingQueue:
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
         if self._retries and self._retries[0] is batch:
             self._retries.popleft()
-        if getattr(exc, "error_code", None) in _REJECTED:
-            if len(batch.items) == 1:
-                log.warning("hubforge tracking: MLflow rejected %s: %s", batch.items[0][2], exc)
-                self._settle(batch, dropped=1)
+        if refused(exc):
+            if len(batch.items) == 1 or getattr(exc, "error_code", None) in _RUN_REFUSALS or self._run_gone(batch):
+                self._refuse(batch, reason(exc))
                 return True
             # Bisect so one bad item (a param changing value) costs only itself; the store
             # may have committed part of the request, so both halves are checked first.
@@ -471,6 +477,27 @@ class TrackingQueue:
         batch.ambiguous = True
         self._retries.appendleft(batch)
         return False
+
+    def _run_gone(self, batch: _Batch) -> bool:
+        """Whether the run itself takes no more data (deleted): then no item of it can pass."""
+        try:
+            return bool(self._client.get_run(batch.run_id).info.lifecycle_stage == "deleted")
+        except Exception as exc:
+            return refused(exc)
+
+    def _refuse(self, batch: _Batch, why: str) -> None:
+        """MLflow said no to ``batch``: hand it to ``on_refused`` (never raises), count it."""
+        items = [[i[0], batch.run_id, *i[2:]] for i in batch.items]
+        try:
+            if self._on_refused is None:
+                raise LookupError("no on_refused")
+            self._on_refused(items, why)
+        except Exception:
+            log.warning("hubforge tracking: MLflow refused %d record(s) of run %s: %s", len(items), batch.run_id, why)
+        with self._cond:
+            self.refused += len(items)
+            self._outstanding -= len(items)
+            self._cond.notify_all()
 
     def _settle(self, batch: _Batch, delivered: int = 0, dropped: int = 0) -> None:
         if self._retries and self._retries[0] is batch:

@@ -1,17 +1,23 @@
 """The per-kernel tracker: one MLflow run per notebook session, opened from the first cell.
 
-Nothing on a cell's path waits for MLflow. The first tracked cell starts a
-background thread that imports mlflow, installs the fluent fast path and opens
-the run; meanwhile cell metrics (and the user's own fluent logging calls) are
-queued under a placeholder id that :class:`TrackingQueue` holds until the run
-is named. The run becomes the cells' active run, and autolog is switched on, at
-the start of the first cell after it is open.
+Nothing on a cell's path waits for MLflow. The first tracked cell finishes the
+mlflow import begun when the kernel started (it waits only when the person was
+quicker than the import), switches autologging on (see :mod:`.autolog`: fits
+become child runs, logged off the cell's path) and starts a background thread
+that opens the run; meanwhile cell metrics, and the person's own fluent logging
+calls, are queued under a placeholder id that :class:`TrackingQueue` holds until
+the run is named. The run becomes the cells' active run at the start of the next
+cell once it is open, or as soon as a cell asks MLflow for its run.
+
+The notebook may be renamed or moved while the kernel runs: the server tells the
+kernel (:mod:`hubforge.server_extension.notebook_paths`), and the run's source
+tags, its snapshot and the runs opened afterwards follow.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-import importlib.metadata
 import json
 import logging
 import os
@@ -20,15 +26,32 @@ import tempfile
 import threading
 import time
 from contextlib import suppress
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hubforge.server_extension.kernel.context import KernelContext, run_tags
-from hubforge.server_extension.kernel.patches import FluentPatch, attach_active_run, detach_active_run
-from hubforge.server_extension.kernel.queue import TrackingQueue
+from hubforge.server_extension.kept_fits import KeptFit, write_fit
+from hubforge.server_extension.kernel import autolog as autologging
+from hubforge.server_extension.kernel.artifacts import freeze, session_files
+from hubforge.server_extension.kernel.context import (
+    KernelContext,
+    experiment_name,
+    is_untitled,
+    run_tags,
+    source_tags,
+)
+from hubforge.server_extension.kernel.patches import (
+    FluentPatch,
+    SessionRunPatch,
+    attach_active_run,
+    detach_active_run,
+)
+from hubforge.server_extension.kernel.queue import TrackingQueue, refused
+from hubforge.server_extension.kernel.quiet import quiet_thread
+from hubforge.server_extension.notebook_paths import NotebookWatch
 from hubforge.server_extension.pending import (
     PLACEHOLDER,
     PendingRun,
+    keep_refused,
     list_pending,
     remove_live,
     write_live,
@@ -43,71 +66,94 @@ MAGIC = "%hubforge_tracking"
 PENDING = PLACEHOLDER
 #: Seconds between attempts to open the run while MLflow is away (doubling to the max).
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
+#: Seconds from a shutdown request to the kernel leaving, at most (fits logged meanwhile;
+#: the server sets it beside the kernel's shutdown wait: HUBFORGE_CLOSE_BUDGET)...
+CLOSE_BUDGET = 20.0
+#: ... and to the notebook's run having ended, with its snapshot.
+SESSION_BUDGET = 8.0
+#: Source tags that follow the notebook when it is renamed; the run's name does too.
+MOVING_TAGS = ("mlflow.source.name", "hubforge.notebook")
+RUN_NAME = "mlflow.runName"
 
 
 class Tracker:
     """Open, feed and close the run of one kernel; wired to IPython's cell events.
 
-    A cell that starts while the run is still being opened (back-to-back
-    execution: papermill, Run All) waits for it once, at most ``open_wait``
-    seconds, so that autolog is on before that cell's training code runs; the
-    cell that started the opening never waits, and so is not autologged.
+    ``close_budget`` bounds :meth:`finish` (seconds from the shutdown request to the
+    process leaving): the run itself ends within ``SESSION_BUDGET`` of it, fits still
+    waiting to be logged get the rest. ``import_wait`` bounds what a first cell waits
+    for the mlflow import.
     """
 
-    def __init__(self, ctx: KernelContext, close_timeout: float = 3.0, open_wait: float = 3.0):
+    def __init__(self, ctx: KernelContext, close_budget: float | None = None, import_wait: float = 30.0):
         self.ctx = ctx
         self.enabled = ctx.enabled
-        self.close_timeout = close_timeout
-        self.open_wait = open_wait
+        self.close_budget = close_budget or ctx.close_budget or CLOSE_BUDGET
+        self.import_wait = import_wait
+        self.watch = NotebookWatch(Path(ctx.spool_dir), ctx.kernel_id, ctx.notebook)
+        self.busy = False  # a cell is executing
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.queue: TrackingQueue | None = None
+        self.autolog: autologging.Autolog | None = None
         self.last_failed = False
-        self._patch: FluentPatch | None = None
+        self.finishing = False  # finish() has started (on whichever thread)
+        self.finished = False  # ... and is done
+        self.kept: Path | None = None  # where run data waits for MLflow, if the kernel ended without it
+        self.refused_at: Path | None = None  # where records MLflow refused are kept
+        self.importer: threading.Thread | None = None  # the mlflow import begun at kernel start
         self._mlflow: Any = None
+        self._patch: FluentPatch | None = None
+        self._session_patch: SessionRunPatch | None = None
         self._opener: threading.Thread | None = None
-        self._opened: Any = None  # the ActiveRun, once open, until it is the cells' active run
+        self._opened: Any = None  # the ActiveRun, once open
+        self._attached = False
+        self._attached_to: int | None = None  # the thread whose active run it is
         self._open_error: str | None = None
         self._unreachable: str | None = None  # why MLflow is away, while the opener retries
         self._told_unreachable = False
         self._stop = threading.Event()  # set when the kernel finishes: the opener gives up
-        self._attached = False
-        self._active = False
-        self._waited = False
-        self._lock = threading.Lock()  # the fluent patch, installed by the opener, switched by the magic
+        self._lock = threading.Lock()  # the fluent patch and the notices, across threads
+        self._renaming = threading.Lock()  # one experiment rename at a time
+        self._notices: list[str] = []
         self._t0 = 0.0
         self._reported_dropped = 0
-        self._finished = False
         self._start_ms = 0
-        self.kept: Path | None = None  # where run data waits for MLflow, if the kernel ended without it
+        self._requirements = ""
+        self._opened_as = ""  # the notebook's path when its run opened
         self._record: PendingRun | None = None  # what this kernel records, as a pending entry would say it
         self._live: Path | None = None  # its live/ file, for the server to adopt if the kernel dies
+
+    @property
+    def notebook(self) -> str:
+        """The notebook's path as it is now (relative to the server's root)."""
+        return self.watch.path
 
     # -- IPython events ---------------------------------------------------------
 
     def pre_run_cell(self, info: Any) -> None:
-        """Start opening the run on the first tracked cell, activate it once open; start the clock."""
+        """Start tracking on the first tracked cell; attach the run once open; follow renames."""
+        self.busy = True
         if self.enabled and not (info.raw_cell or "").lstrip().startswith(MAGIC):
             if self.queue is None:
                 self._start()
-            elif not self._active:
-                self._activate()
+            elif self._opened is not None and not self._attached:
+                self._attach()
+        if self.watch.changed():
+            self._moved()
         self._t0 = time.perf_counter()
 
     def post_run_cell(self, result: Any) -> None:
-        """Queue the cell's count, duration and error flag."""
+        """Queue the cell's count, duration and error flag; say once what went wrong."""
+        duration = time.perf_counter() - self._t0
+        self.busy = False
+        if self.autolog is not None:
+            self.autolog.wake()
         if self._open_error is not None:
             self._give_up()
-        if self._unreachable is not None and not self._told_unreachable and self.run_id is None:
-            self._told_unreachable = True
-            print(
-                f"hubforge: MLflow not reachable ({self._unreachable}); this notebook's run data "
-                "is kept and sent when it is back",
-                file=sys.stderr,
-            )
+        self._tell()
         if not self.enabled or self.queue is None:
             return
-        duration = time.perf_counter() - self._t0
         count = result.execution_count or 0
         failed = not result.success
         self.last_failed = failed
@@ -115,87 +161,144 @@ class Tracker:
         q.log_metric(run, "hubforge.cell.duration_s", duration, step=count)
         q.log_metric(run, "hubforge.cell.error", 1.0 if failed else 0.0, step=count)
         q.log_metric(run, "hubforge.cell.count", count, step=count)
-        if q.dropped > self._reported_dropped:
-            self._reported_dropped = q.dropped
-            print(f"hubforge: {q.dropped} tracking records dropped (MLflow unreachable, spool full)", file=sys.stderr)
 
-    # -- the run ---------------------------------------------------------------
+    def _tell(self) -> None:
+        """Print, once, each thing the person should know: one short line each, no traceback."""
+        lines = []
+        if self._unreachable is not None and not self._told_unreachable and self.run_id is None:
+            self._told_unreachable = True
+            lines.append(
+                f"MLflow not reachable ({self._unreachable}); this notebook's run data is kept and sent when it is back"
+            )
+        q = self.queue
+        if q is not None and q.dropped > self._reported_dropped:
+            self._reported_dropped = q.dropped
+            lines.append(f"{q.dropped} tracking records dropped (MLflow unreachable, spool full)")
+        with self._lock:
+            lines += self._notices
+            self._notices.clear()
+            if self.autolog is not None:
+                lines += self.autolog.notices
+                self.autolog.notices.clear()
+        for line in lines:
+            print(f"hubforge: {line}", file=sys.stderr)
+
+    # -- starting ----------------------------------------------------------------
 
     def _start(self) -> None:
+        """On the first tracked cell: mlflow, autologging, the queue; the run opens in the background."""
         if not self.ctx.tracking_uri:
             self.enabled = False
             print("hubforge: tracking off (no MLFLOW_TRACKING_URI)", file=sys.stderr)
             return
         self._start_ms = int(time.time() * 1000)
-        self.queue = TrackingQueue(_client, spool_dir=Path(self.ctx.spool_dir))
+        spool = Path(self.ctx.spool_dir)
+        self.queue = TrackingQueue(_client, spool_dir=spool, on_refused=self._refused)
         self.queue.hold(PENDING)
+        try:
+            self._set_up_mlflow()
+        except Exception as exc:  # a cell must never fail because of tracking
+            log.warning("hubforge tracking could not start: %s", exc)
+            self._open_error = str(exc) or type(exc).__name__
+            return
         self._opener = threading.Thread(target=self._open, name="hubforge-open-run", daemon=True)
         self._opener.start()
 
+    def _set_up_mlflow(self) -> None:
+        """On the cells' thread, before any other thread talks to MLflow: patches and autolog.
+
+        ``mlflow.autolog()`` runs import hooks for libraries already imported while
+        holding mlflow's import-hook lock; with no other thread importing yet, that
+        cannot deadlock.
+        """
+        if self.importer is not None:
+            self.importer.join(self.import_wait)
+        import mlflow
+
+        self._mlflow = mlflow
+        with self._lock:
+            self._patch = FluentPatch(mlflow, self.queue, PENDING)
+            self._patch.install()
+        self._session_patch = SessionRunPatch(mlflow, self.attach_waiting, lambda: self.run_id)
+        self._session_patch.install()
+        self.autolog = autologging.Autolog(self, mlflow)
+        autologging.install(self.autolog)
+        mlflow.autolog(silent=True)
+        # mlflow registered its own atexit run ender on import; end ours first, our way.
+        atexit.unregister(self.finish)
+        atexit.register(self.finish)
+
     def _open(self) -> None:
-        """On the opener thread: mlflow, the fluent fast path, the experiment and the run."""
+        """On the opener thread: the experiment and the run, then hand the queued data over."""
+        quiet_thread()
         assert self.queue is not None
         try:
             self._record = self._describe()
             self._say_live()
-            import mlflow
-
-            # Right after the import, before any network call: a cell that imported mlflow
-            # meanwhile waited on the import lock and must find its logging calls queued.
-            with self._lock:
-                self._mlflow = mlflow
-                self._patch = FluentPatch(mlflow, self.queue, PENDING)
-                if self.enabled:
-                    self._patch.install()
-            opened = self._open_run_retrying(mlflow, self._record.tags)
+            opened = self._open_run_retrying(self._mlflow)
             if opened is None:
                 return
-            detach_active_run(mlflow, opened)
-            self._patch.run_id = self.run_id = self._record.run_id = opened.info.run_id
+            detach_active_run(self._mlflow, opened)
+            with self._lock:
+                if self._patch is not None:
+                    self._patch.run_id = opened.info.run_id
+                self.run_id = self._record.run_id = opened.info.run_id
+            self._requirements = freeze()  # for the server, should the kernel die
             self._say_live()
             self._handoff(self.queue, self.run_id)
             self.queue.release(PENDING, self.run_id)
             self._opened = opened
+            with suppress(Exception):  # the person's own start_run() then lands in this experiment
+                self._mlflow.set_experiment(experiment_id=self.experiment_id)
+            if self.notebook != self._opened_as:  # moved while the run was opening
+                self._rename_experiment()
+            if self.autolog is not None:
+                self.autolog.wake()
         except Exception as exc:  # a cell must never fail because of tracking
             log.warning("hubforge tracking could not start: %s", exc)
             self._open_error = str(exc) or type(exc).__name__
 
     def _describe(self) -> PendingRun:
         """This kernel's run as a pending entry says it: enough to open it elsewhere."""
+        file = self.ctx.notebook_file(self.notebook)
         return PendingRun(
             tracking_uri=self.ctx.tracking_uri or "",
             run_id=self.run_id,
-            experiment_name=self.ctx.experiment_name,
-            tags=run_tags(self.ctx),
+            experiment_name=experiment_name(self.ctx, self.notebook),
+            tags=run_tags(self.ctx, self.notebook),
             start_time=self._start_ms,
+            notebook_file=str(file) if file is not None else "",
         )
 
     def _say_live(self) -> None:
         """(Re)write this kernel's live/ file; tracking goes on without it if that fails."""
         assert self._record is not None and self.queue is not None
         try:
-            self._live = write_live(Path(self.ctx.spool_dir), self._record, self.queue.spool_path)
+            self._live = write_live(Path(self.ctx.spool_dir), self._record, self.queue.spool_path, self._requirements)
         except OSError as exc:
             log.warning("hubforge tracking: cannot record the run in %s: %s", self.ctx.spool_dir, exc)
 
-    def _open_run_retrying(self, mlflow: Any, tags: dict[str, str]) -> Any:
+    def _open_run_retrying(self, mlflow: Any) -> Any:
         """The experiment and the run, tried again with backoff while MLflow is away.
 
         Meanwhile cells run and their data waits in the queue (memory, then the disk
-        spool); the person is told once. None when the kernel finishes first.
+        spool); the person is told once. None when the kernel finishes first. Each
+        try names the experiment after the notebook as it is named then.
         """
         delay = RETRY_FIRST
-        while not self._finished:
+        while not self._stop.is_set():
+            assert self._record is not None
             try:
                 client = mlflow.MlflowClient()
-                experiment = client.get_experiment_by_name(self.ctx.experiment_name)
-                if experiment is None:
-                    self.experiment_id = client.create_experiment(self.ctx.experiment_name)
-                else:
-                    self.experiment_id = experiment.experiment_id
-                return mlflow.start_run(experiment_id=self.experiment_id, tags=tags)
+                self._opened_as = self.notebook
+                name = self._record.experiment_name = experiment_name(self.ctx, self._opened_as)
+                experiment = client.get_experiment_by_name(name)
+                self.experiment_id = client.create_experiment(name) if experiment is None else experiment.experiment_id
+                return mlflow.start_run(
+                    experiment_id=self.experiment_id, tags={**self._record.tags, **self._tags_now()}
+                )
             except Exception as exc:
-                if _refused(exc):  # MLflow answered no: waiting changes nothing
+                if refused(exc):  # MLflow answered no: waiting changes nothing
                     raise
                 if self._unreachable is None:
                     self._unreachable = str(exc).splitlines()[0][:200] or type(exc).__name__
@@ -204,38 +307,45 @@ class Tracker:
                 delay = min(delay * 2, RETRY_MAX)
         return None
 
-    def _activate(self) -> None:
-        """On a cell: make the open run the cells' active run, then switch autolog on.
+    def _tags_now(self) -> dict[str, str]:
+        """The tags that name the notebook, as it is named now; the run is named after it."""
+        tags = {key: value for key, value in source_tags(self.ctx, self.notebook).items() if key in MOVING_TAGS}
+        return {**tags, RUN_NAME: PurePosixPath(self.notebook).name}
 
-        Only the first cell to try waits (for the opening, then for the sender to be
-        between requests: see :meth:`TrackingQueue.paused`), within ``open_wait``; a
-        later one tries again without waiting.
+    def _attach(self) -> bool:
+        """Make the open run this (the cells') thread's active run; True when it is."""
+        if self._attached or self._opened is None or not self.enabled:
+            return self._attached
+        try:
+            self._attached = attach_active_run(self._mlflow, self._opened)
+            self._attached_to = threading.get_ident()
+        except Exception as exc:
+            log.warning("hubforge: could not make run %s active: %s", self.run_id, exc)
+        return self._attached
+
+    def attach_waiting(self, timeout: float = 30.0) -> Any:
+        """The notebook's run as the cells' active run, waiting for it to open; None without one.
+
+        For a cell that asks MLflow for its run (``mlflow.log_artifact``, ``start_run``)
+        before the next cell would have attached it.
         """
-        assert self.queue is not None
-        wait = 0.0 if self._waited else self.open_wait
-        self._waited = True
-        deadline = time.monotonic() + wait
-        if self._opened is None and self._opener is not None:
-            self._opener.join(wait)
-        if self._open_error is not None:
-            self._give_up()
-        if self._opened is None or not self.enabled:
-            return
-        mlflow = self._mlflow
-        if not self._attached:
-            self._attached = True
-            try:
-                attach_active_run(mlflow, self._opened)
-            except Exception as exc:
-                log.warning("hubforge: could not make run %s active: %s", self.run_id, exc)
-        with self.queue.paused(max(0.0, deadline - time.monotonic())) as quiet:
-            if not quiet:
-                return
-            self._active = True
-            try:
-                mlflow.autolog(silent=True)
-            except Exception as exc:
-                log.warning("hubforge: mlflow.autolog failed: %s", exc)
+        opener = self._opener
+        if self._opened is None and opener is not None and self._unreachable is None and not self.finishing:
+            opener.join(timeout)
+        return self._opened if self._attach() else None
+
+    def session_run(self) -> tuple[str, str] | None:
+        """(run id, experiment id) once the run is open (see :class:`.autolog.Session`)."""
+        run_id, experiment_id = self.run_id, self.experiment_id
+        return (run_id, experiment_id) if run_id and experiment_id else None
+
+    def source_tags(self) -> dict[str, str]:
+        """The source tags of runs started in this kernel, naming the notebook as it is now."""
+        return source_tags(self.ctx, self.notebook)
+
+    def child_tags(self) -> dict[str, str]:
+        """The tags a child run (a fit) starts with."""
+        return {key: value for key, value in self.source_tags().items() if key != "mlflow.user"}
 
     def _give_up(self) -> None:
         """The run could not be opened: say so, stop tracking, drop what was queued for it.
@@ -252,7 +362,54 @@ class Tracker:
         if self.queue is not None:
             self.queue.close(0)
         self.queue = self._opener = None
-        self._waited = False
+
+    # -- while it runs ---------------------------------------------------------------
+
+    def _moved(self, rename_now: bool = True) -> None:
+        """The notebook was renamed or moved: the run's source tags and live record follow."""
+        log.info("hubforge: the notebook is now %s", self.notebook)
+        if self.queue is not None:
+            for key, value in self._tags_now().items():
+                self.queue.set_tag(self.run_id or PENDING, key, value)
+        if self._record is not None:
+            file = self.ctx.notebook_file(self.notebook)
+            self._record.notebook_file = str(file) if file is not None else ""
+            self._record.tags.update(self._tags_now())
+            self._say_live()
+        if rename_now and self.run_id is not None and self.experiment_id is not None:
+            threading.Thread(target=self._rename_experiment, name="hubforge-rename", daemon=True).start()
+
+    def _rename_experiment(self) -> None:
+        """An untitled notebook's experiment is its own: it takes the notebook's new name if free.
+
+        One rename at a time, each to the name of the notebook as it is then: quick
+        successive moves end with the experiment named after the last.
+        """
+        quiet_thread()
+        assert self._record is not None
+        with self._renaming:
+            old, new = self._record.experiment_name, experiment_name(self.ctx, self.notebook)
+            if not is_untitled(self._opened_as) or is_untitled(self.notebook) or old == new:
+                return
+            try:
+                client = self._mlflow.MlflowClient()
+                if client.get_experiment_by_name(new) is None:
+                    client.rename_experiment(self.experiment_id, new)
+                    self._record.experiment_name = new
+            except Exception as exc:
+                log.info("hubforge: experiment %s keeps its name: %s", old, exc)
+
+    def _refused(self, items: list[list[Any]], why: str) -> None:
+        """On the sender thread: MLflow refused ``items``; keep them with the reason, tell the person."""
+        run = dataclasses.replace(self._record or self._describe(), run_id=self.run_id)
+        reasons = [f"{_KINDS.get(i[0], i[0])} {i[2]}: {why}" for i in items]
+        self.refused_at = keep_refused(Path(self.ctx.spool_dir), run, items, reasons)
+        first = items[0]
+        what = f"{_KINDS.get(first[0], first[0])} {first[2]!r}" + (
+            f" and {len(items) - 1} more" if len(items) > 1 else ""
+        )
+        with self._lock:
+            self._notices.append(f"MLflow refused {what}: {why[:160]} (kept in {self.refused_at})")
 
     @staticmethod
     def _handoff(queue: TrackingQueue, run_id: str) -> None:
@@ -275,12 +432,17 @@ class Tracker:
         """What ``%hubforge_tracking status`` prints."""
         q = self.queue
         opening = self._opener is not None and self._opener.is_alive()
+        fits = self.autolog
         lines = [
             f"tracking: {'on' if self.enabled else 'off'}",
             f"run: {self.run_id or ('(opening)' if opening else '(none yet)')}",
-            f"experiment: {self.ctx.experiment_name} ({self.experiment_id or '-'})",
+            f"notebook: {self.notebook}",
+            f"experiment: {experiment_name(self.ctx, self.notebook)} ({self.experiment_id or '-'})",
             f"queue depth: {q.depth if q else 0}",
             f"dropped: {q.dropped if q else 0}",
+            f"refused: {q.refused if q else 0}" + (f" (kept in {self.refused_at})" if self.refused_at else ""),
+            f"fits: {fits.logged if fits else 0} logged, {fits.pending if fits else 0} waiting, "
+            f"{fits.failed if fits else 0} not taken",
         ]
         if q is not None and q.last_error:
             lines.append(f"last error: {q.last_error}")
@@ -289,61 +451,92 @@ class Tracker:
             lines.append(f"kept for MLflow: {kept} ended run(s), sent by the server when MLflow is back")
         return "\n".join(lines)
 
-    def finish(self) -> None:
-        """Flush, log notebook and environment, end the run (idempotent; never raises).
+    # -- ending ----------------------------------------------------------------------
 
-        What MLflow cannot take before the kernel ends (it is away, or never opened the
-        run) is kept on disk (see :mod:`hubforge.server_extension.pending`) for the server to replay.
+    def finish(self, status: str | None = None) -> None:
+        """End the run: flush, snapshot, status; then log waiting fits (idempotent; never raises).
+
+        Runs on the kernel's shutdown request (before the interpreter winds down: MLflow
+        still has its thread pools), else at exit. Bounded by ``close_budget``.
+        ``status`` overrides FINISHED/FAILED (KILLED when the kernel is stopped in the
+        middle of a cell). What MLflow cannot take before the kernel ends (it is away,
+        or never opened the run) is kept on disk (see :mod:`hubforge.server_extension.pending`)
+        for the server to replay.
         """
-        if self._finished or self.queue is None:
+        if self.finishing:
             return
-        self._finished = True
+        self.finishing = True
+        try:
+            if self.queue is not None:
+                self._finish_run(status)
+        finally:
+            self.finished = True
+
+    def _finish_run(self, status: str | None) -> None:
+        deadline = time.monotonic() + self.close_budget
         self._stop.set()
         if self._opener is not None:
-            self._opener.join(self.close_timeout)
+            self._opener.join(min(2.0, SESSION_BUDGET / 4))
         with self._lock:
             if self._patch is not None:
                 self._patch.restore()
+        if self.watch.changed():
+            self._moved(rename_now=False)
+        if self.run_id is not None and self.experiment_id is not None:
+            self._rename_experiment()  # a rename still under way, or the last moment's, before the end
+        status = status or ("FAILED" if self.last_failed else "FINISHED")
+        if self._opened is not None:  # MLflow's own atexit must not end it again, as FINISHED
+            detach_active_run(self._mlflow, self._opened, self._attached_to)
         try:
-            self._finish()
+            self._finish(status, deadline)
+        except Exception as exc:
+            log.warning("hubforge tracking: could not end the run: %s", exc)
         finally:
             remove_live(self._live)
 
-    def _finish(self) -> None:
+    def _finish(self, status: str, deadline: float) -> None:
         assert self.queue is not None
-        try:
-            if self.run_id is None:
-                if self.queue.depth:
-                    self._keep(self.queue.detach(), artifacts=True)
-                return
-            # MLflow failing right now: keep the data at once, within the kernel's time to end.
-            if not self.queue.flush(0.5 if self.queue.failing else self.close_timeout):
-                self._keep(self.queue.detach(), artifacts=True)
-                return
-            self.queue.close(self.close_timeout)
-        except Exception as exc:
-            log.warning("hubforge tracking: could not keep the run's data: %s", exc)
+        if self.run_id is None:
+            self._keep(self.queue.detach(), status, artifacts=True)
             return
-        from mlflow import MlflowClient
-
-        client = MlflowClient()
-        for step in (self._note_dropped, self._log_snapshot, self._end_run):
+        # MLflow failing right now: keep the data at once, within the kernel's time to end.
+        if not self.queue.flush(0.5 if self.queue.failing else min(3.0, SESSION_BUDGET / 2)):
+            self._keep(self.queue.detach(), status, artifacts=True)
+            return
+        self.queue.close(1.0)
+        client = self._mlflow.MlflowClient()
+        for step in (self._note_dropped, self._log_snapshot):
             try:
                 step(client)
             except Exception as exc:
                 log.warning("hubforge tracking: %s failed: %s", step.__name__, exc)
                 with suppress(Exception):
-                    self._keep([], artifacts=step is not self._end_run)
+                    self._keep([], status, artifacts=True)
                 return
+        try:
+            client.set_terminated(self.run_id, status)
+        except Exception as exc:
+            log.warning("hubforge tracking: could not end run %s: %s", self.run_id, exc)
+            with suppress(Exception):
+                self._keep([], status, artifacts=False)
+            return
+        # The run has ended; its fits still waiting get what is left of the budget, then
+        # the server's replay logs the rest.
+        left = self.autolog.drain(deadline - 0.5) if self.autolog is not None else []
+        if left:
+            kept = self._keep_fits(left)
+            log.info("hubforge tracking: %d fit(s) kept for the server to log", kept)
+            with suppress(Exception):
+                client.set_tag(self.run_id, "hubforge.fits_kept", str(kept))
 
-    def _keep(self, items: list[Any], artifacts: bool) -> None:
+    def _keep(self, items: list[Any], status: str, artifacts: bool) -> None:
         """Leave ``items``, the snapshot (if ``artifacts``) and how the run ends for a later replay."""
         assert self.queue is not None
         # The live record's id: one id for this run, on disk and in MLflow (hubforge.replay_id).
         run = dataclasses.replace(
             self._record or self._describe(),
             run_id=self.run_id,
-            status="FAILED" if self.last_failed else "FINISHED",
+            status=status,
             end_time=int(time.time() * 1000),
             dropped=self.queue.dropped,
         )
@@ -352,13 +545,42 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
             files = self._snapshot(Path(tmp)) if artifacts else []
             self.kept = write_pending(Path(self.ctx.spool_dir), run, items, files)
+        if self.autolog is not None:  # under the run by its id, or by the id its replay will open it with
+            self._keep_fits(self.autolog.drain(0), replay_id="" if self.run_id else run.id)
         log.warning(
             "hubforge tracking: MLflow unreachable as the kernel ends; %d records of %s kept in %s, "
             "sent when it is back",
             len(items),
-            self.run_id or self.ctx.experiment_name,
+            self.run_id or run.experiment_name,
             self.kept,
         )
+
+    def _keep_fits(self, jobs: list[autologging.FitJob], replay_id: str = "") -> int:
+        """Leave fits not logged yet for the server's replay (see :mod:`~hubforge.server_extension.kept_fits`)."""
+        import cloudpickle
+
+        assert self._record is not None or replay_id
+        kept = 0
+        for job in jobs:
+            fit = KeptFit(
+                tracking_uri=self.ctx.tracking_uri or "",
+                experiment_name=self._record.experiment_name if self._record else "",
+                integration=job.integration,
+                method=getattr(job.original, "__name__", "fit"),
+                name=job.name,
+                started_ms=job.started_ms,
+                ended_ms=job.ended_ms,
+                run_id=None if replay_id else self.run_id,
+                replay_id=replay_id,
+                cwd=os.getcwd(),
+                tags={**self.child_tags(), **job.tags},
+            )
+            try:
+                write_fit(Path(self.ctx.spool_dir), fit, cloudpickle.dumps((job.args, job.kwargs, job.result)))
+                kept += 1
+            except Exception as exc:
+                log.warning("hubforge tracking: the %s fit could not be kept: %s", job.name, exc)
+        return kept
 
     def _note_dropped(self, client: Any) -> None:
         assert self.queue is not None
@@ -368,31 +590,16 @@ class Tracker:
             client.log_metric(self.run_id, "hubforge.dropped", dropped)
 
     def _snapshot(self, folder: Path) -> list[tuple[Path, str]]:
-        """The environment and the notebook as files in ``folder``, with their artifact paths."""
-        req = folder / "requirements.txt"
-        req.write_text(_freeze())
-        files = [(req, "environment")]
-        file = self.ctx.notebook_file
-        if file is not None and file.suffix == ".ipynb" and file.is_file():
-            import nbformat
-
-            snapshot = folder / file.name
-            nbformat.write(nbformat.read(file, as_version=4), snapshot)
-            files.append((snapshot, "notebook"))
-        return files
+        """The environment and the notebook, under its current name, as files in ``folder``."""
+        return session_files(folder, self.ctx.notebook_file(self.notebook))
 
     def _log_snapshot(self, client: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
             for local, artifact_path in self._snapshot(Path(tmp)):
                 client.log_artifact(self.run_id, str(local), artifact_path)
 
-    def _end_run(self, client: Any) -> None:
-        status = "FAILED" if self.last_failed else "FINISHED"
-        active = self._mlflow.active_run() if self._mlflow else None
-        if active is not None and active.info.run_id == self.run_id:
-            self._mlflow.end_run(status=status)
-        else:
-            client.set_terminated(self.run_id, status)
+
+_KINDS = {"m": "metric", "p": "param", "t": "tag"}
 
 
 def _parameters() -> dict[str, Any]:
@@ -404,32 +611,12 @@ def _parameters() -> dict[str, Any]:
     return parameters if isinstance(parameters, dict) else {}
 
 
-#: 4xx answers that say "not now" rather than "no": timeouts, rate limits, a credential
-#: the hub does not know at this moment. Waiting can change these.
-_NOT_NOW = {401, 408, 425, 429}
-
-
-def _refused(exc: Exception) -> bool:
-    """Whether MLflow itself answered with a refusal (a 4xx that waiting will not change)."""
-    code = getattr(exc, "get_http_status_code", lambda: 500)()
-    return isinstance(code, int) and 400 <= code < 500 and code not in _NOT_NOW
-
-
 def _client() -> Any:
     """The queue's MlflowClient, made on its sender thread."""
+    quiet_thread()
     from mlflow import MlflowClient
 
     return MlflowClient()
-
-
-def _freeze() -> str:
-    """``pip freeze`` without a subprocess: name==version of every installed distribution."""
-    seen: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name.lower() not in seen:
-            seen[name.lower()] = f"{name}=={dist.version}"
-    return "\n".join(sorted(seen.values(), key=str.lower)) + "\n"
 
 
 def kernel_id() -> str:
