@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -155,11 +156,28 @@ def load(serverapp: Any) -> None:
         tracking_state(os.environ, settings.enabled),
     )
     follow_notebooks(serverapp, settings.spool_root)
+    _stop_gracefully_on_sigint(serverapp)
     env = apply_env(os.environ, os.environ, tracking_env(os.environ, root_dir=root_dir))
     if settings.replay_interval > 0 and env.get("MLFLOW_TRACKING_URI"):
         replayer = Replayer(settings.spool_root, env, settings.replay_interval, serverapp.log, Path(root_dir))
         replayer.start()
         kernels.shutdown_kernel = _then(kernels.shutdown_kernel, replayer.soon)
+
+
+def _stop_gracefully_on_sigint(serverapp: Any) -> None:
+    """Let SIGINT stop the server as SIGTERM does: its kernels shut down, their runs end.
+
+    jupyter-server handles SIGINT only with a terminal (to ask "shut down?"); without
+    one, SIGINT is a KeyboardInterrupt that leaves the kernels running to die with
+    their parent, their runs never ended. JupyterHub's local spawner stops a server
+    with SIGINT (jupyterhub-singleuser means it to stop gracefully, but only installs
+    that with a terminal too).
+    """
+    stop = getattr(serverapp, "_signal_stop", None)
+    if stop is None or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, stop)
 
 
 def _then(method: Callable[..., Any], after: Callable[[], None]) -> Callable[..., Any]:

@@ -1,10 +1,11 @@
 """Every way jupyter-server ends a kernel ends its MLflow run properly, with its artifacts.
 
 A real ``jupyter-server`` with the extension and a real ``mlflow server``:
-``DELETE /api/kernels/<id>``, idle culling, and the server itself stopped with
-SIGTERM (as Kubernetes stops a pod; the hub's SIGINT to ``jupyterhub-singleuser``
-takes the same path, and is tested through the hub). Each run must end FINISHED
-with the notebook and the environment, and its fit must be logged.
+``DELETE /api/kernels/<id>``, idle culling, and the server itself stopped: with
+SIGTERM (as Kubernetes stops a pod) or SIGINT (as JupyterHub's local spawner
+does; without a terminal, jupyter-server would take it as a KeyboardInterrupt
+and leave its kernels to die). Each run must end FINISHED with the notebook and
+the environment, and its fit must be logged.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def ended_run(client: Any, experiment: str) -> Any:
     return session[0], fits
 
 
-@pytest.mark.parametrize("how", ["DELETE /api/kernels", "idle culling", "SIGTERM to the server"])
+ENDINGS = ["DELETE /api/kernels", "idle culling", "SIGINT to the server", "SIGTERM to the server"]
+
+
+@pytest.mark.parametrize("how", ENDINGS)
 def test_every_way_the_server_ends_a_kernel(mlflow_server: MlflowServer, tmp_path: Path, how: str) -> None:
     from mlflow import MlflowClient
 
@@ -64,7 +68,7 @@ def test_every_way_the_server_ends_a_kernel(mlflow_server: MlflowServer, tmp_pat
         elif how == "idle culling":
             wait_for(lambda: server.http.get(f"/api/kernels/{kernel_id}").status_code == 404, 90, "the cull")
         else:
-            server.proc.send_signal(signal.SIGTERM)
+            server.proc.send_signal(signal.SIGINT if how.startswith("SIGINT") else signal.SIGTERM)
             server.proc.wait(90)
     finally:
         server.stop()
