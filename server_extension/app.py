@@ -280,18 +280,13 @@ class Replayer:
 
     def waiting(self) -> bool:
         """Whether entries or fits for this server's MLflow (or unreadable ones, to set aside) wait."""
-        for fit in list_fits(self.root):
-            try:
-                if read_fit(fit).tracking_uri.rstrip("/") == self.uri:
+        for entries, read in ((list_pending, read_pending), (list_fits, read_fit)):
+            for entry in entries(self.root):
+                try:
+                    if read(entry).tracking_uri.rstrip("/") == self.uri:
+                        return True
+                except ValueError:
                     return True
-            except ValueError:
-                return True
-        for entry in list_pending(self.root):
-            try:
-                if read_pending(entry).tracking_uri.rstrip("/") == self.uri:
-                    return True
-            except ValueError:
-                return True
         return False
 
     def _report(self, code: int) -> None:

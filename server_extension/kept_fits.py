@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .pending import REJECTED, VERSION, _fsync_dir, _write_durably
+from .pending import REJECTED, VERSION, _fsync_dir, _write_durably, list_entries, read_json
 
 __all__ = ["FITS", "KeptFit", "list_fits", "read_fit", "reject_fit", "write_fit"]
 
@@ -98,19 +98,12 @@ def write_fit(root: Path, fit: KeptFit, payload: bytes) -> Path:
 
 def list_fits(root: Path) -> list[Path]:
     """Complete kept fits under ``root``, oldest first."""
-    try:
-        return sorted(p for p in (root / FITS).iterdir() if p.is_dir() and not p.name.startswith("."))
-    except FileNotFoundError:
-        return []
+    return list_entries(root / FITS)
 
 
 def read_fit(entry: Path) -> KeptFit:
     """The entry's ``fit.json``, checked; ValueError (one line) when it is not a valid one."""
-    try:
-        data = json.loads((entry / "fit.json").read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"fit.json: {exc}") from None
-    return KeptFit.parse(data)
+    return KeptFit.parse(read_json(entry, "fit.json"))
 
 
 def reject_fit(root: Path, entry: Path, reason: str) -> Path:

@@ -43,8 +43,10 @@ __all__ = [
     "adopt_dead",
     "default_spool_root",
     "keep_refused",
+    "list_entries",
     "list_pending",
     "read_items",
+    "read_json",
     "read_pending",
     "reject",
     "remove_live",
@@ -169,7 +171,11 @@ def write_pending(
 
 def list_pending(root: Path) -> list[Path]:
     """Complete entries under ``root``, oldest first."""
-    folder = root / PENDING
+    return list_entries(root / PENDING)
+
+
+def list_entries(folder: Path) -> list[Path]:
+    """The complete entries (folders not under a dot-name) in ``folder``, oldest first."""
     try:
         entries = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
     except FileNotFoundError:
@@ -177,13 +183,17 @@ def list_pending(root: Path) -> list[Path]:
     return sorted(entries, key=lambda p: p.name)
 
 
+def read_json(entry: Path, name: str) -> Any:
+    """``entry/name`` parsed; ValueError naming the file when it cannot be read or parsed."""
+    try:
+        return json.loads((entry / name).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def read_pending(entry: Path) -> PendingRun:
     """The entry's ``run.json``, checked; ValueError (one line) when it is not a valid one."""
-    try:
-        data = json.loads((entry / "run.json").read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"run.json: {exc}") from None
-    return PendingRun.parse(data)
+    return PendingRun.parse(read_json(entry, "run.json"))
 
 
 def read_items(entry: Path) -> list[list[Any]]:

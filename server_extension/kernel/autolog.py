@@ -186,7 +186,7 @@ class Autolog:
         with self._cond:
             self._jobs.append(job)
             self._cond.notify_all()
-        if integration == "sklearn":
+        if integration == "sklearn" and ("sklearn", job.requirements_key) not in self._requirements:
             threading.Thread(target=self._warm_up, args=(job,), name="hubforge-requirements", daemon=True).start()
         return result
 
@@ -353,7 +353,8 @@ class Autolog:
         """``infer_pip_requirements``, remembered per flavor and model libraries while replaying.
 
         MLflow infers a model's requirements by loading it in a subprocess (seconds);
-        a notebook's fits of the same kind of model need the same packages.
+        a notebook's fits of the same kind of model need the same packages. (The
+        fallback, MLflow's answer when inference fails, is the flavor's: the same too.)
         """
 
         @functools.wraps(original)
@@ -361,7 +362,7 @@ class Autolog:
             job = getattr(self._local, "job", None)
             if job is None:
                 return original(model_uri, flavor, fallback, *args, **kwargs)
-            key = (flavor, job.requirements_key, tuple(fallback or ()))
+            key = (flavor, job.requirements_key)
             with self._requirements_lock:
                 inferred = self._requirements.get(key)
                 mine = inferred is None
