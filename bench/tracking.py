@@ -10,7 +10,8 @@ reported apart (the tracked kernel opens its run then).
 Throughput: calls/s of ``mlflow.log_metric`` from a cell: hubforge's queued
 path (100,000 calls) vs plain synchronous logging (300 calls) and vs MLflow's
 own async logging (10,000 calls), rates compared per call. For throughput the
-ratio column is hubforge over the baseline, so above 1 is faster.
+ratio column is hubforge over the baseline, so above 1 is faster. Autologged fits
+and the end of a run: see :mod:`bench.fits`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from jupyter_client.manager import KernelManager
 from test_kernel_queue import MlflowServer
 
+from bench import fits
 from bench.report import Result
 
 __all__ = ["run"]
@@ -149,6 +151,7 @@ def run(repeat: int) -> list[Result]:
         server.start()
         try:
             rounds = [_one_round(server.url, Path(tmp)) for _ in range(repeat)]
+            fit_results = fits.run_with(server.url, Path(tmp), repeat)
         finally:
             server.stop()
 
@@ -162,4 +165,5 @@ def run(repeat: int) -> list[Result]:
         Result("cell latency p99", "ms", col("tracked_p99"), col("plain_p99"), "untracked kernel"),
         Result("log_metric calls/s vs plain", "/s", col("ours_rate"), col("plain_rate"), "plain log_metric"),
         Result("log_metric calls/s vs async", "/s", col("ours_rate"), col("async_rate"), "mlflow async logging"),
+        *fit_results,
     ]

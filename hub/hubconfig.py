@@ -178,6 +178,12 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.Spawner.start_timeout = max(cfg.hub.get("start_timeout", 120), 24 * 3600)
 
 
+#: Seconds the hub waits for a managed service to answer at start-up before it gives up
+#: and exits (JupyterHub's default is 30): MLflow's first start creates its database
+#: tables and takes longer than that on a loaded two-core machine.
+SERVICE_START_TIMEOUT = 180
+
+
 def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     """The governance service and the MLflow tracking server, both behind hub auth."""
     env = {
@@ -195,6 +201,7 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
             "environment": env,
             "oauth_no_confirm": True,
             "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
+            "timeout": SERVICE_START_TIMEOUT,
         }
     ]
     mlflow_cfg = cfg.data["services"]["mlflow"]
@@ -213,6 +220,7 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
                 "oauth_no_confirm": True,
                 # The UI's token carries the person's MLflow permissions (experiments, registry).
                 "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
+                "timeout": SERVICE_START_TIMEOUT,
             }
         )
     c.JupyterHub.services = services

@@ -72,6 +72,9 @@ def test_services_are_hub_managed_behind_the_proxy(tmp_path: Path) -> None:
     assert cmd[cmd.index("--port") + 1] == "1004"
     assert cmd[cmd.index("--static-prefix") + 1] == "/services/mlflow"
     assert services["governance"]["environment"]["HUBFORGE_INSTANCE"] == "/data"
+    # MLflow's first start (its tables) takes more than JupyterHub's 30 s on a loaded machine.
+    assert services["mlflow"]["timeout"] == services["governance"]["timeout"] == 180
+    assert services["mlflow"]["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
 
 
 def test_mlflow_can_be_disabled(tmp_path: Path) -> None:

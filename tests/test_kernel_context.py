@@ -64,3 +64,24 @@ def test_notebook_files_are_under_the_server_root() -> None:
     ctx = context()
     assert ctx.notebook_file("work/a.ipynb") == Path("/home/a/work/a.ipynb")
     assert ctx.notebook_file("kernel-1234") is None, "a kernel without a session has no file"
+
+
+def test_the_cells_as_they_ran_are_numbered_as_the_notebook_numbered_them(tmp_path: Path) -> None:
+    from hubforge.server_extension.kernel.artifacts import EXECUTED, executed_cells, session_files
+
+    history = ["", "x = 1\n", "%hubforge_tracking status", "print(x)"]
+    text = executed_cells(history)
+    assert text.splitlines()[1:] == [
+        "",
+        "# In[1]",
+        "x = 1",
+        "",
+        "# In[2]",
+        "%hubforge_tracking status",
+        "",
+        "# In[3]",
+        "print(x)",
+    ]
+    files = session_files(tmp_path, None, requirements="numpy==2\n", history=history)
+    assert [(p.name, where) for p, where in files] == [("requirements.txt", "environment"), (EXECUTED, "notebook")]
+    assert session_files(tmp_path, tmp_path / "gone.ipynb", requirements="", history=[""])[1:] == []

@@ -108,7 +108,7 @@ def test_a_fit_before_the_run_opens_is_kept_and_logged_once_it_does(own_mlflow: 
         started = time.monotonic()
         kernel.run(FITS[0])
         assert time.monotonic() - started < 20, "the fit never waits for MLflow"
-        assert status(kernel)["fits"] == "0 logged, 1 waiting, 0 not taken"
+        assert status(kernel)["fits"] == "0 logged, 0 logging, 1 waiting, 0 not taken"
         own_mlflow.start()
         wait_for(lambda: status(kernel)["fits"].startswith("1 logged"), 120, "the kept fit to be logged")
     finally:
@@ -239,7 +239,10 @@ def test_a_renamed_notebook_is_followed(mlflow_server, client, tmp_path) -> None
     tags = run.data.tags
     assert tags["mlflow.source.name"] == tags["hubforge.notebook"] == "work/churn.ipynb"
     assert run.info.run_name == "churn.ipynb"
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == ["notebook/churn.ipynb"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == [
+        "notebook/churn.ipynb",
+        "notebook/executed_cells.py",
+    ]
 
 
 @pytest.mark.parametrize("away", ["from the start", "after the run opened"])

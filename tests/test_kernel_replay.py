@@ -188,7 +188,7 @@ def test_a_notebook_run_entirely_without_mlflow_arrives_later(own_mlflow: Mlflow
     arts = {a.path for a in client.list_artifacts(rid, "notebook")} | {
         a.path for a in client.list_artifacts(rid, "environment")
     }
-    assert arts == {"notebook/offline.ipynb", "environment/requirements.txt"}
+    assert arts == {"notebook/offline.ipynb", "notebook/executed_cells.py", "environment/requirements.txt"}
 
 
 def test_mlflow_killed_before_the_kernel_ends_loses_nothing(own_mlflow: MlflowServer, tmp_path: Path) -> None:
@@ -224,7 +224,10 @@ def test_mlflow_killed_before_the_kernel_ends_loses_nothing(own_mlflow: MlflowSe
     rid = run.info.run_id
     assert steps(client, rid) == list(range(1, 10)), "before and after the outage, each once"
     assert client.get_run(rid).info.status == "FAILED"
-    assert [a.path for a in client.list_artifacts(rid, "notebook")] == ["notebook/killed.ipynb"]
+    assert [a.path for a in client.list_artifacts(rid, "notebook")] == [
+        "notebook/executed_cells.py",
+        "notebook/killed.ipynb",
+    ]
 
 
 # -- the user's server replays by itself -------------------------------------------------------------------

@@ -155,7 +155,14 @@ def test_notebook_training_is_tracked(mlflow_server: MlflowServer, client, tmp_p
     assert fit.data.tags["mlflow.source.name"] == "work/train.ipynb"
     models = client.search_logged_models(experiment_ids=[exp.experiment_id])
     assert [(m.name, m.source_run_id) for m in models] == [("LogisticRegression", fit.info.run_id)]
-    assert [a.path for a in client.list_artifacts(rid, "notebook")] == ["notebook/train.ipynb"]
+    assert [a.path for a in client.list_artifacts(rid, "notebook")] == [
+        "notebook/executed_cells.py",
+        "notebook/train.ipynb",
+    ]
+    ran = Path(client.download_artifacts(rid, "notebook/executed_cells.py", str(tmp_path / "dl"))).read_text()
+    assert [ran.index(f"# In[{n}]\n{cell}") for n, cell in enumerate(cells, 1)] == sorted(
+        ran.index(f"# In[{n}]\n{cell}") for n, cell in enumerate(cells, 1)
+    ), "every cell that ran, saved or not, in order"
     local = client.download_artifacts(rid, "notebook/train.ipynb", str(tmp_path / "dl"))
     assert [c.source for c in nbformat.read(local, as_version=4).cells] == cells
     req = Path(client.download_artifacts(rid, "environment/requirements.txt", str(tmp_path / "dl")))
@@ -269,7 +276,10 @@ def test_a_kernel_restart_ends_the_run_and_the_next_cells_open_another(mlflow_se
     runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED"], "one run per kernel process"
     first, second = (r.info.run_id for r in runs)
-    assert [a.path for a in client.list_artifacts(first, "notebook")] == ["notebook/restart.ipynb"]
+    assert [a.path for a in client.list_artifacts(first, "notebook")] == [
+        "notebook/executed_cells.py",
+        "notebook/restart.ipynb",
+    ]
     assert steps_of(client, first) == [1, 2] and steps_of(client, second) == [1, 2]
     assert runs[0].data.tags["hubforge.kernel_id"] == runs[1].data.tags["hubforge.kernel_id"]
 

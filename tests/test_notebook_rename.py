@@ -64,7 +64,10 @@ def test_renames_and_folder_moves_are_followed(mlflow_server: MlflowServer, tmp_
     run = wait_for(lambda: session_run(client, "/Users/alice/projects/churn.ipynb"), 30, "the run to end")
     assert run.data.tags["mlflow.source.name"] == "projects/churn.ipynb"
     assert run.info.run_name == "churn.ipynb"
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == ["notebook/churn.ipynb"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == [
+        "notebook/churn.ipynb",
+        "notebook/executed_cells.py",
+    ]
 
 
 def test_jupyterlabs_session_update_is_followed(mlflow_server: MlflowServer, tmp_path: Path) -> None:
@@ -91,7 +94,10 @@ def test_jupyterlabs_session_update_is_followed(mlflow_server: MlflowServer, tmp
     # The run opened under the old name: its experiment stays, its tags and snapshot follow.
     run = wait_for(lambda: session_run(client, "/Users/bob/work/draft.ipynb"), 30, "the run to end")
     assert run.data.tags["hubforge.notebook"] == "work/final.ipynb"
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == ["notebook/final.ipynb"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == [
+        "notebook/executed_cells.py",
+        "notebook/final.ipynb",
+    ]
 
 
 def _moved_to(kernel: KernelChannel, path: str) -> str | None:

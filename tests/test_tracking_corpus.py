@@ -261,7 +261,7 @@ def check_notebook(
     assert (t["mlflow.user"], t["hubforge.server"], t["hubforge.tier"]) == ("alice", "default", "interactive")
     assert "" not in t.values(), "no empty tags"
     assert artifacts(http, first) == ["environment", "notebook"]
-    assert artifacts(http, first, "notebook") == [f"notebook/{final}"]
+    assert artifacts(http, first, "notebook") == sorted([f"notebook/{final}", "notebook/executed_cells.py"])
     for key in ("hubforge.cell.duration_s", "hubforge.cell.error", "hubforge.cell.count"):
         assert metric_steps(http, first, key) == list(range(1, cells + 1)), (final, key)
     # The person's own params, metrics and tags: in MLflow, or refused and kept.

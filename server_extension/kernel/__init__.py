@@ -64,7 +64,8 @@ def load_ipython_extension(ipython: Any) -> None:
     if _tracker is not None:
         return
     ctx = KernelContext.from_env(kernel_id=kernel_id())
-    _tracker = tracker = Tracker(ctx)
+    history = getattr(getattr(ipython, "history_manager", None), "input_hist_raw", None)
+    _tracker = tracker = Tracker(ctx, history=(lambda: history) if history is not None else None)
     _log_to_kernel_log()
     quiet.install()
     ipython.events.register("pre_run_cell", tracker.pre_run_cell)

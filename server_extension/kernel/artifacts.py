@@ -1,4 +1,4 @@
-"""What a notebook's run ends with: the notebook as it is on disk, and the environment."""
+"""What a notebook's run ends with: the notebook as it is on disk, the cells as they ran, the environment."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import importlib.metadata
 import shutil
 from pathlib import Path
 
-__all__ = ["freeze", "session_files"]
+__all__ = ["EXECUTED", "executed_cells", "freeze", "session_files"]
+
+#: The artifact (under ``notebook/``) that lists the cells in the order they ran.
+EXECUTED = "executed_cells.py"
 
 
 def freeze() -> str:
@@ -19,15 +22,30 @@ def freeze() -> str:
     return "\n".join(sorted(seen.values(), key=str.lower)) + "\n"
 
 
-def session_files(folder: Path, notebook_file: Path | None, requirements: str | None = None) -> list[tuple[Path, str]]:
-    """The environment and the notebook as files in ``folder``, with their artifact paths.
+def executed_cells(history: list[str]) -> str:
+    """The cells a kernel ran, in order, each under its execution count (IPython's ``In``)."""
+    lines = ["# The cells this kernel ran, in the order it ran them (recorded by hubforge)."]
+    for count, source in enumerate(history[1:], 1):
+        lines += ["", f"# In[{count}]", source.rstrip("\n")]
+    return "\n".join(lines) + "\n"
 
-    The notebook is copied as it is on disk (what the person last saved); a
-    notebook that is gone (deleted, or never saved) is left out.
+
+def session_files(
+    folder: Path, notebook_file: Path | None, requirements: str | None = None, history: list[str] | None = None
+) -> list[tuple[Path, str]]:
+    """The environment, the notebook and the cells as they ran, as files in ``folder``, with
+    their artifact paths.
+
+    The notebook is copied as it is on disk (what the person last saved; a notebook
+    that is gone is left out); ``history`` (IPython's input history, ``In``) says what
+    ran, saved or not.
     """
     req = folder / "requirements.txt"
     req.write_text(freeze() if requirements is None else requirements)
     files = [(req, "environment")]
+    if history and len(history) > 1:
+        (folder / EXECUTED).write_text(executed_cells(history))
+        files.append((folder / EXECUTED, "notebook"))
     if notebook_file is not None and notebook_file.suffix == ".ipynb" and notebook_file.is_file():
         copy = folder / notebook_file.name
         try:

@@ -227,9 +227,14 @@ class Autolog:
     # -- the fit logger thread -------------------------------------------------------------------
 
     @property
-    def pending(self) -> int:
-        """Training calls kept and not logged yet."""
-        return len(self._jobs) + (self._current is not None)
+    def waiting(self) -> int:
+        """Training calls kept, waiting to be logged."""
+        return len(self._jobs)
+
+    @property
+    def logging(self) -> int:
+        """Training calls being logged now (0 or 1)."""
+        return int(self._current is not None)
 
     def wake(self) -> None:
         """Something the thread waits for changed (the run opened, a cell ended)."""

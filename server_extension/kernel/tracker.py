@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -85,8 +86,15 @@ class Tracker:
     for the mlflow import.
     """
 
-    def __init__(self, ctx: KernelContext, close_budget: float | None = None, import_wait: float = 30.0):
+    def __init__(
+        self,
+        ctx: KernelContext,
+        close_budget: float | None = None,
+        import_wait: float = 30.0,
+        history: Callable[[], list[str]] | None = None,
+    ):
         self.ctx = ctx
+        self.history = history  # the kernel's input history (IPython's In), for the run's record
         self.enabled = ctx.enabled
         self.close_budget = close_budget or ctx.close_budget or CLOSE_BUDGET
         self.import_wait = import_wait
@@ -437,12 +445,12 @@ class Tracker:
             f"tracking: {'on' if self.enabled else 'off'}",
             f"run: {self.run_id or ('(opening)' if opening else '(none yet)')}",
             f"notebook: {self.notebook}",
-            f"experiment: {experiment_name(self.ctx, self.notebook)} ({self.experiment_id or '-'})",
+            f"experiment: {experiment_name(self.ctx, self.notebook)}, id {self.experiment_id or '-'}",
             f"queue depth: {q.depth if q else 0}",
             f"dropped: {q.dropped if q else 0}",
             f"refused: {q.refused if q else 0}" + (f" (kept in {self.refused_at})" if self.refused_at else ""),
-            f"fits: {fits.logged if fits else 0} logged, {fits.pending if fits else 0} waiting, "
-            f"{fits.failed if fits else 0} not taken",
+            f"fits: {fits.logged if fits else 0} logged, {fits.logging if fits else 0} logging, "
+            f"{fits.waiting if fits else 0} waiting, {fits.failed if fits else 0} not taken",
         ]
         if q is not None and q.last_error:
             lines.append(f"last error: {q.last_error}")
@@ -590,8 +598,12 @@ class Tracker:
             client.log_metric(self.run_id, "hubforge.dropped", dropped)
 
     def _snapshot(self, folder: Path) -> list[tuple[Path, str]]:
-        """The environment and the notebook, under its current name, as files in ``folder``."""
-        return session_files(folder, self.ctx.notebook_file(self.notebook))
+        """The environment, the notebook under its current name and the cells as they ran."""
+        try:
+            history = list(self.history()) if self.history is not None else None
+        except Exception:
+            history = None
+        return session_files(folder, self.ctx.notebook_file(self.notebook), history=history)
 
     def _log_snapshot(self, client: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
