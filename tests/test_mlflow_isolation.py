@@ -194,11 +194,14 @@ def test_the_mlflow_ui_shows_a_person_their_runs_and_not_anothers(platform, clie
             assert page.get_by_role("link", name="alice").count() >= 1
             page.screenshot(path=str(artifacts / "mlflow-ui-alice-run.png"))
             before = len(refusals)
-            # bob's experiment: the UI's search for his runs is refused, his run is not shown.
-            with page.expect_response(lambda r: "/runs/search" in r.url and r.status == 403, timeout=60_000):
-                page.goto(f"{platform.url}/services/mlflow/#/experiments/{bob_exp}")
-            page.get_by_text(f"alice may not read experiment {bob_exp}").wait_for(timeout=30_000)
+            # bob's experiment: the UI loads it (GraphQL in model-training view), is told she may
+            # not read it, and shows neither his runs nor any run search that was let through.
+            searched: list[int] = []
+            page.on("response", lambda r: searched.append(r.status) if "/runs/search" in r.url else None)
+            page.goto(f"{platform.url}/services/mlflow/#/experiments/{bob_exp}")
+            page.get_by_text(f"alice may not read experiment {bob_exp}").wait_for(timeout=60_000)
             assert bob_run not in page.content()
+            assert all(status == 403 for status in searched), searched
             page.screenshot(path=str(artifacts / "mlflow-ui-alice-on-bobs-experiment.png"))
         finally:
             browser.close()
