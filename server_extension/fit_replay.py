@@ -1,11 +1,11 @@
-"""Log the fits kernels kept (see :mod:`.kept_fits`) as child runs of their notebook's run.
+"""Log kept fits (see :mod:`.kept_fits`) as child runs of their notebook's run.
 
-Run by the replay command (:mod:`.replay`) after the kept run data, in the same
-child process of the user's server: it loads mlflow and the fit's library, lets
-MLflow's autologging patch that library (hubforge's router records the patch
-function it makes), and runs that patch function over the kept, already fitted
-estimator exactly as the kernel would have (see
-:class:`hubforge.server_extension.kernel.autolog.Autolog`).
+A process that logs fits (a kernel's fit logger, :mod:`.fit_logger`, or the
+replay command, :mod:`.replay`) loads mlflow, lets MLflow's autologging patch
+each fit's library (hubforge's router records the patch function it makes), and
+runs that patch function over the kept, already fitted estimator exactly as the
+kernel would have (see :class:`hubforge.server_extension.kernel.autolog.Autolog`),
+into the fit's own run when the kernel opened one.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .kept_fits import KeptFit, list_fits, read_fit, reject_fit
+from .kept_fits import KeptFit, claim, list_fits, owned_elsewhere, read_fit, reject_fit
+from .requirements_cache import REQUIREMENTS
 
-__all__ = ["FitReport", "replay_fits"]
+__all__ = ["AWAY", "BUSY", "LOGGED", "FitLogging", "FitReport", "replay_fits"]
 
 log = logging.getLogger("hubforge.replay")
 REPLAY_TAG = "hubforge.replay_id"
+#: What :meth:`FitLogging.log` says of an entry (or ``"rejected: <why>"``).
+LOGGED, AWAY, BUSY = "logged", "away", "busy"
 
 
 @dataclass
@@ -51,57 +54,114 @@ class _Kept:
     def child_tags(self) -> dict[str, str]:
         return dict(self.tags)
 
+    def keep(self, job: Any, owner: tuple[int, float] | None) -> Path:
+        raise NotImplementedError("a kept fit is logged where it is, not kept again")
+
+
+class FitLogging:
+    """mlflow and hubforge's router set up in this process, ready to log kept fits.
+
+    Model requirements are remembered in ``requirements`` (see :mod:`.requirements_cache`);
+    ``warm`` infers scikit-learn's first, so that the first fit handed over finds them.
+    """
+
+    def __init__(self, client: Any, requirements: Path | None = None, warm: bool = False):
+        import mlflow
+
+        from .kernel import autolog as autologging
+        from .requirements_cache import RequirementsCache
+
+        self.client = client
+        self.session = _Kept()
+        self.router = autologging.Autolog(self.session, mlflow, thread=False)
+        self.router.requirements_cache = RequirementsCache(requirements) if requirements else None
+        autologging.install(self.router)
+        if warm:
+            self._warm_up(autologging)
+        mlflow.autolog(silent=True)
+
+    def _warm_up(self, autologging: Any) -> None:
+        """scikit-learn's model requirements, inferred from a tiny model (before autolog patches it)."""
+        try:
+            from sklearn.dummy import DummyClassifier
+        except ImportError:
+            return
+        model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
+        from .kernel.training import FitJob, requirements_key
+
+        job = FitJob(
+            "sklearn", print, {}, print, (model,), {}, model, "DummyClassifier", 0, 0,
+            requirements_key=requirements_key((model,)),
+        )  # fmt: skip
+        self.router.warm_up(job)
+
+    def log(self, root: Path, entry: Path, mine: bool = False) -> str:
+        """Log one kept fit and remove it: LOGGED, AWAY (kept), BUSY (another process has it),
+        or ``"rejected: <why>"`` (moved to ``rejected/``). ``mine``: this process owns it."""
+        from .kernel.queue import refused
+
+        with claim(entry) as held:
+            if not held:
+                return BUSY
+            try:
+                fit = read_fit(entry)
+            except ValueError as exc:
+                return self._reject(root, entry, str(exc))
+            if not mine and owned_elsewhere(fit):
+                return BUSY
+            try:
+                self.session.opened = _parent(self.client, fit)
+            except Exception as exc:
+                if not refused(exc):
+                    return AWAY
+                self.session.opened = None
+            if self.session.opened is None:
+                return self._reject(root, entry, "the notebook's run is not in MLflow")
+            try:
+                job = _job(self.router, fit, entry)
+            except Exception as exc:
+                return self._reject(root, entry, f"cannot load the fitted objects: {type(exc).__name__}: {exc}"[:300])
+            self.session.tags = fit.tags
+            failed = self.router.failed
+            if not self.router.log_fit(job):
+                return AWAY
+            if self.router.failed > failed:
+                return self._reject(root, entry, self.router.notices[-1])
+            shutil.rmtree(entry)
+            log.info("hubforge: logged the %s fit of %s", fit.name, fit.experiment_name)
+            return LOGGED
+
+    @staticmethod
+    def _reject(root: Path, entry: Path, why: str) -> str:
+        reject_fit(root, entry, why)
+        return f"rejected: {why}"
+
 
 def replay_fits(root: Path, tracking_uri: str, client: Any) -> FitReport:
-    """Log every kept fit under ``root`` meant for ``tracking_uri``; stop at the first outage."""
+    """Log every kept fit under ``root`` meant for ``tracking_uri`` and no longer owned by a
+    live fit logger; stop at the first outage."""
     report = FitReport()
-    entries = list_fits(root)
-    if not entries:
-        return report
-    import mlflow
-
-    from .kernel import autolog as autologging
-    from .kernel.queue import refused
-
-    session = _Kept()
-    router = autologging.Autolog(session, mlflow, thread=False)
-    autologging.install(router)
-    mlflow.autolog(silent=True)
-    for entry in entries:
+    entries = []
+    for entry in list_fits(root):
         try:
             fit = read_fit(entry)
-        except ValueError as exc:
-            report.rejected.append(reject_fit(root, entry, str(exc)).name)
+        except ValueError:
+            entries.append(entry)  # set aside below, with the reason
             continue
-        if fit.tracking_uri.rstrip("/") != tracking_uri.rstrip("/"):
-            continue
-        try:
-            session.opened = _parent(client, fit)
-        except Exception as exc:
-            if not refused(exc):
-                report.left.extend(e.name for e in list_fits(root))
-                return report
-            session.opened = None
-        if session.opened is None:
-            report.rejected.append(reject_fit(root, entry, "the notebook's run is not in MLflow").name)
-            continue
-        try:
-            job = _job(router, fit, entry)
-        except Exception as exc:
-            why = f"cannot load the fitted objects: {type(exc).__name__}: {exc}"[:300]
-            report.rejected.append(reject_fit(root, entry, why).name)
-            continue
-        session.tags = fit.tags
-        failed = router.failed
-        if not router.log_fit(job):
-            report.left.extend(e.name for e in list_fits(root))
+        if fit.tracking_uri.rstrip("/") == tracking_uri.rstrip("/") and not owned_elsewhere(fit):
+            entries.append(entry)
+    if not entries:
+        return report
+    logging_ = FitLogging(client, root / REQUIREMENTS)
+    for number, entry in enumerate(entries):
+        outcome = logging_.log(root, entry)
+        if outcome == AWAY:
+            report.left.extend(e.name for e in entries[number:])
             return report
-        if router.failed > failed:
-            report.rejected.append(reject_fit(root, entry, router.notices[-1]).name)
-            continue
-        shutil.rmtree(entry)
-        report.logged.append(entry.name)
-        log.info("hubforge: logged the kept %s fit of %s", fit.name, fit.experiment_name)
+        if outcome == LOGGED:
+            report.logged.append(entry.name)
+        elif outcome != BUSY:
+            report.rejected.append(f"fit-{entry.name}")
     return report
 
 
@@ -121,7 +181,7 @@ def _job(router: Any, fit: KeptFit, entry: Path) -> Any:
     """The kept fit as a job for ``router``: its objects unpickled, its library patched."""
     import cloudpickle
 
-    from .kernel.autolog import FitJob, _requirements_key
+    from .kernel.training import FitJob, requirements_key
 
     importlib.import_module(fit.integration)  # MLflow's import hook patches it: the router learns how
     patch = router.patches.get(fit.integration)
@@ -144,5 +204,5 @@ def _job(router: Any, fit: KeptFit, entry: Path) -> Any:
     return FitJob(
         fit.integration, patch, {"mlflow.autologging": fit.integration}, original or trained,
         tuple(args), dict(kwargs), result, fit.name, fit.started_ms, fit.ended_ms,
-        requirements_key=_requirements_key(tuple(args)),
+        requirements_key=requirements_key(tuple(args)), child_run_id=fit.child_run_id,
     )  # fmt: skip

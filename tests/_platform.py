@@ -206,6 +206,34 @@ def api(url: str, token: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"token {token}"}, timeout=30)
 
 
+#: MLflow's REST API behind the hub.
+MLFLOW_API = "/services/mlflow/api/2.0/mlflow"
+
+
+def experiment_runs(client: httpx.Client, experiment: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """(experiment id, its runs as MLflow's REST API gives them), read as ``client``'s user;
+    None while the experiment does not exist."""
+    exp = client.get(f"{MLFLOW_API}/experiments/get-by-name", params={"experiment_name": experiment})
+    if exp.status_code == 404:
+        return None
+    assert exp.status_code == 200, exp.text
+    experiment_id = exp.json()["experiment"]["experiment_id"]
+    found = client.post(f"{MLFLOW_API}/runs/search", json={"experiment_ids": [experiment_id]})
+    assert found.status_code == 200, found.text
+    return experiment_id, found.json().get("runs", [])
+
+
+def replay_spool(spool: Path, tracking_uri: str) -> subprocess.CompletedProcess[str]:
+    """Run the server's replay of a spool, as the server starts it, to the end."""
+    return subprocess.run(
+        [sys.executable, "-m", "hubforge.server_extension.replay", "--spool", str(spool)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 #: Debian's chromium, headless, for Playwright tests (never a browser download).
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

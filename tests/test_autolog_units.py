@@ -10,20 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hubforge.server_extension.kernel.autolog import (
-    INLINE,
-    MLFLOW,
-    PLAIN,
-    REPLAY,
-    Autolog,
-    FitJob,
-    _name,
-    _per_thread_sessions,
-    _per_thread_switch,
-    _PerThreadStack,
-    _requirements_key,
-    snapshot,
-)
+from hubforge.server_extension.kernel.autolog import INLINE, MLFLOW, PLAIN, REPLAY, Autolog
+from hubforge.server_extension.kernel.patches import _PerThreadStack, per_thread_sessions, per_thread_switch
+from hubforge.server_extension.kernel.training import FitJob, requirements_key, run_name, snapshot
 
 
 class Session:
@@ -110,11 +99,11 @@ def test_run_names_and_requirement_keys() -> None:
 
     def train() -> None: ...
 
-    assert _name((LogisticRegression(), np.ones(2)), train) == "LogisticRegression"
-    assert _name((np.ones(2),), train) == "train", "a function's training call: its name"
+    assert run_name((LogisticRegression(), np.ones(2)), train) == "LogisticRegression"
+    assert run_name((np.ones(2),), train) == "train", "a function's training call: its name"
     pipe = make_pipeline(StandardScaler(), LogisticRegression())
-    assert _requirements_key((pipe,)) == frozenset({"sklearn"})
-    assert _requirements_key(()) == frozenset()
+    assert requirements_key((pipe,)) == frozenset({"sklearn"})
+    assert requirements_key(()) == frozenset()
 
 
 def test_training_sessions_are_per_thread() -> None:
@@ -135,7 +124,7 @@ def test_mlflow_training_session_classes_become_per_thread() -> None:
     module = SimpleNamespace(
         _training_sessions=[], _get_new_training_session_class=autologging_utils._get_new_training_session_class
     )
-    _per_thread_sessions(module)
+    per_thread_sessions(module)
     cls = module._get_new_training_session_class()
     seen: list[bool] = []
     with cls(estimator=object(), allow_children=False):
@@ -152,14 +141,14 @@ def test_a_per_thread_switch() -> None:
             self.enabled = True
 
     manager = Manager()
-    _per_thread_switch(manager, "enabled", True)
+    per_thread_switch(manager, "enabled", True)
     manager.enabled = False
     seen: list[bool] = []
     thread = threading.Thread(target=lambda: seen.append(manager.enabled))
     thread.start()
     thread.join()
     assert (manager.enabled, seen, type(manager).__name__) == (False, [True], "Manager")
-    _per_thread_switch(manager, "enabled", True)  # once is enough
+    per_thread_switch(manager, "enabled", True)  # once is enough
     assert manager.enabled is False
 
 

@@ -22,11 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from _platform import CHROMIUM, CHROMIUM_FLAGS, DEMO_PASSWORD, api, wait_for
+from _platform import CHROMIUM, CHROMIUM_FLAGS, DEMO_PASSWORD, MLFLOW_API, api, experiment_runs, wait_for
 
 pytestmark = pytest.mark.platform
 
-MLFLOW_API = "/services/mlflow/api/2.0/mlflow"
 NEW_NAME = "iris_baseline.ipynb"
 EXPERIMENT = f"/Users/alice/{NEW_NAME}"
 TRAINING = [
@@ -198,14 +197,10 @@ def tags_of(run: dict[str, Any]) -> dict[str, str]:
 
 def ended_runs(client: httpx.Client) -> tuple[str, dict[str, Any], list[dict[str, Any]]] | None:
     """(experiment id, session run, child runs) once every run of the notebook's experiment has ended."""
-    exp = client.get(f"{MLFLOW_API}/experiments/get-by-name", params={"experiment_name": EXPERIMENT})
-    if exp.status_code == 404:
+    found = experiment_runs(client, EXPERIMENT)
+    if found is None:
         return None
-    assert exp.status_code == 200, exp.text
-    experiment_id = exp.json()["experiment"]["experiment_id"]
-    found = client.post(f"{MLFLOW_API}/runs/search", json={"experiment_ids": [experiment_id]})
-    assert found.status_code == 200, found.text
-    runs = found.json().get("runs", [])
+    experiment_id, runs = found
     if not runs or any(run["info"]["status"] == "RUNNING" for run in runs):
         return None
     sessions = [run for run in runs if "mlflow.parentRunId" not in tags_of(run)]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from test_kernel_queue import MlflowServer
 
+from _platform import replay_spool
 from hubforge.server_extension.kept_fits import KeptFit, list_fits, read_fit, reject_fit, write_fit
 
 
@@ -91,13 +90,7 @@ def test_the_replay_sets_bad_fits_aside_with_their_reason(mlflow_server: MlflowS
     broken = write_fit(spool, fit(tracking_uri=mlflow_server.url, run_id=run), b"not a pickle")
     orphan = write_fit(spool, fit(tracking_uri=mlflow_server.url, run_id=None, replay_id="never-opened"), b"x")
     other = write_fit(spool, fit(tracking_uri="http://another-mlflow"), b"x")
-    replay = subprocess.run(
-        [sys.executable, "-m", "hubforge.server_extension.replay", "--spool", str(spool)],
-        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    replay = replay_spool(spool, mlflow_server.url)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert list_fits(spool) == [other], "another MLflow's fit is left alone"
     rejected = spool / "rejected"

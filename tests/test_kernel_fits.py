@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import pytest
 from test_kernel_queue import MlflowServer
 from test_kernel_tracking import Kernel, children, kernel_env, only_run, write_notebook
 
-from _platform import wait_for
+from _platform import replay_spool, wait_for
 from hubforge.server_extension.launch import KERNEL_SHUTDOWN_WAIT
 from hubforge.server_extension.notebook_paths import write_path
 
@@ -207,7 +205,9 @@ def test_shutdown_right_after_a_fit_ends_the_run_within_ten_seconds_and_logs_the
     kernel.km.finish_shutdown(waittime=KERNEL_SHUTDOWN_WAIT)
     kernel.km.cleanup_resources()
     assert took < 10, f"the run ended {took:.1f} s after the shutdown request"
+    # The fit's run was opened by the kernel and logged by its fit logger; the kernel waited for it.
     (fit,) = children(client, exp, session).values()
+    assert fit.info.status == "FINISHED"
     assert fit.info.run_name == "RandomForestClassifier" and fit.data.params["n_estimators"] == "15"
 
 
@@ -267,13 +267,7 @@ def test_fits_kept_while_mlflow_is_away_are_logged_by_the_replay(own_mlflow: Mlf
         kernel.shutdown()
     assert [p.name for p in (spool / "fits").iterdir()], "the fit is kept"
     own_mlflow.start()
-    replay = subprocess.run(
-        [sys.executable, "-m", "hubforge.server_extension.replay", "--spool", str(spool)],
-        env={**os.environ, "MLFLOW_TRACKING_URI": own_mlflow.url},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    replay = replay_spool(spool, own_mlflow.url)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "logged: kept fit" in replay.stdout
     client = MlflowClient(own_mlflow.url)

@@ -8,6 +8,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -113,6 +114,11 @@ def only_run(client, name: str):
     return exp, runs[0]
 
 
+def finished(runs: dict[str, Any]) -> dict[str, Any] | None:
+    """``runs`` once every one has ended (a fit logger may still be logging one)."""
+    return runs if runs and all(r.info.status != "RUNNING" for r in runs.values()) else None
+
+
 def children(client, exp, parent) -> dict[str, object]:
     """The child runs of ``parent`` (one per autologged fit), by run name."""
     runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -146,7 +152,7 @@ def test_notebook_training_is_tracked(mlflow_server: MlflowServer, client, tmp_p
     assert len(client.get_metric_history(rid, "custom")) == 50, "user metrics once each"
     assert run.info.run_name == "train.ipynb"
     assert run.data.params == {"alpha": "0.5"}, "the person's own params; the fit's are its own run's"
-    fits = children(client, exp, run)
+    fits = wait_for(lambda: finished(children(client, exp, run)), 120, "the fit's run to end")
     assert list(fits) == ["LogisticRegression"], "each autologged fit is a child run, named after the estimator"
     fit = fits["LogisticRegression"]
     assert fit.info.status == "FINISHED"

@@ -27,10 +27,9 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
-from test_tracking_e2e import MLFLOW_API
 from test_tracking_switch import KernelChannel
 
-from _platform import HubSession, PlatformProcess, api, wait_for
+from _platform import MLFLOW_API, HubSession, PlatformProcess, api, experiment_runs, wait_for
 
 pytestmark = pytest.mark.platform
 
@@ -105,13 +104,8 @@ def code_of(name: str) -> list[str]:
 
 def mlflow_runs(http: httpx.Client, experiment: str) -> list[dict[str, Any]] | None:
     """All runs of ``experiment`` (as alice sees them), once none is RUNNING; None before."""
-    exp = http.get(f"{MLFLOW_API}/experiments/get-by-name", params={"experiment_name": experiment})
-    if exp.status_code == 404:
-        return None
-    assert exp.status_code == 200, exp.text
-    found = http.post(f"{MLFLOW_API}/runs/search", json={"experiment_ids": [exp.json()["experiment"]["experiment_id"]]})
-    assert found.status_code == 200, found.text
-    runs = found.json().get("runs", [])
+    found = experiment_runs(http, experiment)
+    runs = found[1] if found else []
     return runs if runs and all(r["info"]["status"] != "RUNNING" for r in runs) else None
 
 

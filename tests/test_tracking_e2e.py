@@ -16,13 +16,12 @@ import nbformat
 import pytest
 from test_tracking_switch import notebook_session
 
-from _platform import api, wait_for
+from _platform import api, experiment_runs, wait_for
 
 pytestmark = pytest.mark.platform
 
 NOTEBOOK = "work/e2e.ipynb"
 CELLS = ["x = 41 + 1", "import mlflow\nmlflow.log_metric('answer', x)", "print(x)"]
-MLFLOW_API = "/services/mlflow/api/2.0/mlflow"
 
 
 @pytest.fixture
@@ -57,14 +56,10 @@ def put_notebook(client: httpx.Client, path: str, cells: list[str]) -> None:
 
 def finished_run(client: httpx.Client, experiment: str) -> dict[str, Any] | None:
     """The experiment's one run once it has ended, read with alice's hub token; None before."""
-    exp = client.get(f"{MLFLOW_API}/experiments/get-by-name", params={"experiment_name": experiment})
-    if exp.status_code == 404:
+    found = experiment_runs(client, experiment)
+    if found is None:
         return None
-    assert exp.status_code == 200, exp.text
-    experiment_id = exp.json()["experiment"]["experiment_id"]
-    found = client.post(f"{MLFLOW_API}/runs/search", json={"experiment_ids": [experiment_id]})
-    assert found.status_code == 200, found.text
-    runs = found.json().get("runs", [])
+    _, runs = found
     assert len(runs) <= 1, runs
     return runs[0] if runs and runs[0]["info"]["status"] != "RUNNING" else None
 

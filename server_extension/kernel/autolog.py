@@ -30,29 +30,44 @@ the fit logger thread never hides a cell's own training or metric calls.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
+import shutil
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from hubforge.server_extension.kernel.patches import attach_active_run, detach_active_run
+from hubforge.server_extension.kernel.patches import (
+    attach_active_run,
+    carry_model_id,
+    detach_active_run,
+    per_thread_sessions,
+    per_thread_switch,
+    set_quietly,
+)
 from hubforge.server_extension.kernel.quiet import quiet_thread
+from hubforge.server_extension.kernel.training import (
+    FitJob,
+    fitted,
+    now_ms,
+    requirements_key,
+    run_name,
+    snapshot,
+    weakrefable,
+)
 
-__all__ = ["REPLAYED", "Autolog", "FitJob", "Session", "install", "snapshot"]
+__all__ = ["REPLAYED", "Autolog", "FitJob", "Session", "install", "prepare_flavor"]
 
 log = logging.getLogger(__name__)
 
 #: Integrations whose patch function can run after training, over a copy of its result.
 REPLAYED = frozenset({"sklearn", "statsmodels"})
-#: Arguments bigger than this (bytes, together) are shared with the replay, not copied.
-COPY_LIMIT = 256 * 1024 * 1024
 #: Seconds a fit being logged when the kernel ends may take past the deadline.
 IN_FLIGHT_GRACE = 10.0
 #: Seconds between attempts to open a child run while MLflow is away.
@@ -72,24 +87,8 @@ class Session(Protocol):
     def child_tags(self) -> dict[str, str]:
         """Tags a child run starts with (the notebook, the server, ...)."""
 
-
-@dataclass
-class FitJob:
-    """One training call, trained on the cell, to be logged as a child run."""
-
-    integration: str
-    patch_function: Callable[..., Any]
-    tags: dict[str, str]
-    original: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    result: Any
-    name: str
-    started_ms: int
-    ended_ms: int
-    target: Any = None  # a weak reference to the caller's estimator, when there is one
-    requirements_key: frozenset[str] = field(default_factory=frozenset)
-    attempts: int = 0
+    def keep(self, job: FitJob, owner: tuple[int, float] | None) -> Path:
+        """Keep ``job`` in the spool for the fit logger ``owner`` (pid, start time); the entry."""
 
 
 class Autolog:
@@ -102,6 +101,10 @@ class Autolog:
         self.logged = 0
         self.failed = 0
         self.notices: list[str] = []  # one-line news for the person, shown after a cell
+        self.process: Any = None  # the kernel's fit logger process (FitProcess), when it has one
+        self.requirements_cache: Any = None  # a RequirementsCache shared with the person's other processes
+        self._started_process = False
+        self._handed: dict[str, str] = {}  # kept fit id -> estimator name, sent to the process
         self._local = threading.local()
         self._inside: set[int] = set()  # threads inside a routed training call
         self._jobs: deque[FitJob] = deque()
@@ -123,6 +126,8 @@ class Autolog:
         def with_managed_run(integration: str, patch_function: Callable[..., Any], tags: Any = None) -> Any:
             managed = mlflow_wrapper(integration, patch_function, tags=tags)
             self.patches.setdefault(integration, patch_function)
+            if integration in REPLAYED:
+                self._start_process()
 
             def patch(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
                 route = self.route(integration)
@@ -136,6 +141,17 @@ class Autolog:
             return functools.update_wrapper(patch, patch_function)
 
         return with_managed_run
+
+    def _start_process(self) -> None:
+        """Start the fit logger as soon as a library whose fits it logs is imported (once).
+
+        Its own start (mlflow, the library, the first requirements) then happens while the
+        person works towards a first fit, at a lower priority, not after it.
+        """
+        if self._started_process or self.process is None:
+            return
+        self._started_process = True
+        threading.Thread(target=self.process.owner, name="hubforge-start-fit-logger", daemon=True).start()
 
     def route(self, integration: str) -> str:
         """Where this training call's autologging goes (see the module)."""
@@ -169,15 +185,15 @@ class Autolog:
                 self._inside.discard(me)
 
     def _replay_later(self, integration, patch_function, tags, original, args, kwargs) -> Any:
-        started = _now_ms()
+        started = now_ms()
         with self._training():
             result = original(*args, **kwargs)  # the user's error, if any, is theirs: no run
         try:
             copied_args, copied_kwargs, copied_result = snapshot((args, kwargs, result))
-            target = weakref.ref(args[0]) if args and _weakrefable(args[0]) else None
+            target = weakref.ref(args[0]) if args and weakrefable(args[0]) else None
             job = FitJob(
                 integration, patch_function, tags, original, copied_args, copied_kwargs, copied_result,
-                _name(args, original), started, _now_ms(), target, _requirements_key(copied_args),
+                run_name(args, original), started, now_ms(), target, requirements_key(copied_args),
             )  # fmt: skip
         except Exception as exc:
             log.warning("hubforge: could not keep a %s training call for MLflow: %s", integration, exc)
@@ -186,15 +202,19 @@ class Autolog:
         with self._cond:
             self._jobs.append(job)
             self._cond.notify_all()
-        if integration == "sklearn" and ("sklearn", job.requirements_key) not in self._requirements:
-            threading.Thread(target=self._warm_up, args=(job,), name="hubforge-requirements", daemon=True).start()
+        if (
+            integration == "sklearn"
+            and self.process is None
+            and ("sklearn", job.requirements_key) not in self._requirements
+        ):
+            threading.Thread(target=self.warm_up, args=(job,), name="hubforge-requirements", daemon=True).start()
         return result
 
-    def _warm_up(self, job: FitJob) -> None:
-        """Infer the model's requirements now, beside the cells: the replay finds them ready.
+    def warm_up(self, job: FitJob) -> None:
+        """Infer the requirements of ``job``'s kind of model now: its logging finds them ready.
 
-        Inference loads the model in a subprocess (seconds); done ahead, a kernel shut
-        down right after its last fit still has time to log it.
+        Inference loads the model in a subprocess (seconds); done ahead (beside the cells,
+        or as the fit logger starts), the fit is logged sooner.
         """
         quiet_thread()
         import tempfile
@@ -213,14 +233,16 @@ class Autolog:
     def _inline(self, integration, patch_function, tags, original, args, kwargs) -> Any:
         opened = self.session.session_run()
         if opened is None:
-            self._notice(f"{_name(args, original)} is not logged: the notebook's MLflow run is not open yet")
+            self._notice(f"{run_name(args, original)} is not logged: the notebook's MLflow run is not open yet")
             with self._training():
                 return original(*args, **kwargs)
         run_id, experiment_id = opened
         child = {**self.session.child_tags(), **tags, "mlflow.parentRunId": run_id}
         with (
             self._training(),
-            self.mlflow.start_run(experiment_id=experiment_id, run_name=_name(args, original), nested=True, tags=child),
+            self.mlflow.start_run(
+                experiment_id=experiment_id, run_name=run_name(args, original), nested=True, tags=child
+            ),
         ):
             return patch_function(original, *args, **kwargs)
 
@@ -233,13 +255,44 @@ class Autolog:
 
     @property
     def logging(self) -> int:
-        """Training calls being logged now (0 or 1)."""
-        return int(self._current is not None)
+        """Training calls being logged now, here or by the fit logger process."""
+        return int(self._current is not None) + len(self._handed)
+
+    def outcome(self, entry_id: str, outcome: str) -> None:
+        """What the fit logger process says became of a fit handed to it (on its reader thread)."""
+        with self._cond:
+            name = self._handed.pop(entry_id, "")
+            if outcome == "logged":
+                self.logged += 1
+            elif outcome.startswith("rejected: "):
+                self.failed += 1
+                self.notices.append(f"MLflow did not take the {name} fit: {outcome.removeprefix('rejected: ')}")
+            self._cond.notify_all()
+
+    def _hand(self, job: FitJob) -> bool:
+        """Hand ``job`` (its run open) to the fit logger process; False to log it here instead."""
+        owner = self.process.owner() if self.process is not None else None
+        if owner is None:
+            return False
+        try:
+            entry = self.session.keep(job, owner)
+        except Exception as exc:
+            log.warning("hubforge: the %s fit stays in the kernel: %s", job.name, exc)
+            return False
+        with self._cond:
+            self._handed[entry.name] = job.name
+        if self.process.send(entry.name):
+            return True
+        with self._cond:
+            self._handed.pop(entry.name, None)
+        shutil.rmtree(entry, ignore_errors=True)  # not kept twice: it is logged here
+        return False
 
     def wake(self) -> None:
         """Something the thread waits for changed (the run opened, a cell ended)."""
-        with self._cond:
-            self._cond.notify_all()
+        if self._jobs:  # after most cells nothing waits: no thread to wake
+            with self._cond:
+                self._cond.notify_all()
 
     def _loop(self) -> None:
         quiet_thread()
@@ -269,8 +322,9 @@ class Autolog:
                 self._cond.notify_all()
 
     def drain(self, deadline: float) -> list[FitJob]:
-        """Log what is kept until ``deadline`` (``time.monotonic()``), cells or not; stop the
-        thread; hand back the training calls not started by then, oldest first.
+        """Log (or hand to the fit logger) what is kept until ``deadline`` (``time.monotonic()``),
+        cells or not, and wait for the fit logger's answers until then; stop the thread; hand
+        back the training calls not started by then.
 
         A fit being logged at the deadline is given ``IN_FLIGHT_GRACE`` seconds more: half
         logged, it could be logged again only as a second run.
@@ -288,6 +342,13 @@ class Autolog:
             self._cond.notify_all()
             while self._current is not None and time.monotonic() < deadline + IN_FLIGHT_GRACE:
                 self._cond.wait(0.05)
+        if self.process is not None:
+            # The kernel waits for its fit logger until the deadline: a server or a platform
+            # stopping waits for its kernels, not for a process of their own session, and
+            # stops MLflow next. What is still out then, the logger finishes after the kernel.
+            out = self.process.close(deadline)
+            if out:
+                log.info("hubforge: the fit logger goes on with %d fit(s) after the kernel", out)
         return left
 
     def log_fit(self, job: FitJob) -> bool:
@@ -302,38 +363,52 @@ class Autolog:
         except Exception as exc:
             log.debug("hubforge: %s not prepared: %s", job.integration, exc)
         client = self.mlflow.MlflowClient()
-        tags = {**self.session.child_tags(), **job.tags, "mlflow.parentRunId": run_id}
         try:
-            child = client.create_run(experiment_id, start_time=job.started_ms, tags=tags, run_name=job.name)
+            child = self._child_run(client, job, run_id, experiment_id)
         except Exception as exc:
             if refused(exc):
                 self._failed(job, reason(exc))
                 return True
             return False
-        target = job.target() if job.target is not None else None
-        if target is not None and job.integration == "sklearn":
-            # Post-training metrics (accuracy_score(y, model.predict(X)) in a later cell) go
-            # to the run that trained the model: MLflow finds it on the estimator.
-            _set(target, "_mlflow_run_id", child.info.run_id)
+        if job.integration in REPLAYED and self._hand(job):
+            return True
         status = "FINISHED"
         active = self.mlflow.ActiveRun(child)
         attach_active_run(self.mlflow, active)
         try:
             with self._replaying(job):
-                job.patch_function(_fitted(job.original, job.result), *job.args, **job.kwargs)
+                job.patch_function(fitted(job.original, job.result), *job.args, **job.kwargs)
         except Exception as exc:
             status = "FAILED"
             self._failed(job, f"{type(exc).__name__}: {exc}"[:300])
         finally:
             detach_active_run(self.mlflow, active)
+        target = job.target() if job.target is not None else None
         if target is not None:
-            _carry_model_id(self.mlflow, job.args[0] if job.args else None, target)
+            carry_model_id(self.mlflow, job.args[0] if job.args else None, target)
         try:
             client.set_terminated(child.info.run_id, status, end_time=job.ended_ms)
         except Exception as exc:
             log.warning("hubforge: could not end the run of %s: %s", job.name, exc)
         self.logged += status == "FINISHED"
         return True
+
+    def _child_run(self, client: Any, job: FitJob, run_id: str, experiment_id: str) -> Any:
+        """The fit's own run: the one opened for it already, else a new child of the notebook's run.
+
+        The caller's estimator learns it: post-training metrics (``accuracy_score(y,
+        model.predict(X))`` in a later cell) go to the run that trained the model, and
+        MLflow finds that run on the estimator.
+        """
+        if job.child_run_id:
+            return client.get_run(job.child_run_id)
+        tags = {**self.session.child_tags(), **job.tags, "mlflow.parentRunId": run_id}
+        child = client.create_run(experiment_id, start_time=job.started_ms, tags=tags, run_name=job.name)
+        job.child_run_id = child.info.run_id
+        target = job.target() if job.target is not None else None
+        if target is not None and job.integration == "sklearn":
+            set_quietly(target, "_mlflow_run_id", child.info.run_id)
+        return child
 
     def _failed(self, job: FitJob, why: str) -> None:
         self.failed += 1
@@ -375,7 +450,7 @@ class Autolog:
                     inferred = self._requirements[key] = _Inferred()
             if mine:
                 try:
-                    inferred.value = list(original(model_uri, flavor, fallback, *args, **kwargs))
+                    inferred.value = self._infer(original, key, model_uri, fallback, *args, **kwargs)
                 finally:
                     inferred.done.set()
             else:
@@ -385,6 +460,18 @@ class Autolog:
             return list(inferred.value)
 
         return infer_pip_requirements
+
+    def _infer(self, original: Callable[..., Any], key: tuple[str, frozenset[str]], *args: Any, **kwargs: Any):
+        """MLflow's inference for ``key`` (flavor, model libraries), remembered on disk when it can be."""
+        cache = self.requirements_cache
+        found = cache.get(*key) if cache is not None else None
+        if found is not None:
+            return found
+        model_uri, fallback, *rest = args
+        value = list(original(model_uri, key[0], fallback, *rest, **kwargs))
+        if cache is not None and value != list(fallback or ()):  # a fallback is MLflow's failure, not an answer
+            cache.put(*key, value)
+        return value
 
     def model_name(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """A flavor's ``log_model`` that names a replayed fit's model after the estimator.
@@ -415,7 +502,7 @@ def install(autolog: Autolog) -> None:
         replacement = autolog.wrap(safety.with_managed_run)
         replacement.__hubforge__ = True  # type: ignore[attr-defined]
         safety.with_managed_run = replacement
-    _per_thread_sessions(autologging_utils)
+    per_thread_sessions(autologging_utils)
     import mlflow.models
 
     if not getattr(mlflow.models.infer_pip_requirements, "__wrapped__", None):
@@ -432,7 +519,7 @@ def prepare_flavor(autolog: Autolog, integration: str) -> None:
         mlflow.sklearn.log_model = autolog.model_name(mlflow.sklearn.log_model)  # type: ignore[attr-defined]
     manager = getattr(mlflow.sklearn, "_AUTOLOGGING_METRICS_MANAGER", None)
     if manager is not None:
-        _per_thread_switch(manager, "_log_post_training_metrics_enabled", True)
+        per_thread_switch(manager, "_log_post_training_metrics_enabled", True)
 
 
 @dataclass
@@ -441,163 +528,3 @@ class _Inferred:
 
     done: threading.Event = field(default_factory=threading.Event)
     value: list[str] | None = None
-
-
-class _PerThreadStack:
-    """A list-like stack that each thread sees its own of."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    @property
-    def _items(self) -> list[Any]:
-        items = getattr(self._local, "items", None)
-        if items is None:
-            items = self._local.items = []
-        return items
-
-    def append(self, item: Any) -> None:
-        self._items.append(item)
-
-    def pop(self, *index: int) -> Any:
-        return self._items.pop(*index)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._items[index]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(list(self._items))
-
-
-def _per_thread_sessions(autologging_utils: Any) -> None:
-    """Give every autologging training-session class (now and later) per-thread stacks."""
-    for cls in getattr(autologging_utils, "_training_sessions", []):
-        if not isinstance(cls._session_stack, _PerThreadStack):
-            cls._session_stack = _PerThreadStack()
-    maker = getattr(autologging_utils, "_get_new_training_session_class", None)
-    if maker is None or getattr(maker, "__hubforge__", False):
-        return
-
-    @functools.wraps(maker)
-    def per_thread(*args: Any, **kwargs: Any) -> Any:
-        cls = maker(*args, **kwargs)
-        cls._session_stack = _PerThreadStack()
-        return cls
-
-    per_thread.__hubforge__ = True  # type: ignore[attr-defined]
-    autologging_utils._get_new_training_session_class = per_thread
-
-
-def _per_thread_switch(instance: Any, name: str, default: Any) -> None:
-    """Make ``instance.<name>`` a per-thread value (swapping in a subclass with a property)."""
-    base = type(instance)
-    if getattr(base, "_hubforge_per_thread", False):
-        return
-    local = threading.local()
-    instance.__dict__.pop(name, None)
-    switch = property(lambda self: getattr(local, "value", default), lambda self, v: setattr(local, "value", v))
-    instance.__class__ = type(base.__name__, (base,), {name: switch, "_hubforge_per_thread": True})
-
-
-# -- pure helpers -----------------------------------------------------------------------------------
-
-
-def snapshot(value: Any, limit: int = COPY_LIMIT) -> Any:
-    """A deep copy of ``value`` (training call arguments and result), sharing the biggest arrays.
-
-    Arrays and frames beyond ``limit`` bytes together are shared rather than copied
-    (a person rarely changes training data in place; doubling a large one would
-    cost the kernel's memory). What cannot be copied is shared as it is.
-    """
-    sized = sorted(((_nbytes(v), id(v), v) for v in _leaves(value)), key=lambda t: t[0], reverse=True)
-    total = sum(size for size, _, _ in sized)
-    memo: dict[int, Any] = {}
-    for size, ident, obj in sized:
-        if total <= limit or not size:
-            break
-        memo[ident] = obj
-        total -= size
-    try:
-        return copy.deepcopy(value, memo)
-    except Exception as exc:
-        log.debug("hubforge: sharing training data uncopied: %s", exc)
-        return value
-
-
-def _leaves(value: Any) -> Iterator[Any]:
-    """The objects a snapshot may share: arguments after the first (the estimator), kwargs."""
-    args, kwargs, _ = value
-    yield from args[1:]
-    yield from kwargs.values()
-
-
-def _nbytes(obj: Any) -> int:
-    size = getattr(obj, "nbytes", None)
-    if isinstance(size, int):
-        return size
-    usage = getattr(obj, "memory_usage", None)
-    if callable(usage):
-        try:
-            return int(usage(deep=False).sum())
-        except Exception:
-            return 0
-    return 0
-
-
-def _name(args: tuple[Any, ...], original: Callable[..., Any]) -> str:
-    """The run name: the estimator's class for a method, else the function's name."""
-    if args and not isinstance(args[0], str | bytes | int | float) and hasattr(args[0], "__class__"):
-        name = type(args[0]).__name__
-        if name not in ("ndarray", "DataFrame", "list", "dict", "tuple"):
-            return name
-    return getattr(original, "__name__", "training")
-
-
-def _requirements_key(args: tuple[Any, ...]) -> frozenset[str]:
-    """The top-level packages of the estimator and of what it holds (its params)."""
-    if not args:
-        return frozenset()
-    found = {type(args[0]).__module__.split(".")[0]}
-    get_params = getattr(args[0], "get_params", None)
-    if callable(get_params):
-        with suppress(Exception):
-            found |= {type(v).__module__.split(".")[0] for v in get_params(deep=True).values()}
-    return frozenset(found - {"builtins"})
-
-
-def _fitted(original: Callable[..., Any], result: Any) -> Callable[..., Any]:
-    """An ``original`` that hands back the training call's (copied) result without training."""
-
-    @functools.wraps(original)
-    def trained(*_args: Any, **_kwargs: Any) -> Any:
-        return result
-
-    return trained
-
-
-def _weakrefable(obj: Any) -> bool:
-    try:
-        weakref.ref(obj)
-    except TypeError:
-        return False
-    return True
-
-
-def _set(obj: Any, name: str, value: Any) -> None:
-    with suppress(Exception):
-        setattr(obj, name, value)
-
-
-def _carry_model_id(mlflow: Any, replayed: Any, target: Any) -> None:
-    """The logged model of the replayed copy is the caller's estimator's too (post-training metrics)."""
-    manager = getattr(getattr(mlflow, "sklearn", None), "_AUTOLOGGING_METRICS_MANAGER", None)
-    mapping = getattr(manager, "_model_id_mapping", None)
-    if isinstance(mapping, dict) and id(replayed) in mapping:
-        mapping[id(target)] = mapping[id(replayed)]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -16,6 +16,9 @@ fluent calls find: ``mlflow.log_artifact`` (or anything that needs a run) in a
 cell before the run is open waits for it instead of starting another one, and
 ``mlflow.start_run()`` under it opens a child run of it rather than failing with
 "run is already active".
+
+:func:`per_thread_sessions` and :func:`per_thread_switch` give MLflow's
+autologging bookkeeping, which MLflow keeps per process, one copy per thread.
 """
 
 from __future__ import annotations
@@ -23,10 +26,20 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from typing import Any
 
-__all__ = ["FluentPatch", "SessionRunPatch", "attach_active_run", "detach_active_run"]
+__all__ = [
+    "FluentPatch",
+    "SessionRunPatch",
+    "attach_active_run",
+    "carry_model_id",
+    "detach_active_run",
+    "per_thread_sessions",
+    "per_thread_switch",
+    "set_quietly",
+]
 
 NAMES = ("log_metric", "log_metrics", "log_param", "log_params", "set_tag", "set_tags")
 
@@ -196,3 +209,75 @@ class SessionRunPatch:
             if active is not None and active.info.run_id == self.run_id():
                 given["nested"] = True
         return self.originals["start_run"](*call.args, **call.kwargs)
+
+
+class _PerThreadStack:
+    """A list-like stack that each thread sees its own of."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def _items(self) -> list[Any]:
+        items = getattr(self._local, "items", None)
+        if items is None:
+            items = self._local.items = []
+        return items
+
+    def append(self, item: Any) -> None:
+        self._items.append(item)
+
+    def pop(self, *index: int) -> Any:
+        return self._items.pop(*index)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._items))
+
+
+def per_thread_sessions(autologging_utils: Any) -> None:
+    """Give every autologging training-session class (now and later) per-thread stacks."""
+    for cls in getattr(autologging_utils, "_training_sessions", []):
+        if not isinstance(cls._session_stack, _PerThreadStack):
+            cls._session_stack = _PerThreadStack()
+    maker = getattr(autologging_utils, "_get_new_training_session_class", None)
+    if maker is None or getattr(maker, "__hubforge__", False):
+        return
+
+    @functools.wraps(maker)
+    def per_thread(*args: Any, **kwargs: Any) -> Any:
+        cls = maker(*args, **kwargs)
+        cls._session_stack = _PerThreadStack()
+        return cls
+
+    per_thread.__hubforge__ = True  # type: ignore[attr-defined]
+    autologging_utils._get_new_training_session_class = per_thread
+
+
+def per_thread_switch(instance: Any, name: str, default: Any) -> None:
+    """Make ``instance.<name>`` a per-thread value (swapping in a subclass with a property)."""
+    base = type(instance)
+    if getattr(base, "_hubforge_per_thread", False):
+        return
+    local = threading.local()
+    instance.__dict__.pop(name, None)
+    switch = property(lambda self: getattr(local, "value", default), lambda self, v: setattr(local, "value", v))
+    instance.__class__ = type(base.__name__, (base,), {name: switch, "_hubforge_per_thread": True})
+
+
+def set_quietly(obj: Any, name: str, value: Any) -> None:
+    with suppress(Exception):
+        setattr(obj, name, value)
+
+
+def carry_model_id(mlflow: Any, replayed: Any, target: Any) -> None:
+    """The logged model of the replayed copy is the caller's estimator's too (post-training metrics)."""
+    manager = getattr(getattr(mlflow, "sklearn", None), "_AUTOLOGGING_METRICS_MANAGER", None)
+    mapping = getattr(manager, "_model_id_mapping", None)
+    if isinstance(mapping, dict) and id(replayed) in mapping:
+        mapping[id(target)] = mapping[id(replayed)]

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +28,8 @@ from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hubforge.server_extension.kept_fits import KeptFit, write_fit
 from hubforge.server_extension.kernel import autolog as autologging
-from hubforge.server_extension.kernel.artifacts import freeze, session_files
+from hubforge.server_extension.kernel.artifacts import freeze
 from hubforge.server_extension.kernel.context import (
     KernelContext,
     experiment_name,
@@ -40,6 +37,8 @@ from hubforge.server_extension.kernel.context import (
     run_tags,
     source_tags,
 )
+from hubforge.server_extension.kernel.ending import RunEnding, parameters
+from hubforge.server_extension.kernel.fit_process import FitProcess
 from hubforge.server_extension.kernel.patches import (
     FluentPatch,
     SessionRunPatch,
@@ -54,10 +53,9 @@ from hubforge.server_extension.pending import (
     PendingRun,
     keep_refused,
     list_pending,
-    remove_live,
     write_live,
-    write_pending,
 )
+from hubforge.server_extension.requirements_cache import REQUIREMENTS, RequirementsCache
 
 __all__ = ["Tracker"]
 
@@ -67,23 +65,20 @@ MAGIC = "%hubforge_tracking"
 PENDING = PLACEHOLDER
 #: Seconds between attempts to open the run while MLflow is away (doubling to the max).
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
-#: Seconds from a shutdown request to the kernel leaving, at most (fits logged meanwhile;
-#: the server sets it beside the kernel's shutdown wait: HUBFORGE_CLOSE_BUDGET)...
+#: Seconds from a shutdown request to the kernel leaving, at most (fits handed over meanwhile;
+#: the server sets it beside the kernel's shutdown wait: HUBFORGE_CLOSE_BUDGET).
 CLOSE_BUDGET = 20.0
-#: ... and to the notebook's run having ended, with its snapshot.
-SESSION_BUDGET = 8.0
 #: Source tags that follow the notebook when it is renamed; the run's name does too.
 MOVING_TAGS = ("mlflow.source.name", "hubforge.notebook")
 RUN_NAME = "mlflow.runName"
 
 
-class Tracker:
+class Tracker(RunEnding):
     """Open, feed and close the run of one kernel; wired to IPython's cell events.
 
     ``close_budget`` bounds :meth:`finish` (seconds from the shutdown request to the
-    process leaving): the run itself ends within ``SESSION_BUDGET`` of it, fits still
-    waiting to be logged get the rest. ``import_wait`` bounds what a first cell waits
-    for the mlflow import.
+    process leaving; see :class:`.ending.RunEnding`). ``import_wait`` bounds what a
+    first cell waits for the mlflow import.
     """
 
     def __init__(
@@ -230,6 +225,8 @@ class Tracker:
         self._session_patch = SessionRunPatch(mlflow, self.attach_waiting, lambda: self.run_id)
         self._session_patch.install()
         self.autolog = autologging.Autolog(self, mlflow)
+        self.autolog.process = FitProcess(Path(self.ctx.spool_dir), self.autolog.outcome)
+        self.autolog.requirements_cache = RequirementsCache(Path(self.ctx.spool_dir) / REQUIREMENTS)
         autologging.install(self.autolog)
         mlflow.autolog(silent=True)
         # mlflow registered its own atexit run ender on import; end ours first, our way.
@@ -422,7 +419,7 @@ class Tracker:
     @staticmethod
     def _handoff(queue: TrackingQueue, run_id: str) -> None:
         """papermill's parameters become run params; its engine learns the run id (see papermill_engine)."""
-        for key, value in _parameters().items():
+        for key, value in parameters().items():
             queue.log_param(run_id, str(key), str(value))
         run_id_file = os.environ.get("HUBFORGE_RUN_ID_FILE")
         if run_id_file:
@@ -459,168 +456,8 @@ class Tracker:
             lines.append(f"kept for MLflow: {kept} ended run(s), sent by the server when MLflow is back")
         return "\n".join(lines)
 
-    # -- ending ----------------------------------------------------------------------
-
-    def finish(self, status: str | None = None) -> None:
-        """End the run: flush, snapshot, status; then log waiting fits (idempotent; never raises).
-
-        Runs on the kernel's shutdown request (before the interpreter winds down: MLflow
-        still has its thread pools), else at exit. Bounded by ``close_budget``.
-        ``status`` overrides FINISHED/FAILED (KILLED when the kernel is stopped in the
-        middle of a cell). What MLflow cannot take before the kernel ends (it is away,
-        or never opened the run) is kept on disk (see :mod:`hubforge.server_extension.pending`)
-        for the server to replay.
-        """
-        if self.finishing:
-            return
-        self.finishing = True
-        try:
-            if self.queue is not None:
-                self._finish_run(status)
-        finally:
-            self.finished = True
-
-    def _finish_run(self, status: str | None) -> None:
-        deadline = time.monotonic() + self.close_budget
-        self._stop.set()
-        if self._opener is not None:
-            self._opener.join(min(2.0, SESSION_BUDGET / 4))
-        with self._lock:
-            if self._patch is not None:
-                self._patch.restore()
-        if self.watch.changed():
-            self._moved(rename_now=False)
-        if self.run_id is not None and self.experiment_id is not None:
-            self._rename_experiment()  # a rename still under way, or the last moment's, before the end
-        status = status or ("FAILED" if self.last_failed else "FINISHED")
-        if self._opened is not None:  # MLflow's own atexit must not end it again, as FINISHED
-            detach_active_run(self._mlflow, self._opened, self._attached_to)
-        try:
-            self._finish(status, deadline)
-        except Exception as exc:
-            log.warning("hubforge tracking: could not end the run: %s", exc)
-        finally:
-            remove_live(self._live)
-
-    def _finish(self, status: str, deadline: float) -> None:
-        assert self.queue is not None
-        if self.run_id is None:
-            self._keep(self.queue.detach(), status, artifacts=True)
-            return
-        # MLflow failing right now: keep the data at once, within the kernel's time to end.
-        if not self.queue.flush(0.5 if self.queue.failing else min(3.0, SESSION_BUDGET / 2)):
-            self._keep(self.queue.detach(), status, artifacts=True)
-            return
-        self.queue.close(1.0)
-        client = self._mlflow.MlflowClient()
-        for step in (self._note_dropped, self._log_snapshot):
-            try:
-                step(client)
-            except Exception as exc:
-                log.warning("hubforge tracking: %s failed: %s", step.__name__, exc)
-                with suppress(Exception):
-                    self._keep([], status, artifacts=True)
-                return
-        try:
-            client.set_terminated(self.run_id, status)
-        except Exception as exc:
-            log.warning("hubforge tracking: could not end run %s: %s", self.run_id, exc)
-            with suppress(Exception):
-                self._keep([], status, artifacts=False)
-            return
-        # The run has ended; its fits still waiting get what is left of the budget, then
-        # the server's replay logs the rest.
-        left = self.autolog.drain(deadline - 0.5) if self.autolog is not None else []
-        if left:
-            kept = self._keep_fits(left)
-            log.info("hubforge tracking: %d fit(s) kept for the server to log", kept)
-            with suppress(Exception):
-                client.set_tag(self.run_id, "hubforge.fits_kept", str(kept))
-
-    def _keep(self, items: list[Any], status: str, artifacts: bool) -> None:
-        """Leave ``items``, the snapshot (if ``artifacts``) and how the run ends for a later replay."""
-        assert self.queue is not None
-        # The live record's id: one id for this run, on disk and in MLflow (hubforge.replay_id).
-        run = dataclasses.replace(
-            self._record or self._describe(),
-            run_id=self.run_id,
-            status=status,
-            end_time=int(time.time() * 1000),
-            dropped=self.queue.dropped,
-        )
-        if self.run_id is None:  # the params _handoff would have logged to the opened run
-            items = [["p", PENDING, str(k), str(v)] for k, v in _parameters().items()] + items
-        with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
-            files = self._snapshot(Path(tmp)) if artifacts else []
-            self.kept = write_pending(Path(self.ctx.spool_dir), run, items, files)
-        if self.autolog is not None:  # under the run by its id, or by the id its replay will open it with
-            self._keep_fits(self.autolog.drain(0), replay_id="" if self.run_id else run.id)
-        log.warning(
-            "hubforge tracking: MLflow unreachable as the kernel ends; %d records of %s kept in %s, "
-            "sent when it is back",
-            len(items),
-            self.run_id or run.experiment_name,
-            self.kept,
-        )
-
-    def _keep_fits(self, jobs: list[autologging.FitJob], replay_id: str = "") -> int:
-        """Leave fits not logged yet for the server's replay (see :mod:`~hubforge.server_extension.kept_fits`)."""
-        import cloudpickle
-
-        assert self._record is not None or replay_id
-        kept = 0
-        for job in jobs:
-            fit = KeptFit(
-                tracking_uri=self.ctx.tracking_uri or "",
-                experiment_name=self._record.experiment_name if self._record else "",
-                integration=job.integration,
-                method=getattr(job.original, "__name__", "fit"),
-                name=job.name,
-                started_ms=job.started_ms,
-                ended_ms=job.ended_ms,
-                run_id=None if replay_id else self.run_id,
-                replay_id=replay_id,
-                cwd=os.getcwd(),
-                tags={**self.child_tags(), **job.tags},
-            )
-            try:
-                write_fit(Path(self.ctx.spool_dir), fit, cloudpickle.dumps((job.args, job.kwargs, job.result)))
-                kept += 1
-            except Exception as exc:
-                log.warning("hubforge tracking: the %s fit could not be kept: %s", job.name, exc)
-        return kept
-
-    def _note_dropped(self, client: Any) -> None:
-        assert self.queue is not None
-        dropped = self.queue.dropped
-        if dropped:
-            client.set_tag(self.run_id, "hubforge.dropped", str(dropped))
-            client.log_metric(self.run_id, "hubforge.dropped", dropped)
-
-    def _snapshot(self, folder: Path) -> list[tuple[Path, str]]:
-        """The environment, the notebook under its current name and the cells as they ran."""
-        try:
-            history = list(self.history()) if self.history is not None else None
-        except Exception:
-            history = None
-        return session_files(folder, self.ctx.notebook_file(self.notebook), history=history)
-
-    def _log_snapshot(self, client: Any) -> None:
-        with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
-            for local, artifact_path in self._snapshot(Path(tmp)):
-                client.log_artifact(self.run_id, str(local), artifact_path)
-
 
 _KINDS = {"m": "metric", "p": "param", "t": "tag"}
-
-
-def _parameters() -> dict[str, Any]:
-    """The notebook's papermill parameters (``HUBFORGE_PARAMETERS``, a JSON object), or {}."""
-    try:
-        parameters = json.loads(os.environ.get("HUBFORGE_PARAMETERS") or "{}")
-    except ValueError:
-        return {}
-    return parameters if isinstance(parameters, dict) else {}
 
 
 def _client() -> Any:
