@@ -1,5 +1,8 @@
 """The governance API, served for real on a free port, against a fake hub API on another.
 
+The service runs once on SQLite and once on the local PostgreSQL (the
+``backend_store`` fixture): hostile input must be refused the same on both.
+
 The fake hub is a tiny tornado server answering ``GET /hub/api/user`` for a
 few known tokens (403 for others), so HubOAuth runs unpatched: faked at the
 transport, not in its internals. Both servers run on an asyncio loop in a
@@ -9,6 +12,7 @@ background thread; the tests are plain synchronous httpx clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -30,13 +34,14 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from _platform import pg_databases
 from hubforge.config import load_config
 from hubforge.hub.governance import schemas
 from hubforge.hub.governance.app import make_app, make_hub_auth
 from hubforge.hub.governance.auth import HubAuthHandler, declared_scopes, is_public
 from hubforge.hub.governance.handlers import ROUTES
 from hubforge.hub.governance.openapi import implemented_methods
-from hubforge.hub.governance.store import GovernanceStore
+from hubforge.hub.governance.store import GovernanceStore, InvalidText, RequestNotFound
 from hubforge.personas import PERSONAS
 
 PREFIX = "/services/governance/"
@@ -164,17 +169,31 @@ class Running:
         return f"http://127.0.0.1:{port}"
 
 
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GovernanceStore]:
+    """A migrated store on each backend: PostgreSQL refuses text (NUL) that SQLite keeps."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('gov') / 'governance.sqlite'}"
+        else:
+            url = stack.enter_context(pg_databases("governance"))["governance"]
+        store = GovernanceStore(url)
+        store.upgrade()
+        stack.callback(store.dispose)
+        yield store
+
+
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def running(backend_store: GovernanceStore) -> Iterator[Running]:
     loop = LoopThread()
     calls: list[str] = []
     hub_server, hub_port = loop.run(serve(web.Application([(r"/hub/api/user", FakeHubUser)], calls=calls)))
     hub_url = f"http://127.0.0.1:{hub_port}"
-    store = GovernanceStore(f"sqlite:///{tmp_path_factory.mktemp('gov') / 'governance.sqlite'}")
-    store.upgrade()
     running = Running(url="", hub_url=hub_url, app=None, loop=loop, hub_calls=calls)  # type: ignore[arg-type]
     running.app = make_app(
-        store,
+        backend_store,
         PREFIX,
         hub_auth=make_hub_auth(PREFIX, environ=running.hub_env()),
         group_personas=load_config(environ={}).group_personas(),
@@ -187,7 +206,6 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     # HubOAuth's aiohttp session belongs to this loop: close it here, not at exit.
     loop.run(close_hub_http_client())
     loop.stop()
-    store.dispose()
 
 
 async def close_hub_http_client() -> None:
@@ -459,25 +477,222 @@ def test_invisible_request_is_exactly_like_a_missing_one(running):
 # --- bad input: 400/415, never 500 ------------------------------------------------------------
 
 
+def post_raw(running: Running, token: str, path: str, content: bytes) -> httpx.Response:
+    """POST ``content`` exactly as given, as JSON."""
+    with running.client(token) as c:
+        return c.post(path, content=content, headers={"Content-Type": "application/json"})
+
+
+def all_requests(running: Running) -> list[tuple[str, str]]:
+    """(id, status) of every request, as the admin sees them: what a refused write must leave alone."""
+    with running.client("erin-token") as c:
+        return sorted((r["id"], r["status"]) for r in c.get("api/requests").json())
+
+
+DEEP = b'{"kind": ' + b"[" * 40 + b"]" * 40 + b"}"
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        (b'{"kind": "data-access", ', "malformed JSON"),
-        (b"", "malformed JSON"),
-        (b'{"kind": NaN}', "malformed JSON"),
-        (b"\xff\xfe{}", "malformed JSON"),
-        (b"[" * 30000 + b"]" * 30000, "malformed JSON"),
+        (b'{"kind": "data-access", ', "malformed JSON body: Expecting"),
+        (b"", "malformed JSON body: Expecting value at line 1 column 1"),
+        (b'{"kind": NaN}', "malformed JSON body: NaN is not valid JSON"),
+        (b'{"kind": -Infinity}', "malformed JSON body: -Infinity is not valid JSON"),
         (b'["kind"]', "request body must be of type object"),
+        # nested deeper than any body needs, and deeper than the parser's stack
+        (DEEP, "request body is nested too deeply (more than 32 levels)"),
+        (b"[" * 30000 + b"]" * 30000, "request body is nested too deeply"),
+        # numbers beyond a double or a 64-bit integer, however long
+        (b'{"kind": 1e999}', "number out of range"),
+        (b'{"kind": -1e400}', "number out of range"),
+        (b'{"kind": 9223372036854775808}', "number out of range"),
+        (b'{"kind": 1' + b"0" * 5000 + b"}", "number out of range"),
+        # which copy would count depends on the reader: refuse both
+        (
+            b'{"kind": "data-access", "kind": "deploy-production", "target": "x", "justification": "y"}',
+            "request body repeats field 'kind'",
+        ),
+        (b'\xef\xbb\xbf{"kind": "data-access"}', "byte order mark"),
     ],
 )
 def test_malformed_json_is_400(running, content, needle):
-    with running.client("alice-token") as c:
-        r = c.post(
-            "api/requests",
-            content=content,
+    before = all_requests(running)
+    message = assert_error(post_raw(running, "alice-token", "api/requests", content), 400, needle)
+    assert "\n" not in message and len(message) < 200
+    assert all_requests(running) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"\xff\xfe{}", "request body is not UTF-8: invalid start byte at byte 0"),
+        ('{"kind": "data-access", "target": "café"}'.encode("latin-1"), "is not UTF-8: invalid continuation byte"),
+        # a surrogate encoded as UTF-8 bytes (CESU-8) is not UTF-8 either
+        (b'{"target": "\xed\xa0\x80"}', "is not UTF-8: invalid continuation byte at byte 12"),
+        (b'{"target": "\xc0\xaf"}', "is not UTF-8: invalid start byte"),  # overlong "/"
+        (b'{"target": "\xe2\x82"}', "is not UTF-8"),  # truncated sequence
+        (json.dumps(NEW).encode("utf-16"), "is not UTF-8"),
+    ],
+)
+def test_body_that_is_not_utf8_is_400(running, content, needle):
+    before = all_requests(running)
+    message = assert_error(post_raw(running, "alice-token", "api/requests", content), 400, needle)
+    assert "\n" not in message
+    assert all_requests(running) == before
+
+
+def body_operations() -> list[tuple[str, str, dict[str, Any]]]:
+    """(path template, method, body schema) of every operation that takes a body, from the route table."""
+    return [
+        (template, method, op.request)
+        for template, handler in ROUTES
+        for method, op in getattr(handler, "operations", {}).items()
+        if op.request is not None
+    ]
+
+
+def string_fields() -> list[tuple[str, str, str]]:
+    """(path template, method, field) of every string field of every body the API takes."""
+    return [
+        (template, method, name)
+        for template, method, schema in body_operations()
+        for name, prop in schema["properties"].items()
+        if prop.get("type") == "string"
+    ]
+
+
+def valid_call(running: Running, template: str) -> tuple[str, str, dict[str, Any]]:
+    """(token, path, body) of a call to ``template`` that would succeed: tests change one field of it."""
+    if template == "api/requests":
+        return "alice-token", "api/requests", dict(NEW)
+    if template == "api/requests/{request_id}/decision":
+        pending = submit(running, "bob-token")
+        return "carol-token", f"api/requests/{pending['id']}/decision", {"decision": "approve", "comment": "ok"}
+    raise AssertionError(f"no valid call known for {template}: add one to valid_call")
+
+
+def with_raw_field(body: dict[str, Any], name: str, raw_json_string: str) -> bytes:
+    """``body`` as JSON, with field ``name`` set to ``raw_json_string`` exactly as written (escapes kept)."""
+    text = json.dumps({**body, name: "\x01placeholder"})
+    return text.replace(json.dumps("\x01placeholder"), raw_json_string).encode()
+
+
+def test_every_body_and_string_field_is_covered():
+    # Guards the two tests below: each POST/PUT/PATCH body, each string field of it.
+    assert {(t, m) for t, m, _ in body_operations()} == {
+        ("api/requests", "post"),
+        ("api/requests/{request_id}/decision", "post"),
+    }
+    assert {f for _, _, f in string_fields()} == {"kind", "target", "justification", "decision", "comment"}
+
+
+@pytest.mark.parametrize(("template", "method", "name"), string_fields())
+def test_lone_surrogate_in_any_string_field_is_400_naming_it(running, template, method, name):
+    token, path, body = valid_call(running, template)
+    before = all_requests(running)
+    with running.client(token) as c:
+        r = c.request(
+            method,
+            path,
+            content=with_raw_field(body, name, r'"ok \ud800 text"'),
             headers={"Content-Type": "application/json"},
         )
-    assert_error(r, 400, needle)
+    assert_error(r, 400, f"field '{name}' is not valid Unicode: lone surrogate \\ud800")
+    assert all_requests(running) == before
+    # the same body without the surrogate is accepted: the field was the only fault
+    with running.client(token) as c:
+        assert c.request(method, path, json=body).is_success
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (r'"\ud800"', "ud800"),  # high surrogate alone
+        (r'"x\udfff"', "udfff"),  # low surrogate alone
+        (r'"\ude00\ud83d"', "ude00"),  # a pair in the wrong order
+        (r'"\ud83d x"', "ud83d"),  # high surrogate followed by no low one
+        (r'"\ud83d\ud83d\ude00"', "ud83d"),  # a pair after an extra high one
+    ],
+)
+def test_every_spelling_of_a_lone_surrogate_is_400(running, raw, code):
+    content = with_raw_field(NEW, "justification", raw)
+    r = post_raw(running, "alice-token", "api/requests", content)
+    assert_error(r, 400, f"field 'justification' is not valid Unicode: lone surrogate \\{code}")
+
+
+def test_lone_surrogate_in_a_field_name_or_top_level_is_400(running):
+    content = json.dumps(NEW)[:-1].encode() + rb', "\udc80x": 1}'
+    assert_error(post_raw(running, "alice-token", "api/requests", content), 400, "a field name is not valid Unicode")
+    nested = with_raw_field(NEW, "extra", r'{"deeper": ["\ud800"]}')
+    assert_error(post_raw(running, "alice-token", "api/requests", nested), 400, "field 'extra.deeper.0' is not valid")
+    assert_error(
+        post_raw(running, "alice-token", "api/requests", rb'"\ud800"'), 400, "request body is not valid Unicode"
+    )
+
+
+def test_surrogate_pairs_and_astral_text_are_kept(running):
+    # a correct pair is one character, not an error, and comes back as it was sent
+    content = with_raw_field(NEW, "target", r'"model \ud83d\ude00 v1"')
+    r = post_raw(running, "alice-token", "api/requests", content)
+    assert r.status_code == 201, r.text
+    assert r.json()["target"] == "model \U0001f600 v1"
+    with running.client("alice-token") as c:
+        assert c.get(f"api/requests/{r.json()['id']}").json()["target"] == "model \U0001f600 v1"
+
+
+FREE_TEXT_FIELDS = [f for f in string_fields() if f[2] in ("target", "justification", "comment")]
+
+
+@pytest.mark.parametrize(("template", "method", "name"), FREE_TEXT_FIELDS)
+def test_nul_in_free_text_is_400_on_every_backend(running, template, method, name):
+    # PostgreSQL's text types refuse NUL; SQLite would keep it: both refuse it, at the edge.
+    token, path, body = valid_call(running, template)
+    before = all_requests(running)
+    with running.client(token) as c:
+        r = c.request(method, path, json={**body, name: "before\x00after"})
+    assert_error(r, 400, f"field '{name}' must not contain NUL")
+    assert all_requests(running) == before
+
+
+def test_store_refuses_text_it_cannot_hold(running):
+    # Behind the API's own check: no backend is handed text another could not store.
+    store = running.app.settings["store"]
+    for bad in ("a\x00b", "a\ud800b"):
+        with pytest.raises(InvalidText):
+            store.create_request(kind="data-access", target=bad, justification="j", requester="alice")
+        with pytest.raises(InvalidText):
+            store.create_request(kind="data-access", target="t", justification=bad, requester="alice")
+    pending = submit(running, "bob-token")
+    with pytest.raises(InvalidText):
+        store.decide(pending["id"], "carol", "approve", "a\x00b")
+    for bad_id in ("\x00", "a\x00b", "\ud800", "x" * 33, "a/b"):
+        assert store.get_request(bad_id) is None
+        with pytest.raises(RequestNotFound):
+            store.decide(bad_id, "carol", "approve")
+    assert store.get_request(pending["id"]).status == "pending"
+
+
+@pytest.mark.parametrize("path", ["api/requests/%00", "api/requests/a%00b/decision", "api/requests/" + "x" * 300])
+def test_impossible_request_id_is_404_on_every_backend(running, path):
+    with running.client("carol-token") as c:
+        r = c.get(path) if not path.endswith("decision") else c.post(path, json={"decision": "approve"})
+    assert_error(r, 404, "no such approval request")
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [
+        ("api/requests/%FF", "parameter 'request_id' is not valid UTF-8"),
+        ("api/requests/%ED%A0%80", "parameter 'request_id' is not valid UTF-8"),
+        ("api/requests?status=%FF", "parameter 'status' is not valid UTF-8"),
+        ("api/requests?kind=%00", "query parameter 'kind' must be one of"),
+    ],
+)
+def test_url_parameter_that_is_not_utf8_is_400_naming_it(running, path, needle):
+    with running.client("alice-token") as c:
+        message = assert_error(c.get(path), 400, needle)
+    assert "\\x" not in message, "the bytes are not echoed"
 
 
 @pytest.mark.parametrize(
@@ -567,11 +782,36 @@ def test_bad_query_parameter_is_400(running):
         assert_error(c.get("api/requests", params={"status": "done"}), 400, "'status'")
 
 
-def test_unknown_path_and_method_are_json_errors(running):
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE")
+
+
+@pytest.mark.parametrize("template", [template for template, _ in ROUTES])
+@pytest.mark.parametrize("token", [None, "alice-token"])
+def test_method_a_route_lacks_is_405_with_allow_listing_the_documented_ones(running, template, token):
+    # RFC 9110: a 405 carries Allow. The expected list comes from the published
+    # document, so the header and the document cannot drift apart.
+    documented = {m.upper() for m in running.app.settings["openapi"]["paths"]["/" + template]}
+    allow = ", ".join(sorted(documented))
+    path = template.replace("{request_id}", "0000000000000000000000")
+    lacking = [m for m in ALL_METHODS if m not in documented]
+    assert lacking, "every route lacks some method"
+    with running.client(token) as c:
+        for method in lacking:
+            r = c.request(method, path, json={} if method in ("POST", "PUT", "PATCH") else None)
+            assert r.status_code == 405, (method, r.text)
+            assert r.headers["allow"] == allow, method
+            if method != "HEAD":  # a HEAD answer has no body
+                assert_error(r, 405, f"this path allows {allow}")
+
+
+def test_unknown_path_is_404_whatever_the_method(running):
     with running.client("alice-token") as c:
-        assert_error(c.get("api/nothing-here"), 404, "no such endpoint")
-        assert_error(c.put("api/requests", json={}), 405)
-        assert_error(c.delete("api/whoami"), 405)
+        for method in (*ALL_METHODS, "FOO"):
+            r = c.request(method, "api/nothing-here")
+            assert r.status_code == 404, (method, r.text)
+            assert "allow" not in r.headers
+            if method != "HEAD":
+                assert_error(r, 404, "no such endpoint")
 
 
 def test_oversized_body_is_refused_without_500(running):

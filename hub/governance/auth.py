@@ -6,7 +6,8 @@ Both are :class:`~jupyterhub.services.auth.HubOAuthenticated`; the user
 model is fetched asynchronously, so the event loop never waits on the hub.
 
 Every handler method declares who may call it, ``@needs_scope(...)`` or
-``@public``; an undeclared method is refused (fail closed).
+``@public``; an undeclared method is refused (fail closed). A method the
+handler lacks is a 405 whose ``Allow`` header lists its ``operations``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import functools
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthenticated, UserNotAllowed
 from tornado import web
@@ -88,6 +89,11 @@ class HubAuthHandler(HubOAuthenticated, web.RequestHandler):
     Application settings used: ``hub_auth`` (a :class:`HubOAuth`) and
     ``service_prefix``.
     """
+
+    #: method -> its :class:`~.openapi.Operation`: what the OpenAPI document
+    #: lists, and what a 405's ``Allow`` names (the document's builder checks
+    #: that they are exactly the methods implemented).
+    operations: ClassVar[Mapping[str, Any]] = {}
 
     # Annotation only: set on the instance, its presence means "already asked the hub".
     _hub_auth_user_cache: dict[str, Any] | None
@@ -210,15 +216,34 @@ class HubAuthHandler(HubOAuthenticated, web.RequestHandler):
         if not getattr(self, "_token_authenticated", False) and self.request.method == "GET":
             _ = self.xsrf_token
 
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The methods this handler answers, from its ``operations`` (for ``Allow``)."""
+        return sorted(method.upper() for method in cls.operations)
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """A path or query argument as text; not UTF-8 is a 400 naming it (not echoing it)."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            what = f"parameter {name!r}" if name else "a URL parameter"
+            raise web.HTTPError(400, "%s is not valid UTF-8", what) from None
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error as ``{"status": N, "message": "..."}``; never a traceback."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = self._reason
+        allowed = ", ".join(self.allowed_methods())
         if isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code == 405:
+            message = f"method not allowed here; this path allows {allowed}"
         elif status_code >= 500:
             message = "internal error; the service log has the details"
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'token realm="jupyterhub"')
+        if status_code == 405:
+            # RFC 9110: a 405 lists what the path does support.
+            self.set_header("Allow", allowed)
         self.finish(json.dumps({"status": status_code, "message": message}))

@@ -1,9 +1,11 @@
 """The governance REST API: HTTP at the edge, the store and policy behind it.
 
 Every response is JSON, errors included (``{"status": N, "message": "..."}``).
-Bodies must be ``application/json`` (else 415) and match the operation's
-schema (else 400 naming the field). :data:`ROUTES` lists every route as an
-OpenAPI path template, relative to the service prefix.
+Bodies must be ``application/json`` (else 415), strict JSON (see
+:mod:`.jsonbody`; else 400 saying what is wrong) and match the operation's
+schema (else 400 naming the field). A method a path lacks is a 405 whose
+``Allow`` header lists the handler's ``operations``. :data:`ROUTES` lists
+every route as an OpenAPI path template, relative to the service prefix.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hubforge.errors import StoreError
 from hubforge.personas import persona_names
 
 from .auth import HubAuthHandler, needs_scope, public
+from .jsonbody import BodyError, parse_json_body
 from .model import KINDS, STATUSES
 from .openapi import Operation
 from .policy import (
@@ -42,7 +45,7 @@ from .schemas import (
     describe,
     first_error,
 )
-from .store import AlreadyDecided, GovernanceStore, RequestNotFound, SelfDecision
+from .store import AlreadyDecided, GovernanceStore, InvalidText, RequestNotFound, SelfDecision
 
 __all__ = [
     "ROUTES",
@@ -62,10 +65,6 @@ T = TypeVar("T")
 
 #: Errors the store raises that are answers, not outages.
 _STORE_ANSWERS = (RequestNotFound, AlreadyDecided, SelfDecision)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 class APIHandler(HubAuthHandler):
@@ -105,11 +104,9 @@ class APIHandler(HubAuthHandler):
                 media[:80] or "untyped",
             )
         try:
-            data = json.loads(self.request.body.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise web.HTTPError(400, "malformed JSON body: %s", exc) from None
-        except RecursionError:
-            raise web.HTTPError(400, "malformed JSON body: nested too deeply") from None
+            data = parse_json_body(self.request.body)
+        except BodyError as exc:
+            raise web.HTTPError(400, "%s", exc) from None
         error = first_error(schema, data)
         if error is not None:
             raise web.HTTPError(400, "%s", describe(error))
@@ -123,11 +120,14 @@ class APIHandler(HubAuthHandler):
         return value
 
     async def call_store(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store method in a worker thread; an outage becomes a 503."""
+        """Run a store method in a worker thread; text it cannot hold is a 400, an outage a 503."""
         try:
             return await asyncio.to_thread(func, *args, **kwargs)
         except _STORE_ANSWERS:
             raise
+        except InvalidText as exc:
+            # json_body refuses such text first; this keeps any other path to the store a 4xx.
+            raise web.HTTPError(400, "%s", str(exc).removeprefix("governance store: ")) from None
         except StoreError as exc:
             self.log.error(
                 "Governance store failed on %s %s: %s",
@@ -336,6 +336,11 @@ class DecisionHandler(APIHandler):
         self.write_json(decided.to_json())
 
 
+# What tornado's get_argument strips from a query argument: control characters,
+# then str.strip()'s whitespace.
+_STRIPPED = r"\x00-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
 class OAuthCallbackHandler(HubAuthHandler, HubOAuthCallbackHandler):
     """Finishes the hub OAuth login of a browser and sets the service cookie."""
 
@@ -343,7 +348,11 @@ class OAuthCallbackHandler(HubAuthHandler, HubOAuthCallbackHandler):
         "get": Operation(
             "Finish the hub OAuth login (browsers; the hub redirects here)",
             {302: None},
-            query={"code": {"type": "string"}, "state": {"type": "string"}},
+            description="The hub sends the code and state; without them (or with the hub's ``error``) it is a 400.",
+            # A code of only what tornado strips arrives empty (400); any state is
+            # looked up (a stale one: a redirect for a logged-in user, else 403).
+            query={"code": {"type": "string", "pattern": f"[^{_STRIPPED}]"}, "state": {"type": "string"}},
+            required_query=("code", "state"),
             errors=(400, 403),
         )
     }
@@ -356,8 +365,17 @@ class OAuthCallbackHandler(HubAuthHandler, HubOAuthCallbackHandler):
         await HubOAuthCallbackHandler.get(self)
 
 
+class _EveryMethod(tuple[str, ...]):
+    """A ``SUPPORTED_METHODS`` holding every method name, even those tornado would refuse first."""
+
+    def __contains__(self, method: object) -> bool:
+        return True
+
+
 class NotFoundHandler(APIHandler):
-    """Any path no route matches: a JSON 404."""
+    """Any path no route matches: a JSON 404, whatever the method (never a 405: no path, no methods)."""
+
+    SUPPORTED_METHODS = _EveryMethod()
 
     async def prepare(self) -> None:
         """Answer 404 whatever the method."""

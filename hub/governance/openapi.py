@@ -8,6 +8,7 @@ handler whose implemented methods and declared operations differ.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ class Operation:
     ``request`` is the JSON schema the body is validated with; ``responses``
     maps success statuses to their body schema (None: no JSON body);
     ``errors`` lists the error statuses beyond those every operation of its
-    sort may give; ``query`` maps query parameters to their schema.
+    sort may give; ``query`` maps query parameters to their schema, and
+    ``required_query`` names those a request must carry.
     """
 
     summary: str
@@ -59,6 +61,12 @@ class Operation:
     description: str = ""
     errors: tuple[int, ...] = ()
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    required_query: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.required_query) - set(self.query))
+        if unknown:
+            raise ValueError(f"required query parameters {unknown} are not among the query parameters")
 
 
 def path_pattern(template: str) -> str:
@@ -117,7 +125,7 @@ def _operation(template: str, method: str, handler: type[web.RequestHandler], op
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in re.findall(r"\{(\w+)\}", template)
     ]
-    params += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in op.query.items()]
+    params += [{"name": n, "in": "query", "required": n in op.required_query, "schema": s} for n, s in op.query.items()]
     doc: dict[str, Any] = {
         "operationId": method + "_" + (re.sub(r"\W+", "_", template).strip("_") or "index"),
         "summary": op.summary,
@@ -166,7 +174,8 @@ def build_spec(
         "servers": [{"url": prefix}],
         "paths": paths,
         "components": {
-            "schemas": COMPONENTS,
+            # A copy: the document is handed out, the schemas validate bodies.
+            "schemas": copy.deepcopy(COMPONENTS),
             "securitySchemes": {
                 "hubToken": {
                     "type": "apiKey",

@@ -29,10 +29,18 @@ __all__ = [
     "NEW_REQUEST_BODY",
     "WHOAMI",
     "describe",
+    "field_label",
     "first_error",
 ]
 
-_TEXT = {"type": "string", "pattern": r"\S"}
+# Free text holds no NUL: PostgreSQL's text types refuse it, so no backend may
+# accept it. Free text that must not be blank holds something besides
+# whitespace, spelt out as ECMA-262's \s (the dialect of JSON Schema patterns):
+# Python's \s also counts U+001C-U+001F and U+0085, and the service and its
+# clients must agree on what is blank. Both patterns run in linear time.
+_SPACE = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_NO_NUL = r"^[^\x00]*$"
+_TEXT = {"type": "string", "pattern": rf"^[{_SPACE}]*[^{_SPACE}\x00][^\x00]*$"}
 
 NEW_REQUEST_BODY: dict[str, Any] = {
     "type": "object",
@@ -65,6 +73,7 @@ DECISION_BODY: dict[str, Any] = {
         "decision": {"type": "string", "enum": list(DECISIONS)},
         "comment": {
             "type": "string",
+            "pattern": _NO_NUL,
             "maxLength": MAX_COMMENT,
             "description": "The approver's reason.",
         },
@@ -172,11 +181,11 @@ def describe(error: jsonschema.ValidationError) -> str:
     path = [str(part) for part in error.absolute_path]
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        return f"unknown field {_field([*path, extra[0]])}" if extra else "unknown field"
+        return f"unknown field {field_label([*path, extra[0]])}" if extra else "unknown field"
     if error.validator == "required":
         missing = [name for name in error.validator_value if name not in error.instance]
-        return f"missing field {_field([*path, missing[0]])}"
-    subject = f"field {_field(path)}" if path else "request body"
+        return f"missing field {field_label([*path, missing[0]])}"
+    subject = f"field {field_label(path)}" if path else "request body"
     return f"{subject} {_problem(error)}"
 
 
@@ -190,11 +199,15 @@ def _problem(error: jsonschema.ValidationError) -> str:
     if error.validator == "maxLength":
         return f"must be at most {expected} characters"
     if error.validator == "pattern":
-        return "must not be blank"
+        return "must not contain NUL (\\u0000)" if "\x00" in error.instance else "must not be blank"
     return "is invalid"
 
 
-def _field(path: list[str]) -> str:
-    # Field names come from the caller: quote them, and keep them short.
+def field_label(path: list[str]) -> str:
+    """The field at ``path``, quoted and shortened: field names come from the caller.
+
+    repr() escapes what is not printable (control characters, lone
+    surrogates), so the label is always safe to send and to log.
+    """
     name = ".".join(path)
     return repr(name if len(name) <= 60 else name[:57] + "...")

@@ -10,6 +10,7 @@ leaves this module as a :class:`~hubforge.errors.StoreError`.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ __all__ = [
     "ApprovalRequestRow",
     "Base",
     "GovernanceStore",
+    "InvalidText",
     "RequestNotFound",
     "SelfDecision",
     "alembic_config",
@@ -56,6 +58,14 @@ TABLE_PREFIX = "gov_"
 VERSION_TABLE = "hubforge_governance_alembic_version"
 
 T = TypeVar("T")
+
+# Ids are secrets.token_urlsafe(16); anything else names no request, and is
+# never sent to the database (PostgreSQL refuses a NUL even in a lookup).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class InvalidText(StoreError):
+    """Text no backend can hold: a NUL (PostgreSQL refuses it) or a lone surrogate (not Unicode)."""
 
 
 class RequestNotFound(StoreError):
@@ -101,6 +111,19 @@ class Base(DeclarativeBase):
 
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _check_storable(**texts: str | None) -> None:
+    """Refuse, the same on every backend, text that one of them could not store."""
+    for name, text in texts.items():
+        if text is None:
+            continue
+        if "\x00" in text:
+            raise InvalidText(f"governance store: {name} contains NUL, which PostgreSQL cannot store")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidText(f"governance store: {name} is not valid Unicode (a lone surrogate)") from None
 
 
 class ApprovalRequestRow(Base):
@@ -230,6 +253,7 @@ class GovernanceStore:
         """Record a new pending request and return it."""
         if kind not in KINDS:
             raise StoreError(f"governance store: unknown request kind {kind!r}")
+        _check_storable(target=target, justification=justification, requester=requester)
         row = ApprovalRequestRow(
             # Random, not sequential: ids must not reveal how many requests exist.
             id=secrets.token_urlsafe(16),
@@ -250,6 +274,8 @@ class GovernanceStore:
 
     def get_request(self, request_id: str) -> ApprovalRequest | None:
         """The request with ``request_id``, or None."""
+        if not _REQUEST_ID.fullmatch(request_id):
+            return None
 
         def get(session: Session) -> ApprovalRequest | None:
             row = session.get(ApprovalRequestRow, request_id)
@@ -290,6 +316,9 @@ class GovernanceStore:
         """
         if decision not in DECISIONS:
             raise StoreError(f"governance store: unknown decision {decision!r}")
+        if not _REQUEST_ID.fullmatch(request_id):
+            raise RequestNotFound(f"no approval request {request_id!r}")
+        _check_storable(approver=approver, comment=comment)
         values: dict[str, Any] = {
             "status": DECISIONS[decision],
             "decided": datetime.now(UTC),
