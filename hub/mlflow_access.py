@@ -21,14 +21,18 @@ and the registry (the AI gateway, review queues, workspaces, ...) are platform a
 :func:`authorize` decides one request from its method, path and parameters, asking a
 :class:`Resolver` for the objects it names; the gate calls it before MLflow sees the
 request. Searches are filtered where MLflow answers them (:func:`install`): a search
-returns only what the person may read, page by page.
+returns only what the person may read, page by page. The same :class:`Check` decides
+again inside MLflow's tracking store, on the arguments MLflow calls it with
+(:mod:`.mlflow_store`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +45,8 @@ __all__ = [
     "authorize",
     "filtered_page",
     "install",
+    "is_trusted",
+    "trusted",
 ]
 
 OWNER_TAG = "hubforge.owner"
@@ -129,6 +135,24 @@ class Resolver(Protocol):
     def trace_experiment(self, trace_id: str) -> str | None: ...
 
 
+_trusted: contextvars.ContextVar[bool] = contextvars.ContextVar("hubforge_store_trusted", default=False)
+
+
+@contextmanager
+def trusted() -> Iterator[None]:
+    """MLflow store calls made here are the platform's own: lookups for a decision, and the
+    calls a permitted store call makes inside the store (see :mod:`.mlflow_store`)."""
+    token = _trusted.set(True)
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
+
+
+def is_trusted() -> bool:
+    return _trusted.get()
+
+
 RUN_CACHE_SIZE = 10_000
 _RUNS: dict[str, RunRef] = {}
 _RUNS_LOCK = threading.Lock()
@@ -162,7 +186,8 @@ class StoreResolver:
         from mlflow.exceptions import MlflowException
 
         try:
-            return fetch()
+            with trusted():
+                return fetch()
         except MlflowException as exc:
             if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
                 return None
@@ -322,10 +347,10 @@ class Check:
         if run_id is None:
             return "name the run (run_id)"
         run = self.resolver.run(run_id)
-        if run is None:
-            return None
+        if run is None or run.owner == self.who.name:
+            return None  # the owner's own run: no experiment to look up
         exp = self.resolver.experiment(run.experiment_id)
-        if run.owner == self.who.name or exp is None or can_read(self.who, exp):
+        if exp is None or can_read(self.who, exp):
             return None
         return f"{self.who.name} may not read run {run_id}"
 

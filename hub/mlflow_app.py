@@ -54,12 +54,14 @@ from tornado.web import HTTPError
 from hubforge.errors import ConfigError, HubforgeError
 
 from .mlflow_access import OWNER_TAG, Principal, Resolver, StoreResolver, authorize, install
+from .mlflow_store import install as guard_tracking_store
 from .mlflow_ui import feature_off, rewriting, unconditional, with_ui_defaults
 
 __all__ = [
     "HubGate",
     "HubUnavailable",
     "HubUser",
+    "ambiguous",
     "claim_run",
     "create_app",
     "decide_access",
@@ -195,6 +197,11 @@ def _parse_body(body: bytes, *, strict: bool = False) -> dict[str, Any]:
     return payload
 
 
+def _has_body(request: Request) -> bool:
+    headers = request.headers
+    return headers.get("content-length", "0").strip() not in ("", "0") or "transfer-encoding" in headers
+
+
 def _raw_body(relative: str) -> bool:
     """Whether a path under the prefix carries a file, not JSON."""
     _, _, rest = relative.partition(".0/") if relative.startswith(("api/", "ajax-api/")) else ("", "", relative)
@@ -206,6 +213,38 @@ def _params(request: Request, payload: Mapping[str, Any] | None) -> dict[str, An
     query = request.query_params
     params = {key: values[0] if len(values := query.getlist(key)) == 1 else values for key in query}
     return {**params, **(payload or {})}
+
+
+#: Names MLflow's handlers take for one parameter (beyond snake_case and camelCase).
+ALIASES = {"runuuid": "runid", "requestid": "traceid"}
+
+
+def _canonical(name: str) -> str:
+    key = name.replace("_", "").lower()
+    return ALIASES.get(key, key)
+
+
+def _as_text(value: Any) -> Any:
+    return [str(v) for v in value] if isinstance(value, list) else str(value)
+
+
+def ambiguous(query: Mapping[str, Any], payload: Mapping[str, Any] | None) -> str | None:
+    """Why a request names one parameter twice with different values, or None.
+
+    MLflow reads ``run_uuid`` where ``run_id`` is missing, camelCase where snake_case
+    is, the body of a POST and the query of a GET; the gate would have to guess
+    which copy MLflow reads. The same value twice (MLflow's own client sends both
+    ``run_id`` and ``run_uuid``) is not ambiguous.
+    """
+    seen: dict[str, tuple[str, Any]] = {}
+    given = [(name, value, "query") for name, value in query.items()]
+    given += [(name, value, "body") for name, value in (payload or {}).items()]
+    for name, value, where in given:
+        key = _canonical(name)
+        if key in seen and seen[key][1] != _as_text(value):
+            return f"ambiguous request: {seen[key][0]} and {name} ({where}) give different values"
+        seen.setdefault(key, (f"{name} ({where})", _as_text(value)))
+    return None
 
 
 def _is_tag(tag: Any) -> bool:
@@ -270,6 +309,9 @@ class HubGate:
         if forgeable and not same_origin(request.headers):
             return _error(403, "PERMISSION_DENIED", "cross-origin request refused")
         payload, raw = None, None
+        if method in ("GET", "HEAD") and _has_body(request):
+            # MLflow reads a GET's JSON body when there is no query string.
+            return _error(400, "INVALID_PARAMETER_VALUE", f"a {method} request carries no body: use the query string")
         if method not in SAFE_METHODS and not _raw_body(relative):
             raw = await request.body()
             try:
@@ -279,7 +321,10 @@ class HubGate:
         run_create = path.endswith(RUN_CREATE_PATHS) and method == "POST"
         if refusal := decide_access(user, method, path, payload if run_create else None, self.required):
             return _error(403, "PERMISSION_DENIED", refusal)
-        params = _params(request, payload)
+        query = _params(request, None)
+        if why := ambiguous(query, payload):
+            return _error(400, "INVALID_PARAMETER_VALUE", why)
+        params = {**query, **(payload or {})}
         if relative.startswith("v1/traces"):
             params["x-mlflow-experiment-id"] = request.headers.get("x-mlflow-experiment-id", "")
         decide = partial(authorize, user.principal, method, relative, params, self.resolver())
@@ -496,4 +541,5 @@ def create_app() -> HubGate:
 
     gate = HubGate(create_fastapi_app(flask_app), hub_auth)
     _install_flask_hook(flask_app, gate.exempt)
+    guard_tracking_store(_current_principal)
     return gate

@@ -31,6 +31,7 @@ from hubforge.hub.mlflow_app import (
     HubGate,
     HubUser,
     _install_flask_hook,
+    ambiguous,
     claim_run,
     decide_access,
     same_origin,
@@ -337,6 +338,60 @@ def test_a_malformed_create_run_is_400(browser: httpx.Client, body: str) -> None
     resp = browser.post(f"{PREFIX}api/2.0/mlflow/runs/create", content=body, headers=headers)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_ambiguous_names_one_parameter_twice_with_different_values() -> None:
+    assert ambiguous({"run_id": "a"}, {"run_uuid": "b"}) == (
+        "ambiguous request: run_id (query) and run_uuid (body) give different values"
+    )
+    assert ambiguous({}, {"run_id": "a", "runId": "b"})
+    assert ambiguous({"experiment_ids": ["1", "2"]}, {"experimentIds": ["1"]})
+    assert ambiguous({}, {"trace_id": "t", "request_id": "u"})
+    # MLflow's own client sends run_id and run_uuid alike; the same value is not ambiguous.
+    assert ambiguous({}, {"run_id": "a", "run_uuid": "a", "key": "m"}) is None
+    assert ambiguous({"run_id": "a"}, None) is None
+
+
+@pytest.mark.parametrize(
+    ("query", "body"),
+    [
+        ({"run_id": "mine"}, {"run_uuid": "theirs"}),
+        ({}, {"run_id": "mine", "runId": "theirs"}),
+        ({"run_id": "mine"}, {"run_id": "theirs"}),
+    ],
+)
+def test_a_parameter_given_twice_differently_is_400(browser: httpx.Client, query: dict, body: dict) -> None:
+    payload = {**body, "key": "m", "value": 1, "timestamp": 1}
+    resp = browser.post(
+        f"{PREFIX}api/2.0/mlflow/runs/log-metric", params=query, json=payload, headers=api("alice-token")
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "ambiguous" in resp.json()["message"]
+
+
+def test_a_get_with_a_body_is_400(browser: httpx.Client) -> None:
+    """MLflow reads a GET's JSON body when the query string is empty; the gate reads the query."""
+    resp = browser.request(
+        "GET", f"{PREFIX}api/2.0/mlflow/runs/get", content=b'{"run_id": "x"}', headers=api("alice-token")
+    )
+    assert resp.status_code == 400, resp.text
+    assert "carries no body" in resp.json()["message"]
+
+
+def test_mlflows_own_client_passes_the_gate(mlflow_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MlflowClient sends run_id and run_uuid together: the same value twice is no ambiguity."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "alice-token")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    client = MlflowClient(mlflow_url + PREFIX.rstrip("/"))
+    run = client.create_run(client.create_experiment(f"/Users/alice/client-{uuid.uuid4().hex[:8]}"))
+    client.log_metric(run.info.run_id, "loss", 0.5)
+    client.log_param(run.info.run_id, "C", "1")
+    client.set_tag(run.info.run_id, "team", "vision")
+    client.set_terminated(run.info.run_id)
+    ended = client.get_run(run.info.run_id)
+    assert (ended.info.status, ended.data.metrics, ended.data.params["C"]) == ("FINISHED", {"loss": 0.5}, "1")
 
 
 def test_token_lookups_are_cached(browser: httpx.Client, fake_hub: FakeHub) -> None:

@@ -1,0 +1,142 @@
+"""The MLflow permission checks: hubforge's MLflow app against MLflow with no auth.
+
+Two real ``mlflow server`` processes on SQLite, started for the run with the same
+options: one as the hub starts it (``--app-name hubforge``: the request gate and
+the guarded tracking store, behind a hub faked at the transport, as in
+``tests/test_mlflow_app.py``), one plain. The same person's requests go to both
+in alternating blocks (gated, plain, plain, gated, ...) so that load on a shared
+machine hits both alike: ``runs/get`` and ``log-batch`` (10 metrics) on a run of
+their own. p50 and p99 per endpoint; the extra milliseconds at p99 are printed too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from test_mlflow_app import HOST, PREFIX, FakeHub, mlflow_command, service_env
+
+from _platform import free_port, wait_for
+from bench.report import Result
+
+__all__ = ["run"]
+
+REQUESTS = 600
+BLOCK = 50
+TOKEN = {"Authorization": "token alice-token"}
+
+
+@contextmanager
+def _server(data: Path, gated: bool, hub: FakeHub) -> Iterator[httpx.Client]:
+    data.mkdir()
+    port = free_port()
+    command = mlflow_command(data, port)
+    env = service_env(hub)
+    if not gated:
+        command = [part for part in command if part != "hubforge"]
+        command.remove("--app-name")
+    with (data / "server.log").open("wb") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}{PREFIX}", headers={"Host": HOST, **TOKEN}, timeout=60)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited:\n{(data / 'server.log').read_text()[-2000:]}")
+        try:
+            return client.get("health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "mlflow server", interval=0.5)
+        yield client
+    finally:
+        client.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _run_of_alices(client: httpx.Client) -> str:
+    name = f"/Users/alice/bench-{time.time_ns()}"
+    experiment = client.post("api/2.0/mlflow/experiments/create", json={"name": name})
+    experiment.raise_for_status()
+    run = client.post("api/2.0/mlflow/runs/create", json={"experiment_id": experiment.json()["experiment_id"]})
+    run.raise_for_status()
+    return str(run.json()["run"]["info"]["run_id"])
+
+
+def _timed(client: httpx.Client, endpoint: str, run_id: str, step: int) -> float:
+    started = time.perf_counter()
+    if endpoint == "runs/get":
+        resp = client.get("api/2.0/mlflow/runs/get", params={"run_id": run_id})
+    else:
+        stamp = 1_700_000_000_000 + step
+        metrics = [{"key": f"m{i}", "value": i, "timestamp": stamp, "step": step} for i in range(10)]
+        resp = client.post("api/2.0/mlflow/runs/log-batch", json={"run_id": run_id, "metrics": metrics})
+    took = (time.perf_counter() - started) * 1000
+    resp.raise_for_status()
+    return took
+
+
+def _p99(samples: list[float]) -> float:
+    return sorted(samples)[int(len(samples) * 0.99) - 1]
+
+
+def _one_round(gated: httpx.Client, plain: httpx.Client) -> dict[str, list[float]]:
+    runs = {"gated": _run_of_alices(gated), "plain": _run_of_alices(plain)}
+    clients = {"gated": gated, "plain": plain}
+    samples: dict[str, list[float]] = {f"{side} {ep}": [] for side in clients for ep in ("runs/get", "log-batch")}
+    for endpoint in ("runs/get", "log-batch"):
+        for side in clients:  # warm-up: connections, caches, the token lookup
+            for step in range(20):
+                _timed(clients[side], endpoint, runs[side], REQUESTS + step)
+        for block in range(REQUESTS // BLOCK):
+            order = ("gated", "plain") if block % 4 in (0, 3) else ("plain", "gated")
+            for side in order:
+                for i in range(BLOCK):
+                    step = block * BLOCK + i
+                    samples[f"{side} {endpoint}"].append(_timed(clients[side], endpoint, runs[side], step))
+    return samples
+
+
+def run(repeat: int) -> list[Result]:
+    """p50 and p99 of runs/get and log-batch, gated vs plain, ``repeat`` rounds."""
+    hub = FakeHub()
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    rounds: list[dict[str, list[float]]] = []
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="hubforge-bench-gate-") as tmp,
+            _server(Path(tmp) / "gated", True, hub) as gated,
+            _server(Path(tmp) / "plain", False, hub) as plain,
+        ):
+            rounds = [_one_round(gated, plain) for _ in range(repeat)]
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    results = []
+    for endpoint in ("runs/get", "log-batch"):
+        for label, figure in (("p50", statistics.median), ("p99", _p99)):
+            ours = [figure(r[f"gated {endpoint}"]) for r in rounds]
+            base = [figure(r[f"plain {endpoint}"]) for r in rounds]
+            results.append(Result(f"MLflow {endpoint} {label}", "ms", ours, base, "MLflow, no auth"))
+            extra = statistics.median(ours) - statistics.median(base)
+            print(f"mlflow gate: {endpoint} {label} +{extra:.2f} ms", file=sys.stderr)
+    return results

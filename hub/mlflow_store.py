@@ -1,0 +1,362 @@
+"""Permissions where MLflow acts: its tracking store, guarded inside the MLflow server.
+
+The request gate (:mod:`.mlflow_access`) decides on the parameters it parses, and
+MLflow's handlers parse them their own way (camelCase, ``run_uuid``, the body
+rather than the query string, a GET's body). So the tracking store MLflow's
+server uses is guarded too: each public method is checked, with the arguments
+MLflow itself calls it with, for the person behind the request, before it runs.
+Whatever spelling reached the handler, the check sees the object MLflow touches.
+
+:data:`TRACKING_RULES` classifies every public method of MLflow's tracking store:
+a rule (a refusal sentence or None) over the call's arguments by name. A method
+the table does not name is refused to people: an MLflow upgrade that adds one
+cannot open a hole, and ``tests/test_mlflow_store.py`` fails until it is
+classified. Calls outside a person's request (the server's own work) and calls a
+permitted call makes inside the store are not checked again.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .mlflow_access import Check, Principal, Resolver, StoreResolver, is_trusted, trusted
+
+__all__ = ["TRACKING_RULES", "guard", "guarded", "public_methods", "trusted"]
+
+#: (check, the call's arguments by name) -> why not, or None.
+Rule = Callable[[Check, Mapping[str, Any]], str | None]
+
+
+def public_methods(cls: type) -> list[str]:
+    """The names of ``cls``'s public methods (what a guard must classify)."""
+    return sorted(name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name, None)))
+
+
+# --- the rules ------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) and str(value) else None
+
+
+def _texts(value: Any) -> list[str]:
+    """Ids from a list, or any iterable (MLflow hands on protobuf repeated fields), or one id."""
+    if value is None:
+        return []
+    if isinstance(value, str | int | bytes):
+        values: list[Any] = [value]
+    else:
+        try:
+            values = list(value)
+        except TypeError:
+            values = [value]
+    return [text for v in values if (text := _text(v)) is not None]
+
+
+def _with(check: Check, **params: Any) -> Check:
+    """``check`` asking about these parameters (the store's arguments, as the gate names them)."""
+    return Check(check.who, params, check.resolver)
+
+
+def _each(refuse: Callable[[str], str | None], ids: list[str]) -> str | None:
+    for object_id in ids:
+        if refusal := refuse(object_id):
+            return refusal
+    return None
+
+
+def anyone(check: Check, args: Mapping[str, Any]) -> str | None:
+    return None
+
+
+def admin(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.admin_only()
+
+
+def read_run(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.read_run(_text(args.get("run_id")) or "")
+
+
+def read_runs(check: Check, args: Mapping[str, Any]) -> str | None:
+    run_ids = _texts(args.get("run_ids"))
+    return _each(check.read_run, run_ids) if run_ids else "name the runs (run_ids)"
+
+
+def write_run(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.write_run(_text(args.get("run_id")) or "")
+
+
+def delete_run(check: Check, args: Mapping[str, Any]) -> str | None:
+    """Delete or restore: the run's owner, or an admin."""
+    if check.who.admin and _text(args.get("run_id")):
+        return None
+    return write_run(check, args)
+
+
+def create_run(check: Check, args: Mapping[str, Any]) -> str | None:
+    if (refusal := check.add_to_experiment(_text(args.get("experiment_id")))) is not None:
+        return refusal
+    if args.get("user_id") != check.who.name:
+        return f"a run of {check.who.name}'s is created as {check.who.name}'s"
+    return None
+
+
+def read_experiment(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.read_experiment(_text(args.get("experiment_id")))
+
+
+def read_experiments(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.read_experiments(_texts(args.get("experiment_ids")))
+
+
+def read_experiment_by_name(check: Check, args: Mapping[str, Any]) -> str | None:
+    found = check.resolver.experiment_by_name(_text(args.get("experiment_name")) or "")
+    return None if found is None else check.read_experiment(found.key)
+
+
+def add_to_experiment(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.add_to_experiment(_text(args.get("experiment_id")))
+
+
+def manage_experiment(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.manage_experiment(_text(args.get("experiment_id")))
+
+
+def create_experiment(check: Check, args: Mapping[str, Any]) -> str | None:
+    tags = [{"key": tag.key, "value": tag.value} for tag in args.get("tags") or []]
+    return _with(
+        check, name=args.get("name"), artifact_location=args.get("artifact_location"), tags=tags
+    ).create_experiment()
+
+
+def rename_experiment(check: Check, args: Mapping[str, Any]) -> str | None:
+    return manage_experiment(check, args) or _with(check, new_name=args.get("new_name")).folder("new_name")
+
+
+def experiment_tag(check: Check, args: Mapping[str, Any]) -> str | None:
+    tag = args.get("tag")
+    key = getattr(tag, "key", None) if tag is not None else args.get("key")
+    return _with(check, experiment_id=args.get("experiment_id"), key=key).experiment_tag()
+
+
+def read_logged_model(check: Check, args: Mapping[str, Any]) -> str | None:
+    return _with(check, model_id=args.get("model_id")).logged(False)
+
+
+def write_logged_model(check: Check, args: Mapping[str, Any]) -> str | None:
+    return _with(check, model_id=args.get("model_id")).logged(True)
+
+
+def create_logged_model(check: Check, args: Mapping[str, Any]) -> str | None:
+    return _with(
+        check, experiment_id=args.get("experiment_id"), source_run_id=args.get("source_run_id")
+    ).create_logged_model()
+
+
+def read_trace(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.trace(False, _text(args.get("trace_id", args.get("request_id"))) or "")
+
+
+def write_trace(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.trace(True, _text(args.get("trace_id", args.get("request_id"))) or "")
+
+
+def read_traces(check: Check, args: Mapping[str, Any]) -> str | None:
+    trace_ids = _texts(args.get("trace_ids"))
+    return _each(lambda trace_id: check.trace(False, trace_id), trace_ids) if trace_ids else None
+
+
+def search_traces(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.read_experiments(_texts(args.get("experiment_ids")) + _texts(args.get("locations")))
+
+
+def link_traces(check: Check, args: Mapping[str, Any]) -> str | None:
+    """Link (or unlink) traces and a run: write access to both."""
+    trace_ids = _texts(args.get("trace_ids"))
+    return write_run(check, args) or _each(lambda trace_id: check.trace(True, trace_id), trace_ids)
+
+
+def start_trace(check: Check, args: Mapping[str, Any]) -> str | None:
+    info = args.get("trace_info")
+    location = getattr(getattr(info, "trace_location", None), "mlflow_experiment", None)
+    experiment_id = getattr(location, "experiment_id", None) or getattr(info, "experiment_id", None)
+    return check.add_to_experiment(_text(experiment_id))
+
+
+def log_spans(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.add_to_experiment(_text(args.get("location")))
+
+
+def create_assessment(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.trace(True, _text(getattr(args.get("assessment"), "trace_id", None)) or "")
+
+
+def _table(rule: Rule, names: str) -> dict[str, Rule]:
+    return dict.fromkeys(names.split(), rule)
+
+
+#: Every public method of MLflow's tracking store, and who may call it.
+TRACKING_RULES: dict[str, Rule] = {
+    # No data of anybody's, or the client side of async logging.
+    **_table(anyone, "sanitize_metric_value flush_async_logging end_async_logging shut_down_async_logging"),
+    # Filtered where MLflow answers it (mlflow_access.install pages through readable ones).
+    **_table(anyone, "search_experiments"),
+    # experiments
+    "create_experiment": create_experiment,
+    **_table(read_experiment, "get_experiment find_completed_sessions"),
+    "get_experiment_by_name": read_experiment_by_name,
+    **_table(manage_experiment, "delete_experiment restore_experiment delete_traces"),
+    "rename_experiment": rename_experiment,
+    **_table(experiment_tag, "set_experiment_tag delete_experiment_tag"),
+    **_table(
+        read_experiments,
+        "search_runs search_logged_models search_datasets filter_active_experiment_ids "
+        "calculate_trace_filter_correlation query_trace_metrics",
+    ),
+    # runs
+    "create_run": create_run,
+    **_table(
+        read_run, "get_run get_metric_history get_max_step_for_metric get_metric_history_bulk_interval_from_steps"
+    ),
+    **_table(read_runs, "get_metric_history_bulk get_metric_history_bulk_interval"),
+    **_table(
+        write_run,
+        "log_metric log_param log_batch set_tag delete_tag update_run_info log_inputs log_outputs "
+        "record_logged_model log_metric_async log_param_async log_batch_async set_tag_async",
+    ),
+    **_table(delete_run, "delete_run restore_run"),
+    # logged models (MLflow 3)
+    "create_logged_model": create_logged_model,
+    "get_logged_model": read_logged_model,
+    **_table(
+        write_logged_model,
+        "delete_logged_model set_logged_model_tags delete_logged_model_tag log_logged_model_params "
+        "finalize_logged_model",
+    ),
+    # traces, their spans and assessments: the experiment's
+    "start_trace": start_trace,
+    "deprecated_start_trace_v2": add_to_experiment,
+    **_table(read_trace, "get_trace get_trace_info get_assessment"),
+    **_table(read_traces, "batch_get_traces batch_get_trace_infos"),
+    "search_traces": search_traces,
+    **_table(
+        write_trace,
+        "set_trace_tag delete_trace_tag deprecated_end_trace_v2 update_assessment delete_assessment "
+        "link_prompts_to_trace",
+    ),
+    **_table(link_traces, "link_traces_to_run unlink_traces_from_run"),
+    **_table(log_spans, "log_spans log_spans_async"),
+    "create_assessment": create_assessment,
+    # MLflow's GenAI platform (the AI gateway and its secrets, MCP servers, budgets,
+    # evaluation datasets, scorers, review queues, issues, label schemas, trace archival):
+    # platform admins', as the request gate has it.
+    **_table(
+        admin,
+        "add_dataset_to_experiments remove_dataset_from_experiments create_dataset get_dataset "
+        "get_dataset_experiment_ids delete_dataset delete_dataset_records delete_dataset_tag set_dataset_tags "
+        "upsert_dataset_records "
+        "add_guardrail_to_endpoint attach_model_to_endpoint create_endpoint_binding create_gateway_endpoint "
+        "create_gateway_guardrail create_gateway_model_definition create_gateway_secret delete_endpoint_binding "
+        "delete_gateway_endpoint delete_gateway_endpoint_tag delete_gateway_guardrail "
+        "delete_gateway_model_definition delete_gateway_secret detach_model_from_endpoint get_gateway_endpoint "
+        "get_gateway_guardrail get_gateway_model_definition get_secret_info list_endpoint_bindings "
+        "list_endpoint_guardrail_configs list_gateway_endpoints list_gateway_guardrails "
+        "list_gateway_model_definitions list_secret_infos remove_guardrail_from_endpoint set_gateway_endpoint_tag "
+        "update_endpoint_guardrail_config update_gateway_endpoint update_gateway_model_definition "
+        "update_gateway_secret sum_gateway_trace_cost resolve_endpoint_in_scorer "
+        "create_budget_policy delete_budget_policy get_budget_policy list_budget_policies update_budget_policy "
+        "create_mcp_access_endpoint create_mcp_server create_mcp_server_version delete_mcp_access_endpoint "
+        "delete_mcp_server delete_mcp_server_alias delete_mcp_server_tag delete_mcp_server_version "
+        "delete_mcp_server_version_tag get_latest_mcp_server_version get_mcp_access_endpoint get_mcp_server "
+        "get_mcp_server_version get_mcp_server_version_by_alias get_mcp_server_versions_for_trace "
+        "link_mcp_server_versions_to_trace search_mcp_access_endpoints search_mcp_server_versions "
+        "search_mcp_servers set_mcp_server_alias set_mcp_server_tag set_mcp_server_version_tag "
+        "update_mcp_access_endpoint update_mcp_server update_mcp_server_version "
+        "register_scorer get_scorer list_scorers list_scorer_versions list_scorers_across_experiments "
+        "delete_scorer get_active_online_scorers get_online_scoring_configs upsert_online_scoring_config "
+        "create_review_queue delete_review_queue get_review_queue get_review_queue_by_name list_review_queues "
+        "update_review_queue add_items_to_review_queue remove_items_from_review_queue list_review_queue_items "
+        "set_review_queue_item_status get_or_create_user_queue "
+        "create_issue get_issue search_issues update_issue "
+        "create_label_schema delete_label_schema get_label_schema get_label_schema_by_name list_label_schemas "
+        "update_label_schema "
+        "archive_traces resolve_trace_archival_config get_online_trace_details "
+        "search_entities_by_source search_entities_by_destination set_model_versions_tags",
+    ),
+}
+
+
+# --- the guard ------------------------------------------------------------------------
+
+
+def _refusal(name: str, rule: Rule | None, who: Principal, arguments: Mapping[str, Any], resolver: Resolver):
+    if rule is None:
+        return f"MLflow's {name} is not open to people on this hub"
+    return rule(Check(who, {}, resolver), arguments)
+
+
+def guarded(
+    name: str, function: Callable[..., Any], rule: Rule | None, principal: Callable[[], Principal | None]
+) -> Callable[..., Any]:
+    """``function`` (a store method) checked for the person behind the request, if any."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        who = principal()
+        if who is None or is_trusted():
+            return function(self, *args, **kwargs)
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            bound = None  # MLflow's own call error, raised by the call below
+        if bound is not None:
+            # A one-shot iterator is read once, by the check, and handed on as a list.
+            for key, value in bound.arguments.items():
+                if isinstance(value, Iterator):
+                    bound.arguments[key] = list(value)
+            args, kwargs = bound.args[1:], bound.kwargs
+        if bound is not None or rule is None:
+            with trusted():
+                arguments = bound.arguments if bound is not None else {}
+                refusal = _refusal(name, rule, who, arguments, StoreResolver(tracking=self))
+            if refusal:
+                from mlflow.exceptions import MlflowException
+                from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+                raise MlflowException(refusal, error_code=PERMISSION_DENIED)
+        with trusted():
+            return function(self, *args, **kwargs)
+
+    method.__hubforge_rule__ = rule  # type: ignore[attr-defined]
+    return method
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def guard(store: Any, principal: Callable[[], Principal | None], rules: Mapping[str, Rule] = TRACKING_RULES) -> Any:
+    """``store`` with every public method checked (its class becomes a checked subclass of its own)."""
+    cls = type(store)
+    if getattr(cls, "__hubforge_guarded__", False):
+        return store
+    sub = _GUARDED.get(cls)
+    if sub is None:
+        namespace: dict[str, Any] = {"__hubforge_guarded__": True, "__module__": __name__}
+        for name in public_methods(cls):
+            function = inspect.getattr_static(cls, name)
+            if inspect.isfunction(function):
+                namespace[name] = guarded(name, function, rules.get(name), principal)
+        sub = _GUARDED[cls] = type(f"Guarded{cls.__name__}", (cls,), namespace)
+    store.__class__ = sub
+    return store
+
+
+def install(principal: Callable[[], Principal | None]) -> Any:
+    """Guard the tracking store of this MLflow server (opened now if it is not yet); it is returned."""
+    from mlflow.server import handlers
+
+    return guard(handlers._get_tracking_store(), principal)

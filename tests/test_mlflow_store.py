@@ -1,0 +1,324 @@
+"""Permissions where MLflow acts: the guarded tracking store (hubforge.hub.mlflow_store).
+
+A real SQLAlchemy tracking store on SQLite, guarded as the MLflow server guards it,
+called as MLflow's handlers call it for alice, bob, an auditor and an admin; and a
+real ``mlflow server --app-name hubforge`` attacked with request spellings the gate
+reads one way and MLflow's handlers another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mlflow.entities import ExperimentTag, Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.abstract_store import AbstractStore
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from test_mlflow_app import PREFIX, api, browser, create_experiment, fake_hub, mlflow_url  # noqa: F401 (fixtures)
+
+from hubforge.hub.mlflow_access import AUDIT, OWNER_TAG, WRITE, Principal
+from hubforge.hub.mlflow_store import TRACKING_RULES, guard, public_methods
+
+WHO: ContextVar[Principal | None] = ContextVar("who", default=None)
+ALICE = Principal("alice", frozenset({WRITE}), frozenset({"vision"}), frozenset({"data-scientist"}))
+BOB = Principal("bob", frozenset({WRITE}), frozenset({"nlp"}), frozenset({"data-scientist"}))
+AUDITOR = Principal("audrey", frozenset({AUDIT}), roles=frozenset({"data-steward"}))
+ADMIN = Principal("erin", frozenset({WRITE}), roles=frozenset({"platform-admin"}))
+
+
+def principal() -> Principal | None:
+    return WHO.get()
+
+
+class As:
+    """Calls on the store as ``who`` (None: the server's own work)."""
+
+    def __init__(self, who: Principal | None):
+        self.who = who
+
+    def __enter__(self) -> None:
+        self.token = WHO.set(self.who)
+
+    def __exit__(self, *exc: object) -> None:
+        WHO.reset(self.token)
+
+
+def refused(call: Any, *words: str) -> str:
+    with pytest.raises(MlflowException) as caught:
+        call()
+    assert caught.value.error_code == "PERMISSION_DENIED", caught.value
+    for word in words:
+        assert word in caught.value.message, caught.value.message
+    return caught.value.message
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqlAlchemyStore:
+    raw = SqlAlchemyStore(f"sqlite:///{tmp_path / 'mlflow.sqlite'}", str(tmp_path / "artifacts"))
+    return guard(raw, principal)
+
+
+@pytest.fixture
+def alices(store: SqlAlchemyStore) -> tuple[str, str]:
+    """alice's experiment and a run of hers in it, made as alice."""
+    with As(ALICE):
+        exp = store.create_experiment("/Users/alice/churn", tags=[ExperimentTag(OWNER_TAG, "alice")])
+        run = store.create_run(exp, "alice", 0, [], "fit").info.run_id
+        store.log_batch(run, [Metric("loss", 0.5, 1, 0)], [Param("C", "1")], [])
+    return exp, run
+
+
+def test_every_public_method_of_mlflows_tracking_store_is_classified() -> None:
+    """An MLflow upgrade adding a store method fails here until the table says who may call it."""
+    for cls in (AbstractStore, SqlAlchemyStore):
+        unclassified = sorted(set(public_methods(cls)) - set(TRACKING_RULES))
+        assert not unclassified, f"{cls.__name__}: classify {unclassified} in hubforge.hub.mlflow_store"
+    stale = sorted(set(TRACKING_RULES) - set(public_methods(SqlAlchemyStore)))
+    assert not stale, f"rules for methods MLflow no longer has: {stale}"
+
+
+def test_a_method_the_table_does_not_know_is_refused_to_people(tmp_path: Path) -> None:
+    class Newer(SqlAlchemyStore):
+        def export_everything(self) -> str:
+            return "everyone's runs"
+
+    store = guard(Newer(f"sqlite:///{tmp_path / 'm.sqlite'}", str(tmp_path / "a")), principal)
+    with As(ADMIN):
+        refused(store.export_everything, "export_everything", "not open")
+    assert store.export_everything() == "everyone's runs", "the server's own work is not checked"
+
+
+def test_another_person_cannot_touch_a_run_whatever_the_call(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    exp, run = alices
+    with As(BOB):
+        refused(lambda: store.get_run(run), "bob may not read run")
+        refused(lambda: store.get_metric_history(run, "loss"), "bob may not read")
+        refused(lambda: store.get_metric_history_bulk([run], "loss", 10), "bob may not read")
+        refused(lambda: store.log_batch(run, [Metric("loss", 9.9, 2, 1)], [], []), "alice's")
+        refused(lambda: store.log_metric(run, Metric("loss", 9.9, 2, 1)), "alice's")
+        refused(lambda: store.log_param(run, Param("C", "2")), "alice's")
+        refused(lambda: store.set_tag(run, RunTag("mlflow.runName", "mine")), "alice's")
+        refused(lambda: store.delete_tag(run, "mlflow.runName"), "alice's")
+        refused(lambda: store.update_run_info(run, RunStatus.FAILED, 1, "renamed"), "alice's")
+        refused(lambda: store.delete_run(run), "alice's")
+        refused(lambda: store.restore_run(run), "alice's")
+        refused(lambda: store.search_runs([exp], "", ViewType.ALL), "bob may not read experiment")
+        refused(lambda: store.get_experiment(exp), "bob may not read experiment")
+        refused(lambda: store.get_experiment_by_name("/Users/alice/churn"), "bob may not read experiment")
+        refused(lambda: store.create_run(exp, "bob", 0, [], "planted"), "bob may not add")
+        refused(lambda: store.rename_experiment(exp, "/Users/bob/stolen"), "only the owner")
+        refused(lambda: store.set_experiment_tag(exp, ExperimentTag("note", "x")), "only the owner")
+        refused(lambda: store.delete_experiment(exp), "only the owner")
+        refused(lambda: store.link_traces_to_run([], run), "alice's")
+    # Nothing changed.
+    with As(ALICE):
+        kept = store.get_run(run)
+        assert (kept.info.status, kept.info.run_name, kept.data.params) == ("RUNNING", "fit", {"C": "1"})
+        assert [m.value for m in store.get_metric_history(run, "loss")] == [0.5]
+        assert store.get_experiment(exp).name == "/Users/alice/churn"
+
+
+def test_ids_come_as_mlflows_handlers_pass_them(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    """MLflow's handlers hand on protobuf repeated fields, not lists: each id is still checked."""
+    from mlflow.protos.service_pb2 import SearchRuns
+
+    exp, run = alices
+    message = SearchRuns(experiment_ids=[exp])
+    with As(BOB):
+        refused(lambda: store.search_runs(message.experiment_ids, "", ViewType.ALL), "bob may not read experiment")
+        refused(lambda: store.get_metric_history_bulk(iter([run]), "loss", 10), "bob may not read run")
+    with As(ALICE):
+        assert len(store.search_runs(message.experiment_ids, "", ViewType.ALL)) == 1
+        assert [m.value for m in store.get_metric_history_bulk(iter([run]), "loss", 10)] == [0.5]
+
+
+def test_the_owner_works_as_before(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    exp, run = alices
+    with As(ALICE):
+        store.log_batch(run, [Metric("loss", 0.4, 2, 1)], [Param("gamma", "0.1")], [RunTag("team", "vision")])
+        store.update_run_info(run, RunStatus.FINISHED, 5, "fit-1")
+        assert [r.info.run_id for r in store.search_runs([exp], "", ViewType.ALL)] == [run]
+        assert store.get_experiment_by_name("/Users/alice/churn").experiment_id == exp
+        assert store.get_experiment_by_name("/Users/alice/absent") is None
+        store.rename_experiment(exp, "/Users/alice/churn-v2")
+        store.delete_run(run)
+        store.restore_run(run)
+        assert store.get_run(run).info.status == "FINISHED"
+
+
+def test_a_run_is_created_only_as_its_creator(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    exp, _ = alices
+    with As(ALICE):
+        refused(lambda: store.create_run(exp, "bob", 0, [], "forged"), "created as alice's")
+
+
+def test_auditors_read_everything_and_write_nothing(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    exp, run = alices
+    with As(AUDITOR):
+        assert store.get_run(run).data.params == {"C": "1"}
+        assert len(store.search_runs([exp], "", ViewType.ALL)) == 1
+        refused(lambda: store.log_metric(run, Metric("loss", 1.0, 3, 2)), "may not log")
+        refused(lambda: store.create_experiment("/Users/audrey/x"), "may not create")
+
+
+def test_admins_manage_but_write_no_ones_runs(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    exp, run = alices
+    with As(ADMIN):
+        assert store.get_run(run).info.run_id == run
+        store.delete_run(run)
+        store.restore_run(run)
+        refused(lambda: store.log_metric(run, Metric("loss", 1.0, 3, 2)), "alice's")
+        store.set_experiment_tag(exp, ExperimentTag("reviewed", "yes"))
+        store.create_experiment("/Users/erin/placed", artifact_location="file:///srv/elsewhere")
+
+
+def test_the_platform_chooses_where_artifacts_live(store: SqlAlchemyStore) -> None:
+    with As(ALICE):
+        refused(
+            lambda: store.create_experiment("/Users/alice/out", artifact_location="file:///etc"),
+            "artifact_location is chosen by the platform",
+        )
+        refused(lambda: store.create_experiment("/Users/bob/inside"), "bob's folder")
+        refused(
+            lambda: store.create_experiment("/Users/alice/owned", tags=[ExperimentTag(OWNER_TAG, "bob")]),
+            "set by hubforge",
+        )
+
+
+def test_the_owner_tag_cannot_be_moved(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    exp, _ = alices
+    with As(ALICE):
+        refused(lambda: store.set_experiment_tag(exp, ExperimentTag(OWNER_TAG, "bob")), "set by hubforge")
+        refused(lambda: store.delete_experiment_tag(exp, OWNER_TAG), "set by hubforge")
+
+
+def test_mlflows_genai_platform_is_for_admins(store: SqlAlchemyStore) -> None:
+    with As(ALICE):
+        refused(lambda: store.list_gateway_endpoints(), "reserved to platform admins")
+        refused(lambda: store.list_secret_infos(), "reserved to platform admins")
+    with As(ADMIN):
+        assert store.list_gateway_endpoints() == []
+
+
+# --- through the MLflow server: spellings the gate reads one way and MLflow another -------
+
+
+@pytest.fixture
+def two_runs(browser: httpx.Client) -> tuple[str, str]:  # noqa: F811 (the fixture above)
+    """A run of alice's and one of carol's (another person), each in their own experiment."""
+    runs = []
+    for token in ("alice-token", "carol-token"):
+        experiment = create_experiment(browser, api(token))
+        created = browser.post(
+            f"{PREFIX}api/2.0/mlflow/runs/create", json={"experiment_id": experiment}, headers=api(token)
+        )
+        assert created.status_code == 200, created.text
+        runs.append(created.json()["run"]["info"]["run_id"])
+    return runs[0], runs[1]
+
+
+MLFLOW = f"{PREFIX}api/2.0/mlflow"
+AJAX = f"{PREFIX}ajax-api/2.0/mlflow"
+METRIC = {"key": "x", "value": 1, "timestamp": 1, "step": 0}
+
+
+@pytest.mark.parametrize("root", [MLFLOW, AJAX])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "runs/log-batch",
+            lambda run: {"runId": run, "metrics": [{"key": "x", "value": 1, "timestamp": 1, "step": 0}]},
+        ),
+        ("runs/log-metric", lambda run: {"run_uuid": run, "key": "x", "value": 1, "timestamp": 1}),
+        ("runs/log-parameter", lambda run: {"runId": run, "key": "planted", "value": "1"}),
+        ("runs/set-tag", lambda run: {"runId": run, "key": "mlflow.runName", "value": "planted"}),
+        ("runs/update", lambda run: {"run_uuid": run, "status": "FAILED"}),
+        ("runs/update", lambda run: {"runId": run, "runName": "planted"}),
+        ("runs/delete", lambda run: {"runId": run}),
+    ],
+    ids=["log-batch", "log-metric", "log-parameter", "set-tag", "update-status", "update-name", "delete"],
+)
+def test_writes_into_anothers_run_are_refused_in_every_spelling(
+    browser: httpx.Client,  # noqa: F811
+    two_runs: tuple[str, str],
+    root: str,
+    path: str,
+    body: Any,
+) -> None:
+    """carol names her own run in the query and alice's in the body, where MLflow reads it."""
+    alices, carols = two_runs
+    resp = browser.post(f"{root}/{path}", params={"run_id": carols}, json=body(alices), headers=api("carol-token"))
+    # The gate refuses two different values for one parameter (400); MLflow would have read
+    # the body's, and its store would refuse that (403).
+    assert resp.status_code in (400, 403), resp.text
+    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    assert run["info"]["status"] == "RUNNING" and run["info"]["lifecycle_stage"] == "active"
+    assert run["data"].get("metrics", []) == [] and run["data"].get("params", []) == []
+    assert run["info"]["run_name"] != "planted"
+
+
+def test_a_search_for_anothers_runs_is_refused_in_camel_case(
+    browser: httpx.Client,  # noqa: F811
+    two_runs: tuple[str, str],
+) -> None:
+    alices, carols = two_runs
+    alice_exp = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()
+    carol_exp = browser.get(f"{MLFLOW}/runs/get", params={"run_id": carols}, headers=api("carol-token")).json()
+    resp = browser.post(
+        f"{MLFLOW}/runs/search",
+        params={"experiment_ids": carol_exp["run"]["info"]["experiment_id"]},
+        json={"experimentIds": [alice_exp["run"]["info"]["experiment_id"]]},
+        headers=api("carol-token"),
+    )
+    assert resp.status_code in (400, 403), resp.text
+    assert alices not in resp.text
+
+
+def start_trace(browser: httpx.Client, token: str, experiment_id: str) -> str:  # noqa: F811
+    trace_id = f"tr-{uuid.uuid4().hex}"
+    info = {
+        "trace_id": trace_id,
+        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
+        "request_time": "2026-12-01T10:00:00Z",
+        "state": "OK",
+    }
+    resp = browser.post(f"{PREFIX}api/3.0/mlflow/traces", json={"trace": {"trace_info": info}}, headers=api(token))
+    assert resp.status_code == 200, resp.text
+    return trace_id
+
+
+def test_the_store_refuses_what_the_gate_lets_through(
+    browser: httpx.Client,  # noqa: F811
+    two_runs: tuple[str, str],
+) -> None:
+    """Linking a trace to a run: the gate checks the run; the store checks the traces too."""
+    alices, carols = two_runs
+    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    trace = start_trace(browser, "alice-token", run["info"]["experiment_id"])
+    linked = browser.post(
+        f"{MLFLOW}/traces/link-to-run", json={"trace_ids": [trace], "run_id": carols}, headers=api("carol-token")
+    )
+    assert linked.status_code == 403, linked.text
+    assert "carol may not add to experiment" in linked.json()["message"]
+    own = browser.post(
+        f"{MLFLOW}/traces/link-to-run", json={"trace_ids": [trace], "run_id": alices}, headers=api("alice-token")
+    )
+    assert own.status_code == 200, own.text
+
+
+def test_the_owners_own_requests_still_pass(browser: httpx.Client, two_runs: tuple[str, str]) -> None:  # noqa: F811
+    alices, _ = two_runs
+    resp = browser.post(
+        f"{MLFLOW}/runs/log-batch",
+        json={"run_id": alices, "params": [{"key": "C", "value": "1"}]},
+        headers=api("alice-token"),
+    )
+    assert resp.status_code == 200, resp.text
+    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    assert run["data"]["params"] == [{"key": "C", "value": "1"}]
