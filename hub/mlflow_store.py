@@ -1,15 +1,16 @@
-"""Permissions where MLflow acts: its tracking store, guarded inside the MLflow server.
+"""Permissions where MLflow acts: its tracking and registry stores, guarded inside the MLflow server.
 
 The request gate (:mod:`.mlflow_access`) decides on the parameters it parses, and
 MLflow's handlers parse them their own way (camelCase, ``run_uuid``, the body
-rather than the query string, a GET's body). So the tracking store MLflow's
-server uses is guarded too: each public method is checked, with the arguments
+rather than the query string, a GET's body). So the stores MLflow's server
+uses are guarded too: each public method is checked, with the arguments
 MLflow itself calls it with, for the person behind the request, before it runs.
 Whatever spelling reached the handler, the check sees the object MLflow touches.
 
-:data:`TRACKING_RULES` classifies every public method of MLflow's tracking store:
-a rule (a refusal sentence or None) over the call's arguments by name. A method
-the table does not name is refused to people: an MLflow upgrade that adds one
+:data:`TRACKING_RULES` and :data:`REGISTRY_RULES` classify every public method of
+MLflow's tracking and model registry stores: a rule (a refusal sentence or None)
+over the call's arguments by name. A method the tables do not name is refused to
+people: an MLflow upgrade that adds one
 cannot open a hole, and ``tests/test_mlflow_store.py`` fails until it is
 classified. Calls outside a person's request (the server's own work) and calls a
 permitted call makes inside the store are not checked again.
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .mlflow_access import Check, Principal, Resolver, StoreResolver, is_trusted, trusted
 
-__all__ = ["TRACKING_RULES", "guard", "guarded", "public_methods", "trusted"]
+__all__ = ["REGISTRY_RULES", "TRACKING_RULES", "guard", "guard_registry", "guarded", "install", "public_methods"]
 
 #: (check, the call's arguments by name) -> why not, or None.
 Rule = Callable[[Check, Mapping[str, Any]], str | None]
@@ -289,6 +291,98 @@ TRACKING_RULES: dict[str, Rule] = {
 }
 
 
+# --- the model registry ----------------------------------------------------------------
+
+_SOURCE_RUN = re.compile(r"^runs:/([0-9a-f]{32})(?:/|$)|/\d+/([0-9a-f]{32})/artifacts(?:/|$)")
+_SOURCE_MODEL = re.compile(r"^models:/(m-[0-9a-f]{32})(?:/|$)|/\d+/models/(m-[0-9a-f]{32})/artifacts(?:/|$)")
+
+
+def read_model(check: Check, args: Mapping[str, Any]) -> str | None:
+    return check.read_model(_text(args.get("name")) or "")
+
+
+def edit_model(check: Check, args: Mapping[str, Any]) -> str | None:
+    tag = args.get("tag")
+    key = getattr(tag, "key", None) if tag is not None else args.get("key")
+    return _with(check, name=args.get("name"), key=key).edit_model()
+
+
+def manage_model(check: Check, args: Mapping[str, Any]) -> str | None:
+    """Renames, deletes, stages, aliases: registry managers, on a model they may read."""
+    return check.manage_registry() or read_model(check, args)
+
+
+def create_registered_model(check: Check, args: Mapping[str, Any]) -> str | None:
+    tags = [{"key": tag.key, "value": tag.value} for tag in args.get("tags") or []]
+    return _with(check, name=args.get("name"), tags=tags).create_model()
+
+
+def read_source(check: Check, run_id: str | None, model_id: str | None, source: str) -> str | None:
+    """Read access to what a model version is made of, for everybody, registry managers too:
+    the run and the logged model it names, and those its ``source`` points into."""
+    runs = [run_id] if run_id else []
+    models = [model_id] if model_id else []
+    for match in _SOURCE_RUN.finditer(source):
+        runs.append(match.group(1) or match.group(2))
+    for match in _SOURCE_MODEL.finditer(source):
+        models.append(match.group(1) or match.group(2))
+    for run in runs:
+        if refusal := check.read_run(run):
+            return f"{refusal}: a model version is made only of what its creator may read"
+    for model in models:
+        if refusal := _with(check, model_id=model).logged(False):
+            return f"{refusal}: a model version is made only of what its creator may read"
+    return None
+
+
+def create_model_version(check: Check, args: Mapping[str, Any]) -> str | None:
+    if refusal := edit_model(check, args):
+        return refusal
+    return read_source(check, _text(args.get("run_id")), _text(args.get("model_id")), _text(args.get("source")) or "")
+
+
+def copy_model_version(check: Check, args: Mapping[str, Any]) -> str | None:
+    src = args.get("src_mv")
+    return read_model(check, {"name": getattr(src, "name", None)}) or edit_model(check, {"name": args.get("dst_name")})
+
+
+#: Every public method of MLflow's model registry store, and who may call it.
+REGISTRY_RULES: dict[str, Rule] = {
+    # Filtered where MLflow answers them (mlflow_access.install, and its GraphQL gate).
+    **_table(anyone, "search_registered_models search_model_versions"),
+    "create_registered_model": create_registered_model,
+    **_table(
+        read_model,
+        "get_registered_model get_latest_versions get_model_version get_model_version_by_alias "
+        "get_model_version_download_uri",
+    ),
+    **_table(
+        edit_model,
+        "update_registered_model set_registered_model_tag delete_registered_model_tag update_model_version "
+        "set_model_version_tag delete_model_version_tag",
+    ),
+    "create_model_version": create_model_version,
+    "copy_model_version": copy_model_version,
+    **_table(
+        manage_model,
+        "rename_registered_model delete_registered_model delete_model_version transition_model_version_stage "
+        "set_registered_model_alias delete_registered_model_alias",
+    ),
+    **_table(
+        lambda check, args: check.manage_registry(),
+        "create_webhook delete_webhook get_webhook list_webhooks list_webhooks_by_event test_webhook update_webhook",
+    ),
+    # Prompts (MLflow's GenAI prompt registry): platform admins', as the request gate has it.
+    **_table(
+        admin,
+        "create_prompt create_prompt_version delete_prompt delete_prompt_alias delete_prompt_tag "
+        "delete_prompt_version delete_prompt_version_tag get_prompt get_prompt_version get_prompt_version_by_alias "
+        "link_prompt_version_to_model link_prompt_version_to_run link_prompts_to_trace search_prompt_versions "
+        "search_prompts set_prompt_alias set_prompt_tag set_prompt_version_tag",
+    ),
+}
+
+
 # --- the guard ------------------------------------------------------------------------
 
 
@@ -299,9 +393,14 @@ def _refusal(name: str, rule: Rule | None, who: Principal, arguments: Mapping[st
 
 
 def guarded(
-    name: str, function: Callable[..., Any], rule: Rule | None, principal: Callable[[], Principal | None]
+    name: str,
+    function: Callable[..., Any],
+    rule: Rule | None,
+    principal: Callable[[], Principal | None],
+    resolver: Callable[[Any], Resolver],
 ) -> Callable[..., Any]:
-    """``function`` (a store method) checked for the person behind the request, if any."""
+    """``function`` (a store method) checked for the person behind the request, if any;
+    ``resolver(store)`` looks up what the check asks about."""
     signature = inspect.signature(function)
 
     @functools.wraps(function)
@@ -322,7 +421,7 @@ def guarded(
         if bound is not None or rule is None:
             with trusted():
                 arguments = bound.arguments if bound is not None else {}
-                refusal = _refusal(name, rule, who, arguments, StoreResolver(tracking=self))
+                refusal = _refusal(name, rule, who, arguments, resolver(self))
             if refusal:
                 from mlflow.exceptions import MlflowException
                 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
@@ -338,7 +437,16 @@ def guarded(
 _GUARDED: dict[type, type] = {}
 
 
-def guard(store: Any, principal: Callable[[], Principal | None], rules: Mapping[str, Rule] = TRACKING_RULES) -> Any:
+def _tracking_resolver(store: Any) -> Resolver:
+    return StoreResolver(tracking=store)
+
+
+def guard(
+    store: Any,
+    principal: Callable[[], Principal | None],
+    rules: Mapping[str, Rule] = TRACKING_RULES,
+    resolver: Callable[[Any], Resolver] = _tracking_resolver,
+) -> Any:
     """``store`` with every public method checked (its class becomes a checked subclass of its own)."""
     cls = type(store)
     if getattr(cls, "__hubforge_guarded__", False):
@@ -349,14 +457,23 @@ def guard(store: Any, principal: Callable[[], Principal | None], rules: Mapping[
         for name in public_methods(cls):
             function = inspect.getattr_static(cls, name)
             if inspect.isfunction(function):
-                namespace[name] = guarded(name, function, rules.get(name), principal)
+                namespace[name] = guarded(name, function, rules.get(name), principal, resolver)
         sub = _GUARDED[cls] = type(f"Guarded{cls.__name__}", (cls,), namespace)
     store.__class__ = sub
     return store
 
 
+def guard_registry(store: Any, principal: Callable[[], Principal | None], tracking: Any = None) -> Any:
+    """``store`` (MLflow's model registry store) with every public method checked; runs and
+    logged models are looked up in ``tracking`` (the server's tracking store by default)."""
+    return guard(store, principal, REGISTRY_RULES, lambda registry: StoreResolver(tracking, registry))
+
+
 def install(principal: Callable[[], Principal | None]) -> Any:
-    """Guard the tracking store of this MLflow server (opened now if it is not yet); it is returned."""
+    """Guard the tracking and model registry stores of this MLflow server (opened now if they
+    are not yet); the tracking store is returned."""
     from mlflow.server import handlers
 
-    return guard(handlers._get_tracking_store(), principal)
+    tracking = guard(handlers._get_tracking_store(), principal)
+    guard_registry(handlers._get_model_registry_store(), principal, tracking)
+    return tracking

@@ -156,9 +156,13 @@ def test_ml_engineers_manage_the_registry_and_data_scientists_own_their_models(c
     ok(bob.post(MLFLOW + "registered-models/alias", json=alias))
     got = ok(alice.get(MLFLOW + "registered-models/alias", params={"name": name, "alias": "champion"}))
     assert got["model_version"]["version"] == "1"
-    # bob registers a version of alice's run (he manages the registry); a data steward
-    # may neither register models nor see them as theirs.
-    assert ok(bob.post(MLFLOW + "model-versions/create", json=version))["model_version"]["version"] == "2"
+    # bob manages the registry, yet registers only what he may read: not alice's unshared
+    # run (its artifacts would be his to read through the version), a run of his own, yes.
+    refused(bob.post(MLFLOW + "model-versions/create", json=version), "bob may not read run")
+    _, bobs_run = experiment_with_run(bob, "bob")
+    his = {"name": name, "source": f"runs:/{bobs_run}/model", "run_id": bobs_run}
+    assert ok(bob.post(MLFLOW + "model-versions/create", json=his))["model_version"]["version"] == "2"
+    # A data steward may neither register models nor see them as theirs.
     refused(dan.post(MLFLOW + "registered-models/create", json={"name": name + "-dan"}), "may not register")
     refused(bob.post(MLFLOW + "experiments/create", json={"name": "/Users/bob/x", "tags": [
         {"key": "hubforge.owner", "value": "alice"}]}))  # fmt: skip

@@ -21,14 +21,15 @@ from mlflow.store.tracking.abstract_store import AbstractStore
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from test_mlflow_app import PREFIX, api, browser, create_experiment, fake_hub, mlflow_url  # noqa: F401 (fixtures)
 
-from hubforge.hub.mlflow_access import AUDIT, OWNER_TAG, WRITE, Principal
-from hubforge.hub.mlflow_store import TRACKING_RULES, guard, public_methods
+from hubforge.hub.mlflow_access import AUDIT, OWNER_TAG, REGISTRY, WRITE, Principal
+from hubforge.hub.mlflow_store import REGISTRY_RULES, TRACKING_RULES, guard, guard_registry, public_methods
 
 WHO: ContextVar[Principal | None] = ContextVar("who", default=None)
 ALICE = Principal("alice", frozenset({WRITE}), frozenset({"vision"}), frozenset({"data-scientist"}))
 BOB = Principal("bob", frozenset({WRITE}), frozenset({"nlp"}), frozenset({"data-scientist"}))
 AUDITOR = Principal("audrey", frozenset({AUDIT}), roles=frozenset({"data-steward"}))
 ADMIN = Principal("erin", frozenset({WRITE}), roles=frozenset({"platform-admin"}))
+MANAGER = Principal("mel", frozenset({WRITE, REGISTRY}), roles=frozenset({"ml-engineer"}))
 
 
 def principal() -> Principal | None:
@@ -80,6 +81,57 @@ def test_every_public_method_of_mlflows_tracking_store_is_classified() -> None:
         assert not unclassified, f"{cls.__name__}: classify {unclassified} in hubforge.hub.mlflow_store"
     stale = sorted(set(TRACKING_RULES) - set(public_methods(SqlAlchemyStore)))
     assert not stale, f"rules for methods MLflow no longer has: {stale}"
+
+
+def test_every_public_method_of_mlflows_model_registry_store_is_classified() -> None:
+    from mlflow.store.model_registry.abstract_store import AbstractStore as AbstractRegistry
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+
+    for cls in (AbstractRegistry, RegistryStore):
+        unclassified = sorted(set(public_methods(cls)) - set(REGISTRY_RULES))
+        assert not unclassified, f"{cls.__name__}: classify {unclassified} in hubforge.hub.mlflow_store"
+    stale = sorted(set(REGISTRY_RULES) - set(public_methods(RegistryStore)))
+    assert not stale, f"rules for methods MLflow no longer has: {stale}"
+
+
+@pytest.fixture
+def registry(tmp_path: Path, store: SqlAlchemyStore) -> Any:
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+
+    return guard_registry(RegistryStore(f"sqlite:///{tmp_path / 'mlflow.sqlite'}"), principal, store)
+
+
+def test_a_registered_model_is_its_owners_and_versions_need_a_readable_source(
+    store: SqlAlchemyStore, registry: Any, alices: tuple[str, str]
+) -> None:
+    from mlflow.entities.model_registry import RegisteredModelTag
+
+    exp, run = alices
+    source = f"mlflow-artifacts:/{exp}/{run}/artifacts/model"
+    with As(ALICE):
+        registry.create_registered_model("churn", tags=[RegisteredModelTag(OWNER_TAG, "alice")])
+        version = registry.create_model_version("churn", source, run_id=run)
+        assert registry.get_model_version("churn", version.version).run_id == run
+    with As(BOB):
+        refused(lambda: registry.get_registered_model("churn"), "bob may not read registered model")
+        refused(lambda: registry.get_model_version_download_uri("churn", "1"), "bob may not read")
+        refused(lambda: registry.set_registered_model_tag("churn", RegisteredModelTag("x", "y")), "only alice")
+        refused(lambda: registry.create_model_version("churn", source), "only alice")
+        registry.create_registered_model("bobs", tags=[RegisteredModelTag(OWNER_TAG, "bob")])
+        # alice's run, named by id or only inside the source: not bob's to register.
+        refused(lambda: registry.create_model_version("bobs", source, run_id=run), "bob may not read run")
+        refused(lambda: registry.create_model_version("bobs", source), "bob may not read run")
+        refused(lambda: registry.create_model_version("bobs", f"runs:/{run}/model"), "bob may not read run")
+        refused(lambda: registry.delete_registered_model("churn"), "may not manage the model registry")
+    with As(MANAGER):
+        # A registry manager reads every model, but registers only what they may read.
+        assert registry.get_registered_model("churn").name == "churn"
+        registry.create_registered_model("mels", tags=[RegisteredModelTag(OWNER_TAG, "mel")])
+        refused(lambda: registry.create_model_version("mels", source, run_id=run), "mel may not read run")
+        registry.set_registered_model_alias("churn", "champion", "1")
+    with As(ALICE):
+        refused(lambda: registry.create_prompt("p"), "reserved to platform admins")
+        assert str(registry.get_model_version_by_alias("churn", "champion").version) == "1"
 
 
 def test_a_method_the_table_does_not_know_is_refused_to_people(tmp_path: Path) -> None:
