@@ -96,7 +96,11 @@ def configure_auth(c: Any, cfg: PlatformConfig) -> None:
     if kind == "demo":
         c.JupyterHub.authenticator_class = "hubforge.hub.auth.DemoAuthenticator"
         c.DemoAuthenticator.password = os.environ.get("HUBFORGE_DEMO_PASSWORD", "")
-        c.DemoAuthenticator.allowed_users = set(cfg.data.get("users", {}))
+        users = cfg.data.get("users", {})
+        c.DemoAuthenticator.allowed_users = set(users)
+        # admin_groups is OAuthenticator's and LDAPAuthenticator's: the demo users in an
+        # admin group are hub admins by name.
+        c.DemoAuthenticator.admin_users = {user for user, spec in users.items() if admins & set(spec.get("groups", []))}
     elif kind == "oauth":
         _configure_oauth(c, cfg, auth["oauth"])
     else:

@@ -56,6 +56,8 @@ WRITE = "custom:experiments:write"
 AUDIT = "custom:audit:read"
 REGISTRY = "custom:registry:manage"
 PROTECTED_TAGS = frozenset({OWNER_TAG})
+#: Aliases deployments set (through the governance service): nobody sets them by hand.
+RESERVED_ALIASES = frozenset({"production", "staging", "canary"})
 DEFAULT_EXPERIMENT = "0"
 _USERS_FOLDER = re.compile(r"/Users/([^/]+)/")
 _API = re.compile(r"(?:ajax-)?api/[23]\.0/")
@@ -404,6 +406,13 @@ class Check:
             return None
         return f"only {model.owner or 'a registry manager'} or a registry manager may change {name!r}"
 
+    def alias(self) -> str | None:
+        """Set or delete an alias: registry managers, but never a reserved one (deployments')."""
+        alias = self.param("alias") or ""
+        if alias.lower() in RESERVED_ALIASES:
+            return f"the {alias!r} alias is set by the governance service's deployments, not by people"
+        return self.manage_registry() or self.read_model()
+
     def manage_registry(self) -> str | None:
         if self.who.manages_registry:
             return None
@@ -592,14 +601,15 @@ _rules("DELETE", ["mlflow/registered-models/delete-tag", "mlflow/model-versions/
 _rules("POST", ["mlflow/model-versions/create"], Check.create_version)
 _rules(
     "POST",
-    ["mlflow/registered-models/rename", "mlflow/registered-models/alias", "mlflow/model-versions/transition-stage"],
+    ["mlflow/registered-models/rename", "mlflow/model-versions/transition-stage"],
     lambda c: c.manage_registry() or c.read_model(),
 )
 _rules(
     "DELETE",
-    ["mlflow/registered-models/delete", "mlflow/registered-models/alias", "mlflow/model-versions/delete"],
+    ["mlflow/registered-models/delete", "mlflow/model-versions/delete"],
     lambda c: c.manage_registry() or c.read_model(),
 )
+_rules("POST DELETE", ["mlflow/registered-models/alias"], Check.alias)
 _rules("GET POST", ["mlflow/webhooks"], Check.manage_registry)
 # logged models (MLflow 3)
 _rules("POST", ["mlflow/logged-models"], Check.create_logged_model)

@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -65,6 +65,7 @@ __all__ = [
     "claim_run",
     "create_app",
     "decide_access",
+    "personas",
     "same_origin",
 ]
 
@@ -122,6 +123,14 @@ class HubUser:
     def principal(self) -> Principal:
         """The person as :mod:`.mlflow_access` decides on them."""
         return Principal(self.name, self.scopes, self.groups, self.roles)
+
+
+def personas(
+    roles: Iterable[str], groups: Iterable[str], group_personas: Mapping[str, Iterable[str]]
+) -> frozenset[str]:
+    """A person's roles: their own, and the personas their hub groups grant."""
+    granted = {persona for group in groups for persona in group_personas.get(group, ())}
+    return frozenset(roles) | granted
 
 
 def decide_access(user: HubUser, method: str, path: str, payload: Any, required: set[str]) -> str | None:
@@ -259,9 +268,12 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 class HubGate:
     """ASGI middleware: a request reaches MLflow only for a hub user with access."""
 
-    def __init__(self, app: ASGIApp, hub_auth: HubOAuth):
+    def __init__(self, app: ASGIApp, hub_auth: HubOAuth, group_personas: Mapping[str, Iterable[str]] | None = None):
         self.app = app
         self.hub_auth = hub_auth
+        # Hub group -> the personas it grants (platform.yaml): the hub lists a person's
+        # own roles only, and personas come through groups.
+        self.group_personas = dict(group_personas or {})
         self.prefix = hub_auth.base_url
         self.required = set(hub_auth.access_scopes)
         self.exempt = {self.prefix + "health"}
@@ -373,8 +385,10 @@ class HubGate:
         except HTTPError as exc:
             raise HubUnavailable(exc.log_message or str(exc)) from exc
         profile = profile if isinstance(profile, dict) else {}
-        groups, roles = profile.get("groups") or (), profile.get("roles") or ()
-        return dataclasses.replace(user, groups=frozenset(groups), roles=frozenset(roles))
+        groups = frozenset(profile.get("groups") or ())
+        return dataclasses.replace(
+            user, groups=groups, roles=personas(profile.get("roles") or (), groups, self.group_personas)
+        )
 
     def _profile(self, name: str) -> Any:
         """``GET /hub/api/users/<name>`` with the service's token, cached like tokens."""
@@ -539,7 +553,9 @@ def create_app() -> HubGate:
     from mlflow.server import app as flask_app
     from mlflow.server.fastapi_app import create_fastapi_app
 
-    gate = HubGate(create_fastapi_app(flask_app), hub_auth)
+    from hubforge.config import load_config
+
+    gate = HubGate(create_fastapi_app(flask_app), hub_auth, load_config().group_personas())
     _install_flask_hook(flask_app, gate.exempt)
     guard_tracking_store(_current_principal)
     return gate

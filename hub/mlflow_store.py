@@ -365,7 +365,10 @@ REGISTRY_RULES: dict[str, Rule] = {
     "copy_model_version": copy_model_version,
     **_table(
         manage_model,
-        "rename_registered_model delete_registered_model delete_model_version transition_model_version_stage "
+        "rename_registered_model delete_registered_model delete_model_version transition_model_version_stage",
+    ),
+    **_table(
+        lambda check, args: _with(check, name=args.get("name"), alias=args.get("alias")).alias(),
         "set_registered_model_alias delete_registered_model_alias",
     ),
     **_table(

@@ -48,6 +48,13 @@ def test_personas_become_roles_and_users_join_groups(tmp_path: Path) -> None:
     assert service_role["services"] == ["governance", "mlflow"]
 
 
+def test_demo_users_in_an_admin_group_are_hub_admins(tmp_path: Path) -> None:
+    """auth.admin_groups counts with the demo authenticator too (OAuth and LDAP have their own)."""
+    c = render(tmp_path)
+    assert c.Authenticator.admin_groups == {"platform-admin"}
+    assert c.DemoAuthenticator.admin_users == {"erin"}
+
+
 def test_group_mapping_grants_personas(tmp_path: Path) -> None:
     c = render(
         tmp_path,

@@ -190,6 +190,12 @@ def test_registry_lifecycle_is_for_registry_managers() -> None:
     for method, path in lifecycle:
         assert "custom:registry:manage" in decide(ALICE, method, API + path, name="churn")
         assert decide(BOB, method, API + path, name="churn") is None
+    # The deployments' aliases are nobody's to set by hand, registry managers' included.
+    for method in ("POST", "DELETE"):
+        for alias in ("production", "Staging", "canary"):
+            refusal = decide(BOB, method, API + "registered-models/alias", name="churn", alias=alias, version="1")
+            assert refusal and "governance service's deployments" in refusal
+        assert decide(BOB, method, API + "registered-models/alias", name="churn", alias="champion") is None
     # Reading: owner, groups it is shared with, managers; an analyst in fraud reads ranker.
     assert decide(ANALYST, "GET", API + "registered-models/get", name="ranker") is None
     assert decide(ANALYST, "GET", API + "registered-models/get", name="churn")

@@ -34,6 +34,7 @@ from hubforge.hub.mlflow_app import (
     ambiguous,
     claim_run,
     decide_access,
+    personas,
     same_origin,
 )
 
@@ -338,6 +339,13 @@ def test_a_malformed_create_run_is_400(browser: httpx.Client, body: str) -> None
     resp = browser.post(f"{PREFIX}api/2.0/mlflow/runs/create", content=body, headers=headers)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_personas_come_from_roles_and_from_groups() -> None:
+    group_personas = {"platform-admin": ["platform-admin"], "leads": ["ml-lead", "ml-engineer"]}
+    assert personas(["data-scientist"], ["leads"], group_personas) == {"data-scientist", "ml-lead", "ml-engineer"}
+    assert personas([], ["platform-admin", "unknown"], group_personas) == {"platform-admin"}
+    assert personas([], [], group_personas) == frozenset()
 
 
 def test_ambiguous_names_one_parameter_twice_with_different_values() -> None:

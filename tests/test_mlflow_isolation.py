@@ -168,6 +168,19 @@ def test_ml_engineers_manage_the_registry_and_data_scientists_own_their_models(c
         {"key": "hubforge.owner", "value": "alice"}]}))  # fmt: skip
 
 
+def test_the_platform_admin_persona_from_a_group_is_a_hub_and_mlflow_admin(clients) -> None:
+    """erin is in the platform-admin group: the hub and MLflow treat her as an admin."""
+    assert clients["erin"].get("/hub/api/user").json()["admin"] is True
+    assert clients["alice"].get("/hub/api/user").json()["admin"] is False
+    _, run = experiment_with_run(clients["alice"], "alice")
+    # Deleting and restoring another person's run is an admin's; bob (ml-engineer) may not.
+    refused(clients["bob"].post(MLFLOW + "runs/delete", json={"run_id": run}))
+    ok(clients["erin"].post(MLFLOW + "runs/delete", json={"run_id": run}))
+    ok(clients["erin"].post(MLFLOW + "runs/restore", json={"run_id": run}))
+    # An admin still writes into nobody's run.
+    refused(clients["erin"].post(MLFLOW + "runs/log-parameter", json={"run_id": run, "key": "k", "value": "v"}))
+
+
 def test_every_persona_token_is_known(clients) -> None:
     """The fixture really logged each persona in: the hub named who each token is."""
     assert set(clients) == {PERSONA_USERS[p] for p in

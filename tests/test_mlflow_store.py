@@ -129,6 +129,10 @@ def test_a_registered_model_is_its_owners_and_versions_need_a_readable_source(
         registry.create_registered_model("mels", tags=[RegisteredModelTag(OWNER_TAG, "mel")])
         refused(lambda: registry.create_model_version("mels", source, run_id=run), "mel may not read run")
         registry.set_registered_model_alias("churn", "champion", "1")
+        # production, staging and canary are the deployments' (the governance service's), not people's.
+        for reserved in ("production", "Staging", "canary"):
+            refused(lambda a=reserved: registry.set_registered_model_alias("churn", a, "1"), "deployments")
+            refused(lambda a=reserved: registry.delete_registered_model_alias("churn", a), "deployments")
     with As(ALICE):
         refused(lambda: registry.create_prompt("p"), "reserved to platform admins")
         assert str(registry.get_model_version_by_alias("churn", "champion").version) == "1"
