@@ -11,10 +11,7 @@ their own. p50 and p99 per endpoint; the extra milliseconds at p99 are printed t
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,9 +24,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_mlflow_app import HOST, PREFIX, FakeHub, mlflow_command, service_env
+from test_mlflow_app import HOST, PREFIX, FakeHub, mlflow_server
 
-from _platform import free_port, wait_for
 from bench.report import Result
 
 __all__ = ["run"]
@@ -42,35 +38,10 @@ TOKEN = {"Authorization": "token alice-token"}
 @contextmanager
 def _server(data: Path, gated: bool, hub: FakeHub) -> Iterator[httpx.Client]:
     data.mkdir()
-    port = free_port()
-    command = mlflow_command(data, port)
-    env = service_env(hub)
-    if not gated:
-        command = [part for part in command if part != "hubforge"]
-        command.remove("--app-name")
-    with (data / "server.log").open("wb") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}{PREFIX}", headers={"Host": HOST, **TOKEN}, timeout=60)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited:\n{(data / 'server.log').read_text()[-2000:]}")
-        try:
-            return client.get("health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(healthy, 120, "mlflow server", interval=0.5)
-        yield client
-    finally:
-        client.close()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    with mlflow_server(data, hub, gated) as url:
+        headers = {"Host": HOST, **TOKEN}
+        with httpx.Client(base_url=f"{url}{PREFIX}", headers=headers, timeout=60) as client:
+            yield client
 
 
 def _run_of_alices(client: httpx.Client) -> str:

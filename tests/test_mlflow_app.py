@@ -19,6 +19,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -153,16 +154,19 @@ def mlflow_command(data: Path, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def mlflow_url(fake_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("mlflow")
+@contextmanager
+def mlflow_server(data: Path, hub: FakeHub, gated: bool = True) -> Iterator[str]:
+    """``mlflow server`` as the hub starts it in ``data`` (without hubforge's app unless
+    ``gated``), until the block ends; its URL (reach it with ``Host: HOST``)."""
     port = free_port()
+    command = mlflow_command(data, port)
+    if not gated:
+        command = [part for part in command if part not in ("--app-name", "hubforge")]
     log_path = data / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            mlflow_command(data, port), env=service_env(fake_hub), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            command, env=service_env(hub), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -183,6 +187,12 @@ def mlflow_url(fake_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> I
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(fake_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), fake_hub) as url:
+        yield url
 
 
 @pytest.fixture
