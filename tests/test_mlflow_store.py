@@ -17,6 +17,8 @@ import httpx
 import pytest
 from mlflow.entities import ExperimentTag, Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.store.model_registry.abstract_store import AbstractStore as AbstractRegistry
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
 from mlflow.store.tracking.abstract_store import AbstractStore
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from test_mlflow_app import PREFIX, api, browser, create_experiment, fake_hub, mlflow_url  # noqa: F401 (fixtures)
@@ -74,30 +76,25 @@ def alices(store: SqlAlchemyStore) -> tuple[str, str]:
     return exp, run
 
 
-def test_every_public_method_of_mlflows_tracking_store_is_classified() -> None:
+@pytest.mark.parametrize(
+    ("abstract", "store_class", "rules"),
+    [
+        (AbstractStore, SqlAlchemyStore, TRACKING_RULES),
+        (AbstractRegistry, RegistryStore, REGISTRY_RULES),
+    ],
+    ids=["tracking", "registry"],
+)
+def test_every_public_method_of_mlflows_stores_is_classified(abstract: type, store_class: type, rules: dict) -> None:
     """An MLflow upgrade adding a store method fails here until the table says who may call it."""
-    for cls in (AbstractStore, SqlAlchemyStore):
-        unclassified = sorted(set(public_methods(cls)) - set(TRACKING_RULES))
+    for cls in (abstract, store_class):
+        unclassified = sorted(set(public_methods(cls)) - set(rules))
         assert not unclassified, f"{cls.__name__}: classify {unclassified} in hubforge.hub.mlflow_store"
-    stale = sorted(set(TRACKING_RULES) - set(public_methods(SqlAlchemyStore)))
-    assert not stale, f"rules for methods MLflow no longer has: {stale}"
-
-
-def test_every_public_method_of_mlflows_model_registry_store_is_classified() -> None:
-    from mlflow.store.model_registry.abstract_store import AbstractStore as AbstractRegistry
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
-
-    for cls in (AbstractRegistry, RegistryStore):
-        unclassified = sorted(set(public_methods(cls)) - set(REGISTRY_RULES))
-        assert not unclassified, f"{cls.__name__}: classify {unclassified} in hubforge.hub.mlflow_store"
-    stale = sorted(set(REGISTRY_RULES) - set(public_methods(RegistryStore)))
+    stale = sorted(set(rules) - set(public_methods(store_class)))
     assert not stale, f"rules for methods MLflow no longer has: {stale}"
 
 
 @pytest.fixture
 def registry(tmp_path: Path, store: SqlAlchemyStore) -> Any:
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
-
     return guard_registry(RegistryStore(f"sqlite:///{tmp_path / 'mlflow.sqlite'}"), principal, store)
 
 
