@@ -42,6 +42,7 @@ from .catalog import (
     tiers_for,
 )
 from .hardware import memory_bytes
+from .saved_options import restore_saved_options
 
 __all__ = [
     "QUEUE_LABEL",
@@ -233,6 +234,8 @@ class HubforgeKubeSpawner(KubeSpawner):
         self._configured = {name: copy.deepcopy(getattr(self, name)) for name in TIER_TRAITS}
         #: Whether the last start was refused before anything reached the cluster.
         self._refused = False
+        #: The options of the last request not refused (JupyterHub loaded the saved ones).
+        self._accepted_options: dict[str, Any] = dict(self.user_options or {})
 
     def check_user_options(self) -> ValidatedChoice:
         """The user's request checked against the catalog; HTTPError 400/403 if not allowed."""
@@ -244,11 +247,14 @@ class HubforgeKubeSpawner(KubeSpawner):
         groups = _group_names(self)
         personas = personas_for_groups(self.group_personas, groups)
         try:
-            return check_choice(self.tier_catalog, groups, personas, slug, options)
+            choice = check_choice(self.tier_catalog, groups, personas, slug, options)
         except ChoiceError as exc:
             self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
             self._refused = True
+            restore_saved_options(self, self._accepted_options)  # JupyterHub saved the refused ones
             raise web.HTTPError(exc.status, str(exc)) from exc
+        self._accepted_options = dict(self.user_options or {})
+        return choice
 
     async def load_user_options(self) -> None:
         """Check the request, then let KubeSpawner apply the tier's profile and options."""

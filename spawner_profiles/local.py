@@ -25,7 +25,9 @@ from contextlib import aclosing, suppress
 from pathlib import Path
 from typing import Any
 
+from jupyterhub import orm
 from jupyterhub.spawner import SimpleLocalProcessSpawner
+from sqlalchemy.orm import Session, object_session
 from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, List, Unicode, default
@@ -46,12 +48,17 @@ from .catalog import (
     tier_env,
 )
 from .gpus import inventory
+from .saved_options import restore_saved_options
 from .spawn_page import render_options_form
 
 __all__ = ["LocalTierSpawner", "fair_share_group", "shared_allocator", "singleuser_command"]
 
 #: One allocator per GPU database in this (hub) process: every spawner shares it.
 _ALLOCATORS: dict[str, GpuAllocator] = {}
+
+#: Seconds between two reconciliations of the allocator with the hub's servers, from polls.
+RECONCILE_INTERVAL = 30.0
+_LAST_RECONCILE: dict[int, float] = {}
 
 #: Allocator errors a person can act on, and the HTTP status each answers with.
 _REFUSALS: dict[type[HubforgeError], int] = {QuotaExceeded: 403, NoSuchGpu: 400, AllocationConflict: 409}
@@ -112,6 +119,11 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         # JupyterHub runs this before start(): refusals reach the REST caller as 4xx.
         return lambda spawner, _options: spawner.check_user_options()
 
+    @default("options_from_form")
+    def _default_options_from_form(self) -> Callable[[dict[str, list[str]]], dict[str, Any]]:
+        # A default, not a method: ``c.Spawner.options_from_form`` (a callable, "simple") still wins.
+        return self.tier_options_from_form
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tier_choice: ValidatedChoice | None = None
@@ -119,6 +131,8 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._acquiring: asyncio.Task[Allocation] | None = None
+        #: The options of the last request not refused (JupyterHub loaded the saved ones).
+        self._accepted_options: dict[str, Any] = dict(self.user_options or {})
 
     # -- who may use what -------------------------------------------------------------------------
 
@@ -143,7 +157,7 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         """The personas those groups grant."""
         return personas_for_groups(self.group_personas, self.user_groups())
 
-    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+    def tier_options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         """The spawn page's fields -> ``{"profile", "image", "gpus"}`` (checked later, like the API's)."""
         slug = (formdata.get("profile") or [""])[0]
         options: dict[str, Any] = {"profile": slug}
@@ -158,7 +172,7 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         tier = choice.tier
         group = fair_share_group(self.user_groups(), tier, self.user.name)
         request = GpuRequest(
-            server_key=f"{self.user.name}/{self.name}",
+            server_key=self.server_key,
             user=self.user.name,
             group=group,
             tier=tier.slug,
@@ -169,20 +183,71 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         return request, Quotas(group_gpus=tier.quota.get(group), user_servers=self.catalog.max_servers_per_user)
 
     def check_user_options(self) -> ValidatedChoice:
-        """The request checked against the catalog and the machine; HTTPError 4xx if refused."""
+        """The request checked against the catalog and the machine; HTTPError 4xx if refused.
+
+        A refused request leaves the options saved before it (JupyterHub saved the
+        refused ones already). The hub starts only a server it believes stopped, so an
+        allocation still held under this server's name is stale (a crash, a database
+        reset) and is freed first rather than refusing the start.
+        """
         options = dict(self.user_options or {})
         slug = options.pop("profile", None)
         try:
             choice = check_choice(self.catalog, self.user_groups(), self.user_personas(), slug, options)
+            self._free_stale_allocation()
             self.allocator.check(*self.gpu_request(choice))
         except ChoiceError as exc:
-            self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
+            self._refuse(exc)
             raise web.HTTPError(exc.status, str(exc)) from exc
         except tuple(_REFUSALS) as exc:
-            self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
+            self._refuse(exc)
             raise web.HTTPError(_REFUSALS[type(exc)], str(exc)) from exc
         self.tier_choice = choice
+        self._accepted_options = dict(self.user_options or {})
         return choice
+
+    def _refuse(self, exc: Exception) -> None:
+        self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
+        restore_saved_options(self, self._accepted_options)
+
+    # -- allocations follow the hub's view of its servers ------------------------------------------
+
+    @property
+    def server_key(self) -> str:
+        """This server's key in the GPU allocator."""
+        return f"{self.user.name}/{self.name}"
+
+    def _free_stale_allocation(self) -> None:
+        if self._acquiring is not None or self.allocation is not None:
+            return  # this spawner's own, live request
+        if self.server_key in self.allocator.allocations():
+            self.log.warning("Freeing the stale GPU allocation of %s before starting it", self._log_name)
+            self.allocator.release(self.server_key)
+
+    def hub_servers(self) -> set[str] | None:
+        """Allocator keys of every server the hub's database says is starting or running.
+
+        None when this spawner is not attached to a hub database (then nothing is reconciled).
+        """
+        session: Session | None = object_session(self.orm_spawner) if self.orm_spawner is not None else None
+        if session is None:
+            return None
+        rows = (
+            session.query(orm.User.name, orm.Spawner.name)
+            .join(orm.Spawner.user)
+            .filter(orm.Spawner.server_id.isnot(None))
+        )
+        return {f"{user}/{name or ''}" for user, name in rows}
+
+    def reconcile_allocations(self) -> list[str]:
+        """Free the GPUs of servers the hub no longer has (stopped while it was away, a reset db)."""
+        alive = self.hub_servers()
+        if alive is None:
+            return []
+        freed = self.allocator.reconcile(alive)
+        for key in freed:
+            self.log.warning("Freed the GPU allocation of %s: the hub has no such server running", key)
+        return freed
 
     # -- start, progress, stop ----------------------------------------------------------------------
 
@@ -242,16 +307,41 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
                 await asyncio.wait_for(self._events_changed.wait(), timeout=1)
 
     async def stop(self, now: bool = False) -> None:
-        """Stop the server (or leave the queue) and give its GPUs back."""
-        if self._acquiring is not None:
-            self._acquiring.cancel()
-        await super().stop(now=now)
+        """Stop the server (or leave the queue) and give its GPUs back.
+
+        A spawn still waiting in the GPU queue has no process: it leaves the queue,
+        and nothing is signalled (JupyterHub's stop would signal pid 0, the hub's own
+        process group).
+        """
+        acquiring = self._acquiring
+        if acquiring is not None:
+            acquiring.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await acquiring
+            self._acquiring = None
+        if self.pid:
+            await super().stop(now=now)
         self._release("stopped")
 
+    async def _signal(self, sig: int) -> bool:
+        """Signal the server's process; never pid 0 or below (a process group, or every process)."""
+        if not self.pid or self.pid <= 0:
+            return False
+        alive: bool = await super()._signal(sig)
+        return alive
+
     async def poll(self) -> int | None:
-        """Whether the server runs; a dead one's GPUs go back, an overdue one is stopped."""
+        """Whether the server runs; a dead one's GPUs go back, an overdue one is stopped.
+
+        Every ``RECONCILE_INTERVAL`` seconds a poll also frees allocations of servers
+        the hub no longer has.
+        """
         if self._acquiring is not None:
             return None  # still queued: nothing to poll yet
+        now = time.monotonic()
+        if now - _LAST_RECONCILE.get(id(self.allocator), 0.0) >= RECONCILE_INTERVAL:
+            _LAST_RECONCILE[id(self.allocator)] = now
+            self.reconcile_allocations()
         status: int | None = await super().poll()
         if status is None and self._past_lifetime():
             self.log.info("Stopping %s: the tier's maximum lifetime has passed", self._log_name)
@@ -267,7 +357,7 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         return bool(lifetime and started and time.time() - started.timestamp() > lifetime)
 
     def _release(self, why: str) -> None:
-        released = self.allocator.release(f"{self.user.name}/{self.name}")
+        released = self.allocator.release(self.server_key)
         if released is not None and released.gpus:
             self.log.info("Released %d GPU(s) of %s (%s)", len(released.gpus), self._log_name, why)
         self.allocation = None

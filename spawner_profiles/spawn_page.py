@@ -80,5 +80,6 @@ def tier_cards(tiers: list[Tier], snapshot: Any) -> list[dict[str, Any]]:
 def render_options_form(spawner: Any) -> str:
     """``Spawner.options_form``: the tier cards for this spawner's user."""
     tiers = tiers_for(spawner.catalog, spawner.user_groups(), spawner.user_personas())
+    spawner.reconcile_allocations()  # GPUs of servers the hub no longer has count as free
     snapshot = spawner.allocator.snapshot({t.slug: _selector(t) for t in tiers})
     return _template().render(tiers=tier_cards(tiers, snapshot))

@@ -248,15 +248,19 @@ def test_spawner_refuses_forged_options_before_touching_the_cluster(
 
 
 def test_a_refused_start_polls_as_stopped_without_the_cluster() -> None:
-    async def scenario() -> tuple[int | None, list[str]]:
+    async def scenario() -> tuple[int | None, list[str], dict[str, Any]]:
         async with offline_spawner(config(), "alice") as spawner:
             spawner.api = api = RecordingApi()
+            spawner.user_options = {"profile": "training"}
+            await spawner.load_user_options()
             spawner.user_options = {"profile": "finetune"}
             with pytest.raises(web.HTTPError):
                 await spawner.load_user_options()
-            return await spawner.poll(), api.calls
+            return await spawner.poll(), api.calls, dict(spawner.user_options)
 
-    assert asyncio.run(scenario()) == (0, [])
+    status, calls, options = asyncio.run(scenario())
+    assert (status, calls) == (0, [])
+    assert options == {"profile": "training"}, "the refused request leaves the last accepted options"
 
 
 def test_a_reused_spawner_forgets_the_previous_tier() -> None:

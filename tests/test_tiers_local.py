@@ -96,10 +96,18 @@ def test_spawn_page_shows_live_gpu_counts(people) -> None:
 )
 def test_forged_options_are_refused_and_nothing_starts(people, options: dict, status: int, needle: str) -> None:
     _, client = people["alice"]
+    saved = saved_options(client, "alice")
     resp = client.post("/hub/api/users/alice/server", json=options)
     assert resp.status_code == status, resp.text
     assert needle in resp.json()["message"]
     assert not server(client, "alice")
+    assert saved_options(client, "alice") == saved, "a refused request leaves the saved options as they were"
+
+
+def saved_options(client: httpx.Client, user: str) -> dict | None:
+    """The options the hub keeps for the user's next start (the admin page shows them)."""
+    servers = client.get(f"/hub/api/users/{user}", params={"include_stopped_servers": "1"}).json()["servers"]
+    return servers.get("", {}).get("user_options")
 
 
 def read_progress(client: httpx.Client, user: str, until: str, timeout: float = 60) -> list[str]:
