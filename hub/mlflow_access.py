@@ -39,6 +39,8 @@ from typing import Any, Protocol
 __all__ = [
     "OWNER_TAG",
     "SHARED_TAG",
+    "USER_TAG",
+    "Invalid",
     "Principal",
     "Resolver",
     "StoreResolver",
@@ -56,6 +58,31 @@ WRITE = "custom:experiments:write"
 AUDIT = "custom:audit:read"
 REGISTRY = "custom:registry:manage"
 PROTECTED_TAGS = frozenset({OWNER_TAG})
+#: A run's creator, as MLflow's UI and searches show it: set by the platform when the run is made.
+USER_TAG = "mlflow.user"
+
+
+#: Spellings MLflow's handlers read as another parameter's (after :func:`canonical_name`).
+ALIASES = {"runuuid": "runid", "requestid": "traceid"}
+
+
+def canonical_name(name: str) -> str:
+    """One name for every spelling MLflow reads as the same parameter (``run_id``, ``runId``, ``run_uuid``)."""
+    key = name.replace("_", "").lower()
+    return ALIASES.get(key, key)
+
+
+class Invalid(str):
+    """A refusal of what a request would write, not of who asks: answered 400, not 403."""
+
+
+def user_tag_refusal(keys: Iterable[Any]) -> Invalid | None:
+    """Refuse writing or deleting ``mlflow.user`` on an existing run (a request's tag ``keys``)."""
+    if USER_TAG in keys:
+        return Invalid(f"the {USER_TAG} tag names the run's creator and is set by hubforge when the run is made")
+    return None
+
+
 #: Aliases deployments set (through the governance service): nobody sets them by hand.
 RESERVED_ALIASES = frozenset({"production", "staging", "canary"})
 DEFAULT_EXPERIMENT = "0"
@@ -256,16 +283,23 @@ class Check:
 
     def __init__(self, who: Principal, params: Params, resolver: Resolver) -> None:
         self.who, self.params, self.resolver = who, params, resolver
+        # The gate refuses one parameter given twice with different values, so every
+        # spelling of a name here has the same value: read whichever was sent.
+        self._spelled = {canonical_name(name): value for name, value in params.items()}
+
+    def _get(self, name: str) -> Any:
+        value = self.params.get(name)
+        return self._spelled.get(canonical_name(name)) if value is None else value
 
     def param(self, *names: str) -> str | None:
         for name in names:
-            value = self.params.get(name)
+            value = self._get(name)
             if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
                 return str(value)
         return None
 
     def ids(self, name: str) -> list[str]:
-        value = self.params.get(name)
+        value = self._get(name)
         values = value if isinstance(value, list) else [value] if value is not None else []
         return [str(v) for v in values if isinstance(v, str | int) and not isinstance(v, bool)]
 
@@ -375,6 +409,14 @@ class Check:
         if run is None or run.owner == self.who.name:
             return None
         return f"run {run_id} is {run.owner or 'nobody'}'s: nobody writes into another person's run"
+
+    def write_run_tags(self) -> str | None:
+        """set-tag, delete-tag, log-batch: the run's owner, and never its ``mlflow.user``."""
+        if refusal := self.write_run():
+            return refusal
+        tags = self.params.get("tags")
+        keys = [t.get("key") for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
+        return user_tag_refusal([self.param("key"), *keys])
 
     def delete_run(self) -> str | None:
         if self.who.admin and self.param("run_id"):
@@ -569,16 +611,14 @@ _rules(
         "mlflow/runs/update",
         "mlflow/runs/log-metric",
         "mlflow/runs/log-parameter",
-        "mlflow/runs/log-batch",
         "mlflow/runs/log-model",
         "mlflow/runs/log-inputs",
         "mlflow/runs/outputs",
-        "mlflow/runs/set-tag",
-        "mlflow/runs/delete-tag",
         "mlflow/upload-artifact",
     ],
     Check.write_run,
 )
+_rules("POST", ["mlflow/runs/log-batch", "mlflow/runs/set-tag", "mlflow/runs/delete-tag"], Check.write_run_tags)
 _rules("POST", ["mlflow/runs/delete", "mlflow/runs/restore"], Check.delete_run)
 # registry
 _rules("GET", ["mlflow/registered-models/search", "mlflow/model-versions/search"], Check.anyone)  # filtered

@@ -53,7 +53,17 @@ from tornado.web import HTTPError
 
 from hubforge.errors import ConfigError, HubforgeError
 
-from .mlflow_access import OWNER_TAG, Principal, Resolver, StoreResolver, authorize, install
+from .mlflow_access import (
+    OWNER_TAG,
+    USER_TAG,
+    Invalid,
+    Principal,
+    Resolver,
+    StoreResolver,
+    authorize,
+    canonical_name,
+    install,
+)
 from .mlflow_store import install as guard_tracking_store
 from .mlflow_ui import feature_off, rewriting, unconditional, with_ui_defaults
 
@@ -78,7 +88,6 @@ STATE_COOKIE = "hubforge-mlflow-oauth-state"
 SESSION_MAX_AGE = 14 * 24 * 3600
 STATE_MAX_AGE = 600
 TOKEN_CACHE_SECONDS = 60
-USER_TAG = "mlflow.user"
 API_PATHS = ("api/", "ajax-api/", "graphql", "gateway/", "v1/")
 RUN_CREATE_PATHS = ("/mlflow/runs/create", "/mlflow/runs/create-promptlab-run")
 OWNED_CREATE_PATHS = ("/mlflow/experiments/create", "/mlflow/registered-models/create")
@@ -148,7 +157,7 @@ def decide_access(user: HubUser, method: str, path: str, payload: Any, required:
         return f"{user.name}'s token lacks {' or '.join(sorted(required))}"
     claimed = {tag.get("value", "") for tag in _user_tags(payload)} - {user.name}
     if claimed:
-        return (
+        return Invalid(
             f"a run may not name {', '.join(map(repr, sorted(claimed)))} in its "
             f"{USER_TAG} tag: leave the tag out or set it to {user.name!r}"
         )
@@ -167,6 +176,13 @@ def claim_run(payload: Mapping[str, Any], user: str) -> dict[str, Any]:
     if not _user_tags(payload):
         tags.append({"key": USER_TAG, "value": user})
     return {**payload, "user_id": user, "tags": tags}
+
+
+def _refused(refusal: str) -> JSONResponse:
+    """A refusal as MLflow answers errors: 400 for what may never be written, else 403."""
+    if isinstance(refusal, Invalid):
+        return _error(400, "INVALID_PARAMETER_VALUE", refusal)
+    return _error(403, "PERMISSION_DENIED", refusal)
 
 
 def same_origin(headers: Mapping[str, str]) -> bool:
@@ -225,14 +241,6 @@ def _params(request: Request, payload: Mapping[str, Any] | None) -> dict[str, An
 
 
 #: Names MLflow's handlers take for one parameter (beyond snake_case and camelCase).
-ALIASES = {"runuuid": "runid", "requestid": "traceid"}
-
-
-def _canonical(name: str) -> str:
-    key = name.replace("_", "").lower()
-    return ALIASES.get(key, key)
-
-
 def _as_text(value: Any) -> Any:
     return [str(v) for v in value] if isinstance(value, list) else str(value)
 
@@ -249,7 +257,7 @@ def ambiguous(query: Mapping[str, Any], payload: Mapping[str, Any] | None) -> st
     given = [(name, value, "query") for name, value in query.items()]
     given += [(name, value, "body") for name, value in (payload or {}).items()]
     for name, value, where in given:
-        key = _canonical(name)
+        key = canonical_name(name)
         if key in seen and seen[key][1] != _as_text(value):
             return f"ambiguous request: {seen[key][0]} and {name} ({where}) give different values"
         seen.setdefault(key, (f"{name} ({where})", _as_text(value)))
@@ -332,7 +340,7 @@ class HubGate:
                 return _error(400, "INVALID_PARAMETER_VALUE", f"the request body must be {exc}")
         run_create = path.endswith(RUN_CREATE_PATHS) and method == "POST"
         if refusal := decide_access(user, method, path, payload if run_create else None, self.required):
-            return _error(403, "PERMISSION_DENIED", refusal)
+            return _refused(refusal)
         query = _params(request, None)
         if why := ambiguous(query, payload):
             return _error(400, "INVALID_PARAMETER_VALUE", why)
@@ -344,7 +352,7 @@ class HubGate:
         if (off := feature_off(method, relative, refused=bool(refusal))) is not None:
             return JSONResponse(off)
         if refusal:
-            return _error(403, "PERMISSION_DENIED", refusal)
+            return _refused(refusal)
         if run_create:
             body = claim_run(payload or {}, user.name)
         elif method == "POST" and path.endswith(OWNED_CREATE_PATHS):

@@ -24,7 +24,17 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .mlflow_access import Check, Principal, Resolver, StoreResolver, is_trusted, trusted
+from .mlflow_access import (
+    USER_TAG,
+    Check,
+    Invalid,
+    Principal,
+    Resolver,
+    StoreResolver,
+    is_trusted,
+    trusted,
+    user_tag_refusal,
+)
 
 __all__ = ["REGISTRY_RULES", "TRACKING_RULES", "guard", "guard_registry", "guarded", "install", "public_methods"]
 
@@ -42,6 +52,11 @@ def public_methods(cls: type) -> list[str]:
 
 def _text(value: Any) -> str | None:
     return str(value) if isinstance(value, str | int) and not isinstance(value, bool) and str(value) else None
+
+
+def _attr(obj: Any, name: str) -> Any:
+    """A field of an MLflow entity (``RunTag``), or of the dict a caller passed instead."""
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
 def _texts(value: Any) -> list[str]:
@@ -91,6 +106,14 @@ def write_run(check: Check, args: Mapping[str, Any]) -> str | None:
     return check.write_run(_text(args.get("run_id")) or "")
 
 
+def write_run_tags(check: Check, args: Mapping[str, Any]) -> str | None:
+    """Tags of an existing run: its owner's, except ``mlflow.user`` (set when the run is made)."""
+    if refusal := write_run(check, args):
+        return refusal
+    keys = [_attr(args.get("tag"), "key"), args.get("key"), *(_attr(t, "key") for t in args.get("tags") or [])]
+    return user_tag_refusal(keys)
+
+
 def delete_run(check: Check, args: Mapping[str, Any]) -> str | None:
     """Delete or restore: the run's owner, or an admin."""
     if check.who.admin and _text(args.get("run_id")):
@@ -103,6 +126,9 @@ def create_run(check: Check, args: Mapping[str, Any]) -> str | None:
         return refusal
     if args.get("user_id") != check.who.name:
         return f"a run of {check.who.name}'s is created as {check.who.name}'s"
+    named = {_attr(t, "value") for t in args.get("tags") or [] if _attr(t, "key") == USER_TAG} - {check.who.name}
+    if named:
+        return Invalid(f"a run of {check.who.name}'s names {check.who.name} in its {USER_TAG} tag, not {sorted(named)}")
     return None
 
 
@@ -226,9 +252,10 @@ TRACKING_RULES: dict[str, Rule] = {
     **_table(read_runs, "get_metric_history_bulk get_metric_history_bulk_interval"),
     **_table(
         write_run,
-        "log_metric log_param log_batch set_tag delete_tag update_run_info log_inputs log_outputs "
-        "record_logged_model log_metric_async log_param_async log_batch_async set_tag_async",
+        "log_metric log_param update_run_info log_inputs log_outputs record_logged_model log_metric_async "
+        "log_param_async",
     ),
+    **_table(write_run_tags, "log_batch set_tag delete_tag log_batch_async set_tag_async"),
     **_table(delete_run, "delete_run restore_run"),
     # logged models (MLflow 3)
     "create_logged_model": create_logged_model,
@@ -427,9 +454,10 @@ def guarded(
                 refusal = _refusal(name, rule, who, arguments, resolver(self))
             if refusal:
                 from mlflow.exceptions import MlflowException
-                from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+                from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
 
-                raise MlflowException(refusal, error_code=PERMISSION_DENIED)
+                code = INVALID_PARAMETER_VALUE if isinstance(refusal, Invalid) else PERMISSION_DENIED
+                raise MlflowException(refusal, error_code=code)
         with trusted():
             return function(self, *args, **kwargs)
 

@@ -250,6 +250,34 @@ def test_the_owner_tag_cannot_be_moved(store: SqlAlchemyStore, alices: tuple[str
         refused(lambda: store.delete_experiment_tag(exp, OWNER_TAG), "set by hubforge")
 
 
+def invalid(call: Any, *words: str) -> None:
+    with pytest.raises(MlflowException) as caught:
+        call()
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE", caught.value
+    assert caught.value.get_http_status_code() == 400
+    for word in words:
+        assert word in caught.value.message, caught.value.message
+
+
+def test_the_runs_creator_tag_is_the_platforms(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    """``mlflow.user`` names whoever made the run; nobody relabels it afterwards, whatever the call."""
+    exp, run = alices
+    with As(ALICE):
+        invalid(lambda: store.set_tag(run, RunTag("mlflow.user", "bob")), "mlflow.user")
+        invalid(lambda: store.set_tag(run, RunTag("mlflow.user", "alice")), "set by hubforge")
+        invalid(lambda: store.delete_tag(run, "mlflow.user"), "mlflow.user")
+        invalid(lambda: store.log_batch(run, [], [], [RunTag("note", "x"), RunTag("mlflow.user", "bob")]))
+        invalid(lambda: store.log_batch(run, [], [], iter([RunTag("mlflow.user", "bob")])))
+        invalid(lambda: store.create_run(exp, "alice", 0, [RunTag("mlflow.user", "bob")], "forged"), "'bob'")
+        mine = store.create_run(exp, "alice", 0, [RunTag("mlflow.user", "alice")], "mine")
+        store.set_tag(run, RunTag("note", "kept"))
+        assert store.get_run(run).data.tags["note"] == "kept"
+    with As(None):  # the platform's own work
+        store.set_tag(mine.info.run_id, RunTag("mlflow.user", "alice"))
+    with As(ALICE):
+        assert store.get_run(run).data.tags.get("mlflow.user") != "bob"
+
+
 def test_mlflows_genai_platform_is_for_admins(store: SqlAlchemyStore) -> None:
     with As(ALICE):
         refused(lambda: store.list_gateway_endpoints(), "reserved to platform admins")
@@ -314,6 +342,33 @@ def test_writes_into_anothers_run_are_refused_in_every_spelling(
     assert run["info"]["status"] == "RUNNING" and run["info"]["lifecycle_stage"] == "active"
     assert run["data"].get("metrics", []) == [] and run["data"].get("params", []) == []
     assert run["info"]["run_name"] != "planted"
+
+
+@pytest.mark.parametrize("root", [MLFLOW, AJAX])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("runs/set-tag", lambda run: {"run_id": run, "key": "mlflow.user", "value": "bob"}),
+        ("runs/set-tag", lambda run: {"runId": run, "key": "mlflow.user", "value": "bob"}),
+        ("runs/delete-tag", lambda run: {"run_id": run, "key": "mlflow.user"}),
+        ("runs/log-batch", lambda run: {"run_id": run, "tags": [{"key": "mlflow.user", "value": "bob"}]}),
+        ("runs/log-batch", lambda run: {"runId": run, "tags": [{"key": "mlflow.user", "value": "bob"}]}),
+    ],
+    ids=["set-tag", "set-tag-camel", "delete-tag", "log-batch", "log-batch-camel"],
+)
+def test_nobody_relabels_their_own_runs_creator(
+    browser: httpx.Client,  # noqa: F811
+    two_runs: tuple[str, str],
+    root: str,
+    path: str,
+    body: Any,
+) -> None:
+    alices, _ = two_runs
+    resp = browser.post(f"{root}/{path}", json=body(alices), headers=api("alice-token"))
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "mlflow.user" in resp.json()["message"]
+    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    assert {t["key"]: t["value"] for t in run["data"]["tags"]}["mlflow.user"] == "alice"
 
 
 def test_a_search_for_anothers_runs_is_refused_in_camel_case(
