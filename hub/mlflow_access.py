@@ -541,21 +541,33 @@ def _dig(value: Any, *keys: str) -> Any:
 
 
 def _artifact_rule(check: Check, method: str, path: str) -> str | None:
-    """``mlflow-artifacts`` paths are ``<experiment>/<run>/artifacts/...`` and kin."""
+    """``mlflow-artifacts`` paths: ``<experiment>/<run>/artifacts/...``, ``<experiment>/models/<logged
+    model>/...`` and ``<experiment>/traces/<trace>/...``.
+
+    Reads need read access to the experiment. Writes go only into a run, logged model
+    or trace that exists in the experiment the path names, and that the caller may
+    write: nothing is created under an object that does not exist.
+    """
     parts = [p for p in path.split("/") if p]
     if not parts or not parts[0].isdigit() or ".." in parts:
         return check.admin_only()
     if method in {"GET", "HEAD"}:
         return check.read_experiment(parts[0])
-    if len(parts) >= 2 and parts[1] == "models" and len(parts) >= 3:
-        check.params = {"model_id": parts[2]}
-        return check.logged(write=True)
-    if len(parts) >= 2 and parts[1] == "traces":
-        return check.add_to_experiment(parts[0])
-    if len(parts) >= 2:
-        run = check.resolver.run(parts[1])
-        if run is not None and run.experiment_id == parts[0]:
-            return check.write_run(parts[1])
+    if not check.who.writes:
+        return f"{check.who.name} may not write artifacts (needs {WRITE})"
+    experiment_id, kind, key = parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else ""
+    if kind == "models":
+        model = check.resolver.logged_model(key) if key else None
+        if model is None or model.experiment_id != experiment_id:
+            return f"no logged model {key!r} in experiment {experiment_id}: artifacts go into existing objects only"
+        return Check(check.who, {"model_id": key}, check.resolver).logged(write=True)
+    if kind == "traces":
+        if not key or check.resolver.trace_experiment(key) != experiment_id:
+            return f"no trace {key!r} in experiment {experiment_id}: artifacts go into existing objects only"
+        return check.trace(write=True, trace_id=key)
+    run = check.resolver.run(kind) if kind else None
+    if run is not None and run.experiment_id == experiment_id:
+        return check.write_run(kind)
     return check.admin_only()
 
 

@@ -221,6 +221,16 @@ def test_a_new_version_needs_the_model_and_a_readable_source_run() -> None:
         ("PUT", "2/ra/artifacts/x", ALICE, False),  # run ra is not in experiment 2
         ("PUT", "1/models/m-a/artifacts/x", ALICE, True),
         ("PUT", "1/models/m-a/artifacts/x", BOB, False),
+        ("PUT", "1/models/m-missing/artifacts/x", ALICE, False),  # nothing under objects that do not exist
+        ("PUT", "2/models/m-a/artifacts/x", ALICE, False),  # m-a is experiment 1's
+        ("PUT", "1/models/m-a/artifacts/x", ANALYST, False),  # no write scope
+        ("PUT", "1/models", ALICE, False),
+        ("PUT", "1/traces/tr-1/artifacts/traces.json", ALICE, True),
+        ("PUT", "1/traces/tr-1/artifacts/traces.json", BOB, False),
+        ("PUT", "1/traces/tr-1/artifacts/traces.json", ANALYST, False),
+        ("PUT", "1/traces/tr-missing/artifacts/traces.json", ALICE, False),
+        ("PUT", "9/traces/tr-1/artifacts/traces.json", ALICE, False),  # tr-1 is experiment 1's
+        ("PUT", "9/ra/artifacts/x", ALICE, False),  # no experiment 9
         ("DELETE", "1/ra/artifacts/x", BOB, False),
         ("GET", "../1/ra/x", ALICE, False),
         ("GET", "mlruns/1/ra", ALICE, False),

@@ -430,3 +430,32 @@ def test_the_owners_own_requests_still_pass(browser: httpx.Client, two_runs: tup
     assert resp.status_code == 200, resp.text
     run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
     assert run["data"]["params"] == [{"key": "C", "value": "1"}]
+
+
+def test_artifacts_are_written_only_into_objects_that_exist(
+    browser: httpx.Client,  # noqa: F811
+    two_runs: tuple[str, str],
+) -> None:
+    """The artifact proxy: uploads go into alice's existing run and trace; not under a trace or a
+    logged model that does not exist, nor into another experiment's path for them."""
+    alices, _ = two_runs
+    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    experiment = run["info"]["experiment_id"]
+    trace = start_trace(browser, "alice-token", experiment)
+    files = f"{PREFIX}api/2.0/mlflow-artifacts/artifacts"
+
+    def put(path: str) -> httpx.Response:
+        return browser.put(f"{files}/{path}", content=b"{}", headers=api("alice-token"))
+
+    assert put(f"{experiment}/{alices}/artifacts/notes.json").status_code == 200
+    assert put(f"{experiment}/traces/{trace}/artifacts/traces.json").status_code == 200
+    for path in (
+        f"{experiment}/traces/tr-{uuid.uuid4().hex}/artifacts/traces.json",
+        f"{experiment}/models/m-{uuid.uuid4().hex}/artifacts/MLmodel",
+        f"{int(experiment) + 1000}/traces/{trace}/artifacts/traces.json",
+    ):
+        resp = put(path)
+        assert resp.status_code == 403, (path, resp.text)
+        assert "existing objects only" in resp.json()["message"] or "may not" in resp.json()["message"]
+    listing = browser.get(files, params={"path": f"{experiment}/traces"}, headers=api("alice-token")).json()
+    assert [f["path"] for f in listing.get("files", [])] == [trace], "nothing was created beside the real trace"
