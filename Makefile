@@ -9,7 +9,7 @@ CHP := node_modules/.bin/configurable-http-proxy
 CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-unit test-platform bench lint clean
+.PHONY: install up test test-jupyterhub test-unit test-platform bench lint clean
 
 install: $(STAMP) $(CHP)
 
@@ -36,6 +36,13 @@ up: install
 
 test: install $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-jupyterhub
+
+# JupyterHub's own spawner tests against the one-machine spawner, in a pytest of their own.
+test-jupyterhub: install
+	PATH="$(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)/tests/contract" \
+	  $(PY) -m pytest -c tests/contract/pytest.ini -p jupyterhub_spawner_adapter \
+	  --pyargs jupyterhub.tests.test_spawner jupyterhub.tests.test_api
 
 bench: install
 	$(PY) -m bench
