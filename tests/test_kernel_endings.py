@@ -11,6 +11,7 @@ the environment, and its fit must be logged.
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,10 @@ def test_every_way_the_server_ends_a_kernel(mlflow_server: MlflowServer, tmp_pat
             wait_for(lambda: server.http.get(f"/api/kernels/{kernel_id}").status_code == 404, 90, "the cull")
         else:
             server.proc.send_signal(signal.SIGINT if how.startswith("SIGINT") else signal.SIGTERM)
-            server.proc.wait(90)
+            try:
+                server.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the server did not stop within 90 s of {how}; its log ends:\n{server.log[-6000:]}")
     finally:
         server.stop()
     client = MlflowClient(mlflow_server.url)

@@ -304,6 +304,15 @@ def two_runs(browser: httpx.Client) -> tuple[str, str]:  # noqa: F811 (the fixtu
 
 
 MLFLOW = f"{PREFIX}api/2.0/mlflow"
+
+
+def alices_run(browser: httpx.Client, run_id: str) -> dict[str, Any]:  # noqa: F811
+    """Her run as alice reads it."""
+    resp = browser.get(f"{MLFLOW}/runs/get", params={"run_id": run_id}, headers=api("alice-token"))
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json()["run"])
+
+
 AJAX = f"{PREFIX}ajax-api/2.0/mlflow"
 METRIC = {"key": "x", "value": 1, "timestamp": 1, "step": 0}
 
@@ -338,7 +347,7 @@ def test_writes_into_anothers_run_are_refused_in_every_spelling(
     # The gate refuses two different values for one parameter (400); MLflow would have read
     # the body's, and its store would refuse that (403).
     assert resp.status_code in (400, 403), resp.text
-    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    run = alices_run(browser, alices)
     assert run["info"]["status"] == "RUNNING" and run["info"]["lifecycle_stage"] == "active"
     assert run["data"].get("metrics", []) == [] and run["data"].get("params", []) == []
     assert run["info"]["run_name"] != "planted"
@@ -367,7 +376,7 @@ def test_nobody_relabels_their_own_runs_creator(
     resp = browser.post(f"{root}/{path}", json=body(alices), headers=api("alice-token"))
     assert resp.status_code == 400, resp.text
     assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "mlflow.user" in resp.json()["message"]
-    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    run = alices_run(browser, alices)
     assert {t["key"]: t["value"] for t in run["data"]["tags"]}["mlflow.user"] == "alice"
 
 
@@ -407,7 +416,7 @@ def test_the_store_refuses_what_the_gate_lets_through(
 ) -> None:
     """Linking a trace to a run: the gate checks the run; the store checks the traces too."""
     alices, carols = two_runs
-    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    run = alices_run(browser, alices)
     trace = start_trace(browser, "alice-token", run["info"]["experiment_id"])
     linked = browser.post(
         f"{MLFLOW}/traces/link-to-run", json={"trace_ids": [trace], "run_id": carols}, headers=api("carol-token")
@@ -428,7 +437,7 @@ def test_the_owners_own_requests_still_pass(browser: httpx.Client, two_runs: tup
         headers=api("alice-token"),
     )
     assert resp.status_code == 200, resp.text
-    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    run = alices_run(browser, alices)
     assert run["data"]["params"] == [{"key": "C", "value": "1"}]
 
 
@@ -439,7 +448,7 @@ def test_artifacts_are_written_only_into_objects_that_exist(
     """The artifact proxy: uploads go into alice's existing run and trace; not under a trace or a
     logged model that does not exist, nor into another experiment's path for them."""
     alices, _ = two_runs
-    run = browser.get(f"{MLFLOW}/runs/get", params={"run_id": alices}, headers=api("alice-token")).json()["run"]
+    run = alices_run(browser, alices)
     experiment = run["info"]["experiment_id"]
     trace = start_trace(browser, "alice-token", experiment)
     files = f"{PREFIX}api/2.0/mlflow-artifacts/artifacts"
