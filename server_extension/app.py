@@ -171,12 +171,14 @@ def _stop_gracefully_on_sigint(serverapp: Any) -> None:
     one, SIGINT is a KeyboardInterrupt that leaves the kernels running to die with
     their parent, their runs never ended. JupyterHub's local spawner stops a server
     with SIGINT (jupyterhub-singleuser means it to stop gracefully, but only installs
-    that with a terminal too).
+    that with a terminal too). A server started from a shell's background job (a hub
+    run with ``&`` or ``nohup``) inherits SIGINT *ignored*, and the hub's stop would
+    wait out its interrupt timeout for nothing: that is taken over too.
     """
     stop = getattr(serverapp, "_signal_stop", None)
     if stop is None or threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN):
         signal.signal(signal.SIGINT, stop)
 
 

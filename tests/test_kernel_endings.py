@@ -4,7 +4,8 @@ A real ``jupyter-server`` with the extension and a real ``mlflow server``:
 ``DELETE /api/kernels/<id>``, idle culling, and the server itself stopped: with
 SIGTERM (as Kubernetes stops a pod) or SIGINT (as JupyterHub's local spawner
 does; without a terminal, jupyter-server would take it as a KeyboardInterrupt
-and leave its kernels to die). Each run must end FINISHED with the notebook and
+and leave its kernels to die), also when the server was started with SIGINT
+ignored, as every process a shell starts in the background is. Each run must end FINISHED with the notebook and
 the environment, and its fit must be logged.
 """
 
@@ -46,7 +47,13 @@ def ended_run(client: Any, experiment: str) -> Any:
     return session[0], fits
 
 
-ENDINGS = ["DELETE /api/kernels", "idle culling", "SIGINT to the server", "SIGTERM to the server"]
+ENDINGS = [
+    "DELETE /api/kernels",
+    "idle culling",
+    "SIGINT to the server",
+    "SIGINT to a server started in the background",
+    "SIGTERM to the server",
+]
 
 
 @pytest.mark.parametrize("how", ENDINGS)
@@ -56,8 +63,9 @@ def test_every_way_the_server_ends_a_kernel(mlflow_server: MlflowServer, tmp_pat
     env = {"HUBFORGE_MLFLOW_URL": mlflow_server.url, "JUPYTERHUB_USER": "zoe"}
     env["HUBFORGE_SPOOL_DIR"] = str(tmp_path / "spool")
     culling = ("--MappingKernelManager.cull_idle_timeout=3", "--MappingKernelManager.cull_interval=1")
-    server = Server(tmp_path / "server", env, culling if how == "idle culling" else ())
-    name = how.split()[0].lower() + ".ipynb"
+    background = how.endswith("in the background")
+    server = Server(tmp_path / "server", env, culling if how == "idle culling" else (), sigint_ignored=background)
+    name = how.split()[0].lower() + ("-background" if background else "") + ".ipynb"
     try:
         path = server.notebook(name)
         kernel_id, kernel = open_kernel(server, path)

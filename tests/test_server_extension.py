@@ -53,7 +53,9 @@ _SCRUB = ("HUBFORGE_", "JUPYTERHUB_", "MLFLOW_", "JPY_", "JUPYTER_")
 class Server:
     """A ``jupyter-server`` subprocess with the extension enabled from a config folder."""
 
-    def __init__(self, tmp: Path, env: dict[str, str], args: tuple[str, ...] = ()):
+    def __init__(self, tmp: Path, env: dict[str, str], args: tuple[str, ...] = (), sigint_ignored: bool | None = None):
+        """``sigint_ignored``: start the server with SIGINT ignored (as a shell's background job
+        starts it) or at its default; None inherits this process's."""
         self.tmp = tmp
         self.root = tmp / "root"
         (self.root / "work").mkdir(parents=True)
@@ -81,8 +83,16 @@ class Server:
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")
+        disposition = None if sigint_ignored is None else signal.SIG_IGN if sigint_ignored else signal.SIG_DFL
+
+        def sigint() -> None:
+            if disposition is not None:
+                signal.signal(signal.SIGINT, disposition)
+
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, env={**base, **env}, stdout=log, stderr=subprocess.STDOUT, preexec_fn=sigint
+            )
         self.http = httpx.Client(headers={"Authorization": f"token {TOKEN}"}, timeout=30)
         try:
             wait_for(self.ready, 60, "jupyter-server /api/status")
