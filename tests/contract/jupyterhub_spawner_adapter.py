@@ -5,7 +5,7 @@ They build spawners with ``SimpleLocalProcessSpawner``; this plugin puts
 :class:`ContractSpawner` in its place: a :class:`LocalTierSpawner` configured with the
 platform's default tier catalog and persona groups, its GPU database in a temporary folder.
 JupyterHub's mock hub (the ``app`` fixture) spawns with :class:`HubContractSpawner`, ours
-too. ``make test`` runs it in a pytest process of its own (JupyterHub's fixtures need
+too. ``make test-jupyterhub`` runs it in a pytest process of its own (JupyterHub's fixtures need
 pytest-asyncio in auto mode; see ``pytest.ini`` here)::
 
     pytest -c tests/contract/pytest.ini -p jupyterhub_spawner_adapter \
