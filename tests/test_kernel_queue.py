@@ -235,6 +235,38 @@ def test_trickling_items_go_out_once_per_interval(client, tmp_path: Path) -> Non
     assert sorted(step for batch in rec.batches for step in batch) == list(range(300))
 
 
+def test_cells_back_to_back_hold_partial_batches_until_a_pause(client, tmp_path: Path) -> None:
+    """Cells run back to back (Run All) send nothing between them; a pause, or the most an
+    item may wait, sends it; a long cell's own metrics still go out while it runs."""
+    run = new_run(client, "quiet")
+    rec = Recording(client)
+    queue = TrackingQueue(lambda: rec, spool_dir=tmp_path, flush_interval=0.05, quiet=0.4, max_delay=60)
+    for i in range(40):  # ~1.2 s of short cells, each queueing its metric
+        queue.activity()
+        queue.log_metric(run, "cell", i, step=i)
+        time.sleep(0.03)
+    assert rec.calls == 0, "no request between cells run back to back"
+    wait_for(lambda: rec.batches, 10, "the pause to send the cells' metrics")
+    assert rec.batches == [list(range(40))]
+
+    queue.activity()  # a long cell starts, logging as it trains
+    for i in range(40, 70):
+        queue.log_metric(run, "cell", i, step=i)
+        time.sleep(0.05)
+    assert rec.calls >= 2, "a long cell's metrics flow while it runs"
+    assert queue.close(30)
+
+    busy = TrackingQueue(lambda: rec, spool_dir=tmp_path / "busy", flush_interval=0.05, quiet=10, max_delay=0.5)
+    calls = rec.calls
+    for i in range(70, 100):  # never quiet for 10 s: sent once items have waited max_delay
+        busy.activity()
+        busy.log_metric(run, "cell", i, step=i)
+        time.sleep(0.05)
+    assert rec.calls > calls, "items wait at most max_delay however busy the kernel is"
+    assert busy.close(30)
+    assert sorted(m.step for m in client.get_metric_history(run, "cell")) == list(range(100))
+
+
 def test_refusals_reach_on_refused_with_mlflows_reason_and_cost_only_themselves(client, tmp_path: Path) -> None:
     """A param changing value is refused by MLflow; the rest of its batch still arrives."""
     run = new_run(client, "refused")

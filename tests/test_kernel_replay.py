@@ -57,7 +57,7 @@ def run_replay(url: str, spool: Path, **env: str) -> subprocess.CompletedProcess
     )
 
 
-def steps(client, run_id: str, key: str = "hubforge.cell.count") -> list[int]:
+def steps(client, run_id: str, key: str = "hubforge.cell.duration_s") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
@@ -248,7 +248,7 @@ def test_the_server_replays_kept_run_data_when_mlflow_is_back(own_mlflow: Mlflow
             tags={"mlflow.user": "alice"},
             status="FINISHED",
         ),
-        [["m", PENDING, "hubforge.cell.count", float(i), 1_000 + i, i] for i in range(1, 4)],
+        [["m", PENDING, "hubforge.cell.duration_s", float(i), 1_000 + i, i] for i in range(1, 4)],
     )
     env = {
         "HUBFORGE_MLFLOW_URL": mlflow.url,
@@ -354,7 +354,7 @@ def test_adoption_keeps_what_a_dead_kernel_spilled_and_leaves_living_ones_alone(
     spilled = spool / "spool-dead.jsonl"
     spool.mkdir()
     chunks = [
-        [["m", PENDING, "hubforge.cell.count", float(i), 1_000 + i, i] for i in range(1, 4)],
+        [["m", PENDING, "hubforge.cell.duration_s", float(i), 1_000 + i, i] for i in range(1, 4)],
         [["t", PENDING, "k", "v"]],
     ]
     spilled.write_text("".join(json.dumps(c) + "\n" for c in chunks) + '[["m","hubforge-pending-run","x",1')

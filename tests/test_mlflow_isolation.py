@@ -248,7 +248,7 @@ def test_kept_run_data_replays_through_the_hub_as_its_owner_only(
     mine = write_pending(
         tmp_path / "spool",
         PendingRun(tracking_uri=uri, run_id=None, experiment_name=name, tags={"mlflow.user": "alice"}),
-        [["m", PENDING, "hubforge.cell.count", float(i), 1_000 + i, i] for i in range(1, 4)],
+        [["m", PENDING, "hubforge.cell.duration_s", float(i), 1_000 + i, i] for i in range(1, 4)],
         [(artifact, "environment")],
     )
     theirs = write_pending(
@@ -269,7 +269,7 @@ def test_kept_run_data_replays_through_the_hub_as_its_owner_only(
     history = ok(
         alice.get(
             MLFLOW + "metrics/get-history",
-            params={"run_id": run["info"]["run_id"], "metric_key": "hubforge.cell.count"},
+            params={"run_id": run["info"]["run_id"], "metric_key": "hubforge.cell.duration_s"},
         )
     )
     assert sorted(m["step"] for m in history["metrics"]) == [1, 2, 3]

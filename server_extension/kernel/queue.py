@@ -131,8 +131,11 @@ class TrackingQueue:
     caller never pays for importing mlflow. ``max_memory_items`` bounds the
     caller-side buffer (the sender holds at most one more chunk),
     ``max_spool_bytes`` the disk spool in ``spool_dir``. A partial batch goes
-    out at most once per ``flush_interval`` seconds; a full one, a backlog, and
-    anything ``flush()`` or ``close()`` waits for go out at once. ``on_refused(items,
+    out at most once per ``flush_interval`` seconds, and only once the caller has
+    been ``quiet`` seconds without :meth:`activity` or its oldest item has waited
+    ``max_delay`` seconds (so a kernel running cells back to back does not pay for
+    requests between them); a full one, a backlog, and anything ``flush()`` or
+    ``close()`` waits for go out at once. ``on_refused(items,
     reason)`` receives what MLflow refused (called on the sender thread); without
     one, refusals are logged. Either way they are counted in ``refused``.
     """
@@ -146,6 +149,8 @@ class TrackingQueue:
         max_spool_bytes: int = 256 * 1024 * 1024,
         max_backoff: float = 10.0,
         on_refused: Callable[[list[Item], str], None] | None = None,
+        quiet: float = 0.0,
+        max_delay: float = 10.0,
     ):
         self._factory = client_factory
         self._on_refused = on_refused
@@ -154,6 +159,10 @@ class TrackingQueue:
         self.max_memory_items = max_memory_items
         self.flush_interval = flush_interval
         self.max_backoff = max_backoff
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self._active_at = 0.0  # monotonic time of the caller's last activity()
+        self._oldest_at = 0.0  # monotonic time the oldest item now in memory was queued
         directory = Path(spool_dir) if spool_dir else Path(tempfile.mkdtemp(prefix="hubforge-spool-"))
         self._spool = _Spool(directory, max_spool_bytes)
         self._memory: deque[Item] = deque()
@@ -191,11 +200,20 @@ class TrackingQueue:
         """Queue one tag."""
         self._put(["t", run_id, key, str(value)])
 
+    def activity(self) -> None:
+        """The caller is busy now (a cell starts or ends): hold partial batches for ``quiet`` seconds.
+
+        A plain store, no lock: called twice per cell on the kernel's main thread.
+        """
+        self._active_at = time.monotonic()
+
     def _put(self, item: Item) -> None:
         with self._cond:
             if self._closing and not self._thread.is_alive():
                 self.dropped += 1
                 return
+            if not self._memory:
+                self._oldest_at = time.monotonic()
             self._memory.append(item)
             self._outstanding += 1
             if len(self._memory) >= self.max_memory_items:
@@ -369,11 +387,14 @@ class TrackingQueue:
                 self._cond.wait(backoff)
 
     def _due_locked(self) -> bool:
-        """Send now? A backlog or a full batch at once; a partial batch once per ``flush_interval``.
+        """Send now? A backlog or a full batch at once; a partial batch once per ``flush_interval``
+        when the caller is quiet, or once its oldest item has waited ``max_delay``.
 
         Sending every few items as they come costs each request's fixed price (ours in
         the kernel's GIL, the server's in CPU) over and over; pacing keeps it to one
-        request per interval while cells run, and ``flush()``/``close()`` skip the wait.
+        request per interval, waiting for a pause keeps it off cells run back to back
+        (Run All, a person's quick re-runs) while a long cell's own metrics still go out
+        as it runs, and ``flush()``/``close()`` skip the wait.
         """
         if self._held:
             return False
@@ -383,12 +404,17 @@ class TrackingQueue:
             return False
         if self._flushing or self._closing or len(self._memory) >= MAX_METRICS:
             return True
-        return time.monotonic() >= self._next_send
+        return time.monotonic() >= self._send_at_locked()
+
+    def _send_at_locked(self) -> float:
+        """When a partial batch in memory is due (monotonic time)."""
+        ready = min(self._active_at + self.quiet, self._oldest_at + self.max_delay)
+        return max(self._next_send, ready)
 
     def _until_due_locked(self) -> float:
         if self._held or not self._memory:
             return self.flush_interval  # release(), a full batch and flush() notify
-        return max(0.001, self._next_send - time.monotonic())
+        return max(0.001, self._send_at_locked() - time.monotonic())
 
     def _next_batch(self) -> _Batch | None:
         """The batch to send: a failed one first, then staged, spooled, in-memory items."""

@@ -68,6 +68,11 @@ RETRY_FIRST, RETRY_MAX = 2.0, 60.0
 #: Seconds from a shutdown request to the kernel leaving, at most (fits handed over meanwhile;
 #: the server sets it beside the kernel's shutdown wait: HUBFORGE_CLOSE_BUDGET).
 CLOSE_BUDGET = 20.0
+#: Run data queued between cells goes out once the kernel has been this many seconds
+#: without a cell starting or ending (a long cell's own metrics flow while it runs), and
+#: within ``SEND_WITHIN_S`` seconds however busy it is: requests stay off cells run back to back.
+SEND_WHEN_QUIET_S = 0.5
+SEND_WITHIN_S = 10.0
 #: Source tags that follow the notebook when it is renamed; the run's name does too.
 MOVING_TAGS = ("mlflow.source.name", "hubforge.notebook")
 RUN_NAME = "mlflow.runName"
@@ -144,10 +149,13 @@ class Tracker(RunEnding):
                 self._attach()
         if self.watch.changed():
             self._moved()
+        if self.queue is not None:
+            self.queue.activity()
         self._t0 = time.perf_counter()
 
     def post_run_cell(self, result: Any) -> None:
-        """Queue the cell's count, duration and error flag; say once what went wrong."""
+        """Queue the cell's duration (step: its execution count), and an error mark when it
+        failed; say once what went wrong."""
         duration = time.perf_counter() - self._t0
         self.busy = False
         if self.autolog is not None:
@@ -161,9 +169,10 @@ class Tracker(RunEnding):
         failed = not result.success
         self.last_failed = failed
         q, run = self.queue, self.run_id or PENDING
+        q.activity()
         q.log_metric(run, "hubforge.cell.duration_s", duration, step=count)
-        q.log_metric(run, "hubforge.cell.error", 1.0 if failed else 0.0, step=count)
-        q.log_metric(run, "hubforge.cell.count", count, step=count)
+        if failed:
+            q.log_metric(run, "hubforge.cell.error", 1.0, step=count)
 
     def _tell(self) -> None:
         """Print, once, each thing the person should know: one short line each, no traceback."""
@@ -196,7 +205,9 @@ class Tracker(RunEnding):
             return
         self._start_ms = int(time.time() * 1000)
         spool = Path(self.ctx.spool_dir)
-        self.queue = TrackingQueue(_client, spool_dir=spool, on_refused=self._refused)
+        self.queue = TrackingQueue(
+            _client, spool_dir=spool, on_refused=self._refused, quiet=SEND_WHEN_QUIET_S, max_delay=SEND_WITHIN_S
+        )
         self.queue.hold(PENDING)
         try:
             self._set_up_mlflow()
