@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import allocator, extension_start, mlflow_gate, spawnstorm, startup, tracking
+from bench import allocator, extension_start, mlflow_gate, mlflow_search, spawnstorm, startup, tracking
 from bench.report import Result, print_table
 
 SUITES = {
@@ -15,6 +15,7 @@ SUITES = {
     "extension": extension_start.run,
     "tracking": tracking.run,
     "mlflow": mlflow_gate.run,
+    "search": mlflow_search.run,
 }
 
 

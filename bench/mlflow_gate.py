@@ -37,7 +37,7 @@ TOKEN = {"Authorization": "token alice-token"}
 
 @contextmanager
 def _server(data: Path, gated: bool, hub: FakeHub) -> Iterator[httpx.Client]:
-    data.mkdir()
+    data.mkdir(exist_ok=True)
     with mlflow_server(data, hub, gated) as url:
         headers = {"Host": HOST, **TOKEN}
         with httpx.Client(base_url=f"{url}{PREFIX}", headers=headers, timeout=60) as client:

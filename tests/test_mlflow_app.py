@@ -68,6 +68,7 @@ class FakeHub(ThreadingHTTPServer):
         }
         self.codes: dict[str, tuple[str, str]] = {}  # code -> (token, PKCE challenge)
         self.lookups: dict[str, int] = {}
+        self.groups: dict[str, list[str]] = {}  # a user's hub groups (default: data-science)
 
     @property
     def api_url(self) -> str:
@@ -83,7 +84,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.server.lookups[token] = self.server.lookups.get(token, 0) + 1
         if self.path.startswith("/hub/api/users/") and token == SERVICE_TOKEN:
             name = self.path.rsplit("/", 1)[1]
-            return self._reply(200, {"name": name, "groups": ["data-science"], "roles": ["data-scientist"]})
+            groups = self.server.groups.get(name, ["data-science"])
+            return self._reply(200, {"name": name, "groups": groups, "roles": ["data-scientist"]})
         if self.path != "/hub/api/user":
             return self._reply(404, {"message": "not found"})
         if token == "explode-token":
