@@ -40,8 +40,9 @@ CUSTOM_SCOPES: dict[str, str] = {
     "custom:schedules:run": "Run parameterised notebooks on a schedule.",
 }
 
-#: What the platform's services may ask the hub: who a user is, their groups and roles.
-SERVICE_ROLE_SCOPES = ("read:users:name", "read:users:groups", "read:roles:users")
+#: What the platform's services may ask the hub: who a user is, their groups and roles, and which
+#: servers the hub runs for them on which tier (MLflow checks the run tags that say so).
+SERVICE_ROLE_SCOPES = ("read:users:name", "read:users:groups", "read:roles:users", "read:servers")
 
 #: What a notebook server's own hub token carries (JupyterHub keeps the subset the
 #: person holds): MLflow decides on the custom scopes what the server may log or read.

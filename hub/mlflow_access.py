@@ -76,6 +76,40 @@ class Invalid(str):
     """A refusal of what a request would write, not of who asks: answered 400, not 403."""
 
 
+#: Tags that say where a run ran, the person's server and its tier: they must be what the
+#: hub's record of the person's running servers says (``Principal.servers``).
+SERVER_TAG = "hubforge.server"
+TIER_TAG = "hubforge.tier"
+PLACEMENT_TAGS = (SERVER_TAG, TIER_TAG)
+
+
+def placement_refusal(who: Principal, tags: Iterable[tuple[Any, Any]], deleting: bool = False) -> Invalid | None:
+    """Refuse ``hubforge.server``/``hubforge.tier`` values (of ``(key, value)`` pairs) that the
+    hub's record of ``who``'s running servers does not bear out; deleting them always.
+
+    ``hubforge.server`` names one of the person's running servers (``default`` for the
+    unnamed one) and ``hubforge.tier`` its tier, or, without a server named alongside,
+    the tier of one of them.
+    """
+    given = {key: value for key, value in tags if key in PLACEMENT_TAGS}
+    if not given:
+        return None
+    if deleting:
+        return Invalid(f"the {' and '.join(sorted(given))} tags say where the run ran and are not removed")
+    running = dict(who.servers)
+    listed = ", ".join(sorted(f"{name or 'default'} ({tier})" for name, tier in running.items())) or "none"
+    tiers = set(running.values())
+    if SERVER_TAG in given:
+        server = str(given[SERVER_TAG])
+        name = "" if server == "default" else server
+        if name not in running:
+            return Invalid(f"{SERVER_TAG} {server!r} is not a running server of {who.name}'s (running: {listed})")
+        tiers = {running[name]}
+    if TIER_TAG in given and str(given[TIER_TAG]) not in tiers:
+        return Invalid(f"{TIER_TAG} {given[TIER_TAG]!r} is not the tier the hub runs it on (running: {listed})")
+    return None
+
+
 def user_tag_refusal(keys: Iterable[Any]) -> Invalid | None:
     """Refuse writing or deleting ``mlflow.user`` on an existing run (a request's tag ``keys``)."""
     if USER_TAG in keys:
@@ -98,6 +132,8 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
+    #: (server name, tier) of each server the hub runs for them ("" is the unnamed server).
+    servers: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def admin(self) -> bool:
@@ -410,13 +446,15 @@ class Check:
             return None
         return f"run {run_id} is {run.owner or 'nobody'}'s: nobody writes into another person's run"
 
-    def write_run_tags(self) -> str | None:
-        """set-tag, delete-tag, log-batch: the run's owner, and never its ``mlflow.user``."""
+    def write_run_tags(self, deleting: bool = False) -> str | None:
+        """set-tag, delete-tag, log-batch: the run's owner, never its ``mlflow.user``, and
+        ``hubforge.server``/``hubforge.tier`` only as the hub runs the person's servers."""
         if refusal := self.write_run():
             return refusal
         tags = self.params.get("tags")
-        keys = [t.get("key") for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
-        return user_tag_refusal([self.param("key"), *keys])
+        pairs = [(t.get("key"), t.get("value")) for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
+        pairs.append((self.param("key"), self.param("value")))
+        return user_tag_refusal([key for key, _ in pairs]) or placement_refusal(self.who, pairs, deleting)
 
     def delete_run(self) -> str | None:
         if self.who.admin and self.param("run_id"):
@@ -630,7 +668,8 @@ _rules(
     ],
     Check.write_run,
 )
-_rules("POST", ["mlflow/runs/log-batch", "mlflow/runs/set-tag", "mlflow/runs/delete-tag"], Check.write_run_tags)
+_rules("POST", ["mlflow/runs/log-batch", "mlflow/runs/set-tag"], Check.write_run_tags)
+_rules("POST", ["mlflow/runs/delete-tag"], lambda c: c.write_run_tags(deleting=True))
 _rules("POST", ["mlflow/runs/delete", "mlflow/runs/restore"], Check.delete_run)
 # registry
 _rules("GET", ["mlflow/registered-models/search", "mlflow/model-versions/search"], Check.anyone)  # filtered

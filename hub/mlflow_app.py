@@ -63,6 +63,7 @@ from .mlflow_access import (
     authorize,
     canonical_name,
     install,
+    placement_refusal,
 )
 from .mlflow_store import install as guard_tracking_store
 from .mlflow_ui import feature_off, rewriting, unconditional, with_ui_defaults
@@ -118,6 +119,8 @@ class HubUser:
     groups: frozenset[str]
     via_cookie: bool
     roles: frozenset[str] = frozenset()
+    #: (server name, tier) of each server the hub runs for them, from the hub's user model.
+    servers: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
     def from_model(cls, model: Any, *, via_cookie: bool) -> HubUser | None:
@@ -131,7 +134,7 @@ class HubUser:
     @property
     def principal(self) -> Principal:
         """The person as :mod:`.mlflow_access` decides on them."""
-        return Principal(self.name, self.scopes, self.groups, self.roles)
+        return Principal(self.name, self.scopes, self.groups, self.roles, self.servers)
 
 
 def personas(
@@ -161,7 +164,30 @@ def decide_access(user: HubUser, method: str, path: str, payload: Any, required:
             f"a run may not name {', '.join(map(repr, sorted(claimed)))} in its "
             f"{USER_TAG} tag: leave the tag out or set it to {user.name!r}"
         )
-    return None
+    return placement_refusal(user.principal, placement_pairs(payload)) if payload is not None else None
+
+
+def placement_pairs(payload: Any) -> list[tuple[Any, Any]]:
+    """The (key, value) of the tags a body sets: its ``tags`` list, or its ``key`` and ``value``."""
+    if not isinstance(payload, dict):
+        return []
+    tags = payload.get("tags")
+    pairs = [(t.get("key"), t.get("value")) for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
+    return [*pairs, (payload.get("key"), payload.get("value"))]
+
+
+def servers_of(profile: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """(name, tier) of each server in a hub user model (its ``servers``, with ``read:servers``)."""
+    servers = profile.get("servers")
+    if not isinstance(servers, dict):
+        return frozenset()
+    running = set()
+    for name, server in servers.items():
+        options = server.get("user_options") if isinstance(server, dict) else None
+        tier = options.get("profile") if isinstance(options, dict) else None
+        if isinstance(name, str) and isinstance(tier, str):
+            running.add((name, tier))
+    return frozenset(running)
 
 
 def claim_owned(payload: Mapping[str, Any], user: str) -> dict[str, Any]:
@@ -339,6 +365,7 @@ class HubGate:
             except (ValueError, TypeError, RecursionError) as exc:
                 return _error(400, "INVALID_PARAMETER_VALUE", f"the request body must be {exc}")
         run_create = path.endswith(RUN_CREATE_PATHS) and method == "POST"
+        user = await self._with_servers_now(user, payload)
         if refusal := decide_access(user, method, path, payload if run_create else None, self.required):
             return _refused(refusal)
         query = _params(request, None)
@@ -392,18 +419,35 @@ class HubGate:
             profile = await anyio.to_thread.run_sync(self._profile, user.name)
         except HTTPError as exc:
             raise HubUnavailable(exc.log_message or str(exc)) from exc
+        return self._with_profile(user, profile)
+
+    def _with_profile(self, user: HubUser, profile: Any) -> HubUser:
         profile = profile if isinstance(profile, dict) else {}
         groups = frozenset(profile.get("groups") or ())
-        return dataclasses.replace(
-            user, groups=groups, roles=personas(profile.get("roles") or (), groups, self.group_personas)
-        )
+        roles = personas(profile.get("roles") or (), groups, self.group_personas)
+        return dataclasses.replace(user, groups=groups, roles=roles, servers=servers_of(profile))
 
-    def _profile(self, name: str) -> Any:
+    async def _with_servers_now(self, user: HubUser, payload: Any) -> HubUser:
+        """``user`` with the hub's servers asked again (not cached) when the tags ``payload``
+        sets name a server or tier the cached answer does not know: one just started."""
+        pairs = placement_pairs(payload)
+        if not placement_refusal(user.principal, pairs):
+            return user
+        try:
+            profile = await anyio.to_thread.run_sync(partial(self._profile, user.name, fresh=True))
+        except HTTPError as exc:
+            raise HubUnavailable(exc.log_message or str(exc)) from exc
+        return self._with_profile(user, profile)
+
+    def _profile(self, name: str, fresh: bool = False) -> Any:
         """``GET /hub/api/users/<name>`` with the service's token, cached like tokens."""
         auth = self.hub_auth
         url = url_path_join(auth.api_url, "users", quote(name, safe=""))
         check = auth._check_hub_authorization
-        return auth._call_coroutine(True, check, url=url, api_token=auth.api_token, cache_key=f"profile:{name}")
+        key = f"profile:{name}"
+        if fresh:
+            auth.cache.pop(key, None)
+        return auth._call_coroutine(True, check, url=url, api_token=auth.api_token, cache_key=key)
 
     def _unauthenticated(self, request: Request) -> Response:
         """401 for API clients; browsers asking for a page go to the hub's login."""

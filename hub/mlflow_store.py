@@ -32,6 +32,7 @@ from .mlflow_access import (
     Resolver,
     StoreResolver,
     is_trusted,
+    placement_refusal,
     trusted,
     user_tag_refusal,
 )
@@ -107,11 +108,16 @@ def write_run(check: Check, args: Mapping[str, Any]) -> str | None:
 
 
 def write_run_tags(check: Check, args: Mapping[str, Any]) -> str | None:
-    """Tags of an existing run: its owner's, except ``mlflow.user`` (set when the run is made)."""
+    """Tags of an existing run: its owner's, except ``mlflow.user`` (set when the run is made),
+    and ``hubforge.server``/``hubforge.tier`` as the hub runs the person's servers."""
     if refusal := write_run(check, args):
         return refusal
-    keys = [_attr(args.get("tag"), "key"), args.get("key"), *(_attr(t, "key") for t in args.get("tags") or [])]
-    return user_tag_refusal(keys)
+    tags = [args.get("tag"), *(args.get("tags") or [])]
+    pairs = [(_attr(t, "key"), _attr(t, "value")) for t in tags if t is not None]
+    deleting = "key" in args and "tag" not in args and "tags" not in args  # delete_tag(run_id, key)
+    if deleting:
+        pairs.append((args.get("key"), None))
+    return user_tag_refusal([key for key, _ in pairs]) or placement_refusal(check.who, pairs, deleting)
 
 
 def delete_run(check: Check, args: Mapping[str, Any]) -> str | None:
@@ -129,7 +135,7 @@ def create_run(check: Check, args: Mapping[str, Any]) -> str | None:
     named = {_attr(t, "value") for t in args.get("tags") or [] if _attr(t, "key") == USER_TAG} - {check.who.name}
     if named:
         return Invalid(f"a run of {check.who.name}'s names {check.who.name} in its {USER_TAG} tag, not {sorted(named)}")
-    return None
+    return placement_refusal(check.who, [(_attr(t, "key"), _attr(t, "value")) for t in args.get("tags") or []])
 
 
 def read_experiment(check: Check, args: Mapping[str, Any]) -> str | None:

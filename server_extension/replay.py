@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hubforge.server_extension.fit_replay import FitReport, replay_fits
+from hubforge.server_extension.kernel.context import PLACEMENT_TAGS
 from hubforge.server_extension.kernel.queue import TrackingQueue, refused
 from hubforge.server_extension.pending import (
     PLACEHOLDER,
@@ -172,7 +173,16 @@ def _open_run(client: Any, run: PendingRun) -> str:
     if found:
         return str(found[0].info.run_id)
     tags = {**run.tags, REPLAY_TAG: run.id}
-    created = _call(client.create_run, experiment_id, start_time=run.start_time or None, tags=tags)
+    try:
+        created = _call(client.create_run, experiment_id, start_time=run.start_time or None, tags=tags)
+    except Exception as exc:
+        # The server the notebook ran on is gone by now (or runs another tier): MLflow takes
+        # hubforge.server and hubforge.tier only as the hub runs them, so they are left out.
+        if not refused(exc) or not any(tag in str(exc) for tag in PLACEMENT_TAGS):
+            raise
+        log.info("hubforge: replaying %s without its server and tier tags: %s", run.id, exc)
+        tags = {key: value for key, value in tags.items() if key not in PLACEMENT_TAGS}
+        created = _call(client.create_run, experiment_id, start_time=run.start_time or None, tags=tags)
     return str(created.info.run_id)
 
 

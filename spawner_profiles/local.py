@@ -203,7 +203,11 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
             self._refuse(exc)
             raise web.HTTPError(_REFUSALS[type(exc)], str(exc)) from exc
         self.tier_choice = choice
-        self._accepted_options = dict(self.user_options or {})
+        accepted: dict[str, Any] = dict(self.user_options or {})
+        if "profile" not in accepted:  # the default tier: the hub's record of the server says which
+            accepted["profile"] = choice.tier.slug
+            setattr(self, "user_options", accepted)  # noqa: B010 (a traitlet mypy cannot type here)
+        self._accepted_options = dict(accepted)
         return choice
 
     def _refuse(self, exc: Exception) -> None:

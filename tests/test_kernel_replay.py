@@ -405,3 +405,32 @@ def test_the_replay_command_says_in_one_line_what_is_missing(tmp_path: Path) -> 
     )
     bad = subprocess.run([*REPLAY, "--timeout", "soon"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--timeout: invalid float value: 'soon'" in bad.stderr
+
+
+def test_a_run_replayed_after_its_server_moved_goes_without_server_and_tier(client) -> None:
+    """The hub's MLflow takes ``hubforge.server``/``hubforge.tier`` only while the hub runs that
+    server on that tier: a run replayed later opens without them rather than being rejected."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from hubforge.server_extension.pending import PendingRun
+    from hubforge.server_extension.replay import _open_run
+
+    class HubMlflow:
+        """The real client, refusing placement tags as MLflow behind the hub does for a stopped server."""
+
+        def __getattr__(self, name: str):
+            return getattr(client, name)
+
+        def create_run(self, experiment_id, start_time=None, tags=None, **kwargs):
+            if "hubforge.tier" in (tags or {}):
+                message = "hubforge.server 'default' is not a running server of yuki's (running: none)"
+                raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+            return client.create_run(experiment_id, start_time=start_time, tags=tags, **kwargs)
+
+    tags = {"mlflow.user": "yuki", "hubforge.server": "default", "hubforge.tier": "training", "hubforge.notebook": "a"}
+    pending = PendingRun("http://unused", None, "/Users/yuki/moved.ipynb", tags, 1_000, id="entry-1")
+    run_id = _open_run(HubMlflow(), pending)
+    kept = client.get_run(run_id).data.tags
+    assert "hubforge.tier" not in kept and "hubforge.server" not in kept
+    assert (kept["hubforge.notebook"], kept["hubforge.replay_id"]) == ("a", "entry-1")

@@ -69,6 +69,7 @@ class FakeHub(ThreadingHTTPServer):
         self.codes: dict[str, tuple[str, str]] = {}  # code -> (token, PKCE challenge)
         self.lookups: dict[str, int] = {}
         self.groups: dict[str, list[str]] = {}  # a user's hub groups (default: data-science)
+        self.servers: dict[str, dict[str, str]] = {}  # a user's running servers: name -> tier
 
     @property
     def api_url(self) -> str:
@@ -85,7 +86,11 @@ class _HubHandler(BaseHTTPRequestHandler):
         if self.path.startswith("/hub/api/users/") and token == SERVICE_TOKEN:
             name = self.path.rsplit("/", 1)[1]
             groups = self.server.groups.get(name, ["data-science"])
-            return self._reply(200, {"name": name, "groups": groups, "roles": ["data-scientist"]})
+            servers = {
+                server: {"name": server, "user_options": {"profile": tier, "image": "scipy"}}
+                for server, tier in self.server.servers.get(name, {}).items()
+            }
+            return self._reply(200, {"name": name, "groups": groups, "roles": ["data-scientist"], "servers": servers})
         if self.path != "/hub/api/user":
             return self._reply(404, {"message": "not found"})
         if token == "explode-token":
@@ -335,6 +340,40 @@ def test_a_run_naming_somebody_else_is_refused(browser: httpx.Client) -> None:
     )
     assert search.json().get("runs", []) == []
     assert create("alice").status_code == 200
+
+
+def test_server_and_tier_tags_follow_the_hubs_record(browser: httpx.Client, fake_hub: FakeHub) -> None:
+    """A run says it ran on a server and tier only as the hub runs them; a server started
+    since the hub was last asked is asked about again, not refused from the cache."""
+    experiment = create_experiment(browser, api("alice-token"))
+    create = f"{PREFIX}api/2.0/mlflow/runs/create"
+
+    def run(server: str, tier: str) -> httpx.Response:
+        tags = [{"key": "hubforge.server", "value": server}, {"key": "hubforge.tier", "value": tier}]
+        return browser.post(create, json={"experiment_id": experiment, "tags": tags}, headers=api("alice-token"))
+
+    fake_hub.servers.pop("alice", None)
+    refused = run("default", "training")
+    assert refused.status_code == 400 and "running: none" in refused.json()["message"], refused.text
+    fake_hub.servers["alice"] = {"": "training", "big": "finetune"}  # she starts two servers
+    placed = run("default", "training")
+    assert placed.status_code == 200, placed.text
+    tags = {t["key"]: t["value"] for t in placed.json()["run"]["data"]["tags"]}
+    assert (tags["hubforge.server"], tags["hubforge.tier"], tags["mlflow.user"]) == ("default", "training", "alice")
+    assert run("big", "finetune").status_code == 200
+    forged = run("default", "finetune")
+    assert forged.status_code == 400, forged.text
+    assert forged.json()["message"] == (
+        "hubforge.tier 'finetune' is not the tier the hub runs it on (running: big (finetune), default (training))"
+    )
+    run_id = placed.json()["run"]["info"]["run_id"]
+    moved = browser.post(
+        f"{PREFIX}api/2.0/mlflow/runs/set-tag",
+        json={"run_id": run_id, "key": "hubforge.tier", "value": "interactive"},  # none of hers runs on it
+        headers=api("alice-token"),
+    )
+    assert moved.status_code == 400, moved.text
+    fake_hub.servers.pop("alice")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ reads one way and MLflow's handlers another.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from contextvars import ContextVar
 from pathlib import Path
@@ -276,6 +277,36 @@ def test_the_runs_creator_tag_is_the_platforms(store: SqlAlchemyStore, alices: t
         store.set_tag(mine.info.run_id, RunTag("mlflow.user", "alice"))
     with As(ALICE):
         assert store.get_run(run).data.tags.get("mlflow.user") != "bob"
+
+
+def test_server_and_tier_tags_are_what_the_hub_runs(store: SqlAlchemyStore, alices: tuple[str, str]) -> None:
+    """``hubforge.server``/``hubforge.tier`` say where a run ran: only as the hub runs the person's servers."""
+    exp, run = alices
+    on_gpu = dataclasses.replace(ALICE, servers=frozenset({("", "interactive"), ("gpu", "training")}))
+
+    def tags(**given: str) -> list[RunTag]:
+        return [RunTag(f"hubforge.{key}", value) for key, value in given.items()]
+
+    with As(on_gpu):
+        for fine in ({"server": "default", "tier": "interactive"}, {"server": "gpu", "tier": "training"}):
+            store.create_run(exp, "alice", 0, tags(**fine), "placed")
+        store.create_run(exp, "alice", 0, tags(tier="training"), "some server of hers")
+        store.set_tag(run, RunTag("hubforge.tier", "interactive"))
+        store.log_batch(run, [], [], tags(server="gpu", tier="training"))
+        for forged in (
+            {"server": "default", "tier": "training"},
+            {"server": "big", "tier": "finetune"},
+            {"tier": "finetune"},
+        ):
+            invalid(lambda f=forged: store.create_run(exp, "alice", 0, tags(**f), "forged"), "running: default")
+        invalid(lambda: store.set_tag(run, RunTag("hubforge.tier", "finetune")), "hubforge.tier 'finetune'")
+        invalid(lambda: store.log_batch(run, [], [], tags(server="gpu", tier="interactive")), "hubforge.tier")
+        invalid(lambda: store.delete_tag(run, "hubforge.server"), "not removed")
+        store.set_tag(run, RunTag("hubforge.notebook", "renamed.ipynb"))  # the notebook's own words
+    with As(ALICE):  # no server running: nothing to bear the tags out
+        invalid(lambda: store.create_run(exp, "alice", 0, tags(server="default"), "x"), "running: none")
+    with As(on_gpu):
+        assert store.get_run(run).data.tags["hubforge.tier"] == "training"
 
 
 def test_mlflows_genai_platform_is_for_admins(store: SqlAlchemyStore) -> None:

@@ -127,6 +127,11 @@ def git_state(directory: Path, timeout: float = 2.0) -> tuple[str, bool] | None:
     return commit, any(not ln.startswith("#") for ln in lines)
 
 
+#: The source tags that say where a run ran: MLflow on the hub takes them only as the hub
+#: runs the person's servers, so a run logged after its server stopped goes without them.
+PLACEMENT_TAGS = ("hubforge.server", "hubforge.tier")
+
+
 def source_tags(ctx: KernelContext, notebook: str) -> dict[str, str]:
     """The tags every run of this kernel carries: the person, the notebook, the server.
 
