@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 import pytest
 from test_mlflow_app import ACCESS, HOST, PREFIX, FakeHub, api, mlflow_server, user_model
+from test_mlflow_store import start_trace
 
 pytestmark = pytest.mark.platform
 
@@ -409,8 +410,8 @@ def objs(client: httpx.Client) -> Objects:
     alice = api("alice-token")
     mlflow = PREFIX + "api/2.0/mlflow"
 
-    def post(path: str, body: dict[str, Any], root: str = mlflow) -> dict[str, Any]:
-        return ok(client.post(f"{root}/{path}", json=body, headers=alice))
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return ok(client.post(f"{mlflow}/{path}", json=body, headers=alice))
 
     name = f"/Users/alice/{NAMED}"
     experiment = post("experiments/create", {"name": name, "tags": [{"key": "note", "value": SECRET}]})
@@ -440,15 +441,7 @@ def objs(client: httpx.Client) -> Objects:
     model = f"model-{NAMED}"
     post("registered-models/create", {"name": model, "description": SECRET})
     post("model-versions/create", {"name": model, "source": f"runs:/{run}/model", "run_id": run, "description": SECRET})
-    trace = f"tr-{uuid.uuid4().hex}"
-    info = {
-        "trace_id": trace,
-        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
-        "request_time": "2026-12-01T10:00:00Z",
-        "state": "OK",
-        "tags": {"note": SECRET},
-    }
-    post("traces", {"trace": {"trace_info": info}}, root=PREFIX + "api/3.0/mlflow")
+    trace = start_trace(client, "alice-token", experiment_id, tags={"note": SECRET})
     return Objects(experiment_id, name, shared, run, model, logged, trace)
 
 

@@ -428,13 +428,20 @@ def test_a_search_for_anothers_runs_is_refused_in_camel_case(
     assert alices not in resp.text
 
 
-def start_trace(browser: httpx.Client, token: str, experiment_id: str) -> str:  # noqa: F811
+def start_trace(
+    browser: httpx.Client,  # noqa: F811
+    token: str,
+    experiment_id: str,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """A trace logged in ``experiment_id`` as the token's owner; its id."""
     trace_id = f"tr-{uuid.uuid4().hex}"
     info = {
         "trace_id": trace_id,
         "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
         "request_time": "2026-12-01T10:00:00Z",
         "state": "OK",
+        "tags": tags or {},
     }
     resp = browser.post(f"{PREFIX}api/3.0/mlflow/traces", json={"trace": {"trace_info": info}}, headers=api(token))
     assert resp.status_code == 200, resp.text
