@@ -110,6 +110,15 @@ def placement_refusal(who: Principal, tags: Iterable[tuple[Any, Any]], deleting:
     return None
 
 
+def tag_pairs(body: Any) -> list[tuple[Any, Any]]:
+    """The (key, value) of the tags a request body sets: its ``tags`` list, and its ``key``/``value``."""
+    if not isinstance(body, Mapping):
+        return []
+    tags = body.get("tags")
+    pairs = [(t.get("key"), t.get("value")) for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
+    return [*pairs, (body.get("key"), body.get("value"))]
+
+
 def user_tag_refusal(keys: Iterable[Any]) -> Invalid | None:
     """Refuse writing or deleting ``mlflow.user`` on an existing run (a request's tag ``keys``)."""
     if USER_TAG in keys:
@@ -451,9 +460,7 @@ class Check:
         ``hubforge.server``/``hubforge.tier`` only as the hub runs the person's servers."""
         if refusal := self.write_run():
             return refusal
-        tags = self.params.get("tags")
-        pairs = [(t.get("key"), t.get("value")) for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
-        pairs.append((self.param("key"), self.param("value")))
+        pairs = [*tag_pairs({"tags": self.params.get("tags")}), (self.param("key"), self.param("value"))]
         return user_tag_refusal([key for key, _ in pairs]) or placement_refusal(self.who, pairs, deleting)
 
     def delete_run(self) -> str | None:

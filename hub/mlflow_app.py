@@ -64,6 +64,7 @@ from .mlflow_access import (
     canonical_name,
     install,
     placement_refusal,
+    tag_pairs,
 )
 from .mlflow_store import install as guard_tracking_store
 from .mlflow_ui import feature_off, rewriting, unconditional, with_ui_defaults
@@ -164,16 +165,7 @@ def decide_access(user: HubUser, method: str, path: str, payload: Any, required:
             f"a run may not name {', '.join(map(repr, sorted(claimed)))} in its "
             f"{USER_TAG} tag: leave the tag out or set it to {user.name!r}"
         )
-    return placement_refusal(user.principal, placement_pairs(payload)) if payload is not None else None
-
-
-def placement_pairs(payload: Any) -> list[tuple[Any, Any]]:
-    """The (key, value) of the tags a body sets: its ``tags`` list, or its ``key`` and ``value``."""
-    if not isinstance(payload, dict):
-        return []
-    tags = payload.get("tags")
-    pairs = [(t.get("key"), t.get("value")) for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
-    return [*pairs, (payload.get("key"), payload.get("value"))]
+    return placement_refusal(user.principal, tag_pairs(payload)) if payload is not None else None
 
 
 def servers_of(profile: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
@@ -430,8 +422,7 @@ class HubGate:
     async def _with_servers_now(self, user: HubUser, payload: Any) -> HubUser:
         """``user`` with the hub's servers asked again (not cached) when the tags ``payload``
         sets name a server or tier the cached answer does not know: one just started."""
-        pairs = placement_pairs(payload)
-        if not placement_refusal(user.principal, pairs):
+        if not placement_refusal(user.principal, tag_pairs(payload)):
             return user
         try:
             profile = await anyio.to_thread.run_sync(partial(self._profile, user.name, fresh=True))

@@ -107,17 +107,19 @@ def write_run(check: Check, args: Mapping[str, Any]) -> str | None:
     return check.write_run(_text(args.get("run_id")) or "")
 
 
-def write_run_tags(check: Check, args: Mapping[str, Any]) -> str | None:
+def write_run_tags(check: Check, args: Mapping[str, Any], deleting: bool = False) -> str | None:
     """Tags of an existing run: its owner's, except ``mlflow.user`` (set when the run is made),
     and ``hubforge.server``/``hubforge.tier`` as the hub runs the person's servers."""
     if refusal := write_run(check, args):
         return refusal
     tags = [args.get("tag"), *(args.get("tags") or [])]
     pairs = [(_attr(t, "key"), _attr(t, "value")) for t in tags if t is not None]
-    deleting = "key" in args and "tag" not in args and "tags" not in args  # delete_tag(run_id, key)
-    if deleting:
-        pairs.append((args.get("key"), None))
+    pairs.append((args.get("key"), None))  # delete_tag(run_id, key)
     return user_tag_refusal([key for key, _ in pairs]) or placement_refusal(check.who, pairs, deleting)
+
+
+def delete_run_tag(check: Check, args: Mapping[str, Any]) -> str | None:
+    return write_run_tags(check, args, deleting=True)
 
 
 def delete_run(check: Check, args: Mapping[str, Any]) -> str | None:
@@ -261,7 +263,8 @@ TRACKING_RULES: dict[str, Rule] = {
         "log_metric log_param update_run_info log_inputs log_outputs record_logged_model log_metric_async "
         "log_param_async",
     ),
-    **_table(write_run_tags, "log_batch set_tag delete_tag log_batch_async set_tag_async"),
+    **_table(write_run_tags, "log_batch set_tag log_batch_async set_tag_async"),
+    "delete_tag": delete_run_tag,
     **_table(delete_run, "delete_run restore_run"),
     # logged models (MLflow 3)
     "create_logged_model": create_logged_model,

@@ -28,11 +28,12 @@ import shutil
 import sys
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from hubforge.server_extension.fit_replay import FitReport, replay_fits
-from hubforge.server_extension.kernel.context import PLACEMENT_TAGS
+from hubforge.server_extension.kernel.context import create_run_where_taken
 from hubforge.server_extension.kernel.queue import TrackingQueue, refused
 from hubforge.server_extension.pending import (
     PLACEHOLDER,
@@ -173,16 +174,8 @@ def _open_run(client: Any, run: PendingRun) -> str:
     if found:
         return str(found[0].info.run_id)
     tags = {**run.tags, REPLAY_TAG: run.id}
-    try:
-        created = _call(client.create_run, experiment_id, start_time=run.start_time or None, tags=tags)
-    except Exception as exc:
-        # The server the notebook ran on is gone by now (or runs another tier): MLflow takes
-        # hubforge.server and hubforge.tier only as the hub runs them, so they are left out.
-        if not refused(exc) or not any(tag in str(exc) for tag in PLACEMENT_TAGS):
-            raise
-        log.info("hubforge: replaying %s without its server and tier tags: %s", run.id, exc)
-        tags = {key: value for key, value in tags.items() if key not in PLACEMENT_TAGS}
-        created = _call(client.create_run, experiment_id, start_time=run.start_time or None, tags=tags)
+    create = partial(_call, client.create_run)
+    created = create_run_where_taken(create, experiment_id, tags, start_time=run.start_time or None)
     return str(created.info.run_id)
 
 

@@ -402,19 +402,12 @@ class Autolog:
         """
         if job.child_run_id:
             return client.get_run(job.child_run_id)
-        from hubforge.server_extension.kernel.context import PLACEMENT_TAGS
-        from hubforge.server_extension.kernel.queue import refused
+        from hubforge.server_extension.kernel.context import create_run_where_taken
 
         tags = {**self.session.child_tags(), **job.tags, "mlflow.parentRunId": run_id}
-        try:
-            child = client.create_run(experiment_id, start_time=job.started_ms, tags=tags, run_name=job.name)
-        except Exception as exc:
-            # A kept fit logged after its server stopped or moved tier: MLflow on the hub takes
-            # hubforge.server and hubforge.tier only as the hub runs them now; leave them out.
-            if not refused(exc) or not any(tag in str(exc) for tag in PLACEMENT_TAGS):
-                raise
-            tags = {key: value for key, value in tags.items() if key not in PLACEMENT_TAGS}
-            child = client.create_run(experiment_id, start_time=job.started_ms, tags=tags, run_name=job.name)
+        child = create_run_where_taken(
+            client.create_run, experiment_id, tags, start_time=job.started_ms, run_name=job.name
+        )
         job.child_run_id = child.info.run_id
         target = job.target() if job.target is not None else None
         if target is not None and job.integration == "sklearn":

@@ -8,6 +8,7 @@ as an argument so the tracker can pass the current one.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import re
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hubforge.server_extension.pending import spool_root
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -130,6 +133,21 @@ def git_state(directory: Path, timeout: float = 2.0) -> tuple[str, bool] | None:
 #: The source tags that say where a run ran: MLflow on the hub takes them only as the hub
 #: runs the person's servers, so a run logged after its server stopped goes without them.
 PLACEMENT_TAGS = ("hubforge.server", "hubforge.tier")
+
+
+def create_run_where_taken(create_run: Any, experiment_id: str, tags: dict[str, str], **kwargs: Any) -> Any:
+    """``create_run(experiment_id, tags=tags, **kwargs)``; again without :data:`PLACEMENT_TAGS`
+    when MLflow refuses them (a run or fit logged after its server stopped or moved tier)."""
+    from hubforge.server_extension.kernel.queue import refused
+
+    try:
+        return create_run(experiment_id, tags=tags, **kwargs)
+    except Exception as exc:
+        if not refused(exc) or not any(tag in str(exc) for tag in PLACEMENT_TAGS):
+            raise
+        log.info("hubforge: run logged without its server and tier tags: %s", exc)
+        kept = {key: value for key, value in tags.items() if key not in PLACEMENT_TAGS}
+        return create_run(experiment_id, tags=kept, **kwargs)
 
 
 def source_tags(ctx: KernelContext, notebook: str) -> dict[str, str]:
