@@ -1,6 +1,9 @@
 # hubforge: `make up` starts the platform, `make test` runs every test.
 # Both create .venv and install everything from a clean checkout.
-PYTHON ?= python3
+# Each person's server runs as their own account when the platform runs as root
+# (spawner.local.isolation), so the platform's Python must be one other accounts can
+# run: a Python under a private home (pyenv in /root) is not; the system's 3.11 is.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11 /usr/local/bin/python3.11) python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hubforge-installed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import allocator, extension_start, mlflow_gate, mlflow_search, spawnstorm, startup, tracking
+from bench import accounts, allocator, extension_start, mlflow_gate, mlflow_search, spawnstorm, startup, tracking
 from bench.report import Result, print_table
 
 SUITES = {
@@ -16,6 +16,7 @@ SUITES = {
     "tracking": tracking.run,
     "mlflow": mlflow_gate.run,
     "search": mlflow_search.run,
+    "accounts": accounts.run,
 }
 
 

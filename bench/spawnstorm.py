@@ -101,7 +101,9 @@ def run(repeat: int) -> list[Result]:
     """One storm per side (a storm is 50 servers; repeat is ignored to keep the run short)."""
     with tempfile.TemporaryDirectory(prefix="hubforge-storm-") as tmp:
         users = {u: {"groups": ["data-scientist"]} for u in USERS} | {"erin": {"groups": ["platform-admin"]}}
-        ours = PlatformProcess(Path(tmp) / "ours" / "data", {"users": users})
+        # Both hubs run every server as their own account (the accounts suite measures isolation).
+        shared = {"spawner": {"local": {"isolation": "none"}}}
+        ours = PlatformProcess(Path(tmp) / "ours" / "data", {"users": users, **shared})
         ours.start()
         try:
             ours.wait_ready()

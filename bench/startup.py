@@ -61,7 +61,8 @@ def run(repeat: int) -> list[Result]:
     ours_up, ours_all, plain_up, ours_spawn, plain_spawn = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="hubforge-bench-") as tmp:
         for i in range(repeat):
-            ours = PlatformProcess(Path(tmp) / f"ours{i}" / "data")
+            # Servers on the platform's own account, as the plain hub's (suite accounts measures isolation).
+            ours = PlatformProcess(Path(tmp) / f"ours{i}" / "data", {"spawner": {"local": {"isolation": "none"}}})
             plain_root = Path(tmp) / f"plain{i}"
             plain_root.mkdir()
             plain = PlainHub(plain_root, PLAIN_EXTRA)

@@ -39,6 +39,8 @@ class Runtime:
     mlflow_port: int
     proxy_command: str
     instance: str
+    #: users (an account per person), none (the platform's account), pods (Kubernetes).
+    isolation: str = "none"
 
     def to_json(self) -> str:
         """Serialise for the environment."""
@@ -171,6 +173,9 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     local = cfg.data["spawner"].get("local", {})
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")
+    s.isolation = rt.isolation
+    s.account_prefix = local.get("account_prefix", "hubforge-")
+    s.home_root = local.get("home_root", "/home")
     s.instance_marker = rt.instance
     s.tier_catalog = load_catalog(cfg)
     s.group_personas = cfg.group_personas()
@@ -193,6 +198,7 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     env = {
         "HUBFORGE_INSTANCE": rt.instance,
         "HUBFORGE_DATA": str(cfg.data_dir),
+        "HUBFORGE_ISOLATION": rt.isolation,
         "PYTHONUNBUFFERED": "1",
     }
     if os.environ.get("HUBFORGE_CONFIG"):
@@ -217,6 +223,9 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
                 "command": mlflow_command(cfg, rt.mlflow_port),
                 "environment": {
                     **env,
+                    # In the environment, not the command line: any account can read a
+                    # process's arguments, and a database URL may carry a password.
+                    "MLFLOW_BACKEND_STORE_URI": cfg.db_url("mlflow"),
                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(mlflow_cfg.get("job_execution", False)).lower(),
                     # A company's tracking server reports nothing to MLflow's authors.
                     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -240,7 +249,8 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
 
 
 def mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
-    """``mlflow server`` behind the hub, with its state in the data folder."""
+    """``mlflow server`` behind the hub, with its state in the data folder (its database URL
+    comes through ``MLFLOW_BACKEND_STORE_URI``)."""
     artifacts = cfg.data["backends"].get("object_store_url") or str(cfg.data_dir / "mlartifacts")
     Path(cfg.data_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
     return [
@@ -248,8 +258,6 @@ def mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
         "server",
         "--app-name",
         "hubforge",
-        "--backend-store-uri",
-        cfg.db_url("mlflow"),
         "--artifacts-destination",
         artifacts,
         "--host",

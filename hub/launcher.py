@@ -28,6 +28,7 @@ import psutil
 import hubforge
 from hubforge.config import PlatformConfig
 from hubforge.errors import LaunchError
+from hubforge.spawner_profiles.accounts import Isolation, IsolationRefused, decide
 from hubforge.spawner_profiles.catalog import SERVER_STOP_GRACE
 
 from .hubconfig import RUNTIME_ENV, Runtime
@@ -133,16 +134,31 @@ class Platform:
         return self.cfg.public_url
 
     def start(self) -> None:
-        """Prepare the data folder, clean up after a crash, start the hub."""
+        """Decide how people are isolated, prepare the data folder, clean up after a crash, start the hub."""
+        self.init_isolation()
         self.init_data_dir()
         self.init_cleanup()
         self.init_ports()
         env = self.init_environment()
         self.start_hub(env)
 
+    def init_isolation(self) -> None:
+        """Run people's servers as their own accounts where possible; refuse where unsafe."""
+        try:
+            self.isolation: Isolation = decide(self.cfg, os.geteuid())
+        except IsolationRefused as exc:
+            raise LaunchError(str(exc)) from None
+        if self.isolation.warning:
+            self.log(self.isolation.warning)
+
     def init_data_dir(self) -> None:
-        """Create the data folder and claim it for this supervisor."""
-        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        """Create the data folder, private to the platform's account, and claim it for this supervisor.
+
+        The hub's and the services' databases, keys and logs are all in it: no person's
+        account may read any of it (their servers reach the platform through the proxy).
+        """
+        self.cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.cfg.data_dir.chmod(0o700)
         (self.cfg.data_dir / "logs").mkdir(exist_ok=True)
         pidfile = self.cfg.data_dir / SUPERVISOR_PID
         if pidfile.exists():
@@ -192,6 +208,7 @@ class Platform:
             mlflow_port=mlflow_port,
             proxy_command=find_proxy_command(hub.get("proxy_command", "")),
             instance=self.instance,
+            isolation=self.isolation.mode,
         )
 
     def init_environment(self) -> dict[str, str]:
@@ -219,6 +236,7 @@ class Platform:
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
+            umask=0o077,  # what the hub and its services write is the platform's alone
         )
 
     def _poll(self, url: str, deadline: float) -> None:

@@ -1,9 +1,11 @@
 """The one-machine spawner: each user's server is a local process on a compute tier.
 
-Users need not exist on the system: every server runs as the hub's own
-system user with its home under the platform's data folder. That gives no
-isolation between users, which is why the one-machine default is meant for
-a single trusted team or a demo; on Kubernetes every server is its own pod.
+When the platform runs as root (``spawner.local.isolation``: ``auto`` or ``users``),
+each person's server and kernels run as their own system account, created on their
+first spawn with a private home (see :mod:`~hubforge.spawner_profiles.accounts`).
+Otherwise every server runs as the platform's own account with its home under the
+data folder: no isolation between people, which the platform says wherever it
+matters. On Kubernetes every server is its own pod.
 
 The tier catalog is the same as on Kubernetes. GPUs come from the shared
 :class:`~hubforge.spawner_profiles.allocator.GpuAllocator`: a server gets
@@ -34,6 +36,7 @@ from traitlets import Dict, Float, List, Unicode, default
 
 from hubforge.errors import HubforgeError
 
+from .accounts import Account, AccountError, ensure_account, probe_environment
 from .allocation import AllocationConflict, NoSuchGpu, QuotaExceeded
 from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
 from .catalog import (
@@ -100,6 +103,14 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
     gpu_db = Unicode("", config=True, help="SQLite file of GPU allocations (survives hub restarts).")
     declared_gpus: List[dict[str, Any]] = List(config=True, help="spawner.local.gpus: GPUs of a machine without NVML.")
     fair_share_window = Float(7 * 24 * 3600.0, config=True, help="Seconds of GPU use fair share looks back on.")
+    isolation = Unicode(
+        "none",
+        config=True,
+        help="users: each person's server runs as their own system account (needs root); "
+        "none: as the hub's own account, home under home_dir_template.",
+    )
+    account_prefix = Unicode("hubforge-", config=True, help="Prefix of people's system accounts.")
+    home_root = Unicode("/home", config=True, help="Folder of people's homes (isolation: users).")
 
     @default("interrupt_timeout")
     def _default_interrupt_timeout(self) -> int:
@@ -133,6 +144,7 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         self._acquiring: asyncio.Task[Allocation] | None = None
         #: The options of the last request not refused (JupyterHub loaded the saved ones).
         self._accepted_options: dict[str, Any] = dict(self.user_options or {})
+        self.account: Account | None = None
 
     # -- who may use what -------------------------------------------------------------------------
 
@@ -282,10 +294,29 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         finally:
             self._acquiring = None
         try:
+            if self.isolating:
+                await self._prepare_account()
             return await super().start()
         except BaseException:
             self._release("start failed")
             raise
+
+    @property
+    def isolating(self) -> bool:
+        """Whether this server runs as its person's own system account."""
+        return self.isolation == "users"
+
+    async def _prepare_account(self) -> None:
+        """The person's account, made on first spawn; refused if it cannot run the platform's Python."""
+        try:
+            self.account = await asyncio.to_thread(ensure_account, self.account_prefix, self.user.name, self.home_root)
+            if self.account.created:
+                self._announce(f"Created your system account {self.account.name}", 55)
+                self.log.info("Created the system account %s for %s", self.account.name, self.user.name)
+            await asyncio.to_thread(probe_environment, self.account, list(self.cmd))
+        except AccountError as exc:
+            self.log.error("Cannot start %s: %s", self._log_name, exc)
+            raise web.HTTPError(500, f"hubforge: {exc}") from exc
 
     def _apply_tier(self, choice: ValidatedChoice) -> None:
         tier = choice.tier
@@ -371,7 +402,7 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
     def get_args(self) -> list[str]:
         """jupyter-server refuses root without ``--allow-root``; the tier's idle timeout culls it."""
         args: list[str] = super().get_args()
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
+        if not self.isolating and hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--allow-root")
         if self.tier_choice is not None:
             args += culling_args(self.tier_choice.tier)
@@ -384,13 +415,25 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
             env["HUBFORGE_INSTANCE"] = self.instance_marker
         return env
 
+    def user_env(self, env: dict[str, Any]) -> dict[str, Any]:
+        """HOME, USER and SHELL of the account the server runs as."""
+        if self.account is None:
+            return dict(super().user_env(env))
+        env.update(USER=self.account.name, LOGNAME=self.account.name, HOME=self.account.home)
+        env["SHELL"] = self.account.shell or "/bin/bash"
+        return env
+
     def make_preexec_fn(self, name: str) -> Callable[[], None]:
-        """Create the home folder, then cap the server's data segment at the tier's memory limit."""
-        parent = super().make_preexec_fn(name)
+        """Become the person's account (or create the shared home), then cap the server's data
+        segment at the tier's memory limit; files it makes are private to it."""
+        parent = _become(self.account) if self.account is not None else super().make_preexec_fn(name)
         limit = int(self.mem_limit or 0)
+        isolating = self.account is not None
 
         def preexec() -> None:
             parent()
+            if isolating:
+                os.umask(0o077)
             if limit:
                 # RLIMIT_DATA counts heap and anonymous mappings: what a runaway kernel grows.
                 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
@@ -424,6 +467,21 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         """Forget the choice along with the process."""
         super().clear_state()
         self.tier_choice = None
+
+
+def _become(account: Account) -> Callable[[], None]:
+    """A preexec_fn switching to ``account`` for good (groups, gid, uid), in its home."""
+    groups = account.groups
+
+    def preexec() -> None:
+        os.setgroups(groups)
+        os.setgid(account.gid)
+        os.setuid(account.uid)
+        if os.getuid() != account.uid or os.geteuid() != account.uid:  # pragma: no cover (the kernel refused)
+            raise OSError(f"could not become {account.name}")
+        os.chdir(account.home)
+
+    return preexec
 
 
 def _describe(choice: ValidatedChoice) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 
+from .accounts import WORDS
 from .catalog import Tier, tiers_for
 from .gpus import Selector
 
@@ -78,8 +79,10 @@ def tier_cards(tiers: list[Tier], snapshot: Any) -> list[dict[str, Any]]:
 
 
 def render_options_form(spawner: Any) -> str:
-    """``Spawner.options_form``: the tier cards for this spawner's user."""
+    """``Spawner.options_form``: the tier cards for this spawner's user (and, where people's
+    notebooks share one account, a note saying so)."""
     tiers = tiers_for(spawner.catalog, spawner.user_groups(), spawner.user_personas())
     spawner.reconcile_allocations()  # GPUs of servers the hub no longer has count as free
     snapshot = spawner.allocator.snapshot({t.slug: _selector(t) for t in tiers})
-    return _template().render(tiers=tier_cards(tiers, snapshot))
+    shared = getattr(spawner, "isolation", "users") == "none"
+    return _template().render(tiers=tier_cards(tiers, snapshot), not_isolated=WORDS["none"] if shared else "")

@@ -8,11 +8,13 @@ in through the hub's login form.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg2
 import yaml
 
@@ -72,20 +75,86 @@ def pg_databases(*names: str) -> Iterator[dict[str, str]]:
         conn.close()
 
 
+#: System accounts of this test run's people: ``hft<4 hex>-<name>``, removed when the run ends.
+ACCOUNT_PREFIX = f"hft{uuid.uuid4().hex[:4]}-"
+_TEST_ACCOUNT = re.compile(r"hft[0-9a-f]{4}-")
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> None:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+#: Which test run (pytest's pid) owns each prefix: a run never removes a live run's accounts.
+_RUNS = Path(tempfile.gettempdir()) / "hubforge-test-accounts"
+
+
+def claim_test_accounts() -> None:
+    """Record that this process owns ``ACCOUNT_PREFIX``."""
+    _RUNS.mkdir(mode=0o700, exist_ok=True)
+    (_RUNS / ACCOUNT_PREFIX).write_text(str(os.getpid()))
+
+
+def remove_test_accounts(current_run: bool = True) -> list[str]:
+    """Delete the accounts (and homes) test runs made: this run's, or those of runs that ended."""
+    removed = []
+    for entry in pwd.getpwall():
+        prefix = entry.pw_name[:8]
+        if not (_TEST_ACCOUNT.match(entry.pw_name) and entry.pw_gecos.startswith("hubforge ")):
+            continue
+        if (prefix == ACCOUNT_PREFIX) != current_run or (not current_run and _alive(prefix)):
+            continue
+        subprocess.run(["userdel", "--remove", entry.pw_name], capture_output=True, check=False)
+        removed.append(entry.pw_name)
+    if current_run:
+        (_RUNS / ACCOUNT_PREFIX).unlink(missing_ok=True)
+    return removed
+
+
+def _alive(prefix: str) -> bool:
+    try:
+        pid = int((_RUNS / prefix).read_text())
+    except (OSError, ValueError):
+        return False
+    return psutil.pid_exists(pid)
+
+
 class PlatformProcess:
     """`hubforge up` as a subprocess on free ports with its own data folder."""
 
     def __init__(self, data_dir: Path, overrides: dict[str, Any] | None = None):
         self.data_dir = data_dir
         self.port = free_port()
-        config = {"data_dir": str(data_dir), "hub": {"port": self.port}}
-        for key, value in (overrides or {}).items():
-            config.setdefault(key, {}).update(value) if isinstance(value, dict) else config.__setitem__(key, value)
+        # Run as root, people's servers run as accounts of this test run's own prefix.
+        config: dict[str, Any] = {
+            "data_dir": str(data_dir),
+            "hub": {"port": self.port},
+            "spawner": {"local": {"account_prefix": ACCOUNT_PREFIX}},
+        }
+        _merge(config, overrides or {})
+        self.config = config
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = data_dir.parent / f"{data_dir.name}-platform.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = data_dir.parent / f"{data_dir.name}-up.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def isolated(self) -> bool:
+        """Whether people's servers run as their own accounts (as root, unless told otherwise)."""
+        return os.geteuid() == 0 and self.config["spawner"]["local"].get("isolation", "auto") != "none"
+
+    def account(self, user: str) -> pwd.struct_passwd | None:
+        """The system account of hub user ``user`` (None when not isolated)."""
+        return pwd.getpwnam(ACCOUNT_PREFIX + user) if self.isolated else None
+
+    def home(self, user: str) -> Path:
+        """The home folder of ``user``'s server."""
+        account = self.account(user)
+        return Path(account.pw_dir) if account else self.data_dir / "users" / user
 
     @property
     def url(self) -> str:

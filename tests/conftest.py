@@ -10,7 +10,24 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _platform import PERSONA_USERS, HubSession, PlatformProcess, pg_databases
+from _platform import (
+    PERSONA_USERS,
+    HubSession,
+    PlatformProcess,
+    claim_test_accounts,
+    pg_databases,
+    remove_test_accounts,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_accounts() -> Iterator[None]:
+    """People's system accounts made by this run's platforms go when it ends (and any an
+    interrupted earlier run left behind, before it starts)."""
+    claim_test_accounts()
+    remove_test_accounts(current_run=False)
+    yield
+    remove_test_accounts()
 
 
 def _run(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: dict) -> Iterator[PlatformProcess]:

@@ -43,6 +43,7 @@ from hubforge.hub.governance.handlers import ROUTES
 from hubforge.hub.governance.openapi import implemented_methods
 from hubforge.hub.governance.store import GovernanceStore, InvalidText, RequestNotFound
 from hubforge.personas import PERSONAS
+from hubforge.spawner_profiles.accounts import WORDS
 
 PREFIX = "/services/governance/"
 ACCESS = "access:services!service=governance"
@@ -274,6 +275,9 @@ def test_whoami_per_persona(running, token, name, personas, admin):
     expected = sorted({s for s in USERS[token]["scopes"] if s.startswith("custom:")})
     assert body["scopes"] == expected
     assert expected, "every persona holds some custom scope"
+    # A service started without HUBFORGE_ISOLATION says what a platform not run as root does.
+    assert body["isolation"] == {"mode": "none", "words": WORDS["none"]}
+    assert body["isolation"]["words"].startswith("notebooks are not isolated")
 
 
 def test_no_token_is_401_on_api_paths(running):

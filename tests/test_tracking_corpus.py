@@ -207,7 +207,7 @@ def test_the_corpus_at_a_persons_pace(platform: PlatformProcess, alice: httpx.Cl
     assert said["print_then_train"][0].stdout == "loading\n"
 
     # MLflow, as alice: one experiment per notebook, the renamed one under its new name.
-    spool = platform.data_dir / "users" / "alice" / ".local" / "share" / "jupyter" / "hubforge" / "spool"
+    spool = platform.home("alice") / ".local" / "share" / "jupyter" / "hubforge" / "spool"
     refused = rejected(spool)
     expected = {  # final name: (corpus notebook, notebook runs, cells the first run executed)
         "churn_classifier.ipynb": ("classification.ipynb", 1, len(said["classification"])),

@@ -98,13 +98,15 @@ def make_app(
     hub_auth: HubOAuth | None = None,
     group_personas: dict[str, list[str]] | None = None,
     cookie_secret: bytes | None = None,
+    isolation: str | None = None,
     **settings: Any,
 ) -> web.Application:
     """The tornado application serving the governance API under ``prefix``.
 
     ``hub_auth`` defaults to :func:`make_hub_auth` (from the environment),
     ``group_personas`` to the platform config's, ``cookie_secret`` to a random
-    one (browser sessions then end with the process).
+    one (browser sessions then end with the process), ``isolation`` to what
+    ``hubforge up`` decided (``HUBFORGE_ISOLATION``).
     """
     prefix = url_path_join("/", prefix, "/")
     hub_auth = hub_auth if hub_auth is not None else make_hub_auth(prefix)
@@ -118,6 +120,7 @@ def make_app(
         hub_auth=hub_auth,
         service_prefix=prefix,
         group_personas=group_personas,
+        isolation=isolation or os.environ.get("HUBFORGE_ISOLATION") or "none",
         openapi=build_spec(ROUTES, prefix, cookie_name=hub_auth.cookie_name, version=__version__),
         cookie_secret=cookie_secret or secrets.token_bytes(32),
         # No tornado-level xsrf_cookies: it runs before authentication and would

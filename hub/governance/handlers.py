@@ -21,6 +21,7 @@ from tornado import web
 
 from hubforge.errors import StoreError
 from hubforge.personas import persona_names
+from hubforge.spawner_profiles.accounts import WORDS
 
 from .auth import HubAuthHandler, needs_scope, public
 from .jsonbody import BodyError, parse_json_body
@@ -207,6 +208,7 @@ class WhoAmIHandler(APIHandler):
                 "personas": [p for p in persona_names() if p in held],
                 "scopes": sorted(s for s in self.user_scopes if s.startswith("custom:")),
                 "admin": bool(user.get("admin", False)),
+                "isolation": {"mode": self.settings["isolation"], "words": WORDS[self.settings["isolation"]]},
             }
         )
 

@@ -127,6 +127,13 @@ WHOAMI: dict[str, Any] = {
             "description": "The caller's custom: scopes, sorted.",
         },
         "admin": {"type": "boolean"},
+        "isolation": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["mode", "words"],
+            "description": "How people's notebooks are kept apart on this platform.",
+            "properties": {"mode": {"enum": ["users", "none", "pods"]}, "words": {"type": "string"}},
+        },
     },
 }
 
