@@ -176,6 +176,7 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     s.isolation = rt.isolation
     s.account_prefix = local.get("account_prefix", "hubforge-")
     s.home_root = local.get("home_root", "/home")
+    s.environments = local.get("environments", {})
     s.instance_marker = rt.instance
     s.tier_catalog = load_catalog(cfg)
     s.group_personas = cfg.group_personas()

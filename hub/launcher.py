@@ -127,6 +127,7 @@ class Platform:
         self.signals: list[int] = []
         self._claimed = False
         self._stopping = False
+        self.isolation = Isolation("none")  # until init_isolation decides
 
     @property
     def url(self) -> str:
@@ -145,7 +146,7 @@ class Platform:
     def init_isolation(self) -> None:
         """Run people's servers as their own accounts where possible; refuse where unsafe."""
         try:
-            self.isolation: Isolation = decide(self.cfg, os.geteuid())
+            self.isolation = decide(self.cfg, os.geteuid())
         except IsolationRefused as exc:
             raise LaunchError(str(exc)) from None
         if self.isolation.warning:

@@ -26,11 +26,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from traitlets import Bool, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .kept_fits import list_fits, read_fit
 from .launch import (
+    KERNEL_PYTHON,
     KERNEL_SHUTDOWN_WAIT,
     add_extension_argument,
     apply_env,
@@ -104,6 +106,7 @@ def prepare_launch(settings: HubforgeTracking, km: Any, kwargs: dict[str, Any], 
     if not is_python_kernel(km.kernel_spec):
         return False
     server_env = os.environ
+    use_image_python(km, server_env.get(KERNEL_PYTHON, ""))
     origin = settings.origin
     voila_page = voila_notebook(kwargs.get("env") or {})
     if voila_page is not None:  # an app page, whatever the server is
@@ -119,6 +122,19 @@ def prepare_launch(settings: HubforgeTracking, km: Any, kwargs: dict[str, Any], 
     if hasattr(km, "shutdown_wait_time"):
         km.shutdown_wait_time = max(float(km.shutdown_wait_time), settings.kernel_shutdown_wait)
         kwargs["env"]["HUBFORGE_CLOSE_BUDGET"] = str(close_budget(km.shutdown_wait_time))
+    return True
+
+
+def use_image_python(km: Any, python: str) -> bool:
+    """Run the server's own Python kernel with ``python`` (the image's environment on one
+    machine, ``HUBFORGE_KERNEL_PYTHON``); kernelspecs a person installed are theirs."""
+    spec = km.kernel_spec
+    argv = list(getattr(spec, "argv", []) or [])
+    if not python or not argv or km.kernel_name != NATIVE_KERNEL_NAME:
+        return False
+    if argv[0] not in {sys.executable, "python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"}:
+        return False
+    spec.argv = [python, *argv[1:]]
     return True
 
 

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 __all__ = [
     "KERNEL_EXTENSION",
+    "KERNEL_PYTHON",
     "KERNEL_SHUTDOWN_WAIT",
     "add_extension_argument",
     "apply_env",
@@ -27,6 +28,9 @@ __all__ = [
 
 #: The IPython extension every Python kernel loads at start.
 KERNEL_EXTENSION = "hubforge.server_extension.kernel"
+#: The server's environment variable naming the interpreter its own Python kernel runs with
+#: (an image's environment on one machine; set by the local spawner).
+KERNEL_PYTHON = "HUBFORGE_KERNEL_PYTHON"
 
 #: Seconds a tracked kernel gets to leave after a shutdown request: it ends its run
 #: within 8 s and logs fits still waiting within 20 s (see the kernel's Tracker);

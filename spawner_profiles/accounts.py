@@ -34,6 +34,7 @@ __all__ = [
     "account_name",
     "decide",
     "ensure_account",
+    "interpreter",
     "probe_environment",
 ]
 
@@ -192,12 +193,12 @@ def probe_environment(account: Account, command: list[str]) -> None:
     A platform installed under a private folder (a home of 0700) would otherwise fail
     every spawn with a traceback in the server's log and nothing on the spawn page.
     """
-    interpreter = _interpreter(command[0])
-    if (account.uid, interpreter) in _PROBED:
+    python = interpreter(command[0])
+    if (account.uid, python) in _PROBED:
         return
     try:
         done = subprocess.run(
-            [interpreter, "-c", "import hubforge.server_extension"],
+            [python, "-c", "import hubforge.server_extension"],
             capture_output=True,
             text=True,
             timeout=120,
@@ -214,13 +215,13 @@ def probe_environment(account: Account, command: list[str]) -> None:
         failed, why = True, str(exc)
     if failed:
         raise AccountError(
-            f"the account {account.name} cannot run the platform's Python {interpreter} ({why}): "
-            "install the platform where other accounts can read it"
+            f"the account {account.name} cannot run {python} ({why}): "
+            "install the platform and its environments where other accounts can read them"
         )
-    _PROBED.add((account.uid, interpreter))
+    _PROBED.add((account.uid, python))
 
 
-def _interpreter(program: str) -> str:
+def interpreter(program: str) -> str:
     """The Python a console script runs with (its ``#!`` line), or the program itself."""
     try:
         with open(program, "rb") as f:

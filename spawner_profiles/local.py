@@ -35,8 +35,9 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, List, Unicode, default
 
 from hubforge.errors import HubforgeError
+from hubforge.server_extension.launch import KERNEL_PYTHON
 
-from .accounts import Account, AccountError, ensure_account, probe_environment
+from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
 from .allocation import AllocationConflict, NoSuchGpu, QuotaExceeded
 from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
 from .catalog import (
@@ -50,6 +51,7 @@ from .catalog import (
     personas_for_groups,
     tier_env,
 )
+from .environments import Environment, LocalEnvironments, kernel_python_env
 from .gpus import inventory
 from .saved_options import restore_saved_options
 from .spawn_page import render_options_form
@@ -58,6 +60,8 @@ __all__ = ["LocalTierSpawner", "fair_share_group", "shared_allocator", "singleus
 
 #: One allocator per GPU database in this (hub) process: every spawner shares it.
 _ALLOCATORS: dict[str, GpuAllocator] = {}
+#: The image environments of this (hub) process, checked once each: every spawner shares them.
+_ENVIRONMENTS: dict[tuple[tuple[str, str], ...] | None, LocalEnvironments] = {}
 
 #: Seconds between two reconciliations of the allocator with the hub's servers, from polls.
 RECONCILE_INTERVAL = 30.0
@@ -110,6 +114,14 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         "none: as the hub's own account, home under home_dir_template.",
     )
     account_prefix = Unicode("hubforge-", config=True, help="Prefix of people's system accounts.")
+    environments = Dict(
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help="spawner.local.environments: image key -> 'platform' or the folder of a Python environment "
+        "whose interpreter the server's Python kernels use; images not listed cannot be used here. "
+        "None (not configured): every image runs in the platform's own environment.",
+    )
     home_root = Unicode("/home", config=True, help="Folder of people's homes (isolation: users).")
 
     @default("interrupt_timeout")
@@ -161,6 +173,19 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         db = self.gpu_db or os.path.join(os.path.dirname(self.home_dir_template), "gpus.sqlite")
         return shared_allocator(db, list(self.declared_gpus), self.fair_share_window)
 
+    @property
+    def local_environments(self) -> LocalEnvironments:
+        """This machine's image environments (shared by the hub's spawners)."""
+        declared = None if self.environments is None else dict(self.environments)
+        key = None if declared is None else tuple(sorted(declared.items()))
+        if key not in _ENVIRONMENTS:
+            _ENVIRONMENTS[key] = LocalEnvironments(declared, _platform_python())
+        return _ENVIRONMENTS[key]
+
+    def image_unavailable(self, image: str) -> str | None:
+        """Why ``image`` cannot run on this machine (the spawn page shows it), or None."""
+        return self.local_environments.unavailable(image)
+
     def user_groups(self) -> list[str]:
         """The hub groups of this server's user."""
         return [group.name for group in getattr(self.user, "groups", [])]
@@ -206,6 +231,7 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         slug = options.pop("profile", None)
         try:
             choice = check_choice(self.catalog, self.user_groups(), self.user_personas(), slug, options)
+            choice = self._runnable_here(choice, asked=bool(options.get("image")))
             self._free_stale_allocation()
             self.allocator.check(*self.gpu_request(choice))
         except ChoiceError as exc:
@@ -221,6 +247,25 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
             setattr(self, "user_options", accepted)  # noqa: B010 (a traitlet mypy cannot type here)
         self._accepted_options = dict(accepted)
         return choice
+
+    def _runnable_here(self, choice: ValidatedChoice, asked: bool) -> ValidatedChoice:
+        """The choice if its image has an environment here; the tier's first image that has one
+        when none was asked for; else ChoiceError saying why and what can run."""
+        why = self.image_unavailable(choice.image_key)
+        if why is None:
+            return choice
+        usable = [image for image in choice.tier.images if self.image_unavailable(image.key) is None]
+        if usable and not asked:
+            return ValidatedChoice(choice.tier, usable[0].key, usable[0].image, choice.gpus)
+        here = ", ".join(image.key for image in usable) or "none"
+        raise ChoiceError(
+            f"image {choice.image_key!r} cannot run on this machine: {why} (images of tier "
+            f"{choice.tier.slug!r} that can: {here})"
+        )
+
+    def image_environment(self) -> Environment | None:
+        """The Python environment of the chosen image (not ``environment``, JupyterHub's env trait)."""
+        return self.local_environments.environment(self.tier_choice.image_key) if self.tier_choice else None
 
     def _refuse(self, exc: Exception) -> None:
         self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
@@ -314,6 +359,9 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
                 self._announce(f"Created your system account {self.account.name}", 55)
                 self.log.info("Created the system account %s for %s", self.account.name, self.user.name)
             await asyncio.to_thread(probe_environment, self.account, list(self.cmd))
+            environment = self.image_environment()
+            if environment is not None and not environment.own:
+                await asyncio.to_thread(probe_environment, self.account, [environment.python])
         except AccountError as exc:
             self.log.error("Cannot start %s: %s", self._log_name, exc)
             raise web.HTTPError(500, f"hubforge: {exc}") from exc
@@ -326,6 +374,9 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         env.update(gpu_env(self.allocation) if self.allocation else {})
         # Tracking on or off, always: a reused spawner must not keep the last tier's switch.
         env.update({**tier_env(tier), "HUBFORGE_IMAGE": choice.image_key})
+        env.pop(KERNEL_PYTHON, None)  # a reused spawner must not keep the last image's
+        environment = self.local_environments.environment(choice.image_key)
+        env.update(kernel_python_env(environment) if environment else {})
         self.environment = env
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
@@ -416,10 +467,12 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         return env
 
     def user_env(self, env: dict[str, Any]) -> dict[str, Any]:
-        """HOME, USER and SHELL of the account the server runs as."""
+        """HOME and SHELL of the account the server runs as; USER its person's hub name."""
         if self.account is None:
             return dict(super().user_env(env))
-        env.update(USER=self.account.name, LOGNAME=self.account.name, HOME=self.account.home)
+        # USER and LOGNAME name the person as the hub knows them: what MLflow records as a run's
+        # mlflow.user (getpass reads them) must be their hub name; the system shows the account.
+        env.update(USER=self.user.name, LOGNAME=self.user.name, HOME=self.account.home)
         env["SHELL"] = self.account.shell or "/bin/bash"
         return env
 
@@ -467,6 +520,11 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         """Forget the choice along with the process."""
         super().clear_state()
         self.tier_choice = None
+
+
+def _platform_python() -> str:
+    """The Python the servers run (the interpreter of their jupyterhub-singleuser)."""
+    return interpreter(singleuser_command()[0])
 
 
 def _become(account: Account) -> Callable[[], None]:

@@ -7,6 +7,7 @@ checked like any REST request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,25 @@ def _gpu_label(tier: Tier) -> str:
     return f"{res.gpus.min} to {res.gpus.max} × {kind}{'s' if res.gpus.max > 1 else ''}"  # noqa: RUF001
 
 
-def tier_cards(tiers: list[Tier], snapshot: Any) -> list[dict[str, Any]]:
-    """The values each tier's card shows (pure: tiers and an allocator snapshot in, dicts out)."""
+def _runs_anywhere(_image: str) -> str | None:
+    return None
+
+
+def tier_cards(
+    tiers: list[Tier], snapshot: Any, image_unavailable: Callable[[str], str | None] = _runs_anywhere
+) -> list[dict[str, Any]]:
+    """The values each tier's card shows (pure: tiers, an allocator snapshot and why an image
+    cannot run here in, dicts out)."""
     cards = []
     for tier in tiers:
         res, state = tier.resources, snapshot.tiers.get(tier.slug)
         total = state.total if state else 0
+        images = [
+            {"key": i.key, "display_name": i.display_name, "unavailable": image_unavailable(i.key) or ""}
+            for i in tier.images
+        ]
+        runnable = [i["key"] for i in images if not i["unavailable"]]
+        default_image = tier.default_image if tier.default_image in runnable else (runnable or [""])[0]
         cards.append(
             {
                 "slug": tier.slug,
@@ -65,10 +79,11 @@ def tier_cards(tiers: list[Tier], snapshot: Any) -> list[dict[str, Any]]:
                 "gpu_free": state.free if state else 0,
                 "waiting": state.queued if state else 0,
                 "needs_gpu": res.gpus.min > 0,
-                "available": total > 0 or res.gpus.min == 0,
+                "available": bool(runnable) and (total > 0 or res.gpus.min == 0),
+                "no_image": "" if runnable else "none of its images can run on this machine",
                 "queued": tier.queue is not None,
-                "images": [{"key": i.key, "display_name": i.display_name} for i in tier.images],
-                "default_image": tier.default_image,
+                "images": images,
+                "default_image": default_image,
                 "checked": False,
             }
         )
@@ -85,4 +100,5 @@ def render_options_form(spawner: Any) -> str:
     spawner.reconcile_allocations()  # GPUs of servers the hub no longer has count as free
     snapshot = spawner.allocator.snapshot({t.slug: _selector(t) for t in tiers})
     shared = getattr(spawner, "isolation", "users") == "none"
-    return _template().render(tiers=tier_cards(tiers, snapshot), not_isolated=WORDS["none"] if shared else "")
+    cards = tier_cards(tiers, snapshot, getattr(spawner, "image_unavailable", _runs_anywhere))
+    return _template().render(tiers=cards, not_isolated=WORDS["none"] if shared else "")

@@ -122,6 +122,21 @@ def _alive(prefix: str) -> bool:
     return psutil.pid_exists(pid)
 
 
+def derived_environment(folder: Path) -> Path:
+    """A Python environment of its own at ``folder`` (its own prefix and interpreter) that
+    sees the platform's packages: what an image's environment is on one machine, made in
+    a second instead of installing PyTorch. Readable by every account."""
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    subprocess.run([base, "-m", "venv", "--without-pip", str(folder)], check=True)
+    platform_site = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
+    (site,) = folder.glob("lib/python3*/site-packages")
+    (site / "platform_packages.pth").write_text(f"import site; site.addsitedir({platform_site!r})\n")
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
+    return folder
+
+
 class PlatformProcess:
     """`hubforge up` as a subprocess on free ports with its own data folder."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from test_tracking_corpus import Lab, artifacts, code_of, mlflow_runs
+from test_tracking_corpus import Lab, artifacts, code_of, corpus, mlflow_runs
 from test_tracking_switch import KernelChannel
 
 from _platform import HubSession, PlatformProcess, api, wait_for
@@ -145,7 +145,7 @@ def test_alices_notebook_reaches_nothing_that_is_not_hers(
         who = json.loads(alice.execute(WHO).stdout)
         assert who["uid"] == alice_account.pw_uid and who["gid"] == alice_account.pw_gid
         assert who["home"] == who["cwd"] == alice_account.pw_dir
-        assert who["user"] == alice_account.pw_name
+        assert who["user"] == "alice"  # what MLflow records as the person: her hub name
         assert who["file_uid"] == alice_account.pw_uid and who["file"] == 0o600  # private by default
         assert 0 not in who["groups"]
         assert Path(alice_account.pw_dir, "mine.txt").stat().st_uid == alice_account.pw_uid
@@ -186,7 +186,12 @@ def test_a_tracked_notebook_runs_as_her_account(platform: PlatformProcess, peopl
     alice = platform.account("alice")
     assert alice is not None
     lab = Lab(people["alice"])
-    path = lab.upload("pandas_analysis.ipynb")
+    path = "isolation/pandas_analysis.ipynb"  # not the corpus test's folder: its experiments stay its own
+    assert people["alice"].put("/user/alice/api/contents/isolation", json={"type": "directory"}).is_success
+    saved = people["alice"].put(
+        f"/user/alice/api/contents/{path}", json={"type": "notebook", "content": corpus("pandas_analysis.ipynb")}
+    )
+    assert saved.status_code in (200, 201), saved.text
     session, kernel = lab.open(path)
     try:
         for code in code_of("pandas_analysis.ipynb"):

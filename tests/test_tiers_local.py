@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
-import psutil
 import pytest
+from test_tracking_switch import KernelChannel
 
-from _platform import CHROMIUM, CHROMIUM_FLAGS, HubSession, PlatformProcess, api, wait_for
+from _platform import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    HubSession,
+    PlatformProcess,
+    api,
+    derived_environment,
+    experiment_runs,
+    wait_for,
+)
 from hubforge.hub.launcher import instance_processes
 
 pytestmark = pytest.mark.platform
@@ -24,12 +38,26 @@ USERS = {
 
 
 @pytest.fixture(scope="module")
-def gpu_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
-    """A platform on a machine that declares one H100 (the training tier's model)."""
-    overrides = {
-        "users": USERS,
-        "spawner": {"local": {"gpus": [{"model": "nvidia-h100-80gb", "count": 1}], "poll_interval": 1}},
+def torch_env() -> Iterator[Path]:
+    """The environment standing for the PyTorch image: a prefix of its own, readable by every account."""
+    folder = Path(tempfile.mkdtemp(prefix="hubforge-env-", dir="/tmp"))
+    folder.chmod(0o755)  # mkdtemp's 0700 would keep people's accounts out
+    try:
+        yield derived_environment(folder / "torch")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gpu_platform(tmp_path_factory: pytest.TempPathFactory, torch_env: Path) -> Iterator[PlatformProcess]:
+    """A platform on a machine that declares one H100 (the training tier's model), with an
+    environment for the PyTorch image and none for TensorFlow."""
+    local = {
+        "gpus": [{"model": "nvidia-h100-80gb", "count": 1}],
+        "poll_interval": 1,
+        "environments": {"scipy": "platform", "pytorch": str(torch_env)},
     }
+    overrides = {"users": USERS, "spawner": {"local": local}}
     proc = PlatformProcess(tmp_path_factory.mktemp("gpus") / "data", overrides)
     proc.start()
     try:
@@ -89,6 +117,7 @@ def test_spawn_page_shows_live_gpu_counts(people) -> None:
         ({"profile": "finetune"}, 403, "not open to you"),
         ({"profile": "no-such-tier"}, 400, "no-such-tier"),
         ({"profile": "training", "image": "windows"}, 400, "windows"),
+        ({"profile": "training", "image": "tensorflow"}, 400, "cannot run on this machine: no environment for it"),
         ({"profile": "training", "gpus": 9}, 400, "allows 1 to 4 GPUs, not 9"),
         ({"profile": "training", "gpus": 2}, 400, "this machine has"),
         ({"profile": "training", "shell": "rm -rf /"}, 400, "unknown option"),
@@ -102,6 +131,14 @@ def test_forged_options_are_refused_and_nothing_starts(people, options: dict, st
     assert needle in resp.json()["message"]
     assert not server(client, "alice")
     assert saved_options(client, "alice") == saved, "a refused request leaves the saved options as they were"
+
+
+def data_limit(pid: int) -> int:
+    """The soft RLIMIT_DATA of process ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max data size"):
+            return int(line.split()[3])
+    raise AssertionError(f"no data size limit in /proc/{pid}/limits")
 
 
 def saved_options(client: httpx.Client, user: str) -> dict | None:
@@ -139,7 +176,9 @@ def test_full_gpu_tier_queues_fairly_and_frees_after_kill_9(gpu_platform, people
     env = procs[0].environ()
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
     assert env["HUBFORGE_TIER"] == "training"
-    assert procs[0].rlimit(psutil.RLIMIT_DATA)[0] == 128 * 1024**3  # the tier's 128G limit (JupyterHub reads G as GiB)
+    # The tier's 128G limit (JupyterHub reads G as GiB). Read from /proc: prlimit on a process
+    # of another account needs CAP_SYS_RESOURCE, which a container's root may lack.
+    assert data_limit(procs[0].pid) == 128 * 1024**3
 
     # Bob asks for the same GPU: he waits, and the progress page says where and why.
     assert bob.post("/hub/api/users/bob/server", json={"profile": "training"}).status_code == 202
@@ -205,3 +244,39 @@ def test_spawn_page_in_a_real_browser(gpu_platform, people, artifacts) -> None:
     assert server(alice, "alice").get("ready")
     alice.delete("/hub/api/users/alice/server")
     wait_for(lambda: not server(alice, "alice"), 60, "alice's server to stop")
+
+
+def test_an_image_without_an_environment_is_shown_disabled_with_the_reason(people) -> None:
+    page = html.unescape(people["alice"][0].client.get("/hub/spawn").text)
+    assert '<option value="tensorflow" disabled title="no environment for it on this machine">' in page
+    assert "TensorFlow (CUDA) (not here: no environment for it on this machine)" in page
+    assert '<option value="pytorch" selected>' in page
+
+
+def test_a_server_runs_its_kernels_in_its_images_environment(gpu_platform, people, torch_env: Path) -> None:
+    """Alice's training server (PyTorch image): her kernel is the environment's Python, tracked."""
+    _, alice = people["alice"]
+    alice.timeout = httpx.Timeout(120)
+    started = alice.post("/hub/api/users/alice/server", json={"profile": "training", "gpus": 1})
+    assert started.status_code in (201, 202), started.text
+    try:
+        wait_for(lambda: server(alice, "alice").get("ready"), 120, "alice's training server")
+        body = {"path": "torch.ipynb", "name": "torch.ipynb", "type": "notebook", "kernel": {"name": "python3"}}
+        made = alice.post("/user/alice/api/sessions", json=body)
+        assert made.status_code == 201, made.text
+        base = str(alice.base_url).rstrip("/").replace("http", "ws", 1)
+        ws = f"{base}/user/alice/api/kernels/{made.json()['kernel']['id']}/channels"
+        kernel = KernelChannel(ws, alice.headers["Authorization"])
+        try:
+            said = kernel.execute("import sys, os; print(sys.prefix); print(os.environ['HUBFORGE_IMAGE'])")
+            assert said.stdout.split() == [str(torch_env), "pytorch"], said
+            run = re.compile(r"^run: [0-9a-f]{16,}$", re.M)
+            wait_for(lambda: run.search(kernel.execute("%hubforge_tracking status").stdout), 60, "its run to open")
+        finally:
+            kernel.close()
+        assert alice.delete(f"/user/alice/api/sessions/{made.json()['id']}").status_code == 204
+        runs = wait_for(lambda: experiment_runs(alice, "/Users/alice/torch.ipynb"), 60, "the notebook's run")
+        assert len(runs[1]) == 1
+    finally:
+        alice.delete("/hub/api/users/alice/server")
+        wait_for(lambda: not server(alice, "alice"), 90, "alice's server to stop")

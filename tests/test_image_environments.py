@@ -1,0 +1,87 @@
+"""Images on one machine: what each image stands for, what the spawn page and the REST API say about it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from _platform import derived_environment
+from hubforge.config import ConfigError, load_config, validate
+from hubforge.server_extension.app import use_image_python
+from hubforge.spawner_profiles.catalog import load_catalog
+from hubforge.spawner_profiles.environments import LocalEnvironments, kernel_python_env
+from hubforge.spawner_profiles.spawn_page import tier_cards
+
+
+@pytest.fixture(scope="module")
+def envs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("envs")
+    bare = root / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    (root / "empty").mkdir()
+    return {"derived": derived_environment(root / "derived"), "bare": bare, "empty": root / "empty"}
+
+
+def test_each_image_is_what_its_environment_can_run(envs: dict[str, Path]) -> None:
+    local = LocalEnvironments(
+        {"scipy": "platform", "pytorch": str(envs["derived"]), "jax": str(envs["bare"]), "r": str(envs["empty"])}
+    )
+    assert local.unavailable("scipy") is None
+    assert local.unavailable("pytorch") is None
+    assert local.unavailable("tensorflow") == "no environment for it on this machine"
+    assert (
+        local.unavailable("jax")
+        == f"its environment {envs['bare']} lacks ipykernel, mlflow, hubforge.server_extension.kernel"
+    )
+    assert local.unavailable("r") == f"its environment {envs['empty']} has no bin/python"
+    torch = local.environment("pytorch")
+    assert torch is not None and kernel_python_env(torch) == {"HUBFORGE_KERNEL_PYTHON": f"{envs['derived']}/bin/python"}
+    assert kernel_python_env(local.environment("scipy")) == {}  # the server's own kernel, unchanged
+
+
+def test_the_spawn_page_disables_images_that_cannot_run_and_picks_one_that_can() -> None:
+    catalog = load_catalog(load_config(environ={}))
+    tiers = [catalog.get("interactive"), catalog.get("training")]
+    snapshot = SimpleNamespace(tiers={})
+    reasons = {
+        "pytorch": "no environment for it on this machine",
+        "tensorflow": "no environment for it on this machine",
+    }
+    interactive, training = tier_cards(tiers, snapshot, reasons.get)
+    assert [(i["key"], i["unavailable"]) for i in interactive["images"]] == [
+        ("scipy", ""),
+        ("pytorch", "no environment for it on this machine"),
+    ]
+    assert interactive["default_image"] == "scipy" and interactive["available"]
+    assert not training["available"] and training["no_image"] == "none of its images can run on this machine"
+
+
+def test_environments_name_images_the_tiers_offer() -> None:
+    data = load_config(environ={}).data
+    data["spawner"]["local"]["environments"] = {"scipy": "platform", "cobol": "/opt/cobol"}
+    with pytest.raises(ConfigError, match=r"spawner\.local\.environments\.cobol: no tier offers an image 'cobol'"):
+        validate(data)
+    data["spawner"]["local"]["environments"] = {"scipy": "relative/path"}
+    with pytest.raises(ConfigError, match=r"spawner\.local\.environments\.scipy"):
+        validate(data)
+
+
+def kernel_manager(name: str, argv: list[str]) -> SimpleNamespace:
+    return SimpleNamespace(kernel_name=name, kernel_spec=SimpleNamespace(argv=list(argv), language="python"))
+
+
+def test_only_the_servers_own_python_kernel_takes_the_images_python() -> None:
+    native = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    km = kernel_manager("python3", native)
+    assert use_image_python(km, "/opt/envs/torch/bin/python")
+    assert km.kernel_spec.argv == ["/opt/envs/torch/bin/python", *native[1:]]
+    theirs = kernel_manager("my-env", ["/home/alice/env/bin/python", *native[1:]])  # a kernelspec she installed
+    assert not use_image_python(theirs, "/opt/envs/torch/bin/python")
+    assert theirs.kernel_spec.argv[0] == "/home/alice/env/bin/python"
+    untouched = kernel_manager("python3", native)
+    assert not use_image_python(untouched, "")  # the platform's own environment
+    assert untouched.kernel_spec.argv == native
