@@ -39,10 +39,10 @@ up: install
 
 test: install $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-jupyterhub
 
-# JupyterHub's own spawner tests against the one-machine spawner, in a pytest of their own.
-# Not yet part of `test`: in a backgrounded CI run JupyterHub's mock hub raced its own
-# spawner cleanup (KeyError '' in User.stop) in two app tests; passes when run by hand.
+# JupyterHub's own spawner tests against the one-machine spawner, in a pytest of their own
+# (JupyterHub's fixtures and pytest-jupyter's do not mix in one process).
 test-jupyterhub: install
 	PATH="$(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)/tests/contract" \
 	  $(PY) -m pytest -c tests/contract/pytest.ini -p jupyterhub_spawner_adapter \
