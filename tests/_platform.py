@@ -12,6 +12,7 @@ import pwd
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,26 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> None:
             base[key] = value
 
 
+def others_can_run_the_platform() -> bool:
+    """Whether another account can reach the platform's Python: every folder above the
+    environment and its interpreter open to others (a checkout under a private home is not)."""
+    for path in (Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent):
+        for folder in (path, *path.parents):
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                return False
+    return True
+
+
+#: Why the platform tests cannot run people's servers as their own accounts here, or "".
+NO_ACCOUNTS = (
+    "the tests do not run as root"
+    if os.geteuid() != 0
+    else ""
+    if others_can_run_the_platform()
+    else "the checkout is in a folder other accounts cannot enter, so their servers could not run"
+)
+
+
 #: Which test run (pytest's pid) owns each prefix: a run never removes a live run's accounts.
 _RUNS = Path(tempfile.gettempdir()) / "hubforge-test-accounts"
 
@@ -143,12 +164,12 @@ class PlatformProcess:
     def __init__(self, data_dir: Path, overrides: dict[str, Any] | None = None):
         self.data_dir = data_dir
         self.port = free_port()
-        # Run as root, people's servers run as accounts of this test run's own prefix.
-        config: dict[str, Any] = {
-            "data_dir": str(data_dir),
-            "hub": {"port": self.port},
-            "spawner": {"local": {"account_prefix": ACCOUNT_PREFIX}},
-        }
+        # Run as root, people's servers run as accounts of this test run's own prefix (where
+        # those accounts can run the platform at all: see NO_ACCOUNTS).
+        local: dict[str, Any] = {"account_prefix": ACCOUNT_PREFIX}
+        if NO_ACCOUNTS:
+            local["isolation"] = "none"
+        config: dict[str, Any] = {"data_dir": str(data_dir), "hub": {"port": self.port}, "spawner": {"local": local}}
         _merge(config, overrides or {})
         self.config = config
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +181,7 @@ class PlatformProcess:
     @property
     def isolated(self) -> bool:
         """Whether people's servers run as their own accounts (as root, unless told otherwise)."""
-        return os.geteuid() == 0 and self.config["spawner"]["local"].get("isolation", "auto") != "none"
+        return not NO_ACCOUNTS and self.config["spawner"]["local"].get("isolation", "auto") != "none"
 
     def account(self, user: str) -> pwd.struct_passwd | None:
         """The system account of hub user ``user`` (None when not isolated)."""
