@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hubforge.errors import HubforgeError
 
@@ -35,6 +36,7 @@ __all__ = [
     "decide",
     "ensure_account",
     "interpreter",
+    "open_backends",
     "probe_environment",
 ]
 
@@ -89,6 +91,13 @@ def decide(cfg: Any, euid: int) -> Isolation:
     if wanted == "none":
         return Isolation("none")
     if euid == 0:
+        unguarded = open_backends(cfg)
+        if unguarded:
+            return Isolation(
+                "users",
+                f"WARNING: {', '.join(unguarded)} on this machine without a password: if it trusts local "
+                "connections, every person's notebook can connect to it; give it a password",
+            )
         return Isolation("users")
     if wanted == "users":
         raise IsolationRefused(
@@ -105,6 +114,25 @@ def decide(cfg: Any, euid: int) -> Isolation:
         f"not running as root with auth.type {auth['type']}: people's notebooks could read each other's "
         "files and the platform's keys; run as root, or set spawner.local.isolation: none to accept that"
     )
+
+
+#: Backends a person's process could reach over loopback, in the config.
+_BACKENDS = ("hub_db_url", "governance_db_url", "mlflow_db_url", "redis_url")
+
+
+def open_backends(cfg: Any) -> list[str]:
+    """Backends on this machine reached without a password: a database that trusts local
+    connections (PostgreSQL's ``trust``, Redis without ``requirepass``) lets every person's
+    notebook in, whatever their account."""
+    found = []
+    for key in _BACKENDS:
+        url = cfg.data["backends"].get(key) or ""
+        if not url or url.startswith("sqlite"):
+            continue
+        parts = urlsplit(url)
+        if parts.password is None and (parts.hostname or "localhost") in {"localhost", "127.0.0.1", "::1"}:
+            found.append(f"backends.{key}")
+    return found
 
 
 def account_name(prefix: str, hub_name: str) -> str:

@@ -71,6 +71,20 @@ def test_isolation_follows_root_and_the_config(spawner: dict[str, Any], auth: st
     assert decided.warning.count("\n") == 0
 
 
+def test_a_database_on_this_machine_without_a_password_is_warned_about() -> None:
+    cfg = config()
+    cfg.data["backends"].update(
+        hub_db_url="postgresql://postgres@127.0.0.1:5432/hub",
+        governance_db_url="postgresql://gov:secret@127.0.0.1/gov",  # a password: fine
+        mlflow_db_url="postgresql://mlflow@db.internal/mlflow",  # another machine: not a local account's
+        redis_url="redis://localhost:6379/0",
+    )
+    warning = decide(cfg, 0).warning
+    assert warning.startswith("WARNING: backends.hub_db_url, backends.redis_url on this machine without a password")
+    assert "\n" not in warning
+    assert decide(config(), 0).warning == ""  # SQLite files in the private data folder
+
+
 def test_a_real_authenticator_without_root_refuses_unless_told() -> None:
     cfg = config()
     cfg.data["auth"]["type"] = "oauth"
