@@ -159,6 +159,7 @@ def test_alices_notebook_reaches_nothing_that_is_not_hers(
             f"/proc/{psutil.Process(bob_kernel).parent().pid}/environ",
             f"/proc/{_platform_pid(platform, 'jupyterhub')}/environ",
             f"/proc/{_platform_pid(platform, 'mlflow')}/environ",
+            f"/proc/{_platform_pid(platform, 'configurable-http-proxy')}/environ",  # the proxy's API token
             f"/proc/{platform.proc.pid}/environ" if platform.proc else "/proc/1/environ",
             str(data),
             *(str(p) for p in data.iterdir()),
