@@ -118,10 +118,6 @@ def _cross_check(data: dict[str, Any], source: str) -> None:
     for kind in ("oauth", "ldap"):
         if auth.get("type") == kind and kind not in auth:
             raise ConfigError(f"{source}: auth.{kind}: required when auth.type is {kind!r}")
-    images = {key for tier in (data.get("tiers") or {}).values() for key in tier.get("images", {}).get("choices", {})}
-    for key in data["spawner"].get("local", {}).get("environments", {}):
-        if key not in images:
-            raise ConfigError(f"{source}: spawner.local.environments.{key}: no tier offers an image {key!r}")
     port = data["hub"]["port"]
     for key, value in (
         ("hub.hub_port", data["hub"].get("hub_port")),
