@@ -78,10 +78,6 @@ class LocalEnvironments:
             self._problems[env.python] = _problem(env)
         return self._problems[env.python]
 
-    def forget(self) -> None:
-        """Check every environment again on next use (one was installed or repaired)."""
-        self._problems.clear()
-
 
 def _problem(env: Environment) -> str | None:
     if not os.access(env.python, os.X_OK):
