@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub import orm
-from jupyterhub.spawner import SimpleLocalProcessSpawner
+from jupyterhub.spawner import SimpleLocalProcessSpawner, set_user_setuid
 from sqlalchemy.orm import Session, object_session
 from tornado import web
 from traitlets import Any as AnyTrait
@@ -479,7 +479,7 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
     def make_preexec_fn(self, name: str) -> Callable[[], None]:
         """Become the person's account (or create the shared home), then cap the server's data
         segment at the tier's memory limit; files it makes are private to it."""
-        parent = _become(self.account) if self.account is not None else super().make_preexec_fn(name)
+        parent = set_user_setuid(self.account.name) if self.account is not None else super().make_preexec_fn(name)
         limit = int(self.mem_limit or 0)
         isolating = self.account is not None
 
@@ -525,21 +525,6 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
 def _platform_python() -> str:
     """The Python the servers run (the interpreter of their jupyterhub-singleuser)."""
     return interpreter(singleuser_command()[0])
-
-
-def _become(account: Account) -> Callable[[], None]:
-    """A preexec_fn switching to ``account`` for good (groups, gid, uid), in its home."""
-    groups = account.groups
-
-    def preexec() -> None:
-        os.setgroups(groups)
-        os.setgid(account.gid)
-        os.setuid(account.uid)
-        if os.getuid() != account.uid or os.geteuid() != account.uid:  # pragma: no cover (the kernel refused)
-            raise OSError(f"could not become {account.name}")
-        os.chdir(account.home)
-
-    return preexec
 
 
 def _describe(choice: ValidatedChoice) -> str:
