@@ -46,7 +46,7 @@ test: install $(CHROMIUM)
 test-jupyterhub: install
 	PATH="$(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)/tests/contract" \
 	  $(PY) -m pytest -c tests/contract/pytest.ini -p jupyterhub_spawner_adapter \
-	  --pyargs jupyterhub.tests.test_spawner jupyterhub.tests.test_api
+	  --pyargs jupyterhub.tests.test_spawner jupyterhub.tests.test_api jupyterhub.tests.test_singleuser
 
 bench: install
 	$(PY) -m bench

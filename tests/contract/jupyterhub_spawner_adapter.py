@@ -1,6 +1,7 @@
 """pytest plugin: JupyterHub's own spawner tests, run against hubforge's one-machine spawner.
 
-JupyterHub ships the tests its spawners must pass (``jupyterhub/tests/test_spawner.py``).
+JupyterHub ships the tests its spawners must pass (``jupyterhub/tests/test_spawner.py``) and
+the tests of the single-user server a spawner starts (``test_singleuser.py``).
 They build spawners with ``SimpleLocalProcessSpawner``; this plugin puts
 :class:`ContractSpawner` in its place: a :class:`LocalTierSpawner` configured with the
 platform's default tier catalog and persona groups, its GPU database in a temporary folder.
@@ -9,15 +10,20 @@ too. ``make test-jupyterhub`` runs it in a pytest process of its own (JupyterHub
 pytest-asyncio in auto mode; see ``pytest.ini`` here)::
 
     pytest -c tests/contract/pytest.ini -p jupyterhub_spawner_adapter \
-        --pyargs jupyterhub.tests.test_spawner jupyterhub.tests.test_api
+        --pyargs jupyterhub.tests.test_spawner jupyterhub.tests.test_api \
+        jupyterhub.tests.test_singleuser
 
 From ``test_api.py`` only the spawn, options and progress tests run (:data:`API_TESTS`):
 the rest of the REST API does not involve the spawner.
 
-Adaptations, each because the platform's spawner refuses what it is not told:
+Adaptations, each because the platform's spawner or server differs where the tests do not look:
 
-- JupyterHub's test user is in no group, and every tier is open by persona: the user
-  counts as a data scientist (``ContractSpawner.user_groups``).
+- JupyterHub's test users are in no group that grants a persona (``visitors`` at most),
+  and every tier is open by persona: such a user counts as a data scientist (``ContractSpawner.user_groups``).
+- ``full_spawn`` tests run the platform's own ``jupyterhub-singleuser`` (hubforge's server
+  extension loaded), opening ``/lab`` (the platform's default URL) instead of ``/tree``,
+  which comes from the notebook package the platform does not install; the tests read the
+  URL from the spawner.
 - The tests start servers with no options; a hub would have sent the spawn page's
   choice: they start on the ``interactive`` tier (``ContractSpawner.start``).
 
@@ -66,7 +72,10 @@ class ContractSpawner(LocalTierSpawner):
         return str(_GPU_DB)
 
     def user_groups(self) -> list[str]:
-        return super().user_groups() or ["data-scientist"]
+        groups: list[str] = super().user_groups()
+        if not any(self.group_personas.get(group) for group in groups):
+            groups.append("data-scientist")
+        return groups
 
     async def start(self) -> Any:
         if not self.user_options:
@@ -84,6 +93,10 @@ DEVIATIONS = {
         "a tier takes only profile, image and gpus, so a forged option never reaches a spawner"
     ),
     "test_user_options": "the same arbitrary options as test_spawn, refused with 400 for the same reason",
+    "test_nbclassic_control_panel": (
+        "the classic notebook's /tree page and its control-panel link are not installed: the platform's "
+        "servers run JupyterLab, whose File menu carries the hub's control panel"
+    ),
     "test_predefined_options_from_form[default]": (
         "the default options_from_form reads the spawn page's tier cards (profile, image_<tier>, "
         "gpus_<tier>) instead of passing the form through; a configured 'passthrough' or 'simple' "
@@ -115,11 +128,29 @@ class HubContractSpawner(ContractSpawner, mocking.MockSpawner):
         return mocking.MockSpawner._cmd_default(self)  # type: ignore[no-any-return]
 
 
+class HubInstrumentedSpawner(ContractSpawner, mocking.InstrumentedSpawner):
+    """The spawner of the mock hub's ``full_spawn`` tests: ours, starting the platform's own
+    ``jupyterhub-singleuser`` (with hubforge's server extension) as a hub would, plus
+    JupyterHub's test extension (``JUPYTERHUB_SINGLEUSER_TEST_EXTENSION``)."""
+
+    @default("default_url")
+    def _default_url(self) -> str:
+        return "/lab"  # the platform's servers open JupyterLab; notebook 7's /tree is not installed
+
+
 shipped.SimpleLocalProcessSpawner = ContractSpawner  # type: ignore[misc]
 mocking.MockSpawner = HubContractSpawner  # type: ignore[misc]
+mocking.InstrumentedSpawner = HubInstrumentedSpawner  # type: ignore[misc]
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
-    if session.testscollected and not ContractSpawner.made:
+    """Fail the run if the shipped tests ran on JupyterHub's spawners instead of ours."""
+    modules = {item.module.__name__ for item in getattr(session, "items", [])}
+    missing = []
+    if modules and not ContractSpawner.made:
+        missing.append("a hubforge spawner")
+    if "jupyterhub.tests.test_singleuser" in modules and not ContractSpawner.made[HubInstrumentedSpawner.__name__]:
+        missing.append("a hubforge spawner for the single-user server tests")
+    if missing:
         session.exitstatus = 1
-        print("\nhubforge: JupyterHub's tests never made a hubforge spawner: the adapter did not take", flush=True)
+        print(f"\nhubforge: JupyterHub's tests never made {' or '.join(missing)}: the adapter did not take", flush=True)
