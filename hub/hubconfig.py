@@ -16,14 +16,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hubforge.config import PlatformConfig
+from hubforge.contract import (
+    CONFIG_ENV,
+    DATA_ENV,
+    DEMO_PASSWORD_ENV,
+    INSTANCE_ENV,
+    ISOLATION_ENV,
+    MLFLOW_URL_ENV,
+    RUNTIME_ENV,
+)
 from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, SERVICE_ROLE_SCOPES, hub_roles
 from hubforge.spawner_profiles.catalog import load_catalog
 
 from .auth import oauth_groups_key
 
 __all__ = ["RUNTIME_ENV", "Runtime", "configure"]
-
-RUNTIME_ENV = "HUBFORGE_RUNTIME"
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ def configure_auth(c: Any, cfg: PlatformConfig) -> None:
     c.Authenticator.admin_groups = admins
     if kind == "demo":
         c.JupyterHub.authenticator_class = "hubforge.hub.auth.DemoAuthenticator"
-        c.DemoAuthenticator.password = os.environ.get("HUBFORGE_DEMO_PASSWORD", "")
+        c.DemoAuthenticator.password = os.environ.get(DEMO_PASSWORD_ENV, "")
         users = cfg.data.get("users", {})
         c.DemoAuthenticator.allowed_users = set(users)
         # admin_groups is OAuthenticator's and LDAPAuthenticator's: the demo users in an
@@ -166,10 +173,10 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.Spawner.default_url = cfg.data["spawner"].get("default_url", "/lab")
     c.Spawner.start_timeout = cfg.hub.get("start_timeout", 120)
     c.Spawner.http_timeout = cfg.hub.get("start_timeout", 120)
-    c.Spawner.environment = {"HUBFORGE_INSTANCE": rt.instance}
+    c.Spawner.environment = {INSTANCE_ENV: rt.instance}
     if cfg.data["services"]["mlflow"].get("enabled", True):
         # Servers reach MLflow through the proxy, as the person's own hub identity.
-        c.Spawner.environment["HUBFORGE_MLFLOW_URL"] = f"{cfg.local_url}services/mlflow"
+        c.Spawner.environment[MLFLOW_URL_ENV] = f"{cfg.local_url}services/mlflow"
     local = cfg.data["spawner"].get("local", {})
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")
@@ -197,13 +204,13 @@ SERVICE_START_TIMEOUT = 180
 def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     """The governance service and the MLflow tracking server, both behind hub auth."""
     env = {
-        "HUBFORGE_INSTANCE": rt.instance,
-        "HUBFORGE_DATA": str(cfg.data_dir),
-        "HUBFORGE_ISOLATION": rt.isolation,
+        INSTANCE_ENV: rt.instance,
+        DATA_ENV: str(cfg.data_dir),
+        ISOLATION_ENV: rt.isolation,
         "PYTHONUNBUFFERED": "1",
     }
-    if os.environ.get("HUBFORGE_CONFIG"):
-        env["HUBFORGE_CONFIG"] = os.environ["HUBFORGE_CONFIG"]
+    if os.environ.get(CONFIG_ENV):
+        env[CONFIG_ENV] = os.environ[CONFIG_ENV]
     services = [
         {
             "name": "governance",

@@ -27,6 +27,7 @@ import psutil
 
 import hubforge
 from hubforge.config import PlatformConfig
+from hubforge.contract import CONFIG_ENV, DATA_ENV, DEMO_PASSWORD_ENV, INSTANCE_ENV
 from hubforge.errors import LaunchError
 from hubforge.spawner_profiles.accounts import Isolation, IsolationRefused, decide
 from hubforge.spawner_profiles.catalog import SERVER_STOP_GRACE
@@ -73,7 +74,7 @@ def find_proxy_command(configured: str = "") -> str:
 
 def demo_password(cfg: PlatformConfig, announce: Callable[[str], None]) -> str:
     """The demo password: HUBFORGE_DEMO_PASSWORD, else the saved one, else a new one announced once."""
-    given = os.environ.get("HUBFORGE_DEMO_PASSWORD")
+    given = os.environ.get(DEMO_PASSWORD_ENV)
     if given:
         return given
     path = cfg.data_dir / PASSWORD_FILE
@@ -96,7 +97,7 @@ def instance_processes(instance: str, exclude: Iterator[int] | None = None) -> l
         if proc.pid in skip:
             continue
         try:
-            if proc.environ().get("HUBFORGE_INSTANCE") == instance:
+            if proc.environ().get(INSTANCE_ENV) == instance:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -216,13 +217,13 @@ class Platform:
         """The hub's environment: runtime facts, secrets, the instance marker."""
         env = dict(os.environ)
         env[RUNTIME_ENV] = self.runtime.to_json()
-        env["HUBFORGE_INSTANCE"] = self.instance
-        env["HUBFORGE_DATA"] = str(self.cfg.data_dir)
+        env[INSTANCE_ENV] = self.instance
+        env[DATA_ENV] = str(self.cfg.data_dir)
         env["CONFIGPROXY_AUTH_TOKEN"] = secrets.token_hex(32)
         if self.cfg.source != "default platform.yaml":
-            env["HUBFORGE_CONFIG"] = str(Path(self.cfg.source).resolve())
+            env[CONFIG_ENV] = str(Path(self.cfg.source).resolve())
         if self.cfg.data["auth"].get("type", "demo") == "demo":
-            env["HUBFORGE_DEMO_PASSWORD"] = demo_password(self.cfg, self.log)
+            env[DEMO_PASSWORD_ENV] = demo_password(self.cfg, self.log)
         return env
 
     def start_hub(self, env: dict[str, str]) -> None:

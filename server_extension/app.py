@@ -30,9 +30,10 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from traitlets import Bool, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
+from hubforge.contract import CLOSE_BUDGET_ENV, EX_TEMPFAIL, KERNEL_PYTHON_ENV, SPOOL_DIR_ENV
+
 from .kept_fits import list_fits, read_fit
 from .launch import (
-    KERNEL_PYTHON,
     KERNEL_SHUTDOWN_WAIT,
     add_extension_argument,
     apply_env,
@@ -106,13 +107,13 @@ def prepare_launch(settings: HubforgeTracking, km: Any, kwargs: dict[str, Any], 
     if not is_python_kernel(km.kernel_spec):
         return False
     server_env = os.environ
-    use_image_python(km, server_env.get(KERNEL_PYTHON, ""))
+    use_image_python(km, server_env.get(KERNEL_PYTHON_ENV, ""))
     origin = settings.origin
     voila_page = voila_notebook(kwargs.get("env") or {})
     if voila_page is not None:  # an app page, whatever the server is
         origin = "voila"
     additions = tracking_env(server_env, root_dir=root_dir, origin=origin, enabled=settings.enabled)
-    additions["HUBFORGE_SPOOL_DIR"] = str(settings.spool_root)
+    additions[SPOOL_DIR_ENV] = str(settings.spool_root)
     if voila_page:
         # jupyter-server names a session's notebook in JPY_SESSION_NAME; Voila has no session.
         additions["JPY_SESSION_NAME"] = voila_page
@@ -121,7 +122,7 @@ def prepare_launch(settings: HubforgeTracking, km: Any, kwargs: dict[str, Any], 
     kwargs["extra_arguments"] = add_extension_argument(kwargs.get("extra_arguments"), settings.kernel_extension)
     if hasattr(km, "shutdown_wait_time"):
         km.shutdown_wait_time = max(float(km.shutdown_wait_time), settings.kernel_shutdown_wait)
-        kwargs["env"]["HUBFORGE_CLOSE_BUDGET"] = str(close_budget(km.shutdown_wait_time))
+        kwargs["env"][CLOSE_BUDGET_ENV] = str(close_budget(km.shutdown_wait_time))
     return True
 
 
@@ -225,8 +226,6 @@ class Replayer:
     kept fits for it to log: :meth:`soon` asks for a look within a second.
     """
 
-    EX_TEMPFAIL = 75
-
     def __init__(
         self, root: Path, env: Mapping[str, str], interval: float, log: Any, notebook_root: Path | None = None
     ):
@@ -276,7 +275,7 @@ class Replayer:
                 return self.interval
             self._report(code)
             self.child = None
-            if code == self.EX_TEMPFAIL:
+            if code == EX_TEMPFAIL:
                 self._backoff = min(self._backoff * 2, 10)
                 return self.interval * self._backoff
         self._backoff = 1
@@ -312,5 +311,5 @@ class Replayer:
             said = (self.root / ".replay.log").read_text(errors="replace").strip()
         except OSError:
             said = ""
-        level = self.log.info if code in (0, self.EX_TEMPFAIL) else self.log.warning
+        level = self.log.info if code in (0, EX_TEMPFAIL) else self.log.warning
         level("hubforge: replay of kept run data exited %s%s", code, f":\n{said}" if said else "")

@@ -12,9 +12,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
+from hubforge.contract import (
+    MLFLOW_URL_ENV,
+    NOTEBOOK_ROOT_ENV,
+    ORIGIN_ENV,
+    SERVER_NAME_ENV,
+    TIER_ENV,
+    TRACKING_ENV,
+    tracking_on,
+)
+
 __all__ = [
     "KERNEL_EXTENSION",
-    "KERNEL_PYTHON",
     "KERNEL_SHUTDOWN_WAIT",
     "add_extension_argument",
     "apply_env",
@@ -30,7 +39,6 @@ __all__ = [
 KERNEL_EXTENSION = "hubforge.server_extension.kernel"
 #: The server's environment variable naming the interpreter its own Python kernel runs with
 #: (an image's environment on one machine; set by the local spawner).
-KERNEL_PYTHON = "HUBFORGE_KERNEL_PYTHON"
 
 #: Seconds a tracked kernel gets to leave after a shutdown request: it ends its run
 #: within 8 s and logs fits still waiting within 20 s (see the kernel's Tracker);
@@ -76,18 +84,18 @@ def tracking_env(
     ``HUBFORGE_TRACKING=off`` in the server's environment beats ``enabled``.
     """
     env: dict[str, str] = {
-        "HUBFORGE_ORIGIN": origin,
-        "HUBFORGE_NOTEBOOK_ROOT": root_dir,
-        "HUBFORGE_TRACKING": tracking_state(server_env, enabled),
+        ORIGIN_ENV: origin,
+        NOTEBOOK_ROOT_ENV: root_dir,
+        TRACKING_ENV: tracking_state(server_env, enabled),
     }
     for source, target in (
         ("JUPYTERHUB_USER", "JUPYTERHUB_USER"),
-        ("JUPYTERHUB_SERVER_NAME", "HUBFORGE_SERVER_NAME"),
-        ("HUBFORGE_TIER", "HUBFORGE_TIER"),
+        ("JUPYTERHUB_SERVER_NAME", SERVER_NAME_ENV),
+        (TIER_ENV, TIER_ENV),
     ):
         if server_env.get(source):
             env[target] = server_env[source]
-    hub_mlflow = server_env.get("HUBFORGE_MLFLOW_URL", "")
+    hub_mlflow = server_env.get(MLFLOW_URL_ENV, "")
     if hub_mlflow:
         env["MLFLOW_TRACKING_URI"] = hub_mlflow
         if server_env.get("JUPYTERHUB_API_TOKEN"):
@@ -120,14 +128,13 @@ def voila_notebook(kernel_env: Mapping[str, str]) -> str | None:
 
 def tracking_state(server_env: Mapping[str, str], enabled: bool) -> str:
     """``"off"`` when config or the server's ``HUBFORGE_TRACKING=off`` says so, else ``"on"``."""
-    switched_off = server_env.get("HUBFORGE_TRACKING", "").strip().lower() in {"off", "0", "false", "no"}
-    return "off" if switched_off or not enabled else "on"
+    return "on" if enabled and tracking_on(server_env) else "off"
 
 
 def apply_env(base: Mapping[str, str], server_env: Mapping[str, str], additions: Mapping[str, str]) -> dict[str, str]:
     """``base`` plus ``additions``; in a hub, minus credentials that would override the hub token."""
     env = {**base, **additions}
-    if server_env.get("HUBFORGE_MLFLOW_URL"):
+    if server_env.get(MLFLOW_URL_ENV):
         for name in _COMPETING_CREDENTIALS:
             env.pop(name, None)
     return env

@@ -35,6 +35,8 @@ from papermill.engines import NBClientEngine
 from papermill.log import logger
 from papermill.utils import merge_kwargs, remove_args
 
+from hubforge.contract import CLOSE_BUDGET_ENV, OUTPUT_NOTEBOOK_ENV, PARAMETERS_ENV, RUN_ID_FILE_ENV
+
 from .kernel.queue import refused
 from .launch import (
     KERNEL_SHUTDOWN_WAIT,
@@ -62,13 +64,13 @@ def kernel_launch(
 ) -> tuple[dict[str, str], list[str]]:
     """The kernel's full environment and extra arguments for a papermill run."""
     additions = tracking_env(server_env, root_dir=cwd, origin=ORIGIN)
-    additions["HUBFORGE_PARAMETERS"] = json.dumps(dict(parameters), default=str)
-    additions["HUBFORGE_RUN_ID_FILE"] = run_id_file
-    additions["HUBFORGE_CLOSE_BUDGET"] = str(close_budget(KERNEL_SHUTDOWN_WAIT))
+    additions[PARAMETERS_ENV] = json.dumps(dict(parameters), default=str)
+    additions[RUN_ID_FILE_ENV] = run_id_file
+    additions[CLOSE_BUDGET_ENV] = str(close_budget(KERNEL_SHUTDOWN_WAIT))
     if input_path:
         additions["JPY_SESSION_NAME"] = _local(input_path)
     if output_path and output_path != "-":  # "-" is stdout
-        additions["HUBFORGE_OUTPUT_NOTEBOOK"] = _local(output_path)
+        additions[OUTPUT_NOTEBOOK_ENV] = _local(output_path)
     return apply_env(server_env, server_env, additions), add_extension_argument([])
 
 

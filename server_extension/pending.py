@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubforge.contract import SPOOL_DIR_ENV
+
 __all__ = [
     "PendingRun",
     "adopt_dead",
@@ -135,7 +137,7 @@ def default_spool_root() -> Path:
 def spool_root(env: Mapping[str, str] | None = None) -> Path:
     """The spool root: ``HUBFORGE_SPOOL_DIR`` if set, else :func:`default_spool_root`."""
     env = os.environ if env is None else env
-    configured = env.get("HUBFORGE_SPOOL_DIR", "").strip()
+    configured = env.get(SPOOL_DIR_ENV, "").strip()
     return Path(configured).expanduser() if configured else default_spool_root()
 
 

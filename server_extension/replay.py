@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hubforge.contract import EX_TEMPFAIL
 from hubforge.server_extension.fit_replay import FitReport, replay_fits
 from hubforge.server_extension.kernel.context import create_run_where_taken
 from hubforge.server_extension.kernel.queue import TrackingQueue, refused
@@ -52,7 +53,6 @@ from hubforge.server_extension.pending import (
 __all__ = ["Report", "main", "replay"]
 
 log = logging.getLogger("hubforge.replay")
-EX_TEMPFAIL = 75
 REPLAY_TAG = "hubforge.replay_id"
 
 

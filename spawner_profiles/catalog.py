@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hubforge.config import PlatformConfig
+from hubforge.contract import TIER_ENV, TRACKING_ENV
 from hubforge.errors import ConfigError, HubforgeError
 from hubforge.personas import persona_names
 
@@ -24,7 +25,6 @@ from .hardware import GPU_MODELS, cpu_cores, memory_bytes
 
 __all__ = [
     "SERVER_STOP_GRACE",
-    "TRACKING_ENV",
     "Capacity",
     "Catalog",
     "ChoiceError",
@@ -53,7 +53,6 @@ OPTION_KEYS = ("image", "gpus")
 
 #: The server environment variable whose ``off`` switches tracking off for every
 #: kernel of the server (hubforge.server_extension reads it as each kernel starts).
-TRACKING_ENV = "HUBFORGE_TRACKING"
 
 
 class ChoiceError(HubforgeError):
@@ -370,7 +369,7 @@ def tier_env(tier: Tier) -> dict[str, str]:
 
     Both spawners put it there; the server extension hands it on to every kernel.
     """
-    return {"HUBFORGE_TIER": tier.slug, TRACKING_ENV: "on" if tier.tracking else "off"}
+    return {TIER_ENV: tier.slug, TRACKING_ENV: "on" if tier.tracking else "off"}
 
 
 def personas_for_groups(group_personas: Mapping[str, Iterable[str]], groups: Iterable[str]) -> set[str]:

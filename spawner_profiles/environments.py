@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubforge.server_extension.launch import KERNEL_PYTHON
+from hubforge.contract import KERNEL_PYTHON_ENV
 
 __all__ = ["PLATFORM", "Environment", "LocalEnvironments", "kernel_python_env"]
 
@@ -46,7 +46,7 @@ class Environment:
 
 def kernel_python_env(environment: Environment) -> dict[str, str]:
     """The server environment that makes its Python kernels use ``environment``."""
-    return {} if environment.own else {KERNEL_PYTHON: environment.python}
+    return {} if environment.own else {KERNEL_PYTHON_ENV: environment.python}
 
 
 class LocalEnvironments:

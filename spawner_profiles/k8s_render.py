@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from hubforge.config import PlatformConfig
+from hubforge.contract import CONFIG_ENV, DATA_ENV, MLFLOW_URL_ENV, SERVICE_BIND_IP_ENV
 from hubforge.errors import ConfigError, HubforgeError
 from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
 
@@ -98,8 +99,8 @@ def _ports(cfg: PlatformConfig) -> dict[str, int]:
 
 def _service_env() -> dict[str, str]:
     return {
-        "HUBFORGE_CONFIG": str(HUB_CONFIG_DIR / "platform.yaml"),
-        "HUBFORGE_DATA": str(HUB_DATA_DIR),
+        CONFIG_ENV: str(HUB_CONFIG_DIR / "platform.yaml"),
+        DATA_ENV: str(HUB_DATA_DIR),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -140,7 +141,7 @@ def _services(cfg: PlatformConfig) -> dict[str, dict[str, Any]]:
             "url": f"http://hub:{ports['governance']}",
             "command": ["python3", "-m", "hubforge.hub.governance"],
             # The URL names the hub's Service; the pod listens on every address.
-            "environment": {**_service_env(), "HUBFORGE_BIND_IP": "0.0.0.0"},
+            "environment": {**_service_env(), SERVICE_BIND_IP_ENV: "0.0.0.0"},
             "oauth_no_confirm": True,
             "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
         }
@@ -190,7 +191,7 @@ def helm_values(cfg: PlatformConfig, catalog: Catalog) -> dict[str, Any]:
         # Kernels log to MLflow on the hub's Service (the hub's NetworkPolicy above lets
         # user pods in), as the person's own hub identity: the server's token.
         mlflow = f"http://hub:{ports['mlflow']}{cfg.hub['base_url']}services/mlflow"
-        singleuser["extraEnv"] = {"HUBFORGE_MLFLOW_URL": mlflow}
+        singleuser["extraEnv"] = {MLFLOW_URL_ENV: mlflow}
     return {
         "hub": _hub_values(cfg, settings),
         "singleuser": {

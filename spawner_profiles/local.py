@@ -34,8 +34,8 @@ from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, List, Unicode, default
 
+from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV
 from hubforge.errors import HubforgeError
-from hubforge.server_extension.launch import KERNEL_PYTHON
 
 from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
 from .allocation import AllocationConflict, NoSuchGpu, QuotaExceeded
@@ -373,8 +373,8 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         env: dict[str, Any] = dict(self.environment)  # type: ignore[has-type]
         env.update(gpu_env(self.allocation) if self.allocation else {})
         # Tracking on or off, always: a reused spawner must not keep the last tier's switch.
-        env.update({**tier_env(tier), "HUBFORGE_IMAGE": choice.image_key})
-        env.pop(KERNEL_PYTHON, None)  # a reused spawner must not keep the last image's
+        env.update({**tier_env(tier), IMAGE_ENV: choice.image_key})
+        env.pop(KERNEL_PYTHON_ENV, None)  # a reused spawner must not keep the last image's
         environment = self.local_environments.environment(choice.image_key)
         env.update(kernel_python_env(environment) if environment else {})
         self.environment = env
@@ -463,7 +463,7 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         """The server's environment, marked with the platform instance it belongs to."""
         env: dict[str, Any] = super().get_env()
         if self.instance_marker:
-            env["HUBFORGE_INSTANCE"] = self.instance_marker
+            env[INSTANCE_ENV] = self.instance_marker
         return env
 
     def user_env(self, env: dict[str, Any]) -> dict[str, Any]:

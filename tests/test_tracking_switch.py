@@ -31,8 +31,9 @@ from test_server_extension import Server
 
 from _platform import wait_for
 from hubforge.config import PlatformConfig, default_config_text, load_config, merge, validate
+from hubforge.contract import TRACKING_ENV
 from hubforge.errors import ConfigError
-from hubforge.spawner_profiles.catalog import TRACKING_ENV, load_catalog, tier_env
+from hubforge.spawner_profiles.catalog import load_catalog, tier_env
 from hubforge.spawner_profiles.kube import offline_spawner, profile_for, render_pod
 from hubforge.spawner_profiles.local import LocalTierSpawner
 

@@ -31,6 +31,7 @@ from traitlets.config import Application, catch_config_error
 
 from hubforge import __version__
 from hubforge.config import PlatformConfig, load_config
+from hubforge.contract import ISOLATION_ENV, SERVICE_BIND_IP_ENV
 from hubforge.errors import ConfigError, HubforgeError
 
 from .handlers import ROUTES, NotFoundHandler
@@ -120,7 +121,7 @@ def make_app(
         hub_auth=hub_auth,
         service_prefix=prefix,
         group_personas=group_personas,
-        isolation=isolation or os.environ.get("HUBFORGE_ISOLATION") or "none",
+        isolation=isolation or os.environ.get(ISOLATION_ENV) or "none",
         openapi=build_spec(ROUTES, prefix, cookie_name=hub_auth.cookie_name, version=__version__),
         cookie_secret=cookie_secret or secrets.token_bytes(32),
         # No tornado-level xsrf_cookies: it runs before authentication and would
@@ -183,7 +184,7 @@ class GovernanceService(Application):
 
     @default("bind_ip")
     def _default_bind_ip(self) -> str:
-        return os.environ.get("HUBFORGE_BIND_IP", "")
+        return os.environ.get(SERVICE_BIND_IP_ENV, "")
 
     cookie_secret_file = Unicode(
         "",

@@ -16,6 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hubforge.contract import (
+    CLOSE_BUDGET_ENV,
+    NOTEBOOK_ROOT_ENV,
+    ORIGIN_ENV,
+    SERVER_NAME_ENV,
+    TIER_ENV,
+    tracking_on,
+)
 from hubforge.server_extension.pending import spool_root
 
 log = logging.getLogger(__name__)
@@ -57,22 +65,22 @@ class KernelContext:
         """Read the context from ``env`` (default ``os.environ``)."""
         env = dict(os.environ if env is None else env)
         notebook = env.get("JPY_SESSION_NAME", "")
-        root = Path(env.get("HUBFORGE_NOTEBOOK_ROOT") or os.getcwd())
+        root = Path(env.get(NOTEBOOK_ROOT_ENV) or os.getcwd())
         path = Path(notebook) if notebook else None
         if path is not None and path.is_absolute():
             notebook = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         return cls(
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
-            enabled=env.get("HUBFORGE_TRACKING", "on").strip().lower() not in {"off", "0", "false", "no"},
+            enabled=tracking_on(env),
             user=env.get("JUPYTERHUB_USER") or getpass.getuser(),
             notebook=notebook or f"kernel-{kernel_id or os.getpid()}",
             root=root,
-            server=env.get("HUBFORGE_SERVER_NAME") or DEFAULT_SERVER,
-            tier=env.get("HUBFORGE_TIER", ""),
-            origin=env.get("HUBFORGE_ORIGIN", "jupyterlab"),
+            server=env.get(SERVER_NAME_ENV) or DEFAULT_SERVER,
+            tier=env.get(TIER_ENV, ""),
+            origin=env.get(ORIGIN_ENV, "jupyterlab"),
             kernel_id=kernel_id,
             spool_dir=str(spool_root(env)),
-            close_budget=_seconds(env.get("HUBFORGE_CLOSE_BUDGET")),
+            close_budget=_seconds(env.get(CLOSE_BUDGET_ENV)),
         )
 
     def notebook_file(self, notebook: str) -> Path | None:

@@ -21,6 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubforge.contract import PARAMETERS_ENV
 from hubforge.server_extension.kept_fits import KeptFit, write_fit
 from hubforge.server_extension.kernel.artifacts import session_files
 from hubforge.server_extension.kernel.patches import detach_active_run
@@ -231,7 +232,7 @@ class RunEnding:
 def parameters() -> dict[str, Any]:
     """The notebook's papermill parameters (``HUBFORGE_PARAMETERS``, a JSON object), or {}."""
     try:
-        given = json.loads(os.environ.get("HUBFORGE_PARAMETERS") or "{}")
+        given = json.loads(os.environ.get(PARAMETERS_ENV) or "{}")
     except ValueError:
         return {}
     return given if isinstance(given, dict) else {}

@@ -28,6 +28,7 @@ from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hubforge.contract import RUN_ID_FILE_ENV
 from hubforge.server_extension.kernel import autolog as autologging
 from hubforge.server_extension.kernel.artifacts import freeze
 from hubforge.server_extension.kernel.context import (
@@ -432,7 +433,7 @@ class Tracker(RunEnding):
         """papermill's parameters become run params; its engine learns the run id (see papermill_engine)."""
         for key, value in parameters().items():
             queue.log_param(run_id, str(key), str(value))
-        run_id_file = os.environ.get("HUBFORGE_RUN_ID_FILE")
+        run_id_file = os.environ.get(RUN_ID_FILE_ENV)
         if run_id_file:
             with suppress(OSError):
                 Path(run_id_file).write_text(run_id)
