@@ -21,6 +21,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hubforge.contract import CONFIG_ENV, DATA_ENV
+
 from .errors import ConfigError
 from .personas import persona_names
 
@@ -35,8 +37,6 @@ __all__ = [
     "validate",
 ]
 
-CONFIG_ENV = "HUBFORGE_CONFIG"
-DATA_ENV = "HUBFORGE_DATA"
 
 #: Keys whose value in the user's file replaces the default instead of merging.
 REPLACED_KEYS = frozenset({"users", "tiers"})
