@@ -11,7 +11,12 @@ plain, plain, tracked, ...) so load drift hits both alike. Both kernels keep
 their input history in memory: IPython commits every cell to one shared
 ``history.sqlite``, and the disk's flush times would otherwise be the figure.
 The same measurement between two untracked kernels (``A/A``) is printed as the
-noise floor. The first two cells of a fresh kernel, run back to back, are
+noise floor. Where the machine has two CPUs or more, the pairs' kernels (and
+every process they start) share one CPU and the client keeps to the others, so
+that which CPU the scheduler gives each kernel of a pair, one source of that
+noise, is the same for both. The MLflow server is not pinned: the tracked
+kernel's sends cost its work on the same machine, which the burst figure keeps.
+The first two cells of a fresh kernel, run back to back, are
 reported apart (the tracked kernel opens its run then).
 Throughput: calls/s of ``mlflow.log_metric`` from a cell: hubforge's queued
 path (100,000 calls) vs plain synchronous logging (300 calls) and vs MLflow's
@@ -28,6 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -60,17 +67,41 @@ print("RATE", {n} / (time.perf_counter() - t))
 """
 
 
+def _split_cpus() -> tuple[set[int] | None, set[int] | None]:
+    """(the kernels' CPU, everyone else's): the last CPU and the rest; (None, None) with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[-1]}, set(cpus[:-1])) if len(cpus) > 1 else (None, None)
+
+
+KERNEL_CPUS, CLIENT_CPUS = _split_cpus()
+
+
+@contextmanager
+def _on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """Run this thread, and the processes it starts meanwhile, on ``cpus`` (None: as they are)."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 class Kernel:
     """A real kernel with (or without) the hubforge extension, tracking to ``url``."""
 
-    def __init__(self, url: str, root: Path, tracked: bool):
+    def __init__(self, url: str, root: Path, tracked: bool, cpus: set[int] | None = None):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
         env.update(MLFLOW_TRACKING_URI=url, JUPYTERHUB_USER="bench", JPY_SESSION_NAME="bench.ipynb")
         env.update(HUBFORGE_NOTEBOOK_ROOT=str(root))
         self.km = KernelManager(kernel_name="python3")
         self.km.shutdown_wait_time = 60
         extra = [MEMORY_HISTORY, EXTENSION] if tracked else [MEMORY_HISTORY]
-        self.km.start_kernel(extra_arguments=extra, env=env, cwd=str(root))
+        with _on_cpus(cpus):
+            self.km.start_kernel(extra_arguments=extra, env=env, cwd=str(root))
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=120)
@@ -128,11 +159,11 @@ def _pair(url: str, root: Path, tracked: bool, first: bool, cells: int = CELLS) 
     ``first``: the kernel of interest is started first (the order alternates between pairs).
     """
     if first:
-        ours = Kernel(url, root, tracked=tracked)
-        other = Kernel(url, root, tracked=False)
+        ours = Kernel(url, root, tracked=tracked, cpus=KERNEL_CPUS)
+        other = Kernel(url, root, tracked=False, cpus=KERNEL_CPUS)
     else:
-        other = Kernel(url, root, tracked=False)
-        ours = Kernel(url, root, tracked=tracked)
+        other = Kernel(url, root, tracked=False, cpus=KERNEL_CPUS)
+        ours = Kernel(url, root, tracked=tracked, cpus=KERNEL_CPUS)
     kernels = (ours, other)
     try:
         for kernel in kernels:
@@ -188,9 +219,10 @@ def _one_round(url: str, root: Path) -> dict[str, float]:
     finally:
         tracked.close()
         plain.close()
-    pooled = _pairs(url, root)
-    pooled["control"] = pooled["a"] + pooled["b"]
-    pooled["burst"], pooled["burst_neighbour"] = _pair(url, root, True, first=True, cells=BURST)
+    with _on_cpus(CLIENT_CPUS):
+        pooled = _pairs(url, root)
+        pooled["control"] = pooled["a"] + pooled["b"]
+        pooled["burst"], pooled["burst_neighbour"] = _pair(url, root, True, first=True, cells=BURST)
     for key, samples in pooled.items():
         figures[f"{key}_median"], figures[f"{key}_p99"] = statistics.median(samples), _p99(samples)
     return figures
