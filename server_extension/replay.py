@@ -34,7 +34,7 @@ from typing import Any
 
 from hubforge.contract import EX_TEMPFAIL
 from hubforge.server_extension.fit_replay import FitReport, replay_fits
-from hubforge.server_extension.kernel.context import create_run_where_taken
+from hubforge.server_extension.kernel.context import create_run_where_taken, experiment_named
 from hubforge.server_extension.kernel.queue import TrackingQueue, refused
 from hubforge.server_extension.pending import (
     PLACEHOLDER,
@@ -165,11 +165,8 @@ def _replay_entry(entry: Path, run: PendingRun, items: list[list[Any]], client: 
 
 def _open_run(client: Any, run: PendingRun) -> str:
     """The run MLflow never opened: found by its replay id (a replay cut short), else created."""
-    experiment = _call(client.get_experiment_by_name, run.experiment_name)
-    if experiment is None:
-        experiment_id = _call(client.create_experiment, run.experiment_name)
-    else:
-        experiment_id = experiment.experiment_id
+    get_by_name, create = partial(_call, client.get_experiment_by_name), partial(_call, client.create_experiment)
+    experiment_id = experiment_named(get_by_name, create, run.experiment_name)
     found = _call(client.search_runs, [experiment_id], f"tags.`{REPLAY_TAG}` = '{run.id}'", max_results=1)
     if found:
         return str(found[0].info.run_id)

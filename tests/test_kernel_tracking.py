@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -292,3 +293,52 @@ def test_a_kernel_restart_ends_the_run_and_the_next_cells_open_another(mlflow_se
 
 def steps_of(client, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "hubforge.cell.duration_s"))
+
+
+def test_an_experiment_made_meanwhile_by_another_kernel_is_used(client) -> None:
+    """MLflow's real answer when the experiment appeared between our look and our create."""
+    from hubforge.server_extension.kernel.context import experiment_named
+
+    name = "/Users/alice/raced.ipynb"
+    made = client.create_experiment(name)  # by the other kernel, after this one looked
+    looks = iter([None])
+
+    def get_by_name(wanted: str) -> Any:
+        return next(looks, None) or client.get_experiment_by_name(wanted)
+
+    assert experiment_named(get_by_name, client.create_experiment, name) == made
+    with pytest.raises(Exception, match=r"INVALID_PARAMETER_VALUE|must"):  # other refusals stand
+        experiment_named(lambda _name: None, client.create_experiment, "")
+
+
+def test_two_kernels_of_one_notebook_started_at_once_both_track(
+    mlflow_server: MlflowServer, client, tmp_path: Path
+) -> None:
+    """The notebook open twice (or run by papermill twice in parallel): one experiment, two runs."""
+    write_notebook(tmp_path, "twice.ipynb", ["x = 1"])
+    env = kernel_env(mlflow_server.url, tmp_path, "alice", "twice.ipynb")
+    kernels: list[Kernel] = []
+    starters = [threading.Thread(target=lambda: kernels.append(Kernel(env, tmp_path))) for _ in range(2)]
+    for starter in starters:
+        starter.start()
+    for starter in starters:
+        starter.join(120)
+    try:
+        assert len(kernels) == 2
+        threads = [threading.Thread(target=kernel.run, args=("x = 1",)) for kernel in kernels]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+
+        def both_open() -> bool:
+            status = [kernel.run("%hubforge_tracking status") for kernel in kernels]
+            return all(re.search(r"^run: [0-9a-f]{16,}$", text, re.M) for text in status)
+
+        wait_for(both_open, 60, "both kernels' runs to open")
+    finally:
+        for kernel in kernels:
+            kernel.shutdown()
+    exp = client.get_experiment_by_name("/Users/alice/twice.ipynb")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)

@@ -143,6 +143,24 @@ def git_state(directory: Path, timeout: float = 2.0) -> tuple[str, bool] | None:
 PLACEMENT_TAGS = ("hubforge.server", "hubforge.tier")
 
 
+def experiment_named(get_by_name: Any, create: Any, name: str) -> str:
+    """The id of the experiment ``name``, made if there is none.
+
+    Kernels of one notebook (two open at once, papermill runs of it in parallel)
+    may make it at the same moment: MLflow then answers the later ones
+    ``RESOURCE_ALREADY_EXISTS``, and the experiment the first one made is theirs too.
+    """
+    experiment = get_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(create(name))
+    except Exception as exc:
+        if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS" or (made := get_by_name(name)) is None:
+            raise
+        return str(made.experiment_id)
+
+
 def create_run_where_taken(create_run: Any, experiment_id: str, tags: dict[str, str], **kwargs: Any) -> Any:
     """``create_run(experiment_id, tags=tags, **kwargs)``; again without :data:`PLACEMENT_TAGS`
     when MLflow refuses them (a run or fit logged after its server stopped or moved tier)."""

@@ -34,6 +34,7 @@ from hubforge.server_extension.kernel.artifacts import freeze
 from hubforge.server_extension.kernel.context import (
     KernelContext,
     experiment_name,
+    experiment_named,
     is_untitled,
     run_tags,
     source_tags,
@@ -309,8 +310,7 @@ class Tracker(RunEnding):
                 client = mlflow.MlflowClient()
                 self._opened_as = self.notebook
                 name = self._record.experiment_name = experiment_name(self.ctx, self._opened_as)
-                experiment = client.get_experiment_by_name(name)
-                self.experiment_id = client.create_experiment(name) if experiment is None else experiment.experiment_id
+                self.experiment_id = experiment_named(client.get_experiment_by_name, client.create_experiment, name)
                 return mlflow.start_run(
                     experiment_id=self.experiment_id, tags={**self._record.tags, **self._tags_now()}
                 )
