@@ -37,9 +37,6 @@ __all__ = [
 
 #: The IPython extension every Python kernel loads at start.
 KERNEL_EXTENSION = "hubforge.server_extension.kernel"
-#: The server's environment variable naming the interpreter its own Python kernel runs with
-#: (an image's environment on one machine; set by the local spawner).
-
 #: Seconds a tracked kernel gets to leave after a shutdown request: it ends its run
 #: within 8 s and logs fits still waiting within 20 s (see the kernel's Tracker);
 #: jupyter_client sends SIGTERM halfway and SIGKILL at the end.
