@@ -48,10 +48,19 @@ def _server(data: Path, gated: bool, hub: FakeHub) -> Iterator[httpx.Client]:
 
 
 def _run_of_alices(client: httpx.Client) -> str:
+    """A run of alice's in an experiment of hers, with the same rows in either server: the
+    gate adds the owner tag and the run's creator when a request leaves them out, so the
+    requests carry them, as MLflow's client sends ``user_id`` and ``mlflow.user``."""
     name = f"/Users/alice/bench-{time.time_ns()}"
-    experiment = client.post("api/2.0/mlflow/experiments/create", json={"name": name})
+    owner = [{"key": "hubforge.owner", "value": "alice"}]
+    experiment = client.post("api/2.0/mlflow/experiments/create", json={"name": name, "tags": owner})
     experiment.raise_for_status()
-    run = client.post("api/2.0/mlflow/runs/create", json={"experiment_id": experiment.json()["experiment_id"]})
+    body = {
+        "experiment_id": experiment.json()["experiment_id"],
+        "user_id": "alice",
+        "tags": [{"key": "mlflow.user", "value": "alice"}],
+    }
+    run = client.post("api/2.0/mlflow/runs/create", json=body)
     run.raise_for_status()
     return str(run.json()["run"]["info"]["run_id"])
 

@@ -33,11 +33,22 @@ from .mlflow_access import (
     StoreResolver,
     is_trusted,
     placement_refusal,
+    route,
     trusted,
     user_tag_refusal,
 )
 
-__all__ = ["REGISTRY_RULES", "TRACKING_RULES", "guard", "guard_registry", "guarded", "install", "public_methods"]
+__all__ = [
+    "REGISTRY_RULES",
+    "STORE_DECIDES",
+    "TRACKING_RULES",
+    "guard",
+    "guard_registry",
+    "guarded",
+    "install",
+    "public_methods",
+    "store_decides",
+]
 
 #: (check, the call's arguments by name) -> why not, or None.
 Rule = Callable[[Check, Mapping[str, Any]], str | None]
@@ -420,6 +431,36 @@ REGISTRY_RULES: dict[str, Rule] = {
         "search_prompts set_prompt_alias set_prompt_tag set_prompt_version_tag",
     ),
 }
+
+
+# --- routes the store decides alone ------------------------------------------------
+
+#: (method, path under ``api/2.0/`` or ``api/3.0/``) -> the one tracking store method its
+#: MLflow handler calls, after parsing and checking the request message and before
+#: anything else: the store's rule for that method is the request gate's rule for the
+#: route, applied to the arguments MLflow parsed. The gate does not decide these twice
+#: (the hot paths of a logging client: a thread hop and the lookups, per request).
+#: ``tests/test_mlflow_store.py`` reads each handler's source and fails when it calls
+#: anything else, so an MLflow upgrade that changes a handler puts its route back
+#: before the gate.
+STORE_DECIDES: dict[tuple[str, str], str] = {
+    ("GET", "mlflow/runs/get"): "get_run",
+    ("GET", "mlflow/experiments/get"): "get_experiment",
+    ("GET", "mlflow/metrics/get-history"): "get_metric_history",
+    ("POST", "mlflow/runs/update"): "update_run_info",
+    ("POST", "mlflow/runs/log-metric"): "log_metric",
+    ("POST", "mlflow/runs/log-parameter"): "log_param",
+    ("POST", "mlflow/runs/log-batch"): "log_batch",
+    ("POST", "mlflow/runs/set-tag"): "set_tag",
+    ("POST", "mlflow/runs/delete-tag"): "delete_tag",
+}
+
+
+def store_decides(method: str, relative: str) -> bool:
+    """Whether the guarded store alone decides this request (``relative``: the path under
+    the service prefix)."""
+    rest, versioned = route(relative)
+    return versioned and ("GET" if method == "HEAD" else method, rest) in STORE_DECIDES
 
 
 # --- the guard ------------------------------------------------------------------------

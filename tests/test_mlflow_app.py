@@ -145,6 +145,7 @@ def service_env(hub: FakeHub) -> dict[str, str]:
         "JUPYTERHUB_SERVICE_NAME": "mlflow",
         "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as the hub's default config has it
         "DO_NOT_TRACK": "true",
     }
 

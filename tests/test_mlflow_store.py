@@ -24,8 +24,17 @@ from mlflow.store.tracking.abstract_store import AbstractStore
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from test_mlflow_app import PREFIX, api, browser, create_experiment, fake_hub, mlflow_url  # noqa: F401 (fixtures)
 
-from hubforge.hub.mlflow_access import AUDIT, OWNER_TAG, REGISTRY, WRITE, Principal
-from hubforge.hub.mlflow_store import REGISTRY_RULES, TRACKING_RULES, guard, guard_registry, public_methods
+from hubforge.hub.mlflow_access import AUDIT, OWNER_TAG, REGISTRY, RULES, WRITE, Principal
+from hubforge.hub.mlflow_store import (
+    REGISTRY_RULES,
+    STORE_DECIDES,
+    TRACKING_RULES,
+    anyone,
+    guard,
+    guard_registry,
+    public_methods,
+    store_decides,
+)
 
 WHO: ContextVar[Principal | None] = ContextVar("who", default=None)
 ALICE = Principal("alice", frozenset({WRITE}), frozenset({"vision"}), frozenset({"data-scientist"}))
@@ -92,6 +101,50 @@ def test_every_public_method_of_mlflows_stores_is_classified(abstract: type, sto
         assert not unclassified, f"{cls.__name__}: classify {unclassified} in hubforge.hub.mlflow_store"
     stale = sorted(set(rules) - set(public_methods(store_class)))
     assert not stale, f"rules for methods MLflow no longer has: {stale}"
+
+
+def _handler_source(path: str, method: str) -> str:
+    """The source of the view MLflow's server routes ``method path`` to, with the
+    ``*_impl`` functions of MLflow's handlers module it calls."""
+    import inspect
+    import re
+
+    from mlflow.server import handlers
+
+    views = [view for route, view, methods in handlers.get_endpoints() if route == path and method in methods]
+    assert len(views) == 1, f"MLflow routes {method} {path} to {views}"
+    source = inspect.getsource(inspect.unwrap(views[0]))
+    for name in sorted(set(re.findall(r"\b(\w+_impl)\(", source))):
+        source += inspect.getsource(inspect.unwrap(getattr(handlers, name)))
+    return source
+
+
+@pytest.mark.parametrize(("method", "route"), sorted(STORE_DECIDES))
+def test_routes_the_store_decides_alone_reach_only_that_store_method(method: str, route: str) -> None:
+    """The gate lets these through undecided: their handlers must touch MLflow's data only
+    through the one guarded method named, which has a real rule, and the gate knows the route."""
+    import re
+
+    name = STORE_DECIDES[(method, route)]
+    assert (method, route) in RULES, f"{method} {route} is not a route the gate knows"
+    assert TRACKING_RULES[name] is not anyone, f"{name} is open to anyone: the gate must decide {route}"
+    for prefix in ("/api/2.0/", "/ajax-api/2.0/"):
+        source = _handler_source(prefix + route, method)
+        calls = re.findall(r"_get_tracking_store\(\)\s*\.\s*(\w+)\(", source)
+        assert calls == [name], f"{method} {prefix}{route} calls the tracking store's {calls}, not only {name}"
+        for other in ("_get_model_registry_store", "_get_artifact_repo", "get_artifact_repository", "_get_job_store"):
+            assert other not in source, f"{method} {prefix}{route} also reaches {other}"
+    assert store_decides(method, "api/2.0/" + route) and store_decides(method, "ajax-api/2.0/" + route)
+    assert not store_decides(method, route), "only under an API version"
+    if method == "GET":
+        assert store_decides("HEAD", "api/2.0/" + route)
+
+
+def test_the_gate_still_decides_every_other_route() -> None:
+    assert not store_decides("POST", "api/2.0/mlflow/runs/get")
+    assert not store_decides("GET", "api/2.0/mlflow/runs/search")
+    assert not store_decides("POST", "api/2.0/mlflow/runs/create")
+    assert not store_decides("GET", "api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/x")
 
 
 @pytest.fixture
@@ -384,15 +437,19 @@ def test_writes_into_anothers_run_are_refused_in_every_spelling(
     assert run["info"]["run_name"] != "planted"
 
 
+RELABEL = {"key": "mlflow.user", "value": "bob"}
+
+
 @pytest.mark.parametrize("root", [MLFLOW, AJAX])
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "body", "named"),
     [
-        ("runs/set-tag", lambda run: {"run_id": run, "key": "mlflow.user", "value": "bob"}),
-        ("runs/set-tag", lambda run: {"runId": run, "key": "mlflow.user", "value": "bob"}),
-        ("runs/delete-tag", lambda run: {"run_id": run, "key": "mlflow.user"}),
-        ("runs/log-batch", lambda run: {"run_id": run, "tags": [{"key": "mlflow.user", "value": "bob"}]}),
-        ("runs/log-batch", lambda run: {"runId": run, "tags": [{"key": "mlflow.user", "value": "bob"}]}),
+        ("runs/set-tag", lambda run: {"run_id": run, "key": "mlflow.user", "value": "bob"}, "mlflow.user"),
+        # MLflow's handlers themselves refuse a run named only as runId here.
+        ("runs/set-tag", lambda run: {"runId": run, "key": "mlflow.user", "value": "bob"}, "run_id"),
+        ("runs/delete-tag", lambda run: {"run_id": run, "key": "mlflow.user"}, "mlflow.user"),
+        ("runs/log-batch", lambda run: {"run_id": run, "tags": [RELABEL]}, "mlflow.user"),
+        ("runs/log-batch", lambda run: {"runId": run, "tags": [RELABEL]}, "run_id"),
     ],
     ids=["set-tag", "set-tag-camel", "delete-tag", "log-batch", "log-batch-camel"],
 )
@@ -402,11 +459,12 @@ def test_nobody_relabels_their_own_runs_creator(
     root: str,
     path: str,
     body: Any,
+    named: str,
 ) -> None:
     alices, _ = two_runs
     resp = browser.post(f"{root}/{path}", json=body(alices), headers=api("alice-token"))
     assert resp.status_code == 400, resp.text
-    assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "mlflow.user" in resp.json()["message"]
+    assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE" and named in resp.json()["message"]
     run = alices_run(browser, alices)
     assert {t["key"]: t["value"] for t in run["data"]["tags"]}["mlflow.user"] == "alice"
 
