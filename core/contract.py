@@ -19,6 +19,7 @@ every kernel start, and the wheel test imports it with nothing else installed.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Final
 
 __all__ = [
     "CLOSE_BUDGET_ENV",
@@ -29,20 +30,37 @@ __all__ = [
     "IMAGE_ENV",
     "INSTANCE_ENV",
     "ISOLATION_ENV",
+    "ITEM_SCHEMA",
     "KERNEL_PYTHON_ENV",
+    "KEY",
+    "KIND",
+    "METRIC",
     "MLFLOW_URL_ENV",
     "NOTEBOOK_ROOT_ENV",
     "ORIGIN_ENV",
     "OUTPUT_NOTEBOOK_ENV",
+    "PARAM",
     "PARAMETERS_ENV",
+    "RUN",
     "RUNTIME_ENV",
     "RUN_ID_FILE_ENV",
+    "RUN_SCHEMA",
     "SERVER_NAME_ENV",
     "SERVICE_BIND_IP_ENV",
     "SPOOL_DIR_ENV",
+    "STEP",
+    "STR_MAX",
+    "TAG",
     "TIER_ENV",
+    "TIMESTAMP",
     "TRACKING_ENV",
+    "VALUE",
+    "Item",
+    "item_refusal",
+    "metric_item",
+    "param_item",
     "switched_off",
+    "tag_item",
     "tracking_on",
 ]
 
@@ -115,3 +133,121 @@ def switched_off(value: str | None) -> bool:
 def tracking_on(env: Mapping[str, str]) -> bool:
     """Whether ``env`` leaves tracking on: anything but an off value of :data:`TRACKING_ENV`."""
     return not switched_off(env.get(TRACKING_ENV))
+
+
+# -- records on disk: kernel -> spool -> server (replay) ------------------------------------------
+#
+# A kernel spills what MLflow has not acknowledged as *items*, one JSON list per record
+# (compact: a spool line holds thousands), and describes the run they belong to in a
+# ``run.json`` object; the server's replayer reads both back, from files code run by
+# the person could have written. The JSON Schemas below are the contract; the checks
+# the readers run (:func:`item_refusal`, ``pending.PendingRun.parse``) are its fast
+# implementation, and ``tests/test_contract.py`` holds the two to the same answers.
+
+#: Item kinds, the first field of every item.
+METRIC: Final = "m"
+PARAM: Final = "p"
+TAG: Final = "t"
+#: Positions in an item: ``[kind, run id, key, value]``, and for a metric ``timestamp, step``.
+KIND, RUN, KEY, VALUE, TIMESTAMP, STEP = range(6)
+#: No MLflow field is longer; a longer string is not a record of ours.
+STR_MAX = 100_000
+
+#: An item as it crosses the boundary: a JSON list (see :data:`ITEM_SCHEMA`).
+Item = list[Any]
+
+
+def metric_item(run_id: str, key: str, value: float, timestamp: int, step: int) -> Item:
+    """A metric record: ``["m", run id, key, value, timestamp ms, step]``."""
+    return [METRIC, run_id, key, value, timestamp, step]
+
+
+def param_item(run_id: str, key: str, value: str) -> Item:
+    """A param record: ``["p", run id, key, value]``."""
+    return [PARAM, run_id, key, value]
+
+
+def tag_item(run_id: str, key: str, value: str) -> Item:
+    """A tag record: ``["t", run id, key, value]``."""
+    return [TAG, run_id, key, value]
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= STR_MAX
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def item_refusal(item: Any) -> str | None:
+    """Why ``item`` (parsed JSON) is not a record of :data:`ITEM_SCHEMA`, or None when it is."""
+    if not isinstance(item, list) or not item:
+        return "not a list"
+    if item[KIND] not in (METRIC, PARAM, TAG):
+        return f"kind {item[KIND]!r} is not m, p or t"
+    if len(item) != (6 if item[KIND] == METRIC else 4):
+        return f"{len(item)} fields, a {item[KIND]!r} record has {6 if item[KIND] == METRIC else 4}"
+    if not (_text(item[RUN]) and _text(item[KEY])):
+        return "run id and key must be strings"
+    if item[KIND] != METRIC:
+        return None if _text(item[VALUE]) else "the value must be a string"
+    if not isinstance(item[VALUE], int | float) or isinstance(item[VALUE], bool):
+        return "a metric's value must be a number"
+    if not (_integer(item[TIMESTAMP]) and _integer(item[STEP])):
+        return "a metric's timestamp and step must be integers"
+    return None
+
+
+_STRING = {"type": "string", "maxLength": STR_MAX}
+_INTEGER = {"type": "integer"}
+_NON_NEGATIVE = {"type": "integer", "minimum": 0}
+
+#: One item (JSON Schema, draft 2020-12). NaN and the infinities are valid metric values
+#: (MLflow stores them); JSON has no spelling for them, so the files use Python's.
+ITEM_SCHEMA: Final[dict[str, Any]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://hubforge.dev/schemas/spool/item/v1",
+    "title": "A metric, param or tag an MLflow run has not acknowledged",
+    "oneOf": [
+        {
+            "type": "array",
+            "prefixItems": [{"const": METRIC}, _STRING, _STRING, {"type": "number"}, _INTEGER, _INTEGER],
+            "items": False,
+            "minItems": 6,
+        },
+        {
+            "type": "array",
+            "prefixItems": [{"enum": [PARAM, TAG]}, _STRING, _STRING, _STRING],
+            "items": False,
+            "minItems": 4,
+        },
+    ],
+}
+
+#: ``run.json`` of a pending entry (JSON Schema, draft 2020-12); a ``live/`` file is the
+#: same object with the writing process's ``pid``, ``started``, ``host``, ``spool_file``
+#: and ``requirements`` beside it.
+RUN_SCHEMA: Final[dict[str, Any]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://hubforge.dev/schemas/spool/run/v1",
+    "title": "The run a pending entry's items belong to, and how it ends",
+    "type": "object",
+    "required": ["version", "tracking_uri"],
+    "properties": {
+        "version": {"const": 1},
+        "tracking_uri": {**_STRING, "minLength": 1},
+        "run_id": {"oneOf": [{"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}, {"type": "null"}]},
+        "experiment_name": _STRING,
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        "start_time": _NON_NEGATIVE,
+        "status": {"enum": ["FINISHED", "FAILED", "KILLED", None]},
+        "end_time": _NON_NEGATIVE,
+        "dropped": _NON_NEGATIVE,
+        "id": _STRING,
+        "notebook_file": _STRING,
+    },
+    # A run MLflow has not opened yet is opened by the replayer, in its experiment.
+    "if": {"properties": {"run_id": {"type": "null"}}},
+    "then": {"properties": {"experiment_name": {"minLength": 1}}, "required": ["experiment_name"]},
+}

@@ -35,7 +35,7 @@ from papermill.engines import NBClientEngine
 from papermill.log import logger
 from papermill.utils import merge_kwargs, remove_args
 
-from hubforge.contract import CLOSE_BUDGET_ENV, OUTPUT_NOTEBOOK_ENV, PARAMETERS_ENV, RUN_ID_FILE_ENV
+from hubforge.contract import CLOSE_BUDGET_ENV, OUTPUT_NOTEBOOK_ENV, PARAMETERS_ENV, RUN_ID_FILE_ENV, param_item
 
 from .kernel.queue import refused
 from .launch import (
@@ -198,7 +198,7 @@ def log_output_notebook(
                 kept = write_pending(
                     spool_root(env),
                     PendingRun(tracking_uri=env.get("MLFLOW_TRACKING_URI", ""), run_id=run_id, status=None),
-                    [["p", run_id, str(k), str(v)] for k, v in (parameters or {}).items()],
+                    [param_item(run_id, str(k), str(v)) for k, v in (parameters or {}).items()],
                     [(local, "")],
                 )
             except Exception as keep_exc:

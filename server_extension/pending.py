@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubforge.contract import SPOOL_DIR_ENV
+from hubforge.contract import RUN, SPOOL_DIR_ENV, STR_MAX, Item, item_refusal
 
 __all__ = [
     "PendingRun",
@@ -63,8 +63,7 @@ VERSION = 1
 PENDING, REJECTED, LIVE = "pending", "rejected", "live"
 #: The placeholder run id items carry until MLflow has named the run (see the tracker).
 PLACEHOLDER = "hubforge-pending-run"
-_STATUSES = {"FINISHED", "FAILED", "KILLED", None}
-_STR_MAX = 100_000  # no MLflow field is longer; a longer one is not ours
+_STATUSES = ("FINISHED", "FAILED", "KILLED", None)
 #: What a live/ file says beside the run header.
 _LIVE_ONLY = ("pid", "started", "host", "spool_file", "requirements")
 
@@ -96,18 +95,20 @@ class PendingRun:
         """Check ``data`` (parsed ``run.json``) field by field; ValueError names the first bad one."""
         if not isinstance(data, dict):
             raise ValueError("run.json: not an object")
-        if data.get("version") != VERSION:
+        if type(data.get("version")) is not int or data["version"] != VERSION:
             raise ValueError(f"run.json: version {data.get('version')!r}, expected {VERSION}")
         run = cls(tracking_uri="", run_id=None)
         for name, kind in (("tracking_uri", str), ("experiment_name", str), ("id", str), ("notebook_file", str)):
             value = data.get(name, "")
-            if not isinstance(value, kind) or len(value) > _STR_MAX:
+            if not isinstance(value, kind) or len(value) > STR_MAX:
                 raise ValueError(f"run.json: {name} must be a string")
             setattr(run, name, value)
         if not run.tracking_uri:
             raise ValueError("run.json: tracking_uri is empty")
         run_id = data.get("run_id")
-        if run_id is not None and not (isinstance(run_id, str) and run_id.isalnum() and len(run_id) <= 64):
+        if run_id is not None and not (
+            isinstance(run_id, str) and run_id.isascii() and run_id.isalnum() and len(run_id) <= 64
+        ):
             raise ValueError("run.json: run_id must be an MLflow run id or null")
         run.run_id = run_id
         if run_id is None and not run.experiment_name:
@@ -144,7 +145,7 @@ def spool_root(env: Mapping[str, str] | None = None) -> Path:
 def write_pending(
     root: Path,
     run: PendingRun,
-    items: Iterable[list[Any]],
+    items: Iterable[Item],
     artifacts: Iterable[tuple[Path, str]] = (),
 ) -> Path:
     """Keep ``run`` with its ``items`` and ``artifacts`` ((local file, artifact path)) under ``root``.
@@ -198,9 +199,9 @@ def read_pending(entry: Path) -> PendingRun:
     return PendingRun.parse(read_json(entry, "run.json"))
 
 
-def read_items(entry: Path) -> list[list[Any]]:
+def read_items(entry: Path) -> list[Item]:
     """The entry's items, each checked; ValueError names the first bad line."""
-    items: list[list[Any]] = []
+    items: list[Item] = []
     try:
         lines = (entry / "items.jsonl").read_bytes().splitlines()
     except FileNotFoundError:
@@ -210,13 +211,13 @@ def read_items(entry: Path) -> list[list[Any]]:
             item = json.loads(line)
         except ValueError:
             raise ValueError(f"items.jsonl line {number}: not JSON") from None
-        if not _valid_item(item):
-            raise ValueError(f"items.jsonl line {number}: not a metric, param or tag record")
+        if why := item_refusal(item):
+            raise ValueError(f"items.jsonl line {number}: not a metric, param or tag record ({why})")
         items.append(item)
     return items
 
 
-def write_items(entry: Path, items: Iterable[list[Any]]) -> None:
+def write_items(entry: Path, items: Iterable[Item]) -> None:
     """Replace the entry's items (what is left after a partial replay), atomically."""
     _replace_durably(entry / "items.jsonl", b"".join(_line(item) for item in items))
 
@@ -237,7 +238,7 @@ def reject(root: Path, entry: Path, reason: str) -> Path:
     return target
 
 
-def keep_refused(root: Path, run: PendingRun, items: list[list[Any]], reasons: list[str]) -> Path:
+def keep_refused(root: Path, run: PendingRun, items: list[Item], reasons: list[str]) -> Path:
     """Keep records MLflow refused, beside the run they were for; one reason line per record.
 
     One folder per run (``rejected/<run record id>-refused/``): ``run.json`` names the
@@ -329,7 +330,7 @@ def _left_behind(
     live file that names it was written by code the person runs.
     """
     files = []
-    if isinstance(requirements, str) and requirements and len(requirements) <= _STR_MAX * 10:
+    if isinstance(requirements, str) and requirements and len(requirements) <= STR_MAX * 10:
         (folder / "requirements.txt").write_text(requirements)
         files.append((folder / "requirements.txt", "environment"))
     notebook = Path(run.notebook_file).resolve() if run.notebook_file and notebook_root else None
@@ -343,9 +344,9 @@ def _left_behind(
     return files
 
 
-def _spooled_items(spool_file: Path, run_id: str | None) -> list[list[Any]]:
+def _spooled_items(spool_file: Path, run_id: str | None) -> list[Item]:
     """The items a dead kernel's spool file holds (chunks, one JSON list per line)."""
-    items: list[list[Any]] = []
+    items: list[Item] = []
     try:
         lines = spool_file.read_bytes().splitlines()
     except OSError:
@@ -356,9 +357,9 @@ def _spooled_items(spool_file: Path, run_id: str | None) -> list[list[Any]]:
         except ValueError:
             break  # a chunk cut short by the kill: the ones before it are whole
         for item in chunk if isinstance(chunk, list) else ():
-            if _valid_item(item):
-                if item[1] == PLACEHOLDER and run_id:
-                    item[1] = run_id
+            if item_refusal(item) is None:
+                if item[RUN] == PLACEHOLDER and run_id:
+                    item[RUN] = run_id
                 items.append(item)
     return items
 
@@ -399,21 +400,6 @@ def _alive(pid: int, started: Any) -> bool:
     return not isinstance(started, int | float) or abs(now - float(started)) < 1.0
 
 
-def _valid_item(item: Any) -> bool:
-    if not isinstance(item, list) or not item or item[0] not in ("m", "p", "t"):
-        return False
-    if not all(isinstance(x, str) and len(x) <= _STR_MAX for x in item[1:3]) or len(item) < 3:
-        return False
-    if item[0] == "m":
-        return (
-            len(item) == 6
-            and isinstance(item[3], int | float)
-            and not isinstance(item[3], bool)
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in item[4:6])
-        )
-    return len(item) == 4 and isinstance(item[3], str) and len(item[3]) <= _STR_MAX
-
-
 def _safe_relative(artifact_path: str) -> Path:
     parts = [p for p in Path(artifact_path).parts if p not in ("", ".", "/")]
     if any(p == ".." for p in parts):
@@ -421,7 +407,7 @@ def _safe_relative(artifact_path: str) -> Path:
     return Path(*parts) if parts else Path()
 
 
-def _line(item: list[Any]) -> bytes:
+def _line(item: Item) -> bytes:
     # NaN and infinities are valid metric values; Python's json reads back what it writes.
     return (json.dumps(item, separators=(",", ":")) + "\n").encode()
 

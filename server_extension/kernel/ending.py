@@ -21,7 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubforge.contract import PARAMETERS_ENV
+from hubforge.contract import PARAMETERS_ENV, param_item
 from hubforge.server_extension.kept_fits import KeptFit, write_fit
 from hubforge.server_extension.kernel.artifacts import session_files
 from hubforge.server_extension.kernel.patches import detach_active_run
@@ -159,7 +159,7 @@ class RunEnding:
             dropped=self.queue.dropped,
         )
         if self.run_id is None:  # the params _handoff would have logged to the opened run
-            items = [["p", PENDING, str(k), str(v)] for k, v in parameters().items()] + items
+            items = [param_item(PENDING, str(k), str(v)) for k, v in parameters().items()] + items
         with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:
             files = self._snapshot(Path(tmp)) if artifacts else []
             self.kept = write_pending(Path(self.ctx.spool_dir), run, items, files)

@@ -36,6 +36,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubforge.contract import (
+    KEY,
+    KIND,
+    METRIC,
+    PARAM,
+    RUN,
+    STEP,
+    TAG,
+    TIMESTAMP,
+    VALUE,
+    Item,
+    metric_item,
+    param_item,
+    tag_item,
+)
 from hubforge.server_extension.kernel.rest import rest_log_batch
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_METRICS", "MAX_PARAMS", "MAX_TAGS", "TrackingQueue", "reason", "refused"]
@@ -47,8 +62,6 @@ MAX_PARAMS = 100
 MAX_TAGS = 100
 #: Below MLflow's 1 MB request limit, leaving room for the JSON framing.
 MAX_BATCH_BYTES = 900_000
-#: An item is a JSON-friendly list: ["m", run_id, key, value, timestamp, step] or ["p"|"t", run_id, key, value].
-Item = list
 #: Refusals about the run itself (deleted, not the caller's): every item of the batch shares them.
 _RUN_REFUSALS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "PERMISSION_DENIED"}
 #: 4xx answers that say "not now" rather than "no": timeouts, rate limits, a credential
@@ -190,15 +203,15 @@ class TrackingQueue:
     def log_metric(self, run_id: str, key: str, value: float, timestamp: int | None = None, step: int | None = None):
         """Queue one metric; ``timestamp`` in ms since the epoch (now when None)."""
         ts = int(time.time() * 1000) if timestamp is None else int(timestamp)
-        self._put(["m", run_id, key, float(value), ts, int(step or 0)])
+        self._put(metric_item(run_id, key, float(value), ts, int(step or 0)))
 
     def log_param(self, run_id: str, key: str, value: Any) -> None:
         """Queue one param (stored as a string, like MLflow does)."""
-        self._put(["p", run_id, key, str(value)])
+        self._put(param_item(run_id, key, str(value)))
 
     def set_tag(self, run_id: str, key: str, value: Any) -> None:
         """Queue one tag."""
-        self._put(["t", run_id, key, str(value)])
+        self._put(tag_item(run_id, key, str(value)))
 
     def activity(self) -> None:
         """The caller is busy now (a cell starts or ends): hold partial batches for ``quiet`` seconds.
@@ -289,7 +302,7 @@ class TrackingQueue:
             aliases = dict(self._aliases)
         if not self._thread.is_alive():
             self._spool.close()
-        return [[i[0], aliases.get(i[1], i[1]), *i[2:]] for i in items]
+        return [[i[KIND], aliases.get(i[RUN], i[RUN]), *i[KEY:]] for i in items]
 
     def hold(self, alias: str) -> None:
         """Accept items for the placeholder run id ``alias`` but send nothing until :meth:`release`.
@@ -464,21 +477,21 @@ class TrackingQueue:
             return
         from mlflow.entities import Metric, Param, RunTag
 
-        metrics = [Metric(i[2], i[3], i[4], i[5]) for i in items if i[0] == "m"]
-        params = [Param(i[2], i[3]) for i in items if i[0] == "p"]
-        tags = [RunTag(i[2], i[3]) for i in items if i[0] == "t"]
+        metrics = [Metric(i[KEY], i[VALUE], i[TIMESTAMP], i[STEP]) for i in items if i[KIND] == METRIC]
+        params = [Param(i[KEY], i[VALUE]) for i in items if i[KIND] == PARAM]
+        tags = [RunTag(i[KEY], i[VALUE]) for i in items if i[KIND] == TAG]
         self._client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
 
     def _unsent(self, batch: _Batch) -> list[Item]:
         """The items of a batch that failed ambiguously and are not stored yet."""
         stored: Counter[tuple] = Counter()
-        for key in {i[2] for i in batch.items if i[0] == "m"}:
+        for key in {i[KEY] for i in batch.items if i[KIND] == METRIC}:
             for m in self._client.get_metric_history(batch.run_id, key):
                 stored[(m.key, _norm(m.value), m.timestamp, m.step)] += 1
         unsent = []
         for item in batch.items:
-            if item[0] == "m":
-                ident = (item[2], _norm(item[3]), item[4], item[5])
+            if item[KIND] == METRIC:
+                ident = (item[KEY], _norm(item[VALUE]), item[TIMESTAMP], item[STEP])
                 if stored[ident] > 0:
                     stored[ident] -= 1
                     continue
@@ -513,7 +526,7 @@ class TrackingQueue:
 
     def _refuse(self, batch: _Batch, why: str) -> None:
         """MLflow said no to ``batch``: hand it to ``on_refused`` (never raises), count it."""
-        items = [[i[0], batch.run_id, *i[2:]] for i in batch.items]
+        items = [[i[KIND], batch.run_id, *i[KEY:]] for i in batch.items]
         try:
             if self._on_refused is None:
                 raise LookupError("no on_refused")
@@ -538,18 +551,18 @@ class TrackingQueue:
 
 def _take_batch(staged: deque[Item], aliases: dict[str, str]) -> _Batch:
     """Pop the oldest items of one run from ``staged`` up to MLflow's per-request limits."""
-    batch = _Batch(run_id=aliases.get(staged[0][1], staged[0][1]))
-    counts = {"m": 0, "p": 0, "t": 0}
-    limits = {"m": MAX_METRICS, "p": MAX_PARAMS, "t": MAX_TAGS}
+    batch = _Batch(run_id=aliases.get(staged[0][RUN], staged[0][RUN]))
+    counts = {METRIC: 0, PARAM: 0, TAG: 0}
+    limits = {METRIC: MAX_METRICS, PARAM: MAX_PARAMS, TAG: MAX_TAGS}
     keys: set[tuple[str, str]] = set()
     size = 0
     while staged:
         item = staged[0]
-        kind, run, key = item[0], aliases.get(item[1], item[1]), item[2]
-        cost = len(key) + len(str(item[3])) + 64
+        kind, run, key = item[KIND], aliases.get(item[RUN], item[RUN]), item[KEY]
+        cost = len(key) + len(str(item[VALUE])) + 64
         if run != batch.run_id or counts[kind] >= limits[kind] or size + cost > MAX_BATCH_BYTES:
             break
-        if kind != "m" and (kind, key) in keys:
+        if kind != METRIC and (kind, key) in keys:
             break  # MLflow rejects a param key twice in one request
         keys.add((kind, key))
         counts[kind] += 1

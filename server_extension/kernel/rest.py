@@ -20,12 +20,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from hubforge.contract import KEY, KIND, METRIC, PARAM, STEP, TIMESTAMP, VALUE, Item
+
 __all__ = ["rest_log_batch"]
 
 ENDPOINT = "/api/2.0/mlflow/runs/log-batch"
 
 
-def rest_log_batch(client: Any) -> Callable[[str, list[list[Any]]], bool] | None:
+def rest_log_batch(client: Any) -> Callable[[str, list[Item]], bool] | None:
     """A sender for ``client``'s REST store, or None when its store is not a REST one.
 
     The sender returns False, having sent nothing, when a record needs the client's
@@ -41,18 +43,20 @@ def rest_log_batch(client: Any) -> Callable[[str, list[list[Any]]], bool] | None
     if not isinstance(store, RestStore):
         return None
 
-    def send(run_id: str, items: list[list[Any]]) -> bool:
+    def send(run_id: str, items: list[Item]) -> bool:
         metrics, params, tags = [], [], []
         for item in items:
-            kind = item[0]
-            if kind == "m":
-                if not math.isfinite(item[3]):
+            kind = item[KIND]
+            if kind == METRIC:
+                if not math.isfinite(item[VALUE]):
                     return False
-                metrics.append({"key": item[2], "value": item[3], "timestamp": item[4], "step": item[5]})
-            elif kind == "p":
-                params.append({"key": item[2], "value": item[3]})
+                metrics.append(
+                    {"key": item[KEY], "value": item[VALUE], "timestamp": item[TIMESTAMP], "step": item[STEP]}
+                )
+            elif kind == PARAM:
+                params.append({"key": item[KEY], "value": item[VALUE]})
             else:
-                tags.append({"key": item[2], "value": item[3]})
+                tags.append({"key": item[KEY], "value": item[VALUE]})
         body = {"run_id": run_id, "metrics": metrics, "params": params, "tags": tags}
         response = http_request(store.get_host_creds(), ENDPOINT, "POST", json=body)
         verify_rest_response(response, ENDPOINT)

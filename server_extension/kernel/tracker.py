@@ -28,7 +28,7 @@ from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hubforge.contract import RUN_ID_FILE_ENV
+from hubforge.contract import KEY, KIND, METRIC, PARAM, RUN_ID_FILE_ENV, TAG
 from hubforge.server_extension.kernel import autolog as autologging
 from hubforge.server_extension.kernel.artifacts import freeze
 from hubforge.server_extension.kernel.context import (
@@ -419,10 +419,10 @@ class Tracker(RunEnding):
     def _refused(self, items: list[list[Any]], why: str) -> None:
         """On the sender thread: MLflow refused ``items``; keep them with the reason, tell the person."""
         run = dataclasses.replace(self._record or self._describe(), run_id=self.run_id)
-        reasons = [f"{_KINDS.get(i[0], i[0])} {i[2]}: {why}" for i in items]
+        reasons = [f"{_KINDS.get(i[KIND], i[KIND])} {i[KEY]}: {why}" for i in items]
         self.refused_at = keep_refused(Path(self.ctx.spool_dir), run, items, reasons)
         first = items[0]
-        what = f"{_KINDS.get(first[0], first[0])} {first[2]!r}" + (
+        what = f"{_KINDS.get(first[KIND], first[KIND])} {first[KEY]!r}" + (
             f" and {len(items) - 1} more" if len(items) > 1 else ""
         )
         with self._lock:
@@ -469,7 +469,7 @@ class Tracker(RunEnding):
         return "\n".join(lines)
 
 
-_KINDS = {"m": "metric", "p": "param", "t": "tag"}
+_KINDS = {METRIC: "metric", PARAM: "param", TAG: "tag"}
 
 
 def _client() -> Any:
