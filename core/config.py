@@ -12,10 +12,12 @@ import copy
 import ipaddress
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jsonschema
@@ -29,7 +31,17 @@ from .personas import persona_names
 __all__ = [
     "CONFIG_ENV",
     "DATA_ENV",
+    "AuthSection",
+    "BackendsSection",
+    "GovernanceService",
+    "HubSection",
+    "KubernetesSection",
+    "LocalSpawnerSection",
+    "MlflowService",
     "PlatformConfig",
+    "ServicesSection",
+    "SpawnerSection",
+    "UserSpec",
     "default_config_text",
     "load_config",
     "merge",
@@ -153,38 +165,236 @@ def _read_yaml(path: Path) -> Any:
     return {} if data is None else data
 
 
+# -- typed sections: built once from the merged, validated data -----------------------------------
+#
+# The shipped default (``default-platform.yaml``) names every key of these sections and a
+# user's file can only override them, so the sections read each key without a fallback:
+# a default lives in that file and nowhere else. Optional blocks (``auth.oauth``,
+# ``auth.ldap``) are None when absent; free-form mappings are read-only views.
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(copy.deepcopy(dict(mapping)))
+
+
+@dataclass(frozen=True)
+class HubSection:
+    """``hub``: where people reach the platform and how long a server may take to start."""
+
+    ip: str
+    port: int
+    public_url: str
+    base_url: str
+    hub_port: int
+    proxy_api_port: int
+    proxy_command: str
+    start_timeout: int
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> HubSection:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    """``auth``: the authenticator and who administers the hub."""
+
+    type: str
+    demo: bool
+    admin_groups: tuple[str, ...]
+    oauth: Mapping[str, Any] | None
+    ldap: Mapping[str, Any] | None
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> AuthSection:
+        oauth, ldap = data.get("oauth"), data.get("ldap")
+        return cls(
+            type=data["type"],
+            demo=data["demo"],
+            admin_groups=tuple(data["admin_groups"]),
+            oauth=_frozen(oauth) if oauth is not None else None,
+            ldap=_frozen(ldap) if ldap is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class UserSpec:
+    """One entry of ``users``: the demo's and the hub's own account list."""
+
+    groups: tuple[str, ...] = ()
+    admin: bool = False
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> UserSpec:
+        return cls(groups=tuple(data.get("groups", ())), admin=bool(data.get("admin", False)))
+
+
+@dataclass(frozen=True)
+class LocalSpawnerSection:
+    """``spawner.local``: servers as processes on this machine."""
+
+    gpus: tuple[Mapping[str, Any], ...]
+    fair_share_window_hours: float
+    poll_interval: int
+    isolation: str
+    account_prefix: str
+    home_root: str
+    environments: Mapping[str, str]
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> LocalSpawnerSection:
+        return cls(
+            gpus=tuple(_frozen(gpu) for gpu in data["gpus"]),
+            fair_share_window_hours=float(data["fair_share_window_hours"]),
+            poll_interval=data["poll_interval"],
+            isolation=data["isolation"],
+            account_prefix=data["account_prefix"],
+            home_root=data["home_root"],
+            environments=_frozen(data["environments"]),
+        )
+
+
+@dataclass(frozen=True)
+class KubernetesSection:
+    """``spawner.kubernetes``: servers as pods."""
+
+    #: Where users' pods and the tiers' Kueue LocalQueues live.
+    namespace: str
+    #: The Kueue cohort the queued tiers share and borrow within.
+    cohort: str
+    #: The hub image (must have hubforge installed); empty: the chart's default.
+    hub_image: str
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> KubernetesSection:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class SpawnerSection:
+    """``spawner``: which spawner, and each one's settings."""
+
+    type: str
+    default_url: str
+    max_servers_per_user: int
+    local: LocalSpawnerSection
+    kubernetes: KubernetesSection
+
+    @property
+    def on_kubernetes(self) -> bool:
+        return self.type == "kubernetes"
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> SpawnerSection:
+        return cls(
+            type=data["type"],
+            default_url=data["default_url"],
+            max_servers_per_user=data["max_servers_per_user"],
+            local=LocalSpawnerSection.from_data(data["local"]),
+            kubernetes=KubernetesSection.from_data(data["kubernetes"]),
+        )
+
+
+@dataclass(frozen=True)
+class BackendsSection:
+    """``backends``: the scale-out stores; empty strings mean the one-machine default."""
+
+    hub_db_url: str
+    governance_db_url: str
+    mlflow_db_url: str
+    redis_url: str
+    object_store_url: str
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> BackendsSection:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class MlflowService:
+    """``services.mlflow``."""
+
+    enabled: bool
+    port: int
+    job_execution: bool
+
+
+@dataclass(frozen=True)
+class GovernanceService:
+    """``services.governance``."""
+
+    port: int
+
+
+@dataclass(frozen=True)
+class ServicesSection:
+    """``services``: the hub-managed services."""
+
+    mlflow: MlflowService
+    governance: GovernanceService
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ServicesSection:
+        mlflow, governance = data["mlflow"], data["governance"]
+        return cls(
+            mlflow=MlflowService(enabled=mlflow["enabled"], port=mlflow["port"], job_execution=mlflow["job_execution"]),
+            governance=GovernanceService(port=governance["port"]),
+        )
+
+
 @dataclass(frozen=True)
 class PlatformConfig:
     """A validated platform config with paths resolved.
 
-    ``data`` is the merged, validated mapping; the properties answer the
-    questions every component asks of it.
+    ``data`` is the merged, validated mapping, kept for what reads the whole of
+    it (the tier catalog, ``config show``, the Kubernetes values); the typed
+    sections, built from it once, answer what components ask.
     """
 
     data: dict[str, Any]
     source: str
     data_dir: Path
+    hub: HubSection = field(init=False)
+    auth: AuthSection = field(init=False)
+    users: Mapping[str, UserSpec] = field(init=False)
+    spawner: SpawnerSection = field(init=False)
+    backends: BackendsSection = field(init=False)
+    services: ServicesSection = field(init=False)
 
-    @property
-    def hub(self) -> dict[str, Any]:
-        """The ``hub`` section."""
-        return self.data["hub"]
+    def __post_init__(self) -> None:
+        data = self.data
+        sections = {
+            "hub": HubSection.from_data(data["hub"]),
+            "auth": AuthSection.from_data(data["auth"]),
+            "users": MappingProxyType({name: UserSpec.from_data(spec) for name, spec in data["users"].items()}),
+            "spawner": SpawnerSection.from_data(data["spawner"]),
+            "backends": BackendsSection.from_data(data["backends"]),
+            "services": ServicesSection.from_data(data["services"]),
+        }
+        for name, value in sections.items():
+            object.__setattr__(self, name, value)
 
     @property
     def public_url(self) -> str:
         """The address people open, ending in the base URL."""
-        origin = (self.hub.get("public_url") or "").rstrip("/") or f"http://{self.hub['ip']}:{self.hub['port']}"
-        return origin + self.hub["base_url"]
+        hub = self.hub
+        origin = hub.public_url.rstrip("/") or f"http://{hub.ip}:{hub.port}"
+        return origin + hub.base_url
 
     @property
     def local_url(self) -> str:
         """The proxy's address on this machine (what `hubforge up` polls)."""
-        host = "127.0.0.1" if self.hub["ip"] in ("0.0.0.0", "", "::") else self.hub["ip"]
-        return f"http://{host}:{self.hub['port']}{self.hub['base_url']}"
+        host = "127.0.0.1" if self.hub.ip in ("0.0.0.0", "", "::") else self.hub.ip
+        return f"http://{host}:{self.hub.port}{self.hub.base_url}"
+
+    def user_groups(self, name: str) -> list[str]:
+        """The hub groups ``users`` gives ``name`` (none for a person it does not list)."""
+        spec = self.users.get(name)
+        return list(spec.groups) if spec else []
 
     def db_url(self, component: str) -> str:
         """The SQLAlchemy URL of ``component`` (hub, governance, mlflow)."""
-        url = self.data["backends"].get(f"{component}_db_url") or ""
+        url = getattr(self.backends, f"{component}_db_url")
         if url.startswith("postgresql://"):
             # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; we ship psycopg2.
             url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,9 @@ def configure(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
 def configure_network(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     """Public address, the hub's internal address and configurable-http-proxy."""
     hub = cfg.hub
-    c.JupyterHub.ip = hub["ip"]
-    c.JupyterHub.port = hub["port"]
-    c.JupyterHub.base_url = hub["base_url"]
+    c.JupyterHub.ip = hub.ip
+    c.JupyterHub.port = hub.port
+    c.JupyterHub.base_url = hub.base_url
     c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.hub_port = rt.hub_port
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{rt.proxy_api_port}"
@@ -98,25 +99,23 @@ def configure_state(c: Any, cfg: PlatformConfig) -> None:
 
 def configure_auth(c: Any, cfg: PlatformConfig) -> None:
     """The authenticator named by ``auth.type``."""
-    auth = cfg.data["auth"]
-    kind = auth.get("type", "demo")
-    admins = set(auth.get("admin_groups", []))
+    auth = cfg.auth
+    admins = set(auth.admin_groups)
     c.Authenticator.admin_groups = admins
-    if kind == "demo":
+    if auth.type == "demo":
         c.JupyterHub.authenticator_class = "hubforge.hub.auth.DemoAuthenticator"
         c.DemoAuthenticator.password = os.environ.get(DEMO_PASSWORD_ENV, "")
-        users = cfg.data.get("users", {})
-        c.DemoAuthenticator.allowed_users = set(users)
+        c.DemoAuthenticator.allowed_users = set(cfg.users)
         # admin_groups is OAuthenticator's and LDAPAuthenticator's: the demo users in an
         # admin group are hub admins by name.
-        c.DemoAuthenticator.admin_users = {user for user, spec in users.items() if admins & set(spec.get("groups", []))}
-    elif kind == "oauth":
-        _configure_oauth(c, cfg, auth["oauth"])
-    else:
-        _configure_ldap(c, auth["ldap"])
+        c.DemoAuthenticator.admin_users = {user for user, spec in cfg.users.items() if admins & set(spec.groups)}
+    elif auth.type == "oauth" and auth.oauth is not None:
+        _configure_oauth(c, cfg, auth.oauth)
+    elif auth.ldap is not None:
+        _configure_ldap(c, auth.ldap)
 
 
-def _configure_oauth(c: Any, cfg: PlatformConfig, oauth: dict[str, Any]) -> None:
+def _configure_oauth(c: Any, cfg: PlatformConfig, oauth: Mapping[str, Any]) -> None:
     c.JupyterHub.authenticator_class = "generic-oauth"
     g = c.GenericOAuthenticator
     g.client_id = oauth["client_id"]
@@ -125,12 +124,12 @@ def _configure_oauth(c: Any, cfg: PlatformConfig, oauth: dict[str, Any]) -> None
         if key in oauth:
             setattr(g, key, oauth[key])
     g.username_claim = oauth.get("username_claim", "preferred_username")
-    g.scope = oauth.get("scope", ["openid", "profile"])
+    g.scope = list(oauth.get("scope", ["openid", "profile"]))
     if "persona_claim" in oauth:
         # Groups follow the identity provider on every login.
         g.manage_groups = True
         g.auth_state_groups_key = oauth_groups_key(
-            oauth["persona_claim"], oauth.get("persona_map", {}), cfg.persona_groups()
+            oauth["persona_claim"], dict(oauth.get("persona_map", {})), cfg.persona_groups()
         )
     if oauth.get("allow_all"):
         g.allow_all = True
@@ -138,7 +137,7 @@ def _configure_oauth(c: Any, cfg: PlatformConfig, oauth: dict[str, Any]) -> None
         g.allowed_groups = {grp for groups in cfg.persona_groups().values() for grp in groups}
 
 
-def _configure_ldap(c: Any, ldap: dict[str, Any]) -> None:
+def _configure_ldap(c: Any, ldap: Mapping[str, Any]) -> None:
     c.JupyterHub.authenticator_class = "ldapauthenticator.LDAPAuthenticator"
     for key, value in ldap.items():
         if key != "persona_map":
@@ -152,47 +151,47 @@ def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
     groups: dict[str, dict[str, list[str]]] = {
         group: {"users": []} for groups in cfg.persona_groups().values() for group in groups
     }
-    for user, spec in cfg.data.get("users", {}).items():
-        for group in spec.get("groups", []):
+    for user, spec in cfg.users.items():
+        for group in spec.groups:
             groups.setdefault(group, {"users": []})["users"].append(user)
     c.JupyterHub.load_groups = groups
     # A server's token may log runs to MLflow on the person's behalf, nothing more; it
     # names the custom scopes above and the MLflow service, so it is set beside them.
-    mlflow = cfg.data["services"]["mlflow"].get("enabled", True)
+    mlflow = cfg.services.mlflow.enabled
     c.Spawner.server_token_scopes = [s for s in SERVER_TOKEN_SCOPES if mlflow or "service=mlflow" not in s]
 
 
 def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     """KubeSpawner on Kubernetes, the local spawner on one machine; both from the tier catalog."""
-    if cfg.data["spawner"].get("type") == "kubernetes":
+    if cfg.spawner.on_kubernetes:
         from hubforge.spawner_profiles.kube import configure_kubespawner
 
         configure_kubespawner(c, cfg)
         return
     c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.LocalTierSpawner"
-    c.Spawner.default_url = cfg.data["spawner"].get("default_url", "/lab")
-    c.Spawner.start_timeout = cfg.hub.get("start_timeout", 120)
-    c.Spawner.http_timeout = cfg.hub.get("start_timeout", 120)
+    c.Spawner.default_url = cfg.spawner.default_url
+    c.Spawner.start_timeout = cfg.hub.start_timeout
+    c.Spawner.http_timeout = cfg.hub.start_timeout
     c.Spawner.environment = {INSTANCE_ENV: rt.instance}
-    if cfg.data["services"]["mlflow"].get("enabled", True):
+    if cfg.services.mlflow.enabled:
         # Servers reach MLflow through the proxy, as the person's own hub identity.
         c.Spawner.environment[MLFLOW_URL_ENV] = f"{cfg.local_url}services/mlflow"
-    local = cfg.data["spawner"].get("local", {})
+    local = cfg.spawner.local
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")
     s.isolation = rt.isolation
-    s.account_prefix = local.get("account_prefix", "hubforge-")
-    s.home_root = local.get("home_root", "/home")
-    s.environments = local.get("environments", {})
+    s.account_prefix = local.account_prefix
+    s.home_root = local.home_root
+    s.environments = dict(local.environments)
     s.instance_marker = rt.instance
     s.tier_catalog = load_catalog(cfg)
     s.group_personas = cfg.group_personas()
     s.gpu_db = str(cfg.data_dir / "gpus.sqlite")
-    s.declared_gpus = local.get("gpus", [])
-    s.fair_share_window = float(local.get("fair_share_window_hours", 168)) * 3600
-    s.poll_interval = local.get("poll_interval", 10)
+    s.declared_gpus = [dict(gpu) for gpu in local.gpus]
+    s.fair_share_window = local.fair_share_window_hours * 3600
+    s.poll_interval = local.poll_interval
     # A queued spawn may wait for GPUs far longer than a server takes to start.
-    c.Spawner.start_timeout = max(cfg.hub.get("start_timeout", 120), 24 * 3600)
+    c.Spawner.start_timeout = max(cfg.hub.start_timeout, 24 * 3600)
 
 
 #: Seconds the hub waits for a managed service to answer at start-up before it gives up
@@ -222,8 +221,8 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
             "timeout": SERVICE_START_TIMEOUT,
         }
     ]
-    mlflow_cfg = cfg.data["services"]["mlflow"]
-    if mlflow_cfg.get("enabled", True):
+    mlflow = cfg.services.mlflow
+    if mlflow.enabled:
         services.append(
             {
                 "name": "mlflow",
@@ -234,7 +233,7 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
                     # In the environment, not the command line: any account can read a
                     # process's arguments, and a database URL may carry a password.
                     "MLFLOW_BACKEND_STORE_URI": cfg.db_url("mlflow"),
-                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(mlflow_cfg.get("job_execution", False)).lower(),
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(mlflow.job_execution).lower(),
                     # A company's tracking server reports nothing to MLflow's authors.
                     "MLFLOW_DISABLE_TELEMETRY": "true",
                 },
@@ -259,7 +258,7 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
 def mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
     """``mlflow server`` behind the hub, with its state in the data folder (its database URL
     comes through ``MLFLOW_BACKEND_STORE_URI``)."""
-    artifacts = cfg.data["backends"].get("object_store_url") or str(cfg.data_dir / "mlartifacts")
+    artifacts = cfg.backends.object_store_url or str(cfg.data_dir / "mlartifacts")
     Path(cfg.data_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
     return [
         os.path.join(os.path.dirname(sys.executable), "mlflow"),
@@ -273,7 +272,7 @@ def mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
         "--port",
         str(port),
         "--static-prefix",
-        f"{cfg.hub['base_url']}services/mlflow".replace("//", "/"),
+        f"{cfg.hub.base_url}services/mlflow".replace("//", "/"),
         "--workers",
         "1",
         # MLflow's own middleware checks Host and Origin; the proxy keeps the browser's.
@@ -291,4 +290,4 @@ def _origin(url: str) -> str:
 
 def _allowed_hosts(cfg: PlatformConfig) -> list[str]:
     public = urlsplit(cfg.public_url).netloc
-    return sorted({public, f"{cfg.hub['ip']}:{cfg.hub['port']}", "localhost:*", "127.0.0.1:*"})
+    return sorted({public, f"{cfg.hub.ip}:{cfg.hub.port}", "localhost:*", "127.0.0.1:*"})

@@ -84,7 +84,7 @@ def demo_password(cfg: PlatformConfig, announce: Callable[[str], None]) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(password + "\n")
-    users = ", ".join(cfg.data.get("users", {}))
+    users = ", ".join(cfg.users)
     announce(f"Demo password for {users}: {password}  (shown once; kept in {path})")
     return password
 
@@ -182,18 +182,13 @@ class Platform:
     def init_ports(self) -> None:
         """Pick the internal ports; refuse if the public port belongs to another program."""
         hub = self.cfg.hub
-        if port_in_use(hub["ip"], hub["port"]):
-            raise LaunchError(f"hub.port: {hub['ip']}:{hub['port']} is in use by another program")
-        services = self.cfg.data["services"]
-        wanted = [
-            hub.get("hub_port"),
-            hub.get("proxy_api_port"),
-            services["governance"].get("port"),
-            services["mlflow"].get("port"),
-        ]
+        if port_in_use(hub.ip, hub.port):
+            raise LaunchError(f"hub.port: {hub.ip}:{hub.port} is in use by another program")
+        services = self.cfg.services
+        wanted = [hub.hub_port, hub.proxy_api_port, services.governance.port, services.mlflow.port]
         # A free port is free until somebody binds it: the public port is not bound
         # until the proxy starts, so it must not be handed out again, nor one port twice.
-        taken = {hub["port"], *(port for port in wanted if port)}
+        taken = {hub.port, *(port for port in wanted if port)}
         ports = []
         for port in wanted:
             if not port:
@@ -208,7 +203,7 @@ class Platform:
             proxy_api_port=proxy_api_port,
             governance_port=governance_port,
             mlflow_port=mlflow_port,
-            proxy_command=find_proxy_command(hub.get("proxy_command", "")),
+            proxy_command=find_proxy_command(hub.proxy_command),
             instance=self.instance,
             isolation=self.isolation.mode,
         )
@@ -222,7 +217,7 @@ class Platform:
         env["CONFIGPROXY_AUTH_TOKEN"] = secrets.token_hex(32)
         if self.cfg.source != "default platform.yaml":
             env[CONFIG_ENV] = str(Path(self.cfg.source).resolve())
-        if self.cfg.data["auth"].get("type", "demo") == "demo":
+        if self.cfg.auth.type == "demo":
             env[DEMO_PASSWORD_ENV] = demo_password(self.cfg, self.log)
         return env
 
@@ -265,7 +260,7 @@ class Platform:
         """Each enabled service's health check, through the proxy."""
         base = f"{self.cfg.local_url}services"
         urls = {"governance": f"{base}/governance/api/health"}
-        if self.cfg.data["services"]["mlflow"].get("enabled", True):
+        if self.cfg.services.mlflow.enabled:
             urls["mlflow"] = f"{base}/mlflow/health"
         return urls
 

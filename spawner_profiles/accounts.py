@@ -22,9 +22,9 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
+from hubforge.config import PlatformConfig
 from hubforge.errors import HubforgeError
 
 __all__ = [
@@ -79,15 +79,14 @@ class Isolation:
         return WORDS[self.mode]
 
 
-def decide(cfg: Any, euid: int) -> Isolation:
+def decide(cfg: PlatformConfig, euid: int) -> Isolation:
     """The isolation the platform runs with, given its config and the effective uid.
 
     Raises :class:`IsolationRefused` (one line) where running would not be safe.
     """
-    spawner = cfg.data["spawner"]
-    if spawner.get("type") == "kubernetes":
+    if cfg.spawner.on_kubernetes:
         return Isolation("pods")
-    wanted = spawner.get("local", {}).get("isolation", "auto")
+    wanted = cfg.spawner.local.isolation
     if wanted == "none":
         return Isolation("none")
     if euid == 0:
@@ -103,15 +102,14 @@ def decide(cfg: Any, euid: int) -> Isolation:
         raise IsolationRefused(
             "spawner.local.isolation: users needs `hubforge up` to run as root (it creates an account per person)"
         )
-    auth = cfg.data["auth"]
-    if auth.get("type", "demo") == "demo":
+    if cfg.auth.type == "demo":
         return Isolation(
             "none",
             "WARNING: not running as root, so notebooks are not isolated: every person's notebooks "
             "run as this account and can read each other's files and the platform's data",
         )
     raise IsolationRefused(
-        f"not running as root with auth.type {auth['type']}: people's notebooks could read each other's "
+        f"not running as root with auth.type {cfg.auth.type}: people's notebooks could read each other's "
         "files and the platform's keys; run as root, or set spawner.local.isolation: none to accept that"
     )
 
@@ -120,13 +118,13 @@ def decide(cfg: Any, euid: int) -> Isolation:
 _BACKENDS = ("hub_db_url", "governance_db_url", "mlflow_db_url", "redis_url")
 
 
-def open_backends(cfg: Any) -> list[str]:
+def open_backends(cfg: PlatformConfig) -> list[str]:
     """Backends on this machine reached without a password: a database that trusts local
     connections (PostgreSQL's ``trust``, Redis without ``requirepass``) lets every person's
     notebook in, whatever their account."""
     found = []
     for key in _BACKENDS:
-        url = cfg.data["backends"].get(key) or ""
+        url = getattr(cfg.backends, key)
         if not url or url.startswith("sqlite"):
             continue
         parts = urlsplit(url)

@@ -26,14 +26,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from hubforge.config import PlatformConfig
+from hubforge.config import KubernetesSection, PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, MLFLOW_URL_ENV, SERVICE_BIND_IP_ENV
 from hubforge.errors import ConfigError, HubforgeError
 from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
 
 from .catalog import Catalog, Tier, load_catalog
 from .hardware import GPU_MODELS
-from .kube import KubeSettings, kube_memory, kube_settings, profile_for
+from .kube import kube_memory, kube_settings, profile_for
 
 __all__ = [
     "HUB_CONFIG_DIR",
@@ -90,9 +90,12 @@ def _in_cluster(cfg: PlatformConfig) -> PlatformConfig:
 
 
 def _ports(cfg: PlatformConfig) -> dict[str, int]:
-    services = cfg.data["services"]
-    ports = {name: services.get(name, {}).get("port") or port for name, port in DEFAULT_PORTS.items()}
-    if not services["mlflow"].get("enabled", True):
+    services = cfg.services
+    ports = {
+        "governance": services.governance.port or DEFAULT_PORTS["governance"],
+        "mlflow": services.mlflow.port or DEFAULT_PORTS["mlflow"],
+    }
+    if not services.mlflow.enabled:
         del ports["mlflow"]
     return ports
 
@@ -108,7 +111,7 @@ def _service_env() -> dict[str, str]:
 def _mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
     pod_cfg = _in_cluster(cfg)
     public = urlsplit(cfg.public_url)
-    artifacts = cfg.data["backends"].get("object_store_url") or str(HUB_DATA_DIR / "mlartifacts")
+    artifacts = cfg.backends.object_store_url or str(HUB_DATA_DIR / "mlartifacts")
     return [
         "mlflow",
         "server",
@@ -123,7 +126,7 @@ def _mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
         "--port",
         str(port),
         "--static-prefix",
-        f"{cfg.hub['base_url']}services/mlflow",
+        f"{cfg.hub.base_url}services/mlflow",
         "--workers",
         "1",
         "--allowed-hosts",
@@ -156,7 +159,7 @@ def _services(cfg: PlatformConfig) -> dict[str, dict[str, Any]]:
     return services
 
 
-def _hub_values(cfg: PlatformConfig, settings: KubeSettings) -> dict[str, Any]:
+def _hub_values(cfg: PlatformConfig, settings: KubernetesSection) -> dict[str, Any]:
     ports = _ports(cfg)
     hub: dict[str, Any] = {
         "extraEnv": _service_env(),
@@ -178,7 +181,7 @@ def _hub_values(cfg: PlatformConfig, settings: KubeSettings) -> dict[str, Any]:
     if settings.hub_image:
         name, _, tag = settings.hub_image.rpartition(":")
         hub["image"] = {"name": name, "tag": tag} if name and "/" not in tag else {"name": settings.hub_image}
-    if cfg.data["backends"].get("hub_db_url"):
+    if cfg.backends.hub_db_url:
         hub["db"] = {"type": "other", "url": cfg.db_url("hub")}
     return hub
 
@@ -190,14 +193,14 @@ def helm_values(cfg: PlatformConfig, catalog: Catalog) -> dict[str, Any]:
     if "mlflow" in (ports := _ports(cfg)):
         # Kernels log to MLflow on the hub's Service (the hub's NetworkPolicy above lets
         # user pods in), as the person's own hub identity: the server's token.
-        mlflow = f"http://hub:{ports['mlflow']}{cfg.hub['base_url']}services/mlflow"
+        mlflow = f"http://hub:{ports['mlflow']}{cfg.hub.base_url}services/mlflow"
         singleuser["extraEnv"] = {MLFLOW_URL_ENV: mlflow}
     return {
         "hub": _hub_values(cfg, settings),
         "singleuser": {
             **singleuser,
             "cmd": "jupyterhub-singleuser",
-            "defaultUrl": cfg.data["spawner"].get("default_url", "/lab"),
+            "defaultUrl": cfg.spawner.default_url,
             # The static view; the hub replaces it with the per-user tiers (extraConfig).
             "profileList": [profile_for(tier) for tier in catalog],
         },
@@ -269,7 +272,7 @@ def _weight(weight: float) -> int | str:
     return int(weight) if weight == int(weight) else f"{weight:g}"
 
 
-def cluster_queue(tier: Tier, settings: KubeSettings) -> dict[str, Any]:
+def cluster_queue(tier: Tier, settings: KubernetesSection) -> dict[str, Any]:
     """The ClusterQueue of a queued tier: its nominal quota, in the cohort, with its fair share."""
     assert tier.capacity is not None, "load_catalog requires a capacity on queued tiers"
     covered: list[str] = ["cpu", "memory"]
@@ -298,7 +301,7 @@ def cluster_queue(tier: Tier, settings: KubeSettings) -> dict[str, Any]:
     }
 
 
-def local_queue(tier: Tier, settings: KubeSettings) -> dict[str, Any]:
+def local_queue(tier: Tier, settings: KubernetesSection) -> dict[str, Any]:
     """The LocalQueue users' pods name (``kueue.x-k8s.io/queue-name``), in the user namespace."""
     assert tier.queue is not None
     return {
@@ -309,7 +312,7 @@ def local_queue(tier: Tier, settings: KubeSettings) -> dict[str, Any]:
     }
 
 
-def kueue_manifests(catalog: Catalog, settings: KubeSettings) -> list[dict[str, Any]]:
+def kueue_manifests(catalog: Catalog, settings: KubernetesSection) -> list[dict[str, Any]]:
     """ResourceFlavors, then ClusterQueues, then LocalQueues (the order to apply them)."""
     queued = [tier for tier in catalog if tier.queue]
     flavors = dict.fromkeys(_flavor_name(tier) for tier in catalog if tier.queue or tier.resources.model)
@@ -343,7 +346,7 @@ def _write(path: Path, docs: list[dict[str, Any]], header: str) -> Path:
 
 def render_k8s(cfg: PlatformConfig, out_dir: str | Path) -> list[Path]:
     """Write the helm values and the manifests under ``out_dir``; return the files written."""
-    if cfg.data["auth"].get("type", "demo") == "demo":
+    if cfg.auth.type == "demo":
         raise ConfigError(
             f"{cfg.source}: auth.type: the demo authenticator is for one machine; use oauth or ldap on Kubernetes"
         )

@@ -26,7 +26,7 @@ from tornado import web
 from traitlets import Dict, Instance, default
 from traitlets.config import Config
 
-from hubforge.config import PlatformConfig
+from hubforge.config import KubernetesSection, PlatformConfig
 
 from .catalog import (
     SERVER_STOP_GRACE,
@@ -48,7 +48,6 @@ __all__ = [
     "QUEUE_LABEL",
     "TIER_LABEL",
     "HubforgeKubeSpawner",
-    "KubeSettings",
     "TierProfileList",
     "configure_kubespawner",
     "kube_memory",
@@ -84,22 +83,9 @@ TIER_TRAITS = (
 )
 
 
-@dataclass(frozen=True)
-class KubeSettings:
-    """Kubernetes settings of the platform (``spawner.kubernetes`` in platform.yaml)."""
-
-    #: Where users' pods and the tiers' Kueue LocalQueues live.
-    namespace: str = "hubforge"
-    #: The Kueue cohort the queued tiers share and borrow within.
-    cohort: str = "hubforge"
-    #: The hub image (must have hubforge installed); empty: the chart's default.
-    hub_image: str = ""
-
-
-def kube_settings(cfg: PlatformConfig) -> KubeSettings:
-    """The Kubernetes settings, defaults filled in."""
-    spec = cfg.data.get("spawner", {}).get("kubernetes", {})
-    return KubeSettings(**{k: v for k, v in spec.items() if k in KubeSettings.__dataclass_fields__})
+def kube_settings(cfg: PlatformConfig) -> KubernetesSection:
+    """The Kubernetes settings (``spawner.kubernetes``)."""
+    return cfg.spawner.kubernetes
 
 
 def kube_memory(spec: str) -> str:
@@ -302,7 +288,7 @@ def configure_kubespawner(c: Any, cfg: PlatformConfig, catalog: Catalog | None =
     c.KubeSpawner.namespace = kube_settings(cfg).namespace
     # An explicit command: KubeSpawner drops arguments (the idle timeout) without one.
     c.KubeSpawner.cmd = ["jupyterhub-singleuser"]
-    c.Spawner.default_url = cfg.data["spawner"].get("default_url", "/lab")
+    c.Spawner.default_url = cfg.spawner.default_url
 
 
 # --- rendering without a cluster ----------------------------------------------
@@ -360,10 +346,9 @@ class _RenderHub:
 
 def user_groups(cfg: PlatformConfig, name: str) -> list[str]:
     """The groups of a user declared in the config's ``users:`` section."""
-    users = cfg.data.get("users", {})
-    if name not in users:
+    if name not in cfg.users:
         raise ChoiceError(f"no user {name!r} in the users of {cfg.source}", status=404)
-    return list(users[name].get("groups", []))
+    return cfg.user_groups(name)
 
 
 @asynccontextmanager
@@ -379,7 +364,7 @@ async def offline_spawner(
     catalog = catalog if catalog is not None else load_catalog(cfg)
     c = Config()
     configure_kubespawner(c, cfg, catalog)
-    prefix = cfg.hub["base_url"]
+    prefix = cfg.hub.base_url
     hub = _RenderHub(f"{prefix}hub/", f"http://hub:8081{prefix}hub/", f"http://hub:8081{prefix}hub/api")
     account = _RenderUser(user, f"{prefix}user/{user}/", tuple(_Group(g) for g in user_groups(cfg, user)))
     async with client.ApiClient(client.Configuration(host=OFFLINE_HOST)) as api_client:

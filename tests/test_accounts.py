@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 import pwd
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from _platform import ACCOUNT_PREFIX, NO_ACCOUNTS, free_port
-from hubforge.config import load_config
+from hubforge.config import PlatformConfig, load_config, merge
 from hubforge.spawner_profiles.accounts import (
     MAX_NAME,
     AccountError,
@@ -32,10 +33,11 @@ from hubforge.spawner_profiles.accounts import (
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="making accounts needs root")
 
 
-def config(**spawner_local: Any) -> Any:
+def config(overrides: dict[str, Any] | None = None, **spawner_local: Any) -> PlatformConfig:
+    """The default config with ``spawner.local`` settings and other ``overrides`` merged in."""
     cfg = load_config(environ={})
-    cfg.data["spawner"]["local"].update(spawner_local)
-    return cfg
+    data = merge(cfg.data, {"spawner": {"local": spawner_local}, **(overrides or {})})
+    return dataclasses.replace(cfg, data=data)
 
 
 def test_plain_names_keep_their_name_and_others_get_a_digest() -> None:
@@ -62,8 +64,7 @@ def test_plain_names_keep_their_name_and_others_get_a_digest() -> None:
     ],
 )
 def test_isolation_follows_root_and_the_config(spawner: dict[str, Any], auth: str, euid: int, mode: str) -> None:
-    cfg = config(**spawner)
-    cfg.data["auth"]["type"] = auth
+    cfg = config({"auth": {"type": auth}}, **spawner)
     decided = decide(cfg, euid)
     assert decided.mode == mode
     # One clear warning exactly when people are not isolated and nobody chose that.
@@ -72,13 +73,13 @@ def test_isolation_follows_root_and_the_config(spawner: dict[str, Any], auth: st
 
 
 def test_a_database_on_this_machine_without_a_password_is_warned_about() -> None:
-    cfg = config()
-    cfg.data["backends"].update(
-        hub_db_url="postgresql://postgres@127.0.0.1:5432/hub",
-        governance_db_url="postgresql://gov:secret@127.0.0.1/gov",  # a password: fine
-        mlflow_db_url="postgresql://mlflow@db.internal/mlflow",  # another machine: not a local account's
-        redis_url="redis://localhost:6379/0",
-    )
+    backends = {
+        "hub_db_url": "postgresql://postgres@127.0.0.1:5432/hub",
+        "governance_db_url": "postgresql://gov:secret@127.0.0.1/gov",  # a password: fine
+        "mlflow_db_url": "postgresql://mlflow@db.internal/mlflow",  # another machine: not a local account's
+        "redis_url": "redis://localhost:6379/0",
+    }
+    cfg = config({"backends": backends})
     warning = decide(cfg, 0).warning
     assert warning.startswith("WARNING: backends.hub_db_url, backends.redis_url on this machine without a password")
     assert "\n" not in warning
@@ -86,14 +87,12 @@ def test_a_database_on_this_machine_without_a_password_is_warned_about() -> None
 
 
 def test_a_real_authenticator_without_root_refuses_unless_told() -> None:
-    cfg = config()
-    cfg.data["auth"]["type"] = "oauth"
+    cfg = config({"auth": {"type": "oauth"}})
     with pytest.raises(IsolationRefused, match=r"spawner\.local\.isolation: none"):
         decide(cfg, 1000)
     with pytest.raises(IsolationRefused, match="needs `hubforge up` to run as root"):
         decide(config(isolation="users"), 1000)
-    kube = config()
-    kube.data["spawner"]["type"] = "kubernetes"
+    kube = config({"spawner": {"type": "kubernetes"}})
     assert decide(kube, 1000).mode == "pods"
 
 

@@ -33,10 +33,75 @@ def test_default_config_is_valid_and_complete(tmp_path: Path) -> None:
 def test_user_file_merges_over_default(tmp_path: Path) -> None:
     path = write(tmp_path, {"hub": {"port": 9000}, "users": {"zoe": {"groups": ["ml-lead"]}}})
     cfg = load_config(path, environ={})
-    assert cfg.hub["port"] == 9000
-    assert cfg.hub["ip"] == "127.0.0.1"  # merged, not replaced
-    assert list(cfg.data["users"]) == ["zoe"]  # users replace the demo users whole
+    assert cfg.hub.port == 9000
+    assert cfg.hub.ip == "127.0.0.1"  # merged, not replaced
+    assert list(cfg.users) == ["zoe"]  # users replace the demo users whole
+    assert cfg.user_groups("zoe") == ["ml-lead"] and cfg.user_groups("alice") == []
     assert cfg.group_personas()["ml-lead"] == ["ml-lead"]
+
+
+def test_the_typed_sections_are_the_merged_files_and_frozen(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "services": {"mlflow": {"enabled": False}},
+            "spawner": {"local": {"isolation": "none", "environments": {"gpu": "/opt/venvs/gpu"}}},
+            "backends": {"redis_url": "redis://127.0.0.1:6379/0"},
+        },
+    )
+    cfg = load_config(path, environ={})
+    assert cfg.services.mlflow.enabled is False and cfg.services.mlflow.job_execution is False
+    assert cfg.services.governance.port == 0
+    local = cfg.spawner.local
+    assert local.isolation == "none" and local.account_prefix == "hubforge-"
+    assert dict(local.environments) == {"scipy": "platform", "gpu": "/opt/venvs/gpu"}  # merged key by key
+    assert cfg.backends.redis_url == "redis://127.0.0.1:6379/0" and cfg.backends.hub_db_url == ""
+    assert cfg.auth.type == "demo" and cfg.auth.oauth is None and "platform-admin" in cfg.auth.admin_groups
+    assert cfg.spawner.kubernetes.namespace == "hubforge" and not cfg.spawner.on_kubernetes
+    with pytest.raises(AttributeError):
+        cfg.services.mlflow.enabled = True  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        local.environments["x"] = "platform"  # type: ignore[index]
+
+
+def test_every_section_key_the_default_names_is_typed() -> None:
+    """A key added to the shipped default and the schema must reach its typed section."""
+    import dataclasses
+
+    cfg = load_config(environ={})
+    sections = {
+        "hub": cfg.hub,
+        "auth": cfg.auth,
+        "backends": cfg.backends,
+        "spawner": cfg.spawner,
+        "spawner.local": cfg.spawner.local,
+        "spawner.kubernetes": cfg.spawner.kubernetes,
+        "services.mlflow": cfg.services.mlflow,
+        "services.governance": cfg.services.governance,
+    }
+    for dotted, section in sections.items():
+        raw = cfg.data
+        for part in dotted.split("."):
+            raw = raw[part]
+        typed = {f.name for f in dataclasses.fields(section)}
+        assert set(raw) <= typed, f"{dotted}: {sorted(set(raw) - typed)} not in {type(section).__name__}"
+
+
+def test_only_the_config_module_digs_into_the_raw_mapping() -> None:
+    """Components read the typed sections; ``cfg.data[...]`` outside the config is a second parser."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    digging = re.compile(r"\b(?:cfg|config|self\.cfg|platform)\.data\s*(?:\[|\.get\()")
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("core", "hub", "server_extension", "spawner_profiles", "widgets")
+        for path in sorted((root / folder).rglob("*.py"))
+        if path.name != "config.py" or path.parent.name != "core"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if digging.search(line)
+    ]
+    assert not found, found
 
 
 def test_config_env_and_data_env(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def test_instance_processes_finds_marked_processes_only(tmp_path: Path) -> None:
 
 def test_internal_ports_never_reuse_the_public_port_or_each_other(cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     """The public port is free until the proxy binds it, so the OS may offer it again."""
-    public = cfg.hub["port"]
+    public = cfg.hub.port
     offered = iter([public, 41001, 41001, public, 41002, 41003, 41004])
     monkeypatch.setattr(launcher, "free_port", lambda host="127.0.0.1": next(offered))
     monkeypatch.setattr(launcher, "port_in_use", lambda host, port: False)
