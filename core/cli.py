@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import default_config_text, load_config
-from .errors import HubforgeError
+from .errors import CLI_EXIT, HubforgeError
 
 __all__ = ["main"]
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except HubforgeError as exc:
         print(f"hubforge: error: {exc}", file=sys.stderr)
-        return 2
+        return CLI_EXIT
 
 
 if __name__ == "__main__":  # pragma: no cover

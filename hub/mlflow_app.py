@@ -51,7 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tornado.httputil import url_concat
 from tornado.web import HTTPError
 
-from hubforge.errors import ConfigError, HubforgeError
+from hubforge.errors import MLFLOW_CODES, ConfigError, Unavailable
 
 from .mlflow_access import (
     OWNER_TAG,
@@ -108,8 +108,11 @@ _AUTH_HEADER = re.compile(r"\s*(?:token|bearer)\s+([!-~]+)\s*", re.IGNORECASE)
 _current_user: ContextVar[HubUser | None] = ContextVar("hubforge_user", default=None)
 
 
-class HubUnavailable(HubforgeError):
-    """The hub could not say who a token belongs to (down, or refusing the service)."""
+class HubUnavailable(Unavailable):
+    """The hub could not say who a token belongs to (down, or refusing the service): the
+    gate is a proxy whose upstream failed, 502."""
+
+    status = 502
 
 
 @dataclass(frozen=True)
@@ -199,9 +202,8 @@ def claim_run(payload: Mapping[str, Any], user: str) -> dict[str, Any]:
 
 def _refused(refusal: str) -> JSONResponse:
     """A refusal as MLflow answers errors: 400 for what may never be written, else 403."""
-    if isinstance(refusal, Invalid):
-        return _error(400, "INVALID_PARAMETER_VALUE", refusal)
-    return _error(403, "PERMISSION_DENIED", refusal)
+    status = 400 if isinstance(refusal, Invalid) else 403
+    return _error(status, MLFLOW_CODES[status], refusal)
 
 
 def same_origin(headers: Mapping[str, str]) -> bool:
@@ -323,7 +325,7 @@ class HubGate:
                 admitted = await self._admit(request)
         except HubUnavailable as exc:
             log.warning("hub unavailable: %s", exc)
-            admitted = _error(502, "TEMPORARILY_UNAVAILABLE", f"no hub answer: {exc}")
+            admitted = _error(exc.status, MLFLOW_CODES[Unavailable.status], f"no hub answer: {exc}")
         if isinstance(admitted, Response):
             return await admitted(scope, receive, send)
         user, scope, receive = admitted

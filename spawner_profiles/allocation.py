@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hubforge.errors import HubforgeError
+from hubforge.errors import Conflict, Forbidden, Invalid
 
 from .gpus import Gpu, Selector
 
@@ -46,15 +46,15 @@ class Allocation:
         return ",".join(gpu.visible_id for gpu in self.gpus)
 
 
-class QuotaExceeded(HubforgeError):
+class QuotaExceeded(Forbidden):
     """The request can never fit its quota (or the user runs all the servers allowed)."""
 
 
-class NoSuchGpu(HubforgeError):
+class NoSuchGpu(Invalid):
     """The machine has no GPUs, or too few, of the kind the request asks for."""
 
 
-class AllocationConflict(HubforgeError):
+class AllocationConflict(Conflict):
     """The server already holds GPUs or already waits for them."""
 
 

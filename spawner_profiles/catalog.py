@@ -18,7 +18,7 @@ from typing import Any
 
 from hubforge.config import PlatformConfig
 from hubforge.contract import TIER_ENV, TRACKING_ENV
-from hubforge.errors import ConfigError, HubforgeError
+from hubforge.errors import ConfigError, Invalid
 from hubforge.personas import persona_names
 
 from .hardware import GPU_MODELS, cpu_cores, memory_bytes
@@ -55,16 +55,12 @@ OPTION_KEYS = ("image", "gpus")
 #: kernel of the server (hubforge.server_extension reads it as each kernel starts).
 
 
-class ChoiceError(HubforgeError):
+class ChoiceError(Invalid):
     """A user asked for a tier or an option they may not use.
 
     ``status`` is the HTTP status a hub answers with: 403 when the tier is
-    not open to the user, 400 when the request names something invalid.
+    not open to the user, 400 (the default) when the request names something invalid.
     """
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from traitlets import Dict, Instance, default
 from traitlets.config import Config
 
 from hubforge.config import KubernetesSection, PlatformConfig
+from hubforge.errors import http_answer
 
 from .catalog import (
     SERVER_STOP_GRACE,
@@ -238,7 +239,7 @@ class HubforgeKubeSpawner(KubeSpawner):
             self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
             self._refused = True
             restore_saved_options(self, self._accepted_options)  # JupyterHub saved the refused ones
-            raise web.HTTPError(exc.status, str(exc)) from exc
+            raise web.HTTPError(*http_answer(exc)) from exc
         self._accepted_options = dict(self.user_options or {})
         return choice
 

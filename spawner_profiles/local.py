@@ -35,10 +35,9 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, List, Unicode, default
 
 from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV
-from hubforge.errors import HubforgeError
+from hubforge.errors import Refusal, http_answer
 
 from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
-from .allocation import AllocationConflict, NoSuchGpu, QuotaExceeded
 from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
 from .catalog import (
     SERVER_STOP_GRACE,
@@ -66,9 +65,6 @@ _ENVIRONMENTS: dict[tuple[tuple[str, str], ...] | None, LocalEnvironments] = {}
 #: Seconds between two reconciliations of the allocator with the hub's servers, from polls.
 RECONCILE_INTERVAL = 30.0
 _LAST_RECONCILE: dict[int, float] = {}
-
-#: Allocator errors a person can act on, and the HTTP status each answers with.
-_REFUSALS: dict[type[HubforgeError], int] = {QuotaExceeded: 403, NoSuchGpu: 400, AllocationConflict: 409}
 
 
 def singleuser_command() -> list[str]:
@@ -234,12 +230,9 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
             choice = self._runnable_here(choice, asked=bool(options.get("image")))
             self._free_stale_allocation()
             self.allocator.check(*self.gpu_request(choice))
-        except ChoiceError as exc:
+        except Refusal as exc:  # the tier choice, the image, the GPUs the machine has
             self._refuse(exc)
-            raise web.HTTPError(exc.status, str(exc)) from exc
-        except tuple(_REFUSALS) as exc:
-            self._refuse(exc)
-            raise web.HTTPError(_REFUSALS[type(exc)], str(exc)) from exc
+            raise web.HTTPError(*http_answer(exc)) from exc
         self.tier_choice = choice
         accepted: dict[str, Any] = dict(self.user_options or {})
         if "profile" not in accepted:  # the default tier: the hub's record of the server says which

@@ -19,7 +19,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from hubforge.errors import StoreError
+from hubforge.errors import NotFound, Refusal, Unavailable, http_answer
 from hubforge.personas import persona_names
 from hubforge.spawner_profiles.accounts import WORDS
 
@@ -46,7 +46,7 @@ from .schemas import (
     describe,
     first_error,
 )
-from .store import AlreadyDecided, GovernanceStore, InvalidText, RequestNotFound, SelfDecision
+from .store import GovernanceStore
 
 __all__ = [
     "ROUTES",
@@ -65,7 +65,6 @@ __all__ = [
 T = TypeVar("T")
 
 #: Errors the store raises that are answers, not outages.
-_STORE_ANSWERS = (RequestNotFound, AlreadyDecided, SelfDecision)
 
 
 class APIHandler(HubAuthHandler):
@@ -121,22 +120,23 @@ class APIHandler(HubAuthHandler):
         return value
 
     async def call_store(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store method in a worker thread; text it cannot hold is a 400, an outage a 503."""
+        """Run a store method in a worker thread; its refusals answered by :meth:`refused`."""
         try:
             return await asyncio.to_thread(func, *args, **kwargs)
-        except _STORE_ANSWERS:
-            raise
-        except InvalidText as exc:
-            # json_body refuses such text first; this keeps any other path to the store a 4xx.
-            raise web.HTTPError(400, "%s", str(exc).removeprefix("governance store: ")) from None
-        except StoreError as exc:
-            self.log.error(
-                "Governance store failed on %s %s: %s",
-                self.request.method,
-                self.request.path,
-                exc,
-            )
-            raise web.HTTPError(503, "the governance store is unavailable; try again later") from exc
+        except Refusal as exc:
+            raise self.refused(exc) from (exc if isinstance(exc, Unavailable) else None)
+
+    def refused(self, refusal: Refusal) -> web.HTTPError:
+        """The service's one translation of a refusal: its status and its line, except that
+        an outage is logged and told plainly, and every "not found" reads alike (one answer
+        for "does not exist" and "may not see it")."""
+        if isinstance(refusal, Unavailable):
+            self.log.error("Governance store failed on %s %s: %s", self.request.method, self.request.path, refusal)
+            return web.HTTPError(503, "the governance store is unavailable; try again later")
+        if isinstance(refusal, NotFound):
+            return web.HTTPError(404, NOT_FOUND_MESSAGE)
+        status, message = http_answer(refusal)
+        return web.HTTPError(status, "%s", message.removeprefix("governance store: "))
 
 
 class IndexHandler(APIHandler):
@@ -320,14 +320,8 @@ class DecisionHandler(APIHandler):
                 body["decision"],
                 body.get("comment", ""),
             )
-        except PolicyDenied as denied:
-            raise web.HTTPError(denied.status, denied.message) from None
-        except RequestNotFound:
-            raise web.HTTPError(404, NOT_FOUND_MESSAGE) from None
-        except AlreadyDecided as exc:
-            raise web.HTTPError(409, "the request was already decided") from exc
-        except SelfDecision as exc:
-            raise web.HTTPError(403, str(exc)) from exc
+        except PolicyDenied as denied:  # the store's refusals came through call_store
+            raise self.refused(denied) from None
         self.log.info(
             "%s %s request %s (%s)",
             self.user_name,

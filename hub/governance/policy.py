@@ -15,7 +15,7 @@ from typing import Protocol
 
 from jupyterhub.services.auth import check_scopes
 
-from hubforge.errors import HubforgeError
+from hubforge.errors import Forbidden
 
 from .model import KINDS
 
@@ -48,12 +48,11 @@ APPROVER_SCOPES: dict[str, str] = {
 NOT_FOUND_MESSAGE = "no such approval request"
 
 
-class PolicyDenied(HubforgeError):
+class PolicyDenied(Forbidden):
     """A policy refuses an action; ``status`` is the HTTP status that says why."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status)
         self.message = message
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from hubforge.errors import StoreError
+from hubforge.errors import Conflict, Forbidden, Invalid, NotFound, StoreError
 
 from .model import (
     DECISIONS,
@@ -64,19 +64,19 @@ T = TypeVar("T")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
-class InvalidText(StoreError):
+class InvalidText(Invalid):
     """Text no backend can hold: a NUL (PostgreSQL refuses it) or a lone surrogate (not Unicode)."""
 
 
-class RequestNotFound(StoreError):
+class RequestNotFound(NotFound):
     """No approval request has the given id."""
 
 
-class AlreadyDecided(StoreError):
+class AlreadyDecided(Conflict):
     """The approval request was decided before (perhaps a moment ago, by someone else)."""
 
 
-class SelfDecision(StoreError):
+class SelfDecision(Forbidden):
     """The approver is the requester: separation of duties forbids it."""
 
 
@@ -348,5 +348,5 @@ class GovernanceStore:
         if updated != 1:
             if row.requester == approver:
                 raise SelfDecision("separation of duties: nobody may decide their own request")
-            raise AlreadyDecided(f"approval request {request_id!r} is already {row.status}")
+            raise AlreadyDecided(f"the request was already decided ({row.status})")
         return row.to_model()
