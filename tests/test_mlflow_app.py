@@ -163,11 +163,13 @@ def mlflow_command(data: Path, port: int) -> list[str]:
 
 
 @contextmanager
-def mlflow_server(data: Path, hub: FakeHub, gated: bool = True) -> Iterator[str]:
+def mlflow_server(data: Path, hub: FakeHub, gated: bool = True, workers: int = 2) -> Iterator[str]:
     """``mlflow server`` as the hub starts it in ``data`` (without hubforge's app unless
-    ``gated``), until the block ends; its URL (reach it with ``Host: HOST``)."""
+    ``gated``), until the block ends; its URL (reach it with ``Host: HOST``). Two workers
+    by default, so that what one worker learns the other must not need."""
     port = free_port()
     command = mlflow_command(data, port)
+    command[command.index("--workers") + 1] = str(workers)
     if not gated:
         command = [part for part in command if part not in ("--app-name", "hubforge")]
     log_path = data / "server.log"
