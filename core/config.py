@@ -18,7 +18,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
@@ -49,6 +49,8 @@ __all__ = [
     "validate",
 ]
 
+
+_Section = TypeVar("_Section")
 
 #: Keys whose value in the user's file replaces the default instead of merging.
 REPLACED_KEYS = frozenset({"users", "tiers"})
@@ -177,6 +179,11 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(copy.deepcopy(dict(mapping)))
 
 
+def _flat(cls: type[_Section], data: Mapping[str, Any]) -> _Section:
+    """A section whose fields are plain values, each read from the key of its name."""
+    return cls(**{name: data[name] for name in cls.__dataclass_fields__})  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class HubSection:
     """``hub``: where people reach the platform and how long a server may take to start."""
@@ -189,10 +196,6 @@ class HubSection:
     proxy_api_port: int
     proxy_command: str
     start_timeout: int
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> HubSection:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -265,10 +268,6 @@ class KubernetesSection:
     #: The hub image (must have hubforge installed); empty: the chart's default.
     hub_image: str
 
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> KubernetesSection:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
-
 
 @dataclass(frozen=True)
 class SpawnerSection:
@@ -291,7 +290,7 @@ class SpawnerSection:
             default_url=data["default_url"],
             max_servers_per_user=data["max_servers_per_user"],
             local=LocalSpawnerSection.from_data(data["local"]),
-            kubernetes=KubernetesSection.from_data(data["kubernetes"]),
+            kubernetes=_flat(KubernetesSection, data["kubernetes"]),
         )
 
 
@@ -304,10 +303,6 @@ class BackendsSection:
     mlflow_db_url: str
     redis_url: str
     object_store_url: str
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> BackendsSection:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -335,11 +330,7 @@ class ServicesSection:
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServicesSection:
-        mlflow, governance = data["mlflow"], data["governance"]
-        return cls(
-            mlflow=MlflowService(enabled=mlflow["enabled"], port=mlflow["port"], job_execution=mlflow["job_execution"]),
-            governance=GovernanceService(port=governance["port"]),
-        )
+        return cls(mlflow=_flat(MlflowService, data["mlflow"]), governance=_flat(GovernanceService, data["governance"]))
 
 
 @dataclass(frozen=True)
@@ -364,11 +355,11 @@ class PlatformConfig:
     def __post_init__(self) -> None:
         data = self.data
         sections = {
-            "hub": HubSection.from_data(data["hub"]),
+            "hub": _flat(HubSection, data["hub"]),
             "auth": AuthSection.from_data(data["auth"]),
             "users": MappingProxyType({name: UserSpec.from_data(spec) for name, spec in data["users"].items()}),
             "spawner": SpawnerSection.from_data(data["spawner"]),
-            "backends": BackendsSection.from_data(data["backends"]),
+            "backends": _flat(BackendsSection, data["backends"]),
             "services": ServicesSection.from_data(data["services"]),
         }
         for name, value in sections.items():

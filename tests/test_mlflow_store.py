@@ -9,6 +9,8 @@ reads one way and MLflow's handlers another.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import uuid
 from contextvars import ContextVar
 from pathlib import Path
@@ -106,9 +108,6 @@ def test_every_public_method_of_mlflows_stores_is_classified(abstract: type, sto
 def _handler_source(path: str, method: str) -> str:
     """The source of the view MLflow's server routes ``method path`` to, with the
     ``*_impl`` functions of MLflow's handlers module it calls."""
-    import inspect
-    import re
-
     from mlflow.server import handlers
 
     views = [view for route, view, methods in handlers.get_endpoints() if route == path and method in methods]
@@ -123,8 +122,6 @@ def _handler_source(path: str, method: str) -> str:
 def test_routes_the_store_decides_alone_reach_only_that_store_method(method: str, route: str) -> None:
     """The gate lets these through undecided: their handlers must touch MLflow's data only
     through the one guarded method named, which has a real rule, and the gate knows the route."""
-    import re
-
     name = STORE_DECIDES[(method, route)]
     assert (method, route) in RULES, f"{method} {route} is not a route the gate knows"
     assert TRACKING_RULES[name] is not anyone, f"{name} is open to anyone: the gate must decide {route}"
