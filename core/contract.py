@@ -45,6 +45,7 @@ __all__ = [
     "RUNTIME_ENV",
     "RUN_ID_FILE_ENV",
     "RUN_SCHEMA",
+    "RUN_VERSION",
     "SERVER_NAME_ENV",
     "SERVICE_BIND_IP_ENV",
     "SPOOL_DIR_ENV",
@@ -152,6 +153,8 @@ TAG: Final = "t"
 KIND, RUN, KEY, VALUE, TIMESTAMP, STEP = range(6)
 #: No MLflow field is longer; a longer string is not a record of ours.
 STR_MAX = 100_000
+#: The version of ``run.json`` this module describes.
+RUN_VERSION: Final = 1
 
 #: An item as it crosses the boundary: a JSON list (see :data:`ITEM_SCHEMA`).
 Item = list[Any]
@@ -235,7 +238,7 @@ RUN_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "required": ["version", "tracking_uri"],
     "properties": {
-        "version": {"const": 1},
+        "version": {"const": RUN_VERSION},
         "tracking_uri": {**_STRING, "minLength": 1},
         "run_id": {"oneOf": [{"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}, {"type": "null"}]},
         "experiment_name": _STRING,

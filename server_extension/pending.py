@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubforge.contract import RUN, SPOOL_DIR_ENV, STR_MAX, Item, item_refusal
+from hubforge.contract import RUN, RUN_VERSION, SPOOL_DIR_ENV, STR_MAX, Item, item_refusal
 
 __all__ = [
     "PendingRun",
@@ -59,7 +59,7 @@ __all__ = [
     "write_run",
 ]
 
-VERSION = 1
+VERSION = RUN_VERSION
 PENDING, REJECTED, LIVE = "pending", "rejected", "live"
 #: The placeholder run id items carry until MLflow has named the run (see the tracker).
 PLACEHOLDER = "hubforge-pending-run"

@@ -64,8 +64,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Errors the store raises that are answers, not outages.
-
 
 class APIHandler(HubAuthHandler):
     """Base of the JSON handlers: bodies, store calls, JSON replies.
