@@ -12,7 +12,7 @@ CHP := node_modules/.bin/configurable-http-proxy
 CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-jupyterhub test-unit test-platform bench lint clean
+.PHONY: install up test test-unit test-integration test-platform test-jupyterhub bench lint clean
 
 install: $(STAMP) $(CHP)
 
@@ -37,16 +37,49 @@ $(CHROMIUM):
 up: install
 	$(VENV)/bin/hubforge up
 
+# The tests in three layers (docs/testing.md), each its own pytest run, then JupyterHub's own
+# tests. The unit layer first (a failure there is cheap to see); then the integration and
+# platform layers side by side: both mostly wait on the processes they start, so on two
+# cores together they take little longer than the longer one alone (each layer's output is
+# printed whole when it ends). `make test` stops after the first step that fails. Each layer
+# prints its wall time; "no tests collected" (say, PYTEST_ARGS="-k ..." naming tests of one
+# layer only) is no failure.
 test: install $(CHROMIUM)
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory test-jupyterhub
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory test-unit && \
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-integration test-platform && \
+	$(MAKE) --no-print-directory test-jupyterhub; \
+	status=$$?; echo "all tests: $$(( $$(date +%s) - start )) s"; exit $$status
+
+# $(call layer,NAME): run tests/NAME with PYTEST_ARGS and print "layer NAME: <seconds> s".
+define layer
+	@echo "$(PY) -m pytest tests/$(1) $(PYTEST_ARGS)"; start=$$(date +%s); status=0; \
+	$(PY) -m pytest tests/$(1) $(PYTEST_ARGS) || status=$$?; \
+	echo "layer $(1): $$(( $$(date +%s) - start )) s"; \
+	[ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status
+endef
+
+# Pure tests: no processes, sockets, servers, kernels or databases (under a minute).
+test-unit: install
+	$(call layer,unit)
+
+# One real component each: an MLflow server, a kernel, a jupyter-server, PostgreSQL ...
+test-integration: install
+	$(call layer,integration)
+
+# The whole platform (hubforge up) and browser tests.
+test-platform: install $(CHROMIUM)
+	$(call layer,platform)
 
 # JupyterHub's own spawner tests against the one-machine spawner, in a pytest of their own
 # (JupyterHub's fixtures and pytest-jupyter's do not mix in one process).
 test-jupyterhub: install
+	@start=$$(date +%s); status=0; \
 	PATH="$(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)/tests/contract" \
 	  $(PY) -m pytest -c tests/contract/pytest.ini -p jupyterhub_spawner_adapter \
-	  --pyargs jupyterhub.tests.test_spawner jupyterhub.tests.test_api jupyterhub.tests.test_singleuser
+	  --pyargs jupyterhub.tests.test_spawner jupyterhub.tests.test_api jupyterhub.tests.test_singleuser \
+	  || status=$$?; \
+	echo "layer jupyterhub (contract): $$(( $$(date +%s) - start )) s"; exit $$status
 
 bench: install
 	$(PY) -m bench

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _platform import PlatformProcess, claim_test_accounts, remove_test_accounts
 from bench.report import Result
 from bench.spawnstorm import admin_token
+from harness.platform import PlatformProcess, claim_test_accounts, remove_test_accounts
 
 PEOPLE = [f"person{i}" for i in range(6)]
 

@@ -20,10 +20,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _platform import free_port
 from bench.report import Result
+from harness.platform import free_port
 
 __all__ = ["run", "time_to_status"]
 

@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from jupyter_client.manager import KernelManager
 
 from bench.report import Result

@@ -3,7 +3,7 @@
 Two real ``mlflow server`` processes on SQLite, started for the run with the same
 options: one as the hub starts it (``--app-name hubforge``: the request gate and
 the guarded tracking store, behind a hub faked at the transport, as in
-``tests/test_mlflow_app.py``), one plain. The same person's requests go to both
+``tests/integration/test_mlflow_app.py``), one plain. The same person's requests go to both
 request by request in ABBA order (gated, plain, plain, gated, ...) so that load on
 a shared machine hits both alike: ``runs/get`` and ``log-batch`` (10 metrics) on a
 run of their own. p50 and p99 per endpoint; the extra milliseconds at p99 are
@@ -26,11 +26,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from test_mlflow_app import HOST, PREFIX, FakeHub, mlflow_server
-
 from bench.report import Result
+from harness.mlflow_app import HOST, PREFIX, FakeHub, mlflow_server
 
 __all__ = ["run"]
 

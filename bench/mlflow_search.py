@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -29,12 +28,9 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from test_mlflow_app import FakeHub
-
 from bench.mlflow_gate import _server
 from bench.report import Result
+from harness.mlflow_app import FakeHub
 
 __all__ = ["run"]
 

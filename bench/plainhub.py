@@ -15,9 +15,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _platform import DEMO_PASSWORD, free_port, wait_for
+from harness.platform import DEMO_PASSWORD, free_port, wait_for
 from hubforge.hub.launcher import find_proxy_command
 
 __all__ = ["PlainHub", "hub_healthy"]

@@ -10,18 +10,15 @@ baseline is plain JupyterHub with SimpleLocalProcessSpawner.
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _platform import HubSession, PlatformProcess
 from bench.plainhub import PlainHub
 from bench.report import Result
+from harness.platform import HubSession, PlatformProcess
 from hubforge.spawner_profiles.local import singleuser_command
 
 USERS = [f"user{i:02d}" for i in range(50)]

@@ -7,16 +7,13 @@ proxy; "spawn-to-ready" runs from the login form to JupyterLab's page.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _platform import HubSession, PlatformProcess, api, wait_for
 from bench.plainhub import PlainHub, hub_healthy
 from bench.report import Result
+from harness.platform import HubSession, PlatformProcess, api, wait_for
 
 PLAIN_EXTRA = """
 c.Authenticator.allowed_users = {"alice"}

@@ -35,20 +35,17 @@ from __future__ import annotations
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from jupyter_client.manager import KernelManager
-from test_kernel_queue import MlflowServer
 
 from bench import fits
 from bench.report import Result
+from harness.mlflow import MlflowServer
 
 __all__ = ["run"]
 

@@ -1,0 +1,201 @@
+"""The governance service, served for real on a free port, behind a fake hub API on another.
+
+The service runs once on SQLite and once on the local PostgreSQL (the
+``backend_store`` fixture). The fake hub is a tiny tornado server answering
+``GET /hub/api/user`` for the tokens of ``USERS`` (403 for others), so HubOAuth
+runs unpatched: faked at the transport, not in its internals. Both servers run on
+an asyncio loop in a background thread (``LoopThread``); tests call them with plain
+synchronous httpx clients (``Running.client``). The fixtures ``backend_store`` and
+``running`` are module-scoped: each module that uses them gets a service of its own
+(tests/integration/conftest.py registers them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from jupyterhub.httpclient import JupyterHubHTTPClient
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from harness.platform import pg_databases
+from hubforge.config import load_config
+from hubforge.hub.governance.app import make_app, make_hub_auth
+from hubforge.hub.governance.store import GovernanceStore
+from hubforge.personas import PERSONAS
+
+PREFIX = "/services/governance/"
+ACCESS = "access:services!service=governance"
+COOKIE_SECRET = b"s" * 32
+T = TypeVar("T")
+
+
+def hub_user(name: str, groups: list[str], admin: bool = False, scopes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A user model as the hub's /hub/api/user returns it: persona scopes of the groups."""
+    persona_scopes = [s for g in groups if g in PERSONAS for s in PERSONAS[g].custom_scopes]
+    return {
+        "kind": "user",
+        "name": name,
+        "groups": groups,
+        "admin": admin,
+        "scopes": [ACCESS, f"read:users:name!user={name}", *persona_scopes, *scopes],
+    }
+
+
+USERS: dict[str, dict[str, Any]] = {
+    "alice-token": hub_user("alice", ["data-scientist"]),
+    "bob-token": hub_user("bob", ["ml-engineer"]),
+    "carol-token": hub_user("carol", ["ml-lead"]),
+    "cathy-token": hub_user("cathy", ["ml-lead"]),
+    "dan-token": hub_user("dan", ["data-steward"]),
+    "erin-token": hub_user("erin", ["platform-admin"], admin=True),
+    "ana-token": hub_user("ana", ["analyst"]),
+    "max-token": hub_user("max", ["data-steward", "data-scientist", "not-a-persona-group"]),
+    # a filter the service cannot resolve must not grant the approval
+    "fran-token": {
+        "kind": "user",
+        "name": "fran",
+        "groups": [],
+        "scopes": [
+            ACCESS,
+            "custom:requests:submit",
+            "custom:approve:production!group=other",
+        ],
+    },
+    # a hub user the hub did not let into the service
+    "mallory-token": {
+        "kind": "user",
+        "name": "mallory",
+        "groups": [],
+        "scopes": ["custom:audit:read"],
+    },
+}
+
+
+class FakeHubUser(web.RequestHandler):
+    """``GET /hub/api/user``: the model of the token's owner, 403 for an unknown token."""
+
+    def get(self) -> None:
+        match = re.fullmatch(
+            r"(?:token|bearer)\s+(\S+)",
+            self.request.headers.get("Authorization", ""),
+            re.IGNORECASE,
+        )
+        token = match.group(1) if match else ""
+        self.settings["calls"].append(token)
+        if token not in USERS:
+            self.set_status(403)
+            self.finish({"status": 403, "message": "unknown token"})
+            return
+        self.finish(USERS[token])
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for servers that synchronous tests call over HTTP."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+async def serve(app: web.Application) -> tuple[HTTPServer, int]:
+    """Serve ``app`` on a free loopback port."""
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(app, max_body_size=64 * 1024)
+    server.add_sockets(sockets)
+    return server, sockets[0].getsockname()[1]
+
+
+@dataclass
+class Running:
+    """The running service and fake hub."""
+
+    url: str
+    hub_url: str
+    app: web.Application
+    loop: LoopThread
+    hub_calls: list[str]
+    servers: list[HTTPServer] = field(default_factory=list)
+
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"token {token}"} if token else {}
+        return httpx.Client(base_url=self.url + PREFIX, headers=headers, timeout=10, **kwargs)
+
+    def hub_env(self) -> dict[str, str]:
+        return {
+            "JUPYTERHUB_API_TOKEN": "service-secret",
+            "JUPYTERHUB_API_URL": self.hub_url + "/hub/api",
+            "JUPYTERHUB_CLIENT_ID": "service-governance",
+            "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
+            "JUPYTERHUB_SERVICE_NAME": "governance",
+            "JUPYTERHUB_OAUTH_CALLBACK_URL": PREFIX + "oauth_callback",
+            "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([ACCESS]),
+        }
+
+    def serve_app(self, app: web.Application) -> str:
+        """Serve another app on the same loop; its base URL."""
+        server, port = self.loop.run(serve(app))
+        self.servers.append(server)
+        return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GovernanceStore]:
+    """A migrated store on each backend: PostgreSQL refuses text (NUL) that SQLite keeps."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('gov') / 'governance.sqlite'}"
+        else:
+            url = stack.enter_context(pg_databases("governance"))["governance"]
+        store = GovernanceStore(url)
+        store.upgrade()
+        stack.callback(store.dispose)
+        yield store
+
+
+@pytest.fixture(scope="module")
+def running(backend_store: GovernanceStore) -> Iterator[Running]:
+    loop = LoopThread()
+    calls: list[str] = []
+    hub_server, hub_port = loop.run(serve(web.Application([(r"/hub/api/user", FakeHubUser)], calls=calls)))
+    hub_url = f"http://127.0.0.1:{hub_port}"
+    running = Running(url="", hub_url=hub_url, app=None, loop=loop, hub_calls=calls)  # type: ignore[arg-type]
+    running.app = make_app(
+        backend_store,
+        PREFIX,
+        hub_auth=make_hub_auth(PREFIX, environ=running.hub_env()),
+        group_personas=load_config(environ={}).group_personas(),
+        cookie_secret=COOKIE_SECRET,
+    )
+    running.url = running.serve_app(running.app)
+    yield running
+    for server in [hub_server, *running.servers]:
+        server.stop()
+    # HubOAuth's aiohttp session belongs to this loop: close it here, not at exit.
+    loop.run(close_hub_http_client())
+    loop.stop()
+
+
+async def close_hub_http_client() -> None:
+    await JupyterHubHTTPClient.loop_instance().close()

@@ -1,0 +1,233 @@
+"""MLflow's server with hubforge's app (``mlflow server --app-name hubforge``) behind a fake hub.
+
+The fake hub is faked at the transport: an HTTP server answering the hub endpoints
+the gate calls (``GET /hub/api/user``, ``GET /hub/api/users/<name>`` with the
+service's token, ``POST /hub/api/oauth2/token``). Used by the integration tests of the
+gate (through tests/integration/conftest.py, which registers the fixtures here) and by bench/.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from harness.platform import free_port, wait_for
+
+PREFIX = "/services/mlflow/"
+HOST = "hub.example.test"
+ORIGIN = f"http://{HOST}"
+ACCESS = "access:services!service=mlflow"
+SERVICE_TOKEN = "service-" + uuid.uuid4().hex
+CLIENT_ID = "service-mlflow"
+
+
+def user_model(name: str, access: bool = True) -> dict:
+    """A hub user model as ``GET /hub/api/user`` returns it: scopes expanded."""
+    scopes = [f"read:users:name!user={name}", *([ACCESS, "custom:experiments:write"] if access else [])]
+    return {"name": name, "kind": "user", "scopes": scopes}
+
+
+class FakeHub(ThreadingHTTPServer):
+    """The hub's user and OAuth token endpoints, with tokens and codes the tests set."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HubHandler)
+        self.tokens = {
+            "alice-token": user_model("alice"),
+            "carol-token": user_model("carol"),
+            "mallory-token": user_model("mallory", access=False),
+        }
+        self.codes: dict[str, tuple[str, str]] = {}  # code -> (token, PKCE challenge)
+        self.lookups: dict[str, int] = {}
+        self.groups: dict[str, list[str]] = {}  # a user's hub groups (default: data-science)
+        self.servers: dict[str, dict[str, str]] = {}  # a user's running servers: name -> tier
+
+    @property
+    def api_url(self) -> str:
+        """What the service gets as JUPYTERHUB_API_URL."""
+        return f"http://127.0.0.1:{self.server_address[1]}/hub/api"
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    server: FakeHub
+
+    def do_GET(self) -> None:
+        token = self.headers.get("Authorization", "").removeprefix("token ")
+        self.server.lookups[token] = self.server.lookups.get(token, 0) + 1
+        if self.path.startswith("/hub/api/users/") and token == SERVICE_TOKEN:
+            name = self.path.rsplit("/", 1)[1]
+            groups = self.server.groups.get(name, ["data-science"])
+            servers = {
+                server: {"name": server, "user_options": {"profile": tier, "image": "scipy"}}
+                for server, tier in self.server.servers.get(name, {}).items()
+            }
+            return self._reply(200, {"name": name, "groups": groups, "roles": ["data-scientist"], "servers": servers})
+        if self.path != "/hub/api/user":
+            return self._reply(404, {"message": "not found"})
+        if token == "explode-token":
+            return self._reply(500, {"message": "hub broke"})
+        model = self.server.tokens.get(token)
+        return self._reply(200, model) if model else self._reply(403, {"message": "no"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        token, challenge = self.server.codes.pop(form.get("code", ""), ("", ""))
+        verifier = form.get("code_verifier", "").encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
+        if self.path != "/hub/api/oauth2/token" or not token:
+            return self._reply(400, {"error": "invalid_grant"})
+        if form.get("client_secret") != SERVICE_TOKEN or digest.decode() != challenge:
+            return self._reply(400, {"error": "invalid_client"})
+        return self._reply(200, {"access_token": token, "token_type": "Bearer"})
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet: the test output is not the place for a request log."""
+
+
+@pytest.fixture(scope="module")
+def fake_hub() -> Iterator[FakeHub]:
+    hub = FakeHub()
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    yield hub
+    hub.shutdown()
+    hub.server_close()
+
+
+def service_env(hub: FakeHub) -> dict[str, str]:
+    """The environment JupyterHub gives a managed service named mlflow."""
+    return {
+        **os.environ,
+        "JUPYTERHUB_API_TOKEN": SERVICE_TOKEN,
+        "JUPYTERHUB_API_URL": hub.api_url,
+        "JUPYTERHUB_BASE_URL": "/",
+        "JUPYTERHUB_CLIENT_ID": CLIENT_ID,
+        "JUPYTERHUB_HOST": "",
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([ACCESS]),
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": PREFIX + "oauth_callback",
+        "JUPYTERHUB_SERVICE_NAME": "mlflow",
+        "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as the hub's default config has it
+        "DO_NOT_TRACK": "true",
+    }
+
+
+def mlflow_command(data: Path, port: int) -> list[str]:
+    """``mlflow server`` as the hub starts it, behind a proxy that keeps the Host header."""
+    return [
+        sys.executable, "-m", "mlflow", "server", "--app-name", "hubforge",
+        "--backend-store-uri", f"sqlite:///{data}/mlflow.sqlite",
+        "--artifacts-destination", str(data / "mlartifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+        "--static-prefix", PREFIX.rstrip("/"),
+        "--allowed-hosts", f"{HOST},127.0.0.1:*", "--cors-allowed-origins", ORIGIN,
+    ]  # fmt: skip
+
+
+@contextmanager
+def mlflow_server(data: Path, hub: FakeHub, gated: bool = True, workers: int = 2) -> Iterator[str]:
+    """``mlflow server`` as the hub starts it in ``data`` (without hubforge's app unless
+    ``gated``), until the block ends; its URL (reach it with ``Host: HOST``). Two workers
+    by default, so that what one worker learns the other must not need."""
+    port = free_port()
+    command = mlflow_command(data, port)
+    command[command.index("--workers") + 1] = str(workers)
+    if not gated:
+        command = [part for part in command if part not in ("--app-name", "hubforge")]
+    log_path = data / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command, env=service_env(hub), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow server exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{url}{PREFIX}health", headers={"Host": HOST}).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "mlflow server", interval=0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(fake_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), fake_hub) as url:
+        yield url
+
+
+@pytest.fixture
+def browser(mlflow_url: str) -> Iterator[httpx.Client]:
+    """A client with its own cookie jar that reaches MLflow as the proxy forwards it."""
+    with httpx.Client(base_url=mlflow_url, headers={"Host": HOST}, timeout=30) as client:
+        yield client
+
+
+def api(token: str, scheme: str = "token") -> dict[str, str]:
+    return {"Authorization": f"{scheme} {token}"}
+
+
+def create_experiment(client: httpx.Client, headers: dict[str, str]) -> str:
+    name = f"exp-{uuid.uuid4().hex[:8]}"
+    resp = client.post(
+        f"{PREFIX}api/2.0/mlflow/experiments/create",
+        json={"name": name},
+        headers=headers,
+    )
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["experiment_id"])
+
+
+def start_trace(
+    browser: httpx.Client,
+    token: str,
+    experiment_id: str,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """A trace logged in ``experiment_id`` as the token's owner; its id."""
+    trace_id = f"tr-{uuid.uuid4().hex}"
+    info = {
+        "trace_id": trace_id,
+        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
+        "request_time": "2026-12-01T10:00:00Z",
+        "state": "OK",
+        "tags": tags or {},
+    }
+    resp = browser.post(f"{PREFIX}api/3.0/mlflow/traces", json={"trace": {"trace_info": info}}, headers=api(token))
+    assert resp.status_code == 200, resp.text
+    return trace_id

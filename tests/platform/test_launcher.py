@@ -1,0 +1,126 @@
+"""`hubforge up` as a process: Ctrl-C stops everything, a crash leaves nothing in the way."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness.platform import HubSession, PlatformProcess, api, wait_for
+from hubforge.hub.launcher import instance_processes
+
+
+def names(procs: list[psutil.Process]) -> str:
+    return " ".join(sorted(" ".join(p.cmdline()[:3]) for p in procs if p.is_running()))
+
+
+def start_server(platform: PlatformProcess, user: str = "alice") -> None:
+    session = HubSession(platform.url)
+    try:
+        assert session.login(user).status_code == 302
+        with api(platform.url, session.new_token(user)) as client:
+            assert client.post(f"/hub/api/users/{user}/server").status_code in (201, 202)
+            wait_for(
+                lambda: client.get(f"/hub/api/users/{user}").json()["servers"].get("", {}).get("ready"),
+                120,
+                "alice's server",
+            )
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_every_process_it_started(tmp_path: Path, sig: signal.Signals) -> None:
+    platform = PlatformProcess(tmp_path / "data")
+    platform.start()
+    try:
+        platform.wait_ready()
+        start_server(platform)
+        running = instance_processes(str(platform.data_dir.resolve()))
+        cmdlines = names(running)
+        for part in (
+            "jupyterhub",
+            "configurable-http-proxy",
+            "hubforge.hub.governance",
+            "mlflow",
+            "jupyterhub-singleuser",
+        ):
+            assert part in cmdlines, f"{part} not among {cmdlines}"
+    finally:
+        code = platform.stop(sig)
+    assert code == 0, platform.log_tail()
+    assert instance_processes(str(platform.data_dir.resolve())) == []
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", platform.port)) != 0, "the public port is still open"
+    assert not (platform.data_dir / "hubforge-up.pid").exists()
+
+
+def test_start_after_a_crash_is_clean(tmp_path: Path) -> None:
+    platform = PlatformProcess(tmp_path / "data")
+    platform.start()
+    try:
+        platform.wait_ready()
+        start_server(platform)
+        instance = str(platform.data_dir.resolve())
+        before = {p.pid for p in instance_processes(instance)}
+        # A crash: the supervisor and the hub die at once; the proxy, services and servers live on.
+        hub_pid = int((platform.data_dir / "jupyterhub.pid").read_text())
+        assert platform.proc is not None
+        for pid in (platform.proc.pid, hub_pid):
+            psutil.Process(pid).kill()
+        platform.proc.wait(30)
+        orphans = [p for p in instance_processes(instance) if p.pid in before]
+        assert orphans, "a crash should leave the proxy and services behind"
+        platform.start()
+        platform.wait_ready()
+        assert not {p.pid for p in instance_processes(instance)} & {p.pid for p in orphans}
+        assert "left by an earlier run" in platform.log_path.read_text()
+        start_server(platform)  # the hub works after the restart
+    finally:
+        assert platform.stop() == 0
+
+
+def test_a_second_up_for_the_same_data_is_refused(tmp_path: Path) -> None:
+    platform = PlatformProcess(tmp_path / "data")
+    platform.start()
+    try:
+        platform.wait_ready()
+        second = subprocess.run(
+            [platform_hubforge(), "up", "--config", str(platform.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=platform.env(),
+        )
+        assert second.returncode == 2
+        assert second.stderr.strip().startswith("hubforge: error: hubforge is already running")
+        assert platform.ready()
+    finally:
+        platform.stop()
+
+
+def test_port_taken_by_another_program(tmp_path: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        platform = PlatformProcess(tmp_path / "data")
+        platform.config_path.write_text(platform.config_path.read_text().replace(str(platform.port), str(port)))
+        result = subprocess.run(
+            [platform_hubforge(), "up", "--config", str(platform.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=platform.env(),
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"hubforge: error: hub.port: 127.0.0.1:{port} is in use by another program"
+
+
+def platform_hubforge() -> str:
+    return str(Path(sys.executable).with_name("hubforge"))

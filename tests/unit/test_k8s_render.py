@@ -1,0 +1,352 @@
+"""``hubforge k8s render``: every file parses, every object validates, the pieces fit together.
+
+Built-in kinds are validated with kubernetes-validate; Kueue objects against
+the Kueue CRD schemas vendored under ``tests/data/kueue`` (see its README).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from traitlets.config import Config
+
+from hubforge.cli import main
+from hubforge.config import default_config_text, load_config
+from hubforge.errors import ConfigError
+from hubforge.spawner_profiles.catalog import load_catalog
+from hubforge.spawner_profiles.k8s_render import HUB_DATA_DIR, render_k8s
+from hubforge.spawner_profiles.kube import QUEUE_LABEL, HubforgeKubeSpawner, TierProfileList, render_pod
+
+K8S_VERSION = "1.35.0"
+KUEUE = Path(__file__).resolve().parents[1] / "data" / "kueue"
+KUEUE_KINDS = {"ClusterQueue": "clusterqueues", "LocalQueue": "localqueues", "ResourceFlavor": "resourceflavors"}
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+OAUTH = {
+    "type": "oauth",
+    "oauth": {
+        "client_id": "hubforge",
+        "authorize_url": "https://idp.example.org/authorize",
+        "token_url": "https://idp.example.org/token",
+        "userdata_url": "https://idp.example.org/userinfo",
+        "persona_claim": "groups",
+    },
+}
+
+
+def platform_file(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
+    path = tmp_path / "platform.yaml"
+    data = {"data_dir": str(tmp_path / "data"), "hub": {"public_url": "https://hub.example.org"}, "auth": OAUTH}
+    path.write_text(yaml.safe_dump({**data, **(extra or {})}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """File name -> its YAML documents, for the shipped tiers with OAuth."""
+    tmp = tmp_path_factory.mktemp("k8s")
+    files = render_k8s(load_config(platform_file(tmp), environ={}), tmp / "out")
+    return {path.name: list(yaml.safe_load_all(path.read_text())) for path in files}
+
+
+def objects(rendered: dict[str, list[dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
+    return [doc for docs in rendered.values() for doc in docs if doc.get("kind") == kind]
+
+
+# --- validation helpers ---------------------------------------------------------------------
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with unknown fields refused where it declares properties (the API server prunes them)."""
+    if isinstance(schema, dict):
+        out = {key: _closed(value) for key, value in schema.items()}
+        open_world = "additionalProperties" in out or out.get("x-kubernetes-preserve-unknown-fields")
+        if "properties" in out and not open_world:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    return schema
+
+
+@cache
+def kueue_validator(kind: str) -> jsonschema.Draft7Validator:
+    schema = json.loads((KUEUE / f"{KUEUE_KINDS[kind]}.v1beta1.json").read_text())
+    schema.pop("$comment")
+    return jsonschema.Draft7Validator(_closed(schema))
+
+
+def validate_kueue(obj: dict[str, Any]) -> None:
+    assert obj["apiVersion"] == "kueue.x-k8s.io/v1beta1"
+    errors = sorted(kueue_validator(obj["kind"]).iter_errors(obj), key=lambda e: list(e.absolute_path))
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
+    meta = obj["metadata"]
+    assert DNS_SUBDOMAIN.match(meta["name"]) and len(meta["name"]) <= 253
+    assert all(isinstance(v, str) for v in meta.get("labels", {}).values())
+    _check_cel_rules(obj)
+
+
+def _check_cel_rules(obj: dict[str, Any]) -> None:
+    """The CRDs' x-kubernetes-validations (CEL) that jsonschema cannot run, for what we write."""
+    spec = obj["spec"]
+    if obj["kind"] == "ClusterQueue":
+        for group in spec["resourceGroups"]:
+            assert all(len(f["resources"]) == len(group["coveredResources"]) for f in group["flavors"])
+            # Each flavor lists the covered resources in the same order.
+            assert all([r["name"] for r in f["resources"]] == group["coveredResources"] for f in group["flavors"])
+        preemption = spec.get("preemption", {})
+        assert not (
+            preemption.get("reclaimWithinCohort", "Never") == "Never"
+            and preemption.get("borrowWithinCohort", {}).get("policy", "Never") != "Never"
+        )
+        if not spec.get("cohort"):
+            limits = [r for g in spec["resourceGroups"] for f in g["flavors"] for r in f["resources"]]
+            assert not any("borrowingLimit" in r for r in limits)
+    if obj["kind"] == "ResourceFlavor":
+        assert len(spec.get("nodeLabels", {})) <= 8
+
+
+# --- the rendered files -----------------------------------------------------------------------
+
+
+def test_render_writes_the_expected_files(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert set(rendered) == {"helm-values.yaml", "hubforge-platform.yaml", "priority-classes.yaml", "kueue.yaml"}
+
+
+def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    seen = []
+    for name, docs in rendered.items():
+        if name == "helm-values.yaml":
+            continue
+        for doc in docs:
+            if doc["kind"] in KUEUE_KINDS:
+                validate_kueue(doc)
+            else:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            seen.append(doc["kind"])
+    assert sorted(set(seen)) == ["ClusterQueue", "LocalQueue", "Namespace", "PriorityClass", "ResourceFlavor", "Secret"]
+
+
+def test_the_kueue_validation_catches_mistakes() -> None:
+    # The vendored schema and the closed-world check are not vacuous.
+    good = {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "LocalQueue",
+        "metadata": {"name": "training", "namespace": "hubforge"},
+        "spec": {"clusterQueue": "hubforge-training"},
+    }
+    validate_kueue(good)
+    for broken in ({"clusterQueue": "Hubforge_Training"}, {"clusterQueue": "x", "cohort": "y"}):
+        bad = {**good, "spec": broken}
+        with pytest.raises(AssertionError):
+            validate_kueue(bad)
+    cq = {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "ClusterQueue",
+        "metadata": {"name": "q"},
+        "spec": {"fairSharing": {"weight": "heavy"}, "resourceGroups": []},
+    }
+    with pytest.raises(AssertionError, match="weight"):
+        validate_kueue(cq)
+
+
+def test_kueue_objects_fit_together(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    catalog = load_catalog(load_config(environ={}))
+    queued = [t for t in catalog if t.queue]
+    flavors = {f["metadata"]["name"]: f for f in objects(rendered, "ResourceFlavor")}
+    cluster_queues = {q["metadata"]["name"]: q for q in objects(rendered, "ClusterQueue")}
+    local_queues = {q["metadata"]["name"]: q for q in objects(rendered, "LocalQueue")}
+    # One flavor per GPU model, labelled as GPU feature discovery labels the nodes.
+    assert set(flavors) == {"nvidia-a100-80gb", "nvidia-h100-80gb", "nvidia-a100-40gb"}
+    assert flavors["nvidia-h100-80gb"]["spec"]["nodeLabels"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert set(cluster_queues) == {f"hubforge-{t.slug}" for t in queued}
+    assert set(local_queues) == {t.queue for t in queued}
+    for tier in queued:
+        cq = cluster_queues[f"hubforge-{tier.slug}"]["spec"]
+        assert cq["cohort"] == "hubforge"
+        assert cq["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "hubforge"}}
+        assert float(cq["fairSharing"]["weight"]) == tier.fair_share_weight
+        (group,) = cq["resourceGroups"]
+        assert group["coveredResources"] == ["cpu", "memory", "nvidia.com/gpu"]
+        (flavor,) = group["flavors"]
+        assert flavor["name"] == tier.resources.model and flavor["name"] in flavors
+        quota = {r["name"]: r["nominalQuota"] for r in flavor["resources"]}
+        assert tier.capacity is not None
+        assert quota["nvidia.com/gpu"] == tier.capacity.gpus
+        assert quota["memory"] == tier.capacity.memory + "i"
+        lq = local_queues[tier.queue]
+        assert lq["metadata"]["namespace"] == "hubforge"
+        assert lq["spec"]["clusterQueue"] == f"hubforge-{tier.slug}"
+    weights = {name: q["spec"]["fairSharing"]["weight"] for name, q in cluster_queues.items()}
+    assert weights == {"hubforge-training": 2, "hubforge-hpo": 1, "hubforge-finetune": "0.5"}
+
+
+def test_a_queued_pod_names_a_rendered_local_queue(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pod = render_pod(load_config(environ={}), "bob", "finetune", {})
+    local_queues = {q["metadata"]["name"] for q in objects(rendered, "LocalQueue")}
+    assert pod["metadata"]["labels"][QUEUE_LABEL] in local_queues
+    classes = {c["metadata"]["name"] for c in objects(rendered, "PriorityClass")}
+    assert pod["spec"]["priorityClassName"] in classes
+
+
+def test_priority_classes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    classes = {c["metadata"]["name"]: c for c in objects(rendered, "PriorityClass")}
+    assert set(classes) == {"hubforge-interactive", "hubforge-batch"}
+    assert classes["hubforge-interactive"]["value"] > classes["hubforge-batch"]["value"]
+    assert classes["hubforge-batch"]["preemptionPolicy"] == "Never"
+
+
+def test_the_secret_carries_the_platform_config(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (secret,) = objects(rendered, "Secret")
+    (namespace,) = objects(rendered, "Namespace")
+    assert namespace["metadata"]["name"] == secret["metadata"]["namespace"] == "hubforge"
+    path = tmp_path / "platform.yaml"
+    path.write_text(secret["stringData"]["platform.yaml"])
+    cfg = load_config(path, environ={})
+    assert str(cfg.data_dir) == str(HUB_DATA_DIR)
+    assert list(cfg.data["tiers"]) == ["interactive", "training", "hpo", "finetune"]
+
+
+def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    (values,) = rendered["helm-values.yaml"]
+    assert [p["slug"] for p in values["singleuser"]["profileList"]] == ["interactive", "training", "hpo", "finetune"]
+    hub = values["hub"]
+    assert set(hub["services"]) == {"governance", "mlflow"}
+    assert hub["services"]["governance"]["url"] == "http://hub:10101"
+    assert hub["services"]["governance"]["command"] == ["python3", "-m", "hubforge.hub.governance"]
+    mlflow = hub["services"]["mlflow"]["command"]
+    assert mlflow[mlflow.index("--backend-store-uri") + 1] == f"sqlite:///{HUB_DATA_DIR}/mlflow.sqlite"
+    assert mlflow[mlflow.index("--static-prefix") + 1] == "/services/mlflow"
+    assert {p["port"] for p in hub["service"]["extraPorts"]} == {10101, 10102}
+    assert hub["extraVolumeMounts"][0]["mountPath"] == "/etc/hubforge"
+    assert hub["extraVolumes"][0]["secret"]["secretName"] == "hubforge-platform"
+    assert hub["extraEnv"]["HUBFORGE_CONFIG"] == "/etc/hubforge/platform.yaml"
+    # User pods reach MLflow on the hub's Service, a port the hub's NetworkPolicy opens to them.
+    mlflow_url = values["singleuser"]["extraEnv"]["HUBFORGE_MLFLOW_URL"]
+    assert mlflow_url == "http://hub:10102/services/mlflow"
+    allowed = mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
+    assert "hub:10102" in allowed
+    (rule,) = hub["networkPolicy"]["ingress"]
+    assert {"port": 10102, "protocol": "TCP"} in rule["ports"]
+
+
+def test_extra_config_configures_the_hub(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (values,) = rendered["helm-values.yaml"]
+    (secret,) = objects(rendered, "Secret")
+    (tmp_path / "platform.yaml").write_text(secret["stringData"]["platform.yaml"])
+    monkeypatch.setenv("HUBFORGE_CONFIG", str(tmp_path / "platform.yaml"))
+    monkeypatch.setenv("HUBFORGE_DATA", str(tmp_path / "data"))
+    c = Config()
+    c.KubeSpawner.profile_list = values["singleuser"]["profileList"]  # what z2jh sets before extraConfig
+    exec(compile(values["hub"]["extraConfig"]["hubforge"], "extraConfig", "exec"), {"c": c})
+    assert c.JupyterHub.spawner_class is HubforgeKubeSpawner
+    assert isinstance(c.HubforgeKubeSpawner.profile_list, TierProfileList)
+    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert {"data-scientist", "ml-lead", "hubforge-services"} <= set(roles)
+    assert roles["hubforge-services"]["services"] == ["governance", "mlflow"]
+    assert "custom:experiments:write" in c.Spawner.server_token_scopes
+
+
+def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:
+    path = platform_file(tmp_path, {"services": {"mlflow": {"enabled": False}, "governance": {"port": 9911}}})
+    files = render_k8s(load_config(path, environ={}), tmp_path / "out")
+    values = yaml.safe_load(files[0].read_text())
+    assert set(values["hub"]["services"]) == {"governance"}
+    assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
+    assert "\"services\": ['governance']" in values["hub"]["extraConfig"]["hubforge"]
+    assert "HUBFORGE_MLFLOW_URL" not in values["singleuser"].get("extraEnv", {})
+
+
+def test_a_queued_cpu_only_tier_gets_a_cpu_flavor(tmp_path: Path) -> None:
+    batch = copy.deepcopy(yaml.safe_load(default_config_text())["tiers"]["training"])
+    batch["resources"] = {"cpu": {"guarantee": 1, "limit": "1500m"}, "memory": {"guarantee": "1G", "limit": "2G"}}
+    batch.pop("node_selector")
+    batch["capacity"] = {"gpus": 0, "cpu": "2500m", "memory": "1.5G"}
+    path = platform_file(tmp_path, {"tiers": {"batch": batch}})
+    files = render_k8s(load_config(path, environ={}), tmp_path / "out")
+    docs = list(yaml.safe_load_all((tmp_path / "out" / "kueue.yaml").read_text()))
+    for doc in docs:
+        validate_kueue(doc)
+    flavor, cq, _ = docs
+    assert flavor["metadata"]["name"] == "cpu" and flavor["spec"] == {}
+    group = cq["spec"]["resourceGroups"][0]
+    assert group["coveredResources"] == ["cpu", "memory"]
+    assert group["flavors"][0]["resources"][0]["nominalQuota"] == "2500m"
+    assert group["flavors"][0]["resources"][1]["nominalQuota"] == str(3 * 512 * 1024**2)
+    assert len(files) == 4
+
+
+def test_the_demo_authenticator_is_refused_on_kubernetes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        render_k8s(load_config(environ={}), tmp_path / "out")
+    assert str(info.value) == (
+        "default platform.yaml: auth.type: the demo authenticator is for one machine; use oauth or ldap on Kubernetes"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    """``hubforge``'s own main, in-process (one error line, status 2)."""
+    return main(list(argv))
+
+
+def test_cli_k8s_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = platform_file(tmp_path)
+    assert run_cli(["k8s", "render", "--out", str(tmp_path / "out"), "--config", str(path)]) == 0
+    out = capsys.readouterr().out.split()
+    assert [Path(p).name for p in out] == [
+        "helm-values.yaml",
+        "hubforge-platform.yaml",
+        "priority-classes.yaml",
+        "kueue.yaml",
+    ]
+
+
+def test_cli_profiles_render(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HUBFORGE_CONFIG", raising=False)
+    code = run_cli(["profiles", "render", "--user", "alice", "--tier", "training", "--option", "gpus=2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    pod = yaml.safe_load(captured.out)
+    assert pod["kind"] == "Pod"
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--user", "alice", "--tier", "finetune"], "tier 'finetune' is not open to you"),
+        (["--user", "alice", "--tier", "training", "--option", "gpus=9"], "allows 1 to 4 GPUs, not 9"),
+        (["--user", "alice", "--tier", "training", "--option", "image=evil"], "image 'evil' is not among"),
+        (["--user", "alice", "--tier", "training", "--option", "gpus"], "--option takes KEY=VALUE, not 'gpus'"),
+        (["--user", "mallory", "--tier", "training"], "no user 'mallory' in the users of default platform.yaml"),
+    ],
+)
+def test_cli_profiles_render_refuses_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HUBFORGE_CONFIG", raising=False)
+    assert run_cli(["profiles", "render", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("hubforge: error: ")
+    assert message in captured.err
