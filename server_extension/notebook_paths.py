@@ -6,8 +6,9 @@ person renames or moves the notebook, jupyter-server updates its session (a
 event; the kernel hears of neither. The server extension writes the current
 path of every session's kernel to ``<spool root>/kernels/<kernel id>.json``
 (see :mod:`hubforge.server_extension.sessions`), and the kernel's tracker looks
-at that file (one ``stat``) before each cell and when it ends, so the run's
-source, its notebook tag and the snapshot follow the notebook.
+at that file (one ``stat``) before cells, at most every ``LOOK_EVERY_S``
+seconds, and always when it ends or is asked its status, so the run's source,
+its notebook tag and the snapshot follow the notebook.
 
 Both sides are the same person: the file lives in their home, beside the spool.
 It is still checked when read, since anything the person's code writes there
@@ -19,13 +20,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
-__all__ = ["KERNELS", "NotebookWatch", "path_file", "read_path", "remove_path", "write_path"]
+__all__ = ["KERNELS", "LOOK_EVERY_S", "NotebookWatch", "path_file", "read_path", "remove_path", "write_path"]
 
 KERNELS = "kernels"
 #: No notebook path is longer; a longer one is not ours.
 _PATH_MAX = 4096
+#: Seconds between looks before cells. A look is a ``stat`` of a file in the person's home,
+#: tens of microseconds between cells run back to back (the caches are cold by then), which
+#: Run All would pay for every cell; nobody renames a notebook and starts a cell faster.
+LOOK_EVERY_S = 0.25
 
 
 def path_file(root: Path, kernel_id: str) -> Path:
@@ -68,7 +74,9 @@ def read_path(file: Path) -> str | None:
 class NotebookWatch:
     """The kernel's side: the current notebook path, re-read only when the file changed.
 
-    ``changed()`` costs one ``stat`` when nothing happened, so it runs before every cell.
+    ``changed()`` costs one ``stat`` when nothing happened, and none when it looked less
+    than ``LOOK_EVERY_S`` seconds ago, so it runs before every cell; ``changed(fresh=True)``
+    always looks.
     """
 
     def __init__(self, root: Path, kernel_id: str, path: str):
@@ -77,20 +85,26 @@ class NotebookWatch:
             self._file: Path | None = path_file(root, kernel_id)
         except ValueError:
             self._file = None  # no kernel id (a kernel started by hand): nothing to watch
+        self._fspath = os.fspath(self._file) if self._file is not None else None
         self._seen: int | None = None
+        self._next_look = 0.0
 
-    def changed(self) -> bool:
+    def changed(self, fresh: bool = False) -> bool:
         """Whether the notebook moved since the last look (``path`` is then the new one)."""
-        if self._file is None:
+        if self._fspath is None:
             return False
+        now = time.monotonic()
+        if now < self._next_look and not fresh:
+            return False
+        self._next_look = now + LOOK_EVERY_S
         try:
-            stamp = self._file.stat().st_mtime_ns
+            stamp = os.stat(self._fspath).st_mtime_ns
         except OSError:
             return False
         if stamp == self._seen:
             return False
         self._seen = stamp
-        current = read_path(self._file)
+        current = read_path(Path(self._fspath))
         if current is None or current == self.path:
             return False
         self.path = current

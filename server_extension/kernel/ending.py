@@ -98,7 +98,7 @@ class RunEnding:
         with self._lock:
             if self._patch is not None:
                 self._patch.restore()
-        if self.watch.changed():
+        if self.watch.changed(fresh=True):
             self._moved(rename_now=False)
         if self.run_id is not None and self.experiment_id is not None:
             self._rename_experiment()  # a rename still under way, or the last moment's, before the end

@@ -55,6 +55,10 @@ class QuietStream:
             return len(text)
         return int(self._hubforge_stream.write(text))
 
+    def flush(self) -> Any:
+        """Spelled out, not through ``__getattr__``: ipykernel flushes both streams 8 times a cell."""
+        return self._hubforge_stream.flush()
+
     def writelines(self, lines: Any) -> None:
         """Write each line (see :meth:`write`)."""
         for line in lines:

@@ -178,6 +178,14 @@ class Tracker(RunEnding):
 
     def _tell(self) -> None:
         """Print, once, each thing the person should know: one short line each, no traceback."""
+        q, autolog = self.queue, self.autolog
+        if not (
+            self._notices
+            or (autolog is not None and autolog.notices)
+            or (q is not None and q.dropped > self._reported_dropped)
+            or (self._unreachable is not None and not self._told_unreachable)
+        ):
+            return  # after nearly every cell: nothing, and no lock taken
         lines = []
         if self._unreachable is not None and not self._told_unreachable and self.run_id is None:
             self._told_unreachable = True
@@ -447,6 +455,8 @@ class Tracker(RunEnding):
 
     def status(self) -> str:
         """What ``%hubforge_tracking status`` prints."""
+        if self.watch.changed(fresh=True):  # the path as it is now, not as of the last look
+            self._moved()
         q = self.queue
         opening = self._opener is not None and self._opener.is_alive()
         fits = self.autolog

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.server_extension.notebook_paths import NotebookWatch, path_file, read_path, remove_path, write_path
+from hubforge.server_extension import notebook_paths
+from hubforge.server_extension.notebook_paths import (
+    LOOK_EVERY_S,
+    NotebookWatch,
+    path_file,
+    read_path,
+    remove_path,
+    write_path,
+)
 from hubforge.server_extension.sessions import moved_path
 
 KERNEL = "0f6a1c2e-77d4-4c1b-9a3e-2b8f3c5d6e7f"
@@ -52,16 +60,46 @@ def test_what_is_not_a_notebook_path_reads_as_nothing(tmp_path: Path, content: b
 
 def test_the_watch_sees_each_move_once(tmp_path: Path) -> None:
     watch = NotebookWatch(tmp_path, KERNEL, "Untitled.ipynb")
-    assert not watch.changed(), "no file yet: the start path stands"
+    assert not watch.changed(fresh=True), "no file yet: the start path stands"
     write_path(tmp_path, KERNEL, "Untitled.ipynb")
-    assert not watch.changed(), "the same path is no move"
+    assert not watch.changed(fresh=True), "the same path is no move"
     write_path(tmp_path, KERNEL, "churn.ipynb")
     os.utime(path_file(tmp_path, KERNEL), ns=(1, 1))  # a new stamp even within one clock tick
-    assert watch.changed() and watch.path == "churn.ipynb"
-    assert not watch.changed()
+    assert watch.changed(fresh=True) and watch.path == "churn.ipynb"
+    assert not watch.changed(fresh=True)
     path_file(tmp_path, KERNEL).write_text("garbage")
     os.utime(path_file(tmp_path, KERNEL), ns=(2, 2))
-    assert not watch.changed() and watch.path == "churn.ipynb", "a bad file keeps the last good path"
+    assert not watch.changed(fresh=True) and watch.path == "churn.ipynb", "a bad file keeps the last good path"
+
+
+def test_before_cells_the_watch_looks_at_most_every_quarter_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells run back to back (Run All) pay one ``stat`` per ``LOOK_EVERY_S``, not one each;
+    a move is seen by the first cell after that, and at once when asked fresh."""
+    clock = [100.0]
+    monkeypatch.setattr(notebook_paths.time, "monotonic", lambda: clock[0])
+    watch = NotebookWatch(tmp_path, KERNEL, "Untitled.ipynb")
+    looks: list[str] = []
+    real_stat, file = os.stat, str(path_file(tmp_path, KERNEL))
+
+    def stat(path: object, **kwargs: object) -> os.stat_result:
+        if path == file:  # the watch's own look (pathlib calls os.stat too)
+            looks.append(file)
+        return real_stat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(notebook_paths.os, "stat", stat)
+    write_path(tmp_path, KERNEL, "Untitled.ipynb")
+    assert not watch.changed() and len(looks) == 1, "the first cell looks"
+    write_path(tmp_path, KERNEL, "churn.ipynb")
+    os.utime(path_file(tmp_path, KERNEL), ns=(1, 1))
+    clock[0] += LOOK_EVERY_S / 2
+    assert not watch.changed() and len(looks) == 1 and watch.path == "Untitled.ipynb", "too soon: no look"
+    clock[0] += LOOK_EVERY_S / 2
+    assert watch.changed() and watch.path == "churn.ipynb" and len(looks) == 2
+    write_path(tmp_path, KERNEL, "final.ipynb")
+    os.utime(path_file(tmp_path, KERNEL), ns=(2, 2))
+    assert watch.changed(fresh=True) and watch.path == "final.ipynb", "asked fresh, it looks whatever the clock"
 
 
 def test_a_kernel_without_an_id_watches_nothing(tmp_path: Path) -> None:
