@@ -11,6 +11,7 @@ Pure data and pure functions: nothing here talks to a hub.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -56,13 +57,11 @@ SERVER_TOKEN_SCOPES = (
     "custom:audit:read",
 )
 
+
 #: Hub services every persona may reach; the service checks finer scopes itself.
-SERVICES = ("governance", "mlflow")
-
-
-def service_access_scopes() -> list[str]:
-    """The ``access:services`` scopes every persona holds."""
-    return [f"access:services!service={name}" for name in SERVICES]
+def service_access_scopes(services: Iterable[str]) -> list[str]:
+    """The ``access:services`` scopes of ``services`` (hubforge.hub.services lists them)."""
+    return [f"access:services!service={name}" for name in services]
 
 
 @dataclass(frozen=True)
@@ -153,18 +152,20 @@ def persona_names() -> list[str]:
     return list(PERSONAS)
 
 
-def hub_roles(persona_groups: dict[str, list[str]]) -> list[dict]:
+def hub_roles(persona_groups: dict[str, list[str]], services: Iterable[str]) -> list[dict]:
     """JupyterHub ``load_roles`` entries, one role per persona.
 
     ``persona_groups`` maps a persona name to the hub groups whose members
     hold it. Every role carries ``self`` (a user's own server and tokens),
-    access to the platform's services, and the persona's scopes.
+    access to ``services`` (those of the platform's services every persona may
+    use), and the persona's scopes.
     """
+    access = service_access_scopes(services)
     roles = []
     for name, persona in PERSONAS.items():
         # Notebook access for analysts is refused by the spawner, not here:
         # every hub user needs ``self`` to reach their own token and profile.
-        scopes = ["self", *service_access_scopes(), *persona.hub_scopes, *persona.custom_scopes]
+        scopes = ["self", *access, *persona.hub_scopes, *persona.custom_scopes]
         roles.append(
             {
                 "name": name,

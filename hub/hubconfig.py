@@ -12,9 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from hubforge.config import PlatformConfig
 from hubforge.contract import (
@@ -26,12 +24,13 @@ from hubforge.contract import (
     MLFLOW_URL_ENV,
     RUNTIME_ENV,
 )
-from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, SERVICE_ROLE_SCOPES, hub_roles
+from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
 from hubforge.spawner_profiles.catalog import load_catalog
 
 from .auth import oauth_groups_key
+from .services import MLFLOW, Placement, enabled_services, hub_services, persona_services, service_role
 
-__all__ = ["RUNTIME_ENV", "Runtime", "configure"]
+__all__ = ["RUNTIME_ENV", "Runtime", "configure", "configure_service_role", "configure_services", "one_machine"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,8 @@ class Runtime:
 
     hub_port: int
     proxy_api_port: int
-    governance_port: int
-    mlflow_port: int
+    #: Each registered service's port (hubforge.hub.services.SERVICES).
+    service_ports: dict[str, int]
     proxy_command: str
     instance: str
     #: users (an account per person), none (the platform's account), pods (Kubernetes).
@@ -147,7 +146,7 @@ def _configure_ldap(c: Any, ldap: Mapping[str, Any]) -> None:
 def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
     """Personas become roles with custom scopes; configured users join their groups."""
     c.JupyterHub.custom_scopes = {name: {"description": text} for name, text in CUSTOM_SCOPES.items()}
-    c.JupyterHub.load_roles = hub_roles(cfg.persona_groups())
+    c.JupyterHub.load_roles = hub_roles(cfg.persona_groups(), persona_services())
     groups: dict[str, dict[str, list[str]]] = {
         group: {"users": []} for groups in cfg.persona_groups().values() for group in groups
     }
@@ -194,14 +193,8 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.Spawner.start_timeout = max(cfg.hub.start_timeout, 24 * 3600)
 
 
-#: Seconds the hub waits for a managed service to answer at start-up before it gives up
-#: and exits (JupyterHub's default is 30): MLflow's first start creates its database
-#: tables and takes longer than that on a loaded two-core machine.
-SERVICE_START_TIMEOUT = 180
-
-
-def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
-    """The governance service and the MLflow tracking server, both behind hub auth."""
+def one_machine(cfg: PlatformConfig, rt: Runtime) -> Placement:
+    """Where the services run under ``hubforge up``: processes of the hub, on loopback."""
     env = {
         INSTANCE_ENV: rt.instance,
         DATA_ENV: str(cfg.data_dir),
@@ -210,84 +203,28 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     }
     if os.environ.get(CONFIG_ENV):
         env[CONFIG_ENV] = os.environ[CONFIG_ENV]
-    services = [
-        {
-            "name": "governance",
-            "url": f"http://127.0.0.1:{rt.governance_port}",
-            "command": [sys.executable, "-m", "hubforge.hub.governance"],
-            "environment": env,
-            "oauth_no_confirm": True,
-            "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
-            "timeout": SERVICE_START_TIMEOUT,
-        }
-    ]
-    mlflow = cfg.services.mlflow
-    if mlflow.enabled:
-        services.append(
-            {
-                "name": "mlflow",
-                "url": f"http://127.0.0.1:{rt.mlflow_port}",
-                "command": mlflow_command(cfg, rt.mlflow_port),
-                "environment": {
-                    **env,
-                    # In the environment, not the command line: any account can read a
-                    # process's arguments, and a database URL may carry a password.
-                    "MLFLOW_BACKEND_STORE_URI": cfg.db_url("mlflow"),
-                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(mlflow.job_execution).lower(),
-                    # A company's tracking server reports nothing to MLflow's authors.
-                    "MLFLOW_DISABLE_TELEMETRY": "true",
-                },
-                "oauth_no_confirm": True,
-                # The UI's token carries the person's MLflow permissions (experiments, registry).
-                "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
-                "timeout": SERVICE_START_TIMEOUT,
-            }
-        )
-    c.JupyterHub.services = services
-    c.JupyterHub.load_roles = [
-        *c.JupyterHub.load_roles,
-        # Services read who a token belongs to, their groups and roles; nothing more.
-        {
-            "name": "hubforge-services",
-            "scopes": list(SERVICE_ROLE_SCOPES),
-            "services": [s["name"] for s in services],
-        },
-    ]
+    return Placement(
+        kind="one machine",
+        cfg=cfg,
+        ports=dict(rt.service_ports),
+        bind_ip="127.0.0.1",
+        url_host="127.0.0.1",
+        python=sys.executable,
+        scripts=os.path.dirname(sys.executable),
+        env=env,
+        # Kernels and the hub reach a service on loopback, by either name, or at the hub's address.
+        reached_as=("127.0.0.1:*", "localhost:*", f"{cfg.hub.ip}:{cfg.hub.port}"),
+    )
 
 
-def mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
-    """``mlflow server`` behind the hub, with its state in the data folder (its database URL
-    comes through ``MLFLOW_BACKEND_STORE_URI``)."""
-    artifacts = cfg.backends.object_store_url or str(cfg.data_dir / "mlartifacts")
-    Path(cfg.data_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
-    return [
-        os.path.join(os.path.dirname(sys.executable), "mlflow"),
-        "server",
-        "--app-name",
-        "hubforge",
-        "--artifacts-destination",
-        artifacts,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--static-prefix",
-        f"{cfg.hub.base_url}services/mlflow".replace("//", "/"),
-        "--workers",
-        "1",
-        # MLflow's own middleware checks Host and Origin; the proxy keeps the browser's.
-        "--allowed-hosts",
-        ",".join(_allowed_hosts(cfg)),
-        "--cors-allowed-origins",
-        _origin(cfg.public_url),
-    ]
+def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
+    """Every enabled service of :data:`~hubforge.hub.services.SERVICES`, behind hub auth."""
+    if MLFLOW.enabled(cfg):
+        (cfg.data_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
+    c.JupyterHub.services = hub_services(one_machine(cfg, rt))
+    configure_service_role(c, cfg)
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def _allowed_hosts(cfg: PlatformConfig) -> list[str]:
-    public = urlsplit(cfg.public_url).netloc
-    return sorted({public, f"{cfg.hub.ip}:{cfg.hub.port}", "localhost:*", "127.0.0.1:*"})
+def configure_service_role(c: Any, cfg: PlatformConfig) -> None:
+    """Services read who a token belongs to, their groups and roles; nothing more."""
+    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, service_role(s.name for s in enabled_services(cfg))]

@@ -33,6 +33,7 @@ from hubforge.spawner_profiles.accounts import Isolation, IsolationRefused, deci
 from hubforge.spawner_profiles.catalog import SERVER_STOP_GRACE
 
 from .hubconfig import RUNTIME_ENV, Runtime
+from .services import SERVICES, enabled_services, health_url, service_names
 
 __all__ = ["Platform", "demo_password", "find_proxy_command", "free_port", "instance_processes"]
 
@@ -184,8 +185,7 @@ class Platform:
         hub = self.cfg.hub
         if port_in_use(hub.ip, hub.port):
             raise LaunchError(f"hub.port: {hub.ip}:{hub.port} is in use by another program")
-        services = self.cfg.services
-        wanted = [hub.hub_port, hub.proxy_api_port, services.governance.port, services.mlflow.port]
+        wanted = [hub.hub_port, hub.proxy_api_port, *(spec.configured_port(self.cfg) for spec in SERVICES)]
         # A free port is free until somebody binds it: the public port is not bound
         # until the proxy starts, so it must not be handed out again, nor one port twice.
         taken = {hub.port, *(port for port in wanted if port)}
@@ -197,12 +197,11 @@ class Platform:
                     port = free_port()
                 taken.add(port)
             ports.append(port)
-        hub_port, proxy_api_port, governance_port, mlflow_port = ports
+        hub_port, proxy_api_port, *service_ports = ports
         self.runtime = Runtime(
             hub_port=hub_port,
             proxy_api_port=proxy_api_port,
-            governance_port=governance_port,
-            mlflow_port=mlflow_port,
+            service_ports=dict(zip(service_names(), service_ports, strict=True)),
             proxy_command=find_proxy_command(hub.proxy_command),
             instance=self.instance,
             isolation=self.isolation.mode,
@@ -259,17 +258,14 @@ class Platform:
     def service_health_urls(self) -> dict[str, str]:
         """Each enabled service's health check, through the proxy."""
         base = f"{self.cfg.local_url}services"
-        urls = {"governance": f"{base}/governance/api/health"}
-        if self.cfg.services.mlflow.enabled:
-            urls["mlflow"] = f"{base}/mlflow/health"
-        return urls
+        return {spec.name: health_url(spec, base) for spec in enabled_services(self.cfg)}
 
     def wait_services(self, timeout: float = 300.0) -> None:
         """Poll every service through the proxy until each answers."""
         deadline = time.monotonic() + timeout
         for name, url in self.service_health_urls().items():
             self._poll(url, deadline)
-            self.log(f"{name} is ready at {url.rsplit('/api/health', 1)[0].removesuffix('/health')}/")
+            self.log(f"{name} is ready at {self.cfg.local_url}services/{name}/")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the users' servers, then the hub (it stops the services), then anything still marked.

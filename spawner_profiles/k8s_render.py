@@ -6,7 +6,7 @@ What is written (``render_k8s``):
   ``hub.extraConfig`` loads the platform config (mounted from a Secret) and
   configures auth, roles and :class:`~hubforge.spawner_profiles.kube.HubforgeKubeSpawner`;
   ``singleuser.profileList`` is the static view of every tier; ``hub.services``
-  runs governance and MLflow inside the hub pod.
+  runs every enabled service of :data:`~hubforge.hub.services.SERVICES` in the hub pod.
 - ``hubforge-platform.yaml``: the user namespace and the Secret with the platform config.
 - ``priority-classes.yaml``: a PriorityClass per class the tiers name.
 - ``kueue.yaml``: a ResourceFlavor per GPU model, a ClusterQueue per queued tier
@@ -22,14 +22,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from hubforge.config import KubernetesSection, PlatformConfig
-from hubforge.contract import CONFIG_ENV, DATA_ENV, MLFLOW_URL_ENV, SERVICE_BIND_IP_ENV
+from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, MLFLOW_URL_ENV
 from hubforge.errors import ConfigError, HubforgeError
-from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
+from hubforge.hub.services import Placement, enabled_services, hub_services
 
 from .catalog import Catalog, Tier, load_catalog
 from .hardware import GPU_MODELS
@@ -40,6 +39,7 @@ __all__ = [
     "HUB_DATA_DIR",
     "cluster_queue",
     "helm_values",
+    "kubernetes",
     "kueue_manifests",
     "local_queue",
     "platform_manifests",
@@ -53,8 +53,6 @@ HUB_CONFIG_DIR = PurePosixPath("/etc/hubforge")
 #: The platform's data folder in the hub pod: on z2jh's hub volume.
 HUB_DATA_DIR = PurePosixPath("/srv/jupyterhub/hubforge")
 SECRET_NAME = "hubforge-platform"
-#: Ports of the hub-managed services inside the hub pod when platform.yaml says 0.
-DEFAULT_PORTS = {"governance": 10101, "mlflow": 10102}
 KUEUE_API = "kueue.x-k8s.io/v1beta1"
 LABELS = {"app.kubernetes.io/part-of": "hubforge", "app.kubernetes.io/managed-by": "hubforge"}
 #: PriorityClass values: reserved (interactive) servers above queued ones.
@@ -63,17 +61,14 @@ PRIORITY_RESERVED, PRIORITY_QUEUED = 1000, 100
 EXTRA_CONFIG = """\
 # hubforge: every setting comes from the platform config mounted from a Secret.
 from hubforge.config import load_config
-from hubforge.hub.hubconfig import configure_auth, configure_rbac
+from hubforge.hub.hubconfig import configure_auth, configure_rbac, configure_service_role
 from hubforge.spawner_profiles.kube import configure_kubespawner
 
 _platform = load_config()
 configure_auth(c, _platform)
 configure_rbac(c, _platform)
+configure_service_role(c, _platform)
 configure_kubespawner(c, _platform)
-c.JupyterHub.load_roles = [
-    *c.JupyterHub.load_roles,
-    {"name": "hubforge-services", "scopes": %s, "services": %s},
-]
 """
 
 
@@ -90,17 +85,26 @@ def _in_cluster(cfg: PlatformConfig) -> PlatformConfig:
 
 
 def _ports(cfg: PlatformConfig) -> dict[str, int]:
-    services = cfg.services
-    ports = {
-        "governance": services.governance.port or DEFAULT_PORTS["governance"],
-        "mlflow": services.mlflow.port or DEFAULT_PORTS["mlflow"],
-    }
-    if not services.mlflow.enabled:
-        del ports["mlflow"]
-    return ports
+    """Each enabled service's port in the hub pod: platform.yaml's, or the service's default."""
+    return {spec.name: spec.configured_port(cfg) or spec.default_port for spec in enabled_services(cfg)}
 
 
-def _service_env() -> dict[str, str]:
+def kubernetes(cfg: PlatformConfig) -> Placement:
+    """Where the services run on Kubernetes: processes of the hub pod, reached on the hub's Service."""
+    return Placement(
+        kind="kubernetes",
+        cfg=_in_cluster(cfg),
+        ports=_ports(cfg),
+        bind_ip="0.0.0.0",  # the pod cannot bind the Service's address
+        url_host="hub",
+        python="python3",
+        scripts="",
+        env={**_hub_env(), ISOLATION_ENV: "pods"},
+        reached_as=("hub:{port}",),
+    )
+
+
+def _hub_env() -> dict[str, str]:
     return {
         CONFIG_ENV: str(HUB_CONFIG_DIR / "platform.yaml"),
         DATA_ENV: str(HUB_DATA_DIR),
@@ -108,64 +112,20 @@ def _service_env() -> dict[str, str]:
     }
 
 
-def _mlflow_command(cfg: PlatformConfig, port: int) -> list[str]:
-    pod_cfg = _in_cluster(cfg)
-    public = urlsplit(cfg.public_url)
-    artifacts = cfg.backends.object_store_url or str(HUB_DATA_DIR / "mlartifacts")
-    return [
-        "mlflow",
-        "server",
-        "--app-name",
-        "hubforge",
-        "--backend-store-uri",
-        pod_cfg.db_url("mlflow"),
-        "--artifacts-destination",
-        artifacts,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(port),
-        "--static-prefix",
-        f"{cfg.hub.base_url}services/mlflow",
-        "--workers",
-        "1",
-        "--allowed-hosts",
-        ",".join(sorted({public.netloc, f"hub:{port}"})),
-        "--cors-allowed-origins",
-        f"{public.scheme}://{public.netloc}",
-    ]
-
-
 def _services(cfg: PlatformConfig) -> dict[str, dict[str, Any]]:
-    """z2jh ``hub.services``: governance and MLflow run in the hub pod; the chart makes their tokens."""
-    ports = _ports(cfg)
-    services: dict[str, dict[str, Any]] = {
-        "governance": {
-            "url": f"http://hub:{ports['governance']}",
-            "command": ["python3", "-m", "hubforge.hub.governance"],
-            # The URL names the hub's Service; the pod listens on every address.
-            "environment": {**_service_env(), SERVICE_BIND_IP_ENV: "0.0.0.0"},
-            "oauth_no_confirm": True,
-            "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
-        }
-    }
-    if "mlflow" in ports:
-        services["mlflow"] = {
-            "url": f"http://hub:{ports['mlflow']}",
-            "command": _mlflow_command(cfg, ports["mlflow"]),
-            "environment": _service_env(),
-            "oauth_no_confirm": True,
-        }
-    return services
+    """z2jh ``hub.services`` (keyed by name): every enabled service in the hub pod; the chart
+    makes their tokens."""
+    entries = hub_services(kubernetes(cfg))
+    return {entry["name"]: {key: value for key, value in entry.items() if key != "name"} for entry in entries}
 
 
 def _hub_values(cfg: PlatformConfig, settings: KubernetesSection) -> dict[str, Any]:
     ports = _ports(cfg)
     hub: dict[str, Any] = {
-        "extraEnv": _service_env(),
+        "extraEnv": _hub_env(),
         "extraVolumes": [{"name": SECRET_NAME, "secret": {"secretName": SECRET_NAME}}],
         "extraVolumeMounts": [{"name": SECRET_NAME, "mountPath": str(HUB_CONFIG_DIR), "readOnly": True}],
-        "extraConfig": {"hubforge": EXTRA_CONFIG % (list(SERVICE_ROLE_SCOPES), sorted(ports))},
+        "extraConfig": {"hubforge": EXTRA_CONFIG},
         "services": _services(cfg),
         # The proxy reaches the services on the hub's Service, beside the hub API.
         "service": {"extraPorts": [{"name": n, "port": p, "targetPort": p} for n, p in ports.items()]},

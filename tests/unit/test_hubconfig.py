@@ -13,8 +13,7 @@ from hubforge.hub.hubconfig import Runtime, configure
 RT = Runtime(
     hub_port=1001,
     proxy_api_port=1002,
-    governance_port=1003,
-    mlflow_port=1004,
+    service_ports={"governance": 1003, "mlflow": 1004},
     proxy_command="/opt/chp",
     instance="/data",
 )

@@ -23,6 +23,7 @@ from traitlets.config import Config
 from hubforge.cli import main
 from hubforge.config import default_config_text, load_config
 from hubforge.errors import ConfigError
+from hubforge.personas import CUSTOM_SCOPES
 from hubforge.spawner_profiles.catalog import load_catalog
 from hubforge.spawner_profiles.k8s_render import HUB_DATA_DIR, render_k8s
 from hubforge.spawner_profiles.kube import QUEUE_LABEL, HubforgeKubeSpawner, TierProfileList, render_pod
@@ -226,7 +227,11 @@ def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert hub["services"]["governance"]["url"] == "http://hub:10101"
     assert hub["services"]["governance"]["command"] == ["python3", "-m", "hubforge.hub.governance"]
     mlflow = hub["services"]["mlflow"]["command"]
-    assert mlflow[mlflow.index("--backend-store-uri") + 1] == f"sqlite:///{HUB_DATA_DIR}/mlflow.sqlite"
+    assert (
+        hub["services"]["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+        == f"sqlite:///{HUB_DATA_DIR}/mlflow.sqlite"
+    )
+    assert hub["services"]["mlflow"]["oauth_client_allowed_scopes"] == sorted(CUSTOM_SCOPES)
     assert mlflow[mlflow.index("--static-prefix") + 1] == "/services/mlflow"
     assert {p["port"] for p in hub["service"]["extraPorts"]} == {10101, 10102}
     assert hub["extraVolumeMounts"][0]["mountPath"] == "/etc/hubforge"
@@ -267,7 +272,6 @@ def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:
     values = yaml.safe_load(files[0].read_text())
     assert set(values["hub"]["services"]) == {"governance"}
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
-    assert "\"services\": ['governance']" in values["hub"]["extraConfig"]["hubforge"]
     assert "HUBFORGE_MLFLOW_URL" not in values["singleuser"].get("extraEnv", {})
 
 

@@ -63,5 +63,5 @@ def test_internal_ports_never_reuse_the_public_port_or_each_other(cfg, monkeypat
     platform = launcher.Platform(cfg)
     platform.init_ports()
     rt = platform.runtime
-    ports = [rt.hub_port, rt.proxy_api_port, rt.governance_port, rt.mlflow_port]
+    ports = [rt.hub_port, rt.proxy_api_port, rt.service_ports["governance"], rt.service_ports["mlflow"]]
     assert ports == [41001, 41002, 41003, 41004]

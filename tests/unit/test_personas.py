@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from jupyterhub import roles, scopes
 
+from hubforge.hub.services import persona_services
 from hubforge.personas import CUSTOM_SCOPES, PERSONAS, hub_roles, persona_names
 
 
@@ -22,7 +23,7 @@ def test_custom_scopes_are_valid_jupyterhub_custom_scopes() -> None:
 
 
 def test_every_role_is_accepted_by_jupyterhub() -> None:
-    for role in hub_roles({p: [p] for p in persona_names()}):
+    for role in hub_roles({p: [p] for p in persona_names()}, persona_services()):
         roles._validate_role_name(role["name"])
         scopes._check_scopes_exist(role["scopes"], who_for=f"role {role['name']}")
         assert role["groups"] == [role["name"]]
@@ -55,7 +56,7 @@ def test_every_role_is_accepted_by_jupyterhub() -> None:
     ],
 )
 def test_persona_permissions_follow_the_platform(persona: str, allowed: set[str], denied: set[str]) -> None:
-    role = next(r for r in hub_roles({}) if r["name"] == persona)
+    role = next(r for r in hub_roles({}, persona_services()) if r["name"] == persona)
     granted = set(role["scopes"])
     assert allowed <= granted
     assert not denied & granted

@@ -1,0 +1,229 @@
+"""The hub-managed services, each declared once, rendered for one machine and for Kubernetes.
+
+A service is a :class:`ServiceSpec`: its name, its command, its environment, its
+health check, the OAuth client settings the hub gives it and whether every
+persona may use it. :data:`SERVICES` registers them. ``hubforge up`` (through
+:func:`hubforge.hub.hubconfig.configure_services`), the launcher's health checks
+and ports, ``hubforge k8s render`` (``hub.services``, the hub Service's ports and
+network policy) and the personas' ``access:services`` scopes are all built from
+that one list, so the two deployments cannot drift apart.
+
+What differs between the deployments is a :class:`Placement`, and only that:
+where the services listen, the host the hub reaches them at, the interpreter,
+the data folder as the services see it and the environment every service gets.
+A spec builds its command and environment from the placement alone.
+
+Adding a service: its code in a folder of its own (like ``hub/governance/``), its
+settings under ``services.<name>`` in the platform config (``port``, optionally
+``enabled``), and one :class:`ServiceSpec` in :data:`SERVICES`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from hubforge.config import PlatformConfig
+from hubforge.contract import SERVICE_BIND_IP_ENV
+from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
+
+__all__ = [
+    "GOVERNANCE",
+    "MLFLOW",
+    "SERVICES",
+    "SERVICE_ROLE",
+    "SERVICE_START_TIMEOUT",
+    "Placement",
+    "ServiceSpec",
+    "enabled_services",
+    "health_url",
+    "hub_service",
+    "hub_services",
+    "persona_services",
+    "service_names",
+    "service_role",
+]
+
+#: Seconds the hub waits for a service to answer after starting it (MLflow's first start
+#: creates its database: tens of seconds on a slow disk).
+SERVICE_START_TIMEOUT = 180
+#: The role that lets the services read who a token belongs to, their groups and roles.
+SERVICE_ROLE = "hubforge-services"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the services run: everything that differs between one machine and Kubernetes.
+
+    ``cfg`` is the platform config as the services see it (its data folder where they
+    run); ``ports`` each service's port; ``reached_as`` the ``host:port`` names the
+    platform's own clients use for a service (``{port}`` stands for its port).
+    """
+
+    kind: str
+    cfg: PlatformConfig
+    ports: Mapping[str, int]
+    bind_ip: str
+    url_host: str
+    python: str
+    scripts: str
+    env: Mapping[str, str]
+    reached_as: tuple[str, ...]
+
+    def script(self, name: str) -> str:
+        """A console script of the platform's environment (found on ``PATH`` when no folder)."""
+        return os.path.join(self.scripts, name) if self.scripts else name
+
+    def hosts(self, port: int) -> list[str]:
+        """The ``host:port`` names a service on ``port`` is reached at, public address first."""
+        public = urlsplit(self.cfg.public_url).netloc
+        return sorted({public, *(host.format(port=port) for host in self.reached_as)})
+
+
+def _section(cfg: PlatformConfig, name: str) -> Any:
+    return getattr(cfg.services, name)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One hub-managed service (see the module's docstring)."""
+
+    name: str
+    #: Its command, for a placement and the port it listens on.
+    command: Callable[[Placement, int], list[str]]
+    #: Its own environment, on top of the placement's.
+    environment: Callable[[Placement], dict[str, str]] = lambda placement: {}
+    #: Its health check, under its prefix (``/services/<name>/``); 200 when it is up.
+    health_path: str = "api/health"
+    #: Its port on Kubernetes when platform.yaml says 0 (one machine picks a free one).
+    default_port: int = 0
+    #: What its OAuth tokens may carry: the platform's custom scopes.
+    oauth_client_allowed_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(sorted(CUSTOM_SCOPES)))
+    #: Whether every persona's role may use it (``access:services!service=<name>``).
+    persona_access: bool = True
+
+    def enabled(self, cfg: PlatformConfig) -> bool:
+        """``services.<name>.enabled`` (a service without that setting is always on)."""
+        return bool(getattr(_section(cfg, self.name), "enabled", True))
+
+    def configured_port(self, cfg: PlatformConfig) -> int:
+        """``services.<name>.port``: 0 lets the platform choose."""
+        return int(_section(cfg, self.name).port)
+
+
+def _governance_command(placement: Placement, port: int) -> list[str]:
+    return [placement.python, "-m", "hubforge.hub.governance"]
+
+
+def _governance_environment(placement: Placement) -> dict[str, str]:
+    # The URL names where the hub reaches it; on Kubernetes that is the hub's Service,
+    # which the pod cannot bind: it listens on the placement's address.
+    return {SERVICE_BIND_IP_ENV: placement.bind_ip}
+
+
+def _mlflow_command(placement: Placement, port: int) -> list[str]:
+    cfg = placement.cfg
+    artifacts = cfg.backends.object_store_url or str(cfg.data_dir / "mlartifacts")
+    return [
+        placement.script("mlflow"),
+        "server",
+        "--app-name",
+        "hubforge",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        placement.bind_ip,
+        "--port",
+        str(port),
+        "--static-prefix",
+        f"{cfg.hub.base_url}services/mlflow".replace("//", "/"),
+        "--workers",
+        "1",
+        # MLflow's own middleware checks Host and Origin; the proxy keeps the browser's.
+        "--allowed-hosts",
+        ",".join(placement.hosts(port)),
+        "--cors-allowed-origins",
+        _origin(cfg.public_url),
+    ]
+
+
+def _mlflow_environment(placement: Placement) -> dict[str, str]:
+    cfg = placement.cfg
+    return {
+        # In the environment, not the command line: any account can read a process's
+        # arguments (and a pod's spec its command), and a database URL may carry a password.
+        "MLFLOW_BACKEND_STORE_URI": cfg.db_url("mlflow"),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(cfg.services.mlflow.job_execution).lower(),
+        # A company's tracking server reports nothing to MLflow's authors.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+GOVERNANCE = ServiceSpec(
+    name="governance",
+    command=_governance_command,
+    environment=_governance_environment,
+    health_path="api/health",
+    default_port=10101,
+)
+MLFLOW = ServiceSpec(
+    name="mlflow",
+    command=_mlflow_command,
+    environment=_mlflow_environment,
+    health_path="health",
+    default_port=10102,
+)
+#: Every hub-managed service, in start order.
+SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW)
+
+
+def service_names() -> list[str]:
+    """Every registered service's name."""
+    return [spec.name for spec in SERVICES]
+
+
+def persona_services() -> list[str]:
+    """The services every persona's role may use (``access:services``)."""
+    return [spec.name for spec in SERVICES if spec.persona_access]
+
+
+def enabled_services(cfg: PlatformConfig) -> list[ServiceSpec]:
+    """The services platform.yaml has on."""
+    return [spec for spec in SERVICES if spec.enabled(cfg)]
+
+
+def hub_service(spec: ServiceSpec, placement: Placement) -> dict[str, Any]:
+    """``spec`` as a ``c.JupyterHub.services`` entry (z2jh ``hub.services`` adds the key as name)."""
+    port = placement.ports[spec.name]
+    return {
+        "name": spec.name,
+        "url": f"http://{placement.url_host}:{port}",
+        "command": spec.command(placement, port),
+        "environment": {**placement.env, **spec.environment(placement)},
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": list(spec.oauth_client_allowed_scopes),
+        "timeout": SERVICE_START_TIMEOUT,
+    }
+
+
+def hub_services(placement: Placement) -> list[dict[str, Any]]:
+    """Every enabled service as a ``c.JupyterHub.services`` entry."""
+    return [hub_service(spec, placement) for spec in enabled_services(placement.cfg)]
+
+
+def service_role(names: Iterable[str]) -> dict[str, Any]:
+    """The ``load_roles`` entry that lets the services ``names`` identify people."""
+    return {"name": SERVICE_ROLE, "scopes": list(SERVICE_ROLE_SCOPES), "services": list(names)}
+
+
+def health_url(spec: ServiceSpec, services_url: str) -> str:
+    """``spec``'s health check under ``services_url`` (the proxy's ``.../services``)."""
+    return f"{services_url.rstrip('/')}/{spec.name}/{spec.health_path}"
