@@ -25,6 +25,7 @@ import yaml
 
 from hubforge.contract import CONFIG_ENV, DATA_ENV
 
+from .catalog import catalog_from_data
 from .errors import ConfigError
 from .personas import persona_names
 
@@ -113,10 +114,7 @@ def validate(data: Any, source: str = "platform.yaml") -> None:
         raise ConfigError(f"{source}: {_key_path(path)}: {problem}")
     _cross_check(data, source)
     # The tier catalog's checks (default image among the choices, GPU ranges,
-    # known groups) are part of the config's validity; imported late because
-    # the catalog module itself reads PlatformConfig.
-    from hubforge.spawner_profiles.catalog import catalog_from_data
-
+    # known groups) are part of the config's validity.
     catalog_from_data(data, source)
 
 

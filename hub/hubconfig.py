@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hubforge.catalog import load_catalog
 from hubforge.config import PlatformConfig
 from hubforge.contract import (
     CONFIG_ENV,
@@ -25,7 +26,6 @@ from hubforge.contract import (
     RUNTIME_ENV,
 )
 from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
-from hubforge.spawner_profiles.catalog import load_catalog
 
 from .auth import oauth_groups_key
 from .services import MLFLOW, Placement, enabled_services, hub_services, persona_services, service_role

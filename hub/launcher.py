@@ -26,11 +26,11 @@ import httpx
 import psutil
 
 import hubforge
+from hubforge.catalog import SERVER_STOP_GRACE
 from hubforge.config import PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, DEMO_PASSWORD_ENV, INSTANCE_ENV
 from hubforge.errors import LaunchError
 from hubforge.spawner_profiles.accounts import Isolation, IsolationRefused, decide
-from hubforge.spawner_profiles.catalog import SERVER_STOP_GRACE
 
 from .hubconfig import RUNTIME_ENV, Runtime
 from .services import SERVICES, enabled_services, health_url, service_names
@@ -272,7 +272,7 @@ class Platform:
 
         The servers go first: JupyterHub stops its services (MLflow) and the proxy before
         the servers, and a server stopping ends its kernels' runs through both. Each
-        server gets SERVER_STOP_GRACE seconds (hubforge.spawner_profiles.catalog).
+        server gets SERVER_STOP_GRACE seconds (hubforge.catalog).
         """
         if self._stopping or not self._claimed:
             # Never sweep an instance this supervisor does not own (e.g. refused to start).

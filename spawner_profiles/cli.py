@@ -14,9 +14,8 @@ from collections.abc import Sequence
 
 import yaml
 
+from hubforge.catalog import ChoiceError
 from hubforge.config import load_config
-
-from .catalog import ChoiceError
 
 __all__ = ["cmd_k8s_render", "cmd_profiles_render", "parse_options", "register"]
 

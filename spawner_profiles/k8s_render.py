@@ -25,13 +25,13 @@ from typing import Any
 
 import yaml
 
+from hubforge.catalog import Catalog, Tier, load_catalog
 from hubforge.config import KubernetesSection, PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, MLFLOW_URL_ENV
 from hubforge.errors import ConfigError, HubforgeError
+from hubforge.hardware import GPU_MODELS
 from hubforge.hub.services import Placement, enabled_services, hub_services
 
-from .catalog import Catalog, Tier, load_catalog
-from .hardware import GPU_MODELS
 from .kube import kube_memory, kube_settings, profile_for
 
 __all__ = [

@@ -26,10 +26,7 @@ from tornado import web
 from traitlets import Dict, Instance, default
 from traitlets.config import Config
 
-from hubforge.config import KubernetesSection, PlatformConfig
-from hubforge.errors import http_answer
-
-from .catalog import (
+from hubforge.catalog import (
     SERVER_STOP_GRACE,
     Catalog,
     ChoiceError,
@@ -42,7 +39,10 @@ from .catalog import (
     tier_env,
     tiers_for,
 )
-from .hardware import memory_bytes
+from hubforge.config import KubernetesSection, PlatformConfig
+from hubforge.errors import http_answer
+from hubforge.hardware import memory_bytes
+
 from .saved_options import restore_saved_options
 
 __all__ = [
@@ -110,7 +110,7 @@ def _tier_override(tier: Tier) -> dict[str, Any]:
     if tier.queue:
         labels[QUEUE_LABEL] = tier.queue
     override: dict[str, Any] = {
-        "image": tier.image(tier.default_image).image,  # type: ignore[union-attr]
+        "image": tier.image(tier.default_image).image,
         "cpu_guarantee": res.cpu_guarantee,
         "cpu_limit": res.cpu_limit,
         "mem_guarantee": res.mem_guarantee,
@@ -190,7 +190,7 @@ class HubforgeKubeSpawner(KubeSpawner):
         Catalog,
         allow_none=True,
         config=True,
-        help="The tier catalog (hubforge.spawner_profiles.catalog.load_catalog(cfg)). "
+        help="The tier catalog (hubforge.catalog.load_catalog(cfg)). "
         "Every spawn request is checked against it; without one, every spawn is refused.",
     )
     group_personas = Dict(

@@ -34,12 +34,7 @@ from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, List, Unicode, default
 
-from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV
-from hubforge.errors import Refusal, http_answer
-
-from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
-from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
-from .catalog import (
+from hubforge.catalog import (
     SERVER_STOP_GRACE,
     Catalog,
     ChoiceError,
@@ -50,6 +45,11 @@ from .catalog import (
     personas_for_groups,
     tier_env,
 )
+from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV
+from hubforge.errors import Refusal, http_answer
+
+from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
+from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
 from .environments import Environment, LocalEnvironments, kernel_python_env
 from .gpus import inventory
 from .saved_options import restore_saved_options

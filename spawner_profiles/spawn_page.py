@@ -14,8 +14,9 @@ from typing import Any
 
 import jinja2
 
+from hubforge.catalog import Tier, tiers_for
+
 from .accounts import WORDS
-from .catalog import Tier, tiers_for
 from .gpus import Selector
 
 __all__ = ["render_options_form", "tier_cards"]

@@ -41,8 +41,8 @@ import jupyterhub.tests.mocking as mocking
 import jupyterhub.tests.test_spawner as shipped
 from traitlets import default
 
+from hubforge.catalog import load_catalog
 from hubforge.config import load_config
-from hubforge.spawner_profiles.catalog import load_catalog
 from hubforge.spawner_profiles.local import LocalTierSpawner
 
 _CFG = load_config(None)

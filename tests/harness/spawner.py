@@ -15,9 +15,9 @@ from jupyterhub.objects import Hub
 from jupyterhub.user import User
 from sqlalchemy.orm import Session
 
+from hubforge.catalog import load_catalog
 from hubforge.config import load_config
 from hubforge.spawner_profiles.allocator import GpuRequest
-from hubforge.spawner_profiles.catalog import load_catalog
 from hubforge.spawner_profiles.local import LocalTierSpawner
 
 #: One H100, the training tier's model: a second training server has to queue.

@@ -21,9 +21,9 @@ from harness.mlflow import MlflowServer
 from harness.platform import wait_for
 from harness.server import Server, notebook_session
 from harness.tracking import config
+from hubforge.catalog import load_catalog, tier_env
 from hubforge.config import PlatformConfig
 from hubforge.contract import TRACKING_ENV
-from hubforge.spawner_profiles.catalog import load_catalog, tier_env
 from hubforge.spawner_profiles.local import LocalTierSpawner
 
 # --- the local spawner --------------------------------------------------------------------------------

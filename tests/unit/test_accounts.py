@@ -98,7 +98,7 @@ def test_the_spawn_page_says_when_notebooks_are_not_isolated() -> None:
     from hubforge.spawner_profiles.spawn_page import render_options_form
 
     cfg = load_config(environ={})
-    from hubforge.spawner_profiles.catalog import load_catalog
+    from hubforge.catalog import load_catalog
 
     catalog = load_catalog(cfg)
     snapshot = SimpleNamespace(tiers={})

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from hubforge.catalog import load_catalog
 from hubforge.config import ConfigError, load_config, validate
 from hubforge.server_extension.app import use_image_python
-from hubforge.spawner_profiles.catalog import load_catalog
 from hubforge.spawner_profiles.spawn_page import tier_cards
 
 

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from traitlets.config import Config
 
+from hubforge.catalog import load_catalog
 from hubforge.cli import main
 from hubforge.config import default_config_text, load_config
 from hubforge.errors import ConfigError
 from hubforge.personas import CUSTOM_SCOPES
-from hubforge.spawner_profiles.catalog import load_catalog
 from hubforge.spawner_profiles.k8s_render import HUB_DATA_DIR, render_k8s
 from hubforge.spawner_profiles.kube import QUEUE_LABEL, HubforgeKubeSpawner, TierProfileList, render_pod
 

@@ -80,7 +80,7 @@ def test_every_error_of_the_package_is_a_refusal_or_a_named_fault() -> None:
 @pytest.mark.parametrize(
     ("dotted", "kind"),
     [
-        ("hubforge.spawner_profiles.catalog.ChoiceError", Invalid),
+        ("hubforge.catalog.ChoiceError", Invalid),
         ("hubforge.spawner_profiles.allocation.QuotaExceeded", Forbidden),
         ("hubforge.spawner_profiles.allocation.NoSuchGpu", Invalid),
         ("hubforge.spawner_profiles.allocation.AllocationConflict", Conflict),

@@ -9,13 +9,13 @@ import pytest
 import yaml
 from traitlets.config import Config
 
+from hubforge.catalog import load_catalog
 from hubforge.config import PlatformConfig, load_config
 from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV
 from hubforge.hub import services
 from hubforge.hub.hubconfig import Runtime, configure, one_machine
 from hubforge.hub.services import SERVICES, Placement, ServiceSpec, hub_service
 from hubforge.personas import hub_roles
-from hubforge.spawner_profiles.catalog import load_catalog
 from hubforge.spawner_profiles.k8s_render import helm_values, kubernetes
 
 #: Ports no other number in a rendering shares, so that they can be told apart.

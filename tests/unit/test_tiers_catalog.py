@@ -9,17 +9,17 @@ from typing import Any
 import pytest
 import yaml
 
-from hubforge.config import PlatformConfig, default_config_text, load_config, merge, schema, validate
-from hubforge.errors import ConfigError
-from hubforge.personas import persona_names
-from hubforge.spawner_profiles.catalog import (
+from hubforge.catalog import (
     ChoiceError,
     check_choice,
     load_catalog,
     personas_for_groups,
     tiers_for,
 )
-from hubforge.spawner_profiles.hardware import GPU_MODELS, cpu_cores, memory_bytes
+from hubforge.config import PlatformConfig, default_config_text, load_config, merge, schema, validate
+from hubforge.errors import ConfigError
+from hubforge.hardware import GPU_MODELS, cpu_cores, memory_bytes
+from hubforge.personas import persona_names
 
 DEFAULT = yaml.safe_load(default_config_text())
 
@@ -315,9 +315,9 @@ def test_forged_choices_are_refused(tier: str, options: dict[str, Any], status: 
 
 
 def test_public_api_is_explicit() -> None:
-    import hubforge.spawner_profiles.catalog as catalog
+    import hubforge.catalog as catalog
+    import hubforge.hardware as hardware
     import hubforge.spawner_profiles.cli as cli
-    import hubforge.spawner_profiles.hardware as hardware
     import hubforge.spawner_profiles.k8s_render as k8s_render
     import hubforge.spawner_profiles.kube as kube
 

@@ -19,8 +19,8 @@ import yaml
 from tornado import web
 from traitlets.config import Config
 
+from hubforge.catalog import ChoiceError, load_catalog
 from hubforge.config import PlatformConfig, default_config_text, merge, validate
-from hubforge.spawner_profiles.catalog import ChoiceError, load_catalog
 from hubforge.spawner_profiles.kube import (
     QUEUE_LABEL,
     TIER_LABEL,

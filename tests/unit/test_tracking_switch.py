@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from harness.tracking import DEFAULT, config
+from hubforge.catalog import load_catalog, tier_env
 from hubforge.config import PlatformConfig, default_config_text, load_config, merge
 from hubforge.contract import TRACKING_ENV
 from hubforge.errors import ConfigError
-from hubforge.spawner_profiles.catalog import load_catalog, tier_env
 from hubforge.spawner_profiles.kube import offline_spawner, profile_for, render_pod
 
 

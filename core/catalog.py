@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hubforge.config import PlatformConfig
-from hubforge.contract import TIER_ENV, TRACKING_ENV
-from hubforge.errors import ConfigError, Invalid
-from hubforge.personas import persona_names
-
+from .contract import TIER_ENV, TRACKING_ENV
+from .errors import ConfigError, Invalid
 from .hardware import GPU_MODELS, cpu_cores, memory_bytes
+from .personas import persona_names
+
+if TYPE_CHECKING:  # the config validates with the catalog, never the other way round
+    from .config import PlatformConfig
 
 __all__ = [
     "SERVER_STOP_GRACE",
