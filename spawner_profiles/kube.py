@@ -110,7 +110,7 @@ def _tier_override(tier: Tier) -> dict[str, Any]:
     if tier.queue:
         labels[QUEUE_LABEL] = tier.queue
     override: dict[str, Any] = {
-        "image": tier.image(tier.default_image).image,
+        "image": tier.default_choice().image,
         "cpu_guarantee": res.cpu_guarantee,
         "cpu_limit": res.cpu_limit,
         "mem_guarantee": res.mem_guarantee,
@@ -390,7 +390,7 @@ async def render_pod_async(
         try:
             await spawner.load_user_options()
         except web.HTTPError as exc:
-            raise ChoiceError(exc.get_message() or str(exc), exc.status_code) from exc
+            raise ChoiceError(exc.get_message() or str(exc), status=exc.status_code) from exc
         pod = spawner.api.api_client.sanitize_for_serialization(await spawner.get_pod_manifest())
     pod["metadata"]["namespace"] = spawner.namespace
     return pod

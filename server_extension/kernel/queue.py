@@ -551,7 +551,8 @@ class TrackingQueue:
 
 def _take_batch(staged: deque[Item], aliases: dict[str, str]) -> _Batch:
     """Pop the oldest items of one run from ``staged`` up to MLflow's per-request limits."""
-    batch = _Batch(run_id=aliases.get(staged[0][RUN], staged[0][RUN]))
+    first: str = staged[0][RUN]
+    batch = _Batch(run_id=aliases.get(first, first))
     counts = {METRIC: 0, PARAM: 0, TAG: 0}
     limits = {METRIC: MAX_METRICS, PARAM: MAX_PARAMS, TAG: MAX_TAGS}
     keys: set[tuple[str, str]] = set()

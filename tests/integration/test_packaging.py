@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = {
-    "core": "hubforge",
+    "hubforge": "hubforge",
     "hub": "hubforge/hub",
     "server_extension": "hubforge/server_extension",
     "widgets": "hubforge/widgets",
@@ -53,7 +53,8 @@ def test_wheel_ships_data_and_entry_points(wheel: Path) -> None:
     entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "hubforge = hubforge.cli:main" in entry_points
     assert "[mlflow.app]" in entry_points
-    assert not any(n.split("/")[0] in {"hub", "widgets", "core", "tests", "bench"} for n in names)
+    generic = {"hub", "widgets", "server_extension", "spawner_profiles", "tests", "bench"}
+    assert not any(n.split("/")[0] in generic for n in names)
 
 
 def test_only_hubforge_names_are_importable(wheel: Path, tmp_path: Path) -> None:
@@ -68,7 +69,7 @@ def test_only_hubforge_names_are_importable(wheel: Path, tmp_path: Path) -> None
         "import sys, importlib.util as u; sys.path.insert(0, sys.argv[1]);"
         "ours = ['hubforge', 'hubforge.hub', 'hubforge.server_extension', 'hubforge.widgets',"
         " 'hubforge.spawner_profiles'];"
-        "generic = ['hub', 'widgets', 'server_extension', 'spawner_profiles', 'core'];"
+        "generic = ['hub', 'widgets', 'server_extension', 'spawner_profiles'];"
         "print([n for n in ours if u.find_spec(n) is None], [n for n in generic if u.find_spec(n)])"
     )
     result = subprocess.run(

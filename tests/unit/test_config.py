@@ -91,9 +91,9 @@ def test_only_the_config_module_digs_into_the_raw_mapping() -> None:
     digging = re.compile(r"\b(?:cfg|config|self\.cfg|platform)\.data\s*(?:\[|\.get\()")
     found = [
         f"{path.relative_to(root)}:{number}"
-        for folder in ("core", "hub", "server_extension", "spawner_profiles", "widgets")
+        for folder in ("hubforge", "hub", "server_extension", "spawner_profiles", "widgets")
         for path in sorted((root / folder).rglob("*.py"))
-        if path.name != "config.py" or path.parent.name != "core"
+        if path.name != "config.py" or path.parent.name != "hubforge"
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if digging.search(line)
     ]

@@ -17,8 +17,8 @@ from hubforge import contract
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The package's folders (the user's layout: each installed under ``hubforge.``).
-SOURCES = ("core", "hub", "server_extension", "spawner_profiles", "widgets")
-CONTRACT = ROOT / "core" / "contract.py"
+SOURCES = ("hubforge", "hub", "server_extension", "spawner_profiles", "widgets")
+CONTRACT = ROOT / "hubforge" / "contract.py"
 
 
 def _python_files() -> list[Path]:

@@ -36,7 +36,7 @@ FAULTS = {
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Source folders and the package names they install as (the kernel side answers no request).
-PACKAGES = {"core": "hubforge", "hub": "hubforge.hub", "spawner_profiles": "hubforge.spawner_profiles"}
+PACKAGES = {"hubforge": "hubforge", "hub": "hubforge.hub", "spawner_profiles": "hubforge.spawner_profiles"}
 
 
 def _package_errors() -> set[type[HubforgeError]]:

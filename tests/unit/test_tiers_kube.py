@@ -180,6 +180,18 @@ def test_render_refuses_what_the_user_may_not_use() -> None:
         render_pod(cfg, "mallory", "interactive", {})
 
 
+def test_render_passes_on_kubespawners_own_refusal_with_its_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An option the catalog lets through but KubeSpawner's profile handling refuses:
+    # the render ends in the one-line refusal with KubeSpawner's status, not a TypeError.
+    async def refuse(self: HubforgeKubeSpawner) -> None:
+        raise web.HTTPError(400, "No such profile option")
+
+    monkeypatch.setattr(HubforgeKubeSpawner, "load_user_options", refuse)
+    with pytest.raises(ChoiceError, match="No such profile option") as info:
+        render_pod(config(), "alice", "interactive", {})
+    assert info.value.status == 400
+
+
 # --- server-side enforcement --------------------------------------------------------------
 
 

@@ -154,6 +154,13 @@ class Tier:
         """The image choice named ``key``, if the tier offers it."""
         return next((choice for choice in self.images if choice.key == key), None)
 
+    def default_choice(self) -> ImageChoice:
+        """The image a server of this tier gets when none is asked for."""
+        choice = self.image(self.default_image)
+        if choice is None:  # the catalog's validation refuses such a tier
+            raise ConfigError(f"tiers.{self.slug}.images.default: {self.default_image!r} is not among the choices")
+        return choice
+
     def visible_to(self, groups: Iterable[str], personas: Iterable[str]) -> bool:
         """Whether a user with ``groups`` and ``personas`` may use this tier."""
         return bool(self.groups.intersection(groups) or self.personas.intersection(personas))
@@ -419,7 +426,7 @@ def _chosen_tier(catalog: Catalog, visible: list[Tier], slug: str | None) -> Tie
 
 def _chosen_image(tier: Tier, key: Any) -> ImageChoice:
     if key is None or key == "":
-        key = tier.default_image
+        return tier.default_choice()
     choice = tier.image(key) if isinstance(key, str) else None
     if choice is None:
         keys = ", ".join(c.key for c in tier.images)
