@@ -1,8 +1,11 @@
 """The ``hubforge`` command line.
 
-``hubforge up`` starts the platform; ``hubforge config`` checks and shows the
-platform config. Errors a person can act on end the command with one line on
-stderr and a non-zero exit status, never a traceback.
+``hubforge config`` (here) checks and shows the platform config. The other
+subcommands belong to the parts that do the work and register themselves
+through the ``hubforge.commands`` entry-point group (``up`` from the hub,
+``profiles`` and ``k8s`` from the spawners), so this bottom-layer package imports
+none of them. Errors a person can act on end the command with one line on stderr
+and a non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,24 +13,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 from . import __version__
 from .config import default_config_text, load_config
 from .errors import CLI_EXIT, HubforgeError
 
-__all__ = ["main"]
+__all__ = ["COMMANDS_GROUP", "build_parser", "main"]
+
+#: The entry-point group of subcommands: each entry is ``register(subparsers, parents)``.
+COMMANDS_GROUP = "hubforge.commands"
 
 
 def _config_path(args: argparse.Namespace) -> str | None:
     # --config may come before or after the subcommand; SUPPRESS keeps either.
     return getattr(args, "config", None)
-
-
-def _cmd_up(args: argparse.Namespace) -> int:
-    from hubforge.hub.launcher import Platform  # the hub side is only needed here
-
-    cfg = load_config(_config_path(args))
-    return Platform(cfg, log=lambda line: print(f"[hubforge] {line}", flush=True)).run()
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -63,9 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hubforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    up = sub.add_parser("up", parents=[common], help="start the platform on this machine (Ctrl-C stops it)")
-    up.set_defaults(func=_cmd_up)
-
     config = sub.add_parser("config", help="check or show the platform config")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     actions: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
@@ -77,9 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         action = config_sub.add_parser(name, parents=[common], help=help_text)
         action.set_defaults(func=func)
 
-    from hubforge.spawner_profiles.cli import register  # profiles render, k8s render
-
-    register(sub, parents=[common])
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub, parents=[common])
     return parser
 
 

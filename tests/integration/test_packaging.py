@@ -52,6 +52,7 @@ def test_wheel_ships_data_and_entry_points(wheel: Path) -> None:
     } <= names
     entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "hubforge = hubforge.cli:main" in entry_points
+    assert "[hubforge.commands]" in entry_points  # `up`, `profiles`, `k8s` come from the parts
     assert "[mlflow.app]" in entry_points
     generic = {"hub", "widgets", "server_extension", "spawner_profiles", "tests", "bench"}
     assert not any(n.split("/")[0] in generic for n in names)
