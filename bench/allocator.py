@@ -19,9 +19,9 @@ from contextlib import aclosing
 from pathlib import Path
 
 from bench.report import Result
-from hubforge.spawner_profiles.allocator import Allocation, GpuAllocator, GpuRequest
-from hubforge.spawner_profiles.gpus import Gpu, declared
-from hubforge.spawner_profiles.gpustore import GpuStore
+from hubforge.spawner_profiles.local.gpus import Allocation, GpuAllocator, GpuRequest
+from hubforge.spawner_profiles.local.gpus.devices import Gpu, declared
+from hubforge.spawner_profiles.local.gpus.store import GpuStore
 
 QUEUED = 1000
 GPUS = 8

@@ -19,7 +19,7 @@ import httpx
 from bench.plainhub import PlainHub
 from bench.report import Result
 from harness.platform import HubSession, PlatformProcess
-from hubforge.spawner_profiles.local import singleuser_command
+from hubforge.spawner_profiles.local.spawner import singleuser_command
 
 USERS = [f"user{i:02d}" for i in range(50)]
 

@@ -17,7 +17,7 @@ from harness.platform import HubSession, PlatformProcess, api, wait_for
 
 PLAIN_EXTRA = """
 c.Authenticator.allowed_users = {"alice"}
-c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.LocalTierSpawner"
+c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.spawner.LocalTierSpawner"
 c.LocalTierSpawner.home_dir_template = "{data}/users/{username}"
 """
 

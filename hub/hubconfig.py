@@ -163,11 +163,11 @@ def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
 def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     """KubeSpawner on Kubernetes, the local spawner on one machine; both from the tier catalog."""
     if cfg.spawner.on_kubernetes:
-        from hubforge.spawner_profiles.kube import configure_kubespawner
+        from hubforge.spawner_profiles.kubernetes.spawner import configure_kubespawner
 
         configure_kubespawner(c, cfg)
         return
-    c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.LocalTierSpawner"
+    c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.spawner.LocalTierSpawner"
     c.Spawner.default_url = cfg.spawner.default_url
     c.Spawner.start_timeout = cfg.hub.start_timeout
     c.Spawner.http_timeout = cfg.hub.start_timeout

@@ -30,7 +30,7 @@ from hubforge.catalog import SERVER_STOP_GRACE
 from hubforge.config import PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, DEMO_PASSWORD_ENV, INSTANCE_ENV
 from hubforge.errors import LaunchError
-from hubforge.spawner_profiles.accounts import Isolation, IsolationRefused, decide
+from hubforge.spawner_profiles.local.accounts import Isolation, IsolationRefused, decide
 
 from .hubconfig import RUNTIME_ENV, Runtime
 from .services import SERVICES, enabled_services, health_url, service_names

@@ -33,7 +33,7 @@ def parse_options(pairs: Sequence[str]) -> dict[str, str]:
 
 def cmd_profiles_render(args: argparse.Namespace) -> int:
     """Print the pod manifest of a user's choice as YAML."""
-    from .kube import render_pod  # KubeSpawner is only imported when needed
+    from .kubernetes.spawner import render_pod  # KubeSpawner is only imported when needed
 
     cfg = load_config(getattr(args, "config", None))
     pod = render_pod(cfg, args.user, args.tier, parse_options(args.option))
@@ -43,7 +43,7 @@ def cmd_profiles_render(args: argparse.Namespace) -> int:
 
 def cmd_k8s_render(args: argparse.Namespace) -> int:
     """Write the helm values and manifests; list the files written."""
-    from .k8s_render import render_k8s
+    from .kubernetes.render import render_k8s
 
     cfg = load_config(getattr(args, "config", None))
     for path in render_k8s(cfg, args.out):

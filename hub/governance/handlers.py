@@ -21,7 +21,7 @@ from tornado import web
 
 from hubforge.errors import NotFound, Refusal, Unavailable, http_answer
 from hubforge.personas import persona_names
-from hubforge.spawner_profiles.accounts import WORDS
+from hubforge.spawner_profiles.local.accounts import WORDS
 
 from .auth import HubAuthHandler, needs_scope, public
 from .jsonbody import BodyError, parse_json_body

@@ -43,7 +43,7 @@ from traitlets import default
 
 from hubforge.catalog import load_catalog
 from hubforge.config import load_config
-from hubforge.spawner_profiles.local import LocalTierSpawner
+from hubforge.spawner_profiles.local.spawner import LocalTierSpawner
 
 _CFG = load_config(None)
 _GPU_DB = Path(tempfile.mkdtemp(prefix="hubforge-contract-")) / "gpus.sqlite"

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from hubforge.catalog import load_catalog
 from hubforge.config import load_config
-from hubforge.spawner_profiles.allocator import GpuRequest
-from hubforge.spawner_profiles.local import LocalTierSpawner
+from hubforge.spawner_profiles.local.gpus import GpuRequest
+from hubforge.spawner_profiles.local.spawner import LocalTierSpawner
 
 #: One H100, the training tier's model: a second training server has to queue.
 ONE_GPU = [{"model": "nvidia-h100-80gb", "count": 1}]

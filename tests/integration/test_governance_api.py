@@ -34,7 +34,7 @@ from hubforge.hub.governance.auth import HubAuthHandler, declared_scopes, is_pub
 from hubforge.hub.governance.handlers import ROUTES
 from hubforge.hub.governance.openapi import implemented_methods
 from hubforge.hub.governance.store import GovernanceStore, InvalidText, RequestNotFound
-from hubforge.spawner_profiles.accounts import WORDS
+from hubforge.spawner_profiles.local.accounts import WORDS
 
 NEW = {"kind": "data-access", "target": "x", "justification": "y"}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.platform import derived_environment
-from hubforge.spawner_profiles.environments import LocalEnvironments, kernel_python_env
+from hubforge.spawner_profiles.local.environments import LocalEnvironments, kernel_python_env
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_render_needs_no_kubeconfig(tmp_path: Path) -> None:
     # A fresh interpreter with HOME and KUBECONFIG pointing at nothing.
     script = (
         "from hubforge.config import load_config\n"
-        "from hubforge.spawner_profiles.kube import render_pod\n"
+        "from hubforge.spawner_profiles.kubernetes.spawner import render_pod\n"
         "print(render_pod(load_config(), 'bob', 'training', {'gpus': '2'})['metadata']['name'])\n"
     )
     env = {"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing"), "PATH": "/usr/bin:/bin"}
@@ -44,7 +44,7 @@ import kubespawner.reflector
 import kubespawner.spawner
 
 from hubforge.config import load_config
-from hubforge.spawner_profiles.kube import configure_kubespawner
+from hubforge.spawner_profiles.kubernetes.spawner import configure_kubespawner
 
 
 class RecordingApi:

@@ -24,7 +24,7 @@ from harness.tracking import config
 from hubforge.catalog import load_catalog, tier_env
 from hubforge.config import PlatformConfig
 from hubforge.contract import TRACKING_ENV
-from hubforge.spawner_profiles.local import LocalTierSpawner
+from hubforge.spawner_profiles.local.spawner import LocalTierSpawner
 
 # --- the local spawner --------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from harness.platform import ACCOUNT_PREFIX, NO_ACCOUNTS, free_port
-from hubforge.spawner_profiles.accounts import (
+from hubforge.spawner_profiles.local.accounts import (
     AccountError,
     account_name,
     ensure_account,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hubforge.config import PlatformConfig, load_config, merge
-from hubforge.spawner_profiles.accounts import (
+from hubforge.spawner_profiles.local.accounts import (
     MAX_NAME,
     IsolationRefused,
     account_name,
@@ -95,7 +95,7 @@ def test_the_prefix_is_never_empty() -> None:
 
 
 def test_the_spawn_page_says_when_notebooks_are_not_isolated() -> None:
-    from hubforge.spawner_profiles.spawn_page import render_options_form
+    from hubforge.spawner_profiles.local.spawn_page import render_options_form
 
     cfg = load_config(environ={})
     from hubforge.catalog import load_catalog

@@ -13,7 +13,7 @@ from typing import TypeVar
 import pytest
 
 from hubforge.errors import HubforgeError
-from hubforge.spawner_profiles.allocator import (
+from hubforge.spawner_profiles.local.gpus import (
     NO_QUOTAS,
     Allocation,
     AllocationConflict,
@@ -28,7 +28,7 @@ from hubforge.spawner_profiles.allocator import (
     cuda_visible_devices,
     gpu_env,
 )
-from hubforge.spawner_profiles.gpus import Gpu, Selector, declared
+from hubforge.spawner_profiles.local.gpus.devices import Gpu, Selector, declared
 
 A100 = "nvidia-a100-80gb"
 T4 = "nvidia-t4"
@@ -509,9 +509,10 @@ def test_reconcile_serves_the_queue(allocator: GpuAllocator) -> None:
 
 
 def test_public_api_is_explicit_and_documented() -> None:
-    from hubforge.spawner_profiles import allocation, allocator, fairshare, gpus, gpustore
+    from hubforge.spawner_profiles.local import gpus
+    from hubforge.spawner_profiles.local.gpus import allocation, allocator, devices, fairshare, store
 
-    for module in (allocation, allocator, fairshare, gpus, gpustore):
+    for module in (gpus, allocation, allocator, devices, fairshare, store):
         assert module.__doc__ and module.__all__, module.__name__
         for name in module.__all__:
             value = getattr(module, name)

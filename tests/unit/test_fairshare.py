@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubforge.spawner_profiles.fairshare import (
+from hubforge.spawner_profiles.local.gpus.fairshare import (
     Interval,
     Waiting,
     gpu_hours,

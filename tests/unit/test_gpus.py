@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from hubforge.errors import ConfigError
-from hubforge.spawner_profiles.gpus import (
+from hubforge.spawner_profiles.local.gpus.devices import (
     Gpu,
     Selector,
     declared,

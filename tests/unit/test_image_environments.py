@@ -14,7 +14,7 @@ import pytest
 from hubforge.catalog import load_catalog
 from hubforge.config import ConfigError, load_config, validate
 from hubforge.server_extension.app import use_image_python
-from hubforge.spawner_profiles.spawn_page import tier_cards
+from hubforge.spawner_profiles.local.spawn_page import tier_cards
 
 
 def test_the_spawn_page_disables_images_that_cannot_run_and_picks_one_that_can() -> None:

@@ -25,8 +25,8 @@ from hubforge.cli import main
 from hubforge.config import default_config_text, load_config
 from hubforge.errors import ConfigError
 from hubforge.personas import CUSTOM_SCOPES
-from hubforge.spawner_profiles.k8s_render import HUB_DATA_DIR, render_k8s
-from hubforge.spawner_profiles.kube import QUEUE_LABEL, HubforgeKubeSpawner, TierProfileList, render_pod
+from hubforge.spawner_profiles.kubernetes.render import HUB_DATA_DIR, render_k8s
+from hubforge.spawner_profiles.kubernetes.spawner import QUEUE_LABEL, HubforgeKubeSpawner, TierProfileList, render_pod
 
 K8S_VERSION = "1.35.0"
 KUEUE = Path(__file__).resolve().parents[1] / "data" / "kueue"

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tornado import web
 
 from harness.spawner import GROUPS, hub_db, spawner_for, training
-from hubforge.spawner_profiles.allocator import GpuRequest
+from hubforge.spawner_profiles.local.gpus import GpuRequest
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from hubforge.errors import (
 FAULTS = {
     "hubforge.errors.ConfigError",
     "hubforge.errors.LaunchError",
-    "hubforge.spawner_profiles.accounts.AccountError",
-    "hubforge.spawner_profiles.accounts.IsolationRefused",
-    "hubforge.spawner_profiles.gpustore.GpuStateError",
+    "hubforge.spawner_profiles.local.accounts.AccountError",
+    "hubforge.spawner_profiles.local.accounts.IsolationRefused",
+    "hubforge.spawner_profiles.local.gpus.store.GpuStateError",
 }
 
 
@@ -81,9 +81,9 @@ def test_every_error_of_the_package_is_a_refusal_or_a_named_fault() -> None:
     ("dotted", "kind"),
     [
         ("hubforge.catalog.ChoiceError", Invalid),
-        ("hubforge.spawner_profiles.allocation.QuotaExceeded", Forbidden),
-        ("hubforge.spawner_profiles.allocation.NoSuchGpu", Invalid),
-        ("hubforge.spawner_profiles.allocation.AllocationConflict", Conflict),
+        ("hubforge.spawner_profiles.local.gpus.allocation.QuotaExceeded", Forbidden),
+        ("hubforge.spawner_profiles.local.gpus.allocation.NoSuchGpu", Invalid),
+        ("hubforge.spawner_profiles.local.gpus.allocation.AllocationConflict", Conflict),
         ("hubforge.hub.governance.store.InvalidText", Invalid),
         ("hubforge.hub.governance.store.RequestNotFound", NotFound),
         ("hubforge.hub.governance.store.AlreadyDecided", Conflict),

@@ -16,7 +16,7 @@ from hubforge.hub import services
 from hubforge.hub.hubconfig import Runtime, configure, one_machine
 from hubforge.hub.services import SERVICES, Placement, ServiceSpec, hub_service
 from hubforge.personas import hub_roles
-from hubforge.spawner_profiles.k8s_render import helm_values, kubernetes
+from hubforge.spawner_profiles.kubernetes.render import helm_values, kubernetes
 
 #: Ports no other number in a rendering shares, so that they can be told apart.
 LOCAL_PORTS = {"governance": 41003, "mlflow": 41004}

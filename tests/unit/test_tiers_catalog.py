@@ -318,8 +318,8 @@ def test_public_api_is_explicit() -> None:
     import hubforge.catalog as catalog
     import hubforge.hardware as hardware
     import hubforge.spawner_profiles.cli as cli
-    import hubforge.spawner_profiles.k8s_render as k8s_render
-    import hubforge.spawner_profiles.kube as kube
+    import hubforge.spawner_profiles.kubernetes.render as k8s_render
+    import hubforge.spawner_profiles.kubernetes.spawner as kube
 
     for module in (catalog, cli, hardware, k8s_render, kube):
         assert module.__all__, module.__name__

@@ -21,7 +21,7 @@ from traitlets.config import Config
 
 from hubforge.catalog import ChoiceError, load_catalog
 from hubforge.config import PlatformConfig, default_config_text, merge, validate
-from hubforge.spawner_profiles.kube import (
+from hubforge.spawner_profiles.kubernetes.spawner import (
     QUEUE_LABEL,
     TIER_LABEL,
     HubforgeKubeSpawner,

@@ -24,7 +24,7 @@ from hubforge.catalog import load_catalog, tier_env
 from hubforge.config import PlatformConfig, default_config_text, load_config, merge
 from hubforge.contract import TRACKING_ENV
 from hubforge.errors import ConfigError
-from hubforge.spawner_profiles.kube import offline_spawner, profile_for, render_pod
+from hubforge.spawner_profiles.kubernetes.spawner import offline_spawner, profile_for, render_pod
 
 
 def tracking_of(cfg: PlatformConfig) -> dict[str, bool]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from hubforge.errors import Conflict, Forbidden, Invalid
 
-from .gpus import Gpu, Selector
+from .devices import Gpu, Selector
 
 __all__ = [
     "NO_QUOTAS",

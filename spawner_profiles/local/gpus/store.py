@@ -19,7 +19,7 @@ from typing import NamedTuple
 from hubforge.errors import HubforgeError
 
 from .allocation import Allocation
-from .gpus import Gpu
+from .devices import Gpu
 
 __all__ = ["GpuStateError", "GpuStore", "UsageRow"]
 

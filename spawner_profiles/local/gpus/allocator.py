@@ -2,7 +2,7 @@
 
 Every mutating method runs to completion without awaiting, so that within the
 hub's one asyncio loop each change of state is atomic; each change is written
-to SQLite (:class:`~.gpustore.GpuStore`) before memory is updated, so that a
+to SQLite (:class:`~.store.GpuStore`) before memory is updated, so that a
 hub restart finds the same GPUs held and the same usage. Waiting requests live
 only in memory: they belong to spawns in progress, which a restart ends.
 
@@ -35,30 +35,11 @@ from .allocation import (
     Quotas,
     Snapshot,
     TierState,
-    cuda_visible_devices,
-    gpu_env,
 )
-from .gpus import Gpu, Selector, describe_inventory
-from .gpustore import GpuStore
+from .devices import Gpu, Selector, describe_inventory
+from .store import GpuStore
 
-# The request and answer types are re-exported: the allocator is the one import callers need.
-__all__ = [
-    "NO_QUOTAS",
-    "WEEK",
-    "Allocation",
-    "AllocationConflict",
-    "GpuAllocator",
-    "GpuRequest",
-    "NoSuchGpu",
-    "Pool",
-    "QueueStatus",
-    "QuotaExceeded",
-    "Quotas",
-    "Snapshot",
-    "TierState",
-    "cuda_visible_devices",
-    "gpu_env",
-]
+__all__ = ["WEEK", "GpuAllocator"]
 
 #: The default fair-share window: GPU-hours of the last seven days count.
 WEEK = 7 * 24 * 3600

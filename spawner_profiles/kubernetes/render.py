@@ -4,7 +4,7 @@ What is written (``render_k8s``):
 
 - ``helm-values.yaml``: values for the Zero-to-JupyterHub chart. Its
   ``hub.extraConfig`` loads the platform config (mounted from a Secret) and
-  configures auth, roles and :class:`~hubforge.spawner_profiles.kube.HubforgeKubeSpawner`;
+  configures auth, roles and :class:`~hubforge.spawner_profiles.kubernetes.spawner.HubforgeKubeSpawner`;
   ``singleuser.profileList`` is the static view of every tier; ``hub.services``
   runs every enabled service of :data:`~hubforge.hub.services.SERVICES` in the hub pod.
 - ``hubforge-platform.yaml``: the user namespace and the Secret with the platform config.
@@ -32,7 +32,7 @@ from hubforge.errors import ConfigError, HubforgeError
 from hubforge.hardware import GPU_MODELS
 from hubforge.hub.services import Placement, enabled_services, hub_services
 
-from .kube import kube_memory, kube_settings, profile_for
+from .spawner import kube_memory, kube_settings, profile_for
 
 __all__ = [
     "HUB_CONFIG_DIR",
@@ -62,7 +62,7 @@ EXTRA_CONFIG = """\
 # hubforge: every setting comes from the platform config mounted from a Secret.
 from hubforge.config import load_config
 from hubforge.hub.hubconfig import configure_auth, configure_rbac, configure_service_role
-from hubforge.spawner_profiles.kube import configure_kubespawner
+from hubforge.spawner_profiles.kubernetes.spawner import configure_kubespawner
 
 _platform = load_config()
 configure_auth(c, _platform)

@@ -23,7 +23,7 @@ import kubespawner.spawner as kubespawner_module
 from kubernetes_asyncio import client
 from kubespawner import KubeSpawner
 from tornado import web
-from traitlets import Dict, Instance, default
+from traitlets import default
 from traitlets.config import Config
 
 from hubforge.catalog import (
@@ -33,17 +33,15 @@ from hubforge.catalog import (
     Tier,
     ValidatedChoice,
     check_choice,
-    culling_args,
     load_catalog,
     personas_for_groups,
     tier_env,
     tiers_for,
 )
 from hubforge.config import KubernetesSection, PlatformConfig
-from hubforge.errors import http_answer
 from hubforge.hardware import memory_bytes
 
-from .saved_options import restore_saved_options
+from ..tiers import TierSpawnerMixin
 
 __all__ = [
     "QUEUE_LABEL",
@@ -164,10 +162,6 @@ def profile_for(tier: Tier) -> dict[str, Any]:
     }
 
 
-def _group_names(spawner: Any) -> list[str]:
-    return [group.name for group in getattr(spawner.user, "groups", [])]
-
-
 @dataclass
 class TierProfileList:
     """``KubeSpawner.profile_list`` as a callable: the profiles of the tiers a user may use."""
@@ -178,26 +172,13 @@ class TierProfileList:
 
     def __call__(self, spawner: Any) -> list[dict[str, Any]]:
         """The profiles ``spawner.user`` may choose from, in catalog order."""
-        groups = _group_names(spawner)
+        groups = [group.name for group in getattr(spawner.user, "groups", [])]
         personas = personas_for_groups(self.group_personas, groups)
         return [profile_for(tier) for tier in tiers_for(self.catalog, groups, personas)]
 
 
-class HubforgeKubeSpawner(KubeSpawner):
+class HubforgeKubeSpawner(TierSpawnerMixin, KubeSpawner):
     """KubeSpawner that refuses any tier or option the catalog does not allow the user."""
-
-    tier_catalog = Instance(
-        Catalog,
-        allow_none=True,
-        config=True,
-        help="The tier catalog (hubforge.catalog.load_catalog(cfg)). "
-        "Every spawn request is checked against it; without one, every spawn is refused.",
-    )
-    group_personas = Dict(
-        config=True,
-        help="Hub group -> the personas it grants, as PlatformConfig.group_personas() returns.",
-    )
-    tier_choice = Instance(ValidatedChoice, allow_none=True, help="The checked choice of the last spawn.")
 
     @default("profile_list")
     def _default_profile_list(self) -> Any:
@@ -210,47 +191,27 @@ class HubforgeKubeSpawner(KubeSpawner):
         # KubeSpawner's 1 s would kill the server before its kernels end their MLflow runs.
         return SERVER_STOP_GRACE
 
-    @default("apply_user_options")
-    def _default_apply_user_options(self) -> Any:
-        # JupyterHub (5.3+) runs this hook before pre_spawn_hook and start():
-        # the earliest point to refuse. load_user_options checks again.
-        return _refuse_forbidden_options
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._configured = {name: copy.deepcopy(getattr(self, name)) for name in TIER_TRAITS}
         #: Whether the last start was refused before anything reached the cluster.
         self._refused = False
-        #: The options of the last request not refused (JupyterHub loaded the saved ones).
-        self._accepted_options: dict[str, Any] = dict(self.user_options or {})
 
     def check_user_options(self) -> ValidatedChoice:
         """The user's request checked against the catalog; HTTPError 400/403 if not allowed."""
-        if self.tier_catalog is None:
-            raise web.HTTPError(500, "hubforge: no tier catalog is configured for the spawner")
+        self._refused = True  # until the check passes
+        choice = super().check_user_options()
         self._refused = False
-        options = dict(self.user_options or {})
-        slug = options.pop("profile", None)
-        groups = _group_names(self)
-        personas = personas_for_groups(self.group_personas, groups)
-        try:
-            choice = check_choice(self.tier_catalog, groups, personas, slug, options)
-        except ChoiceError as exc:
-            self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
-            self._refused = True
-            restore_saved_options(self, self._accepted_options)  # JupyterHub saved the refused ones
-            raise web.HTTPError(*http_answer(exc)) from exc
-        self._accepted_options = dict(self.user_options or {})
         return choice
 
     async def load_user_options(self) -> None:
-        """Check the request, then let KubeSpawner apply the tier's profile and options."""
+        """Check the request (apply_user_options checked it once already), then let
+        KubeSpawner apply the tier's profile and options."""
         choice = self.check_user_options()
         for name, value in self._configured.items():
             setattr(self, name, copy.deepcopy(value))
         # Canonical keys and string values: KubeSpawner looks choices up by string key.
         self.user_options = {"profile": choice.tier.slug, "image": choice.image_key, "gpus": str(choice.gpus)}
-        self.tier_choice = choice
         await super().load_user_options()
 
     async def poll(self) -> int | None:
@@ -263,18 +224,6 @@ class HubforgeKubeSpawner(KubeSpawner):
             return 0
         status: int | None = await super().poll()
         return status
-
-    def get_args(self) -> list[str]:
-        """The server's arguments, plus the tier's idle timeout for jupyter-server."""
-        args: list[str] = super().get_args()
-        if self.tier_choice is not None:
-            args += culling_args(self.tier_choice.tier)
-        return args
-
-
-def _refuse_forbidden_options(spawner: HubforgeKubeSpawner, user_options: dict[str, Any]) -> None:
-    """``Spawner.apply_user_options``: HTTPError 400/403 unless the catalog allows the request."""
-    spawner.check_user_options()
 
 
 def configure_kubespawner(c: Any, cfg: PlatformConfig, catalog: Catalog | None = None) -> None:

@@ -17,7 +17,7 @@ import jinja2
 from hubforge.catalog import Tier, tiers_for
 
 from .accounts import WORDS
-from .gpus import Selector
+from .gpus.devices import Selector
 
 __all__ = ["render_options_form", "tier_cards"]
 

@@ -2,13 +2,13 @@
 
 When the platform runs as root (``spawner.local.isolation``: ``auto`` or ``users``),
 each person's server and kernels run as their own system account, created on their
-first spawn with a private home (see :mod:`~hubforge.spawner_profiles.accounts`).
+first spawn with a private home (see :mod:`~hubforge.spawner_profiles.local.accounts`).
 Otherwise every server runs as the platform's own account with its home under the
 data folder: no isolation between people, which the platform says wherever it
 matters. On Kubernetes every server is its own pod.
 
 The tier catalog is the same as on Kubernetes. GPUs come from the shared
-:class:`~hubforge.spawner_profiles.allocator.GpuAllocator`: a server gets
+:class:`~hubforge.spawner_profiles.local.gpus.GpuAllocator`: a server gets
 specific devices (``CUDA_VISIBLE_DEVICES``), waits in the fair-share queue
 when none is free (its place shown on the spawn progress page), and gives
 them back when it stops, crashes or is culled.
@@ -31,28 +31,15 @@ from jupyterhub import orm
 from jupyterhub.spawner import SimpleLocalProcessSpawner, set_user_setuid
 from sqlalchemy.orm import Session, object_session
 from tornado import web
-from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, List, Unicode, default
 
-from hubforge.catalog import (
-    SERVER_STOP_GRACE,
-    Catalog,
-    ChoiceError,
-    Tier,
-    ValidatedChoice,
-    check_choice,
-    culling_args,
-    personas_for_groups,
-    tier_env,
-)
+from hubforge.catalog import SERVER_STOP_GRACE, ChoiceError, Tier, ValidatedChoice, tier_env
 from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV
-from hubforge.errors import Refusal, http_answer
 
+from ..tiers import TierSpawnerMixin
 from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
-from .allocator import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env
 from .environments import Environment, LocalEnvironments, kernel_python_env
-from .gpus import inventory
-from .saved_options import restore_saved_options
+from .gpus import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env, inventory
 from .spawn_page import render_options_form
 
 __all__ = ["LocalTierSpawner", "fair_share_group", "shared_allocator", "singleuser_command"]
@@ -89,7 +76,7 @@ def fair_share_group(user_groups: list[str], tier: Tier, fallback: str) -> str:
     return sorted(user_groups)[0] if user_groups else fallback
 
 
-class LocalTierSpawner(SimpleLocalProcessSpawner):
+class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
     """Start single-user servers (jupyter-server + JupyterLab) as local processes on a tier."""
 
     instance_marker = Unicode(
@@ -98,8 +85,6 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         help="A value put in every server's environment as HUBFORGE_INSTANCE, so that "
         "`hubforge up` can find and stop what an earlier, crashed run left behind.",
     )
-    tier_catalog = AnyTrait(None, allow_none=True, config=True, help="The platform's tier Catalog.")
-    group_personas = Dict(config=True, help="Hub group -> the personas it grants.")
     gpu_db = Unicode("", config=True, help="SQLite file of GPU allocations (survives hub restarts).")
     declared_gpus: List[dict[str, Any]] = List(config=True, help="spawner.local.gpus: GPUs of a machine without NVML.")
     fair_share_window = Float(7 * 24 * 3600.0, config=True, help="Seconds of GPU use fair share looks back on.")
@@ -133,11 +118,6 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
     def _default_options_form(self) -> Callable[[Any], Any]:
         return render_options_form
 
-    @default("apply_user_options")
-    def _default_apply_user_options(self) -> Callable[[Any, Any], Any]:
-        # JupyterHub runs this before start(): refusals reach the REST caller as 4xx.
-        return lambda spawner, _options: spawner.check_user_options()
-
     @default("options_from_form")
     def _default_options_from_form(self) -> Callable[[dict[str, list[str]]], dict[str, Any]]:
         # A default, not a method: ``c.Spawner.options_from_form`` (a callable, "simple") still wins.
@@ -145,23 +125,13 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.tier_choice: ValidatedChoice | None = None
         self.allocation: Allocation | None = None
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._acquiring: asyncio.Task[Allocation] | None = None
-        #: The options of the last request not refused (JupyterHub loaded the saved ones).
-        self._accepted_options: dict[str, Any] = dict(self.user_options or {})
         self.account: Account | None = None
 
     # -- who may use what -------------------------------------------------------------------------
-
-    @property
-    def catalog(self) -> Catalog:
-        """The tier catalog (configured by the platform)."""
-        if self.tier_catalog is None:
-            raise web.HTTPError(500, "hubforge: no tier catalog is configured for the spawner")
-        return self.tier_catalog
 
     @property
     def allocator(self) -> GpuAllocator:
@@ -181,14 +151,6 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
     def image_unavailable(self, image: str) -> str | None:
         """Why ``image`` cannot run on this machine (the spawn page shows it), or None."""
         return self.local_environments.unavailable(image)
-
-    def user_groups(self) -> list[str]:
-        """The hub groups of this server's user."""
-        return [group.name for group in getattr(self.user, "groups", [])]
-
-    def user_personas(self) -> set[str]:
-        """The personas those groups grant."""
-        return personas_for_groups(self.group_personas, self.user_groups())
 
     def tier_options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         """The spawn page's fields -> ``{"profile", "image", "gpus"}`` (checked later, like the API's)."""
@@ -215,30 +177,29 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
         )
         return request, Quotas(group_gpus=tier.quota.get(group), user_servers=self.catalog.max_servers_per_user)
 
+    def check_choice(self, choice: ValidatedChoice) -> ValidatedChoice:
+        """The catalog's choice checked against this machine: an image it can run, GPUs it has.
+
+        The hub starts only a server it believes stopped, so an allocation still held
+        under this server's name is stale (a crash, a database reset) and is freed first
+        rather than refusing the start.
+        """
+        choice = self._runnable_here(choice, asked=bool((self.user_options or {}).get("image")))
+        self._free_stale_allocation()
+        self.allocator.check(*self.gpu_request(choice))
+        return choice
+
     def check_user_options(self) -> ValidatedChoice:
         """The request checked against the catalog and the machine; HTTPError 4xx if refused.
 
-        A refused request leaves the options saved before it (JupyterHub saved the
-        refused ones already). The hub starts only a server it believes stopped, so an
-        allocation still held under this server's name is stale (a crash, a database
-        reset) and is freed first rather than refusing the start.
+        A request without a tier gets the default one, and the hub's record of the
+        server says which.
         """
-        options = dict(self.user_options or {})
-        slug = options.pop("profile", None)
-        try:
-            choice = check_choice(self.catalog, self.user_groups(), self.user_personas(), slug, options)
-            choice = self._runnable_here(choice, asked=bool(options.get("image")))
-            self._free_stale_allocation()
-            self.allocator.check(*self.gpu_request(choice))
-        except Refusal as exc:  # the tier choice, the image, the GPUs the machine has
-            self._refuse(exc)
-            raise web.HTTPError(*http_answer(exc)) from exc
-        self.tier_choice = choice
-        accepted: dict[str, Any] = dict(self.user_options or {})
-        if "profile" not in accepted:  # the default tier: the hub's record of the server says which
-            accepted["profile"] = choice.tier.slug
+        choice = super().check_user_options()
+        if "profile" not in (self.user_options or {}):
+            accepted = {**(self.user_options or {}), "profile": choice.tier.slug}
             setattr(self, "user_options", accepted)  # noqa: B010 (a traitlet mypy cannot type here)
-        self._accepted_options = dict(accepted)
+            self._accepted_options = dict(accepted)
         return choice
 
     def _runnable_here(self, choice: ValidatedChoice, asked: bool) -> ValidatedChoice:
@@ -259,10 +220,6 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
     def image_environment(self) -> Environment | None:
         """The Python environment of the chosen image (not ``environment``, JupyterHub's env trait)."""
         return self.local_environments.environment(self.tier_choice.image_key) if self.tier_choice else None
-
-    def _refuse(self, exc: Exception) -> None:
-        self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
-        restore_saved_options(self, self._accepted_options)
 
     # -- allocations follow the hub's view of its servers ------------------------------------------
 
@@ -444,12 +401,10 @@ class LocalTierSpawner(SimpleLocalProcessSpawner):
     # -- the process ----------------------------------------------------------------------------------
 
     def get_args(self) -> list[str]:
-        """jupyter-server refuses root without ``--allow-root``; the tier's idle timeout culls it."""
+        """jupyter-server refuses root without ``--allow-root``."""
         args: list[str] = super().get_args()
         if not self.isolating and hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--allow-root")
-        if self.tier_choice is not None:
-            args += culling_args(self.tier_choice.tier)
         return args
 
     def get_env(self) -> dict[str, Any]:
