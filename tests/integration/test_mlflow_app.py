@@ -26,13 +26,13 @@ from harness.mlflow_app import (
     api,
     create_experiment,
 )
-from hubforge.hub.mlflow_app import (
+from hubforge.hub.mlflow.gate import (
     HubGate,
     HubUser,
-    _install_flask_hook,
     ambiguous,
     claim_run,
     decide_access,
+    install_flask_hook,
     personas,
     same_origin,
 )
@@ -349,7 +349,7 @@ def test_flask_sees_the_hub_user_as_g_hubforge_user(fake_hub: FakeHub) -> None:
     flask_app = Flask("probe")
     # A path every hub user may GET (MLflow serves its version there).
     flask_app.add_url_rule(f"{PREFIX}version", "whoami", lambda: str(g.hubforge_user))
-    _install_flask_hook(flask_app, set())
+    install_flask_hook(flask_app, set())
     hub_auth = HubOAuth(
         api_token=SERVICE_TOKEN, oauth_client_id=CLIENT_ID, api_url=fake_hub.api_url,
         base_url=PREFIX, access_scopes={ACCESS},

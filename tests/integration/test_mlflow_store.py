@@ -1,4 +1,4 @@
-"""Permissions where MLflow acts: the guarded tracking store (hubforge.hub.mlflow_store).
+"""Permissions where MLflow acts: the guarded tracking store (hubforge.hub.mlflow.store).
 
 A real SQLAlchemy tracking store on SQLite, guarded as the MLflow server guards it,
 called as MLflow's handlers call it for alice, bob, an auditor and an admin; and a
@@ -26,8 +26,9 @@ from mlflow.store.tracking.abstract_store import AbstractStore
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from harness.mlflow_app import PREFIX, api, create_experiment, start_trace
-from hubforge.hub.mlflow_access import AUDIT, OWNER_TAG, REGISTRY, RULES, WRITE, Principal
-from hubforge.hub.mlflow_store import (
+from hubforge.hub.mlflow.policy import AUDIT, OWNER_TAG, REGISTRY, WRITE, Principal
+from hubforge.hub.mlflow.rules import RULES
+from hubforge.hub.mlflow.store import (
     REGISTRY_RULES,
     STORE_DECIDES,
     TRACKING_RULES,
@@ -100,7 +101,7 @@ def test_every_public_method_of_mlflows_stores_is_classified(abstract: type, sto
     """An MLflow upgrade adding a store method fails here until the table says who may call it."""
     for cls in (abstract, store_class):
         unclassified = sorted(set(public_methods(cls)) - set(rules))
-        assert not unclassified, f"{cls.__name__}: classify {unclassified} in hubforge.hub.mlflow_store"
+        assert not unclassified, f"{cls.__name__}: classify {unclassified} in hubforge.hub.mlflow.store"
     stale = sorted(set(rules) - set(public_methods(store_class)))
     assert not stale, f"rules for methods MLflow no longer has: {stale}"
 

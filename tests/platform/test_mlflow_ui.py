@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from harness.platform import CHROMIUM, CHROMIUM_FLAGS, DEMO_PASSWORD, api
-from hubforge.hub.mlflow_ui import FEATURE_OFF
+from hubforge.hub.mlflow.ui import FEATURE_OFF
 
 UI = "/services/mlflow/"
 REST = UI + "api/2.0/mlflow/"

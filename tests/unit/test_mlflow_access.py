@@ -10,16 +10,9 @@ import itertools
 
 import pytest
 
-from hubforge.hub.mlflow_access import (
-    RULES,
-    LoggedModelRef,
-    Owned,
-    Principal,
-    RunRef,
-    authorize,
-    filtered_page,
-    owned,
-)
+from hubforge.hub.mlflow.policy import LoggedModelRef, Owned, Principal, RunRef, owned
+from hubforge.hub.mlflow.rules import RULES, authorize
+from hubforge.hub.mlflow.search import filtered_page
 
 WRITE, AUDIT, REGISTRY = "custom:experiments:write", "custom:audit:read", "custom:registry:manage"
 ALICE = Principal("alice", frozenset({WRITE}), frozenset({"data-scientist", "fraud"}), frozenset({"data-scientist"}))

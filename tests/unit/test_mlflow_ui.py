@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from hubforge.hub.mlflow_access import Owned, Principal, authorize
-from hubforge.hub.mlflow_ui import FEATURE_OFF, UI_DEFAULTS, feature_off, with_ui_defaults
+from hubforge.hub.mlflow.policy import Owned, Principal
+from hubforge.hub.mlflow.rules import authorize
+from hubforge.hub.mlflow.ui import FEATURE_OFF, UI_DEFAULTS, feature_off, with_ui_defaults
 
 WORKFLOW_KEY = "mlflow.workflowType_v1"
 

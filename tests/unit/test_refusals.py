@@ -89,7 +89,7 @@ def test_every_error_of_the_package_is_a_refusal_or_a_named_fault() -> None:
         ("hubforge.hub.governance.store.AlreadyDecided", Conflict),
         ("hubforge.hub.governance.store.SelfDecision", Forbidden),
         ("hubforge.errors.StoreError", Unavailable),
-        ("hubforge.hub.mlflow_app.HubUnavailable", Unavailable),
+        ("hubforge.hub.mlflow.gate.HubUnavailable", Unavailable),
     ],
 )
 def test_the_platforms_refusals_are_of_their_kind(dotted: str, kind: type[Refusal]) -> None:

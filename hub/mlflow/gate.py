@@ -1,9 +1,6 @@
-"""MLflow's tracking server behind JupyterHub auth: ``mlflow server --app-name hubforge``.
+"""The gate in front of MLflow: every request passes it, as a hub user.
 
-``--app-name`` makes MLflow run ``uvicorn --factory ...mlflow_app:create_app`` in
-every worker; ``--static-prefix /services/mlflow`` puts MLflow's UI and its API
-(``.../api/2.0/mlflow/...``, ``.../ajax-api/...``) under the path the proxy forwards.
-:func:`create_app` wraps MLflow's FastAPI app (which mounts the Flask app) in
+:func:`~.app.create_app` wraps MLflow's FastAPI app (which mounts the Flask app) in
 :class:`HubGate`, which every request passes except ``<prefix>health`` and
 ``<prefix>oauth_callback``. A request names its hub user with ``Authorization:
 token|Bearer <hub token>`` or with the session cookie the OAuth callback sets;
@@ -17,7 +14,7 @@ would break it; browsers send ``Origin`` on every ``fetch`` POST. OAuth state li
 a signed cookie, not in ``HubOAuth``'s in-process dict, so a login started in one
 uvicorn worker can finish in another.
 
-The UI's page and the answers for features that are off come from :mod:`.mlflow_ui`.
+The UI's page and the answers for features that are off come from :mod:`.ui`.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import dataclasses
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -51,24 +47,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tornado.httputil import url_concat
 from tornado.web import HTTPError
 
-from hubforge.errors import MLFLOW_CODES, ConfigError, Unavailable
+from hubforge.errors import MLFLOW_CODES, Unavailable
 
-from .mlflow_access import (
+from .policy import (
     OWNER_TAG,
     USER_TAG,
     Invalid,
     Principal,
     Resolver,
     StoreResolver,
-    authorize,
     canonical_name,
-    install,
     placement_refusal,
     tag_pairs,
 )
-from .mlflow_store import install as guard_tracking_store
-from .mlflow_store import store_decides
-from .mlflow_ui import feature_off, rewriting, unconditional, with_ui_defaults
+from .rules import authorize
+from .search import install as filter_searches
+from .store import store_decides
+from .ui import feature_off, rewriting, unconditional, with_ui_defaults
 
 __all__ = [
     "HubGate",
@@ -76,8 +71,9 @@ __all__ = [
     "HubUser",
     "ambiguous",
     "claim_run",
-    "create_app",
+    "current_principal",
     "decide_access",
+    "install_flask_hook",
     "personas",
     "same_origin",
 ]
@@ -138,7 +134,7 @@ class HubUser:
 
     @property
     def principal(self) -> Principal:
-        """The person as :mod:`.mlflow_access` decides on them."""
+        """The person as :mod:`.policy` decides on them."""
         return Principal(self.name, self.scopes, self.groups, self.roles, self.servers)
 
 
@@ -547,7 +543,7 @@ def _replay(scope: Scope, receive: Receive, body: bytes) -> tuple[Scope, Receive
     return {**scope, "headers": headers}, replayed
 
 
-def _install_flask_hook(flask_app: Any, exempt: set[str]) -> None:
+def install_flask_hook(flask_app: Any, exempt: set[str]) -> None:
     """Expose ``g.hubforge_user`` to MLflow's Flask app; refuse what skipped the gate."""
     from flask import g, jsonify, request
 
@@ -560,53 +556,11 @@ def _install_flask_hook(flask_app: Any, exempt: set[str]) -> None:
 
     if not getattr(flask_app, "_hubforge_gate", False):
         flask_app.before_request(expose_hub_user)
-        install(flask_app, _current_principal)
+        filter_searches(flask_app, current_principal)
         flask_app._hubforge_gate = True
 
 
-def _current_principal() -> Principal | None:
+def current_principal() -> Principal | None:
+    """The person behind the request being served, as the stores' checks see them."""
     user = _current_user.get()
     return user.principal if user else None
-
-
-def _hub_auth() -> HubOAuth:
-    """HubOAuth from the hub-service environment; ConfigError naming what is missing."""
-    for name in SERVICE_ENV:
-        if not os.environ.get(name):
-            raise ConfigError(f"{name} is unset: run MLflow as a hub-managed service")
-    hub_auth = HubOAuth(cache_max_age=TOKEN_CACHE_SECONDS)
-    if not hub_auth.access_scopes:
-        raise ConfigError(
-            "JUPYTERHUB_OAUTH_ACCESS_SCOPES and JUPYTERHUB_SERVICE_NAME are unset: "
-            "no scope would grant access to MLflow"
-        )
-    return hub_auth
-
-
-def _check_server(prefix: str) -> None:
-    """Refuse to start when MLflow serves another prefix or runs under WSGI."""
-    from mlflow.server.handlers import STATIC_PREFIX_ENV_VAR
-
-    static_prefix = os.environ.get(STATIC_PREFIX_ENV_VAR, "")
-    if static_prefix.rstrip("/") + "/" != prefix:
-        raise ConfigError(
-            f"start mlflow server with --static-prefix {prefix.rstrip('/')} "
-            f"(JUPYTERHUB_SERVICE_PREFIX), not {static_prefix or 'none'!r}"
-        )
-    if os.environ.get("_MLFLOW_SGI_NAME", "uvicorn") != "uvicorn":
-        raise ConfigError("the hubforge MLflow app runs under uvicorn only: drop --gunicorn-opts and --waitress-opts")
-
-
-def create_app() -> HubGate:
-    """The ``mlflow.app`` entry point ``hubforge``: MLflow behind :class:`HubGate`."""
-    hub_auth = _hub_auth()
-    _check_server(hub_auth.base_url)
-    from mlflow.server import app as flask_app
-    from mlflow.server.fastapi_app import create_fastapi_app
-
-    from hubforge.config import load_config
-
-    gate = HubGate(create_fastapi_app(flask_app), hub_auth, load_config().group_personas())
-    _install_flask_hook(flask_app, gate.exempt)
-    guard_tracking_store(_current_principal)
-    return gate

@@ -4,7 +4,7 @@ MLflow 3.17's UI refuses nothing quietly (the browser logs every 4xx), so a GET 
 UI makes for a feature that is off for this person gets MLflow's own "off" answer
 instead (:func:`feature_off`); and the UI's page sets the view it opens on
 (:func:`with_ui_defaults`), which MLflow offers no server setting for. Pure
-functions and ASGI helpers; :class:`~.mlflow_app.HubGate` applies them.
+functions and ASGI helpers; :class:`~.gate.HubGate` applies them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import Message, Scope, Send
 
-from .mlflow_access import route
+from .rules import route
 
 __all__ = [
     "ACCOUNTS_OFF",

@@ -1,6 +1,6 @@
 """Permissions where MLflow acts: its tracking and registry stores, guarded inside the MLflow server.
 
-The request gate (:mod:`.mlflow_access`) decides on the parameters it parses, and
+The request gate (:mod:`.gate`, deciding by :mod:`.rules`) decides on the parameters it parses, and
 MLflow's handlers parse them their own way (camelCase, ``run_uuid``, the body
 rather than the query string, a GET's body). So the stores MLflow's server
 uses are guarded too: each public method is checked, with the arguments
@@ -11,7 +11,7 @@ Whatever spelling reached the handler, the check sees the object MLflow touches.
 MLflow's tracking and model registry stores: a rule (a refusal sentence or None)
 over the call's arguments by name. A method the tables do not name is refused to
 people: an MLflow upgrade that adds one
-cannot open a hole, and ``tests/test_mlflow_store.py`` fails until it is
+cannot open a hole, and ``tests/integration/test_mlflow_store.py`` fails until it is
 classified. Calls outside a person's request (the server's own work) and calls a
 permitted call makes inside the store are not checked again.
 """
@@ -24,7 +24,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .mlflow_access import (
+from . import internals
+from .policy import (
     USER_TAG,
     Check,
     Invalid,
@@ -33,10 +34,10 @@ from .mlflow_access import (
     StoreResolver,
     is_trusted,
     placement_refusal,
-    route,
     trusted,
     user_tag_refusal,
 )
+from .rules import route
 
 __all__ = [
     "REGISTRY_RULES",
@@ -249,7 +250,7 @@ def _table(rule: Rule, names: str) -> dict[str, Rule]:
 TRACKING_RULES: dict[str, Rule] = {
     # No data of anybody's, or the client side of async logging.
     **_table(anyone, "sanitize_metric_value flush_async_logging end_async_logging shut_down_async_logging"),
-    # Filtered where MLflow answers it (mlflow_access.install pages through readable ones).
+    # Filtered where MLflow answers it (search.install pages through readable ones).
     **_table(anyone, "search_experiments"),
     # experiments
     "create_experiment": create_experiment,
@@ -395,7 +396,7 @@ def copy_model_version(check: Check, args: Mapping[str, Any]) -> str | None:
 
 #: Every public method of MLflow's model registry store, and who may call it.
 REGISTRY_RULES: dict[str, Rule] = {
-    # Filtered where MLflow answers them (mlflow_access.install, and its GraphQL gate).
+    # Filtered where MLflow answers them (search.install, and its GraphQL gate).
     **_table(anyone, "search_registered_models search_model_versions"),
     "create_registered_model": create_registered_model,
     **_table(
@@ -440,7 +441,7 @@ REGISTRY_RULES: dict[str, Rule] = {
 #: anything else: the store's rule for that method is the request gate's rule for the
 #: route, applied to the arguments MLflow parsed. The gate does not decide these twice
 #: (the hot paths of a logging client: a thread hop and the lookups, per request).
-#: ``tests/test_mlflow_store.py`` reads each handler's source and fails when it calls
+#: ``tests/integration/test_mlflow_store.py`` reads each handler's source and fails when it calls
 #: anything else, so an MLflow upgrade that changes a handler puts its route back
 #: before the gate.
 STORE_DECIDES: dict[tuple[str, str], str] = {
@@ -553,8 +554,6 @@ def guard_registry(store: Any, principal: Callable[[], Principal | None], tracki
 def install(principal: Callable[[], Principal | None]) -> Any:
     """Guard the tracking and model registry stores of this MLflow server (opened now if they
     are not yet); the tracking store is returned."""
-    from mlflow.server import handlers
-
-    tracking = guard(handlers._get_tracking_store(), principal)
-    guard_registry(handlers._get_model_registry_store(), principal, tracking)
+    tracking = guard(internals.tracking_store(), principal)
+    guard_registry(internals.registry_store(), principal, tracking)
     return tracking

@@ -1,0 +1,64 @@
+"""MLflow's tracking server behind JupyterHub auth: ``mlflow server --app-name hubforge``.
+
+``--app-name`` makes MLflow run ``uvicorn --factory ...:create_app`` in every worker
+(the ``mlflow.app`` entry point ``hubforge``); ``--static-prefix /services/mlflow``
+puts MLflow's UI and its API (``.../api/2.0/mlflow/...``, ``.../ajax-api/...``) under
+the path the proxy forwards. :func:`create_app` puts MLflow behind
+:class:`~.gate.HubGate`, filters its searches (:mod:`.search`) and guards its stores
+(:mod:`.store`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from jupyterhub.services.auth import HubOAuth
+
+from hubforge.errors import ConfigError
+
+from . import internals
+from .gate import SERVICE_ENV, TOKEN_CACHE_SECONDS, HubGate, current_principal, install_flask_hook
+from .store import install as guard_stores
+
+__all__ = ["create_app"]
+
+
+def _hub_auth() -> HubOAuth:
+    """HubOAuth from the hub-service environment; ConfigError naming what is missing."""
+    for name in SERVICE_ENV:
+        if not os.environ.get(name):
+            raise ConfigError(f"{name} is unset: run MLflow as a hub-managed service")
+    hub_auth = HubOAuth(cache_max_age=TOKEN_CACHE_SECONDS)
+    if not hub_auth.access_scopes:
+        raise ConfigError(
+            "JUPYTERHUB_OAUTH_ACCESS_SCOPES and JUPYTERHUB_SERVICE_NAME are unset: "
+            "no scope would grant access to MLflow"
+        )
+    return hub_auth
+
+
+def _check_server(prefix: str) -> None:
+    """Refuse to start when MLflow serves another prefix or runs under WSGI."""
+    static_prefix = internals.static_prefix()
+    if static_prefix.rstrip("/") + "/" != prefix:
+        raise ConfigError(
+            f"start mlflow server with --static-prefix {prefix.rstrip('/')} "
+            f"(JUPYTERHUB_SERVICE_PREFIX), not {static_prefix or 'none'!r}"
+        )
+    if internals.server_interface() != "uvicorn":
+        raise ConfigError("the hubforge MLflow app runs under uvicorn only: drop --gunicorn-opts and --waitress-opts")
+
+
+def create_app() -> HubGate:
+    """The ``mlflow.app`` entry point ``hubforge``: MLflow behind :class:`~.gate.HubGate`."""
+    hub_auth = _hub_auth()
+    _check_server(hub_auth.base_url)
+    from mlflow.server import app as flask_app
+    from mlflow.server.fastapi_app import create_fastapi_app
+
+    from hubforge.config import load_config
+
+    gate = HubGate(create_fastapi_app(flask_app), hub_auth, load_config().group_personas())
+    install_flask_hook(flask_app, gate.exempt)
+    guard_stores(current_principal)
+    return gate
