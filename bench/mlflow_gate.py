@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +26,8 @@ from pathlib import Path
 import httpx
 
 from bench.report import Result
-from harness.mlflow_app import HOST, PREFIX, FakeHub, mlflow_server
+from harness.hub import FakeHub
+from harness.mlflow_app import HOST, PREFIX, mlflow_fake_hub, mlflow_server
 
 __all__ = ["run"]
 
@@ -103,8 +103,7 @@ def _one_round(gated: httpx.Client, plain: httpx.Client) -> dict[str, list[float
 
 def run(repeat: int) -> list[Result]:
     """p50 and p99 of runs/get and log-batch, gated vs plain, ``repeat`` rounds."""
-    hub = FakeHub()
-    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    hub = mlflow_fake_hub().start()
     rounds: list[dict[str, list[float]]] = []
     try:
         with (

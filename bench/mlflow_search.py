@@ -22,7 +22,6 @@ from __future__ import annotations
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import httpx
 
 from bench.mlflow_gate import _server
 from bench.report import Result
-from harness.mlflow_app import FakeHub
+from harness.mlflow_app import mlflow_fake_hub
 
 __all__ = ["run"]
 
@@ -108,8 +107,7 @@ def _one_round(clients: dict[str, httpx.Client], ids: list[str]) -> dict[str, li
 
 def run(repeat: int) -> list[Result]:
     """p50 of alice's filtered experiments/search and runs/search, gated vs plain, ``repeat`` rounds."""
-    hub = FakeHub()
-    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    hub = mlflow_fake_hub().start()
     try:
         with tempfile.TemporaryDirectory(prefix="hubforge-bench-search-") as tmp:
             seed = Path(tmp) / "seed"

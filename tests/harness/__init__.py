@@ -5,6 +5,8 @@ the benchmarks), so this package imports as ``harness``:
 
 - ``harness.platform``: the real platform as a process (``PlatformProcess``), a person in
   a browser (``HubSession``), ``wait_for``, ``free_port``, ``pg_databases``, accounts.
+- ``harness.hub``: the one fake hub (``FakeHub``): JupyterHub's REST endpoints a
+  service calls, faked at the transport.
 - ``harness.mlflow``: a plain ``mlflow server`` (``MlflowServer``) and its fixtures.
 - ``harness.mlflow_app``: ``mlflow server --app-name hubforge`` behind a fake hub (``FakeHub``).
 - ``harness.governance``: the governance service behind a fake hub (``Running``).

@@ -1,11 +1,11 @@
 """The governance service, served for real on a free port, behind a fake hub API on another.
 
 The service runs once on SQLite and once on the local PostgreSQL (the
-``backend_store`` fixture). The fake hub is a tiny tornado server answering
-``GET /hub/api/user`` for the tokens of ``USERS`` (403 for others), so HubOAuth
-runs unpatched: faked at the transport, not in its internals. Both servers run on
-an asyncio loop in a background thread (``LoopThread``); tests call them with plain
-synchronous httpx clients (``Running.client``). The fixtures ``backend_store`` and
+``backend_store`` fixture). The hub is the tests' one fake hub (:mod:`harness.hub`)
+with the users of ``USERS`` (403 for other tokens), so HubOAuth runs unpatched:
+faked at the transport, not in its internals. The service runs on an asyncio loop in
+a background thread (``LoopThread``); tests call it with plain synchronous httpx
+clients (``Running.client``). The fixtures ``backend_store`` and
 ``running`` are module-scoped: each module that uses them gets a service of its own
 (tests/integration/conftest.py registers them).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from harness.hub import FakeHub
 from harness.platform import pg_databases
 from hubforge.config import load_config
 from hubforge.hub.governance.app import make_app, make_hub_auth
@@ -37,6 +37,7 @@ from hubforge.personas import PERSONAS
 PREFIX = "/services/governance/"
 ACCESS = "access:services!service=governance"
 COOKIE_SECRET = b"s" * 32
+SERVICE_TOKEN = "service-secret"
 T = TypeVar("T")
 
 
@@ -82,24 +83,6 @@ USERS: dict[str, dict[str, Any]] = {
 }
 
 
-class FakeHubUser(web.RequestHandler):
-    """``GET /hub/api/user``: the model of the token's owner, 403 for an unknown token."""
-
-    def get(self) -> None:
-        match = re.fullmatch(
-            r"(?:token|bearer)\s+(\S+)",
-            self.request.headers.get("Authorization", ""),
-            re.IGNORECASE,
-        )
-        token = match.group(1) if match else ""
-        self.settings["calls"].append(token)
-        if token not in USERS:
-            self.set_status(403)
-            self.finish({"status": 403, "message": "unknown token"})
-            return
-        self.finish(USERS[token])
-
-
 class LoopThread:
     """An asyncio loop in a daemon thread, for servers that synchronous tests call over HTTP."""
 
@@ -130,20 +113,24 @@ class Running:
     """The running service and fake hub."""
 
     url: str
-    hub_url: str
+    hub: FakeHub
     app: web.Application
     loop: LoopThread
-    hub_calls: list[str]
     servers: list[HTTPServer] = field(default_factory=list)
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"token {token}"} if token else {}
         return httpx.Client(base_url=self.url + PREFIX, headers=headers, timeout=10, **kwargs)
 
+    @property
+    def hub_calls(self) -> list[str]:
+        """Every token the service asked the hub about, in order."""
+        return self.hub.calls
+
     def hub_env(self) -> dict[str, str]:
         return {
-            "JUPYTERHUB_API_TOKEN": "service-secret",
-            "JUPYTERHUB_API_URL": self.hub_url + "/hub/api",
+            "JUPYTERHUB_API_TOKEN": SERVICE_TOKEN,
+            "JUPYTERHUB_API_URL": self.hub.api_url,
             "JUPYTERHUB_CLIENT_ID": "service-governance",
             "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
             "JUPYTERHUB_SERVICE_NAME": "governance",
@@ -177,10 +164,8 @@ def backend_store(
 @pytest.fixture(scope="module")
 def running(backend_store: GovernanceStore) -> Iterator[Running]:
     loop = LoopThread()
-    calls: list[str] = []
-    hub_server, hub_port = loop.run(serve(web.Application([(r"/hub/api/user", FakeHubUser)], calls=calls)))
-    hub_url = f"http://127.0.0.1:{hub_port}"
-    running = Running(url="", hub_url=hub_url, app=None, loop=loop, hub_calls=calls)  # type: ignore[arg-type]
+    hub = FakeHub(USERS, SERVICE_TOKEN).start()
+    running = Running(url="", hub=hub, app=None, loop=loop)  # type: ignore[arg-type]
     running.app = make_app(
         backend_store,
         PREFIX,
@@ -190,8 +175,10 @@ def running(backend_store: GovernanceStore) -> Iterator[Running]:
     )
     running.url = running.serve_app(running.app)
     yield running
-    for server in [hub_server, *running.servers]:
+    for server in running.servers:
         server.stop()
+    hub.shutdown()
+    hub.server_close()
     # HubOAuth's aiohttp session belongs to this loop: close it here, not at exit.
     loop.run(close_hub_http_client())
     loop.stop()

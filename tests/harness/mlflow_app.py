@@ -1,31 +1,25 @@
 """MLflow's server with hubforge's app (``mlflow server --app-name hubforge``) behind a fake hub.
 
-The fake hub is faked at the transport: an HTTP server answering the hub endpoints
-the gate calls (``GET /hub/api/user``, ``GET /hub/api/users/<name>`` with the
-service's token, ``POST /hub/api/oauth2/token``). Used by the integration tests of the
+The hub is the tests' one fake hub (:mod:`harness.hub`), with this module's users. Used by the integration tests of the
 gate (through tests/integration/conftest.py, which registers the fixtures here) and by bench/.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
 
+from harness.hub import FakeHub, running_hub
 from harness.platform import free_port, wait_for
 
 PREFIX = "/services/mlflow/"
@@ -42,79 +36,23 @@ def user_model(name: str, access: bool = True) -> dict:
     return {"name": name, "kind": "user", "scopes": scopes}
 
 
-class FakeHub(ThreadingHTTPServer):
-    """The hub's user and OAuth token endpoints, with tokens and codes the tests set."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _HubHandler)
-        self.tokens = {
-            "alice-token": user_model("alice"),
-            "carol-token": user_model("carol"),
-            "mallory-token": user_model("mallory", access=False),
-        }
-        self.codes: dict[str, tuple[str, str]] = {}  # code -> (token, PKCE challenge)
-        self.lookups: dict[str, int] = {}
-        self.groups: dict[str, list[str]] = {}  # a user's hub groups (default: data-science)
-        self.servers: dict[str, dict[str, str]] = {}  # a user's running servers: name -> tier
-
-    @property
-    def api_url(self) -> str:
-        """What the service gets as JUPYTERHUB_API_URL."""
-        return f"http://127.0.0.1:{self.server_address[1]}/hub/api"
+#: The users the MLflow tests' hub knows, by token.
+TOKENS = {
+    "alice-token": user_model("alice"),
+    "carol-token": user_model("carol"),
+    "mallory-token": user_model("mallory", access=False),
+}
 
 
-class _HubHandler(BaseHTTPRequestHandler):
-    server: FakeHub
-
-    def do_GET(self) -> None:
-        token = self.headers.get("Authorization", "").removeprefix("token ")
-        self.server.lookups[token] = self.server.lookups.get(token, 0) + 1
-        if self.path.startswith("/hub/api/users/") and token == SERVICE_TOKEN:
-            name = self.path.rsplit("/", 1)[1]
-            groups = self.server.groups.get(name, ["data-science"])
-            servers = {
-                server: {"name": server, "user_options": {"profile": tier, "image": "scipy"}}
-                for server, tier in self.server.servers.get(name, {}).items()
-            }
-            return self._reply(200, {"name": name, "groups": groups, "roles": ["data-scientist"], "servers": servers})
-        if self.path != "/hub/api/user":
-            return self._reply(404, {"message": "not found"})
-        if token == "explode-token":
-            return self._reply(500, {"message": "hub broke"})
-        model = self.server.tokens.get(token)
-        return self._reply(200, model) if model else self._reply(403, {"message": "no"})
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", 0))
-        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
-        token, challenge = self.server.codes.pop(form.get("code", ""), ("", ""))
-        verifier = form.get("code_verifier", "").encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
-        if self.path != "/hub/api/oauth2/token" or not token:
-            return self._reply(400, {"error": "invalid_grant"})
-        if form.get("client_secret") != SERVICE_TOKEN or digest.decode() != challenge:
-            return self._reply(400, {"error": "invalid_client"})
-        return self._reply(200, {"access_token": token, "token_type": "Bearer"})
-
-    def _reply(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        """Quiet: the test output is not the place for a request log."""
+def mlflow_fake_hub() -> FakeHub:
+    """The fake hub (not started) with :data:`TOKENS` and the MLflow service's token."""
+    return FakeHub(TOKENS, SERVICE_TOKEN)
 
 
 @pytest.fixture(scope="module")
 def fake_hub() -> Iterator[FakeHub]:
-    hub = FakeHub()
-    threading.Thread(target=hub.serve_forever, daemon=True).start()
-    yield hub
-    hub.shutdown()
-    hub.server_close()
+    with running_hub(TOKENS, SERVICE_TOKEN) as hub:
+        yield hub
 
 
 def service_env(hub: FakeHub) -> dict[str, str]:

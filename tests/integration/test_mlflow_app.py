@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from harness.hub import FakeHub
 from harness.mlflow_app import (
     ACCESS,
     CLIENT_ID,
@@ -22,7 +23,6 @@ from harness.mlflow_app import (
     ORIGIN,
     PREFIX,
     SERVICE_TOKEN,
-    FakeHub,
     api,
     create_experiment,
 )

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,17 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.mlflow_app import ACCESS, HOST, PREFIX, FakeHub, api, mlflow_server, start_trace, user_model
+from harness.hub import FakeHub
+from harness.mlflow_app import (
+    ACCESS,
+    HOST,
+    PREFIX,
+    api,
+    mlflow_fake_hub,
+    mlflow_server,
+    start_trace,
+    user_model,
+)
 
 SECRET = "secret" + uuid.uuid4().hex[:12]  # in alice's data only; never in a request
 NAMED = "named" + uuid.uuid4().hex[:8]  # in her objects' names, which requests do carry
@@ -371,7 +380,7 @@ def test_every_route_mlflow_serves_is_generated_or_listed() -> None:
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[FakeHub]:
-    hub = FakeHub()
+    hub = mlflow_fake_hub()
     hub.tokens.update(
         {
             "bob-token": user_model("bob"),
@@ -383,7 +392,7 @@ def hub() -> Iterator[FakeHub]:
         }
     )
     hub.groups.update({"alice": ["nlp", "vision"], "bob": ["nlp"], "carol": ["vision"], "mallory": ["nlp"]})
-    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    hub.start()
     yield hub
     hub.shutdown()
     hub.server_close()
