@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import internals
+
 __all__ = [
     "OWNER_TAG",
     "SHARED_TAG",
@@ -240,17 +242,13 @@ class StoreResolver:
     def tracking(self) -> Any:
         """The tracking store; MLflow server's own unless given (opened on first use)."""
         if self._tracking is None:
-            from mlflow.server.handlers import _get_tracking_store
-
-            self._tracking = _get_tracking_store()
+            self._tracking = internals.tracking_store()
         return self._tracking
 
     @property
     def registry(self) -> Any:
         if self._registry is None:
-            from mlflow.server.handlers import _get_model_registry_store
-
-            self._registry = _get_model_registry_store()
+            self._registry = internals.registry_store()
         return self._registry
 
     @staticmethod
