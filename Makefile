@@ -51,10 +51,11 @@ test: install $(CHROMIUM)
 	$(MAKE) --no-print-directory test-jupyterhub; \
 	status=$$?; echo "all tests: $$(( $$(date +%s) - start )) s"; exit $$status
 
-# $(call layer,NAME): run tests/NAME with PYTEST_ARGS and print "layer NAME: <seconds> s".
+# $(call layer,NAME): run tests/NAME with PYTEST_ARGS and print "layer NAME: <seconds> s",
+# after pytest's list of the layer's ten slowest tests (where the suite's time goes).
 define layer
-	@echo "$(PY) -m pytest tests/$(1) $(PYTEST_ARGS)"; start=$$(date +%s); status=0; \
-	$(PY) -m pytest tests/$(1) $(PYTEST_ARGS) || status=$$?; \
+	@echo "$(PY) -m pytest --durations=10 tests/$(1) $(PYTEST_ARGS)"; start=$$(date +%s); status=0; \
+	$(PY) -m pytest --durations=10 tests/$(1) $(PYTEST_ARGS) || status=$$?; \
 	echo "layer $(1): $$(( $$(date +%s) - start )) s"; \
 	[ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status
 endef
