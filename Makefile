@@ -12,7 +12,7 @@ CHP := node_modules/.bin/configurable-http-proxy
 CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-unit test-integration test-platform test-jupyterhub bench lint clean
+.PHONY: install up test test-unit test-integration test-platform test-jupyterhub test-platform-then-jupyterhub bench lint clean
 
 install: $(STAMP) $(CHP)
 
@@ -37,19 +37,23 @@ $(CHROMIUM):
 up: install
 	$(VENV)/bin/hubforge up
 
-# The tests in three layers (docs/testing.md), each its own pytest run, then JupyterHub's own
-# tests. The unit layer first (a failure there is cheap to see); then the integration and
-# platform layers side by side: both mostly wait on the processes they start, so on two
-# cores together they take little longer than the longer one alone (each layer's output is
-# printed whole when it ends). `make test` stops after the first step that fails. Each layer
-# prints its wall time; "no tests collected" (say, PYTEST_ARGS="-k ..." naming tests of one
-# layer only) is no failure.
+# The tests in three layers (docs/testing.md), each its own pytest run, and JupyterHub's own
+# tests. The unit layer first (a failure there is cheap to see); then two lanes side by
+# side: the integration layer, and the platform layer followed by JupyterHub's tests. All
+# of them mostly wait on the processes they start, so on two cores the lanes together take
+# little longer than the longer one alone (each lane's output is printed whole when it
+# ends). `make test` stops after the first step that fails. Each layer prints its wall
+# time; "no tests collected" (say, PYTEST_ARGS="-k ..." naming tests of one layer only) is
+# no failure.
 test: install $(CHROMIUM)
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory test-unit && \
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-integration test-platform && \
-	$(MAKE) --no-print-directory test-jupyterhub; \
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-integration test-platform-then-jupyterhub; \
 	status=$$?; echo "all tests: $$(( $$(date +%s) - start )) s"; exit $$status
+
+# One lane of `make test`: the platform layer, then JupyterHub's own tests.
+test-platform-then-jupyterhub:
+	@$(MAKE) --no-print-directory test-platform && $(MAKE) --no-print-directory test-jupyterhub
 
 # $(call layer,NAME): run tests/NAME with PYTEST_ARGS and print "layer NAME: <seconds> s",
 # after pytest's list of the layer's ten slowest tests (where the suite's time goes).
