@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import accounts, allocator, extension_start, mlflow_gate, mlflow_search, spawnstorm, startup, tracking
+from bench import (
+    accounts,
+    allocator,
+    audit,
+    extension_start,
+    mlflow_gate,
+    mlflow_search,
+    spawnstorm,
+    startup,
+    tracking,
+)
 from bench.report import Result, print_table
 
 SUITES = {
@@ -17,6 +27,7 @@ SUITES = {
     "mlflow": mlflow_gate.run,
     "search": mlflow_search.run,
     "accounts": accounts.run,
+    "audit": audit.run,
 }
 
 

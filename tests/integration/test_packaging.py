@@ -50,6 +50,8 @@ def test_wheel_ships_data_and_entry_points(wheel: Path) -> None:
         "hubforge/default-platform.yaml",
         "hubforge/hub/jupyterhub_config.py",
     } <= names
+    schemas = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hubforge" / "events" / "schemas").rglob("*.yaml")}
+    assert schemas and schemas <= names, schemas - names  # the audit event schemas
     entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "hubforge = hubforge.cli:main" in entry_points
     assert "[hubforge.commands]" in entry_points  # `up`, `profiles`, `k8s` come from the parts
