@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from hubforge.errors import Invalid
+
 __all__ = [
     "ENVELOPE",
     "MAX_EVENT_BYTES",
@@ -50,8 +52,8 @@ MAX_EVENT_BYTES = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-class EventRefused(ValueError):
-    """An event that is not kept: it fails its schema, is too large, or names no schema."""
+class EventRefused(Invalid):
+    """An event that is not kept: it fails its schema, is too large, or names no schema (400)."""
 
 
 @functools.cache

@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hubforge.errors import Unavailable
+
 from . import MAX_EVENT_BYTES, EventRefused, clean, event_schemas, refusal
 
 __all__ = ["EVENTS_FILE", "REJECTED_FILE", "EventNotDurable", "EventSpool", "read_spool"]
@@ -43,8 +45,9 @@ EVENTS_FILE = "events.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 
 
-class EventNotDurable(RuntimeError):
-    """An event that had to be on disk before the action goes on, and is not."""
+class EventNotDurable(Unavailable):
+    """An event that had to be on disk before the action goes on, and is not (503: the action
+    is refused until the audit trail can record it)."""
 
 
 def read_spool(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

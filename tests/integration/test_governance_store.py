@@ -20,6 +20,7 @@ from alembic.migration import MigrationContext
 from psycopg2 import sql
 
 from hubforge.errors import StoreError
+from hubforge.hub.governance import audit  # noqa: F401 (its tables join Base.metadata)
 from hubforge.hub.governance.policy import Visibility
 from hubforge.hub.governance.store import (
     VERSION_TABLE,
@@ -98,8 +99,9 @@ def test_upgrade_creates_prefixed_tables_and_its_own_version_table(db_url):
     assert sa.inspect(store.engine).get_table_names() == []
     store.upgrade()
     tables = set(sa.inspect(store.engine).get_table_names())
-    assert tables == {"gov_approval_requests", VERSION_TABLE}
-    assert versions(store) == ["0001"]
+    trail = {"gov_audit_head", "gov_audit_events", "gov_audit_checkpoints"}
+    assert tables == {"gov_approval_requests", *trail, VERSION_TABLE}
+    assert versions(store) == ["0002"]
     store.dispose()
 
 
@@ -107,7 +109,7 @@ def test_upgrade_twice_is_idempotent_and_keeps_data(store):
     kept = submit(store)
     store.upgrade()
     store.upgrade()
-    assert versions(store) == ["0001"]
+    assert versions(store) == ["0002"]
     assert store.get_request(kept.id) == kept
 
 
@@ -121,7 +123,7 @@ def test_upgrade_leaves_other_applications_alembic_table_alone(db_url):
     with store.engine.connect() as conn:
         other = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
     assert other == "jupyterhub-head"
-    assert versions(store) == ["0001"]
+    assert versions(store) == ["0002"]
     store.dispose()
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
+from hubforge.hub.governance import audit  # noqa: F401 (its tables join Base.metadata)
 from hubforge.hub.governance.store import TABLE_PREFIX, VERSION_TABLE, Base
 
 __all__ = ["include_name", "run_migrations_offline", "run_migrations_online"]

@@ -1,0 +1,339 @@
+"""The central audit trail: a hash chain of every audit event, with signed checkpoints.
+
+Emitters' records (:mod:`hubforge.events.spool`) are ingested here, once each
+(emitter id + sequence number; a record sent again is counted as a duplicate, not
+stored twice). Each stored record holds the sha256 of its canonical JSON chained to
+the previous record's hash; every ingest ends with a checkpoint, the chain's
+position and hash signed with the platform's Ed25519 key, in the same transaction.
+The key lives under the data folder, readable only by the platform's account; the
+public half beside it is what :func:`verify` trusts (never anything in the database).
+
+One writer extends the chain at a time: an ingest's first statement updates the
+chain-head row, which takes SQLite's write lock and PostgreSQL's row lock alike, and
+records are inserted in batches.
+
+:func:`verify` walks the whole chain and names the first problem: a record altered
+(its hash is not its content's), deleted (a position missing), inserted (a link to no
+record), reordered (a link to a later record), or a tail not covered by a signed
+checkpoint (records appended, or removed, without the key).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from hubforge.errors import ConfigError, StoreError
+
+from .store import TABLE_PREFIX, Base, GovernanceStore, UTCDateTime
+
+__all__ = [
+    "GENESIS",
+    "KEY_FILE",
+    "AuditEventRow",
+    "AuditLog",
+    "ChainHeadRow",
+    "CheckpointRow",
+    "Ingested",
+    "Verdict",
+    "canonical",
+    "load_signing_key",
+    "verify",
+]
+
+#: The link of the first record: no record comes before it.
+GENESIS = "0" * 64
+#: The signing key's file in the data folder (its public half: ``<file>.pub``).
+KEY_FILE = "audit-signing-key.pem"
+#: Who saw an event: the hub or a service (``platform``), or a person's server or kernel,
+#: where the person's own code runs (``reported``: as that server reported it).
+OBSERVERS = {"hub": "platform", "governance": "platform", "mlflow": "platform", "papermill": "reported",
+             "server": "reported", "kernel": "reported"}  # fmt: skip
+INSERT_BATCH = 1000
+
+
+class ChainHeadRow(Base):
+    """The chain's last position and hash: one row, updated by every ingest (the writers' lock)."""
+
+    __tablename__ = TABLE_PREFIX + "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    position: Mapped[int] = mapped_column(sa.BigInteger)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class AuditEventRow(Base):
+    """One stored audit event, a link of the chain."""
+
+    __tablename__ = TABLE_PREFIX + "audit_events"
+    __table_args__ = (sa.UniqueConstraint("emitter", "seq", name="uq_gov_audit_events_emitter_seq"),)
+
+    position: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    emitter: Mapped[str] = mapped_column(sa.String(255))
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    observed: Mapped[str] = mapped_column(sa.String(16))
+    schema: Mapped[str] = mapped_column(sa.String(255), index=True)
+    user: Mapped[str] = mapped_column(sa.String(256), index=True)
+    action: Mapped[str] = mapped_column(sa.String(64))
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    resource: Mapped[str] = mapped_column(sa.String(1100))
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    record: Mapped[str] = mapped_column(sa.Text)
+    prev_hash: Mapped[str] = mapped_column(sa.String(64))
+    hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+
+
+class CheckpointRow(Base):
+    """A signed checkpoint: the chain's position and hash when an ingest ended."""
+
+    __tablename__ = TABLE_PREFIX + "audit_checkpoints"
+
+    position: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    signed: Mapped[datetime] = mapped_column(UTCDateTime())
+    signature: Mapped[str] = mapped_column(sa.String(128))
+
+
+HEAD = cast(sa.Table, ChainHeadRow.__table__)
+EVENTS = cast(sa.Table, AuditEventRow.__table__)
+CHECKPOINTS = cast(sa.Table, CheckpointRow.__table__)
+
+
+def canonical(record: Mapping[str, Any]) -> str:
+    """The one JSON text of ``record`` its hash is of: sorted keys, no spaces, UTF-8 as is."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def link(prev_hash: str, text: str) -> str:
+    """A record's hash: sha256 over the previous record's hash and its canonical JSON."""
+    return hashlib.sha256(prev_hash.encode() + b"\n" + text.encode()).hexdigest()
+
+
+def _checkpoint_message(position: int, hash_: str) -> bytes:
+    return f"hubforge-audit-checkpoint:{position}:{hash_}".encode()
+
+
+def load_signing_key(path: str | os.PathLike[str], create: bool = False) -> Ed25519PrivateKey:
+    """The platform's audit signing key at ``path`` (PEM, 0600), made when ``create`` and missing.
+
+    The public half is written beside it (``<path>.pub``) for :func:`verify`.
+    """
+    key_path = Path(path)
+    if not key_path.exists():
+        if not create:
+            raise ConfigError(f"no audit signing key at {key_path}")
+        key = Ed25519PrivateKey.generate()
+        key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+        Path(f"{key_path}.pub").write_bytes(public)
+        return key
+    loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ConfigError(f"{key_path} is not an Ed25519 private key")
+    return loaded
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """The public key :func:`verify` trusts (PEM)."""
+    loaded = serialization.load_pem_public_key(Path(path).read_bytes())
+    if not isinstance(loaded, Ed25519PublicKey):
+        raise ConfigError(f"{path} is not an Ed25519 public key")
+    return loaded
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What an ingest did: records stored, and records it had already (sent again)."""
+
+    stored: int
+    duplicates: int
+    position: int
+
+
+def _time(stamp: Any) -> datetime:
+    if not isinstance(stamp, str):
+        raise ValueError("__timestamp__ is not a string")
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC)
+
+
+class AuditLog:
+    """The audit trail in the governance store's database, signed with ``key``."""
+
+    def __init__(self, store: GovernanceStore, key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.key = key
+
+    def ingest(self, records: Iterable[Mapping[str, Any]]) -> Ingested:
+        """Store ``records`` (spool records, already checked against their schemas) at the
+        chain's end, skipping any this emitter sent before; one transaction, one checkpoint."""
+        batch = list(records)
+        return self.store._run("ingesting audit events", lambda session: self._ingest(session, batch))
+
+    def _ingest(self, session: Session, batch: list[Mapping[str, Any]]) -> Ingested:
+        conn = session.connection()
+        head_table = HEAD
+        # The writers' lock first: SQLite's write lock, PostgreSQL's row lock on the head.
+        locked = conn.execute(sa.update(head_table).where(head_table.c.id == 1).values(id=1)).rowcount
+        if not locked:  # made by the migration; gone means the database was not migrated or was altered
+            raise StoreError("governance store: the audit chain's head row is missing")
+        position, last_hash = conn.execute(
+            sa.select(head_table.c.position, head_table.c.hash).where(head_table.c.id == 1)
+        ).one()
+        events = EVENTS
+        seen: set[tuple[str, int]] = set()
+        by_emitter: dict[str, list[int]] = {}
+        for record in batch:
+            by_emitter.setdefault(str(record["__emitter__"]), []).append(int(record["__seq__"]))
+        for emitter, seqs in by_emitter.items():
+            for start in range(0, len(seqs), INSERT_BATCH):
+                chunk = seqs[start : start + INSERT_BATCH]
+                query = sa.select(events.c.seq).where(events.c.emitter == emitter, events.c.seq.in_(chunk))
+                seen.update((emitter, seq) for seq in conn.execute(query).scalars())
+        rows: list[dict[str, Any]] = []
+        duplicates = 0
+        for record in batch:
+            key = (str(record["__emitter__"]), int(record["__seq__"]))
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            position += 1
+            text = canonical(record)
+            hash_ = link(last_hash, text)
+            origin = record.get("origin") or {}
+            resource = record.get("resource") or {}
+            rows.append(
+                {
+                    "position": position,
+                    "emitter": key[0],
+                    "seq": key[1],
+                    "observed": OBSERVERS.get(str(origin.get("observer")), "reported"),
+                    "schema": record["__schema__"],
+                    "user": record.get("user", ""),
+                    "action": record.get("action", ""),
+                    "outcome": record.get("outcome", ""),
+                    "resource": f"{resource.get('type', '')}:{resource.get('id', '')}"[:1100],
+                    "time": _time(record.get("__timestamp__")),
+                    "record": text,
+                    "prev_hash": last_hash,
+                    "hash": hash_,
+                }
+            )
+            last_hash = hash_
+        for start in range(0, len(rows), INSERT_BATCH):
+            conn.execute(sa.insert(events), rows[start : start + INSERT_BATCH])
+        if rows:
+            conn.execute(sa.update(head_table).where(head_table.c.id == 1).values(position=position, hash=last_hash))
+            signature = base64.b64encode(self.key.sign(_checkpoint_message(position, last_hash))).decode()
+            conn.execute(
+                sa.insert(CHECKPOINTS).values(
+                    position=position, hash=last_hash, signed=datetime.now(UTC), signature=signature
+                )
+            )
+        return Ingested(stored=len(rows), duplicates=duplicates, position=position)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`verify` found: ``problem`` (one line) is None when the chain is intact."""
+
+    records: int
+    checkpoints: int
+    problem: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        """Whether nothing was found wrong."""
+        return self.problem is None
+
+
+def _rows(conn: sa.Connection, chunk: int = 5000) -> Iterator[Any]:
+    events = EVENTS
+    after = -1
+    while True:
+        query = (
+            sa.select(events.c.position, events.c.record, events.c.prev_hash, events.c.hash)
+            .where(events.c.position > after)
+            .order_by(events.c.position)
+            .limit(chunk)
+        )
+        rows = conn.execute(query).all()
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1].position
+
+
+def _broken_link(conn: sa.Connection, position: int, prev_hash: str) -> str:
+    """What a record linking to something other than the record before it tells."""
+    events = EVENTS
+    linked = conn.execute(sa.select(events.c.position).where(events.c.hash == prev_hash)).scalar()
+    if linked is None:  # links to a hash no record has: the one before it was rewritten
+        return f"record {position - 1} was altered, or a record after it deleted"
+    if linked > position:
+        return f"record {position} was moved (reordered)"
+    if linked == position - 2:
+        return f"record {position - 1} was inserted"
+    return f"records {linked + 1} to {position - 1} were inserted"
+
+
+def verify(store: GovernanceStore, public_key: Ed25519PublicKey) -> Verdict:
+    """Check the whole chain and its checkpoints; the first problem found, in chain order."""
+    with store.engine.connect() as conn:
+        checkpoints = {
+            row.position: row for row in conn.execute(sa.select(CHECKPOINTS).order_by(CHECKPOINTS.c.position))
+        }
+        count = 0
+        expected_position, previous = 1, GENESIS
+        last_signed = 0
+        for row in _rows(conn):
+            count += 1
+            if row.position != expected_position:
+                gone = (
+                    f"record {expected_position} was deleted"
+                    if row.position == expected_position + 1
+                    else f"records {expected_position} to {row.position - 1} were deleted"
+                )
+                return Verdict(count, len(checkpoints), gone)
+            if link(row.prev_hash, row.record) != row.hash:
+                return Verdict(count, len(checkpoints), f"record {row.position} was altered")
+            if row.prev_hash != previous:
+                return Verdict(count, len(checkpoints), _broken_link(conn, row.position, row.prev_hash))
+            if (mark := checkpoints.get(row.position)) is not None:
+                try:
+                    public_key.verify(base64.b64decode(mark.signature), _checkpoint_message(mark.position, mark.hash))
+                except (InvalidSignature, ValueError):
+                    return Verdict(count, len(checkpoints), f"checkpoint {mark.position} has a bad signature")
+                if mark.hash != row.hash:
+                    return Verdict(
+                        count, len(checkpoints), f"records up to {row.position} were rewritten (checkpoint mismatch)"
+                    )
+                last_signed = row.position
+            previous, expected_position = row.hash, row.position + 1
+        newest = max(checkpoints, default=0)
+        if newest > count:
+            return Verdict(count, len(checkpoints), f"records {count + 1} to {newest} were deleted (the signed end)")
+        if last_signed < count:
+            return Verdict(
+                count, len(checkpoints), f"records {last_signed + 1} to {count} are covered by no signed checkpoint"
+            )
+        return Verdict(count, len(checkpoints))

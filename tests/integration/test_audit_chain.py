@@ -1,0 +1,218 @@
+"""The central audit trail: ingest once, chain, sign, and name any tampering.
+
+On SQLite and on the local PostgreSQL server: records from emitters' spools are
+stored once (a record sent again is a duplicate), chained and signed; then each
+kind of tampering a database owner could do without the signing key (edit a record,
+edit it and rehash, delete, insert, reorder, cut the tail, append) is done with
+plain SQL and ``verify`` must name it. Two writers at once extend one unbroken chain.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from harness.platform import pg_databases
+from hubforge.events.spool import EventSpool, read_spool
+from hubforge.hub.governance.audit import AuditLog, link, load_public_key, load_signing_key, verify
+from hubforge.hub.governance.store import GovernanceStore
+
+SCHEMA = "https://events.hubforge.dev/server/contents/v1"
+
+
+def event(user: str, path: str) -> dict[str, Any]:
+    return {
+        "user": user,
+        "action": "save",
+        "resource": {"type": "file", "id": path},
+        "outcome": "success",
+        "origin": {"observer": "server", "server": f"{user}/"},
+        "path": path,
+    }
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GovernanceStore]:
+    if request.param == "sqlite":
+        urls = {"audit": f"sqlite:///{tmp_path / 'governance.sqlite'}"}
+        context: Any = None
+    else:
+        context = pg_databases("audit")
+        urls = context.__enter__()
+    store = GovernanceStore(urls["audit"])
+    store.upgrade()
+    try:
+        yield store
+    finally:
+        store.dispose()
+        if context is not None:
+            context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def key_path(tmp_path: Path) -> Path:
+    path = tmp_path / "keys" / "audit-signing-key.pem"
+    load_signing_key(path, create=True)
+    return path
+
+
+def records(tmp_path: Path, emitter: str, count: int, user: str = "alice") -> list[dict[str, Any]]:
+    """``count`` records as an emitter's spool writes them."""
+    spool = EventSpool(tmp_path / f"spool-{emitter}", emitter)
+    for i in range(count):
+        spool.emit(SCHEMA, event(user, f"notebooks/{i}.ipynb"))
+    spool.close()
+    return list(read_spool(tmp_path / f"spool-{emitter}"))
+
+
+def filled(store: GovernanceStore, key_path: Path, tmp_path: Path, count: int = 20) -> AuditLog:
+    log = AuditLog(store, load_signing_key(key_path))
+    batch = records(tmp_path, "server:alice/", count)
+    assert log.ingest(batch[: count // 2]).stored == count // 2
+    assert log.ingest(batch[count // 2 :]).stored == count - count // 2
+    return log
+
+
+def problem(store: GovernanceStore, key_path: Path) -> str | None:
+    return verify(store, load_public_key(f"{key_path}.pub")).problem
+
+
+def sql(store: GovernanceStore, statement: str, **params: Any) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+
+
+def row(store: GovernanceStore, position: int) -> Any:
+    with store.engine.connect() as conn:
+        query = sa.text("SELECT * FROM gov_audit_events WHERE position = :p")
+        return conn.execute(query, {"p": position}).mappings().one()
+
+
+def test_records_are_stored_once_chained_and_signed(store: GovernanceStore, key_path: Path, tmp_path: Path) -> None:
+    log = AuditLog(store, load_signing_key(key_path))
+    batch = records(tmp_path, "server:alice/", 30)
+    first = log.ingest(batch[:20])
+    again = log.ingest(batch[10:])  # the forwarder sends an overlap again after a crash
+    assert (first.stored, first.duplicates, again.stored, again.duplicates) == (20, 0, 10, 10)
+    verdict = verify(store, load_public_key(f"{key_path}.pub"))
+    assert verdict.intact and verdict.records == 30 and verdict.checkpoints == 2
+    stored = row(store, 1)
+    assert (stored["emitter"], stored["seq"], stored["user"], stored["observed"]) == (
+        "server:alice/",
+        1,
+        "alice",
+        "reported",
+    )
+    assert stored["resource"] == "file:notebooks/0.ipynb"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        ("edit", "record 7 was altered"),
+        ("edit and rehash", "record 7 was altered, or a record after it deleted"),
+        ("delete", "record 7 was deleted"),
+        ("delete the tail", "records 19 to 20 were deleted (the signed end)"),
+        ("insert", "record 7 was inserted"),
+        ("reorder", "record 7 was moved (reordered)"),
+        ("append", "records 21 to 21 are covered by no signed checkpoint"),
+        ("forge a checkpoint", "checkpoint 20 has a bad signature"),
+    ],
+)
+def test_verify_names_each_kind_of_tampering(
+    store: GovernanceStore, key_path: Path, tmp_path: Path, tamper: str, named: str
+) -> None:
+    filled(store, key_path, tmp_path)
+    assert problem(store, key_path) is None
+    seven = row(store, 7)
+    forged = seven["record"].replace("notebooks/6.ipynb", "notebooks/secret.ipynb")
+    if tamper == "edit":
+        sql(store, "UPDATE gov_audit_events SET record = :r WHERE position = 7", r=forged)
+    elif tamper == "edit and rehash":
+        rehashed = link(seven["prev_hash"], forged)
+        sql(store, "UPDATE gov_audit_events SET record = :r, hash = :h WHERE position = 7", r=forged, h=rehashed)
+    elif tamper == "delete":
+        sql(store, "DELETE FROM gov_audit_events WHERE position = 7")
+    elif tamper == "delete the tail":
+        sql(store, "DELETE FROM gov_audit_events WHERE position > 18")
+    elif tamper == "insert":  # shift the rest up, put a well-linked forgery at 7
+        sql(store, "UPDATE gov_audit_events SET position = -position WHERE position >= 7")
+        sql(store, "UPDATE gov_audit_events SET position = -position + 1 WHERE position < 0")
+        sql(
+            store,
+            'INSERT INTO gov_audit_events (position, emitter, seq, observed, schema, "user", action, outcome,'
+            " resource, time, record, prev_hash, hash) SELECT 7, 'forger', 1, observed, schema, \"user\", action,"
+            " outcome, resource, time, :r, prev_hash, :h FROM gov_audit_events WHERE position = 8",
+            r=forged,
+            h=link(seven["prev_hash"], forged),
+        )
+    elif tamper == "reorder":
+        sql(store, "UPDATE gov_audit_events SET position = -1 WHERE position = 7")
+        sql(store, "UPDATE gov_audit_events SET position = 7 WHERE position = 8")
+        sql(store, "UPDATE gov_audit_events SET position = 8 WHERE position = -1")
+    elif tamper == "append":  # a well-linked record after the end, without the key
+        last = row(store, 20)
+        sql(
+            store,
+            'INSERT INTO gov_audit_events (position, emitter, seq, observed, schema, "user", action, outcome,'
+            " resource, time, record, prev_hash, hash) SELECT 21, 'forger', 1, observed, schema, \"user\", action,"
+            " outcome, resource, time, record, :p, :h FROM gov_audit_events WHERE position = 20",
+            p=last["hash"],
+            h=link(last["hash"], last["record"]),
+        )
+    elif tamper == "forge a checkpoint":
+        sql(store, "UPDATE gov_audit_checkpoints SET signature = :s WHERE position = 20", s="A" * 88)
+    assert problem(store, key_path) == named
+
+
+def test_two_writers_extend_one_unbroken_chain(store: GovernanceStore, key_path: Path, tmp_path: Path) -> None:
+    batches = {name: records(tmp_path, name, 400, user=name) for name in ("server:alice/", "server:bob/")}
+    failures: list[BaseException] = []
+
+    def write(name: str) -> None:
+        log = AuditLog(store, load_signing_key(key_path))
+        try:
+            for start in range(0, 400, 50):
+                log.ingest(batches[name][start : start + 50])
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    verdict = verify(store, load_public_key(f"{key_path}.pub"))
+    assert verdict.intact and verdict.records == 800 and verdict.checkpoints == 16
+
+
+def test_the_signing_key_is_private_and_its_public_half_beside_it(key_path: Path) -> None:
+    assert oct(key_path.stat().st_mode & 0o777) == oct(0o600)
+    assert oct(key_path.parent.stat().st_mode & 0o777) == oct(0o700)
+    assert Path(f"{key_path}.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert load_signing_key(key_path).public_key() is not None
+
+
+def test_hubforge_audit_verify_exits_non_zero_on_tampering(tmp_path: Path, key_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'governance.sqlite'}"
+    store = GovernanceStore(url)
+    store.upgrade()
+    filled(store, key_path, tmp_path)
+    command = [sys.executable, "-m", "hubforge.cli", "audit", "verify", "--db-url", url, "--public-key",
+               f"{key_path}.pub"]  # fmt: skip
+    ok = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "ok: 20 records, 2 signed checkpoints, the chain is intact"
+    sql(store, "DELETE FROM gov_audit_events WHERE position = 3")
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert bad.stdout.strip() == "tampered: record 3 was deleted"
+    store.dispose()
