@@ -11,21 +11,106 @@ claims into hub groups, and groups grant personas.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from jupyterhub.auth import Authenticator
-from traitlets import Unicode
+from traitlets import HasTraits, Set, Unicode
 
-__all__ = ["DemoAuthenticator", "claim_values", "groups_from_claims", "oauth_groups_key"]
+from hubforge.events.spool import EventSpool
+
+__all__ = [
+    "LOGIN_SCHEMA",
+    "AuditedLogins",
+    "DemoAuthenticator",
+    "audited",
+    "claim_values",
+    "groups_from_claims",
+    "oauth_groups_key",
+]
+
+log = logging.getLogger(__name__)
+
+LOGIN_SCHEMA = "https://events.hubforge.dev/hub/authentication/v1"
+#: One spool per folder in the hub process.
+_SPOOLS: dict[str, EventSpool] = {}
 
 
-class DemoAuthenticator(Authenticator):
+def hub_spool(folder: str) -> EventSpool | None:
+    """The hub's audit spool in ``folder`` (opened on first use); None when it cannot be."""
+    if folder not in _SPOOLS:
+        try:
+            _SPOOLS[folder] = EventSpool(Path(folder), "hub")
+        except OSError as exc:
+            log.error("The hub's audit events cannot be spooled in %s: %s", folder, exc)
+            return None
+    return _SPOOLS[folder]
+
+
+class AuditedLogins(HasTraits):
+    """Records every login and failed login, whatever the authenticator, in the hub's spool.
+
+    Mixed in before an authenticator class (:func:`audited`): JupyterHub's login and
+    OAuth callback handlers both go through ``get_authenticated_user``, so one
+    override sees the form, OAuth and LDAP alike. Who is the name the authenticator
+    accepted, or for a failure the name that was tried; where from is the request's
+    client address (behind the proxy: ``X-Forwarded-For``, which JupyterHub trusts).
+    """
+
+    audit_spool_dir = Unicode(
+        "",
+        config=True,
+        help="Folder of the hub's audit event spool (the governance service collects it); "
+        "empty: logins are not recorded.",
+    )
+
+    async def get_authenticated_user(self, handler: Any, data: Any) -> Any:
+        """The authenticator's answer, recorded as a login or a failed login."""
+        user = await super().get_authenticated_user(handler, data)  # type: ignore[misc]
+        spool = hub_spool(self.audit_spool_dir) if self.audit_spool_dir else None
+        if spool is not None:
+            tried = (data or {}).get("username", "") if isinstance(data, dict) else ""
+            name = str(user["name"]) if user else str(tried or "")
+            request = getattr(handler, "request", None)
+            spool.emit(
+                LOGIN_SCHEMA,
+                {
+                    "user": name,
+                    "action": "login" if user else "login_failed",
+                    "resource": {"type": "user", "id": name},
+                    "outcome": "success" if user else "failure",
+                    "origin": {"observer": "hub", "client_address": str(getattr(request, "remote_ip", "") or "")},
+                    "authenticator": next(
+                        c.__name__
+                        for c in type(self).__mro__
+                        if c is not AuditedLogins and not c.__name__.startswith("Audited")
+                    ),
+                },
+            )
+        return user
+
+
+def audited(authenticator: type[Authenticator]) -> type[Authenticator]:
+    """``authenticator`` with its logins recorded (:class:`AuditedLogins` mixed in first)."""
+    if issubclass(authenticator, AuditedLogins):
+        return authenticator
+    return type(f"Audited{authenticator.__name__}", (AuditedLogins, authenticator), {})
+
+
+class DemoAuthenticator(AuditedLogins, Authenticator):
     """Every configured user logs in with one shared demo password.
 
     Only for demonstrations on loopback: the password is shared, so anyone who
     knows it can be anyone. ``allowed_users`` limits who may log in.
     """
+
+    admin_groups = Set(
+        config=True,
+        help="auth.admin_groups (OAuthenticator's and LDAPAuthenticator's setting): here the platform "
+        "makes the configured users of those groups admins by name (admin_users).",
+    )
 
     password = Unicode(
         "",

@@ -25,9 +25,10 @@ from hubforge.contract import (
     MLFLOW_URL_ENV,
     RUNTIME_ENV,
 )
+from hubforge.events.spool import platform_spool_dir
 from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
 
-from .auth import oauth_groups_key
+from .auth import audited, oauth_groups_key
 from .services import MLFLOW, Placement, enabled_services, hub_services, persona_services, service_role
 
 __all__ = ["RUNTIME_ENV", "Runtime", "configure", "configure_service_role", "configure_services", "one_machine"]
@@ -100,6 +101,8 @@ def configure_auth(c: Any, cfg: PlatformConfig) -> None:
     """The authenticator named by ``auth.type``."""
     auth = cfg.auth
     admins = set(auth.admin_groups)
+    # Logins and failed logins go to the hub's audit spool, whatever the authenticator.
+    c.Authenticator.audit_spool_dir = str(platform_spool_dir(cfg.data_dir, "hub"))
     c.Authenticator.admin_groups = admins
     if auth.type == "demo":
         c.JupyterHub.authenticator_class = "hubforge.hub.auth.DemoAuthenticator"
@@ -115,7 +118,9 @@ def configure_auth(c: Any, cfg: PlatformConfig) -> None:
 
 
 def _configure_oauth(c: Any, cfg: PlatformConfig, oauth: Mapping[str, Any]) -> None:
-    c.JupyterHub.authenticator_class = "generic-oauth"
+    from oauthenticator.generic import GenericOAuthenticator
+
+    c.JupyterHub.authenticator_class = audited(GenericOAuthenticator)
     g = c.GenericOAuthenticator
     g.client_id = oauth["client_id"]
     g.client_secret = oauth.get("client_secret") or os.environ.get("OAUTH_CLIENT_SECRET", "")
@@ -137,7 +142,12 @@ def _configure_oauth(c: Any, cfg: PlatformConfig, oauth: Mapping[str, Any]) -> N
 
 
 def _configure_ldap(c: Any, ldap: Mapping[str, Any]) -> None:
-    c.JupyterHub.authenticator_class = "ldapauthenticator.LDAPAuthenticator"
+    try:
+        from ldapauthenticator import LDAPAuthenticator
+    except ImportError:  # not installed: JupyterHub says so when it loads the name
+        c.JupyterHub.authenticator_class = "ldapauthenticator.LDAPAuthenticator"
+    else:
+        c.JupyterHub.authenticator_class = audited(LDAPAuthenticator)
     for key, value in ldap.items():
         if key != "persona_map":
             setattr(c.LDAPAuthenticator, key, value)

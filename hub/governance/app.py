@@ -11,6 +11,7 @@ with the usual ``JUPYTERHUB_*`` environment; start-up is a list of steps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,8 @@ from hubforge.config import PlatformConfig, load_config
 from hubforge.contract import ISOLATION_ENV, SERVICE_BIND_IP_ENV
 from hubforge.errors import ConfigError, HubforgeError
 
+from .audit import KEY_FILE, AuditLog, load_signing_key
+from .collect import SpoolCollector
 from .handlers import ROUTES, NotFoundHandler
 from .openapi import build_spec, path_pattern
 from .store import GovernanceStore
@@ -48,6 +51,8 @@ __all__ = [
 
 #: Bodies are a few kilobytes at most; refuse anything far larger unread.
 MAX_BODY_SIZE = 64 * 1024
+#: Seconds between two collections of the platform's audit spools.
+COLLECT_EVERY_S = 1.0
 
 #: Hub-service environment variables -> the HubOAuth traits they set.
 _HUB_ENV = {
@@ -211,6 +216,8 @@ class GovernanceService(Application):
     platform: PlatformConfig
     hub_auth: HubOAuth
     store: GovernanceStore
+    trail: AuditLog
+    collector: SpoolCollector
     web_app: web.Application
     ip: str
     port: int
@@ -222,6 +229,7 @@ class GovernanceService(Application):
         self.init_logging()
         self.init_config()
         self.init_store()
+        self.init_audit()
         self.init_handlers()
 
     def init_logging(self) -> None:
@@ -250,6 +258,13 @@ class GovernanceService(Application):
         """Open the store and migrate it to the newest revision."""
         self.store = GovernanceStore(self.db_url)
         self.store.upgrade()
+
+    def init_audit(self) -> None:
+        """The audit trail in the store, signed with the platform's key (made on first start),
+        and the collector of the platform's own spools."""
+        key = load_signing_key(self.platform.data_dir / KEY_FILE, create=True)
+        self.trail = AuditLog(self.store, key)
+        self.collector = SpoolCollector(self.platform.data_dir, self.trail)
 
     def init_handlers(self) -> None:
         """Build the web application."""
@@ -296,11 +311,23 @@ class GovernanceService(Application):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        collecting = asyncio.create_task(self._collect_until(stop))
         await stop.wait()
         self.log.info("Governance service stopping")
+        await collecting
         server.stop()
         await server.close_all_connections()
         self.store.dispose()
+
+    async def _collect_until(self, stop: asyncio.Event) -> None:
+        """Collect the platform's spools into the audit trail every second, and once more at the end."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await loop.run_in_executor(None, self.collector.collect)
+            if stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), COLLECT_EVERY_S)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,7 +39,17 @@ from hubforge.errors import Unavailable
 
 from . import MAX_EVENT_BYTES, EventRefused, clean, event_schemas, refusal
 
-__all__ = ["EVENTS_FILE", "REJECTED_FILE", "EventNotDurable", "EventSpool", "read_spool"]
+__all__ = [
+    "EVENTS_FILE",
+    "INGESTED_FILE",
+    "PLATFORM_SPOOLS",
+    "REJECTED_FILE",
+    "EventNotDurable",
+    "EventSpool",
+    "platform_spool_dir",
+    "read_from",
+    "read_spool",
+]
 
 EVENTS_FILE = "events.jsonl"
 REJECTED_FILE = "rejected.jsonl"
@@ -243,3 +253,32 @@ class EventSpool:
                 data = data[written:]
         if self._fsync and (lines or rejected):
             os.fsync(self._fd)
+
+
+#: The folder under the data folder where the platform's own emitters (the hub, the
+#: services) keep their spools, one subfolder per emitter, for the governance service to collect.
+PLATFORM_SPOOLS = "events"
+#: In a spool folder: how far the collector has ingested ``events.jsonl`` (bytes).
+INGESTED_FILE = ".ingested"
+
+
+def platform_spool_dir(data_dir: str | os.PathLike[str], emitter: str) -> Path:
+    """The spool folder of the platform's own emitter ``emitter`` (``hub``, ``governance``)."""
+    return Path(data_dir) / PLATFORM_SPOOLS / emitter
+
+
+def read_from(directory: str | os.PathLike[str], offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``limit`` whole records of a spool after byte ``offset``, and the offset after them."""
+    path = Path(directory) / EVENTS_FILE
+    if not path.exists():
+        return [], offset
+    found: list[dict[str, Any]] = []
+    with path.open("rb") as f:
+        f.seek(offset)
+        while len(found) < limit:
+            line = f.readline()
+            if not line.endswith(b"\n"):  # the end, or a write still in progress
+                break
+            found.append(json.loads(line))
+            offset += len(line)
+    return found, offset

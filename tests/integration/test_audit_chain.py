@@ -216,3 +216,29 @@ def test_hubforge_audit_verify_exits_non_zero_on_tampering(tmp_path: Path, key_p
     assert bad.returncode == 1
     assert bad.stdout.strip() == "tampered: record 3 was deleted"
     store.dispose()
+
+
+def test_the_collector_ingests_what_each_platform_spool_gained_once(
+    store: GovernanceStore, key_path: Path, tmp_path: Path
+) -> None:
+    from hubforge.events.spool import INGESTED_FILE, platform_spool_dir
+    from hubforge.hub.governance.collect import SpoolCollector
+
+    data = tmp_path / "data"
+    spools = {name: EventSpool(platform_spool_dir(data, name), name) for name in ("hub", "mlflow")}
+    collector = SpoolCollector(data, AuditLog(store, load_signing_key(key_path)))
+    assert collector.collect() == 0
+    for i in range(1500):  # more than one ingest batch
+        spools["hub"].emit(SCHEMA, event("alice", f"{i}.ipynb"))
+    spools["mlflow"].emit(SCHEMA, event("bob", "b.ipynb"))
+    assert all(spool.flush(10) for spool in spools.values())
+    assert collector.collect() == 1501
+    spools["hub"].emit(SCHEMA, event("alice", "late.ipynb"))
+    spools["hub"].flush(10)
+    assert collector.collect() == 1
+    (platform_spool_dir(data, "hub") / INGESTED_FILE).unlink()  # as if the service died before saving it
+    assert collector.collect() == 0, "read again, stored once"
+    verdict = verify(store, load_public_key(f"{key_path}.pub"))
+    assert verdict.intact and verdict.records == 1502
+    for spool in spools.values():
+        spool.close()

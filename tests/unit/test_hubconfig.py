@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from oauthenticator.generic import GenericOAuthenticator
 from traitlets.config import Config
 
 from hubforge.config import load_config
+from hubforge.hub.auth import AuditedLogins
 from hubforge.hub.hubconfig import Runtime, configure
 
 RT = Runtime(
@@ -99,7 +101,8 @@ def test_oauth_maps_claims_to_persona_groups(tmp_path: Path) -> None:
     }
     c = render(tmp_path, {"auth": {"type": "oauth", "demo": False, "oauth": oauth}})
     g = c.GenericOAuthenticator
-    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    assert issubclass(c.JupyterHub.authenticator_class, GenericOAuthenticator)
+    assert issubclass(c.JupyterHub.authenticator_class, AuditedLogins)  # logins reach the audit trail
     assert g.manage_groups is True
     assert g.auth_state_groups_key({"oauth_user": {"groups": ["ml-team"]}}) == ["data-scientist"]
     assert "ml-lead" in g.allowed_groups

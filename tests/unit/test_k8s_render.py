@@ -18,6 +18,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from oauthenticator.generic import GenericOAuthenticator
 from traitlets.config import Config
 
 from hubforge.catalog import load_catalog
@@ -259,7 +260,7 @@ def test_extra_config_configures_the_hub(
     exec(compile(values["hub"]["extraConfig"]["hubforge"], "extraConfig", "exec"), {"c": c})
     assert c.JupyterHub.spawner_class is HubforgeKubeSpawner
     assert isinstance(c.HubforgeKubeSpawner.profile_list, TierProfileList)
-    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    assert issubclass(c.JupyterHub.authenticator_class, GenericOAuthenticator)
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert {"data-scientist", "ml-lead", "hubforge-services"} <= set(roles)
     assert roles["hubforge-services"]["services"] == ["governance", "mlflow"]

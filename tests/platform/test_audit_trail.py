@@ -1,0 +1,76 @@
+"""Logins reach the one audit trail through the real platform, and the trail verifies.
+
+On the running platform (SQLite and PostgreSQL): a person logs in, someone fails to
+log in with a forged name; the hub spools both, the governance service collects them
+into the hash-chained trail within seconds, and ``hubforge audit verify`` (the real
+command, on the platform's config) finds the chain intact and signed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from harness.platform import HubSession, PlatformProcess, wait_for
+from hubforge.config import load_config
+
+
+def trail(platform: PlatformProcess, since: str) -> list[dict[str, Any]]:
+    """The login records of the trail with a name starting with ``since`` (this test's names)."""
+    cfg = load_config(str(platform.config_path))
+    engine = sa.create_engine(cfg.db_url("governance"))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT position, observed, record FROM gov_audit_events"
+                    " WHERE schema LIKE '%/hub/authentication/v1' ORDER BY position"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    found = [{"position": r.position, "observed": r.observed, **json.loads(r.record)} for r in rows]
+    return [r for r in found if r["user"].startswith(since) or r["user"] == "alice"]
+
+
+def test_logins_reach_the_trail_and_it_verifies(platform: PlatformProcess) -> None:
+    tag = f"nobody-{uuid.uuid4().hex[:6]}"
+    before = {r["position"] for r in trail(platform, tag)}
+    alice = HubSession(platform.url)
+    stranger = HubSession(platform.url)
+    try:
+        assert alice.login("alice").status_code == 302
+        assert stranger.login(f"{tag}\n[I] forged log line", password="wrong").status_code == 403
+    finally:
+        alice.close()
+        stranger.close()
+
+    def arrived() -> list[dict[str, Any]]:
+        new = [r for r in trail(platform, tag) if r["position"] not in before]
+        actions = {(r["action"], r["user"][: len(tag)] if r["user"].startswith(tag) else r["user"]) for r in new}
+        return new if {("login", "alice"), ("login_failed", tag)} <= actions else []
+
+    new = wait_for(arrived, 30, "the logins to reach the audit trail")
+    failed = next(r for r in new if r["action"] == "login_failed")
+    assert failed["user"] == f"{tag}\\n[I] forged log line", "the name is kept escaped: no line is injected"
+    assert failed["outcome"] == "failure" and failed["origin"]["observer"] == "hub"
+    assert failed["origin"]["client_address"] == "127.0.0.1"
+    assert {r["observed"] for r in new} == {"platform"}
+
+    hubforge = Path(sys.executable).with_name("hubforge")
+    env = {k: v for k, v in os.environ.items() if k not in ("HUBFORGE_CONFIG", "HUBFORGE_DATA")}
+    check = subprocess.run(
+        [str(hubforge), "audit", "verify", "--config", str(platform.config_path)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.startswith("ok: ") and check.stdout.strip().endswith("the chain is intact")
+    key = platform.data_dir / "audit-signing-key.pem"
+    assert oct(key.stat().st_mode & 0o777) == oct(0o600), "the signing key is the platform account's alone"
