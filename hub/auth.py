@@ -11,15 +11,13 @@ claims into hub groups, and groups grant personas.
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from jupyterhub.auth import Authenticator
 from traitlets import HasTraits, Set, Unicode
 
-from hubforge.events.spool import EventSpool
+from hubforge.events.spool import open_spool
 
 __all__ = [
     "LOGIN_SCHEMA",
@@ -31,22 +29,7 @@ __all__ = [
     "oauth_groups_key",
 ]
 
-log = logging.getLogger(__name__)
-
 LOGIN_SCHEMA = "https://events.hubforge.dev/hub/authentication/v1"
-#: One spool per folder in the hub process.
-_SPOOLS: dict[str, EventSpool] = {}
-
-
-def hub_spool(folder: str) -> EventSpool | None:
-    """The hub's audit spool in ``folder`` (opened on first use); None when it cannot be."""
-    if folder not in _SPOOLS:
-        try:
-            _SPOOLS[folder] = EventSpool(Path(folder), "hub")
-        except OSError as exc:
-            log.error("The hub's audit events cannot be spooled in %s: %s", folder, exc)
-            return None
-    return _SPOOLS[folder]
 
 
 class AuditedLogins(HasTraits):
@@ -69,7 +52,7 @@ class AuditedLogins(HasTraits):
     async def get_authenticated_user(self, handler: Any, data: Any) -> Any:
         """The authenticator's answer, recorded as a login or a failed login."""
         user = await super().get_authenticated_user(handler, data)  # type: ignore[misc]
-        spool = hub_spool(self.audit_spool_dir) if self.audit_spool_dir else None
+        spool = open_spool(self.audit_spool_dir, "hub") if self.audit_spool_dir else None
         if spool is not None:
             tried = (data or {}).get("username", "") if isinstance(data, dict) else ""
             name = str(user["name"]) if user else str(tried or "")

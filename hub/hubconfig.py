@@ -31,7 +31,15 @@ from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
 from .auth import audited, oauth_groups_key
 from .services import MLFLOW, Placement, enabled_services, hub_services, persona_services, service_role
 
-__all__ = ["RUNTIME_ENV", "Runtime", "configure", "configure_service_role", "configure_services", "one_machine"]
+__all__ = [
+    "RUNTIME_ENV",
+    "Runtime",
+    "configure",
+    "configure_audit",
+    "configure_service_role",
+    "configure_services",
+    "one_machine",
+]
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ def configure(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     configure_network(c, cfg, rt)
     configure_state(c, cfg)
     configure_auth(c, cfg)
+    configure_audit(c, cfg)
     configure_rbac(c, cfg)
     configure_spawner(c, cfg, rt)
     configure_services(c, cfg, rt)
@@ -97,12 +106,18 @@ def configure_state(c: Any, cfg: PlatformConfig) -> None:
     c.JupyterHub.cleanup_proxy = True
 
 
+def configure_audit(c: Any, cfg: PlatformConfig) -> None:
+    """What the hub observes goes to its audit spool, which the governance service collects:
+    logins and failed logins (whatever the authenticator), servers spawned, refused and stopped."""
+    spool = str(platform_spool_dir(cfg.data_dir, "hub"))
+    c.Authenticator.audit_spool_dir = spool
+    c.Spawner.audit_spool_dir = spool
+
+
 def configure_auth(c: Any, cfg: PlatformConfig) -> None:
     """The authenticator named by ``auth.type``."""
     auth = cfg.auth
     admins = set(auth.admin_groups)
-    # Logins and failed logins go to the hub's audit spool, whatever the authenticator.
-    c.Authenticator.audit_spool_dir = str(platform_spool_dir(cfg.data_dir, "hub"))
     c.Authenticator.admin_groups = admins
     if auth.type == "demo":
         c.JupyterHub.authenticator_class = "hubforge.hub.auth.DemoAuthenticator"

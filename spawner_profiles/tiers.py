@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import object_session
 from tornado import web
-from traitlets import Dict, HasTraits, Instance, default
+from traitlets import Dict, HasTraits, Instance, Unicode, default
 
 from hubforge.catalog import Catalog, ValidatedChoice, check_choice, culling_args, personas_for_groups
 from hubforge.errors import Refusal, http_answer
+from hubforge.events.spool import open_spool
 
-__all__ = ["TierSpawnerMixin", "restore_saved_options"]
+__all__ = ["SERVER_SCHEMA", "TierSpawnerMixin", "restore_saved_options"]
+
+#: The audit event of a server spawned, refused or stopped.
+SERVER_SCHEMA = "https://events.hubforge.dev/hub/server/v1"
 
 if TYPE_CHECKING:  # what the mixin is used with, for the type checker
     from jupyterhub.spawner import Spawner as _SpawnerBase
@@ -64,6 +68,12 @@ class TierSpawnerMixin(_SpawnerBase):
         help="Hub group -> the personas it grants, as PlatformConfig.group_personas() returns.",
     )
     tier_choice = Instance(ValidatedChoice, allow_none=True, help="The checked choice of the last spawn.")
+    audit_spool_dir = Unicode(
+        "",
+        config=True,
+        help="Folder of the hub's audit event spool: spawns (done, failed, refused) and stops are "
+        "recorded there. Empty: they are not.",
+    )
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Any:
@@ -106,11 +116,34 @@ class TierSpawnerMixin(_SpawnerBase):
             choice = self.check_choice(self.choose_tier())
         except Refusal as exc:
             self.log.warning("Refusing spawn for %s: %s", self._log_name, exc)
+            self.audit_server("spawn", "denied")
             restore_saved_options(self, self._accepted_options)  # JupyterHub saved the refused ones
             raise web.HTTPError(*http_answer(exc)) from exc
         self.tier_choice = choice
         self._accepted_options = dict(self.user_options or {})
         return choice
+
+    def audit_server(self, action: str, outcome: str) -> None:
+        """Record ``action`` (spawn, stop) of this server with its ``outcome`` and tier."""
+        spool = open_spool(self.audit_spool_dir, "hub") if self.audit_spool_dir else None
+        if spool is None:
+            return
+        choice = self.tier_choice
+        asked = self.user_options or {}
+        spool.emit(
+            SERVER_SCHEMA,
+            {
+                "user": self.user.name,
+                "action": action,
+                "resource": {"type": "server", "id": f"{self.user.name}/{self.name}"},
+                "outcome": outcome,
+                "origin": {"observer": "hub", "server": f"{self.user.name}/{self.name}"},
+                "server_name": self.name,
+                "tier": choice.tier.slug if choice else str(asked.get("profile") or ""),
+                "image": choice.image_key if choice else str(asked.get("image") or ""),
+                "gpus": choice.gpus if choice else 0,
+            },
+        )
 
     def check_choice(self, choice: ValidatedChoice) -> ValidatedChoice:
         """What this spawner checks beyond the catalog: the choice to start, or a Refusal."""

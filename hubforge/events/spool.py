@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import logging
 import os
 import threading
 import time
@@ -46,10 +47,13 @@ __all__ = [
     "REJECTED_FILE",
     "EventNotDurable",
     "EventSpool",
+    "open_spool",
     "platform_spool_dir",
     "read_from",
     "read_spool",
 ]
+
+log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
 REJECTED_FILE = "rejected.jsonl"
@@ -265,6 +269,24 @@ INGESTED_FILE = ".ingested"
 def platform_spool_dir(data_dir: str | os.PathLike[str], emitter: str) -> Path:
     """The spool folder of the platform's own emitter ``emitter`` (``hub``, ``governance``)."""
     return Path(data_dir) / PLATFORM_SPOOLS / emitter
+
+
+_OPEN: dict[tuple[str, str], EventSpool] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_spool(folder: str | os.PathLike[str], emitter: str) -> EventSpool | None:
+    """This process's spool of ``emitter`` in ``folder``, opened on first use; None (logged) when
+    the folder cannot be written, so that a part that records events never fails for it."""
+    key = (str(folder), emitter)
+    with _OPEN_LOCK:
+        if key not in _OPEN:
+            try:
+                _OPEN[key] = EventSpool(folder, emitter)
+            except OSError as exc:
+                log.error("Audit events of %s cannot be spooled in %s: %s", emitter, folder, exc)
+                return None
+        return _OPEN[key]
 
 
 def read_from(directory: str | os.PathLike[str], offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:

@@ -214,6 +214,22 @@ class HubforgeKubeSpawner(TierSpawnerMixin, KubeSpawner):
         self.user_options = {"profile": choice.tier.slug, "image": choice.image_key, "gpus": str(choice.gpus)}
         await super().load_user_options()
 
+    async def start(self) -> Any:
+        """KubeSpawner's start, recorded in the audit trail as done or failed."""
+        try:
+            url = await super().start()
+        except BaseException:
+            self.audit_server("spawn", "failure")
+            raise
+        self.audit_server("spawn", "success")
+        return url
+
+    async def stop(self, now: bool = False) -> None:
+        """KubeSpawner's stop, recorded in the audit trail."""
+        await super().stop(now=now)
+        if not self._refused:
+            self.audit_server("stop", "success")
+
     async def poll(self) -> int | None:
         """KubeSpawner's poll, except after a refused start: no pod exists, nothing to ask.
 

@@ -291,10 +291,13 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         try:
             if self.isolating:
                 await self._prepare_account()
-            return await super().start()
+            url = await super().start()
         except BaseException:
             self._release("start failed")
+            self.audit_server("spawn", "failure")
             raise
+        self.audit_server("spawn", "success")
+        return url
 
     @property
     def isolating(self) -> bool:
@@ -357,6 +360,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
             self._acquiring = None
         if self.pid:
             await super().stop(now=now)
+            self.audit_server("stop", "success")
         self._release("stopped")
 
     async def _signal(self, sig: int) -> bool:

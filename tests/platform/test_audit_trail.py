@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from harness.platform import HubSession, PlatformProcess, wait_for
+from harness.platform import HubSession, PlatformProcess, api, wait_for
 from hubforge.config import load_config
 
 
@@ -74,3 +74,48 @@ def test_logins_reach_the_trail_and_it_verifies(platform: PlatformProcess) -> No
     assert check.stdout.startswith("ok: ") and check.stdout.strip().endswith("the chain is intact")
     key = platform.data_dir / "audit-signing-key.pem"
     assert oct(key.stat().st_mode & 0o777) == oct(0o600), "the signing key is the platform account's alone"
+
+
+def test_spawns_refusals_and_stops_reach_the_trail(platform: PlatformProcess) -> None:
+    before = {r["position"] for r in server_events(platform, "dan")}
+    session = HubSession(platform.url)
+    try:
+        assert session.login("dan").status_code == 302
+        http = api(platform.url, session.new_token("dan", note="audit"))
+        assert http.post("/hub/api/users/dan/server", json={"profile": "finetune"}).status_code == 403
+        assert http.post("/hub/api/users/dan/server", json={"profile": "interactive"}).status_code in (201, 202)
+        wait_for(lambda: http.get("/hub/api/users/dan").json()["servers"].get("", {}).get("ready"), 180, "dan's server")
+        assert http.delete("/hub/api/users/dan/server").status_code in (202, 204)
+        wait_for(lambda: not http.get("/hub/api/users/dan").json()["servers"], 90, "dan's server to stop")
+        http.close()
+    finally:
+        session.close()
+
+    def arrived() -> list[tuple[str, str, str]]:
+        new = [r for r in server_events(platform, "dan") if r["position"] not in before]
+        seen = [(r["action"], r["outcome"], r["tier"]) for r in new]
+        wanted = [
+            ("spawn", "denied", "finetune"),
+            ("spawn", "success", "interactive"),
+            ("stop", "success", "interactive"),
+        ]
+        return seen if seen == wanted else []
+
+    wait_for(arrived, 30, "dan's spawn, refusal and stop to reach the audit trail")
+
+
+def server_events(platform: PlatformProcess, user: str) -> list[dict[str, Any]]:
+    cfg = load_config(str(platform.config_path))
+    engine = sa.create_engine(cfg.db_url("governance"))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT position, record FROM gov_audit_events"
+                    " WHERE schema LIKE '%/hub/server/v1' AND \"user\" = :user ORDER BY position"
+                ),
+                {"user": user},
+            ).all()
+    finally:
+        engine.dispose()
+    return [{"position": r.position, **json.loads(r.record)} for r in rows]

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 from oauthenticator.generic import GenericOAuthenticator
 
 from hubforge.events import schema_registry
-from hubforge.events.spool import read_spool
-from hubforge.hub.auth import LOGIN_SCHEMA, AuditedLogins, DemoAuthenticator, audited, hub_spool
+from hubforge.events.spool import open_spool, read_spool
+from hubforge.hub.auth import LOGIN_SCHEMA, AuditedLogins, DemoAuthenticator, audited
 
 
 def handler(ip: str) -> SimpleNamespace:
@@ -32,7 +32,7 @@ def test_logins_and_failed_logins_are_recorded_with_who_and_where_from(tmp_path:
 
     answers = asyncio.run(attempts())
     assert answers[0] is not None and answers[0]["name"] == "alice" and answers[1:] == [None, None]
-    spool = hub_spool(str(folder))
+    spool = open_spool(folder, "hub")
     assert spool is not None and spool.flush(10)
     records = list(read_spool(folder))
     summary = [(r["user"], r["action"], r["outcome"], r["origin"]["client_address"]) for r in records]

@@ -108,3 +108,25 @@ def test_a_refused_request_leaves_the_saved_options_as_they_were(db: Session, tm
     db.expire_all()
     assert orm_spawner.user_options == {"profile": "interactive"}, "the admin page shows what dan really uses"
     assert dan.user_options == {"profile": "interactive"}
+
+
+def test_a_refused_request_is_recorded_as_a_denied_spawn_of_the_tier_asked_for(db: Session, tmp_path: Path) -> None:
+    from hubforge.events.spool import open_spool, read_spool
+    from hubforge.spawner_profiles.tiers import SERVER_SCHEMA
+
+    dan = spawner_for(db, "dan", tmp_path)
+    dan.audit_spool_dir = str(tmp_path / "events" / "hub")
+    dan.user_options = {"profile": "finetune"}
+    with pytest.raises(web.HTTPError):
+        dan.check_user_options()
+    spool = open_spool(dan.audit_spool_dir, "hub")
+    assert spool is not None and spool.flush(10)
+    (record,) = read_spool(dan.audit_spool_dir)
+    assert record["__schema__"] == SERVER_SCHEMA
+    assert (record["user"], record["action"], record["outcome"], record["tier"]) == (
+        "dan",
+        "spawn",
+        "denied",
+        "finetune",
+    )
+    assert record["resource"] == {"type": "server", "id": "dan/"} and record["origin"]["observer"] == "hub"
