@@ -34,6 +34,7 @@ from hubforge import __version__
 from hubforge.config import PlatformConfig, load_config
 from hubforge.contract import ISOLATION_ENV, SERVICE_BIND_IP_ENV
 from hubforge.errors import ConfigError, HubforgeError
+from hubforge.events.spool import EventSpool, platform_spool_dir
 
 from .audit import KEY_FILE, AuditLog, load_signing_key
 from .collect import SpoolCollector
@@ -105,6 +106,7 @@ def make_app(
     group_personas: dict[str, list[str]] | None = None,
     cookie_secret: bytes | None = None,
     isolation: str | None = None,
+    audit: EventSpool | None = None,
     **settings: Any,
 ) -> web.Application:
     """The tornado application serving the governance API under ``prefix``.
@@ -112,7 +114,8 @@ def make_app(
     ``hub_auth`` defaults to :func:`make_hub_auth` (from the environment),
     ``group_personas`` to the platform config's, ``cookie_secret`` to a random
     one (browser sessions then end with the process), ``isolation`` to what
-    ``hubforge up`` decided (``HUBFORGE_ISOLATION``).
+    ``hubforge up`` decided (``HUBFORGE_ISOLATION``). ``audit``: the service's audit
+    spool (requests and decisions are recorded there; without one they are not).
     """
     prefix = url_path_join("/", prefix, "/")
     hub_auth = hub_auth if hub_auth is not None else make_hub_auth(prefix)
@@ -126,6 +129,7 @@ def make_app(
         hub_auth=hub_auth,
         service_prefix=prefix,
         group_personas=group_personas,
+        audit=audit,
         isolation=isolation or os.environ.get(ISOLATION_ENV) or "none",
         openapi=build_spec(ROUTES, prefix, cookie_name=hub_auth.cookie_name, version=__version__),
         cookie_secret=cookie_secret or secrets.token_bytes(32),
@@ -218,6 +222,7 @@ class GovernanceService(Application):
     store: GovernanceStore
     trail: AuditLog
     collector: SpoolCollector
+    audit: EventSpool
     web_app: web.Application
     ip: str
     port: int
@@ -265,6 +270,7 @@ class GovernanceService(Application):
         key = load_signing_key(self.platform.data_dir / KEY_FILE, create=True)
         self.trail = AuditLog(self.store, key)
         self.collector = SpoolCollector(self.platform.data_dir, self.trail)
+        self.audit = EventSpool(platform_spool_dir(self.platform.data_dir, "governance"), "governance")
 
     def init_handlers(self) -> None:
         """Build the web application."""
@@ -275,6 +281,7 @@ class GovernanceService(Application):
             hub_auth=self.hub_auth,
             group_personas=self.platform.group_personas(),
             cookie_secret=load_cookie_secret(secret_file),
+            audit=self.audit,
             log_function=self._log_request,
             log=self.log,
         )
@@ -317,15 +324,15 @@ class GovernanceService(Application):
         await collecting
         server.stop()
         await server.close_all_connections()
+        self.audit.close()
+        await loop.run_in_executor(None, self.collector.collect)  # what the last requests recorded
         self.store.dispose()
 
     async def _collect_until(self, stop: asyncio.Event) -> None:
-        """Collect the platform's spools into the audit trail every second, and once more at the end."""
+        """Collect the platform's spools into the audit trail every second until ``stop``."""
         loop = asyncio.get_running_loop()
-        while True:
+        while not stop.is_set():
             await loop.run_in_executor(None, self.collector.collect)
-            if stop.is_set():
-                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), COLLECT_EVERY_S)
 

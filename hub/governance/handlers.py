@@ -20,9 +20,11 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from hubforge.errors import NotFound, Refusal, Unavailable, http_answer
+from hubforge.events.spool import EventNotDurable
 from hubforge.personas import persona_names
 from hubforge.spawner_profiles.local.accounts import WORDS
 
+from . import events
 from .auth import HubAuthHandler, needs_scope, public
 from .jsonbody import BodyError, parse_json_body
 from .model import KINDS, STATUSES
@@ -128,6 +130,10 @@ class APIHandler(HubAuthHandler):
         """The service's one translation of a refusal: its status and its line, except that
         an outage is logged and told plainly, and every "not found" reads alike (one answer
         for "does not exist" and "may not see it")."""
+        if isinstance(refusal, EventNotDurable):  # fail closed: what the trail cannot record is not done
+            self.log.error("Not done, the audit trail cannot record it: %s %s: %s", self.request.method,
+                           self.request.path, refusal)  # fmt: skip
+            return web.HTTPError(503, "the audit trail cannot record this now, so it was not done; try again later")
         if isinstance(refusal, Unavailable):
             self.log.error("Governance store failed on %s %s: %s", self.request.method, self.request.path, refusal)
             return web.HTTPError(503, "the governance store is unavailable; try again later")
@@ -250,6 +256,7 @@ class ApprovalRequestsHandler(APIHandler):
         """Create a pending request by the caller."""
         body = self.json_body()
         created = await self.call_store(self.store.create_request, requester=self.user_name, **body)
+        events.submitted(self.settings.get("audit"), created, self.request.remote_ip or "")
         self.log.info(
             "%s submitted %s request %s for %r",
             self.user_name,
@@ -309,6 +316,7 @@ class DecisionHandler(APIHandler):
         found = await self.call_store(self.store.get_request, request_id)
         if found is None:
             raise web.HTTPError(404, NOT_FOUND_MESSAGE)
+        audit, client = self.settings.get("audit"), self.request.remote_ip or ""
         try:
             check_decision(self.user_name, self.user_scopes, found)
             decided = await self.call_store(
@@ -317,8 +325,11 @@ class DecisionHandler(APIHandler):
                 self.user_name,
                 body["decision"],
                 body.get("comment", ""),
+                record=lambda request: events.decided(audit, request, client),
             )
         except PolicyDenied as denied:  # the store's refusals came through call_store
+            if denied.status != 404:  # one who may not see the request learns nothing, and it is no decision
+                events.denied(audit, self.user_name, found, denied.message, client)
             raise self.refused(denied) from None
         self.log.info(
             "%s %s request %s (%s)",

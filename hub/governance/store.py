@@ -307,12 +307,21 @@ class GovernanceStore:
 
         return self._run("listing requests", select)
 
-    def decide(self, request_id: str, approver: str, decision: str, comment: str = "") -> ApprovalRequest:
+    def decide(
+        self,
+        request_id: str,
+        approver: str,
+        decision: str,
+        comment: str = "",
+        record: Callable[[ApprovalRequest], None] | None = None,
+    ) -> ApprovalRequest:
         """Approve or reject a pending request and return it.
 
         Raises :class:`RequestNotFound`, :class:`AlreadyDecided`, or
         :class:`SelfDecision` when ``approver`` is the requester (separation
         of duties is kept here too, so no caller can skip the policy check).
+        ``record`` is called with the decided request before the decision commits:
+        when it raises, the decision is rolled back (the audit trail's fail-closed).
         """
         if decision not in DECISIONS:
             raise StoreError(f"governance store: unknown decision {decision!r}")
@@ -325,10 +334,14 @@ class GovernanceStore:
             "decided_by": approver,
             "comment": comment,
         }
-        return self._run(
-            "deciding a request",
-            lambda s: self._decide(s, request_id, approver, values),
-        )
+
+        def decide(session: Session) -> ApprovalRequest:
+            result = self._decide(session, request_id, approver, values)
+            if record is not None:
+                record(result)
+            return result
+
+        return self._run("deciding a request", decide)
 
     @staticmethod
     def _decide(session: Session, request_id: str, approver: str, values: dict[str, Any]) -> ApprovalRequest:

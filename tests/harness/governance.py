@@ -30,6 +30,7 @@ from tornado.netutil import bind_sockets
 from harness.hub import FakeHub
 from harness.platform import pg_databases
 from hubforge.config import load_config
+from hubforge.events.spool import EventSpool
 from hubforge.hub.governance.app import make_app, make_hub_auth
 from hubforge.hub.governance.store import GovernanceStore
 from hubforge.personas import PERSONAS
@@ -116,6 +117,7 @@ class Running:
     hub: FakeHub
     app: web.Application
     loop: LoopThread
+    audit: EventSpool
     servers: list[HTTPServer] = field(default_factory=list)
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
@@ -162,16 +164,18 @@ def backend_store(
 
 
 @pytest.fixture(scope="module")
-def running(backend_store: GovernanceStore) -> Iterator[Running]:
+def running(backend_store: GovernanceStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     loop = LoopThread()
     hub = FakeHub(USERS, SERVICE_TOKEN).start()
-    running = Running(url="", hub=hub, app=None, loop=loop)  # type: ignore[arg-type]
+    audit = EventSpool(tmp_path_factory.mktemp("events") / "governance", "governance")
+    running = Running(url="", hub=hub, app=None, loop=loop, audit=audit)  # type: ignore[arg-type]
     running.app = make_app(
         backend_store,
         PREFIX,
         hub_auth=make_hub_auth(PREFIX, environ=running.hub_env()),
         group_personas=load_config(environ={}).group_personas(),
         cookie_secret=COOKIE_SECRET,
+        audit=audit,
     )
     running.url = running.serve_app(running.app)
     yield running
@@ -179,6 +183,7 @@ def running(backend_store: GovernanceStore) -> Iterator[Running]:
         server.stop()
     hub.shutdown()
     hub.server_close()
+    audit.close()
     # HubOAuth's aiohttp session belongs to this loop: close it here, not at exit.
     loop.run(close_hub_http_client())
     loop.stop()

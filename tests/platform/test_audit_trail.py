@@ -119,3 +119,48 @@ def server_events(platform: PlatformProcess, user: str) -> list[dict[str, Any]]:
     finally:
         engine.dispose()
     return [{"position": r.position, **json.loads(r.record)} for r in rows]
+
+
+def test_a_deployment_approval_reaches_the_trail_from_the_governance_service(platform: PlatformProcess) -> None:
+    people = {}
+    sessions = []
+    for user in ("alice", "carol"):
+        session = HubSession(platform.url)
+        sessions.append(session)
+        assert session.login(user).status_code == 302
+        people[user] = api(platform.url, session.new_token(user, note="audit"))
+    try:
+        target = f"churn {uuid.uuid4().hex[:6]}"
+        body = {"kind": "deploy-production", "target": target, "justification": "AUC +4"}
+        created = people["alice"].post("/services/governance/api/requests", json=body)
+        assert created.status_code == 201, created.text
+        request_id = created.json()["id"]
+        decided = people["carol"].post(
+            f"/services/governance/api/requests/{request_id}/decision", json={"decision": "approve"}
+        )
+        assert decided.status_code == 200, decided.text
+    finally:
+        for client in people.values():
+            client.close()
+        for session in sessions:
+            session.close()
+
+    def arrived() -> list[tuple[str, str]]:
+        cfg = load_config(str(platform.config_path))
+        engine = sa.create_engine(cfg.db_url("governance"))
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text("SELECT observed, record FROM gov_audit_events WHERE resource = :r ORDER BY position"),
+                    {"r": f"request:{request_id}"},
+                ).all()
+        finally:
+            engine.dispose()
+        seen = [(json.loads(r.record)["action"], json.loads(r.record)["user"]) for r in rows]
+        return (
+            seen
+            if seen == [("requested", "alice"), ("approved", "carol")] and {r.observed for r in rows} == {"platform"}
+            else []
+        )
+
+    wait_for(arrived, 30, "the request and its approval to reach the audit trail")
