@@ -45,12 +45,14 @@ __all__ = [
     "KEY_FILE",
     "AuditEventRow",
     "AuditLog",
+    "AuditQuery",
     "ChainHeadRow",
     "CheckpointRow",
     "Ingested",
     "Verdict",
     "canonical",
     "load_signing_key",
+    "query_events",
     "verify",
 ]
 
@@ -250,6 +252,66 @@ class AuditLog:
                 )
             )
         return Ingested(stored=len(rows), duplicates=duplicates, position=position)
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which stored events to list, newest first: every filter is optional.
+
+    ``only_user``: the caller may see only their own events (no ``custom:audit:read``).
+    ``before``: the cursor, the position the previous page ended at.
+    """
+
+    only_user: str | None = None
+    user: str | None = None
+    schema: str | None = None
+    action: str | None = None
+    resource: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None
+    limit: int = 100
+
+
+def _listed(row: Any) -> dict[str, Any]:
+    record = json.loads(row.record)
+    return {
+        "position": row.position,
+        "time": row.time.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "schema": row.schema,
+        "user": row.user,
+        "action": row.action,
+        "outcome": row.outcome,
+        "resource": record.get("resource", {}),
+        "observed": row.observed,
+        "emitter": row.emitter,
+        "event": {k: v for k, v in record.items() if not k.startswith("__")},
+    }
+
+
+def query_events(store: GovernanceStore, q: AuditQuery) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of events newest first, and the cursor of the next page (None at the end)."""
+    t = EVENTS
+    select = sa.select(t).order_by(t.c.position.desc()).limit(q.limit + 1)
+    equal = {"user": q.only_user, "schema": q.schema, "action": q.action, "resource": q.resource}
+    for column, value in equal.items():
+        if value is not None:
+            select = select.where(t.c[column] == value)
+    if q.user is not None:
+        select = select.where(t.c.user == q.user)
+    if q.since is not None:
+        select = select.where(t.c.time >= q.since)
+    if q.until is not None:
+        select = select.where(t.c.time < q.until)
+    if q.before is not None:
+        select = select.where(t.c.position < q.before)
+
+    def run(session: Session) -> tuple[list[dict[str, Any]], int | None]:
+        rows = session.execute(select).all()
+        page = [_listed(row) for row in rows[: q.limit]]
+        return page, (page[-1]["position"] if len(rows) > q.limit else None)
+
+    return store._run("listing audit events", run)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler
@@ -20,26 +21,31 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from hubforge.errors import NotFound, Refusal, Unavailable, http_answer
+from hubforge.events import event_schemas
 from hubforge.events.spool import EventNotDurable
 from hubforge.personas import persona_names
 from hubforge.spawner_profiles.local.accounts import WORDS
 
 from . import events
+from .audit import AuditQuery, query_events
 from .auth import HubAuthHandler, needs_scope, public
 from .jsonbody import BodyError, parse_json_body
 from .model import KINDS, STATUSES
 from .openapi import Operation
 from .policy import (
     APPROVER_SCOPES,
+    AUDIT_SCOPE,
     NOT_FOUND_MESSAGE,
     SUBMIT_SCOPE,
     PolicyDenied,
     can_view,
     check_decision,
+    has_scope,
     visibility,
 )
 from .schemas import (
     APPROVAL_REQUEST,
+    AUDIT_PAGE,
     DECISION_BODY,
     HEALTH,
     INDEX,
@@ -55,6 +61,7 @@ __all__ = [
     "APIHandler",
     "ApprovalRequestHandler",
     "ApprovalRequestsHandler",
+    "AuditEventsHandler",
     "DecisionHandler",
     "HealthHandler",
     "IndexHandler",
@@ -341,6 +348,100 @@ class DecisionHandler(APIHandler):
         self.write_json(decided.to_json())
 
 
+#: The prefix of the platform's event schema ids; ``type=hub/server/v1`` means the full id.
+EVENT_IDS = "https://events.hubforge.dev/"
+
+
+class AuditEventsHandler(APIHandler):
+    """The audit trail's events."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation(
+            "The audit trail's events, newest first",
+            {200: AUDIT_PAGE},
+            description=(
+                "Everyone's events with custom:audit:read, one's own otherwise. Filters combine; "
+                "``next`` is the cursor of the following page."
+            ),
+            query={
+                "user": {"type": "string", "maxLength": 256},
+                "type": {
+                    "type": "string",
+                    "enum": sorted([*event_schemas(), *(i.removeprefix(EVENT_IDS) for i in event_schemas())]),
+                    "description": "An event schema: ``hub/server/v1`` or its full $id.",
+                },
+                "action": {"type": "string", "maxLength": 64},
+                "resource": {
+                    "type": "string",
+                    "maxLength": 1100,
+                    "description": "``<type>:<id>``, e.g. ``server:alice/``.",
+                },
+                "since": {"type": "string", "format": "date-time"},
+                "until": {"type": "string", "format": "date-time"},
+                "cursor": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+            },
+            errors=(400, 503),
+        )
+    }
+
+    @needs_scope()
+    async def get(self) -> None:
+        """A page of the events the caller may see."""
+        arg = self._text
+        kind = arg("type", None)
+        if kind is not None:
+            kind = kind if kind.startswith(EVENT_IDS) else EVENT_IDS + kind
+            if kind not in event_schemas():
+                raise web.HTTPError(400, "query parameter 'type' names no event schema")
+        query = AuditQuery(
+            only_user=None if has_scope(self.user_scopes, AUDIT_SCOPE) else self.user_name,
+            user=arg("user", None),
+            schema=kind,
+            action=arg("action", None),
+            resource=arg("resource", None),
+            since=self._time("since"),
+            until=self._time("until"),
+            before=self._number("cursor", 1, 10**18),
+            limit=self._number("limit", 1, 1000) or 100,
+        )
+        page, following = await self.call_store(query_events, self.store, query)
+        self.write_json({"events": page, "next": None if following is None else str(following)})
+
+    #: The longest value of each text filter (what the trail's columns hold).
+    TEXT_LIMITS: ClassVar[dict[str, int]] = {"user": 256, "type": 300, "action": 64, "resource": 1100}
+
+    def _text(self, name: str, default: None = None) -> str | None:
+        value = self.get_query_argument(name, default)
+        if value is None:
+            return None
+        if "\x00" in value or len(value) > self.TEXT_LIMITS[name]:
+            raise web.HTTPError(
+                400, f"query parameter {name!r} must be at most {self.TEXT_LIMITS[name]} characters, without NUL"
+            )
+        return value
+
+    def _time(self, name: str) -> datetime | None:
+        value = self.get_query_argument(name, None)
+        if value is None:
+            return None
+        text = value.upper().replace("Z", "+00:00")
+        text = text[:17] + "59" + text[19:] if text[17:19] == "60" else text  # a leap second: RFC 3339 allows it
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise web.HTTPError(400, f"query parameter {name!r} must be an ISO 8601 time") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    def _number(self, name: str, low: int, high: int) -> int | None:
+        value = self.get_query_argument(name, None)
+        if value is None:
+            return None
+        if not (value.isascii() and value.isdigit() and len(value) <= 18 and low <= int(value) <= high):
+            raise web.HTTPError(400, f"query parameter {name!r} must be a whole number from {low} to {high}")
+        return int(value)
+
+
 # What tornado's get_argument strips from a query argument: control characters,
 # then str.strip()'s whitespace.
 _STRIPPED = r"\x00-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -396,5 +497,6 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("api/requests", ApprovalRequestsHandler),
     ("api/requests/{request_id}", ApprovalRequestHandler),
     ("api/requests/{request_id}/decision", DecisionHandler),
+    ("api/audit/events", AuditEventsHandler),
     ("oauth_callback", OAuthCallbackHandler),
 ]

@@ -21,6 +21,8 @@ from .model import (
 
 __all__ = [
     "APPROVAL_REQUEST",
+    "AUDIT_EVENT",
+    "AUDIT_PAGE",
     "COMPONENTS",
     "DECISION_BODY",
     "ERROR",
@@ -161,11 +163,45 @@ INDEX: dict[str, Any] = {
     },
 }
 
+AUDIT_EVENT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["position", "time", "schema", "user", "action", "outcome", "resource", "observed", "emitter", "event"],
+    "properties": {
+        "position": {"type": "integer", "description": "Its place in the hash chain."},
+        "time": _TIME,
+        "schema": {"type": "string", "description": "The event's schema ($id)."},
+        "user": {"type": "string"},
+        "action": {"type": "string"},
+        "outcome": {"type": "string", "enum": ["success", "failure", "denied"]},
+        "resource": {"type": "object"},
+        "observed": {
+            "type": "string",
+            "enum": ["platform", "reported"],
+            "description": "Seen by the hub or a service, or reported by a person's server.",
+        },
+        "emitter": {"type": "string"},
+        "event": {"type": "object", "description": "The event as its schema describes it."},
+    },
+}
+
+AUDIT_PAGE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["events", "next"],
+    "properties": {
+        "events": {"type": "array", "items": AUDIT_EVENT},
+        "next": {"type": ["string", "null"], "description": "The cursor of the next page; null on the last."},
+    },
+}
+
 #: Named schemas for the OpenAPI ``components`` section.
 COMPONENTS: dict[str, dict[str, Any]] = {
     "NewRequest": NEW_REQUEST_BODY,
     "Decision": DECISION_BODY,
     "ApprovalRequest": APPROVAL_REQUEST,
+    "AuditEvent": AUDIT_EVENT,
+    "AuditPage": AUDIT_PAGE,
     "WhoAmI": WHOAMI,
     "Error": ERROR,
     "Health": HEALTH,

@@ -9,11 +9,17 @@ decision the policy refuses is recorded as a denied policy decision with its rea
 from __future__ import annotations
 
 import os
+import uuid
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness.governance import Running
-from hubforge.events.spool import read_spool
+from hubforge.events.spool import EventSpool, read_spool
+from hubforge.hub.governance.audit import AuditLog, load_signing_key
 from hubforge.hub.governance.events import DATA_ACCESS_SCHEMA, DEPLOYMENT_SCHEMA, POLICY_SCHEMA
+from hubforge.hub.governance.store import GovernanceStore
 
 
 def submit(running: Running, token: str, kind: str, target: str) -> dict[str, Any]:
@@ -59,6 +65,75 @@ def test_a_decision_the_policy_refuses_is_recorded_with_its_reason(running: Runn
     assert policy["__schema__"] == POLICY_SCHEMA
     assert (policy["user"], policy["decision"], policy["outcome"]) == ("carol", "deny", "denied")
     assert policy["reasons"] == ["separation of duties: nobody may decide their own request"]
+
+
+def trail_of(store: GovernanceStore, tmp_path: Path) -> AuditLog:
+    """Events of three people in the trail: logins, a server, a refusal."""
+    log = AuditLog(store, load_signing_key(tmp_path / "key.pem", create=True))
+    spool = EventSpool(tmp_path / "spool", f"hub-{uuid.uuid4().hex[:6]}")
+    login = "https://events.hubforge.dev/hub/authentication/v1"
+    server = "https://events.hubforge.dev/hub/server/v1"
+    for user in ("alice", "bob", "dan", "alice", "bob"):
+        spool.emit(login, {"user": user, "action": "login", "resource": {"type": "user", "id": user},
+                           "outcome": "success", "origin": {"observer": "hub"}})  # fmt: skip
+    spool.emit(server, {"user": "bob", "action": "spawn", "resource": {"type": "server", "id": "bob/"},
+                        "outcome": "denied", "origin": {"observer": "hub"}, "tier": "finetune"})  # fmt: skip
+    spool.close()
+    log.ingest(read_spool(tmp_path / "spool"))
+    return log
+
+
+def listed(running: Running, token: str, **params: Any) -> Any:
+    with running.client(token) as c:
+        return c.get("api/audit/events", params=params)
+
+
+def test_the_audit_api_shows_people_their_own_events_and_auditors_all(
+    running: Running, backend_store: GovernanceStore, tmp_path: Path
+) -> None:
+    trail_of(backend_store, tmp_path)
+    mine = listed(running, "alice-token", limit=1000)
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["events"] and {e["user"] for e in mine.json()["events"]} == {"alice"}
+    everyone = listed(running, "dan-token", limit=1000).json()["events"]  # a data steward reads the trail
+    assert {"alice", "bob", "dan"} <= {e["user"] for e in everyone}
+    positions = [e["position"] for e in everyone]
+    assert positions == sorted(positions, reverse=True), "newest first"
+    refused = listed(running, "dan-token", type="hub/server/v1", user="bob", action="spawn", resource="server:bob/")
+    (event,) = refused.json()["events"]
+    assert (event["outcome"], event["event"]["tier"], event["observed"]) == ("denied", "finetune", "platform")
+
+
+def test_the_audit_api_pages_through_everything_once(
+    running: Running, backend_store: GovernanceStore, tmp_path: Path
+) -> None:
+    trail_of(backend_store, tmp_path)
+    everything = [e["position"] for e in listed(running, "erin-token", limit=1000).json()["events"]]
+    seen: list[int] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = listed(running, "erin-token", **params).json()
+        seen += [e["position"] for e in page["events"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == everything
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"type": "hub/nothing/v1"}, "query parameter 'type' names no event schema"),
+        ({"since": "yesterday"}, "query parameter 'since' must be an ISO 8601 time"),
+        ({"limit": "0"}, "query parameter 'limit' must be a whole number from 1 to 1000"),
+        ({"cursor": "-1"}, "query parameter 'cursor' must be a whole number from 1 to 1000000000000000000"),
+        ({"limit": "٣"}, "query parameter 'limit' must be a whole number from 1 to 1000"),
+    ],
+)
+def test_the_audit_api_refuses_bad_filters_naming_them(running: Running, params: dict[str, str], message: str) -> None:
+    answer = listed(running, "dan-token", **params)
+    assert (answer.status_code, answer.json()["message"]) == (400, message)
 
 
 def test_a_decision_the_trail_cannot_record_is_not_taken(running: Running) -> None:
