@@ -226,14 +226,11 @@ class EventSpool:
         stamp = datetime.fromtimestamp(when / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         head = {"__timestamp__": stamp, "__emitter__": self.emitter, "__seq__": seq}
         try:
-            schema = event_schemas().get(schema_id)
-            if schema is None:
-                raise EventRefused(f"no event schema {schema_id[:200]!r}")
-            cleaned = self.check(schema_id, event if isinstance(event, Mapping) else {})
+            cleaned = self.check(schema_id, event)  # EventRefused for an unknown schema too
             record = {
                 **head,
                 "__schema__": schema_id,
-                "__schema_version__": schema["version"],
+                "__schema_version__": event_schemas()[schema_id]["version"],
                 "__metadata_version__": 1,
                 **cleaned,
             }
