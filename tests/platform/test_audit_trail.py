@@ -22,21 +22,23 @@ from harness.platform import HubSession, PlatformProcess, api, wait_for
 from hubforge.config import load_config
 
 
-def trail(platform: PlatformProcess, since: str) -> list[dict[str, Any]]:
-    """The login records of the trail with a name starting with ``since`` (this test's names)."""
+def stored(platform: PlatformProcess, where: str, **params: Any) -> list[dict[str, Any]]:
+    """The trail's records ``where`` (SQL on gov_audit_events) in chain order, read from the
+    platform's governance database: each record with its ``position`` and ``observed``."""
     cfg = load_config(str(platform.config_path))
     engine = sa.create_engine(cfg.db_url("governance"))
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT position, observed, record FROM gov_audit_events"
-                    " WHERE schema LIKE '%/hub/authentication/v1' ORDER BY position"
-                )
-            ).all()
+            query = f"SELECT position, observed, record FROM gov_audit_events WHERE {where} ORDER BY position"
+            rows = conn.execute(sa.text(query), params).all()
     finally:
         engine.dispose()
-    found = [{"position": r.position, "observed": r.observed, **json.loads(r.record)} for r in rows]
+    return [{"position": r.position, "observed": r.observed, **json.loads(r.record)} for r in rows]
+
+
+def trail(platform: PlatformProcess, since: str) -> list[dict[str, Any]]:
+    """The login records of the trail with a name starting with ``since`` (this test's names)."""
+    found = stored(platform, "schema LIKE '%/hub/authentication/v1'")
     return [r for r in found if r["user"].startswith(since) or r["user"] == "alice"]
 
 
@@ -105,20 +107,7 @@ def test_spawns_refusals_and_stops_reach_the_trail(platform: PlatformProcess) ->
 
 
 def server_events(platform: PlatformProcess, user: str) -> list[dict[str, Any]]:
-    cfg = load_config(str(platform.config_path))
-    engine = sa.create_engine(cfg.db_url("governance"))
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT position, record FROM gov_audit_events"
-                    " WHERE schema LIKE '%/hub/server/v1' AND \"user\" = :user ORDER BY position"
-                ),
-                {"user": user},
-            ).all()
-    finally:
-        engine.dispose()
-    return [{"position": r.position, **json.loads(r.record)} for r in rows]
+    return stored(platform, "schema LIKE '%/hub/server/v1' AND \"user\" = :user", user=user)
 
 
 def test_a_deployment_approval_reaches_the_trail_from_the_governance_service(platform: PlatformProcess) -> None:
@@ -146,21 +135,9 @@ def test_a_deployment_approval_reaches_the_trail_from_the_governance_service(pla
             session.close()
 
     def arrived() -> list[tuple[str, str]]:
-        cfg = load_config(str(platform.config_path))
-        engine = sa.create_engine(cfg.db_url("governance"))
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(
-                    sa.text("SELECT observed, record FROM gov_audit_events WHERE resource = :r ORDER BY position"),
-                    {"r": f"request:{request_id}"},
-                ).all()
-        finally:
-            engine.dispose()
-        seen = [(json.loads(r.record)["action"], json.loads(r.record)["user"]) for r in rows]
-        return (
-            seen
-            if seen == [("requested", "alice"), ("approved", "carol")] and {r.observed for r in rows} == {"platform"}
-            else []
-        )
+        rows = stored(platform, "resource = :r", r=f"request:{request_id}")
+        seen = [(r["action"], r["user"]) for r in rows]
+        wanted = [("requested", "alice"), ("approved", "carol")]
+        return seen if seen == wanted and {r["observed"] for r in rows} == {"platform"} else []
 
     wait_for(arrived, 30, "the request and its approval to reach the audit trail")
