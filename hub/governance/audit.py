@@ -51,6 +51,7 @@ __all__ = [
     "Ingested",
     "Verdict",
     "canonical",
+    "emitter_key",
     "load_signing_key",
     "query_events",
     "verify",
@@ -112,6 +113,13 @@ class CheckpointRow(Base):
 HEAD = cast(sa.Table, ChainHeadRow.__table__)
 EVENTS = cast(sa.Table, AuditEventRow.__table__)
 CHECKPOINTS = cast(sa.Table, CheckpointRow.__table__)
+
+
+def emitter_key(record: Mapping[str, Any]) -> str:
+    """The trail's emitter of ``record``: its emitter id, and its spool's id when it has one
+    (``hub/3f2a...``), so that a spool made again numbering from 1 is a new emitter."""
+    emitter, spool = str(record["__emitter__"]), record.get("__spool__")
+    return f"{emitter}/{spool}" if spool else emitter
 
 
 def canonical(record: Mapping[str, Any]) -> str:
@@ -204,7 +212,7 @@ class AuditLog:
         seen: set[tuple[str, int]] = set()
         by_emitter: dict[str, list[int]] = {}
         for record in batch:
-            by_emitter.setdefault(str(record["__emitter__"]), []).append(int(record["__seq__"]))
+            by_emitter.setdefault(emitter_key(record), []).append(int(record["__seq__"]))
         for emitter, seqs in by_emitter.items():
             for start in range(0, len(seqs), INSERT_BATCH):
                 chunk = seqs[start : start + INSERT_BATCH]
@@ -213,7 +221,7 @@ class AuditLog:
         rows: list[dict[str, Any]] = []
         duplicates = 0
         for record in batch:
-            key = (str(record["__emitter__"]), int(record["__seq__"]))
+            key = (emitter_key(record), int(record["__seq__"]))
             if key in seen:
                 duplicates += 1
                 continue
@@ -258,7 +266,7 @@ class AuditLog:
 class AuditQuery:
     """Which stored events to list, newest first: every filter is optional.
 
-    ``only_user``: the caller may see only their own events (no ``custom:audit:read``).
+    ``only_user``: the caller may see only their own events (no ``custom:audit-trail:read``).
     ``before``: the cursor, the position the previous page ended at.
     """
 

@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -45,6 +46,7 @@ __all__ = [
     "INGESTED_FILE",
     "PLATFORM_SPOOLS",
     "REJECTED_FILE",
+    "SPOOL_ID_FILE",
     "EventNotDurable",
     "EventSpool",
     "open_spool",
@@ -57,6 +59,10 @@ log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
 REJECTED_FILE = "rejected.jsonl"
+#: The spool's random id, made with it: its records carry it as ``__spool__``, so that a
+#: spool made again in the same place (its folder deleted, a fresh home) numbers from 1
+#: again without its records being taken for ones the trail already has.
+SPOOL_ID_FILE = "spool.id"
 
 
 class EventNotDurable(Unavailable):
@@ -99,6 +105,24 @@ def _recover(path: Path) -> int:
         return int(json.loads(lines[-1])["__seq__"]) if lines else 0
 
 
+def _spool_id(directory: Path, new: bool) -> str:
+    """The spool's id (:data:`SPOOL_ID_FILE`), made for a new spool; '' for one older than ids."""
+    path = directory / SPOOL_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        if not new:
+            return ""
+    spool_id = secrets.token_hex(8)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        f.write(spool_id)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return spool_id
+
+
 class EventSpool:
     """The durable spool of one emitter in ``directory`` (made 0700 if missing).
 
@@ -114,6 +138,7 @@ class EventSpool:
         path = self.directory / EVENTS_FILE
         self._rejected_path = self.directory / REJECTED_FILE
         last = max(_recover(path), _recover(self._rejected_path))
+        self.spool_id = _spool_id(self.directory, new=last == 0)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._queue: collections.deque[tuple[int, int, str, Any]] = collections.deque()
         self._next = itertools.count(last + 1).__next__  # one call: atomic under the GIL
@@ -224,7 +249,9 @@ class EventSpool:
     def _record(self, seq: int, when: int, schema_id: str, event: Any) -> tuple[bytes, str | None]:
         """The JSON line of one event, or of its refusal (with the reason)."""
         stamp = datetime.fromtimestamp(when / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        head = {"__timestamp__": stamp, "__emitter__": self.emitter, "__seq__": seq}
+        head: dict[str, Any] = {"__timestamp__": stamp, "__emitter__": self.emitter, "__seq__": seq}
+        if self.spool_id:
+            head["__spool__"] = self.spool_id
         try:
             cleaned = self.check(schema_id, event)  # EventRefused for an unknown schema too
             record = {
@@ -286,17 +313,24 @@ def open_spool(folder: str | os.PathLike[str], emitter: str) -> EventSpool | Non
         return _OPEN[key]
 
 
-def read_from(directory: str | os.PathLike[str], offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Up to ``limit`` whole records of a spool after byte ``offset``, and the offset after them."""
+def read_from(
+    directory: str | os.PathLike[str], offset: int, limit: int, max_bytes: int | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``limit`` whole records of a spool after byte ``offset`` (and, past the first, no
+    more than ``max_bytes`` of them), and the offset after them."""
     path = Path(directory) / EVENTS_FILE
     if not path.exists():
         return [], offset
     found: list[dict[str, Any]] = []
+    size = 0
     with path.open("rb") as f:
         f.seek(offset)
         while len(found) < limit:
             line = f.readline()
             if not line.endswith(b"\n"):  # the end, or a write still in progress
+                break
+            size += len(line)
+            if found and max_bytes is not None and size > max_bytes:
                 break
             found.append(json.loads(line))
             offset += len(line)

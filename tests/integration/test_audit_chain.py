@@ -9,6 +9,7 @@ plain SQL and ``verify`` must name it. Two writers at once extend one unbroken c
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -105,7 +106,7 @@ def test_records_are_stored_once_chained_and_signed(store: GovernanceStore, key_
     assert verdict.intact and verdict.records == 30 and verdict.checkpoints == 2
     stored = row(store, 1)
     assert (stored["emitter"], stored["seq"], stored["user"], stored["observed"]) == (
-        "server:alice/",
+        f"server:alice//{batch[0]['__spool__']}",
         1,
         "alice",
         "reported",
@@ -242,3 +243,19 @@ def test_the_collector_ingests_what_each_platform_spool_gained_once(
     assert verdict.intact and verdict.records == 1502
     for spool in spools.values():
         spool.close()
+
+
+def test_a_spool_made_again_after_its_folder_was_lost_is_stored_not_skipped(
+    store: GovernanceStore, key_path: Path, tmp_path: Path
+) -> None:
+    log = AuditLog(store, load_signing_key(key_path))
+    first = records(tmp_path, "hub", 5)
+    assert log.ingest(first).stored == 5
+    shutil.rmtree(tmp_path / "spool-hub")  # a fresh home, a data folder restored without it
+    again = records(tmp_path, "hub", 3)
+    assert [r["__seq__"] for r in again] == [1, 2, 3], "a new spool numbers from 1"
+    assert again[0]["__spool__"] != first[0]["__spool__"]
+    done = log.ingest(again)
+    assert (done.stored, done.duplicates) == (3, 0), "its records are new, not the old spool's 1 to 3"
+    assert log.ingest(again).duplicates == 3
+    assert verify(store, load_public_key(f"{key_path}.pub")).intact
