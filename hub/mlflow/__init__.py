@@ -12,6 +12,8 @@ package is what that app adds to MLflow:
 - :mod:`.store`: the same checks inside MLflow's tracking and registry stores, on
   the arguments MLflow parsed (whatever spelling reached the handler);
 - :mod:`.ui`: the UI's defaults and quiet answers for features that are off;
+- :mod:`.audit`: runs created and finished, models registered, versions and aliases, in
+  the audit trail, as the gate saw them;
 - :mod:`.app`: the ``mlflow.app`` entry point that puts it together;
 - :mod:`.internals`: every use of MLflow's private APIs, in one place.
 

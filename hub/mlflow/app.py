@@ -4,8 +4,9 @@
 (the ``mlflow.app`` entry point ``hubforge``); ``--static-prefix /services/mlflow``
 puts MLflow's UI and its API (``.../api/2.0/mlflow/...``, ``.../ajax-api/...``) under
 the path the proxy forwards. :func:`create_app` puts MLflow behind
-:class:`~.gate.HubGate`, filters its searches (:mod:`.search`) and guards its stores
-(:mod:`.store`).
+:class:`~.gate.HubGate`, filters its searches (:mod:`.search`), guards its stores
+(:mod:`.store`) and records runs and models in the audit trail (:mod:`.audit`) when the
+hub started it (``HUBFORGE_DATA`` names the platform's data folder).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import os
 
 from jupyterhub.services.auth import HubOAuth
 
+from hubforge.contract import DATA_ENV
 from hubforge.errors import ConfigError
 
 from . import internals
+from .audit import service_spool
 from .gate import SERVICE_ENV, TOKEN_CACHE_SECONDS, HubGate, current_principal, install_flask_hook
 from .store import install as guard_stores
 
@@ -58,7 +61,9 @@ def create_app() -> HubGate:
 
     from hubforge.config import load_config
 
-    gate = HubGate(create_fastapi_app(flask_app), hub_auth, load_config().group_personas())
+    cfg = load_config()
+    audit = service_spool(cfg.data_dir if os.environ.get(DATA_ENV) else None)
+    gate = HubGate(create_fastapi_app(flask_app), hub_auth, cfg.group_personas(), audit)
     install_flask_hook(flask_app, gate.exempt)
     guard_stores(current_principal)
     return gate

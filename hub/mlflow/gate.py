@@ -14,7 +14,8 @@ would break it; browsers send ``Origin`` on every ``fetch`` POST. OAuth state li
 a signed cookie, not in ``HubOAuth``'s in-process dict, so a login started in one
 uvicorn worker can finish in another.
 
-The UI's page and the answers for features that are off come from :mod:`.ui`.
+The UI's page and the answers for features that are off come from :mod:`.ui`; what
+the gate records in the audit trail (runs, models, aliases), from :mod:`.audit`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ from tornado.httputil import url_concat
 from tornado.web import HTTPError
 
 from hubforge.errors import MLFLOW_CODES, Unavailable
+from hubforge.events.spool import EventSpool
 
+from .audit import Recorder, Watch
 from .policy import (
     OWNER_TAG,
     USER_TAG,
@@ -196,10 +199,14 @@ def claim_run(payload: Mapping[str, Any], user: str) -> dict[str, Any]:
     return {**payload, "user_id": user, "tags": tags}
 
 
+class _Refusal(JSONResponse):
+    """The hub's policy refusing a request (recorded as ``denied``)."""
+
+
 def _refused(refusal: str) -> JSONResponse:
     """A refusal as MLflow answers errors: 400 for what may never be written, else 403."""
     status = 400 if isinstance(refusal, Invalid) else 403
-    return _error(status, MLFLOW_CODES[status], refusal)
+    return _Refusal({"error_code": MLFLOW_CODES[status], "message": refusal}, status_code=status)
 
 
 def same_origin(headers: Mapping[str, str]) -> bool:
@@ -293,7 +300,13 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 class HubGate:
     """ASGI middleware: a request reaches MLflow only for a hub user with access."""
 
-    def __init__(self, app: ASGIApp, hub_auth: HubOAuth, group_personas: Mapping[str, Iterable[str]] | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        hub_auth: HubOAuth,
+        group_personas: Mapping[str, Iterable[str]] | None = None,
+        audit: EventSpool | None = None,
+    ):
         self.app = app
         self.hub_auth = hub_auth
         # Hub group -> the personas it grants (platform.yaml): the hub lists a person's
@@ -306,6 +319,8 @@ class HubGate:
         # Keyed on the service's hub token: every worker has it, nobody else does.
         self.sessions = URLSafeTimedSerializer(hub_auth.api_token, salt=SESSION_COOKIE)
         self.states = URLSafeTimedSerializer(hub_auth.api_token, salt=STATE_COOKIE)
+        # Runs, models and aliases go to the audit trail (``audit``: this worker's spool).
+        self.audit = Recorder(audit, self.prefix) if audit is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer the callback and refusals here; pass the rest on as the hub user."""
@@ -314,27 +329,33 @@ class HubGate:
         if scope["type"] != "http":
             return await send({"type": "websocket.close", "code": 1008})
         request = Request(scope, receive)
+        watch = self.audit.watch(scope) if self.audit is not None else None
         try:
             if scope["path"] == self.callback:
                 admitted: Admission = await self._oauth_callback(request)
             else:
-                admitted = await self._admit(request)
+                admitted = await self._admit(request, watch)
         except HubUnavailable as exc:
             log.warning("hub unavailable: %s", exc)
             admitted = _error(exc.status, MLFLOW_CODES[Unavailable.status], f"no hub answer: {exc}")
         if isinstance(admitted, Response):
+            if watch is not None:
+                watch.answered(admitted.status_code, refused=isinstance(admitted, _Refusal))
             return await admitted(scope, receive, send)
         user, scope, receive = admitted
         if scope["method"] == "GET" and scope["path"] == self.prefix:
             scope, send = unconditional(scope), rewriting(send, with_ui_defaults)
         token = _current_user.set(user)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send if watch is None else watch.sending(send))
         finally:
             _current_user.reset(token)
+            if watch is not None:
+                watch.emit()
 
-    async def _admit(self, request: Request) -> Admission:
-        """The refusal for this request, or (user, scope, receive) to pass on."""
+    async def _admit(self, request: Request, watch: Watch | None = None) -> Admission:
+        """The refusal for this request, or (user, scope, receive) to pass on; ``watch`` (an
+        audited request's) learns who asks and the parameters as they are parsed here."""
         user = await self._identify(request)
         if user is None:
             return self._unauthenticated(request)
@@ -342,6 +363,9 @@ class HubGate:
         if not path.startswith(self.prefix):
             return _error(404, "ENDPOINT_NOT_FOUND", f"MLflow is served under {self.prefix}")
         relative = path[len(self.prefix) :]
+        query = _params(request, None)
+        if watch is not None:
+            watch.seen(user.name, user.scopes, query)
         forgeable = user.via_cookie and method not in SAFE_METHODS
         if forgeable and not same_origin(request.headers):
             return _error(403, "PERMISSION_DENIED", "cross-origin request refused")
@@ -355,11 +379,12 @@ class HubGate:
                 payload = _parse_body(raw, strict=path.endswith(RUN_CREATE_PATHS))
             except (ValueError, TypeError, RecursionError) as exc:
                 return _error(400, "INVALID_PARAMETER_VALUE", f"the request body must be {exc}")
+            if watch is not None:
+                watch.seen(user.name, user.scopes, {**query, **payload})
         run_create = path.endswith(RUN_CREATE_PATHS) and method == "POST"
         user = await self._with_servers_now(user, payload)
         if refusal := decide_access(user, method, path, payload if run_create else None, self.required):
             return _refused(refusal)
-        query = _params(request, None)
         if why := ambiguous(query, payload):
             return _error(400, "INVALID_PARAMETER_VALUE", why)
         params = {**query, **(payload or {})}
