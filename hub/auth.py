@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from jupyterhub.auth import Authenticator
+from jupyterhub.handlers.login import LogoutHandler
 from traitlets import HasTraits, Set, Unicode
 
 from hubforge.events.spool import open_spool
@@ -22,8 +23,10 @@ from hubforge.events.spool import open_spool
 __all__ = [
     "LOGIN_SCHEMA",
     "AuditedLogins",
+    "AuditedLogout",
     "DemoAuthenticator",
     "audited",
+    "audited_logout",
     "claim_values",
     "groups_from_claims",
     "oauth_groups_key",
@@ -49,6 +52,10 @@ class AuditedLogins(HasTraits):
         "empty: logins are not recorded.",
     )
 
+    def get_handlers(self, app: Any) -> list[tuple[Any, ...]]:
+        """The authenticator's handlers, with a logout handler that notes who logs out."""
+        return audited_logout(list(super().get_handlers(app)))  # type: ignore[misc]
+
     async def get_authenticated_user(self, handler: Any, data: Any) -> Any:
         """The authenticator's answer, recorded as a login or a failed login."""
         user = await super().get_authenticated_user(handler, data)  # type: ignore[misc]
@@ -73,6 +80,35 @@ class AuditedLogins(HasTraits):
                 },
             )
         return user
+
+
+class AuditedLogout:
+    """Mixed into the logout handler: keeps who logs out for the request's audit event
+    (JupyterHub forgets the user before the page is rendered and the request logged)."""
+
+    logged_out: str = ""
+
+    async def handle_logout(self) -> None:
+        """Note who is logging out, then the handler's own custom action."""
+        user = getattr(self, "current_user", None)
+        self.logged_out = str(getattr(user, "name", "") or "")
+        await super().handle_logout()  # type: ignore[misc]
+
+
+def audited_logout(handlers: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """An authenticator's ``handlers`` with its logout handler (or JupyterHub's) noting who
+    logs out (:class:`AuditedLogout`)."""
+    out: list[tuple[Any, ...]] = []
+    found = False
+    for path, handler, *rest in handlers:
+        if path.rstrip("/").endswith("/logout") and isinstance(handler, type):
+            found = True
+            if not issubclass(handler, AuditedLogout):
+                handler = type(f"Audited{handler.__name__}", (AuditedLogout, handler), {})
+        out.append((path, handler, *rest))
+    if not found:
+        out.append(("/logout", type("AuditedLogoutHandler", (AuditedLogout, LogoutHandler), {})))
+    return out
 
 
 def audited(authenticator: type[Authenticator]) -> type[Authenticator]:

@@ -29,7 +29,16 @@ from hubforge.events.spool import platform_spool_dir
 from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
 
 from .auth import audited, oauth_groups_key
-from .services import MLFLOW, Placement, enabled_services, hub_services, persona_services, service_role
+from .requests_audit import audited_log_function
+from .services import (
+    MLFLOW,
+    Placement,
+    enabled_services,
+    hub_services,
+    persona_services,
+    server_audit_env,
+    service_role,
+)
 
 __all__ = [
     "RUNTIME_ENV",
@@ -108,10 +117,13 @@ def configure_state(c: Any, cfg: PlatformConfig) -> None:
 
 def configure_audit(c: Any, cfg: PlatformConfig) -> None:
     """What the hub observes goes to its audit spool, which the governance service collects:
-    logins and failed logins (whatever the authenticator), servers spawned, refused and stopped."""
+    logins and failed logins (whatever the authenticator), servers spawned, refused and stopped,
+    logouts, and group and admin changes (after each request, :mod:`.requests_audit`)."""
     spool = str(platform_spool_dir(cfg.data_dir, "hub"))
     c.Authenticator.audit_spool_dir = spool
     c.Spawner.audit_spool_dir = spool
+    settings = c.JupyterHub.tornado_settings if "tornado_settings" in c.JupyterHub else {}
+    c.JupyterHub.tornado_settings = {**settings, "log_function": audited_log_function(spool)}
 
 
 def configure_auth(c: Any, cfg: PlatformConfig) -> None:
@@ -179,8 +191,9 @@ def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
         for group in spec.groups:
             groups.setdefault(group, {"users": []})["users"].append(user)
     c.JupyterHub.load_groups = groups
-    # A server's token may log runs to MLflow on the person's behalf, nothing more; it
-    # names the custom scopes above and the MLflow service, so it is set beside them.
+    # A server's token may log runs to MLflow and report its audit events on the person's
+    # behalf, nothing more; it names the custom scopes above and the services, so it is
+    # set beside them.
     mlflow = cfg.services.mlflow.enabled
     c.Spawner.server_token_scopes = [s for s in SERVER_TOKEN_SCOPES if mlflow or "service=mlflow" not in s]
 
@@ -197,6 +210,7 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.Spawner.start_timeout = cfg.hub.start_timeout
     c.Spawner.http_timeout = cfg.hub.start_timeout
     c.Spawner.environment = {INSTANCE_ENV: rt.instance}
+    c.Spawner.environment.update(server_audit_env(cfg, f"{cfg.local_url}services/governance"))
     if cfg.services.mlflow.enabled:
         # Servers reach MLflow through the proxy, as the person's own hub identity.
         c.Spawner.environment[MLFLOW_URL_ENV] = f"{cfg.local_url}services/mlflow"

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hubforge.config import PlatformConfig
-from hubforge.contract import SERVICE_BIND_IP_ENV
+from hubforge.contract import AUDIT_CELL_SOURCE_ENV, AUDIT_URL_ENV, SERVICE_BIND_IP_ENV
 from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "hub_service",
     "hub_services",
     "persona_services",
+    "server_audit_env",
     "service_names",
     "service_role",
 ]
@@ -183,6 +184,15 @@ MLFLOW = ServiceSpec(
 )
 #: Every hub-managed service, in start order.
 SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW)
+
+
+def server_audit_env(cfg: PlatformConfig, governance: str) -> dict[str, str]:
+    """What a person's server needs to report its audit events to the governance service at
+    ``governance`` (its URL as the servers reach it), under its own hub token."""
+    env = {AUDIT_URL_ENV: f"{governance}/api/audit/events"}
+    if cfg.services.governance.audit_cell_source:
+        env[AUDIT_CELL_SOURCE_ENV] = "on"
+    return env
 
 
 def service_names() -> list[str]:

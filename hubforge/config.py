@@ -317,6 +317,7 @@ class GovernanceService:
     """``services.governance``."""
 
     port: int
+    audit_cell_source: bool
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
+    "AUDIT_CELL_SOURCE_ENV",
+    "AUDIT_DIR_ENV",
+    "AUDIT_URL_ENV",
     "CLOSE_BUDGET_ENV",
     "CONFIG_ENV",
     "DATA_ENV",
@@ -87,6 +90,11 @@ SERVICE_BIND_IP_ENV = "HUBFORGE_BIND_IP"
 
 #: The hub's MLflow service URL; set, runs go there under the server's hub token.
 MLFLOW_URL_ENV = "HUBFORGE_MLFLOW_URL"
+#: The governance service's audit API (``.../services/governance/api/audit/events``); set,
+#: the server forwards what it and its kernels record there, under the server's hub token.
+AUDIT_URL_ENV = "HUBFORGE_AUDIT_URL"
+#: ``on`` to record each executed cell's source in the audit trail, not only its sha256.
+AUDIT_CELL_SOURCE_ENV = "HUBFORGE_AUDIT_CELL_SOURCE"
 #: The tier the server runs on (its slug).
 TIER_ENV = "HUBFORGE_TIER"
 #: The tier's tracking switch, ``on`` or ``off`` (:func:`tracking_on` reads it); handed on
@@ -107,6 +115,8 @@ NOTEBOOK_ROOT_ENV = "HUBFORGE_NOTEBOOK_ROOT"
 SERVER_NAME_ENV = "HUBFORGE_SERVER_NAME"
 #: The spool root, where kernels leave what MLflow has not acknowledged (see ``pending``).
 SPOOL_DIR_ENV = "HUBFORGE_SPOOL_DIR"
+#: The server's audit spools root: each kernel keeps its spool in ``kernel-<id>/`` under it.
+AUDIT_DIR_ENV = "HUBFORGE_AUDIT_DIR"
 #: Seconds a kernel may spend ending its run at shutdown.
 CLOSE_BUDGET_ENV = "HUBFORGE_CLOSE_BUDGET"
 #: papermill's parameters, a JSON object.

@@ -16,6 +16,7 @@ into ``env`` (jupyter_server ``SessionManager.get_kernel_env``); we keep it.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import signal
@@ -32,6 +33,7 @@ from traitlets.config import LoggingConfigurable
 
 from hubforge.contract import CLOSE_BUDGET_ENV, EX_TEMPFAIL, KERNEL_PYTHON_ENV, SPOOL_DIR_ENV
 
+from .audit import load_audit
 from .kept_fits import list_fits, read_fit
 from .launch import (
     KERNEL_SHUTDOWN_WAIT,
@@ -46,7 +48,7 @@ from .launch import (
 from .pending import adopt_dead, list_pending, read_pending, spool_root
 from .sessions import follow_notebooks
 
-__all__ = ["HubforgeTracking", "Replayer", "load", "prepare_launch"]
+__all__ = ["HubforgeTracking", "Replayer", "load", "prepare_launch", "unload"]
 
 
 class HubforgeTracking(LoggingConfigurable):
@@ -155,7 +157,13 @@ def _hooked(original: Callable[..., Any], settings: HubforgeTracking, root_dir: 
 
 
 def load(serverapp: Any) -> None:
-    """Install the kernel hook on ``serverapp.kernel_manager`` (once)."""
+    """Install the kernel hook on ``serverapp.kernel_manager`` (once), and the audit observers."""
+    if getattr(serverapp, "hubforge_audit", None) is None:
+        serverapp.hubforge_audit = load_audit(serverapp)
+        # jupyter-server unloads no module extension: write and deliver once its extensions
+        # have stopped (after its kernels, whose last events are in by then), or at exit.
+        serverapp.cleanup_extensions = _then(serverapp.cleanup_extensions, lambda: unload(serverapp))
+        atexit.register(unload, serverapp)
     settings = HubforgeTracking(parent=serverapp)
     kernels = serverapp.kernel_manager
     original = getattr(kernels, "pre_start_kernel", None)
@@ -179,6 +187,14 @@ def load(serverapp: Any) -> None:
         replayer = Replayer(settings.spool_root, env, settings.replay_interval, serverapp.log, Path(root_dir))
         replayer.start()
         kernels.shutdown_kernel = _then(kernels.shutdown_kernel, replayer.soon)
+
+
+def unload(serverapp: Any) -> None:
+    """The server is stopping: write the audit spool, and deliver what it can."""
+    audit = getattr(serverapp, "hubforge_audit", None)
+    if audit is not None:
+        serverapp.hubforge_audit = None
+        audit.close()
 
 
 def _stop_gracefully_on_sigint(serverapp: Any) -> None:

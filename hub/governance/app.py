@@ -50,8 +50,9 @@ __all__ = [
     "make_hub_auth",
 ]
 
-#: Bodies are a few kilobytes at most; refuse anything far larger unread.
-MAX_BODY_SIZE = 64 * 1024
+#: The largest body read at all: a batch of audit records a server forwards (each handler
+#: reads at most its own ``max_body``, 64 KiB for the rest of the API).
+MAX_BODY_SIZE = 4 * 1024 * 1024 + 1024
 #: Seconds between two collections of the platform's audit spools.
 COLLECT_EVERY_S = 1.0
 
@@ -107,6 +108,7 @@ def make_app(
     cookie_secret: bytes | None = None,
     isolation: str | None = None,
     audit: EventSpool | None = None,
+    trail: AuditLog | None = None,
     **settings: Any,
 ) -> web.Application:
     """The tornado application serving the governance API under ``prefix``.
@@ -115,7 +117,8 @@ def make_app(
     ``group_personas`` to the platform config's, ``cookie_secret`` to a random
     one (browser sessions then end with the process), ``isolation`` to what
     ``hubforge up`` decided (``HUBFORGE_ISOLATION``). ``audit``: the service's audit
-    spool (requests and decisions are recorded there; without one they are not).
+    spool (requests and decisions are recorded there; without one they are not). ``trail``:
+    the audit trail that people's servers report to (without one, reports get 503).
     """
     prefix = url_path_join("/", prefix, "/")
     hub_auth = hub_auth if hub_auth is not None else make_hub_auth(prefix)
@@ -130,6 +133,7 @@ def make_app(
         service_prefix=prefix,
         group_personas=group_personas,
         audit=audit,
+        trail=trail,
         isolation=isolation or os.environ.get(ISOLATION_ENV) or "none",
         openapi=build_spec(ROUTES, prefix, cookie_name=hub_auth.cookie_name, version=__version__),
         cookie_secret=cookie_secret or secrets.token_bytes(32),
@@ -282,6 +286,7 @@ class GovernanceService(Application):
             group_personas=self.platform.group_personas(),
             cookie_secret=load_cookie_secret(secret_file),
             audit=self.audit,
+            trail=self.trail,
             log_function=self._log_request,
             log=self.log,
         )

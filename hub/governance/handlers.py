@@ -27,16 +27,18 @@ from hubforge.personas import persona_names
 from hubforge.spawner_profiles.local.accounts import WORDS
 
 from . import events
-from .audit import AuditQuery, query_events
+from .audit import AuditLog, AuditQuery, query_events
 from .auth import HubAuthHandler, needs_scope, public
+from .ingest import INGEST_BODY, reported_records
 from .jsonbody import BodyError, parse_json_body
 from .model import KINDS, STATUSES
 from .openapi import Operation
+from .pages import AuditPageHandler
 from .policy import (
     APPROVER_SCOPES,
-    AUDIT_SCOPE,
     NOT_FOUND_MESSAGE,
     SUBMIT_SCOPE,
+    TRAIL_SCOPE,
     PolicyDenied,
     can_view,
     check_decision,
@@ -49,6 +51,7 @@ from .schemas import (
     DECISION_BODY,
     HEALTH,
     INDEX,
+    INGESTED,
     NEW_REQUEST_BODY,
     WHOAMI,
     describe,
@@ -81,6 +84,8 @@ class APIHandler(HubAuthHandler):
     """
 
     operations: ClassVar[dict[str, Operation]] = {}
+    #: The largest request body this handler reads (413 beyond it).
+    max_body: ClassVar[int] = 64 * 1024
 
     def set_default_headers(self) -> None:
         """JSON, and never cached: answers depend on who asks."""
@@ -102,6 +107,8 @@ class APIHandler(HubAuthHandler):
         schema = self.operations[str(self.request.method).lower()].request
         if schema is None:
             raise TypeError(f"{type(self).__name__} documents no request body")
+        if len(self.request.body) > self.max_body:
+            raise web.HTTPError(413, f"the body is over {self.max_body} bytes")
         media = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if media != "application/json":
             # "%s": the message carries caller input, which must not act as a format.
@@ -360,7 +367,7 @@ class AuditEventsHandler(APIHandler):
             "The audit trail's events, newest first",
             {200: AUDIT_PAGE},
             description=(
-                "Everyone's events with custom:audit:read, one's own otherwise. Filters combine; "
+                "Everyone's events with custom:audit-trail:read, one's own otherwise. Filters combine; "
                 "``next`` is the cursor of the following page."
             ),
             query={
@@ -382,8 +389,41 @@ class AuditEventsHandler(APIHandler):
                 "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
             },
             errors=(400, 503),
-        )
+        ),
+        "post": Operation(
+            "Record what one of the caller's servers reports",
+            {200: INGESTED},
+            request=INGEST_BODY,
+            description=(
+                "A person's server forwards its spools here, at least once; each record is kept once "
+                "(its emitter and ``__seq__``). Records are kept as reported by the caller's server: "
+                "one naming another user is refused (403), as is any not valid against its schema (400); "
+                "a refused request stores nothing. Hub users only: services record through their spools."
+            ),
+            errors=(400, 403, 413, 503),
+        ),
     }
+    max_body = 4 * 1024 * 1024
+
+    @needs_scope()
+    async def post(self) -> None:
+        """Keep what one of the caller's servers reports."""
+        if self.current_user.get("kind", "user") != "user":
+            raise web.HTTPError(403, "only a person's server reports events; services record them in their spool")
+        body = self.json_body()
+        try:
+            records = reported_records(body, self.user_name)
+        except Refusal as exc:
+            raise self.refused(exc) from None
+        trail: AuditLog | None = self.settings.get("trail")
+        if trail is None:
+            raise web.HTTPError(503, "this service keeps no audit trail")
+        if not records:
+            self.write_json({"stored": 0, "duplicates": 0, "acknowledged": 0})
+            return
+        done = await self.call_store(trail.ingest, records)
+        acknowledged = max((int(r["__seq__"]) for r in records), default=0)
+        self.write_json({"stored": done.stored, "duplicates": done.duplicates, "acknowledged": acknowledged})
 
     @needs_scope()
     async def get(self) -> None:
@@ -395,7 +435,7 @@ class AuditEventsHandler(APIHandler):
             if kind not in event_schemas():
                 raise web.HTTPError(400, "query parameter 'type' names no event schema")
         query = AuditQuery(
-            only_user=None if has_scope(self.user_scopes, AUDIT_SCOPE) else self.user_name,
+            only_user=None if has_scope(self.user_scopes, TRAIL_SCOPE) else self.user_name,
             user=arg("user", None),
             schema=kind,
             action=arg("action", None),
@@ -429,9 +469,11 @@ class AuditEventsHandler(APIHandler):
         text = text[:17] + "59" + text[19:] if text[17:19] == "60" else text  # a leap second: RFC 3339 allows it
         try:
             parsed = datetime.fromisoformat(text)
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
         except ValueError:
             raise web.HTTPError(400, f"query parameter {name!r} must be an ISO 8601 time") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00: before the first UTC time there is
+            raise web.HTTPError(400, f"query parameter {name!r} is out of range") from None
 
     def _number(self, name: str, low: int, high: int) -> int | None:
         value = self.get_query_argument(name, None)
@@ -498,5 +540,6 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("api/requests/{request_id}", ApprovalRequestHandler),
     ("api/requests/{request_id}/decision", DecisionHandler),
     ("api/audit/events", AuditEventsHandler),
+    ("audit", AuditPageHandler),
     ("oauth_callback", OAuthCallbackHandler),
 ]

@@ -49,10 +49,12 @@ class Operation:
     """One documented operation of a handler.
 
     ``request`` is the JSON schema the body is validated with; ``responses``
-    maps success statuses to their body schema (None: no JSON body);
-    ``errors`` lists the error statuses beyond those every operation of its
-    sort may give; ``query`` maps query parameters to their schema, and
-    ``required_query`` names those a request must carry.
+    maps success statuses to their body schema (None: no body), of
+    ``media_type`` (JSON unless it says so: an HTML page is ``text/html``;
+    errors are JSON whatever it says); ``errors`` lists the error statuses
+    beyond those every operation of its sort may give; ``query`` maps query
+    parameters to their schema, and ``required_query`` names those a request
+    must carry.
     """
 
     summary: str
@@ -62,6 +64,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
     required_query: tuple[str, ...] = ()
+    media_type: str = "application/json"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.required_query) - set(self.query))
@@ -101,7 +104,7 @@ def _responses(op: Operation, authenticated: bool) -> dict[str, Any]:
     for status, schema in op.responses.items():
         out[str(status)] = {"description": _REASONS.get(status, "OK")}
         if schema is not None:
-            out[str(status)]["content"] = _json(schema)
+            out[str(status)]["content"] = {op.media_type: {"schema": _with_refs(schema)}}
     errors = set(op.errors)
     if authenticated:
         errors |= {401, 403, 502}

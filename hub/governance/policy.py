@@ -24,6 +24,7 @@ __all__ = [
     "AUDIT_SCOPE",
     "NOT_FOUND_MESSAGE",
     "SUBMIT_SCOPE",
+    "TRAIL_SCOPE",
     "PolicyDenied",
     "RequestLike",
     "Visibility",
@@ -36,6 +37,8 @@ __all__ = [
 
 SUBMIT_SCOPE = "custom:requests:submit"
 AUDIT_SCOPE = "custom:audit:read"
+#: Reads the audit trail: everyone's events, the audit page and reports (data stewards, platform admins).
+TRAIL_SCOPE = "custom:audit-trail:read"
 
 #: The scope whose holders decide each kind of request.
 APPROVER_SCOPES: dict[str, str] = {

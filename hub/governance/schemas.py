@@ -28,6 +28,7 @@ __all__ = [
     "ERROR",
     "HEALTH",
     "INDEX",
+    "INGESTED",
     "NEW_REQUEST_BODY",
     "WHOAMI",
     "describe",
@@ -195,6 +196,17 @@ AUDIT_PAGE: dict[str, Any] = {
     },
 }
 
+INGESTED: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["stored", "duplicates", "acknowledged"],
+    "properties": {
+        "stored": {"type": "integer", "description": "Records stored now."},
+        "duplicates": {"type": "integer", "description": "Records the trail had already (sent again)."},
+        "acknowledged": {"type": "integer", "description": "The highest ``__seq__`` of the request, now kept."},
+    },
+}
+
 #: Named schemas for the OpenAPI ``components`` section.
 COMPONENTS: dict[str, dict[str, Any]] = {
     "NewRequest": NEW_REQUEST_BODY,
@@ -202,6 +214,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "ApprovalRequest": APPROVAL_REQUEST,
     "AuditEvent": AUDIT_EVENT,
     "AuditPage": AUDIT_PAGE,
+    "Ingested": INGESTED,
     "WhoAmI": WHOAMI,
     "Error": ERROR,
     "Health": HEALTH,

@@ -31,6 +31,7 @@ import threading
 from typing import Any
 
 from hubforge.server_extension.kernel import quiet
+from hubforge.server_extension.kernel.audit import CellAudit, cell_audit
 from hubforge.server_extension.kernel.context import KernelContext
 from hubforge.server_extension.kernel.queue import TrackingQueue
 from hubforge.server_extension.kernel.tracker import Tracker, kernel_id
@@ -49,6 +50,7 @@ __all__ = [
 MLFLOW_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 _tracker: Tracker | None = None
+_cells: CellAudit | None = None
 _handler: logging.Handler | None = None
 
 
@@ -60,7 +62,7 @@ def current_tracker() -> Tracker | None:
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the cell events, the magic and the end-of-session hooks."""
-    global _tracker
+    global _tracker, _cells
     if _tracker is not None:
         return
     ctx = KernelContext.from_env(kernel_id=kernel_id())
@@ -70,6 +72,11 @@ def load_ipython_extension(ipython: Any) -> None:
     quiet.install()
     ipython.events.register("pre_run_cell", tracker.pre_run_cell)
     ipython.events.register("post_run_cell", tracker.post_run_cell)
+    _cells = cells = cell_audit(os.environ, ctx.kernel_id, ctx.user, lambda: tracker.notebook)
+    if cells is not None:
+        ipython.events.register("pre_run_cell", cells.pre_run_cell)
+        ipython.events.register("post_run_cell", cells.post_run_cell)
+        atexit.register(cells.close)
     ipython.register_magic_function(_magic, "line", "hubforge_tracking")
     atexit.register(tracker.finish)
     _finish_on_shutdown_request(ipython, tracker)
@@ -163,8 +170,14 @@ def _on_sigterm(signum: int, _frame: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """End the run and unhook everything."""
-    global _tracker
+    global _tracker, _cells
     tracker, _tracker = _tracker, None
+    cells, _cells = _cells, None
+    if cells is not None:
+        ipython.events.unregister("pre_run_cell", cells.pre_run_cell)
+        ipython.events.unregister("post_run_cell", cells.post_run_cell)
+        atexit.unregister(cells.close)
+        cells.close()
     if tracker is None:
         return
     ipython.events.unregister("pre_run_cell", tracker.pre_run_cell)

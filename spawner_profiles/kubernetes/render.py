@@ -30,7 +30,7 @@ from hubforge.config import KubernetesSection, PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, MLFLOW_URL_ENV
 from hubforge.errors import ConfigError, HubforgeError
 from hubforge.hardware import GPU_MODELS
-from hubforge.hub.services import Placement, enabled_services, hub_services
+from hubforge.hub.services import Placement, enabled_services, hub_services, server_audit_env
 
 from .spawner import kube_memory, kube_settings, profile_for
 
@@ -150,12 +150,14 @@ def _hub_values(cfg: PlatformConfig, settings: KubernetesSection) -> dict[str, A
 def helm_values(cfg: PlatformConfig, catalog: Catalog) -> dict[str, Any]:
     """Values for the Zero-to-JupyterHub chart, installed in the user namespace."""
     settings = kube_settings(cfg)
-    singleuser: dict[str, Any] = {}
-    if "mlflow" in (ports := _ports(cfg)):
-        # Kernels log to MLflow on the hub's Service (the hub's NetworkPolicy above lets
-        # user pods in), as the person's own hub identity: the server's token.
-        mlflow = f"http://hub:{ports['mlflow']}{cfg.hub.base_url}services/mlflow"
-        singleuser["extraEnv"] = {MLFLOW_URL_ENV: mlflow}
+    ports = _ports(cfg)
+    # Servers report their audit events to the governance service on the hub's Service (the
+    # hub's NetworkPolicy above lets user pods in), as the person's own hub identity.
+    governance = f"http://hub:{ports['governance']}{cfg.hub.base_url}services/governance"
+    singleuser: dict[str, Any] = {"extraEnv": server_audit_env(cfg, governance)}
+    if "mlflow" in ports:
+        # Kernels log to MLflow there too, under the server's token.
+        singleuser["extraEnv"][MLFLOW_URL_ENV] = f"http://hub:{ports['mlflow']}{cfg.hub.base_url}services/mlflow"
     return {
         "hub": _hub_values(cfg, settings),
         "singleuser": {

@@ -31,7 +31,8 @@ from harness.hub import FakeHub
 from harness.platform import pg_databases
 from hubforge.config import load_config
 from hubforge.events.spool import EventSpool
-from hubforge.hub.governance.app import make_app, make_hub_auth
+from hubforge.hub.governance.app import MAX_BODY_SIZE, make_app, make_hub_auth
+from hubforge.hub.governance.audit import AuditLog, load_signing_key
 from hubforge.hub.governance.store import GovernanceStore
 from hubforge.personas import PERSONAS
 
@@ -74,6 +75,8 @@ USERS: dict[str, dict[str, Any]] = {
             "custom:approve:production!group=other",
         ],
     },
+    # a service's token: services record events through their own spools
+    "robot-token": {"kind": "service", "name": "robot", "scopes": [ACCESS]},
     # a hub user the hub did not let into the service
     "mallory-token": {
         "kind": "user",
@@ -104,7 +107,7 @@ class LoopThread:
 async def serve(app: web.Application) -> tuple[HTTPServer, int]:
     """Serve ``app`` on a free loopback port."""
     sockets = bind_sockets(0, "127.0.0.1")
-    server = HTTPServer(app, max_body_size=64 * 1024)
+    server = HTTPServer(app, max_body_size=MAX_BODY_SIZE)
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]
 
@@ -118,6 +121,7 @@ class Running:
     app: web.Application
     loop: LoopThread
     audit: EventSpool
+    trail: AuditLog | None = None
     servers: list[HTTPServer] = field(default_factory=list)
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
@@ -168,7 +172,9 @@ def running(backend_store: GovernanceStore, tmp_path_factory: pytest.TempPathFac
     loop = LoopThread()
     hub = FakeHub(USERS, SERVICE_TOKEN).start()
     audit = EventSpool(tmp_path_factory.mktemp("events") / "governance", "governance")
-    running = Running(url="", hub=hub, app=None, loop=loop, audit=audit)  # type: ignore[arg-type]
+    key = load_signing_key(tmp_path_factory.mktemp("key") / "audit-signing-key.pem", create=True)
+    trail = AuditLog(backend_store, key)
+    running = Running(url="", hub=hub, app=None, loop=loop, audit=audit, trail=trail)  # type: ignore[arg-type]
     running.app = make_app(
         backend_store,
         PREFIX,
@@ -176,6 +182,7 @@ def running(backend_store: GovernanceStore, tmp_path_factory: pytest.TempPathFac
         group_personas=load_config(environ={}).group_personas(),
         cookie_secret=COOKIE_SECRET,
         audit=audit,
+        trail=trail,
     )
     running.url = running.serve_app(running.app)
     yield running

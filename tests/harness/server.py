@@ -53,11 +53,13 @@ class Server:
         self.port = free_port()
         self.runtime = tmp / "runtime"
         self.log_path = tmp / "server.log"
+        self.audit_dir = tmp / "audit"
         base = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
         base.update(
             JUPYTER_CONFIG_DIR=str(tmp / "config"),
             JUPYTER_PATH=str(tmp / "share"),
             JUPYTER_RUNTIME_DIR=str(self.runtime),
+            HUBFORGE_AUDIT_DIR=str(self.audit_dir),
         )
         cmd = [
             str(Path(sys.executable).with_name("jupyter-server")),
@@ -179,8 +181,9 @@ class KernelChannel:
     def close(self) -> None:
         self.ws.close()
 
-    def execute(self, code: str) -> Execution:
-        """Run ``code``; wait for its reply and for the kernel to go idle."""
+    def execute(self, code: str, cell_id: str | None = None) -> Execution:
+        """Run ``code`` (as the notebook cell ``cell_id``, as JupyterLab says it); wait for its
+        reply and for the kernel to go idle."""
         msg_id = uuid.uuid4().hex
         header = {
             "msg_id": msg_id,
@@ -192,7 +195,8 @@ class KernelChannel:
         }
         content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
         content.update(allow_stdin=False, stop_on_error=True)
-        message = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"}
+        metadata = {"cellId": cell_id} if cell_id else {}
+        message = {"header": header, "parent_header": {}, "metadata": metadata, "content": content, "channel": "shell"}
         self.ws.send(json.dumps(message))
         streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
         reply: dict[str, Any] | None = None

@@ -399,6 +399,8 @@ def valid_call(running: Running, template: str) -> tuple[str, str, dict[str, Any
     if template == "api/requests/{request_id}/decision":
         pending = submit(running, "bob-token")
         return "carol-token", f"api/requests/{pending['id']}/decision", {"decision": "approve", "comment": "ok"}
+    if template == "api/audit/events":
+        return "alice-token", "api/audit/events", {"server": "", "source": "server", "records": []}
     raise AssertionError(f"no valid call known for {template}: add one to valid_call")
 
 
@@ -413,8 +415,11 @@ def test_every_body_and_string_field_is_covered():
     assert {(t, m) for t, m, _ in body_operations()} == {
         ("api/requests", "post"),
         ("api/requests/{request_id}/decision", "post"),
+        ("api/audit/events", "post"),
     }
-    assert {f for _, _, f in string_fields()} == {"kind", "target", "justification", "decision", "comment"}
+    assert {f for _, _, f in string_fields()} == {
+        "kind", "target", "justification", "decision", "comment", "server", "source"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(("template", "method", "name"), string_fields())

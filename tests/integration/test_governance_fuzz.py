@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis import Case, Response
+from schemathesis.checks import positive_data_acceptance
 
 from harness.governance import PREFIX, USERS, Running
 from hubforge import __version__
@@ -79,10 +80,21 @@ def test_fuzzed_document_is_the_served_one(running):
         assert c.get("api/openapi.json").json() == SPEC
 
 
+#: Operations whose bodies are checked beyond what the document can say: each audit record
+#: against its own event schema (``__schema__``), and its user against the caller. Input
+#: the document allows may be refused there (400); test_audit_ingest covers what is accepted.
+CHECKED_BEYOND_THE_DOCUMENT = {("POST", "/api/audit/events")}
+
+
 @schema.parametrize()
 @FUZZ_SETTINGS
 def test_every_operation_as_each_persona(case: Case, running: Running, persona_token: str) -> None:
-    case.call_and_validate(base_url=base_url(running), headers={"Authorization": f"token {persona_token}"})
+    beyond = (case.method.upper(), case.path) in CHECKED_BEYOND_THE_DOCUMENT
+    case.call_and_validate(
+        base_url=base_url(running),
+        headers={"Authorization": f"token {persona_token}"},
+        excluded_checks=[positive_data_acceptance] if beyond else None,
+    )
 
 
 def empty(store: GovernanceStore) -> None:

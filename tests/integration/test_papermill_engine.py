@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 
+from hubforge.events.spool import read_spool
 from hubforge.server_extension.launch import KERNEL_EXTENSION
 
 PAPERMILL = str(Path(sys.executable).with_name("papermill"))
@@ -79,7 +80,8 @@ def test_papermill_run_is_prepared_and_its_output_logged(tmp_path: Path) -> None
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _notebook(tmp_path / "in.ipynb", REPORT, OPEN_RUN)
-    done = _papermill(tmp_path, {"MLFLOW_TRACKING_URI": uri}, "in.ipynb", "out.ipynb", "-p", "alpha", "0.5")
+    env = {"MLFLOW_TRACKING_URI": uri, "HUBFORGE_AUDIT_DIR": str(tmp_path / "audit"), "JUPYTERHUB_USER": "alice"}
+    done = _papermill(tmp_path, env, "in.ipynb", "out.ipynb", "-p", "alpha", "0.5")
     assert done.returncode == 0, done.stderr
     seen = json.loads(_printed(tmp_path / "out.ipynb", "HUBFORGE-SEEN"))
     assert seen["HUBFORGE_ORIGIN"] == "papermill"
@@ -98,3 +100,11 @@ def test_papermill_run_is_prepared_and_its_output_logged(tmp_path: Path) -> None
     # the papermill parameter is a param; notebook defaults (beta) are not parameters.
     assert run.data.params["alpha"] == "0.5"
     assert "beta" not in run.data.params
+    # Every cell it ran is in the audit spool of its kernel, as seen under papermill.
+    (spool,) = (tmp_path / "audit").glob("kernel-*")
+    cells = list(read_spool(spool))
+    assert len(cells) == 4, "the parameters, the injected parameters, and the two cells"
+    assert {(c["user"], c["action"], c["outcome"], c["origin"]["observer"]) for c in cells} == {
+        ("alice", "execute", "success", "papermill")
+    }
+    assert all(c["notebook"].endswith("in.ipynb") and len(c["source_sha256"]) == 64 for c in cells)

@@ -79,7 +79,9 @@ def test_logins_reach_the_trail_and_it_verifies(platform: PlatformProcess) -> No
 
 
 def test_spawns_refusals_and_stops_reach_the_trail(platform: PlatformProcess) -> None:
+    """And what the person does in their server: reported by it, under its own token."""
     before = {r["position"] for r in server_events(platform, "dan")}
+    note = f"audit-{uuid.uuid4().hex[:6]}.txt"
     session = HubSession(platform.url)
     try:
         assert session.login("dan").status_code == 302
@@ -87,6 +89,9 @@ def test_spawns_refusals_and_stops_reach_the_trail(platform: PlatformProcess) ->
         assert http.post("/hub/api/users/dan/server", json={"profile": "finetune"}).status_code == 403
         assert http.post("/hub/api/users/dan/server", json={"profile": "interactive"}).status_code in (201, 202)
         wait_for(lambda: http.get("/hub/api/users/dan").json()["servers"].get("", {}).get("ready"), 180, "dan's server")
+        # A file saved in dan's server: reported by it, under its own token, through the proxy.
+        saved = http.put(f"/user/dan/api/contents/{note}", json={"type": "file", "format": "text", "content": "x"})
+        assert saved.status_code == 201, saved.text
         assert http.delete("/hub/api/users/dan/server").status_code in (202, 204)
         wait_for(lambda: not http.get("/hub/api/users/dan").json()["servers"], 90, "dan's server to stop")
         http.close()
@@ -104,6 +109,51 @@ def test_spawns_refusals_and_stops_reach_the_trail(platform: PlatformProcess) ->
         return seen if seen == wanted else []
 
     wait_for(arrived, 30, "dan's spawn, refusal and stop to reach the audit trail")
+    (saved,) = wait_for(lambda: stored(platform, "resource = :r", r=f"file:{note}"), 30, "dan's save in the trail")
+    assert (saved["user"], saved["action"], saved["observed"]) == ("dan", "save", "reported")
+    assert saved["__emitter__"] == "server:dan/:server" and saved["origin"]["server"] == "dan/"
+
+
+def test_logouts_and_group_changes_reach_the_trail(platform: PlatformProcess) -> None:
+    group = f"audit-{uuid.uuid4().hex[:6]}"
+    session = HubSession(platform.url)
+    try:
+        assert session.login("erin").status_code == 302  # a platform admin
+        admin = api(platform.url, session.new_token("erin", note="audit"))
+        assert admin.post(f"/hub/api/groups/{group}", json={"users": ["bob"]}).status_code == 201
+        assert admin.request("DELETE", f"/hub/api/groups/{group}/users", json={"users": ["bob"]}).status_code == 200
+        assert admin.delete(f"/hub/api/groups/{group}").status_code == 204
+        admin.close()
+        alice = HubSession(platform.url)
+        assert alice.login("alice").status_code == 302
+        sneaky = api(platform.url, alice.new_token("alice", note="audit"))
+        assert sneaky.post("/hub/api/groups/platform-admin/users", json={"users": ["alice"]}).status_code == 403
+        sneaky.close()
+        assert alice.client.get("/hub/logout").status_code in (200, 302)
+        alice.close()
+    finally:
+        session.close()
+    wanted = [
+        ("erin", "group_added", "bob", "success"),
+        ("erin", "group_removed", "bob", "success"),
+        ("erin", "group_removed", None, "success"),
+    ]
+
+    def arrived() -> list[tuple[str, str, str | None, str]]:
+        rows = stored(platform, "resource = :r", r=f"group:{group}")
+        seen = [(r["user"], r["action"], r.get("target_user"), r["outcome"]) for r in rows]
+        return seen if seen == wanted else []
+
+    wait_for(arrived, 30, "the group changes in the trail")
+    refused = wait_for(lambda: stored(platform, "resource = 'group:platform-admin' AND \"user\" = 'alice'"), 30,
+                       "alice's refused group change")  # fmt: skip
+    assert (refused[-1]["action"], refused[-1]["outcome"], refused[-1]["target_user"]) == (
+        "group_added",
+        "denied",
+        "alice",
+    )
+    logouts = wait_for(lambda: stored(platform, "action = 'logout' AND \"user\" = 'alice'"), 30, "alice's logout")
+    assert logouts[-1]["origin"]["observer"] == "hub" and logouts[-1]["outcome"] == "success"
 
 
 def server_events(platform: PlatformProcess, user: str) -> list[dict[str, Any]]:

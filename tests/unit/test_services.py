@@ -129,7 +129,12 @@ def test_a_disabled_service_is_nowhere(tmp_path: Path) -> None:
     assert set(values["hub"]["services"]) == {"governance"}
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
     assert [p["port"] for p in values["hub"]["service"]["extraPorts"]] == [9911]
-    assert "extraEnv" not in values["singleuser"], "no MLflow: kernels are not told of one"
+    env = values["singleuser"]["extraEnv"]
+    assert "HUBFORGE_MLFLOW_URL" not in env, "no MLflow: kernels are not told of one"
+    assert env["HUBFORGE_AUDIT_URL"] == "http://hub:9911/services/governance/api/audit/events"
+    assert c.Spawner.environment["HUBFORGE_AUDIT_URL"].endswith("/services/governance/api/audit/events")
+    assert "access:services!service=governance" in c.Spawner.server_token_scopes
+    assert "access:services!service=mlflow" not in c.Spawner.server_token_scopes
 
 
 def test_every_persona_may_use_every_service_that_says_so() -> None:
