@@ -53,8 +53,12 @@ class AuditedLogins(HasTraits):
     )
 
     def get_handlers(self, app: Any) -> list[tuple[Any, ...]]:
-        """The authenticator's handlers, with a logout handler that notes who logs out."""
-        return audited_logout(list(super().get_handlers(app)))  # type: ignore[misc]
+        """The authenticator's handlers, with a logout handler that notes who logs out, and
+        the hub's access-changing API handlers failing closed (when the audit spool is on)."""
+        from .requests_audit import access_handlers
+
+        handlers = audited_logout(list(super().get_handlers(app)))  # type: ignore[misc]
+        return [*handlers, *access_handlers()] if self.audit_spool_dir else handlers
 
     async def get_authenticated_user(self, handler: Any, data: Any) -> Any:
         """The authenticator's answer, recorded as a login or a failed login."""

@@ -8,6 +8,11 @@ parsed (``path_args``; the body as ``get_json_body`` reads it), and at how the r
 ended. The admin page uses the same API, so it is covered too. Refused and failed
 requests are recorded (``denied``, ``failure``): an auditor asks who tried, too.
 
+Access changes are security-critical: the handlers that make them are JupyterHub's own
+classes with :class:`FailClosed` mixed in, routed ahead of JupyterHub's (through the
+authenticator's handlers, :func:`access_handlers`), so that none is made while the
+hub's audit spool cannot write.
+
 Who is the authenticated user or service making the request; the person whose access
 changed is ``target_user``.
 """
@@ -22,12 +27,13 @@ from jupyterhub.apihandlers.groups import GroupAPIHandler, GroupUsersAPIHandler
 from jupyterhub.apihandlers.users import UserAPIHandler
 from jupyterhub.handlers.login import LogoutHandler
 from jupyterhub.log import log_request
+from tornado import web
 
 from hubforge.events.spool import open_spool
 
 from .auth import LOGIN_SCHEMA
 
-__all__ = ["ACCESS_SCHEMA", "audited_log_function", "observed"]
+__all__ = ["ACCESS_SCHEMA", "FailClosed", "access_handlers", "audited_log_function", "observed"]
 
 ACCESS_SCHEMA = "https://events.hubforge.dev/hub/access_change/v1"
 
@@ -99,6 +105,33 @@ def observed(handler: Any) -> list[Event]:
     if isinstance(handler, UserAPIHandler) and method in ("POST", "PATCH"):
         return list(_admin_change(handler, actor))
     return []
+
+
+class FailClosed:
+    """Mixed into the hub's handlers that change someone's access (groups, admin): a change is
+    refused (503) while the hub's audit spool cannot write, so that no access changes while
+    the trail cannot record it. The spool is the authenticator's ``audit_spool_dir``."""
+
+    async def prepare(self) -> None:
+        """JupyterHub's prepare, then the audit spool's health for a change."""
+        await super().prepare()  # type: ignore[misc]
+        handler: Any = self
+        if handler.request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        folder = getattr(handler.authenticator, "audit_spool_dir", "")
+        spool = open_spool(folder, "hub") if folder else None
+        if folder and (spool is None or not spool.writable()):
+            handler.log.error("Access change refused: the audit trail cannot record it (%s)",
+                              spool.failure if spool is not None else "no spool")  # fmt: skip
+            raise web.HTTPError(503, "the audit trail cannot record this now, so it was not done; try again later")
+
+
+def access_handlers() -> list[tuple[str, type]]:
+    """JupyterHub's handlers that change access, failing closed (:class:`FailClosed`), at their
+    own routes: handlers an authenticator adds come before JupyterHub's, so these answer."""
+    routes = [(r"/api/groups/([^/]+)/users", GroupUsersAPIHandler), (r"/api/groups/([^/]+)", GroupAPIHandler),
+              (r"/api/users/([^/]+)", UserAPIHandler)]  # fmt: skip
+    return [(path, type(f"Audited{cls.__name__}", (FailClosed, cls), {})) for path, cls in routes]
 
 
 def audited_log_function(spool_dir: str) -> Callable[[Any], None]:

@@ -201,6 +201,11 @@ class EventSpool:
                 self._done.wait(left)
         return True
 
+    def writable(self, timeout: float = 5.0) -> bool:
+        """Whether the spool takes events now: what was emitted so far reached the disk
+        within ``timeout`` seconds and the writer has not failed (a full or lost disk)."""
+        return self.flush(timeout) and self.failure is None
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Whether everything emitted so far is on disk within ``timeout`` seconds."""
         return self.wait_durable(self.emitted_seq, timeout)

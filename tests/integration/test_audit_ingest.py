@@ -92,7 +92,7 @@ def test_a_report_is_stored_once_as_the_callers_servers(
     [
         ("bob-token", "alice", 403, "may only name 'bob'"),  # bob's server reports alice's actions
         ("robot-token", "robot", 403, "only a person's server reports events"),
-        ("alice-token", "hub", 400, "origin.observer must be one of"),
+        ("alice-token", "hub", 400, "field 'records.0.origin.observer' must be one of kernel, papermill, server"),
     ],
 )
 def test_reports_that_would_forge_who_or_what_saw_are_refused_and_not_stored(
@@ -108,6 +108,10 @@ def test_reports_that_would_forge_who_or_what_saw_are_refused_and_not_stored(
     assert stored(backend_store, resource=f"file:{tag}/x.csv") == []
 
 
+RECORD = {"__seq__": 1, "__timestamp__": "2026-12-03T10:00:00.000Z", "__schema__": CONTENTS,
+          **file_event("alice", "x.py")}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -115,7 +119,11 @@ def test_reports_that_would_forge_who_or_what_saw_are_refused_and_not_stored(
         ({"server": "", "source": "../hub", "records": []}, "field 'source'"),
         ({"server": "a/b", "source": "server", "records": []}, "field 'server'"),
         ({"server": "", "source": "server", "records": [{}] * 1001}, "field 'records'"),
-        ({"server": "", "source": "server", "records": [{"__seq__": 1}]}, "records[0]: __timestamp__"),
+        ({"server": "", "source": "server", "records": [{"__seq__": 1}]}, "missing field 'records.0.__timestamp__'"),
+        (
+            {"server": "", "source": "server", "records": [{**RECORD, "action": "steal"}]},
+            "records[0]: action: not one of",
+        ),
         ({"server": "", "source": "server", "records": [], "user": "erin"}, "unknown field 'user'"),
     ],
 )

@@ -7,7 +7,11 @@ handler, its parsed path arguments, the body, the status it ended with), mapped 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,10 +19,12 @@ import pytest
 from jupyterhub.apihandlers.groups import GroupAPIHandler, GroupUsersAPIHandler
 from jupyterhub.apihandlers.users import UserAPIHandler, UserServerAPIHandler
 from jupyterhub.handlers.login import LogoutHandler
+from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
+from hubforge.events.spool import open_spool
 from hubforge.hub.auth import AuditedLogout, audited_logout
-from hubforge.hub.requests_audit import ACCESS_SCHEMA, observed
+from hubforge.hub.requests_audit import ACCESS_SCHEMA, FailClosed, access_handlers, observed
 
 
 def finished(cls: type, method: str, args: tuple[str, ...] = (), body: Any = None, status: int = 200,
@@ -96,3 +102,59 @@ def test_the_authenticators_logout_handler_notes_who_logs_out() -> None:
     assert path == "/logout" and issubclass(handler, OwnLogout) and issubclass(handler, AuditedLogout)
     (added,) = audited_logout([("/login", object)])[1:]
     assert added[0] == "/logout" and issubclass(added[1], LogoutHandler) and issubclass(added[1], AuditedLogout)
+
+
+class Prepared:
+    """JupyterHub's handler prepare, done: the request is authenticated."""
+
+    async def prepare(self) -> None:
+        self.prepared = True
+
+
+def fail_closed(method: str, spool_dir: str) -> Any:
+    handler = object.__new__(type("H", (FailClosed, Prepared), {}))
+    handler.request = SimpleNamespace(method=method)
+    handler.authenticator = SimpleNamespace(audit_spool_dir=spool_dir)
+    handler.log = logging.getLogger("test")
+    return handler
+
+
+def test_no_access_changes_while_the_audit_spool_cannot_write(tmp_path: Path) -> None:
+    folder = str(tmp_path / "hub")
+    asyncio.run(fail_closed("POST", folder).prepare())  # writable: the change goes ahead
+    spool = open_spool(folder, "hub")
+    assert spool is not None
+    spool.failure = OSError(28, "No space left on device")  # what the writer sets when the disk is full
+    try:
+        with pytest.raises(web.HTTPError) as refused:
+            asyncio.run(fail_closed("DELETE", folder).prepare())
+        assert refused.value.status_code == 503
+        asyncio.run(fail_closed("GET", folder).prepare())  # reading changes nothing: allowed
+    finally:
+        spool.failure = None
+
+
+def test_the_access_handlers_are_jupyterhubs_own_failing_closed() -> None:
+    routes = dict(access_handlers())
+    assert issubclass(routes[r"/api/groups/([^/]+)/users"], GroupUsersAPIHandler)
+    assert issubclass(routes[r"/api/groups/([^/]+)"], GroupAPIHandler)
+    assert issubclass(routes[r"/api/users/([^/]+)"], UserAPIHandler)
+    assert all(issubclass(cls, FailClosed) for cls in routes.values())
+
+
+def test_jupyterhub_routes_access_changes_and_logouts_to_the_audited_handlers(tmp_path: Path) -> None:
+    from jupyterhub.app import JupyterHub
+
+    from hubforge.hub.auth import DemoAuthenticator
+
+    hub = JupyterHub()
+    hub.authenticator = DemoAuthenticator(audit_spool_dir=str(tmp_path / "hub"))
+    hub.init_handlers()  # JupyterHub's own routing: the authenticator's handlers, then its own
+
+    def routed(path: str) -> type:
+        return next(cls for pattern, cls, *_ in hub.handlers if re.fullmatch(pattern, path))
+
+    for path in ("/hub/api/groups/g/users", "/hub/api/groups/g", "/hub/api/users/bob"):
+        assert issubclass(routed(path), FailClosed), path
+    assert issubclass(routed("/hub/logout"), AuditedLogout)
+    assert routed("/hub/api/users/bob/server") is UserServerAPIHandler, "nothing else is taken over"
