@@ -114,19 +114,20 @@ class AuditForwarder:
         """One pass over every spool; whether everything was delivered."""
         if not self.root.is_dir():
             return True
-        self.failure = None
+        failure = None
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
             try:
                 if self._forward(folder):
                     self._remove_if_ended(folder)
             except Unsent as exc:
-                self.failure = str(exc)
+                failure = str(exc)
                 log.warning("hubforge: audit events of %s wait in their spool: %s", folder.name, exc)
-                return False  # the service is away: the other spools would fail alike
+                break  # the service is away: the other spools would fail alike
             except (OSError, ValueError) as exc:
-                self.failure = str(exc)
+                failure = str(exc)
                 log.error("hubforge: audit spool %s unreadable: %s", folder, exc)
-        return self.failure is None
+        self.failure = failure  # what the last whole pass found
+        return failure is None
 
     def _forward(self, folder: Path) -> bool:
         """Deliver what ``folder`` gained; whether all of it is delivered (Unsent if not)."""

@@ -223,7 +223,8 @@ def test_the_store_away_for_30_s_under_load_loses_nothing(running: Running, tmp_
             answer = httpx.post(service.ingest_url, json={"server": "", "source": "probe", "records": records},
                                 headers={"Authorization": "token alice-token"})  # fmt: skip
             assert answer.status_code == 503 and "unavailable" in answer.json()["message"]
-            assert forwarder.failure and "503" in forwarder.failure, "the server's events wait in its spool"
+            waiting = wait_for(lambda: forwarder.failure, 10, "the forwarder's next pass")
+            assert "503" in waiting, "the server's events wait in its spool"
             proxy.restore()
             time.sleep(3)
         finally:
