@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.base.handlers import AuthenticatedFileHandler
+from jupyter_server.files.handlers import FilesHandler
+from jupyter_server.nbconvert.handlers import NbconvertFileHandler
+from jupyter_server.services.contents.handlers import ContentsHandler
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -139,11 +143,6 @@ class ServerAudit:
 def file_action(handler: Any) -> str | None:
     """``open``, ``download`` or ``upload`` when ``handler`` (a finished request's) read a
     file's content for the person's browser or brought one from it; None otherwise."""
-    from jupyter_server.base.handlers import AuthenticatedFileHandler
-    from jupyter_server.files.handlers import FilesHandler
-    from jupyter_server.nbconvert.handlers import NbconvertFileHandler
-    from jupyter_server.services.contents.handlers import ContentsHandler
-
     request = handler.request
     if request.method == "GET":
         if isinstance(handler, ContentsHandler):  # content=0: JupyterLab checking a file changed

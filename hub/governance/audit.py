@@ -53,6 +53,7 @@ __all__ = [
     "canonical",
     "emitter_key",
     "load_signing_key",
+    "matching",
     "query_events",
     "verify",
 ]
@@ -297,10 +298,10 @@ def _listed(row: Any) -> dict[str, Any]:
     }
 
 
-def query_events(store: GovernanceStore, q: AuditQuery) -> tuple[list[dict[str, Any]], int | None]:
-    """A page of events newest first, and the cursor of the next page (None at the end)."""
+def matching(select: sa.Select[Any], q: AuditQuery) -> sa.Select[Any]:
+    """``select`` (of the events table) narrowed to the events ``q``'s filters match; its
+    cursor and limit are the caller's to apply."""
     t = EVENTS
-    select = sa.select(t).order_by(t.c.position.desc()).limit(q.limit + 1)
     equal = {"user": q.only_user, "schema": q.schema, "action": q.action, "resource": q.resource}
     for column, value in equal.items():
         if value is not None:
@@ -311,6 +312,13 @@ def query_events(store: GovernanceStore, q: AuditQuery) -> tuple[list[dict[str, 
         select = select.where(t.c.time >= q.since)
     if q.until is not None:
         select = select.where(t.c.time < q.until)
+    return select
+
+
+def query_events(store: GovernanceStore, q: AuditQuery) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of events newest first, and the cursor of the next page (None at the end)."""
+    t = EVENTS
+    select = matching(sa.select(t).order_by(t.c.position.desc()).limit(q.limit + 1), q)
     if q.before is not None:
         select = select.where(t.c.position < q.before)
 

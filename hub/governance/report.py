@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from hubforge.errors import Invalid
 
-from .audit import EVENTS, AuditQuery
+from .audit import EVENTS, AuditQuery, matching
 from .events import DATA_ACCESS_SCHEMA, DEPLOYMENT_SCHEMA, POLICY_SCHEMA
 from .store import GovernanceStore
 
@@ -374,16 +374,8 @@ def timeline_rows(store: GovernanceStore, q: AuditQuery, cap: int) -> tuple[list
     """``(time, category)`` of the newest ``cap`` events ``q``'s filters match (its cursor and
     limit ignored), and whether more matched: the audit page's timeline."""
     t = EVENTS
-    select = sa.select(t.c.time, t.c.schema, t.c.action, t.c.outcome).order_by(t.c.position.desc()).limit(cap + 1)
-    for column, value in {"user": q.user, "schema": q.schema, "action": q.action, "resource": q.resource}.items():
-        if value is not None:
-            select = select.where(t.c[column] == value)
-    if q.only_user is not None:
-        select = select.where(t.c.user == q.only_user)
-    if q.since is not None:
-        select = select.where(t.c.time >= q.since)
-    if q.until is not None:
-        select = select.where(t.c.time < q.until)
+    columns = sa.select(t.c.time, t.c.schema, t.c.action, t.c.outcome)
+    select = matching(columns.order_by(t.c.position.desc()).limit(cap + 1), q)
 
     rows = store._run("reading the audit timeline", _fetch(select))
     items = [(row.time, category(row.schema, row.action, row.outcome)) for row in rows[:cap]]
