@@ -334,7 +334,12 @@ TRACKING_RULES: dict[str, Rule] = {
         "create_label_schema delete_label_schema get_label_schema get_label_schema_by_name list_label_schemas "
         "update_label_schema "
         "archive_traces resolve_trace_archival_config get_online_trace_details "
-        "search_entities_by_source search_entities_by_destination set_model_versions_tags",
+        "search_entities_by_source search_entities_by_destination",
+    ),
+    # What registering a logged model writes back onto it (MLflow's own bookkeeping, right
+    # after model-versions/create): whoever may add a version to the model, of that logged model.
+    "set_model_versions_tags": lambda check, args: (
+        edit_model(check, args) or read_source(check, None, _text(args.get("model_id")), "")
     ),
 }
 
@@ -421,8 +426,11 @@ REGISTRY_RULES: dict[str, Rule] = {
     ),
     **_table(
         lambda check, args: check.manage_registry(),
-        "create_webhook delete_webhook get_webhook list_webhooks list_webhooks_by_event test_webhook update_webhook",
+        "create_webhook delete_webhook get_webhook list_webhooks test_webhook update_webhook",
     ),
+    # MLflow's own webhook delivery after a registry change, on the changer's request: no
+    # REST route reaches it, and its answer goes to no one.
+    "list_webhooks_by_event": anyone,
     # Prompts (MLflow's GenAI prompt registry): platform admins', as the request gate has it.
     **_table(
         admin,
