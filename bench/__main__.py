@@ -12,6 +12,7 @@ from bench import (
     extension_start,
     mlflow_gate,
     mlflow_search,
+    serving,
     spawnstorm,
     startup,
     tracking,
@@ -28,6 +29,7 @@ SUITES = {
     "search": mlflow_search.run,
     "accounts": accounts.run,
     "audit": audit.run,
+    "serving": serving.run,
 }
 
 

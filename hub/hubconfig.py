@@ -34,6 +34,7 @@ from .services import (
     MLFLOW,
     Placement,
     enabled_services,
+    governance_role,
     hub_services,
     persona_services,
     server_audit_env,
@@ -266,4 +267,11 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
 
 def configure_service_role(c: Any, cfg: PlatformConfig) -> None:
     """Services read who a token belongs to, their groups and roles; nothing more."""
-    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, service_role(s.name for s in enabled_services(cfg))]
+    # The services the hub runs: ours on one machine; the chart's hub.services on Kubernetes,
+    # which z2jh has set before this extraConfig runs.
+    configured = c.JupyterHub.services if "services" in c.JupyterHub else []
+    names = [s["name"] for s in configured] or [s.name for s in enabled_services(cfg)]
+    roles = [service_role(names)]
+    if MLFLOW.name in names or "serving" in names:
+        roles.append(governance_role(names))
+    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, *roles]

@@ -27,18 +27,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hubforge.config import PlatformConfig
-from hubforge.contract import AUDIT_CELL_SOURCE_ENV, AUDIT_URL_ENV, SERVICE_BIND_IP_ENV
+from hubforge.contract import (
+    AUDIT_CELL_SOURCE_ENV,
+    AUDIT_URL_ENV,
+    GOVERNANCE_URL_ENV,
+    MLFLOW_URL_ENV,
+    SERVICE_BIND_IP_ENV,
+    SERVING_URL_ENV,
+)
 from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
 
 __all__ = [
     "GOVERNANCE",
+    "GOVERNANCE_ROLE",
     "MLFLOW",
     "SERVICES",
     "SERVICE_ROLE",
     "SERVICE_START_TIMEOUT",
+    "SERVING",
     "Placement",
     "ServiceSpec",
     "enabled_services",
+    "governance_role",
     "health_url",
     "hub_service",
     "hub_services",
@@ -53,6 +63,8 @@ __all__ = [
 SERVICE_START_TIMEOUT = 180
 #: The role that lets the services read who a token belongs to, their groups and roles.
 SERVICE_ROLE = "hubforge-services"
+#: The governance service's own role: it reads every model version's card and metrics in MLflow.
+GOVERNANCE_ROLE = "hubforge-governance"
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,8 @@ class ServiceSpec:
     oauth_client_allowed_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(sorted(CUSTOM_SCOPES)))
     #: Whether every persona's role may use it (``access:services!service=<name>``).
     persona_access: bool = True
+    #: Whether it runs in the hub pod on Kubernetes too (serving is KServe's there).
+    on_kubernetes: bool = True
 
     def enabled(self, cfg: PlatformConfig) -> bool:
         """``services.<name>.enabled`` (a service without that setting is always on)."""
@@ -122,7 +136,17 @@ def _governance_command(placement: Placement, port: int) -> list[str]:
 def _governance_environment(placement: Placement) -> dict[str, str]:
     # The URL names where the hub reaches it; on Kubernetes that is the hub's Service,
     # which the pod cannot bind: it listens on the placement's address.
-    return {SERVICE_BIND_IP_ENV: placement.bind_ip}
+    env = {SERVICE_BIND_IP_ENV: placement.bind_ip}
+    if "mlflow" in placement.ports and MLFLOW.enabled(placement.cfg):
+        # Deploy policies read model cards and metrics from MLflow, as the governance
+        # service's own hub identity (GOVERNANCE_ROLE), straight at the service's port.
+        base = placement.cfg.hub.base_url
+        env[MLFLOW_URL_ENV] = f"http://{placement.url_host}:{placement.ports['mlflow']}{base}services/mlflow"
+    if "serving" in placement.ports and SERVING.enabled(placement.cfg) and placement.kind != "kubernetes":
+        # Approved deployments go to the serving router's control API, as the governance service.
+        base = placement.cfg.hub.base_url
+        env[SERVING_URL_ENV] = f"http://{placement.url_host}:{placement.ports['serving']}{base}services/serving"
+    return env
 
 
 def _mlflow_command(placement: Placement, port: int) -> list[str]:
@@ -182,14 +206,33 @@ MLFLOW = ServiceSpec(
     health_path="health",
     default_port=10102,
 )
+
+
+def _serving_command(placement: Placement, port: int) -> list[str]:
+    return [placement.python, "-m", "hubforge.hub.serving"]
+
+
+def _serving_environment(placement: Placement) -> dict[str, str]:
+    return {SERVICE_BIND_IP_ENV: placement.bind_ip}
+
+
+SERVING = ServiceSpec(
+    name="serving",
+    command=_serving_command,
+    environment=_serving_environment,
+    health_path="api/health",
+    default_port=10103,
+    on_kubernetes=False,
+)
 #: Every hub-managed service, in start order.
-SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW)
+SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING)
 
 
 def server_audit_env(cfg: PlatformConfig, governance: str) -> dict[str, str]:
     """What a person's server needs to report its audit events to the governance service at
-    ``governance`` (its URL as the servers reach it), under its own hub token."""
-    env = {AUDIT_URL_ENV: f"{governance}/api/audit/events"}
+    ``governance`` (its URL as the servers reach it), and its widgets to submit and follow
+    requests there, under its own hub token."""
+    env = {AUDIT_URL_ENV: f"{governance}/api/audit/events", GOVERNANCE_URL_ENV: governance}
     if cfg.services.governance.audit_cell_source:
         env[AUDIT_CELL_SOURCE_ENV] = "on"
     return env
@@ -205,9 +248,11 @@ def persona_services() -> list[str]:
     return [spec.name for spec in SERVICES if spec.persona_access]
 
 
-def enabled_services(cfg: PlatformConfig) -> list[ServiceSpec]:
-    """The services platform.yaml has on."""
-    return [spec for spec in SERVICES if spec.enabled(cfg)]
+def enabled_services(cfg: PlatformConfig, kind: str | None = None) -> list[ServiceSpec]:
+    """The services platform.yaml has on, of those that run on ``kind`` (a :class:`Placement`'s;
+    default: where platform.yaml's spawner runs)."""
+    kind = kind or ("kubernetes" if cfg.spawner.on_kubernetes else "one machine")
+    return [spec for spec in SERVICES if spec.enabled(cfg) and (kind != "kubernetes" or spec.on_kubernetes)]
 
 
 def hub_service(spec: ServiceSpec, placement: Placement) -> dict[str, Any]:
@@ -226,12 +271,20 @@ def hub_service(spec: ServiceSpec, placement: Placement) -> dict[str, Any]:
 
 def hub_services(placement: Placement) -> list[dict[str, Any]]:
     """Every enabled service as a ``c.JupyterHub.services`` entry."""
-    return [hub_service(spec, placement) for spec in enabled_services(placement.cfg)]
+    return [hub_service(spec, placement) for spec in enabled_services(placement.cfg, placement.kind)]
 
 
 def service_role(names: Iterable[str]) -> dict[str, Any]:
     """The ``load_roles`` entry that lets the services ``names`` identify people."""
     return {"name": SERVICE_ROLE, "scopes": list(SERVICE_ROLE_SCOPES), "services": list(names)}
+
+
+def governance_role(names: Iterable[str]) -> dict[str, Any]:
+    """The ``load_roles`` entry that lets the governance service read MLflow's registry (read-only)
+    and drive the serving router, of the services ``names`` that run."""
+    names = set(names)
+    scopes = [f"access:services!service={name}" for name in (MLFLOW.name, SERVING.name) if name in names]
+    return {"name": GOVERNANCE_ROLE, "scopes": [*scopes, "custom:audit:read"], "services": [GOVERNANCE.name]}
 
 
 def health_url(spec: ServiceSpec, services_url: str) -> str:

@@ -12,7 +12,7 @@ import copy
 import ipaddress
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -318,6 +318,16 @@ class GovernanceService:
 
     port: int
     audit_cell_source: bool
+    policies: Sequence[str]
+    thresholds: Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class ServingService:
+    """``services.serving``."""
+
+    enabled: bool
+    port: int
 
 
 @dataclass(frozen=True)
@@ -326,10 +336,15 @@ class ServicesSection:
 
     mlflow: MlflowService
     governance: GovernanceService
+    serving: ServingService
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServicesSection:
-        return cls(mlflow=_flat(MlflowService, data["mlflow"]), governance=_flat(GovernanceService, data["governance"]))
+        return cls(
+            mlflow=_flat(MlflowService, data["mlflow"]),
+            governance=_flat(GovernanceService, data["governance"]),
+            serving=_flat(ServingService, data["serving"]),
+        )
 
 
 @dataclass(frozen=True)

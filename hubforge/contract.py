@@ -30,6 +30,7 @@ __all__ = [
     "DATA_ENV",
     "DEMO_PASSWORD_ENV",
     "EX_TEMPFAIL",
+    "GOVERNANCE_URL_ENV",
     "IMAGE_ENV",
     "INSTANCE_ENV",
     "ISOLATION_ENV",
@@ -51,6 +52,7 @@ __all__ = [
     "RUN_VERSION",
     "SERVER_NAME_ENV",
     "SERVICE_BIND_IP_ENV",
+    "SERVING_URL_ENV",
     "SPOOL_DIR_ENV",
     "STEP",
     "STR_MAX",
@@ -88,11 +90,16 @@ SERVICE_BIND_IP_ENV = "HUBFORGE_BIND_IP"
 
 # -- hub (spawner) -> a person's server ----------------------------------------------------------
 
+#: The serving router's URL (``.../services/serving``) as the governance service reaches it.
+SERVING_URL_ENV = "HUBFORGE_SERVING_URL"
 #: The hub's MLflow service URL; set, runs go there under the server's hub token.
 MLFLOW_URL_ENV = "HUBFORGE_MLFLOW_URL"
 #: The governance service's audit API (``.../services/governance/api/audit/events``); set,
 #: the server forwards what it and its kernels record there, under the server's hub token.
 AUDIT_URL_ENV = "HUBFORGE_AUDIT_URL"
+#: The governance service's URL (``.../services/governance``) as the server reaches it: the
+#: widgets submit and follow approval requests there, under the server's hub token.
+GOVERNANCE_URL_ENV = "HUBFORGE_GOVERNANCE_URL"
 #: ``on`` to record each executed cell's source in the audit trail, not only its sha256.
 AUDIT_CELL_SOURCE_ENV = "HUBFORGE_AUDIT_CELL_SOURCE"
 #: The tier the server runs on (its slug).

@@ -32,14 +32,18 @@ from traitlets.config import Application, catch_config_error
 
 from hubforge import __version__
 from hubforge.config import PlatformConfig, load_config
-from hubforge.contract import ISOLATION_ENV, SERVICE_BIND_IP_ENV
+from hubforge.contract import ISOLATION_ENV, MLFLOW_URL_ENV, SERVICE_BIND_IP_ENV, SERVING_URL_ENV
 from hubforge.errors import ConfigError, HubforgeError
 from hubforge.events.spool import EventSpool, platform_spool_dir
 
 from .audit import KEY_FILE, AuditLog, load_signing_key
 from .collect import SpoolCollector
+from .deployments import Deployer, MlflowAliases, ServingClient
+from .evidence import EvidenceSource, NoEvidence
 from .handlers import ROUTES, NotFoundHandler
 from .openapi import build_spec, path_pattern
+from .rego import PolicyEngine, default_policy_files
+from .snapshots import NoSnapshots, SnapshotSource
 from .store import GovernanceStore
 
 __all__ = [
@@ -109,6 +113,10 @@ def make_app(
     isolation: str | None = None,
     audit: EventSpool | None = None,
     trail: AuditLog | None = None,
+    policies: PolicyEngine | None = None,
+    evidence: EvidenceSource | None = None,
+    snapshots: SnapshotSource | None = None,
+    deployer: Deployer | None = None,
     **settings: Any,
 ) -> web.Application:
     """The tornado application serving the governance API under ``prefix``.
@@ -119,6 +127,12 @@ def make_app(
     ``hubforge up`` decided (``HUBFORGE_ISOLATION``). ``audit``: the service's audit
     spool (requests and decisions are recorded there; without one they are not). ``trail``:
     the audit trail that people's servers report to (without one, reports get 503).
+    ``policies``: the compiled Rego policies (default: the shipped ones, no thresholds);
+    ``evidence``: where deploy policies read model cards and metrics (default: nowhere, so
+    production deployments are refused for want of evidence); ``snapshots``: where the
+    approved copies of model versions are taken (default: nowhere, so no deployment is
+    approved); ``deployer``: what serves approved deployments (default: none, so an approval
+    stays approved, undeployed).
     """
     prefix = url_path_join("/", prefix, "/")
     hub_auth = hub_auth if hub_auth is not None else make_hub_auth(prefix)
@@ -134,6 +148,10 @@ def make_app(
         group_personas=group_personas,
         audit=audit,
         trail=trail,
+        policies=policies if policies is not None else PolicyEngine(default_policy_files()),
+        evidence=evidence if evidence is not None else NoEvidence(),
+        snapshots=snapshots if snapshots is not None else NoSnapshots(),
+        deployer=deployer,
         isolation=isolation or os.environ.get(ISOLATION_ENV) or "none",
         openapi=build_spec(ROUTES, prefix, cookie_name=hub_auth.cookie_name, version=__version__),
         cookie_secret=cookie_secret or secrets.token_bytes(32),
@@ -225,6 +243,10 @@ class GovernanceService(Application):
     hub_auth: HubOAuth
     store: GovernanceStore
     trail: AuditLog
+    policies: PolicyEngine
+    evidence: EvidenceSource
+    snapshots: SnapshotSource
+    deployer: Deployer | None
     collector: SpoolCollector
     audit: EventSpool
     web_app: web.Application
@@ -237,8 +259,11 @@ class GovernanceService(Application):
         super().initialize(argv)
         self.init_logging()
         self.init_config()
+        self.init_policies()
+        self.init_evidence()
         self.init_store()
         self.init_audit()
+        self.init_deployer()
         self.init_handlers()
 
     def init_logging(self) -> None:
@@ -263,6 +288,30 @@ class GovernanceService(Application):
             )
         self.ip, self.port = self.bind_ip or url.hostname, url.port
 
+    def init_policies(self) -> None:
+        """Compile the governance policies; a broken one stops the start, naming its file."""
+        governance = self.platform.services.governance
+        base = Path(self.platform.source).parent if Path(self.platform.source).is_file() else Path.cwd()
+        files = [base / Path(name).expanduser() for name in governance.policies] or default_policy_files()
+        self.policies = PolicyEngine(files, {"thresholds": dict(governance.thresholds)})
+        self.log.info("Governance policies: %s", ", ".join(str(f) for f in files))
+
+    def init_evidence(self) -> None:
+        """Where deploy policies read model cards and metrics: MLflow, when the platform runs it."""
+        url = os.environ.get(MLFLOW_URL_ENV, "")
+        if not url:
+            self.evidence, self.snapshots = NoEvidence(), NoSnapshots()
+            self.log.warning("MLflow is not enabled: no deployment can be approved (no model to copy)")
+            return
+        # Imported here: MLflow's client is heavy, and a platform without MLflow never needs it.
+        from .mlflow_evidence import MlflowEvidence, configure_mlflow_client
+        from .snapshots import ModelSnapshots
+
+        configure_mlflow_client(self.hub_auth.api_token)
+        self.evidence = MlflowEvidence(url)
+        self.snapshots = ModelSnapshots(self.platform.data_dir / "deployments", url)
+        self.log.info("Deploy policies read model cards and metrics from %s", url)
+
     def init_store(self) -> None:
         """Open the store and migrate it to the newest revision."""
         self.store = GovernanceStore(self.db_url)
@@ -276,6 +325,23 @@ class GovernanceService(Application):
         self.collector = SpoolCollector(self.platform.data_dir, self.trail)
         self.audit = EventSpool(platform_spool_dir(self.platform.data_dir, "governance"), "governance")
 
+    def init_deployer(self) -> None:
+        """Approved deployments go to the serving router, when the platform runs one."""
+        serving, mlflow = os.environ.get(SERVING_URL_ENV, ""), os.environ.get(MLFLOW_URL_ENV, "")
+        if not (serving and mlflow):
+            self.deployer = None
+            self.log.info("No serving router: approved deployments are recorded, not served")
+            return
+        self.deployer = Deployer(
+            self.store,
+            ServingClient(serving, self.hub_auth.api_token),
+            self.snapshots,
+            public_url=self.platform.public_url,
+            aliases=MlflowAliases(mlflow),
+            audit=self.audit,
+        )
+        self.log.info("Approved deployments are served by %s", serving)
+
     def init_handlers(self) -> None:
         """Build the web application."""
         secret_file = Path(self.cookie_secret_file or self.platform.data_dir / "governance_cookie_secret")
@@ -287,6 +353,10 @@ class GovernanceService(Application):
             cookie_secret=load_cookie_secret(secret_file),
             audit=self.audit,
             trail=self.trail,
+            policies=self.policies,
+            evidence=self.evidence,
+            snapshots=self.snapshots,
+            deployer=self.deployer,
             log_function=self._log_request,
             log=self.log,
         )
@@ -324,10 +394,14 @@ class GovernanceService(Application):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         collecting = asyncio.create_task(self._collect_until(stop))
+        if self.deployer is not None:
+            await self.deployer.resume()
         await stop.wait()
         self.log.info("Governance service stopping")
         await collecting
         server.stop()
+        if self.deployer is not None:
+            await self.deployer.close()
         await server.close_all_connections()
         self.audit.close()
         await loop.run_in_executor(None, self.collector.collect)  # what the last requests recorded

@@ -14,15 +14,24 @@ from typing import Any
 
 from hubforge.events.spool import EventSpool
 
-from .model import ApprovalRequest
+from .model import DEPLOY_STAGES, ApprovalRequest
+from .rego import PolicyResult
 
-__all__ = ["DATA_ACCESS_SCHEMA", "DEPLOYMENT_SCHEMA", "POLICY_SCHEMA", "decided", "denied", "submitted"]
+__all__ = [
+    "DATA_ACCESS_SCHEMA",
+    "DEPLOYMENT_SCHEMA",
+    "POLICY_SCHEMA",
+    "decided",
+    "denied",
+    "deployment_changed",
+    "evaluated",
+    "submitted",
+]
 
 DEPLOYMENT_SCHEMA = "https://events.hubforge.dev/governance/deployment/v1"
 DATA_ACCESS_SCHEMA = "https://events.hubforge.dev/governance/data_access/v1"
 POLICY_SCHEMA = "https://events.hubforge.dev/governance/policy_decision/v1"
-#: The request kinds that are deployments, and the stage each deploys to.
-STAGES = {"deploy-staging": "staging", "deploy-production": "production"}
+STAGES = DEPLOY_STAGES
 
 
 def _event(request: ApprovalRequest, user: str, action: str, client: str) -> tuple[str, dict[str, Any]]:
@@ -38,7 +47,14 @@ def _event(request: ApprovalRequest, user: str, action: str, client: str) -> tup
     if request.decided_by:
         base["approver"] = request.decided_by
     if request.kind in STAGES:
-        return DEPLOYMENT_SCHEMA, {**base, "model_name": request.target, "stage": STAGES[request.kind]}
+        deployment = {**base, "model_name": request.model or request.target, "stage": STAGES[request.kind]}
+        if request.version:
+            deployment["version"] = request.version
+        if request.canary_percent:
+            deployment["canary_percent"] = request.canary_percent
+        if request.digest:
+            deployment["digest"] = request.digest
+        return DEPLOYMENT_SCHEMA, deployment
     return DATA_ACCESS_SCHEMA, {**base, "dataset": request.target}
 
 
@@ -74,3 +90,45 @@ def denied(spool: EventSpool | None, user: str, request: ApprovalRequest, reason
             "reasons": [reason],
         },
     )
+
+
+def evaluated(
+    spool: EventSpool | None, user: str, request: ApprovalRequest, result: PolicyResult, action: str, client: str
+) -> None:
+    """Record the deploy policy's result for ``user``'s ``action`` (submit, approve) of ``request``."""
+    if spool is None:
+        return
+    spool.emit(
+        POLICY_SCHEMA,
+        {
+            "user": user,
+            "action": "evaluate",
+            "resource": {"type": "request", "id": request.id},
+            "outcome": "success" if result.allow else "denied",
+            "origin": {"observer": "governance", "client_address": client},
+            "policy": f"{result.policy} ({action})",
+            "decision": "allow" if result.allow else "deny",
+            "reasons": list(result.reasons)[:32],
+        },
+    )
+
+
+def deployment_changed(
+    spool: EventSpool | None,
+    request: ApprovalRequest,
+    user: str,
+    action: str,
+    outcome: str,
+    client: str,
+    detail: str = "",
+) -> None:
+    """Record a deployment ``executed`` (or failing to be) or ``rolled_back``, as ``user``'s doing."""
+    if spool is None:
+        return
+    _schema, event = _event(request, user, action, client)
+    event["outcome"] = outcome
+    if not client:
+        event["origin"] = {"observer": "governance"}
+    if detail and outcome != "success":
+        event["error"] = detail[:1024]
+    spool.emit(DEPLOYMENT_SCHEMA, event)

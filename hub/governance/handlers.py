@@ -10,54 +10,37 @@ every route as an OpenAPI path template, relative to the service prefix.
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from hubforge.errors import NotFound, Refusal, Unavailable, http_answer
+from hubforge.errors import Refusal
 from hubforge.events import event_schemas
-from hubforge.events.spool import EventNotDurable
 from hubforge.personas import persona_names
 from hubforge.spawner_profiles.local.accounts import WORDS
 
-from . import events
+from .api import APIHandler
+from .approvals import ApprovalRequestHandler, ApprovalRequestsHandler, DecisionHandler, DeployPolicyHandler
 from .audit import AuditLog, AuditQuery, query_events
 from .auth import HubAuthHandler, needs_scope, public
+from .decision_pages import RequestListPage, RequestPage
 from .ingest import INGEST_BODY, reported_records
-from .jsonbody import BodyError, parse_json_body
-from .model import KINDS, STATUSES
 from .openapi import Operation
 from .pages import AuditPageHandler
 from .policy import (
-    APPROVER_SCOPES,
-    NOT_FOUND_MESSAGE,
-    SUBMIT_SCOPE,
     TRAIL_SCOPE,
-    PolicyDenied,
-    can_view,
-    check_decision,
     has_scope,
-    visibility,
 )
 from .schemas import (
-    APPROVAL_REQUEST,
     AUDIT_PAGE,
-    DECISION_BODY,
     HEALTH,
     INDEX,
     INGESTED,
-    NEW_REQUEST_BODY,
     WHOAMI,
-    describe,
-    first_error,
 )
-from .store import GovernanceStore
 
 __all__ = [
     "ROUTES",
@@ -66,6 +49,7 @@ __all__ = [
     "ApprovalRequestsHandler",
     "AuditEventsHandler",
     "DecisionHandler",
+    "DeployPolicyHandler",
     "HealthHandler",
     "IndexHandler",
     "NotFoundHandler",
@@ -73,88 +57,6 @@ __all__ = [
     "OpenAPIHandler",
     "WhoAmIHandler",
 ]
-
-T = TypeVar("T")
-
-
-class APIHandler(HubAuthHandler):
-    """Base of the JSON handlers: bodies, store calls, JSON replies.
-
-    Application settings used: ``store``, ``group_personas``, ``openapi``.
-    """
-
-    operations: ClassVar[dict[str, Operation]] = {}
-    #: The largest request body this handler reads (413 beyond it).
-    max_body: ClassVar[int] = 64 * 1024
-
-    def set_default_headers(self) -> None:
-        """JSON, and never cached: answers depend on who asks."""
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-
-    @property
-    def store(self) -> GovernanceStore:
-        """The governance store."""
-        return self.settings["store"]
-
-    def write_json(self, data: Any, status: int = 200) -> None:
-        """Finish with ``data`` as JSON."""
-        self.set_status(status)
-        self.finish(json.dumps(data))
-
-    def json_body(self) -> dict[str, Any]:
-        """The request body, checked against this operation's schema (415/400 otherwise)."""
-        schema = self.operations[str(self.request.method).lower()].request
-        if schema is None:
-            raise TypeError(f"{type(self).__name__} documents no request body")
-        if len(self.request.body) > self.max_body:
-            raise web.HTTPError(413, f"the body is over {self.max_body} bytes")
-        media = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            # "%s": the message carries caller input, which must not act as a format.
-            raise web.HTTPError(
-                415,
-                "the body must be application/json, not %s",
-                media[:80] or "untyped",
-            )
-        try:
-            data = parse_json_body(self.request.body)
-        except BodyError as exc:
-            raise web.HTTPError(400, "%s", exc) from None
-        error = first_error(schema, data)
-        if error is not None:
-            raise web.HTTPError(400, "%s", describe(error))
-        return data
-
-    def query_choice(self, name: str, choices: tuple[str, ...]) -> str | None:
-        """An optional query argument restricted to ``choices`` (400 naming it otherwise)."""
-        value = self.get_query_argument(name, None)
-        if value is not None and value not in choices:
-            raise web.HTTPError(400, f"query parameter {name!r} must be one of {', '.join(choices)}")
-        return value
-
-    async def call_store(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store method in a worker thread; its refusals answered by :meth:`refused`."""
-        try:
-            return await asyncio.to_thread(func, *args, **kwargs)
-        except Refusal as exc:
-            raise self.refused(exc) from (exc if isinstance(exc, Unavailable) else None)
-
-    def refused(self, refusal: Refusal) -> web.HTTPError:
-        """The service's one translation of a refusal: its status and its line, except that
-        an outage is logged and told plainly, and every "not found" reads alike (one answer
-        for "does not exist" and "may not see it")."""
-        if isinstance(refusal, EventNotDurable):  # fail closed: what the trail cannot record is not done
-            self.log.error("Not done, the audit trail cannot record it: %s %s: %s", self.request.method,
-                           self.request.path, refusal)  # fmt: skip
-            return web.HTTPError(503, "the audit trail cannot record this now, so it was not done; try again later")
-        if isinstance(refusal, Unavailable):
-            self.log.error("Governance store failed on %s %s: %s", self.request.method, self.request.path, refusal)
-            return web.HTTPError(503, "the governance store is unavailable; try again later")
-        if isinstance(refusal, NotFound):
-            return web.HTTPError(404, NOT_FOUND_MESSAGE)
-        status, message = http_answer(refusal)
-        return web.HTTPError(status, "%s", message.removeprefix("governance store: "))
 
 
 class IndexHandler(APIHandler):
@@ -229,130 +131,6 @@ class WhoAmIHandler(APIHandler):
                 "isolation": {"mode": self.settings["isolation"], "words": WORDS[self.settings["isolation"]]},
             }
         )
-
-
-_LIST = {"type": "array", "items": APPROVAL_REQUEST}
-
-
-class ApprovalRequestsHandler(APIHandler):
-    """The approval requests collection."""
-
-    operations: ClassVar[dict[str, Operation]] = {
-        "get": Operation(
-            "List the approval requests the caller may see, newest first",
-            {200: _LIST},
-            description="One's own requests; every request of the kinds one approves; all with custom:audit:read.",
-            query={
-                "status": {"type": "string", "enum": list(STATUSES)},
-                "kind": {"type": "string", "enum": list(KINDS)},
-            },
-            errors=(400, 503),
-        ),
-        "post": Operation(
-            "Submit an approval request",
-            {201: APPROVAL_REQUEST},
-            request=NEW_REQUEST_BODY,
-            errors=(503,),
-        ),
-    }
-
-    @needs_scope()
-    async def get(self) -> None:
-        """List the visible requests."""
-        status = self.query_choice("status", STATUSES)
-        kind = self.query_choice("kind", KINDS)
-        visible = visibility(self.user_name, self.user_scopes)
-        found = await self.call_store(self.store.list_requests, visible, status=status, kind=kind)
-        self.write_json([r.to_json() for r in found])
-
-    @needs_scope(SUBMIT_SCOPE)
-    async def post(self) -> None:
-        """Create a pending request by the caller."""
-        body = self.json_body()
-        created = await self.call_store(self.store.create_request, requester=self.user_name, **body)
-        events.submitted(self.settings.get("audit"), created, self.request.remote_ip or "")
-        self.log.info(
-            "%s submitted %s request %s for %r",
-            self.user_name,
-            created.kind,
-            created.id,
-            created.target,
-        )
-        self.set_header(
-            "Location",
-            url_path_join(self.settings["service_prefix"], "api/requests", created.id),
-        )
-        self.write_json(created.to_json(), status=201)
-
-
-class ApprovalRequestHandler(APIHandler):
-    """One approval request."""
-
-    operations: ClassVar[dict[str, Operation]] = {
-        "get": Operation(
-            "One approval request",
-            {200: APPROVAL_REQUEST},
-            description="A request the caller may not see answers 404, exactly as a missing one.",
-            errors=(404, 503),
-        )
-    }
-
-    @needs_scope()
-    async def get(self, request_id: str) -> None:
-        """Answer the request if the caller may see it, else 404."""
-        found = await self.call_store(self.store.get_request, request_id)
-        if found is None or not can_view(self.user_name, self.user_scopes, found):
-            raise web.HTTPError(404, NOT_FOUND_MESSAGE)
-        self.write_json(found.to_json())
-
-
-class DecisionHandler(APIHandler):
-    """Approve or reject a request."""
-
-    operations: ClassVar[dict[str, Operation]] = {
-        "post": Operation(
-            "Approve or reject a pending request",
-            {200: APPROVAL_REQUEST},
-            request=DECISION_BODY,
-            description=(
-                "Needs the approver scope of the request's kind ("
-                + "; ".join(f"{kind}: {scope}" for kind, scope in APPROVER_SCOPES.items())
-                + "). Nobody decides their own request (403); a decided request cannot be decided again (409)."
-            ),
-            errors=(404, 409, 503),
-        )
-    }
-
-    @needs_scope(*APPROVER_SCOPES.values())
-    async def post(self, request_id: str) -> None:
-        """Record the caller's decision."""
-        body = self.json_body()
-        found = await self.call_store(self.store.get_request, request_id)
-        if found is None:
-            raise web.HTTPError(404, NOT_FOUND_MESSAGE)
-        audit, client = self.settings.get("audit"), self.request.remote_ip or ""
-        try:
-            check_decision(self.user_name, self.user_scopes, found)
-            decided = await self.call_store(
-                self.store.decide,
-                request_id,
-                self.user_name,
-                body["decision"],
-                body.get("comment", ""),
-                record=lambda request: events.decided(audit, request, client),
-            )
-        except PolicyDenied as denied:  # the store's refusals came through call_store
-            if denied.status != 404:  # one who may not see the request learns nothing, and it is no decision
-                events.denied(audit, self.user_name, found, denied.message, client)
-            raise self.refused(denied) from None
-        self.log.info(
-            "%s %s request %s (%s)",
-            self.user_name,
-            decided.status,
-            decided.id,
-            decided.kind,
-        )
-        self.write_json(decided.to_json())
 
 
 #: The prefix of the platform's event schema ids; ``type=hub/server/v1`` means the full id.
@@ -539,7 +317,10 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("api/requests", ApprovalRequestsHandler),
     ("api/requests/{request_id}", ApprovalRequestHandler),
     ("api/requests/{request_id}/decision", DecisionHandler),
+    ("api/policy/deploy", DeployPolicyHandler),
     ("api/audit/events", AuditEventsHandler),
     ("audit", AuditPageHandler),
+    ("requests", RequestListPage),
+    ("requests/{request_id}", RequestPage),
     ("oauth_callback", OAuthCallbackHandler),
 ]

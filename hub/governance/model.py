@@ -12,9 +12,12 @@ from typing import Any
 
 __all__ = [
     "DECISIONS",
+    "DEPLOY_STAGES",
+    "DEPLOY_STATUSES",
     "KINDS",
     "MAX_COMMENT",
     "MAX_JUSTIFICATION",
+    "MAX_MODEL",
     "MAX_TARGET",
     "STATUSES",
     "ApprovalRequest",
@@ -27,10 +30,18 @@ KINDS: tuple[str, ...] = ("deploy-staging", "deploy-production", "data-access")
 #: The life of a request: pending until someone decides it, once.
 STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
 
+#: How an approved deployment went: being deployed, serving, failed, or rolled back since.
+DEPLOY_STATUSES: tuple[str, ...] = ("deploying", "deployed", "failed", "rolled_back")
+
 #: A decision as sent by an approver -> the status it leads to.
 DECISIONS: dict[str, str] = {"approve": "approved", "reject": "rejected"}
 
+#: The request kinds that are deployments -> the stage each deploys to.
+DEPLOY_STAGES: dict[str, str] = {"deploy-staging": "staging", "deploy-production": "production"}
+
 MAX_TARGET = 200
+#: MLflow's own limit on a registered model's name.
+MAX_MODEL = 256
 MAX_JUSTIFICATION = 2000
 MAX_COMMENT = 2000
 
@@ -56,11 +67,29 @@ class ApprovalRequest:
     decided: datetime | None = None
     decided_by: str | None = None
     comment: str | None = None
+    #: Deploy requests: the registered model and version, the canary's share of traffic.
+    model: str | None = None
+    version: str | None = None
+    canary_percent: int | None = None
+    #: The digest of the model version's files when it was approved (what may be served).
+    digest: str | None = None
+    #: The policy's last word on the request (:meth:`~.rego.PolicyResult.to_json`).
+    policy: dict[str, Any] | None = None
+    #: The deployment of an approved deploy request: its status, then the endpoint that
+    #: serves it (deployed) or what went wrong (failed), and when that was recorded.
+    deploy_status: str | None = None
+    deploy_detail: str | None = None
+    deploy_changed: datetime | None = None
 
     @property
     def pending(self) -> bool:
         """Whether the request still awaits a decision."""
         return self.status == "pending"
+
+    @property
+    def stage(self) -> str | None:
+        """The stage a deploy request deploys to; None for other kinds."""
+        return DEPLOY_STAGES.get(self.kind)
 
     def to_json(self) -> dict[str, Any]:
         """The API representation (see the ``ApprovalRequest`` schema)."""
@@ -75,4 +104,21 @@ class ApprovalRequest:
             "decided": format_time(self.decided),
             "decided_by": self.decided_by,
             "comment": self.comment,
+            "model": self.model,
+            "version": self.version,
+            "canary_percent": self.canary_percent,
+            "digest": self.digest,
+            "policy": self.policy,
+            "deployment": self.deployment_json(),
+        }
+
+    def deployment_json(self) -> dict[str, Any] | None:
+        """``{status, endpoint, error, changed}`` of the deployment, None before there is one."""
+        if self.deploy_status is None:
+            return None
+        return {
+            "status": self.deploy_status,
+            "endpoint": self.deploy_detail if self.deploy_status == "deployed" else None,
+            "error": self.deploy_detail if self.deploy_status == "failed" else None,
+            "changed": format_time(self.deploy_changed),
         }

@@ -12,9 +12,12 @@ import jsonschema
 
 from .model import (
     DECISIONS,
+    DEPLOY_STAGES,
+    DEPLOY_STATUSES,
     KINDS,
     MAX_COMMENT,
     MAX_JUSTIFICATION,
+    MAX_MODEL,
     MAX_TARGET,
     STATUSES,
 )
@@ -25,11 +28,14 @@ __all__ = [
     "AUDIT_PAGE",
     "COMPONENTS",
     "DECISION_BODY",
+    "DEPLOY_REQUEST_BODY",
     "ERROR",
     "HEALTH",
     "INDEX",
     "INGESTED",
+    "MODEL_NAME",
     "NEW_REQUEST_BODY",
+    "POLICY_RESULT",
     "WHOAMI",
     "describe",
     "field_label",
@@ -45,10 +51,54 @@ _SPACE = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\uf
 _NO_NUL = r"^[^\x00]*$"
 _TEXT = {"type": "string", "pattern": rf"^[{_SPACE}]*[^{_SPACE}\x00][^\x00]*$"}
 
+#: A registered model's name as a deploy request may name it: safe in a URL path and a label.
+MODEL_NAME = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9_][A-Za-z0-9 ._-]*$",
+    "maxLength": MAX_MODEL,
+    "description": "The registered model (letters, digits, space, '.', '_', '-').",
+    "x-problem": "must name a registered model: letters, digits, space, '.', '_', '-'",
+}
+MODEL_VERSION = {
+    "type": "string",
+    "pattern": r"^[1-9][0-9]{0,9}$",
+    "description": "The model version number.",
+    "x-problem": "must be a model version number (1, 2, ...)",
+}
+CANARY_PERCENT = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": 100,
+    "description": "The share of traffic the new version gets at first (0: it replaces what is served).",
+}
+
+#: A field a request of this kind may not carry; ``x-problem`` is what a 400 says of it.
+_DEPLOY_ONLY = {"not": {}, "x-problem": "belongs to deploy requests, not data-access"}
+_DERIVED = {"not": {}, "x-problem": "is not sent with deploy requests: it is made from model and version"}
+
 NEW_REQUEST_BODY: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["kind", "target", "justification"],
+    "required": ["kind", "justification"],
+    # Which fields each kind takes, in the schema itself: a body the schema accepts is one
+    # the service accepts (schemathesis checks exactly that).
+    "allOf": [
+        {
+            "if": {"properties": {"kind": {"const": "data-access"}}, "required": ["kind"]},
+            "then": {
+                "required": ["target"],
+                "properties": {"model": _DEPLOY_ONLY, "version": _DEPLOY_ONLY, "canary_percent": _DEPLOY_ONLY},
+            },
+        },
+        {
+            "if": {"properties": {"kind": {"enum": list(DEPLOY_STAGES)}}, "required": ["kind"]},
+            "then": {"required": ["model", "version"], "properties": {"target": _DERIVED}},
+        },
+    ],
+    "description": (
+        "A deploy request (deploy-staging, deploy-production) names model and version, and may give "
+        "canary_percent; a data-access request names its target (the dataset)."
+    ),
     "properties": {
         "kind": {
             "type": "string",
@@ -58,13 +108,27 @@ NEW_REQUEST_BODY: dict[str, Any] = {
         "target": {
             **_TEXT,
             "maxLength": MAX_TARGET,
-            "description": "The model, version or dataset concerned.",
+            "description": "The dataset concerned (data-access); deploy requests derive it from the model.",
         },
+        "model": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "canary_percent": CANARY_PERCENT,
         "justification": {
             **_TEXT,
             "maxLength": MAX_JUSTIFICATION,
             "description": "Why, for the approver.",
         },
+    },
+}
+
+#: A deploy request as the policy's pre-check takes it.
+DEPLOY_REQUEST_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "model", "version", "justification"],
+    "properties": {
+        **{k: v for k, v in NEW_REQUEST_BODY["properties"].items() if k != "target"},
+        "kind": {"type": "string", "enum": list(DEPLOY_STAGES), "description": "What is requested."},
     },
 }
 
@@ -113,6 +177,38 @@ APPROVAL_REQUEST: dict[str, Any] = {
         "decided": _MAYBE_TIME,
         "decided_by": _MAYBE_TEXT,
         "comment": _MAYBE_TEXT,
+        "model": _MAYBE_TEXT,
+        "version": _MAYBE_TEXT,
+        "canary_percent": {"type": ["integer", "null"]},
+        "digest": {**_MAYBE_TEXT, "description": "sha256 of the approved model version's files."},
+        "policy": {
+            "type": ["object", "null"],
+            "description": "The deploy policy's last word: {policy, decision, reasons}.",
+        },
+        "deployment": {
+            "type": ["object", "null"],
+            "description": "An approved deploy request's deployment: status (deploying, deployed, failed, "
+            "rolled_back), the endpoint that serves it, the error, when it changed.",
+            "additionalProperties": False,
+            "required": ["status", "endpoint", "error", "changed"],
+            "properties": {
+                "status": {"enum": list(DEPLOY_STATUSES)},
+                "endpoint": {"type": ["string", "null"]},
+                "error": {"type": ["string", "null"]},
+                "changed": {"type": ["string", "null"], "format": "date-time"},
+            },
+        },
+    },
+}
+
+POLICY_RESULT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["policy", "decision", "reasons"],
+    "properties": {
+        "policy": {"type": "string", "description": "The Rego package that decided."},
+        "decision": {"type": "string", "enum": ["allow", "deny"]},
+        "reasons": {"type": "array", "items": {"type": "string"}, "description": "Why it denies, one sentence each."},
     },
 }
 
@@ -247,6 +343,10 @@ def describe(error: jsonschema.ValidationError) -> str:
 
 def _problem(error: jsonschema.ValidationError) -> str:
     expected = error.validator_value
+    if error.validator in ("pattern", "not") and isinstance(error.schema, dict) and "x-problem" in error.schema:
+        return str(error.schema["x-problem"])
+    if error.validator in ("minimum", "maximum"):
+        return f"must be {'at least' if error.validator == 'minimum' else 'at most'} {expected}"
     if error.validator == "type":
         types = " or ".join(expected) if isinstance(expected, list) else expected
         return f"must be of type {types}"

@@ -9,10 +9,11 @@ leaves this module as a :class:`~hubforge.errors.StoreError`.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
@@ -30,9 +31,11 @@ from hubforge.errors import Conflict, Forbidden, Invalid, NotFound, StoreError
 
 from .model import (
     DECISIONS,
+    DEPLOY_STATUSES,
     KINDS,
     MAX_COMMENT,
     MAX_JUSTIFICATION,
+    MAX_MODEL,
     MAX_TARGET,
     STATUSES,
     ApprovalRequest,
@@ -133,6 +136,14 @@ class ApprovalRequestRow(Base):
     __table_args__ = (
         sa.CheckConstraint(_in("kind", KINDS), name="ck_gov_approval_requests_kind"),
         sa.CheckConstraint(_in("status", STATUSES), name="ck_gov_approval_requests_status"),
+        sa.CheckConstraint(
+            "canary_percent IS NULL OR (canary_percent >= 0 AND canary_percent <= 100)",
+            name="ck_gov_approval_requests_canary",
+        ),
+        sa.CheckConstraint(
+            "deploy_status IS NULL OR " + _in("deploy_status", DEPLOY_STATUSES),
+            name="ck_gov_approval_requests_deploy",
+        ),
     )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
@@ -145,6 +156,14 @@ class ApprovalRequestRow(Base):
     decided: Mapped[datetime | None] = mapped_column(UTCDateTime())
     decided_by: Mapped[str | None] = mapped_column(sa.String(255))
     comment: Mapped[str | None] = mapped_column(sa.String(MAX_COMMENT))
+    model: Mapped[str | None] = mapped_column(sa.String(MAX_MODEL), index=True)
+    version: Mapped[str | None] = mapped_column(sa.String(32))
+    canary_percent: Mapped[int | None] = mapped_column(sa.Integer)
+    digest: Mapped[str | None] = mapped_column(sa.String(80))
+    policy: Mapped[str | None] = mapped_column(sa.Text)
+    deploy_status: Mapped[str | None] = mapped_column(sa.String(16))
+    deploy_detail: Mapped[str | None] = mapped_column(sa.String(2000))
+    deploy_changed: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def to_model(self) -> ApprovalRequest:
         """The row as a detached value."""
@@ -159,6 +178,14 @@ class ApprovalRequestRow(Base):
             decided=self.decided,
             decided_by=self.decided_by,
             comment=self.comment,
+            model=self.model,
+            version=self.version,
+            canary_percent=self.canary_percent,
+            digest=self.digest,
+            policy=json.loads(self.policy) if self.policy else None,
+            deploy_status=self.deploy_status,
+            deploy_detail=self.deploy_detail,
+            deploy_changed=self.deploy_changed,
         )
 
 
@@ -249,11 +276,22 @@ class GovernanceStore:
         """Close pooled connections."""
         self.engine.dispose()
 
-    def create_request(self, *, kind: str, target: str, justification: str, requester: str) -> ApprovalRequest:
-        """Record a new pending request and return it."""
+    def create_request(
+        self,
+        *,
+        kind: str,
+        target: str,
+        justification: str,
+        requester: str,
+        model: str | None = None,
+        version: str | None = None,
+        canary_percent: int | None = None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> ApprovalRequest:
+        """Record a new pending request and return it (deploy requests name ``model`` and ``version``)."""
         if kind not in KINDS:
             raise StoreError(f"governance store: unknown request kind {kind!r}")
-        _check_storable(target=target, justification=justification, requester=requester)
+        _check_storable(target=target, justification=justification, requester=requester, model=model)
         row = ApprovalRequestRow(
             # Random, not sequential: ids must not reveal how many requests exist.
             id=secrets.token_urlsafe(16),
@@ -263,6 +301,10 @@ class GovernanceStore:
             requester=requester,
             status="pending",
             created=datetime.now(UTC),
+            model=model,
+            version=version,
+            canary_percent=canary_percent,
+            policy=json.dumps(dict(policy)) if policy is not None else None,
         )
 
         def create(session: Session) -> ApprovalRequest:
@@ -289,18 +331,30 @@ class GovernanceStore:
         *,
         status: str | None = None,
         kind: str | None = None,
+        model: str | None = None,
+        limit: int | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[ApprovalRequest]:
-        """Requests, newest first; only those ``visible_to`` allows, when given."""
-        query = sa.select(ApprovalRequestRow)
+        """Requests, newest first; only those ``visible_to`` allows, when given.
+
+        ``after`` (the created time and id of the last request of the previous page) and
+        ``limit`` page through them.
+        """
+        t = ApprovalRequestRow
+        query = sa.select(t)
         if visible_to is not None:
-            own = ApprovalRequestRow.requester == visible_to.user
-            kinds = ApprovalRequestRow.kind.in_(sorted(visible_to.kinds))
+            own = t.requester == visible_to.user
+            kinds = t.kind.in_(sorted(visible_to.kinds))
             query = query.where(sa.or_(own, kinds) if visible_to.kinds else own)
-        if status is not None:
-            query = query.where(ApprovalRequestRow.status == status)
-        if kind is not None:
-            query = query.where(ApprovalRequestRow.kind == kind)
-        query = query.order_by(ApprovalRequestRow.created.desc(), ApprovalRequestRow.id)
+        for column, value in ((t.status, status), (t.kind, kind), (t.model, model)):
+            if value is not None:
+                query = query.where(column == value)
+        if after is not None:
+            created, request_id = after
+            query = query.where(sa.or_(t.created < created, sa.and_(t.created == created, t.id > request_id)))
+        query = query.order_by(t.created.desc(), t.id)
+        if limit is not None:
+            query = query.limit(limit)
 
         def select(session: Session) -> list[ApprovalRequest]:
             return [row.to_model() for row in session.scalars(query)]
@@ -314,6 +368,9 @@ class GovernanceStore:
         decision: str,
         comment: str = "",
         record: Callable[[ApprovalRequest], None] | None = None,
+        *,
+        digest: str | None = None,
+        policy: Mapping[str, Any] | None = None,
     ) -> ApprovalRequest:
         """Approve or reject a pending request and return it.
 
@@ -322,6 +379,8 @@ class GovernanceStore:
         of duties is kept here too, so no caller can skip the policy check).
         ``record`` is called with the decided request before the decision commits:
         when it raises, the decision is rolled back (the audit trail's fail-closed).
+        ``digest`` (what an approved deployment may serve) and ``policy`` (the policy's word on
+        this decision) are kept with the decision.
         """
         if decision not in DECISIONS:
             raise StoreError(f"governance store: unknown decision {decision!r}")
@@ -334,6 +393,10 @@ class GovernanceStore:
             "decided_by": approver,
             "comment": comment,
         }
+        if digest is not None:
+            values["digest"] = digest
+        if policy is not None:
+            values["policy"] = json.dumps(dict(policy))
 
         def decide(session: Session) -> ApprovalRequest:
             result = self._decide(session, request_id, approver, values)
@@ -342,6 +405,39 @@ class GovernanceStore:
             return result
 
         return self._run("deciding a request", decide)
+
+    def set_deployment(self, request_id: str, status: str, detail: str | None = None) -> ApprovalRequest:
+        """Record how an approved deploy request's deployment went (``detail``: the endpoint or
+        the error, cut to fit)."""
+        if status not in DEPLOY_STATUSES:
+            raise StoreError(f"governance store: unknown deployment status {status!r}")
+        detail = None if detail is None else detail.replace("\x00", "")[:2000]
+        t = ApprovalRequestRow
+        update = (
+            sa.update(t)
+            .where(t.id == request_id, t.status == "approved")
+            .values(deploy_status=status, deploy_detail=detail, deploy_changed=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
+        )
+
+        def record(session: Session) -> ApprovalRequest:
+            if session.execute(update).rowcount != 1:  # type: ignore[attr-defined]
+                raise RequestNotFound(f"no approved request {request_id!r}")
+            row = session.get(t, request_id, populate_existing=True)
+            assert row is not None
+            return row.to_model()
+
+        return self._run("recording a deployment", record)
+
+    def deployments(self, status: str) -> list[ApprovalRequest]:
+        """Approved deploy requests whose deployment is ``status``, oldest first."""
+        t = ApprovalRequestRow
+        query = sa.select(t).where(t.deploy_status == status).order_by(t.deploy_changed, t.id)
+
+        def select(session: Session) -> list[ApprovalRequest]:
+            return [row.to_model() for row in session.scalars(query)]
+
+        return self._run("listing deployments", select)
 
     @staticmethod
     def _decide(session: Session, request_id: str, approver: str, values: dict[str, Any]) -> ApprovalRequest:

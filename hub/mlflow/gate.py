@@ -69,6 +69,7 @@ from .store import store_decides
 from .ui import feature_off, rewriting, unconditional, with_ui_defaults
 
 __all__ = [
+    "SERVICE_PREFIX",
     "HubGate",
     "HubUnavailable",
     "HubUser",
@@ -104,6 +105,9 @@ SERVICE_ENV = (
 # Visible ASCII only: anything else is no hub token and must not reach a header.
 _AUTH_HEADER = re.compile(r"\s*(?:token|bearer)\s+([!-~]+)\s*", re.IGNORECASE)
 
+#: How a hub service's identity is named in MLflow: no hub user's name has a colon.
+SERVICE_PREFIX = "service:"
+
 _current_user: ContextVar[HubUser | None] = ContextVar("hubforge_user", default=None)
 
 
@@ -131,6 +135,8 @@ class HubUser:
         """The user in a hub user model, or None when the model names nobody."""
         if not isinstance(model, dict) or not isinstance(model.get("name"), str):
             return None
+        if model.get("kind") != "service" and model["name"].startswith(SERVICE_PREFIX):
+            return None  # a person named like a service would pass for it
         scopes, groups = model.get("scopes") or (), model.get("groups") or ()
         roles = model.get("roles") or ()
         return cls(model["name"], frozenset(scopes), frozenset(groups), via_cookie, frozenset(roles))
@@ -437,6 +443,10 @@ class HubGate:
             user = HubUser.from_model(model, via_cookie=via_cookie)
             if user is None:
                 return None
+            if model.get("kind") == "service":
+                # A hub service (governance reading model cards) is no person: no user's
+                # groups or roles, not even a person's of the same name; its token's scopes.
+                return dataclasses.replace(user, name=SERVICE_PREFIX + user.name)
             profile = await self._profile(user.name)
         except HTTPError as exc:
             raise HubUnavailable(exc.log_message or str(exc)) from exc

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from . import internals
 
 __all__ = [
+    "GOVERNANCE_SERVICE",
     "OWNER_TAG",
     "SHARED_TAG",
     "USER_TAG",
@@ -129,6 +130,8 @@ def user_tag_refusal(keys: Iterable[Any]) -> Invalid | None:
 
 #: Aliases deployments set (through the governance service): nobody sets them by hand.
 RESERVED_ALIASES = frozenset({"production", "staging", "canary"})
+#: The governance service as the gate names it (a hub service's token; no person's name has a colon).
+GOVERNANCE_SERVICE = "service:governance"
 DEFAULT_EXPERIMENT = "0"
 _USERS_FOLDER = re.compile(r"/Users/([^/]+)/")
 
@@ -490,9 +493,12 @@ class Check:
         return f"only {model.owner or 'a registry manager'} or a registry manager may change {name!r}"
 
     def alias(self) -> str | None:
-        """Set or delete an alias: registry managers, but never a reserved one (deployments')."""
+        """Set or delete an alias: registry managers, but never a reserved one (deployments'),
+        which only the governance service sets, on models it may read."""
         alias = self.param("alias") or ""
         if alias.lower() in RESERVED_ALIASES:
+            if self.who.name == GOVERNANCE_SERVICE:
+                return self.read_model()
             return f"the {alias!r} alias is set by the governance service's deployments, not by people"
         return self.manage_registry() or self.read_model()
 

@@ -87,7 +87,7 @@ def _in_cluster(cfg: PlatformConfig) -> PlatformConfig:
 
 def _ports(cfg: PlatformConfig) -> dict[str, int]:
     """Each enabled service's port in the hub pod: platform.yaml's, or the service's default."""
-    return {spec.name: spec.configured_port(cfg) or spec.default_port for spec in enabled_services(cfg)}
+    return {spec.name: spec.configured_port(cfg) or spec.default_port for spec in enabled_services(cfg, "kubernetes")}
 
 
 def kubernetes(cfg: PlatformConfig) -> Placement:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -33,6 +35,8 @@ from hubforge.config import load_config
 from hubforge.events.spool import EventSpool
 from hubforge.hub.governance.app import MAX_BODY_SIZE, make_app, make_hub_auth
 from hubforge.hub.governance.audit import AuditLog, load_signing_key
+from hubforge.hub.governance.evidence import Evidence
+from hubforge.hub.governance.snapshots import Snapshot, SnapshotFailed
 from hubforge.hub.governance.store import GovernanceStore
 from hubforge.personas import PERSONAS
 
@@ -85,6 +89,43 @@ USERS: dict[str, dict[str, Any]] = {
         "scopes": ["custom:audit:read"],
     },
 }
+
+
+class FixedEvidence:
+    """The evidence source of the API tests: every model version has a complete card and
+    the metrics in ``metrics`` (the deploy policy's own tests read real MLflow)."""
+
+    def __init__(self, metrics: dict[str, float] | None = None) -> None:
+        self.metrics = metrics if metrics is not None else {"accuracy": 0.9}
+        self.cards: dict[tuple[str, str], Evidence] = {}
+
+    def evidence(self, model: str, version: str) -> Evidence:
+        default = Evidence(available=True, card_present=True, completeness=1.0, risk="low", metrics=self.metrics)
+        return self.cards.get((model, version), default)
+
+
+class FixedSnapshots:
+    """The approved-copy source of the API tests: a digest per model version, no files (the
+    real copies are taken from MLflow in test_deploy_evidence); ``failing`` names versions
+    whose copy cannot be made."""
+
+    def __init__(self) -> None:
+        self.failing: set[tuple[str, str]] = set()
+
+    def take(self, model: str, version: str) -> Snapshot:
+        if (model, version) in self.failing:
+            raise SnapshotFailed(f"cannot copy model {model!r} version {version} from MLflow: it is away")
+        digest = "sha256:" + hashlib.sha256(f"{model}/{version}".encode()).hexdigest()
+        return Snapshot(model, version, Path("/nonexistent"), digest)
+
+
+def cookie_client(running: Running, token: str) -> httpx.Client:
+    """A browser-like client holding the service's OAuth cookie for ``token`` (no token header)."""
+    auth = running.app.settings["hub_auth"]
+    value = web.create_signed_value(COOKIE_SECRET, auth.cookie_name, token).decode()
+    client = running.client()
+    client.cookies.set(auth.cookie_name, value, path=PREFIX)
+    return client
 
 
 class LoopThread:
@@ -144,6 +185,16 @@ class Running:
             "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([ACCESS]),
         }
 
+    def decide(
+        self, token: str, request_id: str, decision: str = "approve", comment: str | None = None
+    ) -> httpx.Response:
+        """Decide as a person does: in a browser session of ``token``'s user (cookie + XSRF)."""
+        body = {"decision": decision, **({"comment": comment} if comment is not None else {})}
+        with cookie_client(self, token) as c:
+            c.get("requests", headers={"Sec-Fetch-Mode": "navigate"})  # a page view sets _xsrf
+            xsrf = c.cookies.get("_xsrf") or ""
+            return c.post(f"api/requests/{request_id}/decision", json=body, headers={"X-XSRFToken": xsrf})
+
     def serve_app(self, app: web.Application) -> str:
         """Serve another app on the same loop; its base URL."""
         server, port = self.loop.run(serve(app))
@@ -183,6 +234,8 @@ def running(backend_store: GovernanceStore, tmp_path_factory: pytest.TempPathFac
         cookie_secret=COOKIE_SECRET,
         audit=audit,
         trail=trail,
+        evidence=FixedEvidence(),
+        snapshots=FixedSnapshots(),
     )
     running.url = running.serve_app(running.app)
     yield running

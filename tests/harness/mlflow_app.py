@@ -41,6 +41,10 @@ TOKENS = {
     "alice-token": user_model("alice"),
     "carol-token": user_model("carol"),
     "mallory-token": user_model("mallory", access=False),
+    # the governance service reads model cards and metrics (its hubforge-governance role)
+    "governance-token": {"name": "governance", "kind": "service", "scopes": [ACCESS, "custom:audit:read"]},
+    # a person named like a service must not pass for one
+    "imposter-token": {**user_model("service:governance"), "scopes": [ACCESS, "custom:audit:read"]},
 }
 
 

@@ -305,6 +305,18 @@ class HubSession:
             resp = self.client.get(httpx.URL(str(resp.url)).join(location))
         raise AssertionError(f"too many redirects from {path}")
 
+    def decide(self, request_id: str, decision: str = "approve", comment: str | None = None) -> httpx.Response:
+        """Decide a governance request as the person does: in this browser session, with the
+        governance service's own hub-login cookie and XSRF token (no token decides)."""
+        self.follow("/services/governance/requests")  # the OAuth hop sets the service's cookies
+        xsrf = next(
+            c.value for c in self.client.cookies.jar if c.name == "_xsrf" and c.path.startswith("/services/governance")
+        )
+        body = {"decision": decision, **({"comment": comment} if comment is not None else {})}
+        return self.client.post(
+            f"/services/governance/api/requests/{request_id}/decision", json=body, headers={"X-XSRFToken": xsrf}
+        )
+
 
 def api(url: str, token: str) -> httpx.Client:
     """An API client that authenticates with a hub token."""

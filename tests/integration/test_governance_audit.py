@@ -23,15 +23,19 @@ from hubforge.hub.governance.store import GovernanceStore
 
 
 def submit(running: Running, token: str, kind: str, target: str) -> dict[str, Any]:
+    """A request; a deploy request's ``target`` is "<model> v<version>"."""
+    body: dict[str, Any] = {"kind": kind, "target": target, "justification": "because"}
+    if kind.startswith("deploy-"):
+        model, _, version = body.pop("target").rpartition(" v")
+        body |= {"model": model, "version": version}
     with running.client(token) as c:
-        r = c.post("api/requests", json={"kind": kind, "target": target, "justification": "because"})
+        r = c.post("api/requests", json=body)
         assert r.status_code == 201, r.text
         return r.json()
 
 
 def decide(running: Running, token: str, request_id: str, decision: str) -> Any:
-    with running.client(token) as c:
-        return c.post(f"api/requests/{request_id}/decision", json={"decision": decision})
+    return running.decide(token, request_id, decision)
 
 
 def recorded(running: Running, request_id: str) -> list[dict[str, Any]]:
@@ -42,12 +46,17 @@ def recorded(running: Running, request_id: str) -> list[dict[str, Any]]:
 def test_a_deployment_request_and_its_approval_are_recorded_as_their_people(running: Running) -> None:
     created = submit(running, "alice-token", "deploy-production", "churn v7")
     assert decide(running, "carol-token", created["id"], "approve").status_code == 200
-    requested, approved = recorded(running, created["id"])
+    requested, submit_check, approve_check, approved = recorded(running, created["id"])
     assert requested["__schema__"] == approved["__schema__"] == DEPLOYMENT_SCHEMA
     assert (requested["user"], requested["action"], requested["stage"]) == ("alice", "requested", "production")
     assert (approved["user"], approved["action"], approved["approver"]) == ("carol", "approved", "carol")
-    assert approved["requester"] == "alice" and approved["model_name"] == "churn v7"
+    assert approved["requester"] == "alice"
+    assert (approved["model_name"], approved["version"]) == ("churn", "7")
     assert approved["origin"] == {"observer": "governance", "client_address": "127.0.0.1"}
+    # the deploy policy's word, at submission (the requester's) and at approval (the approver's)
+    assert submit_check["__schema__"] == approve_check["__schema__"] == POLICY_SCHEMA
+    assert (submit_check["user"], submit_check["policy"]) == ("alice", "hubforge.deploy (submit)")
+    assert (approve_check["user"], approve_check["decision"], approve_check["reasons"]) == ("carol", "allow", [])
 
 
 def test_a_data_access_request_denied_is_recorded_as_denied(running: Running) -> None:
@@ -61,7 +70,7 @@ def test_a_data_access_request_denied_is_recorded_as_denied(running: Running) ->
 def test_a_decision_the_policy_refuses_is_recorded_with_its_reason(running: Running) -> None:
     created = submit(running, "carol-token", "deploy-production", "ranker v2")
     assert decide(running, "carol-token", created["id"], "approve").status_code == 403  # her own request
-    _requested, policy = recorded(running, created["id"])
+    _requested, _submit_check, policy = recorded(running, created["id"])
     assert policy["__schema__"] == POLICY_SCHEMA
     assert (policy["user"], policy["decision"], policy["outcome"]) == ("carol", "deny", "denied")
     assert policy["reasons"] == ["separation of duties: nobody may decide their own request"]

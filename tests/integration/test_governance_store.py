@@ -101,7 +101,7 @@ def test_upgrade_creates_prefixed_tables_and_its_own_version_table(db_url):
     tables = set(sa.inspect(store.engine).get_table_names())
     trail = {"gov_audit_head", "gov_audit_events", "gov_audit_checkpoints"}
     assert tables == {"gov_approval_requests", *trail, VERSION_TABLE}
-    assert versions(store) == ["0002"]
+    assert versions(store) == ["0003"]
     store.dispose()
 
 
@@ -109,7 +109,7 @@ def test_upgrade_twice_is_idempotent_and_keeps_data(store):
     kept = submit(store)
     store.upgrade()
     store.upgrade()
-    assert versions(store) == ["0002"]
+    assert versions(store) == ["0003"]
     assert store.get_request(kept.id) == kept
 
 
@@ -123,7 +123,39 @@ def test_upgrade_leaves_other_applications_alembic_table_alone(db_url):
     with store.engine.connect() as conn:
         other = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
     assert other == "jupyterhub-head"
-    assert versions(store) == ["0002"]
+    assert versions(store) == ["0003"]
+    store.dispose()
+
+
+def test_the_deploy_migration_keeps_the_rows_and_every_check(db_url):
+    """0003 rebuilds the table on SQLite (a CHECK constraint cannot be added there): the rows
+    stay, and the old checks hold beside the new ones, on both backends."""
+    from alembic import command
+
+    from hubforge.hub.governance.store import alembic_config
+
+    store = GovernanceStore(db_url)
+    with store.engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0002")
+        connection.execute(sa.text(
+            "INSERT INTO gov_approval_requests (id, kind, target, justification, requester, status, created) "
+            "VALUES ('kept-request-id-000001', 'data-access', 'ds', 'why', 'alice', 'pending', :now)"
+        ), {"now": datetime.now(UTC)})  # fmt: skip
+    store.upgrade()
+    kept = store.get_request("kept-request-id-000001")
+    assert kept is not None and (kept.kind, kept.model, kept.deployment_json()) == ("data-access", None, None)
+    row = {"kind": "deploy-staging", "status": "pending", "canary_percent": 10, "deploy_status": None}
+    columns = ", ".join(row)
+    insert = sa.text(
+        f"INSERT INTO gov_approval_requests (id, target, justification, requester, created, {columns}) "
+        f"VALUES (:id, 't', 'j', 'bob', :now, {', '.join(':' + name for name in row)})"
+    )
+    with store.engine.begin() as connection:
+        connection.execute(insert, {**row, "id": "fine", "now": datetime.now(UTC)})
+    for column, value in (("status", "maybe"), ("kind", "deploy-moon"), ("canary_percent", 101),
+                          ("deploy_status", "teleported")):  # fmt: skip
+        with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as connection:
+            connection.execute(insert, {**row, column: value, "id": f"bad-{column}", "now": datetime.now(UTC)})
     store.dispose()
 
 

@@ -364,3 +364,32 @@ def test_flask_sees_the_hub_user_as_g_hubforge_user(fake_hub: FakeHub) -> None:
     assert asyncio.run(whoami()).status_code == 302
     # A request that never passed the gate finds no user and is refused.
     assert flask_app.test_client().get(f"{PREFIX}version").status_code == 401
+
+
+def test_a_person_registers_a_logged_model_in_one_call(mlflow_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``log_model(registered_model_name=...)``: the version, then MLflow's own tags on the
+    logged model (set_model_versions_tags), both as the person; nobody else's model gains it."""
+    import mlflow
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LinearRegression
+
+    tracking = mlflow_url + PREFIX.rstrip("/")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "alice-token")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # this test's server, for this test only (monkeypatch puts MLflow's process-wide URIs back)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", tracking)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", tracking)
+    name = f"reg-{uuid.uuid4().hex[:8]}"
+    mlflow.set_experiment(f"/Users/alice/{name}")
+    with mlflow.start_run(tags={"mlflow.user": "alice"}):
+        info = mlflow.sklearn.log_model(
+            LinearRegression().fit([[0], [1]], [0, 1]), name="m", registered_model_name=name
+        )
+    assert str(info.registered_model_version) == "1"
+    client = MlflowClient(tracking, registry_uri=tracking)
+    assert name in client.get_logged_model(info.model_id).tags.get("mlflow.modelVersions", "")
+    # carol may not add alice's logged model to a model of her own: she cannot read it
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "carol-token")
+    client.create_registered_model(name + "-carol")
+    with pytest.raises(mlflow.exceptions.MlflowException, match="may not read"):
+        client.create_model_version(name + "-carol", info.model_uri, model_id=info.model_id)

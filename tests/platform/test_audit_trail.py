@@ -169,14 +169,12 @@ def test_a_deployment_approval_reaches_the_trail_from_the_governance_service(pla
         assert session.login(user).status_code == 302
         people[user] = api(platform.url, session.new_token(user, note="audit"))
     try:
-        target = f"churn {uuid.uuid4().hex[:6]}"
-        body = {"kind": "deploy-production", "target": target, "justification": "AUC +4"}
+        model = f"churn-{uuid.uuid4().hex[:6]}"
+        body = {"kind": "deploy-staging", "model": model, "version": "1", "justification": "AUC +4"}
         created = people["alice"].post("/services/governance/api/requests", json=body)
         assert created.status_code == 201, created.text
         request_id = created.json()["id"]
-        decided = people["carol"].post(
-            f"/services/governance/api/requests/{request_id}/decision", json={"decision": "approve"}
-        )
+        decided = sessions[1].decide(request_id)  # carol, in her browser: no token decides
         assert decided.status_code == 200, decided.text
     finally:
         for client in people.values():
@@ -185,7 +183,7 @@ def test_a_deployment_approval_reaches_the_trail_from_the_governance_service(pla
             session.close()
 
     def arrived() -> list[tuple[str, str]]:
-        rows = stored(platform, "resource = :r", r=f"request:{request_id}")
+        rows = stored(platform, "resource = :r AND schema LIKE '%/deployment/v1'", r=f"request:{request_id}")
         seen = [(r["action"], r["user"]) for r in rows]
         wanted = [("requested", "alice"), ("approved", "carol")]
         return seen if seen == wanted and {r["observed"] for r in rows} == {"platform"} else []

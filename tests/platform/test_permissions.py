@@ -11,8 +11,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from mlflow import MlflowClient
 
+from harness.cards import complete_card
+from harness.models import as_person, register_model
 from harness.platform import PERSONA_USERS, HubSession, api
+from hubforge.hub.governance.approvals import TOKEN_DECISION
+from hubforge.modelcard.mlflow_store import save_card
 
 GOV = "/services/governance/api"
 PERSONAS = list(PERSONA_USERS)
@@ -32,8 +37,34 @@ def clients(platform) -> Iterator[dict[str, httpx.Client]]:
         client.close()
 
 
-def submit(client: httpx.Client, kind: str, target: str = "models/churn/3") -> dict:
-    resp = client.post(f"{GOV}/requests", json={"kind": kind, "target": target, "justification": "matrix"})
+@pytest.fixture(scope="session")
+def browsers(platform) -> Iterator[dict[str, HubSession]]:
+    """One logged-in browser session per persona: where people decide requests."""
+    made = {}
+    for persona, user in PERSONA_USERS.items():
+        made[persona] = HubSession(platform.url)
+        assert made[persona].login(user).status_code == 302
+    yield made
+    for session in made.values():
+        session.close()
+
+
+@pytest.fixture(scope="session")
+def deployable(platform, clients) -> tuple[str, str]:
+    """A model version of alice's in the platform's MLflow, with a complete card: what
+    production approvals need (the governance service reads it and copies it as itself)."""
+    token = clients["data-scientist"].headers["Authorization"].split()[1]
+    tracking = platform.url + "/services/mlflow"
+    model = register_model(tracking, token, "alice", prefix="matrix")
+    with as_person(tracking, token):
+        save_card(MlflowClient(tracking, registry_uri=tracking), model.name, model.version, complete_card(model.name))
+    return model.name, model.version
+
+
+def submit(client: httpx.Client, kind: str, model: tuple[str, str] = ("churn", "3")) -> dict:
+    body = {"kind": kind, "justification": "matrix"}
+    body |= {"target": "datasets/churn"} if kind == "data-access" else {"model": model[0], "version": model[1]}
+    resp = client.post(f"{GOV}/requests", json=body)
     assert resp.status_code == 201, resp.text
     return resp.json()
 
@@ -97,35 +128,51 @@ def test_viewing_another_users_request(clients, persona: str) -> None:
     ("kind", "expected"), [("deploy-production", DECIDE_PRODUCTION), ("data-access", DECIDE_DATA_ACCESS)]
 )
 @pytest.mark.parametrize("persona", PERSONAS)
-def test_deciding_a_request(clients, persona: str, kind: str, expected: dict[str, int]) -> None:
-    request = submit(clients["data-scientist"], kind)
-    resp = clients[persona].post(
-        f"{GOV}/requests/{request['id']}/decision", json={"decision": "approve", "comment": "ok"}
-    )
+def test_deciding_a_request(clients, browsers, deployable, persona: str, kind: str, expected: dict[str, int]) -> None:
+    request = submit(clients["data-scientist"], kind, deployable)
+    resp = browsers[persona].decide(request["id"], "approve", "ok")
     assert resp.status_code == expected[persona], resp.text
     if resp.status_code == 200:
         assert resp.json()["status"] == "approved"
         assert resp.json()["decided_by"] == PERSONA_USERS[persona]
-        again = clients[persona].post(f"{GOV}/requests/{request['id']}/decision", json={"decision": "reject"})
+        if kind == "deploy-production":  # the policy read alice's card and metrics from MLflow
+            assert resp.json()["policy"] == {"policy": "hubforge.deploy", "decision": "allow", "reasons": []}
+        again = browsers[persona].decide(request["id"], "reject")
         assert again.status_code == 409
+
+
+def test_a_token_never_decides_even_the_approvers_own(clients, deployable) -> None:
+    request = submit(clients["data-scientist"], "deploy-production", deployable)
+    resp = clients["ml-lead"].post(f"{GOV}/requests/{request['id']}/decision", json={"decision": "approve"})
+    assert (resp.status_code, resp.json()["message"]) == (403, TOKEN_DECISION)
+
+
+def test_production_without_a_model_card_is_refused_with_the_policys_reasons(clients, browsers) -> None:
+    request = submit(clients["data-scientist"], "deploy-production", ("no-such-model", "1"))
+    assert request["policy"]["decision"] == "deny"
+    resp = browsers["ml-lead"].decide(request["id"])
+    assert resp.status_code == 403
+    assert resp.json()["message"].startswith(
+        "the deploy policy refuses: the model version's evidence could not be read"
+    )
 
 
 @pytest.mark.parametrize(
     ("persona", "kind"),
     [("ml-lead", "deploy-production"), ("data-steward", "data-access"), ("platform-admin", "deploy-production")],
 )
-def test_nobody_decides_their_own_request(clients, persona: str, kind: str) -> None:
+def test_nobody_decides_their_own_request(clients, browsers, persona: str, kind: str) -> None:
     request = submit(clients[persona], kind)
-    resp = clients[persona].post(f"{GOV}/requests/{request['id']}/decision", json={"decision": "approve"})
+    resp = browsers[persona].decide(request["id"])
     assert resp.status_code == 403
     assert "separation of duties" in resp.json()["message"]
     assert clients[persona].get(f"{GOV}/requests/{request['id']}").json()["status"] == "pending"
 
 
-def test_undecidable_requests_the_decider_cannot_see_look_missing(clients) -> None:
+def test_undecidable_requests_the_decider_cannot_see_look_missing(clients, browsers) -> None:
     request = submit(clients["data-scientist"], "deploy-production")
-    resp = clients["ml-engineer"].post(f"{GOV}/requests/{request['id']}/decision", json={"decision": "approve"})
-    missing = clients["ml-engineer"].post(f"{GOV}/requests/nope/decision", json={"decision": "approve"})
+    resp = browsers["ml-engineer"].decide(request["id"])
+    missing = browsers["ml-engineer"].decide("nope")
     assert resp.status_code == missing.status_code
     assert resp.content == missing.content
 
@@ -184,7 +231,7 @@ def test_cookie_writes_need_xsrf(platform) -> None:
         (b"{not json", "application/json", 400, "malformed JSON"),
         (b'{"kind": "deploy-staging"}', "text/plain", 415, "application/json"),
         (
-            b'{"kind": "deploy-staging", "target": "m", "justification": "j", "extra": 1}',
+            b'{"kind": "data-access", "target": "m", "justification": "j", "extra": 1}',
             "application/json",
             400,
             "extra",

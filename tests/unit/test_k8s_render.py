@@ -224,7 +224,7 @@ def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     (values,) = rendered["helm-values.yaml"]
     assert [p["slug"] for p in values["singleuser"]["profileList"]] == ["interactive", "training", "hpo", "finetune"]
     hub = values["hub"]
-    assert set(hub["services"]) == {"governance", "mlflow"}
+    assert set(hub["services"]) == {"governance", "mlflow"}  # serving is KServe's on Kubernetes
     assert hub["services"]["governance"]["url"] == "http://hub:10101"
     assert hub["services"]["governance"]["command"] == ["python3", "-m", "hubforge.hub.governance"]
     mlflow = hub["services"]["mlflow"]["command"]
@@ -257,6 +257,7 @@ def test_extra_config_configures_the_hub(
     monkeypatch.setenv("HUBFORGE_DATA", str(tmp_path / "data"))
     c = Config()
     c.KubeSpawner.profile_list = values["singleuser"]["profileList"]  # what z2jh sets before extraConfig
+    c.JupyterHub.services = [{"name": name, **entry} for name, entry in values["hub"]["services"].items()]
     exec(compile(values["hub"]["extraConfig"]["hubforge"], "extraConfig", "exec"), {"c": c})
     assert c.JupyterHub.spawner_class is HubforgeKubeSpawner
     assert isinstance(c.HubforgeKubeSpawner.profile_list, TierProfileList)
@@ -264,6 +265,7 @@ def test_extra_config_configures_the_hub(
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert {"data-scientist", "ml-lead", "hubforge-services"} <= set(roles)
     assert roles["hubforge-services"]["services"] == ["governance", "mlflow"]
+    assert roles["hubforge-governance"]["scopes"] == ["access:services!service=mlflow", "custom:audit:read"]
     assert "custom:experiments:write" in c.Spawner.server_token_scopes
 
 

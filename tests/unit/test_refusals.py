@@ -31,6 +31,8 @@ FAULTS = {
     "hubforge.spawner_profiles.local.accounts.AccountError",
     "hubforge.spawner_profiles.local.accounts.IsolationRefused",
     "hubforge.spawner_profiles.local.gpus.store.GpuStateError",
+    # The widgets answer no request: their errors are lines shown in the panel.
+    "hubforge.widgets.client.WidgetError",
 }
 
 

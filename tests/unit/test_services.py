@@ -11,7 +11,7 @@ from traitlets.config import Config
 
 from hubforge.catalog import load_catalog
 from hubforge.config import PlatformConfig, load_config
-from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV
+from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, SERVING_URL_ENV
 from hubforge.hub import services
 from hubforge.hub.hubconfig import Runtime, configure, one_machine
 from hubforge.hub.services import SERVICES, Placement, ServiceSpec, hub_service
@@ -19,7 +19,7 @@ from hubforge.personas import hub_roles
 from hubforge.spawner_profiles.kubernetes.render import helm_values, kubernetes
 
 #: Ports no other number in a rendering shares, so that they can be told apart.
-LOCAL_PORTS = {"governance": 41003, "mlflow": 41004}
+LOCAL_PORTS = {"governance": 41003, "mlflow": 41004, "serving": 41005}
 
 
 def runtime() -> Runtime:
@@ -47,6 +47,8 @@ def facts(placement: Placement, spec: ServiceSpec) -> tuple[dict[str, str], list
         ",".join(placement.hosts(port)): "{hosts}",
     }
     parts = [(str(placement.cfg.data_dir), "{data}"), (f"http://{placement.url_host}:{port}", "{url}")]
+    # A service may name another where it is reached (governance reads MLflow).
+    parts += [(f"http://{placement.url_host}:{p}", f"{{url:{name}}}") for name, p in placement.ports.items()]
     return whole, sorted(parts, key=lambda pair: -len(pair[0]))
 
 
@@ -65,7 +67,7 @@ def generic(value: Any, facts: tuple[dict[str, str], list[tuple[str, str]]]) -> 
     return value
 
 
-@pytest.mark.parametrize("spec", SERVICES, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", [s for s in SERVICES if s.on_kubernetes], ids=lambda spec: spec.name)
 def test_each_service_renders_alike_field_by_field(tmp_path: Path, spec: ServiceSpec) -> None:
     """Every field of a service's rendering is the same on one machine and on Kubernetes, but
     for the facts of where it runs (address, host, interpreter, data folder, port); the
@@ -88,7 +90,8 @@ def test_each_service_renders_alike_field_by_field(tmp_path: Path, spec: Service
     )
     shared_local = {k: v for k, v in ours["environment"].items() if k in local.env}
     shared_kube = {k: v for k, v in theirs["environment"].items() if k in kube.env}
-    own_local = {k: v for k, v in ours["environment"].items() if k not in local.env}
+    # Only one machine runs the serving router (KServe on Kubernetes): governance drives it there.
+    own_local = {k: v for k, v in ours["environment"].items() if k not in local.env and k != SERVING_URL_ENV}
     own_kube = {k: v for k, v in theirs["environment"].items() if k not in kube.env}
     for field in sorted(ours):
         if field == "environment":
@@ -108,25 +111,25 @@ def test_the_hub_gets_every_enabled_service_as_rendered(tmp_path: Path) -> None:
     c = Config()
     configure(c, cfg, runtime())
     assert c.JupyterHub.services == services.hub_services(one_machine(cfg, runtime()))
-    assert [s["name"] for s in c.JupyterHub.services] == ["governance", "mlflow"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["governance", "mlflow", "serving"]
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == services.SERVICE_ROLE)
-    assert role["services"] == ["governance", "mlflow"]
+    assert role["services"] == ["governance", "mlflow", "serving"]
     values = helm_values(cfg, load_catalog(cfg))
     rendered = {name: {"name": name, **entry} for name, entry in values["hub"]["services"].items()}
     assert rendered == {s["name"]: s for s in services.hub_services(kubernetes(cfg))}
     ports = {p["name"]: p["port"] for p in values["hub"]["service"]["extraPorts"]}
-    assert ports == {"governance": 10101, "mlflow": 10102}
+    assert ports == {"governance": 10101, "mlflow": 10102}  # serving is KServe's on Kubernetes
 
 
 def test_a_disabled_service_is_nowhere(tmp_path: Path) -> None:
     cfg = config(tmp_path, {"services": {"mlflow": {"enabled": False}, "governance": {"port": 9911}}})
     c = Config()
     configure(c, cfg, runtime())
-    assert [s["name"] for s in c.JupyterHub.services] == ["governance"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["governance", "serving"]
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == services.SERVICE_ROLE)
-    assert role["services"] == ["governance"], "the Kubernetes extraConfig calls the same configure_service_role"
+    assert role["services"] == ["governance", "serving"], "the hub's own services, as on Kubernetes (the chart's)"
     values = helm_values(cfg, load_catalog(cfg))
-    assert set(values["hub"]["services"]) == {"governance"}
+    assert set(values["hub"]["services"]) == {"governance"}  # serving is KServe's on Kubernetes
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
     assert [p["port"] for p in values["hub"]["service"]["extraPorts"]] == [9911]
     env = values["singleuser"]["extraEnv"]

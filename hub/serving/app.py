@@ -1,0 +1,258 @@
+"""The serving service application: :func:`make_app` and the process entry point.
+
+JupyterHub starts it as a managed service (``python -m hubforge.hub.serving``) with the
+usual ``JUPYTERHUB_*`` environment. Start-up is a list of steps:
+:meth:`ServingService.init_logging`, :meth:`~ServingService.init_config`,
+:meth:`~ServingService.init_router` (reads the saved routes),
+:meth:`~ServingService.init_handlers`, then :meth:`~ServingService.start`, which listens
+first and then restarts the saved routes' scoring processes (a scoring request that
+arrives meanwhile waits for its release's process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from jupyterhub.services.auth import HubAuth
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Float, Integer, List, Unicode, default
+from traitlets.config import Application, catch_config_error
+
+from hubforge import __version__
+from hubforge.config import load_config
+from hubforge.contract import SERVICE_BIND_IP_ENV
+from hubforge.errors import ConfigError, HubforgeError
+
+from .handlers import ROUTES, AccessCache, InvocationsHandler, NotFoundHandler
+from .router import Router
+from .scoring import ScoringPool, ScoringSettings
+from .state import ServingState
+from .upstream import UpstreamPool
+
+__all__ = ["ServingService", "main", "make_app", "make_hub_auth"]
+
+#: The service's name: its prefix, its access scope.
+SERVICE = "serving"
+
+
+def make_hub_auth(prefix: str, environ: Mapping[str, str] | None = None, cache_max_age: int = 60) -> HubAuth:
+    """The service's HubAuth (tokens only: no browser login), from the ``JUPYTERHUB_*`` environment.
+
+    Refuses (ConfigError) to run without the service's hub token. Without
+    ``JUPYTERHUB_OAUTH_ACCESS_SCOPES`` access needs ``access:services!service=<name>``:
+    with no access scope at all, HubAuth would let in every hub user. Token lookups are
+    cached ``cache_max_age`` seconds (a revoked token works that long at most).
+    """
+    env = os.environ if environ is None else environ
+    if not env.get("JUPYTERHUB_API_TOKEN"):
+        raise ConfigError("JUPYTERHUB_API_TOKEN not set: the serving service runs as a JupyterHub-managed service")
+    service = env.get("JUPYTERHUB_SERVICE_NAME") or SERVICE
+    scopes_env = env.get("JUPYTERHUB_OAUTH_ACCESS_SCOPES")
+    try:
+        access = set(json.loads(scopes_env)) if scopes_env else set()
+    except ValueError as exc:
+        raise ConfigError(f"JUPYTERHUB_OAUTH_ACCESS_SCOPES is not a JSON list: {exc}") from exc
+    settings: dict[str, Any] = {
+        "api_token": env["JUPYTERHUB_API_TOKEN"],
+        "base_url": prefix,
+        "access_scopes": access or {f"access:services!service={service}"},
+        "cache_max_age": cache_max_age,
+    }
+    if env.get("JUPYTERHUB_API_URL"):
+        settings["api_url"] = env["JUPYTERHUB_API_URL"]
+    return HubAuth(**settings)
+
+
+def make_app(
+    router: Router,
+    prefix: str,
+    *,
+    hub_auth: HubAuth,
+    controllers: tuple[str, ...] = ("governance",),
+    **settings: Any,
+) -> web.Application:
+    """The tornado application serving scoring and the control API under ``prefix``.
+
+    ``controllers``: the hub services that may change the routes.
+    """
+    prefix = url_path_join("/", prefix, "/")
+    handlers = [(url_path_join(prefix, pattern), handler, kwargs) for pattern, handler, kwargs in ROUTES]
+    return web.Application(
+        handlers,
+        default_handler_class=NotFoundHandler,
+        router=router,
+        hub_auth=hub_auth,
+        access_cache=AccessCache(hub_auth.cache_max_age),
+        service_prefix=prefix,
+        controllers=tuple(controllers),
+        xsrf_cookies=False,  # token-authenticated API only: no cookies are read
+        **settings,
+    )
+
+
+class ServingService(Application):
+    """The serving service process."""
+
+    name = "hubforge-serving"
+    description = "The hubforge serving router: approved model versions behind JupyterHub auth."
+    version = __version__
+    aliases: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
+        "state-dir": "ServingService.state_dir",
+        "log-level": "Application.log_level",
+    }
+
+    state_dir = Unicode("", help="The service's state folder. Default: serving/ in the platform's data_dir.").tag(
+        config=True
+    )
+    controllers = List(
+        Unicode(), ["governance"], help="Hub services that may change the routes (deploy, promote, rollback, delete)."
+    ).tag(config=True)
+    start_timeout = Float(120.0, help="Seconds a scoring process has to answer /ping after it starts.").tag(config=True)
+    request_timeout = Float(60.0, help="Seconds a scoring server has to answer one forwarded request.").tag(config=True)
+    max_body_size = Integer(32 * 1024 * 1024, help="The largest scoring request body, in bytes.").tag(config=True)
+    scoring_workers = Integer(1, help="uvicorn workers per scoring process.").tag(config=True)
+    service_prefix = Unicode(help="URL prefix served (JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+    service_url = Unicode(help="Address to bind, as a URL (JUPYTERHUB_SERVICE_URL).").tag(config=True)
+    bind_ip = Unicode(help="Address to listen on when it differs from the URL's host (HUBFORGE_BIND_IP).").tag(
+        config=True
+    )
+
+    @default("bind_ip")
+    def _default_bind_ip(self) -> str:
+        return os.environ.get(SERVICE_BIND_IP_ENV, "")
+
+    @default("service_prefix")
+    def _default_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or f"/services/{SERVICE}/"
+
+    @default("service_url")
+    def _default_service_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "")
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
+
+    @default("log_format")
+    def _default_log_format(self) -> str:
+        return "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
+
+    _debug: bool
+    hub_auth: HubAuth
+    router: Router
+    web_app: web.Application
+    ip: str
+    port: int
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        """Parse the command line, then run the init steps in order."""
+        super().initialize(argv)
+        self.init_logging()
+        self.init_config()
+        self.init_router()
+        self.init_handlers()
+
+    def init_logging(self) -> None:
+        """Send the libraries' logs (tornado, hub auth) where ours go."""
+        level = self.log_level
+        number = level if isinstance(level, int) else int(logging.getLevelName(str(level)))
+        self._debug = number <= logging.DEBUG
+        for name in ("hubforge", "tornado"):
+            logger = logging.getLogger(name)
+            logger.handlers = list(self.log.handlers)
+            # The level itself, not the application logger's (traitlets keeps that at DEBUG
+            # and filters in its handler): no debug record is made for nothing.
+            logger.setLevel(number)
+            logger.propagate = False
+
+    def init_config(self) -> None:
+        """The hub environment, the state folder and the address to listen on."""
+        self.hub_auth = make_hub_auth(self.service_prefix)
+        if not self.state_dir:
+            self.state_dir = str(load_config().data_dir / SERVICE)
+        url = urlsplit(self.service_url)
+        if not (url.hostname and url.port):
+            raise ConfigError(
+                f"JUPYTERHUB_SERVICE_URL {self.service_url!r} names no host and port: "
+                "the serving service runs as a JupyterHub-managed service"
+            )
+        self.ip, self.port = self.bind_ip or url.hostname, url.port
+
+    def init_router(self) -> None:
+        """The state folder, the scoring pool and the router, with the saved routes read."""
+        state = ServingState(self.state_dir)
+        upstream = UpstreamPool(timeout=self.request_timeout)
+        settings = ScoringSettings(
+            home=state.home,
+            logs=state.logs,
+            sockets=state.sockets,
+            start_timeout=self.start_timeout,
+            workers=self.scoring_workers,
+        )
+        self.router = Router(state, ScoringPool(settings, upstream, state.verify), log=self.log)
+        self.router.load()
+
+    def init_handlers(self) -> None:
+        """Build the web application."""
+        self.web_app = make_app(
+            self.router,
+            self.service_prefix,
+            hub_auth=self.hub_auth,
+            controllers=tuple(self.controllers),
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        # Successful scoring requests and health checks are the bulk: debug, not info, and
+        # not even a log record unless debug is on (traitlets leaves the logger at DEBUG and
+        # filters at the handler, so the logger's own check would not spare the record).
+        status, request = handler.get_status(), handler.request
+        quiet = status < 400 and (isinstance(handler, InvocationsHandler) or request.path.endswith("/api/health"))
+        if quiet and not self._debug:
+            return
+        level = self.log.error if status >= 500 else self.log.debug if quiet else self.log.info
+        level("%d %s %s %.1fms", status, request.method, request.path, 1000 * request.request_time())
+
+    def start(self) -> None:
+        """Serve until SIGTERM or SIGINT."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        # No xheaders: nothing here uses the client's address, and resolving it costs a
+        # getaddrinfo call per request.
+        server = HTTPServer(self.web_app, max_body_size=self.max_body_size)
+        server.listen(self.port, self.ip)
+        self.log.info("Serving router listening on http://%s:%d%s", self.ip, self.port, self.service_prefix)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        restoring = asyncio.create_task(self.router.restore())
+        await stop.wait()
+        self.log.info("Serving router stopping")
+        restoring.cancel()
+        server.stop()
+        await server.close_all_connections()
+        await self.router.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the serving service; a configuration problem exits 1 with one line."""
+    service = ServingService()
+    try:
+        service.initialize(argv)
+    except HubforgeError as exc:
+        service.log.critical("%s", exc)
+        sys.exit(1)
+    service.start()
