@@ -320,6 +320,8 @@ class GovernanceService:
     audit_cell_source: bool
     policies: Sequence[str]
     thresholds: Mapping[str, Mapping[str, float]]
+    webhook_url: str
+    webhook_secret_file: str
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from .collect import SpoolCollector
 from .deployments import Deployer, MlflowAliases, ServingClient
 from .evidence import EvidenceSource, NoEvidence
 from .handlers import ROUTES, NotFoundHandler
+from .notify import Webhook, load_webhook_secret
 from .openapi import build_spec, path_pattern
 from .rego import PolicyEngine, default_policy_files
 from .snapshots import NoSnapshots, SnapshotSource
@@ -117,6 +118,7 @@ def make_app(
     evidence: EvidenceSource | None = None,
     snapshots: SnapshotSource | None = None,
     deployer: Deployer | None = None,
+    webhook: Webhook | None = None,
     **settings: Any,
 ) -> web.Application:
     """The tornado application serving the governance API under ``prefix``.
@@ -132,7 +134,8 @@ def make_app(
     production deployments are refused for want of evidence); ``snapshots``: where the
     approved copies of model versions are taken (default: nowhere, so no deployment is
     approved); ``deployer``: what serves approved deployments (default: none, so an approval
-    stays approved, undeployed).
+    stays approved, undeployed); ``webhook``: where requests, decisions and deployments are
+    told (default: nowhere).
     """
     prefix = url_path_join("/", prefix, "/")
     hub_auth = hub_auth if hub_auth is not None else make_hub_auth(prefix)
@@ -152,6 +155,7 @@ def make_app(
         evidence=evidence if evidence is not None else NoEvidence(),
         snapshots=snapshots if snapshots is not None else NoSnapshots(),
         deployer=deployer,
+        webhook=webhook,
         isolation=isolation or os.environ.get(ISOLATION_ENV) or "none",
         openapi=build_spec(ROUTES, prefix, cookie_name=hub_auth.cookie_name, version=__version__),
         cookie_secret=cookie_secret or secrets.token_bytes(32),
@@ -247,6 +251,7 @@ class GovernanceService(Application):
     evidence: EvidenceSource
     snapshots: SnapshotSource
     deployer: Deployer | None
+    webhook: Webhook | None
     collector: SpoolCollector
     audit: EventSpool
     web_app: web.Application
@@ -263,6 +268,7 @@ class GovernanceService(Application):
         self.init_evidence()
         self.init_store()
         self.init_audit()
+        self.init_webhook()
         self.init_deployer()
         self.init_handlers()
 
@@ -325,6 +331,16 @@ class GovernanceService(Application):
         self.collector = SpoolCollector(self.platform.data_dir, self.trail)
         self.audit = EventSpool(platform_spool_dir(self.platform.data_dir, "governance"), "governance")
 
+    def init_webhook(self) -> None:
+        """The outgoing webhook, when platform.yaml names one."""
+        governance = self.platform.services.governance
+        if not governance.webhook_url:
+            self.webhook = None
+            return
+        secret_file = Path(governance.webhook_secret_file or self.platform.data_dir / "governance_webhook_secret")
+        self.webhook = Webhook(governance.webhook_url, load_webhook_secret(secret_file))
+        self.log.info("Requests, decisions and deployments go to the webhook %s", governance.webhook_url)
+
     def init_deployer(self) -> None:
         """Approved deployments go to the serving router, when the platform runs one."""
         serving, mlflow = os.environ.get(SERVING_URL_ENV, ""), os.environ.get(MLFLOW_URL_ENV, "")
@@ -339,6 +355,7 @@ class GovernanceService(Application):
             public_url=self.platform.public_url,
             aliases=MlflowAliases(mlflow),
             audit=self.audit,
+            webhook=self.webhook,
         )
         self.log.info("Approved deployments are served by %s", serving)
 
@@ -357,6 +374,7 @@ class GovernanceService(Application):
             evidence=self.evidence,
             snapshots=self.snapshots,
             deployer=self.deployer,
+            webhook=self.webhook,
             log_function=self._log_request,
             log=self.log,
         )
@@ -402,6 +420,8 @@ class GovernanceService(Application):
         server.stop()
         if self.deployer is not None:
             await self.deployer.close()
+        if self.webhook is not None:
+            await self.webhook.close()
         await server.close_all_connections()
         self.audit.close()
         await loop.run_in_executor(None, self.collector.collect)  # what the last requests recorded

@@ -205,6 +205,8 @@ class ApprovalRequestsHandler(APIHandler):
         )
         audit, client = self.settings.get("audit"), self.request.remote_ip or ""
         events.submitted(audit, created, client)
+        if (webhook := self.settings.get("webhook")) is not None:
+            webhook.request_event("request.submitted", created)
         if result is not None:
             events.evaluated(audit, self.user_name, created, result, "submit", client)
         self.log.info("%s submitted %s request %s for %r", self.user_name, created.kind, created.id, created.target)
@@ -308,6 +310,8 @@ async def decide_request(handler: APIHandler, request_id: str, decision: str, co
             events.denied(audit, handler.user_name, found, denied.message, client)
         raise handler.refused(denied) from None
     handler.log.info("%s %s request %s (%s)", handler.user_name, decided.status, decided.id, decided.kind)
+    if (webhook := handler.settings.get("webhook")) is not None:
+        webhook.request_event("request.decided", decided)
     deployer = handler.settings.get("deployer")
     if deployer is not None and decided.stage and decided.status == "approved":
         deployer.start(decided)

@@ -136,9 +136,10 @@ class Deployer:
         public_url: str,
         aliases: AliasKeeper | None = None,
         audit: Any = None,
+        webhook: Any = None,
     ) -> None:
         self.store, self.serving, self.snapshots = store, serving, snapshots
-        self.public_url, self.aliases, self.audit = public_url, aliases, audit
+        self.public_url, self.aliases, self.audit, self.webhook = public_url, aliases, audit, webhook
         self.tasks: set[asyncio.Task[None]] = set()
 
     def start(self, request: ApprovalRequest) -> None:
@@ -179,7 +180,11 @@ class Deployer:
         status = await self.serving.change(str(request.model), str(request.stage), action)
         await self._point_aliases(str(request.model), status)
         if action == "rollback":
-            await asyncio.to_thread(self.store.set_deployment, request.id, "rolled_back", json.dumps(status)[:2000])
+            request = await asyncio.to_thread(
+                self.store.set_deployment, request.id, "rolled_back", json.dumps(status)[:2000]
+            )
+        if self.webhook is not None:
+            self.webhook.request_event("deployment.changed", request, action=action, by=user)
         events.deployment_changed(self.audit, request, user, "rolled_back" if action == "rollback" else "executed",
                                   "success", client)  # fmt: skip
         return status
@@ -194,9 +199,11 @@ class Deployer:
 
     async def _record(self, request: ApprovalRequest, status: str, detail: str) -> None:
         try:
-            await asyncio.to_thread(self.store.set_deployment, request.id, status, detail)
+            request = await asyncio.to_thread(self.store.set_deployment, request.id, status, detail)
         except (NotFound, Unavailable) as exc:
             log.error("Could not record the deployment of request %s as %s: %s", request.id, status, exc)
+        if self.webhook is not None and status != "deploying":
+            self.webhook.request_event("deployment.changed", request)
         outcome = "success" if status == "deployed" else "failure"
         # The approver's decision is what deployed it: the trail says so, with the outcome.
         events.deployment_changed(self.audit, request, str(request.decided_by), "executed", outcome, "", detail)

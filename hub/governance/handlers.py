@@ -31,6 +31,7 @@ from .ingest import INGEST_BODY, reported_records
 from .openapi import Operation
 from .pages import AuditPageHandler
 from .policy import (
+    AUDIT_SCOPE,
     TRAIL_SCOPE,
     has_scope,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "HealthHandler",
     "IndexHandler",
     "NotFoundHandler",
+    "NotificationsHandler",
     "OAuthCallbackHandler",
     "OpenAPIHandler",
     "WhoAmIHandler",
@@ -298,6 +300,53 @@ class _EveryMethod(tuple[str, ...]):
         return True
 
 
+_NOTIFICATIONS = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["webhook", "deliveries"],
+    "properties": {
+        "webhook": {"type": ["string", "null"], "description": "Where events go (null: no webhook)."},
+        "deliveries": {
+            "type": "array",
+            "description": "The latest deliveries, newest first.",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "event", "created", "status", "attempts", "error"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "event": {"type": "string"},
+                    "created": {"type": "string", "format": "date-time"},
+                    "status": {"enum": ["pending", "delivered", "failed"]},
+                    "attempts": {"type": "integer"},
+                    "error": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
+
+
+class NotificationsHandler(APIHandler):
+    """The outgoing webhook's latest deliveries: failures visible to who oversees the platform."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation(
+            "The webhook's latest deliveries (requests, decisions, deployments) and how they went",
+            {200: _NOTIFICATIONS},
+            description="For holders of custom:audit-trail:read or custom:audit:read.",
+        )
+    }
+
+    @needs_scope(TRAIL_SCOPE, AUDIT_SCOPE)
+    def get(self) -> None:
+        """Answer the deliveries."""
+        webhook = self.settings.get("webhook")
+        self.write_json(
+            {"webhook": webhook.url if webhook else None, "deliveries": webhook.recent() if webhook else []}
+        )
+
+
 class NotFoundHandler(APIHandler):
     """Any path no route matches: a JSON 404, whatever the method (never a 405: no path, no methods)."""
 
@@ -318,6 +367,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("api/requests/{request_id}", ApprovalRequestHandler),
     ("api/requests/{request_id}/decision", DecisionHandler),
     ("api/policy/deploy", DeployPolicyHandler),
+    ("api/notifications", NotificationsHandler),
     ("api/audit/events", AuditEventsHandler),
     ("audit", AuditPageHandler),
     ("requests", RequestListPage),

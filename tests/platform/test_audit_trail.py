@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from harness.models import register_model
 from harness.platform import HubSession, PlatformProcess, api, wait_for
 from hubforge.config import load_config
 
@@ -169,8 +170,9 @@ def test_a_deployment_approval_reaches_the_trail_from_the_governance_service(pla
         assert session.login(user).status_code == 302
         people[user] = api(platform.url, session.new_token(user, note="audit"))
     try:
-        model = f"churn-{uuid.uuid4().hex[:6]}"
-        body = {"kind": "deploy-staging", "model": model, "version": "1", "justification": "AUC +4"}
+        token = people["alice"].headers["Authorization"].split()[1]
+        model = register_model(platform.url + "/services/mlflow", token, "alice", prefix="churn")
+        body = {"kind": "deploy-staging", "model": model.name, "version": model.version, "justification": "AUC +4"}
         created = people["alice"].post("/services/governance/api/requests", json=body)
         assert created.status_code == 201, created.text
         request_id = created.json()["id"]
@@ -185,7 +187,8 @@ def test_a_deployment_approval_reaches_the_trail_from_the_governance_service(pla
     def arrived() -> list[tuple[str, str]]:
         rows = stored(platform, "resource = :r AND schema LIKE '%/deployment/v1'", r=f"request:{request_id}")
         seen = [(r["action"], r["user"]) for r in rows]
-        wanted = [("requested", "alice"), ("approved", "carol")]
+        # the request, its approval, then the deployment the approval started (staging is served too)
+        wanted = [("requested", "alice"), ("approved", "carol"), ("executed", "carol")]
         return seen if seen == wanted and {r["observed"] for r in rows} == {"platform"} else []
 
-    wait_for(arrived, 30, "the request and its approval to reach the audit trail")
+    wait_for(arrived, 120, "the request, its approval and its deployment to reach the audit trail")
