@@ -11,13 +11,13 @@ could not decide anyway.
 
 What is "in production" is the version the registered model's ``production`` alias
 (``staging`` for staging) names, which the deployments set; until one does, the version
-of the newest approved request for that target.
+of the newest approved request for that target. That comparison is
+:mod:`hubforge.modelcard.compare`, the one the governance service's decision page shows.
 """
 
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ import ipywidgets as widgets
 
 from hubforge.errors import HubforgeError
 from hubforge.modelcard import completeness
+from hubforge.modelcard.compare import ALIASES, MetricChange, format_metric, metric_diff, production_version
 from hubforge.personas import PERSONAS
 
 from .client import Background, GovernanceClient, WidgetError, mlflow_client, one_line, translated
@@ -53,8 +54,6 @@ APPROVER_SCOPES = {
     "deploy-production": "custom:approve:production",
     "data-access": "custom:approve:data-access",
 }
-#: The registered model alias naming what serves each deploy target.
-ALIASES = {"deploy-staging": "staging", "deploy-production": "production"}
 #: Requests shown with their evidence (MLflow is read for each), oldest first.
 MAX_SHOWN = 50
 _SPINNER = '<i class="fa fa-spinner fa-spin"></i> '
@@ -89,29 +88,6 @@ def awaiting(requests: Iterable[Mapping[str, Any]], me: str, kinds: Iterable[str
 
 
 @dataclass(frozen=True)
-class MetricChange:
-    """One metric of the version asked for, and of the one in production (None: not logged)."""
-
-    name: str
-    candidate: float | None
-    production: float | None
-
-    @property
-    def delta(self) -> float | None:
-        """candidate - production, when both are numbers."""
-        if self.candidate is None or self.production is None:
-            return None
-        return self.candidate - self.production
-
-
-def metric_diff(candidate: Mapping[str, float], production: Mapping[str, float] | None) -> list[MetricChange]:
-    """Every metric of either version, by name; production's all None when nothing is in production."""
-    other = production or {}
-    names = sorted(set(candidate) | set(other))
-    return [MetricChange(name, candidate.get(name), other.get(name)) for name in names]
-
-
-@dataclass(frozen=True)
 class VersionFacts:
     """What an approver weighs about one model version: its card and its run's metrics."""
 
@@ -135,25 +111,6 @@ def facts_of(
     return VersionFacts(version, True, found.score, tuple(found.missing), risk, dict(metrics), problem)
 
 
-def production_version(alias: str | None, approved: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
-    """(version, where that comes from) of what is in production: the alias's version, else the
-    newest approved request's; None for nothing."""
-    if alias:
-        return alias, "the registered model's alias"
-    if approved and approved[0].get("version"):
-        newest = approved[0]
-        return str(newest["version"]), f"approved {str(newest.get('decided') or '')[:10]} by {newest.get('decided_by')}"
-    return None
-
-
-def _number(value: float | None, sign: bool = False) -> str:
-    if value is None:
-        return "—"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:+.4g}" if sign else f"{value:.4g}"
-
-
 def _card_html(facts: VersionFacts) -> str:
     if not facts.card_present:
         return "<b>Model card:</b> none saved" + (f" ({html.escape(facts.problem)})" if facts.problem else "") + "."
@@ -170,8 +127,8 @@ def _metrics_html(candidate: VersionFacts, production: VersionFacts | None) -> s
         return "<p><i>The version's run logged no metrics.</i></p>"
     head = "<tr><th>metric</th><th>this version</th><th>production</th><th>change</th></tr>"
     rows = "".join(
-        f"<tr><td>{html.escape(c.name)}</td><td>{_number(c.candidate)}</td><td>{_number(c.production)}</td>"
-        f"<td>{_number(c.delta, sign=True)}</td></tr>"
+        f"<tr><td>{html.escape(c.name)}</td><td>{format_metric(c.candidate)}</td><td>{format_metric(c.production)}</td>"
+        f"<td>{format_metric(c.delta, sign=True)}</td></tr>"
         for c in changes
     )
     return f'<table style="border-collapse:collapse" border="1" cellpadding="3">{head}{rows}</table>'

@@ -1,29 +1,38 @@
 """The decision pages: where a person sees requests and approves or rejects them.
 
 ``<prefix>requests`` lists the requests the viewer may see, with a badge counting those
-awaiting their decision; ``<prefix>requests/<id>`` shows one request, what the deploy
-policy said when it was submitted and what it says now of the viewer approving it, and,
-to whoever may decide it, a form to approve or reject with a comment. The form posts back
-to the same page in the person's browser session (the hub-login cookie and its XSRF
-token), which is the only way a decision is taken (:func:`~.approvals.decide_request`):
-no token, so no notebook code, can decide. Pages are server-rendered HTML without script
-under the audit page's Content-Security-Policy; every value is escaped.
+awaiting their decision; ``<prefix>requests/<id>`` shows one request; for a deploy request,
+its model version's card and metrics against what is in production (:mod:`.compare`: what
+MLflow cannot answer is a note, never a failed page); what the deploy policy said when it
+was submitted and what it says now of the viewer approving it; and, to whoever may decide
+it, a form to approve or reject with a comment. The form posts back to the same page in
+the person's browser session (the hub-login cookie and its XSRF token), which is the only
+way a decision is taken (:func:`~.approvals.decide_request`): no token, so no notebook
+code, can decide. Pages are server-rendered HTML without script under the audit page's
+Content-Security-Policy; every value is escaped, and the markdown people wrote in a model
+card is rendered sanitized (:func:`~hubforge.modelcard.render_markdown`).
 
-:func:`render_list` and :func:`render_request` are pure; the handlers are the HTTP edge.
+:func:`render_list`, :func:`render_request` and :func:`render_evidence` are pure; the
+handlers are the HTTP edge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from tornado import web
 
 from hubforge.errors import Refusal
+from hubforge.modelcard import render_markdown, validate_card
+from hubforge.modelcard.compare import format_metric
 
 from .api import APIHandler
 from .approvals import TOKEN_DECISION, decide_request, judge
 from .auth import needs_scope
+from .compare import Comparison, MetricRow, Threshold, compare, metric_rows
+from .evidence import Evidence
 from .model import DECISIONS, STATUSES, ApprovalRequest
 from .openapi import Operation
 from .policy import (
@@ -38,7 +47,11 @@ from .policy import (
 from .rego import PolicyResult
 from .report_html import CSP, esc, html_page
 
-__all__ = ["RequestListPage", "RequestPage", "awaiting", "render_list", "render_request"]
+__all__ = ["RequestListPage", "RequestPage", "awaiting", "render_evidence", "render_list", "render_request"]
+
+#: Approved requests of the model looked through for the newest deployed one, when no alias
+#: says what is in production.
+DEPLOYED_SCAN = 50
 
 
 def awaiting(user: str, scopes: frozenset[str], requests: Sequence[ApprovalRequest]) -> list[ApprovalRequest]:
@@ -92,6 +105,89 @@ def _policy(title: str, result: dict[str, Any] | None) -> str:
     )
 
 
+def _owner(owner: Mapping[str, str]) -> str:
+    return owner["name"] + (f" ({owner['contact']})" if owner.get("contact") else "")
+
+
+def _card_fields(card: Mapping[str, Any]) -> str:
+    """What people wrote in a valid card that an approver weighs: markdown sanitized, text escaped."""
+    details, considerations = card["model_details"], card.get("considerations", {})
+    limits = "".join(f"<li>{esc(item['description'])}</li>" for item in considerations.get("limitations", []))
+    fields = [
+        ("Owners", esc(", ".join(_owner(owner) for owner in details.get("owners", [])))),
+        ("Overview", render_markdown(details.get("overview", ""))),
+        ("Intended use", render_markdown(card.get("intended_use", ""))),
+        ("Out-of-scope use", render_markdown(card.get("out_of_scope_use", ""))),
+        ("Limitations", f"<ul>{limits}</ul>" if limits else ""),
+        ("Risk notes", render_markdown(card.get("risk_notes", ""))),
+    ]
+    rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in fields if value)
+    return f'<table class="card">{rows}</table>' if rows else ""
+
+
+def _card(evidence: Evidence) -> str:
+    """The model card section: how complete it is for production, its risk, then its text."""
+    parts = ["<h2>The model card</h2>"]
+    if not evidence.card_present:
+        return "\n".join([*parts, '<p class="none">No model card is saved with this version.</p>'])
+    state = "complete" if not evidence.missing else "missing: " + ", ".join(evidence.missing)
+    summary = f"{evidence.completeness:.0%} filled for production ({state}); risk: {evidence.risk or 'not rated'}."
+    parts.append(f"<p>{esc(summary)}</p>")
+    if evidence.card is not None and validate_card(evidence.card):
+        parts.append('<p class="meta">The card does not follow the model card schema, so its text is not shown.</p>')
+    elif evidence.card is not None:
+        parts.append(_card_fields(evidence.card))
+    return "\n".join(parts)
+
+
+def _requirement(limit: Threshold) -> str:
+    return " and ".join(f"{sign} {limit[key]:g}" for key, sign in (("min", "≥"), ("max", "≤")) if key in limit)
+
+
+def _metric_row(row: MetricRow, with_thresholds: bool) -> str:
+    c = row.change
+    cells = [esc(c.name), format_metric(c.candidate), format_metric(c.production), format_metric(c.delta, sign=True)]
+    if with_thresholds:
+        verdict = f" <strong>fails: {esc(row.problem)}</strong>" if row.problem else " met"
+        cells.append(esc(_requirement(row.limit)) + verdict if row.limit is not None else "")
+    css = ' class="breach"' if row.problem else ""
+    return f"<tr{css}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def _metric_table(rows: Sequence[MetricRow], stage: str, with_thresholds: bool) -> str:
+    if not rows:
+        return '<p class="none">The version\'s run logged no metrics.</p>'
+    head = ["Metric", "This version", stage.capitalize(), "Change"] + (["Threshold"] if with_thresholds else [])
+    header = "".join(f"<th>{h}</th>" for h in head)
+    body = "\n".join(_metric_row(row, with_thresholds) for row in rows)
+    return f'<table class="metrics">\n<thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+
+
+def _metrics(comparison: Comparison, stage: str, thresholds: Mapping[str, Threshold]) -> str:
+    """The metrics section: what is in ``stage``, then each metric of both versions side by side."""
+    there = comparison.production
+    if comparison.problem:
+        where = f'<p class="meta">{esc(comparison.problem)}</p>'
+    elif there is None:
+        where = f"<p>Nothing is in {stage} yet.</p>"
+    else:
+        where = f"<p>In {stage}: version {esc(comparison.version)} ({esc(comparison.source)}).</p>"
+        if not there.available:
+            where += f'\n<p class="meta">Its metrics could not be read: {esc("; ".join(there.problems))}.</p>'
+    table = _metric_table(metric_rows(comparison, thresholds), stage, bool(thresholds))
+    return f"<h2>Metrics against {stage}</h2>\n{where}\n{table}"
+
+
+def render_evidence(request: ApprovalRequest, comparison: Comparison, thresholds: Mapping[str, Threshold]) -> str:
+    """A deploy request's model card and metrics against what is in its stage; one note
+    instead when the version's evidence could not be read."""
+    candidate = comparison.candidate
+    if not candidate.available:
+        why = esc("; ".join(candidate.problems))
+        return f'<h2>The model card and metrics</h2>\n<p class="meta">They could not be read: {why}.</p>'
+    return _card(candidate) + "\n" + _metrics(comparison, str(request.stage), thresholds)
+
+
 def render_request(
     prefix: str,
     request: ApprovalRequest,
@@ -101,9 +197,14 @@ def render_request(
     now: PolicyResult | None = None,
     message: str = "",
     may_change: bool = False,
+    comparison: Comparison | None = None,
+    thresholds: Mapping[str, Threshold] | None = None,
 ) -> str:
     """One request's page; with the decision form when the viewer ``may_decide``, and the
-    rollback (and promote, for a canary) form when they ``may_change`` its deployment."""
+    rollback (and promote, for a canary) form when they ``may_change`` its deployment.
+
+    ``comparison``: a deploy request's evidence against what is in its stage, with the
+    metrics that miss ``thresholds`` marked."""
     fields = [
         ("Kind", request.kind),
         ("What", _what(request)),
@@ -126,7 +227,10 @@ def render_request(
     parts = [f"<h1>Request {esc(request.id)}</h1>"]
     if message:
         parts.append(f'<p class="message">{esc(message)}</p>')
-    parts += [f"<table>{rows}</table>", _policy("The policy when it was submitted", request.policy)]
+    parts.append(f"<table>{rows}</table>")
+    if comparison is not None:
+        parts.append(render_evidence(request, comparison, thresholds or {}))
+    parts.append(_policy("The policy when it was submitted", request.policy))
     if request.pending and now is not None:
         parts.append(_policy("The policy now, if you approve", now.to_json()))
     if may_decide:
@@ -226,16 +330,39 @@ class RequestPage(_Page):
             may_decide = True
         except PolicyDenied:
             may_decide = False
-        now = None
-        if may_decide and request.stage:
-            now = await judge(self.settings, "approve", request.to_json(), self.current_user, self.user_scopes)
+        now, comparison = await asyncio.gather(self._now(request, may_decide), self._compare(request))
         token = self.xsrf_token
         xsrf = token.decode() if isinstance(token, bytes) else str(token)
         prefix = self.settings["service_prefix"]
         may_change = self._may_change(request)
-        return render_request(
-            prefix, request, may_decide=may_decide, xsrf=xsrf, now=now, message=message, may_change=may_change
-        )
+        # the thresholds are the policy's data, which weighs them for production only
+        policy_data = self.settings["policies"].data["hubforge"]
+        thresholds = policy_data.get("thresholds") if request.stage == "production" else None
+        return render_request(prefix, request, may_decide=may_decide, xsrf=xsrf, now=now, message=message,
+                              may_change=may_change, comparison=comparison, thresholds=thresholds)  # fmt: skip
+
+    async def _now(self, request: ApprovalRequest, may_decide: bool) -> PolicyResult | None:
+        """The policy's word on the viewer approving a deploy request they may decide."""
+        if not (may_decide and request.stage):
+            return None
+        return await judge(self.settings, "approve", request.to_json(), self.current_user, self.user_scopes)
+
+    async def _compare(self, request: ApprovalRequest) -> Comparison | None:
+        """A deploy request's evidence against what is in its stage; None for other kinds.
+
+        Without an alias, what is in the stage is the newest deployed request of the model
+        among those the viewer may see: the page tells nobody of requests hidden from them.
+        """
+        if not (request.stage and request.model and request.version):
+            return None
+        store, seen = self.settings["store"], visibility(self.user_name, self.user_scopes)
+
+        async def deployed() -> list[ApprovalRequest]:
+            found = await self.call_store(store.list_requests, seen, status="approved", kind=request.kind,
+                                          model=request.model, limit=DEPLOYED_SCAN)  # fmt: skip
+            return [r for r in found if r.deploy_status == "deployed"]
+
+        return await compare(self.settings["evidence"], request, deployed)
 
     def _may_change(self, request: ApprovalRequest) -> bool:
         """Whether the viewer may roll back or promote the request's deployment: who decides its kind."""

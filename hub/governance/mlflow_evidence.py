@@ -4,7 +4,8 @@ The governance service reads them as its own hub identity (the ``hubforge-govern
 MLflow access and ``custom:audit:read``, read-only), through the MLflow service's own
 permission gate, like any other client. The card is read with
 :func:`hubforge.modelcard.mlflow_store.load_card`, which checks it against the digest saved
-with it, so a card changed behind the registry's back counts as no evidence.
+with it, so a card changed behind the registry's back counts as no evidence. The decision
+page reads the same way which version the ``production`` (or ``staging``) alias names.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from hubforge.errors import HubforgeError
+from hubforge.errors import HubforgeError, Unavailable
 from hubforge.modelcard.card import completeness
 from hubforge.modelcard.mlflow_store import load_card
 
@@ -35,15 +36,20 @@ def configure_mlflow_client(token: str, environ: Mapping[str, str] | None = None
         os.environ[name] = env.get(name, value)
 
 
+def _line(exc: MlflowException) -> str:
+    """MLflow's message as one line that a policy's reason or a page can carry."""
+    return (exc.message.splitlines() or [str(exc.error_code)])[0][:300]
+
+
 class MlflowEvidence:
-    """Reads a model version's card and metrics from the MLflow service at ``url``."""
+    """Reads model versions' cards and metrics, and models' aliases, from the MLflow service at ``url``."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.client = MlflowClient(tracking_uri=url, registry_uri=url)
 
     def evidence(self, model: str, version: str) -> Evidence:
-        """The card's completeness and risk, and the metrics of the version's source run."""
+        """The card (its completeness and risk, and itself) and the metrics of the version's source run."""
         what = f"model {model!r} version {version}"
         try:
             card = load_card(self.client, model, version)
@@ -52,7 +58,7 @@ class MlflowEvidence:
         except HubforgeError as exc:
             return unavailable(str(exc))
         except MlflowException as exc:
-            return unavailable(f"MLflow cannot answer for {what}: {exc.message.splitlines()[0][:300]}")
+            return unavailable(f"MLflow cannot answer for {what}: {_line(exc)}")
         if card is None:
             return Evidence(available=True, metrics=metrics)
         filled = completeness(card)
@@ -63,4 +69,21 @@ class MlflowEvidence:
             missing=tuple(filled.missing),
             risk=card.get("risk_rating"),
             metrics=metrics,
+            card=card,
         )
+
+    def alias_version(self, model: str, alias: str) -> str | None:
+        """The version ``alias`` names; None when it names none or there is no such model;
+        :class:`~hubforge.errors.Unavailable` when MLflow cannot answer.
+
+        Read from the registered model's aliases: MLflow answers a missing alias looked up
+        directly as an invalid parameter, which would read like any other refusal.
+        """
+        try:
+            aliases = self.client.get_registered_model(model).aliases or {}
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise Unavailable(f"MLflow cannot say which version of {model!r} is {alias}: {_line(exc)}") from exc
+        version = aliases.get(alias)
+        return str(version) if version is not None else None

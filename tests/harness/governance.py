@@ -93,15 +93,20 @@ USERS: dict[str, dict[str, Any]] = {
 
 class FixedEvidence:
     """The evidence source of the API tests: every model version has a complete card and
-    the metrics in ``metrics`` (the deploy policy's own tests read real MLflow)."""
+    the metrics in ``metrics`` unless ``cards`` says otherwise, and ``aliases`` (model, alias)
+    -> version says what is deployed (the deploy policy's own tests read real MLflow)."""
 
     def __init__(self, metrics: dict[str, float] | None = None) -> None:
         self.metrics = metrics if metrics is not None else {"accuracy": 0.9}
         self.cards: dict[tuple[str, str], Evidence] = {}
+        self.aliases: dict[tuple[str, str], str] = {}
 
     def evidence(self, model: str, version: str) -> Evidence:
         default = Evidence(available=True, card_present=True, completeness=1.0, risk="low", metrics=self.metrics)
         return self.cards.get((model, version), default)
+
+    def alias_version(self, model: str, alias: str) -> str | None:
+        return self.aliases.get((model, alias))
 
 
 class FixedSnapshots:

@@ -3,7 +3,9 @@
 A gated MLflow (``mlflow server --app-name hubforge`` behind the tests' fake hub): alice
 trains, registers and documents a model with her token; the governance service reads
 the card and the run's metrics with its own service token (read-only, every model), as
-:class:`~hubforge.hub.governance.mlflow_evidence.MlflowEvidence` does on the platform.
+:class:`~hubforge.hub.governance.mlflow_evidence.MlflowEvidence` does on the platform, and
+which version the ``production`` alias (set by governance's deployments) names; the decision
+page shows them, read that way (``running``: the governance service of tests/harness).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.cards import complete_card, partial_card
+from harness.governance import Running, cookie_client
 from harness.mlflow_app import PREFIX
 from harness.models import register_model
+from hubforge.errors import Unavailable
 from hubforge.hub.governance.mlflow_evidence import MlflowEvidence
 from hubforge.modelcard.mlflow_store import card_path, save_card
 
@@ -40,15 +44,25 @@ def alices_model(tracking: str, monkeypatch: pytest.MonkeyPatch, card: dict | No
     name = f"churn-{uuid.uuid4().hex[:8]}"
     with as_token(monkeypatch, "alice-token"):
         client = MlflowClient(tracking, registry_uri=tracking)
-        experiment = client.create_experiment(f"/Users/alice/{name}")
-        run = client.create_run(experiment).info.run_id
-        client.log_metric(run, "accuracy", 0.91)
-        client.log_text(run, "weights", "model/weights.txt")
+        client.create_experiment(f"/Users/alice/{name}")
         client.create_registered_model(name)
+    return name, alices_version(tracking, monkeypatch, name, card)
+
+
+def alices_version(
+    tracking: str, monkeypatch: pytest.MonkeyPatch, name: str, card: dict | None, accuracy: float = 0.91
+) -> str:
+    """Another version of alice's model ``name``, from a new run that logged ``accuracy``."""
+    with as_token(monkeypatch, "alice-token"):
+        client = MlflowClient(tracking, registry_uri=tracking)
+        experiment = client.get_experiment_by_name(f"/Users/alice/{name}").experiment_id
+        run = client.create_run(experiment).info.run_id
+        client.log_metric(run, "accuracy", accuracy)
+        client.log_text(run, "weights", "model/weights.txt")
         version = client.create_model_version(name, f"runs:/{run}/model", run_id=run).version
         if card is not None:
             save_card(client, name, version, card)
-    return name, str(version)
+    return str(version)
 
 
 def evidence_of(
@@ -101,6 +115,45 @@ def test_a_person_named_like_the_service_reads_nothing(tracking, monkeypatch):
     name, version = alices_model(tracking, monkeypatch, complete_card("x"))
     found = evidence_of(tracking, monkeypatch, name, version, token="imposter-token")
     assert not found.available
+
+
+def set_production(tracking: str, monkeypatch: pytest.MonkeyPatch, name: str, version: str) -> None:
+    """Point ``production`` at ``version``, as governance's deployments do (people may not)."""
+    with as_token(monkeypatch, "governance-token"):
+        MlflowClient(tracking, registry_uri=tracking).set_registered_model_alias(name, "production", version)
+
+
+def test_the_service_reads_the_card_itself_and_what_the_production_alias_names(tracking, monkeypatch):
+    name, first = alices_model(tracking, monkeypatch, complete_card("x"))
+    with as_token(monkeypatch, "governance-token"):
+        source = MlflowEvidence(tracking)
+        assert source.alias_version(name, "production") is None
+        assert source.alias_version("no-such-model", "production") is None
+    set_production(tracking, monkeypatch, name, first)
+    with as_token(monkeypatch, "governance-token"):
+        assert (source.alias_version(name, "production"), source.alias_version(name, "staging")) == (first, None)
+        assert source.evidence(name, first).card == complete_card("x")
+    with as_token(monkeypatch, "imposter-token"), pytest.raises(Unavailable, match="cannot say which version"):
+        source.alias_version(name, "production")
+
+
+def test_the_decision_page_weighs_the_version_against_production_read_from_mlflow(
+    tracking, monkeypatch, running: Running
+):
+    name, first = alices_model(tracking, monkeypatch, complete_card("ranker"))  # its run logged 0.91
+    second = alices_version(tracking, monkeypatch, name, complete_card("ranker", accuracy=0.93), accuracy=0.93)
+    set_production(tracking, monkeypatch, name, first)
+    monkeypatch.setitem(running.app.settings, "evidence", MlflowEvidence(tracking))
+    body = {"kind": "deploy-production", "model": name, "version": second, "justification": "better"}
+    with running.client("alice-token") as c:
+        created = c.post("api/requests", json=body).json()
+    with as_token(monkeypatch, "governance-token"), cookie_client(running, "carol-token") as carol:
+        page = carol.get(f"requests/{created['id']}", headers={"Sec-Fetch-Mode": "navigate"})
+    assert page.status_code == 200
+    assert "100% filled for production (complete); risk: medium." in page.text
+    assert "<th>Owners</th><td>alice (alice@example.com)</td>" in page.text
+    assert f"In production: version {first} (the registered model&#x27;s alias)." in page.text
+    assert "<tr><td>accuracy</td><td>0.93</td><td>0.91</td><td>+0.02</td></tr>" in page.text
 
 
 # --- the approved copy ---------------------------------------------------------------------------

@@ -4,7 +4,8 @@ The service runs for real (``running``: SQLite and PostgreSQL) behind the tests'
 People decide on the decision pages in a browser session (the service's hub-login cookie
 and its XSRF token, as :func:`harness.governance.cookie_client` holds them); a token,
 whatever it holds, never decides. Model cards and metrics come from the harness's fixed
-evidence source, which a test changes for the model versions it makes.
+evidence source, which a test changes for the model versions it makes (and the aliases
+that say what is in production); one test points the service at an MLflow nobody serves.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ from collections.abc import Iterator
 
 import httpx
 import jsonschema
+import pytest
 
+from harness.cards import complete_card
 from harness.governance import Running, cookie_client
+from harness.platform import free_port
 from hubforge.hub.governance import schemas
 from hubforge.hub.governance.approvals import TOKEN_DECISION
 from hubforge.hub.governance.evidence import Evidence
+from hubforge.hub.governance.rego import PolicyEngine, default_policy_files
 
 DEPLOY = {"kind": "deploy-production", "model": "churn", "version": "3", "justification": "AUC +4"}
 
@@ -217,3 +222,102 @@ def test_no_copy_no_approval(running):
         "cannot copy model 'away' version 1 from MLflow: it is away; the request stays pending"
     )
     assert status_of(running, created["id"]) == "pending"
+
+
+# --- what the decision page weighs ---------------------------------------------------------------
+
+
+def card_evidence(metrics: dict[str, float], card: dict | None = None) -> Evidence:
+    return Evidence(available=True, card_present=True, completeness=1.0, risk="medium", metrics=metrics, card=card)
+
+
+def test_the_page_shows_the_card_and_the_metrics_against_production(running, monkeypatch):
+    evidence = running.app.settings["evidence"]
+    monkeypatch.setitem(evidence.cards, ("fraud", "5"), card_evidence({"accuracy": 0.93, "auc": 0.81},
+                                                                       complete_card("fraud")))  # fmt: skip
+    monkeypatch.setitem(evidence.cards, ("fraud", "4"), card_evidence({"accuracy": 0.88, "latency_ms": 12.0}))
+    monkeypatch.setitem(evidence.aliases, ("fraud", "production"), "4")
+    created = submit(running, model="fraud", version="5")
+    thresholds = {"auc": {"min": 0.85}, "recall": {"min": 0.5}, "accuracy": {"min": 0.9}}
+    monkeypatch.setitem(running.app.settings, "policies", PolicyEngine(default_policy_files(),
+                                                                       {"thresholds": thresholds}))  # fmt: skip
+    with page_session(running, "carol-token", f"requests/{created['id']}") as (_carol, page):
+        text = page.text
+    assert page.status_code == 200
+    assert "<th>Owners</th><td>alice (alice@example.com)</td>" in text
+    assert "<th>Intended use</th><td><p>Ranking customers for retention offers.</p>" in text
+    assert "100% filled for production (complete); risk: medium." in text
+    assert "In production: version 4 (the registered model&#x27;s alias)." in text
+    assert "<th>Metric</th><th>This version</th><th>Production</th><th>Change</th><th>Threshold</th>" in text
+    assert "<tr><td>accuracy</td><td>0.93</td><td>0.88</td><td>+0.05</td><td>≥ 0.9 met</td></tr>" in text
+    assert ('<tr class="breach"><td>auc</td><td>0.81</td><td>—</td><td>—</td>'
+            "<td>≥ 0.85 <strong>fails: below the required 0.85</strong></td></tr>") in text  # fmt: skip
+    assert "<tr><td>latency_ms</td><td>—</td><td>12</td><td>—</td><td></td></tr>" in text
+    assert '<tr class="breach"><td>recall</td><td>—</td><td>—</td><td>—</td>' in text
+    # the policy now weighs the same thresholds, and says so beside the table
+    assert "metric recall has a threshold but the model version&#x27;s run did not log it" in text
+    assert "The policy denies." in text and 'name="decision"' in text
+
+
+def test_without_an_alias_production_is_the_newest_deployed_request(running):
+    first = submit(running, model="legacy", version="1")
+    assert running.decide("carol-token", first["id"]).status_code == 200
+    running.app.settings["store"].set_deployment(first["id"], "deployed", "http://serving.test/legacy")
+    second = submit(running, model="legacy", version="2")
+    with page_session(running, "cathy-token", f"requests/{second['id']}") as (_cathy, page):
+        assert page.status_code == 200
+    decided = first_decided_day(running, first["id"])
+    assert f"In production: version 1 (approved {decided} by carol)." in page.text
+    assert "<tr><td>accuracy</td><td>0.9</td><td>0.9</td><td>+0</td></tr>" in page.text
+
+
+def first_decided_day(running: Running, request_id: str) -> str:
+    with running.client("erin-token") as c:
+        return c.get(f"api/requests/{request_id}").json()["decided"][:10]
+
+
+def test_a_card_people_wrote_is_shown_harmlessly(running, monkeypatch):
+    card = complete_card("xss")
+    card["intended_use"] = "<script>alert(1)</script> See [the runbook](javascript:alert(1))."
+    card["model_details"]["overview"] = "<img src=x onerror=alert(1)>"
+    card["model_details"]["owners"] = [{"name": "<b onmouseover=alert(1)>eve</b>", "contact": '"><script>x</script>'}]
+    card["considerations"]["limitations"] = [{"description": "<script>alert(2)</script>"}]
+    metrics = {'<img src=x onerror="alert(3)">': 1.0}
+    monkeypatch.setitem(running.app.settings["evidence"].cards, ("xss", "1"), card_evidence(metrics, card))
+    created = submit(running, model="xss", version="1")
+    with page_session(running, "carol-token", f"requests/{created['id']}") as (_carol, page):
+        text = page.text
+    assert page.status_code == 200 and "<th>Intended use</th>" in text
+    for harmful in ("<script", "<img", "<b ", 'href="javascript'):
+        assert harmful not in text, harmful
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; See [the runbook](javascript:alert(1))." in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "&lt;b onmouseover=alert(1)&gt;eve" in text
+    assert "<td>&lt;img src=x onerror=&quot;alert(3)&quot;&gt;</td>" in text
+
+
+@pytest.fixture
+def mlflow_away(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service reads an MLflow that nobody serves, failing at once rather than retrying."""
+    from hubforge.hub.governance.mlflow_evidence import MlflowEvidence
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setitem(running.app.settings, "evidence", MlflowEvidence(f"http://127.0.0.1:{free_port()}/mlflow"))
+
+
+def test_an_unreachable_mlflow_is_a_note_and_people_still_decide(running, mlflow_away):
+    production = submit(running, model="offline", version="1")
+    with page_session(running, "carol-token", f"requests/{production['id']}") as (carol, page):
+        assert page.status_code == 200
+        note = re.search(r'<p class="meta">They could not be read: ([^<]*)\.</p>', page.text)
+        assert note and "cannot read model &#x27;offline&#x27; version 1" in note.group(1)
+        assert "The policy now, if you approve" in page.text and "The policy denies." in page.text
+        form = {"decision": "reject", "comment": "no evidence", "_xsrf": form_xsrf(page.text)}
+        r = carol.post(f"requests/{production['id']}", data=form)
+    assert r.status_code == 200 and "You rejected this request." in r.text and "They could not be read" in r.text
+    staging = submit(running, kind="deploy-staging", model="offline", version="1")
+    assert staging["policy"]["decision"] == "allow"  # staging weighs no evidence
+    with page_session(running, "bob-token", f"requests/{staging['id']}") as (bob, page):
+        r = bob.post(f"requests/{staging['id']}", data={"decision": "approve", "_xsrf": form_xsrf(page.text)})
+    assert r.status_code == 200 and "You approved this request." in r.text
+    assert status_of(running, staging["id"]) == "approved"
