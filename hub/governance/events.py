@@ -31,7 +31,6 @@ __all__ = [
 DEPLOYMENT_SCHEMA = "https://events.hubforge.dev/governance/deployment/v1"
 DATA_ACCESS_SCHEMA = "https://events.hubforge.dev/governance/data_access/v1"
 POLICY_SCHEMA = "https://events.hubforge.dev/governance/policy_decision/v1"
-STAGES = DEPLOY_STAGES
 
 
 def _event(request: ApprovalRequest, user: str, action: str, client: str) -> tuple[str, dict[str, Any]]:
@@ -46,8 +45,8 @@ def _event(request: ApprovalRequest, user: str, action: str, client: str) -> tup
     }
     if request.decided_by:
         base["approver"] = request.decided_by
-    if request.kind in STAGES:
-        deployment = {**base, "model_name": request.model or request.target, "stage": STAGES[request.kind]}
+    if request.kind in DEPLOY_STAGES:
+        deployment = {**base, "model_name": request.model or request.target, "stage": DEPLOY_STAGES[request.kind]}
         if request.version:
             deployment["version"] = request.version
         if request.canary_percent:
@@ -69,7 +68,7 @@ def decided(spool: EventSpool | None, request: ApprovalRequest, client: str, tim
     if spool is None:
         return
     approved = request.status == "approved"
-    action = "approved" if approved else ("rejected" if request.kind in STAGES else "denied")
+    action = "approved" if approved else ("rejected" if request.kind in DEPLOY_STAGES else "denied")
     spool.emit_durable(*_event(request, str(request.decided_by), action, client), timeout=timeout)
 
 

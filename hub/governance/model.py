@@ -22,6 +22,7 @@ __all__ = [
     "STATUSES",
     "ApprovalRequest",
     "format_time",
+    "stage_of",
 ]
 
 #: What may be requested.
@@ -51,6 +52,11 @@ def format_time(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.isoformat().replace("+00:00", "Z")
+
+
+def stage_of(kind: str) -> str | None:
+    """The stage a request of ``kind`` deploys to; None for kinds that deploy nothing."""
+    return DEPLOY_STAGES.get(kind)
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class ApprovalRequest:
     @property
     def stage(self) -> str | None:
         """The stage a deploy request deploys to; None for other kinds."""
-        return DEPLOY_STAGES.get(self.kind)
+        return stage_of(self.kind)
 
     def to_json(self) -> dict[str, Any]:
         """The API representation (see the ``ApprovalRequest`` schema)."""
