@@ -8,6 +8,7 @@ import sys
 from bench import (
     accounts,
     allocator,
+    approval,
     audit,
     extension_start,
     mlflow_gate,
@@ -30,6 +31,7 @@ SUITES = {
     "accounts": accounts.run,
     "audit": audit.run,
     "serving": serving.run,
+    "approval": approval.run,
 }
 
 

@@ -130,6 +130,7 @@ def _cross_check(data: dict[str, Any], source: str) -> None:
     for kind in ("oauth", "ldap"):
         if auth.get("type") == kind and kind not in auth:
             raise ConfigError(f"{source}: auth.{kind}: required when auth.type is {kind!r}")
+    _check_kserve(data, source)
     port = data["hub"]["port"]
     for key, value in (
         ("hub.hub_port", data["hub"].get("hub_port")),
@@ -137,6 +138,26 @@ def _cross_check(data: dict[str, Any], source: str) -> None:
     ):
         if value and value == port:
             raise ConfigError(f"{source}: {key}: {value} is already hub.port")
+
+
+#: Object stores both MLflow's artifact repositories write and KServe's storage initializer reads.
+KSERVE_STORES = ("s3://", "gs://")
+
+
+def _check_kserve(data: dict[str, Any], source: str) -> None:
+    """On Kubernetes, approved copies go to the object store KServe downloads from."""
+    serving = data["services"]["serving"]
+    if data["spawner"]["type"] != "kubernetes" or not serving["enabled"]:
+        return
+    store = data["backends"]["object_store_url"]
+    if store and not store.startswith(KSERVE_STORES):
+        raise ConfigError(
+            f"{source}: backends.object_store_url: KServe serves approved models from "
+            f"{' or '.join(KSERVE_STORES)} URLs, not {store!r}"
+        )
+    namespaces = serving["kserve"]["namespaces"]
+    if namespaces["production"] == namespaces["staging"]:
+        raise ConfigError(f"{source}: services.serving.kserve.namespaces: production and staging need one each")
 
 
 def _is_loopback(host: str) -> bool:
@@ -325,11 +346,36 @@ class GovernanceService:
 
 
 @dataclass(frozen=True)
+class KServeSettings:
+    """``services.serving.kserve``: the Kubernetes deploy target."""
+
+    namespaces: Mapping[str, str]
+    service_account: str
+    runtime: str
+    ready_timeout: int
+
+
+@dataclass(frozen=True)
 class ServingService:
     """``services.serving``."""
 
     enabled: bool
     port: int
+    kserve: KServeSettings
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ServingService:
+        kserve = data["kserve"]
+        return cls(
+            enabled=data["enabled"],
+            port=data["port"],
+            kserve=KServeSettings(
+                namespaces=MappingProxyType(dict(kserve["namespaces"])),
+                service_account=kserve["service_account"],
+                runtime=kserve["runtime"],
+                ready_timeout=kserve["ready_timeout"],
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -345,7 +391,7 @@ class ServicesSection:
         return cls(
             mlflow=_flat(MlflowService, data["mlflow"]),
             governance=_flat(GovernanceService, data["governance"]),
-            serving=_flat(ServingService, data["serving"]),
+            serving=ServingService.from_data(data["serving"]),
         )
 
 

@@ -38,7 +38,7 @@ from hubforge.events.spool import EventSpool, platform_spool_dir
 
 from .audit import KEY_FILE, AuditLog, load_signing_key
 from .collect import SpoolCollector
-from .deployments import Deployer, MlflowAliases, ServingClient
+from .deployments import Deployer, DeployTarget, MlflowAliases, ServingClient
 from .evidence import EvidenceSource, NoEvidence
 from .handlers import ROUTES, NotFoundHandler
 from .notify import Webhook, load_webhook_secret
@@ -342,22 +342,44 @@ class GovernanceService(Application):
         self.log.info("Requests, decisions and deployments go to the webhook %s", governance.webhook_url)
 
     def init_deployer(self) -> None:
-        """Approved deployments go to the serving router, when the platform runs one."""
-        serving, mlflow = os.environ.get(SERVING_URL_ENV, ""), os.environ.get(MLFLOW_URL_ENV, "")
-        if not (serving and mlflow):
-            self.deployer = None
-            self.log.info("No serving router: approved deployments are recorded, not served")
+        """Approved deployments go to the serving router on one machine, to KServe on
+        Kubernetes, when the platform serves models."""
+        self.deployer = None
+        target, where = self._deploy_target()
+        mlflow = os.environ.get(MLFLOW_URL_ENV, "")
+        if target is None or not mlflow:
+            self.log.info("Approved deployments are recorded, not served: %s", where if mlflow else "no MLflow")
             return
         self.deployer = Deployer(
             self.store,
-            ServingClient(serving, self.hub_auth.api_token),
+            target,
             self.snapshots,
             public_url=self.platform.public_url,
             aliases=MlflowAliases(mlflow),
             audit=self.audit,
             webhook=self.webhook,
         )
-        self.log.info("Approved deployments are served by %s", serving)
+        self.log.info("Approved deployments are served by %s", where)
+
+    def _deploy_target(self) -> tuple[DeployTarget | None, str]:
+        """Where approved copies are served, and its description (or why there is none)."""
+        platform = self.platform
+        if not platform.services.serving.enabled:
+            return None, "services.serving.enabled is false"
+        if not platform.spawner.on_kubernetes:
+            serving = os.environ.get(SERVING_URL_ENV, "")
+            if not serving:
+                return None, "the serving router is not running"
+            return ServingClient(serving, self.hub_auth.api_token), serving
+        store = platform.backends.object_store_url
+        if not store:
+            return None, "KServe downloads models from backends.object_store_url, which is empty"
+        # Imported here: the Kubernetes client is heavy, and one machine never needs it.
+        from .kserve_deploy import KServeDeploy
+
+        kserve = platform.services.serving.kserve
+        namespaces = ", ".join(f"{target} in {ns}" for target, ns in kserve.namespaces.items())
+        return KServeDeploy.from_settings(store, kserve), f"KServe ({namespaces}; copies under {store})"
 
     def init_handlers(self) -> None:
         """Build the web application."""

@@ -1,14 +1,15 @@
 """What happens once a deployment is approved: governance's copy served, aliases set, recorded.
 
 :class:`Deployer` runs after the approval commits, off the request: it hands the approved
-copy (:mod:`.snapshots`) and its digest to the serving router's control API as the
-governance service (:class:`ServingClient`; the router checks the digest again), records
-the deployment on the request (``deploying`` -> ``deployed`` with the endpoint, or
-``failed`` with why) and in the audit trail (``executed``), and points MLflow's reserved
-aliases (``production``, ``canary``, ``staging``) at the version, so that MLflow always
-says what is deployed where. A service restarted in the middle resumes the deployments
-left ``deploying``. :meth:`Deployer.rollback` and :meth:`Deployer.promote` drive the
-router the same way, for the people who decide the request's kind.
+copy (:mod:`.snapshots`) and its digest to the deploy target (:class:`DeployTarget`): on
+one machine the serving router's control API, called as the governance service
+(:class:`ServingClient`; the router checks the digest again), on Kubernetes KServe, through
+the object store (:mod:`.kserve_deploy`). It records the deployment on the request
+(``deploying`` -> ``deployed`` with the endpoint, or ``failed`` with why) and in the audit
+trail (``executed``), and points MLflow's reserved aliases (``production``, ``canary``,
+``staging``) at the version, so that MLflow always says what is deployed where. A service
+restarted in the middle resumes the deployments left ``deploying``. :meth:`Deployer.change`
+promotes or rolls back on the same target, for the people who decide the request's kind.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from hubforge.errors import Conflict, HubforgeError, Invalid, NotFound, Refusal,
 
 from . import events
 from .model import ApprovalRequest
-from .snapshots import SnapshotSource
+from .snapshots import Snapshot, SnapshotSource
 from .store import GovernanceStore
 
-__all__ = ["AliasKeeper", "Deployer", "MlflowAliases", "ServingClient", "ServingRefused"]
+__all__ = ["AliasKeeper", "DeployTarget", "Deployer", "MlflowAliases", "ServingClient", "ServingRefused"]
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,13 @@ class ServingClient:
         text = f"the serving service answered {answer.status_code}: {message or answer.reason_phrase}"
         raise ServingRefused(text, status=answer.status_code)
 
-    async def deploy(self, request: ApprovalRequest, model_path: str) -> dict[str, Any]:
-        """Serve ``request``'s approved copy at ``model_path``; the endpoint's status."""
+    async def deploy(self, request: ApprovalRequest, snapshot: Snapshot) -> dict[str, Any]:
+        """Serve ``request``'s approved copy ``snapshot``; the endpoint's status."""
         body = {
             "target": request.stage,
             "model": request.model,
             "version": request.version,
-            "model_path": model_path,
+            "model_path": str(snapshot.path),
             "digest": request.digest,
             "canary_percent": request.canary_percent or 0,
         }
@@ -83,6 +84,19 @@ class ServingClient:
     async def close(self) -> None:
         """Close the connection pool."""
         await self.client.aclose()
+
+
+class DeployTarget(Protocol):
+    """Where approved copies are served: the one-machine router (:class:`ServingClient`) or
+    KServe (:class:`~.kserve_deploy.KServeDeploy`). Both answer an endpoint's status as the
+    router does (``target``; ``production`` and ``canary``, each None or with its ``version``),
+    and KServe's adds the ``endpoint`` people score at."""
+
+    async def deploy(self, request: ApprovalRequest, snapshot: Snapshot) -> dict[str, Any]: ...
+
+    async def change(self, model: str, target: str, action: str) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
 
 
 class AliasKeeper(Protocol):
@@ -119,7 +133,10 @@ class MlflowAliases:
 
 
 def endpoint_url(public_url: str, status: Mapping[str, Any]) -> str:
-    """The address people score at: the hub's public origin and the router's invocations path."""
+    """The address people score at: the target's own (KServe's), else the hub's public origin
+    and the router's invocations path."""
+    if status.get("endpoint"):
+        return str(status["endpoint"])
     parts = urlsplit(public_url)
     return f"{parts.scheme}://{parts.netloc}{status.get('invocations', '')}"
 
@@ -130,7 +147,7 @@ class Deployer:
     def __init__(
         self,
         store: GovernanceStore,
-        serving: ServingClient,
+        serving: DeployTarget,
         snapshots: SnapshotSource,
         *,
         public_url: str,
@@ -165,7 +182,7 @@ class Deployer:
                     f"model {request.model!r} version {request.version} changed since it was approved "
                     f"({snapshot.digest} is not the approved {request.digest}): it needs a new approval"
                 )
-            status = await self.serving.deploy(request, str(snapshot.path))
+            status = await self.serving.deploy(request, snapshot)
         except HubforgeError as exc:
             await self._record(request, "failed", str(exc))
             return

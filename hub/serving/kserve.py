@@ -151,8 +151,9 @@ class KServeState:
     """What an InferenceService serves, as :func:`read_state` reads it.
 
     ``production`` takes the traffic the canary does not; ``canary_percent`` is 0
-    without a canary. ``ready``, ``url`` and ``traffic`` (revision name, percent) are
-    KServe's own status, empty until its controller has reported.
+    without a canary. ``ready``, ``url``, ``traffic`` (revision name, percent) and
+    ``message`` (why it is not ready, as its ``Ready`` condition says) are KServe's own
+    status, empty until its controller has reported.
     """
 
     name: str
@@ -166,6 +167,7 @@ class KServeState:
     ready: bool = False
     url: str | None = None
     traffic: tuple[tuple[str, int], ...] = ()
+    message: str | None = None
 
     @property
     def aliases(self) -> dict[str, str]:
@@ -392,7 +394,7 @@ def read_state(obj: Mapping[str, Any]) -> KServeState:
             canary=None if stable is None else spec_release,
             canary_percent=0 if stable is None else check_percent(predictor.get("canaryTrafficPercent", 100)),
             history=history,
-            **_status(obj.get("status") or {}),
+            **_status(obj.get("status") or {}, meta.get("generation")),
         )
     except (KeyError, TypeError, ValueError, Invalid) as exc:
         raise Conflict(f"{where} has unreadable hubforge records ({_what(exc)})") from exc
@@ -403,12 +405,22 @@ def _what(exc: Exception) -> str:
     return f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
 
 
-def _status(status: Mapping[str, Any]) -> dict[str, Any]:
+def _status(status: Mapping[str, Any], generation: Any) -> dict[str, Any]:
+    """KServe's word on the object; ``Ready`` counts only once its controller has seen the
+    spec as it is now (``observedGeneration``), not the one before the last change."""
     conditions = status.get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    observed = status.get("observedGeneration")
+    stale = isinstance(observed, int) and isinstance(generation, int) and observed < generation
+    condition: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
     traffic = ((status.get("components") or {}).get("predictor") or {}).get("traffic") or []
     pairs = tuple((str(t.get("revisionName", "")), int(t.get("percent") or 0)) for t in traffic)
-    return {"ready": ready, "url": status.get("url"), "traffic": pairs}
+    message = condition.get("message") or condition.get("reason")
+    return {
+        "ready": condition.get("status") == "True" and not stale,
+        "url": status.get("url"),
+        "traffic": pairs,
+        "message": str(message) if message else None,
+    }
 
 
 # --- the transitions -------------------------------------------------------------------------

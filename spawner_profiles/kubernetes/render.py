@@ -7,7 +7,9 @@ What is written (``render_k8s``):
   configures auth, roles and :class:`~hubforge.spawner_profiles.kubernetes.spawner.HubforgeKubeSpawner`;
   ``singleuser.profileList`` is the static view of every tier; ``hub.services``
   runs every enabled service of :data:`~hubforge.hub.services.SERVICES` in the hub pod.
-- ``hubforge-platform.yaml``: the user namespace and the Secret with the platform config.
+- ``hubforge-platform.yaml``: the user namespace and the Secret with the platform config;
+  with serving on, the model namespaces (``services.serving.kserve.namespaces``) and a
+  Role in each letting the hub pod deploy InferenceServices there.
 - ``priority-classes.yaml``: a PriorityClass per class the tiers name.
 - ``kueue.yaml``: a ResourceFlavor per GPU model, a ClusterQueue per queued tier
   (one cohort, fair-sharing weights, nominal quotas) and a LocalQueue per
@@ -31,6 +33,7 @@ from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, MLFLOW_URL_EN
 from hubforge.errors import ConfigError, HubforgeError
 from hubforge.hardware import GPU_MODELS
 from hubforge.hub.services import Placement, enabled_services, hub_services, server_audit_env
+from hubforge.hub.serving.kserve import API_GROUP as KSERVE_API_GROUP
 
 from .spawner import kube_memory, kube_settings, profile_for
 
@@ -38,6 +41,7 @@ __all__ = [
     "HUB_CONFIG_DIR",
     "HUB_DATA_DIR",
     "cluster_queue",
+    "deploy_access",
     "helm_values",
     "kubernetes",
     "kueue_manifests",
@@ -53,6 +57,10 @@ HUB_CONFIG_DIR = PurePosixPath("/etc/hubforge")
 #: The platform's data folder in the hub pod: on z2jh's hub volume.
 HUB_DATA_DIR = PurePosixPath("/srv/jupyterhub/hubforge")
 SECRET_NAME = "hubforge-platform"
+#: z2jh's service account of the hub pod, where the governance service deploys from.
+HUB_SERVICE_ACCOUNT = "hub"
+#: The Role in each model namespace that lets the hub deploy there.
+DEPLOY_ROLE = "hubforge-deploy"
 KUEUE_API = "kueue.x-k8s.io/v1beta1"
 LABELS = {"app.kubernetes.io/part-of": "hubforge", "app.kubernetes.io/managed-by": "hubforge"}
 #: PriorityClass values: reserved (interactive) servers above queued ones.
@@ -176,9 +184,10 @@ def _secret_config(cfg: PlatformConfig) -> str:
 
 
 def platform_manifests(cfg: PlatformConfig) -> list[dict[str, Any]]:
-    """The user namespace and the Secret holding the platform config for the hub pod."""
+    """The user namespace, the Secret holding the platform config for the hub pod and, when
+    models are served, the model namespaces with the hub's right to deploy there."""
     ns = kube_settings(cfg).namespace
-    return [
+    manifests = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _metadata(ns)},
         {
             "apiVersion": "v1",
@@ -187,6 +196,33 @@ def platform_manifests(cfg: PlatformConfig) -> list[dict[str, Any]]:
             "type": "Opaque",
             # A Secret, not a ConfigMap: backend URLs and OAuth settings may carry credentials.
             "stringData": {"platform.yaml": _secret_config(cfg)},
+        },
+    ]
+    if cfg.services.serving.enabled:
+        for target_ns in cfg.services.serving.kserve.namespaces.values():
+            manifests.extend(deploy_access(target_ns, ns))
+    return manifests
+
+
+def deploy_access(namespace: str, hub_namespace: str) -> list[dict[str, Any]]:
+    """A model namespace, and a Role there letting the hub pod (where the governance service
+    runs, as z2jh's ``hub`` service account) read, create and change InferenceServices: the
+    least the Kubernetes deploy target (:mod:`hubforge.hub.serving.kserve_client`) needs."""
+    rule = {"apiGroups": [KSERVE_API_GROUP], "resources": ["inferenceservices"], "verbs": ["get", "create", "patch"]}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": _metadata(namespace)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(DEPLOY_ROLE, namespace),
+            "rules": [rule],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(DEPLOY_ROLE, namespace),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": DEPLOY_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": HUB_SERVICE_ACCOUNT, "namespace": hub_namespace}],
         },
     ]
 

@@ -135,7 +135,17 @@ def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]]) -> No
             else:
                 kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
             seen.append(doc["kind"])
-    assert sorted(set(seen)) == ["ClusterQueue", "LocalQueue", "Namespace", "PriorityClass", "ResourceFlavor", "Secret"]
+    kinds = [
+        "ClusterQueue",
+        "LocalQueue",
+        "Namespace",
+        "PriorityClass",
+        "ResourceFlavor",
+        "Role",
+        "RoleBinding",
+        "Secret",
+    ]
+    assert sorted(set(seen)) == kinds
 
 
 def test_the_kueue_validation_catches_mistakes() -> None:
@@ -211,7 +221,7 @@ def test_the_secret_carries_the_platform_config(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (secret,) = objects(rendered, "Secret")
-    (namespace,) = objects(rendered, "Namespace")
+    namespace = objects(rendered, "Namespace")[0]
     assert namespace["metadata"]["name"] == secret["metadata"]["namespace"] == "hubforge"
     path = tmp_path / "platform.yaml"
     path.write_text(secret["stringData"]["platform.yaml"])
@@ -276,6 +286,49 @@ def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:
     assert set(values["hub"]["services"]) == {"governance"}
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
     assert "HUBFORGE_MLFLOW_URL" not in values["singleuser"].get("extraEnv", {})
+
+
+def test_the_hub_may_deploy_inference_services_in_the_model_namespaces_only(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    namespaces = [n["metadata"]["name"] for n in objects(rendered, "Namespace")]
+    assert namespaces == ["hubforge", "hubforge-models", "hubforge-models-staging"]
+    roles = {r["metadata"]["namespace"]: r for r in objects(rendered, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in objects(rendered, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"hubforge-models", "hubforge-models-staging"}
+    for namespace, role in roles.items():
+        (rule,) = role["rules"]
+        assert rule == {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "verbs": ["get", "create", "patch"],
+        }
+        binding = bindings[namespace]
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "hubforge"}]
+
+
+def test_no_model_namespaces_without_serving(tmp_path: Path) -> None:
+    path = platform_file(tmp_path, {"services": {"serving": {"enabled": False}}})
+    render_k8s(load_config(path, environ={}), tmp_path / "out")
+    docs = list(yaml.safe_load_all((tmp_path / "out" / "hubforge-platform.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["Namespace", "Secret"]
+
+
+def test_the_object_store_must_be_one_kserve_reads(tmp_path: Path) -> None:
+    kube = {"spawner": {"type": "kubernetes"}}
+    path = platform_file(tmp_path, {**kube, "backends": {"object_store_url": "/srv/models"}})
+    with pytest.raises(ConfigError, match=r"backends.object_store_url: KServe serves approved models from s3:// or "
+                                          r"gs:// URLs, not '/srv/models'"):  # fmt: skip
+        load_config(path, environ={})
+    same = {"kserve": {"namespaces": {"production": "models", "staging": "models"}}}
+    path = platform_file(tmp_path, {**kube, "services": {"serving": same}})
+    with pytest.raises(ConfigError, match="production and staging need one each"):
+        load_config(path, environ={})
+    path = platform_file(tmp_path, {**kube, "backends": {"object_store_url": "s3://models/hubforge"}})
+    assert load_config(path, environ={}).backends.object_store_url == "s3://models/hubforge"
+    local = platform_file(tmp_path, {"backends": {"object_store_url": "/srv/models"}})
+    assert load_config(local, environ={}).backends.object_store_url == "/srv/models"  # MLflow's, on one machine
 
 
 def test_a_queued_cpu_only_tier_gets_a_cpu_flavor(tmp_path: Path) -> None:

@@ -150,6 +150,21 @@ def test_production() -> None:
     assert state.aliases == {"production": "1"}
 
 
+def test_ready_counts_only_for_the_spec_kserve_has_seen() -> None:
+    obj = apply_merge_patch(render(), {"metadata": {"generation": 2}})
+    ready = {"type": "Ready", "status": "True"}
+    seen = {"observedGeneration": 2, "conditions": [ready], "url": "http://churn.models.example.com"}
+    assert read_state({**obj, "status": seen}).ready
+    before = {**seen, "observedGeneration": 1}  # still the last change's word
+    assert not read_state({**obj, "status": before}).ready
+    failing = {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"}
+    state = read_state({**obj, "status": {"observedGeneration": 2, "conditions": [failing]}})
+    assert (state.ready, state.message) == (False, "image pull failed")
+    state = read_state({**obj, "status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "Pending"}]}})
+    assert (state.ready, state.message) == (False, "Pending")
+    assert read_state(obj).message is None
+
+
 def test_canary_20() -> None:
     obj = render(V2, canary_percent=20, stable=V1, history=[V3], runtime="kserve-mlserver", service_account="models")
     validate_isvc(obj)
