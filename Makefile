@@ -34,10 +34,7 @@ $(CHP): package.json package-lock.json
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-# The demo feature repository first, one line a step (a second run only checks it):
-# `hubforge up` itself never imports Feast.
 up: install
-	$(VENV)/bin/hubforge features apply
 	$(VENV)/bin/hubforge up
 
 # The tests in three layers (docs/testing.md), each its own pytest run, and JupyterHub's own
