@@ -5,11 +5,13 @@ the hub runs it (``python -m hubforge.hub.serving``, its own process, behind a h
 at the transport), deployed to with the governance service's token:
 
 - ``serving p50/p99 via router``: the same scoring request (two rows, ``dataframe_split``)
-  sent through the router over TCP (hub token checked, release chosen, forwarded over a
-  kept-alive connection to the scoring server's Unix socket) and straight to the scoring
-  server's socket, request by request in ABBA order, :data:`REQUESTS` of each per round,
-  after a warm-up; each side from a keep-alive ``httpx`` client of its own. Target: the
-  router adds at most 1 ms at p99 (printed, with the ratio).
+  sent through the router over TCP (read by its front, hub token checked against the
+  access cache, release chosen, forwarded over a kept-alive connection to the scoring
+  server's Unix socket) and straight to the scoring server's socket, request by request
+  in ABBA order, :data:`REQUESTS` of each per round, after a warm-up; each side from a
+  keep-alive ``httpx`` client of its own. Target: the router adds at most 1 ms at p99
+  (printed, with the ratio, and the router process's CPU time per routed request). The
+  machine's other processes shift both sides: compare the medians of several runs.
 - ``serving deploy -> ready``: from the deploy request (``PUT api/endpoints/<name>``) to
   its answer, which comes once the new scoring process answers ``/ping`` (the copy of
   the model folder and its digest included), against starting ``mlflow models serve``

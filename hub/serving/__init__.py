@@ -8,7 +8,9 @@ a canary by percent, and the governance service deploys, promotes and rolls back
 :mod:`.model` and :mod:`.digest` are pure (governance uses :func:`.digest.tree_digest`
 too); :mod:`.state` keeps the routes; :mod:`.scoring` runs the processes;
 :mod:`.upstream` talks to them; :mod:`.router` holds it together behind
-:mod:`.handlers`; :mod:`.app` assembles and starts it. Importing this package imports
+:mod:`.handlers`; :mod:`.front` listens on the service's port, answers most scoring
+requests itself and hands the rest to the handlers (:mod:`.http1` reads the requests);
+:mod:`.app` assembles and starts it. Importing this package imports
 none of them. On Kubernetes, :mod:`.kserve` and :mod:`.kserve_client` drive KServe with
 the same transitions.
 """

@@ -6,7 +6,10 @@ usual ``JUPYTERHUB_*`` environment. Start-up is a list of steps:
 :meth:`~ServingService.init_router` (reads the saved routes),
 :meth:`~ServingService.init_handlers`, then :meth:`~ServingService.start`, which listens
 first and then restarts the saved routes' scoring processes (a scoring request that
-arrives meanwhile waits for its release's process).
+arrives meanwhile waits for its release's process). It listens with
+:class:`~.front.ServingFront`, which answers most scoring requests itself and hands the
+rest to the tornado application :func:`make_app` builds (which serves on its own too, in
+any tornado ``HTTPServer``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from urllib.parse import urlsplit
 from jupyterhub.services.auth import HubAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
-from tornado.httpserver import HTTPServer
 from traitlets import Float, Integer, List, Unicode, default
 from traitlets.config import Application, catch_config_error
 
@@ -33,7 +35,8 @@ from hubforge.config import load_config
 from hubforge.contract import SERVICE_BIND_IP_ENV
 from hubforge.errors import ConfigError, HubforgeError
 
-from .handlers import ROUTES, AccessCache, InvocationsHandler, NotFoundHandler
+from .front import RequestLog, ServingFront
+from .handlers import ROUTES, AccessCache, NotFoundHandler
 from .router import Router
 from .scoring import ScoringPool, ScoringSettings
 from .state import ServingState
@@ -119,7 +122,9 @@ class ServingService(Application):
     ).tag(config=True)
     start_timeout = Float(120.0, help="Seconds a scoring process has to answer /ping after it starts.").tag(config=True)
     request_timeout = Float(60.0, help="Seconds a scoring server has to answer one forwarded request.").tag(config=True)
-    max_body_size = Integer(32 * 1024 * 1024, help="The largest scoring request body, in bytes.").tag(config=True)
+    max_body_size = Integer(
+        32 * 1024 * 1024, help="The largest request body, in bytes (a scoring request's; a larger one is a 413)."
+    ).tag(config=True)
     scoring_workers = Integer(1, help="uvicorn workers per scoring process.").tag(config=True)
     service_prefix = Unicode(help="URL prefix served (JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
     service_url = Unicode(help="Address to bind, as a URL (JUPYTERHUB_SERVICE_URL).").tag(config=True)
@@ -147,7 +152,7 @@ class ServingService(Application):
     def _default_log_format(self) -> str:
         return "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
 
-    _debug: bool
+    request_log: RequestLog
     hub_auth: HubAuth
     router: Router
     web_app: web.Application
@@ -164,10 +169,10 @@ class ServingService(Application):
         self.init_handlers()
 
     def init_logging(self) -> None:
-        """Send the libraries' logs (tornado, hub auth) where ours go."""
+        """Send the libraries' logs (tornado, hub auth) where ours go; the line per request."""
         level = self.log_level
         number = level if isinstance(level, int) else int(logging.getLevelName(str(level)))
-        self._debug = number <= logging.DEBUG
+        self.request_log = RequestLog(self.log, debug=number <= logging.DEBUG)
         for name in ("hubforge", "tornado"):
             logger = logging.getLogger(name)
             logger.handlers = list(self.log.handlers)
@@ -210,29 +215,16 @@ class ServingService(Application):
             self.service_prefix,
             hub_auth=self.hub_auth,
             controllers=tuple(self.controllers),
-            log_function=self._log_request,
+            log_function=self.request_log.handler,
         )
-
-    def _log_request(self, handler: web.RequestHandler) -> None:
-        # Successful scoring requests and health checks are the bulk: debug, not info, and
-        # not even a log record unless debug is on (traitlets leaves the logger at DEBUG and
-        # filters at the handler, so the logger's own check would not spare the record).
-        status, request = handler.get_status(), handler.request
-        quiet = status < 400 and (isinstance(handler, InvocationsHandler) or request.path.endswith("/api/health"))
-        if quiet and not self._debug:
-            return
-        level = self.log.error if status >= 500 else self.log.debug if quiet else self.log.info
-        level("%d %s %s %.1fms", status, request.method, request.path, 1000 * request.request_time())
 
     def start(self) -> None:
         """Serve until SIGTERM or SIGINT."""
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        # No xheaders: nothing here uses the client's address, and resolving it costs a
-        # getaddrinfo call per request.
-        server = HTTPServer(self.web_app, max_body_size=self.max_body_size)
-        server.listen(self.port, self.ip)
+        front = ServingFront(self.web_app, max_body_size=self.max_body_size, log=self.request_log)
+        await front.listen(self.port, self.ip)
         self.log.info("Serving router listening on http://%s:%d%s", self.ip, self.port, self.service_prefix)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -242,8 +234,7 @@ class ServingService(Application):
         await stop.wait()
         self.log.info("Serving router stopping")
         restoring.cancel()
-        server.stop()
-        await server.close_all_connections()
+        await front.close()
         await self.router.close()
 
 

@@ -14,6 +14,11 @@ who may call it (:attr:`ServingHandler.access`); a method it does not declare is
 
 Errors are JSON (``{"status": N, "message": "..."}``); a refusal of the router is
 answered with its status and its one line (:func:`hubforge.errors.http_answer`).
+
+The service's front (:mod:`.front`) answers most scoring requests without these
+handlers, with the same pieces: :func:`header_token` and the :class:`AccessCache` for
+the caller, :func:`refusal` and :func:`error_body` for errors, :func:`scoring_headers`
+for the answer. A scoring request whose token the cache does not hold comes here.
 """
 
 from __future__ import annotations
@@ -31,10 +36,15 @@ from tornado import web
 
 from hubforge.errors import Invalid, LaunchError, Refusal, http_answer
 
-from .model import TARGETS, parse_deploy
+from .model import TARGETS, Release, parse_deploy
 from .router import Router
+from .upstream import Answer
 
 __all__ = [
+    "CACHE_CONTROL",
+    "CHALLENGE",
+    "INTERNAL_ERROR",
+    "JSON_TYPE",
     "RELEASE_HEADER",
     "ROUTES",
     "VERSION_HEADER",
@@ -47,6 +57,10 @@ __all__ = [
     "NotFoundHandler",
     "ServingHandler",
     "answering",
+    "error_body",
+    "header_token",
+    "refusal",
+    "scoring_headers",
 ]
 
 #: Response headers of a scoring request: the version that answered, and its role.
@@ -54,9 +68,40 @@ VERSION_HEADER = "X-Hubforge-Model-Version"
 RELEASE_HEADER = "X-Hubforge-Release"
 #: The largest control body read.
 MAX_CONTROL_BODY = 64 * 1024
-
+#: Every answer's: it depends on who asks and on the routes of the moment.
+CACHE_CONTROL = ("Cache-Control", "no-store")
+#: A 401's challenge.
+CHALLENGE = ("WWW-Authenticate", 'token realm="jupyterhub"')
+#: An error body's type.
+JSON_TYPE = "application/json; charset=utf-8"
+#: The message of a 500: the details go to the log, not to the caller.
+INTERNAL_ERROR = "internal error; the service log has the details"
 
 _TOKEN = re.compile(r"(?:token|bearer)\s+(\S+)", re.IGNORECASE)
+
+
+def header_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization`` header (``token ...`` or ``Bearer ...``), if any."""
+    match = _TOKEN.fullmatch(authorization or "")
+    return match.group(1) if match else None
+
+
+def error_body(status: int, message: str) -> bytes:
+    """An error's JSON body: ``{"status": N, "message": "..."}``."""
+    return json.dumps({"status": status, "message": message}).encode()
+
+
+def refusal(exc: Refusal | LaunchError) -> tuple[int, str]:
+    """The status and line a refusal of the router is answered with; a scoring process that
+    did not start is 502."""
+    return http_answer(exc) if isinstance(exc, Refusal) else (502, str(exc))
+
+
+def scoring_headers(answer: Answer, release: Release, role: str) -> list[tuple[str, str]]:
+    """A scoring answer's headers besides its framing: the scoring server's content type,
+    the version that answered and its role."""
+    content_type = answer.headers.get("content-type", "application/json")
+    return [("Content-Type", content_type), (VERSION_HEADER, release.version), (RELEASE_HEADER, role)]
 
 
 class AccessCache:
@@ -118,7 +163,7 @@ class ServingHandler(HubAuthenticated, web.RequestHandler):
 
     def set_default_headers(self) -> None:
         """Never cached: answers depend on who asks and on the routes of the moment."""
-        self.set_header("Cache-Control", "no-store")
+        self.set_header(*CACHE_CONTROL)
 
     async def prepare(self) -> None:
         """Authenticate and authorize as :attr:`access` declares for the method."""
@@ -142,8 +187,7 @@ class ServingHandler(HubAuthenticated, web.RequestHandler):
         keeps the hub's answer), so a scoring request costs a dictionary lookup.
         """
         cache: AccessCache = self.settings["access_cache"]
-        match = _TOKEN.fullmatch(self.request.headers.get("Authorization", ""))
-        token = match.group(1) if match else None
+        token = header_token(self.request.headers.get("Authorization"))
         outcome = cache.get(token) if token else None
         if outcome is None:
             outcome = await self._ask_hub()
@@ -198,15 +242,20 @@ class ServingHandler(HubAuthenticated, web.RequestHandler):
         if isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code >= 500:
-            message = "internal error; the service log has the details"
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+            message = INTERNAL_ERROR
+        self.set_header("Content-Type", JSON_TYPE)
         if status_code == 401:
-            self.set_header("WWW-Authenticate", 'token realm="jupyterhub"')
-        self.finish(json.dumps({"status": status_code, "message": message}))
+            self.set_header(*CHALLENGE)
+        self.finish(error_body(status_code, message))
 
 
 class InvocationsHandler(ServingHandler):
-    """``POST endpoints/<name>[/staging]/invocations``: a scoring request, forwarded."""
+    """``POST endpoints/<name>[/staging]/invocations``: a scoring request, forwarded.
+
+    Behind :class:`~.front.ServingFront`, only the requests the front hands over come here:
+    a token's first (its outcome is then cached), one without a token, one whose name is not
+    UTF-8, and every other method (405).
+    """
 
     access: ClassVar[Mapping[str, str]] = {"post": "user"}
 
@@ -220,9 +269,8 @@ class InvocationsHandler(ServingHandler):
         with answering():
             answer, release, role = await self.router.invoke(name, self.target, body, content_type)
         self.set_status(answer.status)
-        self.set_header("Content-Type", answer.headers.get("content-type", "application/json"))
-        self.set_header(VERSION_HEADER, release.version)
-        self.set_header(RELEASE_HEADER, role)
+        for header, value in scoring_headers(answer, release, role):
+            self.set_header(header, value)
         self.finish(answer.body)
 
 
@@ -316,11 +364,9 @@ def answering() -> Iterator[None]:
     that did not start with 502."""
     try:
         yield
-    except Refusal as exc:
-        status, message = http_answer(exc)
+    except (Refusal, LaunchError) as exc:
+        status, message = refusal(exc)
         raise web.HTTPError(status, "%s", message) from None
-    except LaunchError as exc:
-        raise web.HTTPError(502, "%s", exc) from None
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

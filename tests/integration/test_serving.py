@@ -1,7 +1,8 @@
 """The serving router for real: MLflow scoring processes behind the router, a fake hub in front.
 
 Two versions of one tiny scikit-learn model (``y = x`` and ``y = 2x``) saved with
-``mlflow.sklearn.save_model``; the router app served on a free port on a loop thread
+``mlflow.sklearn.save_model``; the router app served as the service serves it, behind
+its front (``ServingFront``), on a free port on a loop thread
 (``harness.governance.LoopThread``), HubAuth unpatched against the tests' fake hub
 (``harness.hub.FakeHub``). The tests run in file order and share one service, so that
 each scoring process starts as few times as it can (a start takes seconds): v1 starts
@@ -25,12 +26,12 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from tornado.httpserver import HTTPServer
 
-from harness.governance import LoopThread, close_hub_http_client, serve
+from harness.governance import LoopThread, close_hub_http_client
 from harness.hub import FakeHub
 from hubforge.hub.serving.app import make_app, make_hub_auth
 from hubforge.hub.serving.digest import tree_digest
+from hubforge.hub.serving.front import ServingFront
 from hubforge.hub.serving.router import Router
 from hubforge.hub.serving.scoring import FIXED_ENV, ScoringPool, ScoringSettings
 from hubforge.hub.serving.state import ServingState
@@ -61,15 +62,15 @@ class Service:
     models: dict[str, Path]
     url: str = ""
     router: Router | None = None
-    server: HTTPServer | None = None
+    front: ServingFront | None = None
     digests: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         """Start (or restart) the router on the state folder, restoring its routes."""
-        self.router, self.server, port = self.loop.run(self._start(), timeout=180)
+        self.router, self.front, port = self.loop.run(self._start(), timeout=180)
         self.url = f"http://127.0.0.1:{port}{PREFIX}"
 
-    async def _start(self) -> tuple[Router, HTTPServer, int]:
+    async def _start(self) -> tuple[Router, ServingFront, int]:
         state = ServingState(self.state_dir)
         settings = ScoringSettings(home=state.home, logs=state.logs, sockets=state.sockets, start_timeout=120)
         upstream = UpstreamPool(timeout=30)
@@ -78,13 +79,13 @@ class Service:
         await router.restore()
         environ = {"JUPYTERHUB_API_TOKEN": SERVICE_TOKEN, "JUPYTERHUB_API_URL": self.hub.api_url}
         app = make_app(router, PREFIX, hub_auth=make_hub_auth(PREFIX, environ=environ))
-        server, port = await serve(app)
-        return router, server, port
+        front = ServingFront(app)
+        return router, front, await front.listen(0, "127.0.0.1")
 
     def stop(self) -> None:
         """Stop the router and every scoring process."""
-        if self.server is not None and self.router is not None:
-            self.server.stop()
+        if self.front is not None and self.router is not None:
+            self.loop.run(self.front.close())
             self.loop.run(self.router.close(), timeout=60)
 
     def client(self, token: str | None = "alice-token") -> httpx.Client:

@@ -407,7 +407,7 @@ def test_access_cache_keeps_outcomes_for_a_while() -> None:
 def test_public_api_is_explicit_and_documented() -> None:
     import importlib
 
-    names = ("app", "digest", "handlers", "model", "router", "scoring", "state", "upstream")
+    names = ("app", "digest", "front", "handlers", "http1", "model", "router", "scoring", "state", "upstream")
     for module in [importlib.import_module(f"hubforge.hub.serving.{name}") for name in names]:
         assert module.__doc__ and module.__all__, module.__name__
         for name in module.__all__:
