@@ -5,7 +5,7 @@ Objects are validated against the InferenceService CRD schema vendored under
 unknown fields refused, and what KServe's admission webhook checks instead of the
 schema (the name, ``canaryTrafficPercent``'s range, the storage URI) checked by hand.
 The API server's part of a rollout (applying a JSON merge patch) is played by
-:func:`apply_merge_patch`, RFC 7386 as written.
+:func:`harness.kserve.merge`, RFC 7386 as written (the fake API server's own).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 
 import hubforge.hub.serving.kserve as kserve
+from harness.kserve import merge
 from hubforge.errors import Conflict, Invalid
 from hubforge.hub.serving.kserve import (
     MAX_NAME,
@@ -94,29 +95,16 @@ def _check_webhook_rules(obj: dict[str, Any]) -> None:
     assert predictor["model"]["storageUri"].startswith(kserve.STORAGE_PREFIXES)
 
 
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, section 2: what the API server holds after a JSON merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result
-
-
 def stored(obj: dict[str, Any], version: int = 1) -> dict[str, Any]:
     """``obj`` as the API server would hold it (with a resourceVersion)."""
-    return apply_merge_patch(obj, {"metadata": {"resourceVersion": str(version)}})
+    return merge(obj, {"metadata": {"resourceVersion": str(version)}})
 
 
 def step(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """``current`` after the merge patch toward ``desired``, validated."""
     patch = merge_patch(current, desired)
     assert patch["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"]
-    after = apply_merge_patch(current, patch)
+    after = merge(current, patch)
     after["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
     validate_isvc(after)
     return after
@@ -151,7 +139,7 @@ def test_production() -> None:
 
 
 def test_ready_counts_only_for_the_spec_kserve_has_seen() -> None:
-    obj = apply_merge_patch(render(), {"metadata": {"generation": 2}})
+    obj = merge(render(), {"metadata": {"generation": 2}})
     ready = {"type": "Ready", "status": "True"}
     seen = {"observedGeneration": 2, "conditions": [ready], "url": "http://churn.models.example.com"}
     assert read_state({**obj, "status": seen}).ready
@@ -208,7 +196,7 @@ def test_the_validation_catches_mistakes() -> None:
     ]
     for mistake in mistakes:
         with pytest.raises(AssertionError):
-            validate_isvc(apply_merge_patch(good, mistake))
+            validate_isvc(merge(good, mistake))
 
 
 # --- names ----------------------------------------------------------------------------------
