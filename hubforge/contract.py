@@ -45,6 +45,7 @@ __all__ = [
     "OUTPUT_NOTEBOOK_ENV",
     "PARAM",
     "PARAMETERS_ENV",
+    "PROXY_PEERS_ENV",
     "RUN",
     "RUNTIME_ENV",
     "RUN_ID_FILE_ENV",
@@ -87,6 +88,9 @@ DEMO_PASSWORD_ENV = "HUBFORGE_DEMO_PASSWORD"
 ISOLATION_ENV = "HUBFORGE_ISOLATION"
 #: The address a service listens on when it differs from ``JUPYTERHUB_SERVICE_URL``'s host.
 SERVICE_BIND_IP_ENV = "HUBFORGE_BIND_IP"
+#: Host names (or addresses) of the proxy, comma-separated: a service believes the
+#: ``X-Forwarded-For`` of a request only from these (:mod:`hubforge.proxies`).
+PROXY_PEERS_ENV = "HUBFORGE_PROXY_PEERS"
 
 # -- hub (spawner) -> a person's server ----------------------------------------------------------
 

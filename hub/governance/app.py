@@ -30,7 +30,7 @@ from tornado.httpserver import HTTPServer
 from traitlets import Unicode, default
 from traitlets.config import Application, catch_config_error
 
-from hubforge import __version__
+from hubforge import __version__, proxies
 from hubforge.config import PlatformConfig, load_config
 from hubforge.contract import ISOLATION_ENV, MLFLOW_URL_ENV, SERVICE_BIND_IP_ENV, SERVING_URL_ENV
 from hubforge.errors import ConfigError, HubforgeError
@@ -201,6 +201,9 @@ class GovernanceService(Application):
         "db-url": "GovernanceService.db_url",
         "log-level": "Application.log_level",
     }
+
+    #: Whose X-Forwarded-For is believed (Kubernetes); None: tornado's xheaders.
+    proxy_peers: proxies.ProxyPeers | None = None
 
     db_url = Unicode(
         "",
@@ -383,6 +386,9 @@ class GovernanceService(Application):
 
     def init_handlers(self) -> None:
         """Build the web application."""
+        # On Kubernetes only the proxy pods' X-Forwarded-For is believed (HubAuthHandler);
+        # on one machine the proxy is on loopback and tornado's xheaders are enough.
+        self.proxy_peers = proxies.from_env()
         secret_file = Path(self.cookie_secret_file or self.platform.data_dir / "governance_cookie_secret")
         self.web_app = make_app(
             self.store,
@@ -399,6 +405,7 @@ class GovernanceService(Application):
             webhook=self.webhook,
             log_function=self._log_request,
             log=self.log,
+            proxy_peers=self.proxy_peers,
         )
 
     def _log_request(self, handler: web.RequestHandler) -> None:
@@ -421,7 +428,7 @@ class GovernanceService(Application):
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        server = HTTPServer(self.web_app, xheaders=True, max_body_size=MAX_BODY_SIZE)
+        server = HTTPServer(self.web_app, xheaders=self.proxy_peers is None, max_body_size=MAX_BODY_SIZE)
         server.listen(self.port, self.ip)
         self.log.info(
             "Governance service listening on http://%s:%d%s",
@@ -453,7 +460,10 @@ class GovernanceService(Application):
         """Collect the platform's spools into the audit trail every second until ``stop``."""
         loop = asyncio.get_running_loop()
         while not stop.is_set():
-            await loop.run_in_executor(None, self.collector.collect)
+            try:
+                await loop.run_in_executor(None, self.collector.collect)
+            except Exception:  # the loop outlives any one pass: what it missed stays in the spools
+                self.log.exception("Collecting the platform's audit spools failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), COLLECT_EVERY_S)
 

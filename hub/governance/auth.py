@@ -23,6 +23,8 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthenticated, UserNotAllowed
 from tornado import web
 from tornado.log import app_log
 
+from hubforge.proxies import client_address
+
 from .policy import has_scope
 
 __all__ = [
@@ -86,8 +88,8 @@ def is_public(method: Any) -> bool:
 class HubAuthHandler(HubOAuthenticated, web.RequestHandler):
     """Base of every governance handler: hub auth, fail-closed methods, JSON errors.
 
-    Application settings used: ``hub_auth`` (a :class:`HubOAuth`) and
-    ``service_prefix``.
+    Application settings used: ``hub_auth`` (a :class:`HubOAuth`), ``service_prefix``
+    and ``proxy_peers`` (a :class:`~hubforge.proxies.ProxyPeers`, or None).
     """
 
     #: method -> its :class:`~.openapi.Operation`: what the OpenAPI document
@@ -99,6 +101,16 @@ class HubAuthHandler(HubOAuthenticated, web.RequestHandler):
     _hub_auth_user_cache: dict[str, Any] | None
     _refused_user: dict[str, Any] | None = None
     _xsrf_refusal: str | None = None
+
+    def __init__(self, application: web.Application, request: Any, **kwargs: Any) -> None:
+        super().__init__(application, request, **kwargs)
+        peers = self.settings.get("proxy_peers")
+        if peers is not None and peers.trusts(request.remote_ip):
+            # Served without tornado's xheaders, which believe any peer: the proxy's word only.
+            request.remote_ip = client_address(request.remote_ip, request.headers.get("X-Forwarded-For"))
+            proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
+            if proto in ("http", "https"):
+                request.protocol = proto
 
     @property
     def hub_auth(self) -> HubOAuth:

@@ -215,6 +215,33 @@ def _engine_url(url: str) -> sa.URL:
     return parsed
 
 
+# What keeps a PostgreSQL connection from waiting forever; a URL's own parameters win. The
+# client: a bounded connect, and TCP keepalives and a user timeout that end a connection
+# whose peer went silent. The server: a lock wait ends in an error instead of holding an
+# ingest behind the chain head, and a transaction its client abandoned (a cut network,
+# a killed process) is ended and rolled back, which releases the chain head it held.
+PG_CONNECT = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+PG_SESSION = "-c lock_timeout=30s -c idle_in_transaction_session_timeout=5min"
+
+
+def _connect_args(url: sa.URL) -> dict[str, str]:
+    """Driver arguments that bound every wait on ``url``'s PostgreSQL (none for SQLite)."""
+    if url.get_backend_name() != "postgresql":
+        return {}
+    args = {key: value for key, value in PG_CONNECT.items() if key not in url.query}
+    own = url.query.get("options", "")
+    # Later -c settings override earlier ones: the URL's own options come last.
+    args["options"] = f"{PG_SESSION} {own if isinstance(own, str) else ' '.join(own)}".strip()
+    return args
+
+
 def _ensure_sqlite_folder(url: sa.URL) -> None:
     """Create the folder of a SQLite file: the default lives in a data_dir made on demand."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
@@ -235,7 +262,7 @@ class GovernanceStore:
             parsed = _engine_url(url)
             _ensure_sqlite_folder(parsed)
             # pre_ping: a PostgreSQL restart must not fail the next request.
-            self.engine = sa.create_engine(parsed, pool_pre_ping=True)
+            self.engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=_connect_args(parsed))
         except SQLAlchemyError as exc:
             raise StoreError(f"governance store: invalid database URL: {exc}") from exc
         except ImportError as exc:

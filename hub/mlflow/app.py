@@ -59,11 +59,12 @@ def create_app() -> HubGate:
     from mlflow.server import app as flask_app
     from mlflow.server.fastapi_app import create_fastapi_app
 
+    from hubforge import proxies
     from hubforge.config import load_config
 
     cfg = load_config()
     audit = service_spool(cfg.data_dir if os.environ.get(DATA_ENV) else None)
-    gate = HubGate(create_fastapi_app(flask_app), hub_auth, cfg.group_personas(), audit)
+    gate = HubGate(create_fastapi_app(flask_app), hub_auth, cfg.group_personas(), audit, proxies.from_env())
     install_flask_hook(flask_app, gate.exempt)
     guard_stores(current_principal)
     return gate

@@ -37,6 +37,7 @@ from typing import Any
 from starlette.types import Message, Scope, Send
 
 from hubforge.events.spool import EventSpool, open_spool, platform_spool_dir
+from hubforge.proxies import ProxyPeers
 
 from .policy import canonical_name
 
@@ -202,14 +203,22 @@ def server_of(user: str, scopes: Iterable[str]) -> str | None:
 # --- one request, watched ----------------------------------------------------------------
 
 
+def _forwarded_for(scope: Scope) -> str | None:
+    """The request's ``X-Forwarded-For``, its lines joined as one list."""
+    values = [value.decode("latin-1") for name, value in scope.get("headers", ()) if name == b"x-forwarded-for"]
+    return ",".join(values) if values else None
+
+
 class Watch:
     """One audited request: who, with what parameters, and MLflow's answer; emits when done."""
 
-    def __init__(self, spool: EventSpool, build: Build, scope: Scope) -> None:
+    def __init__(self, spool: EventSpool, build: Build, scope: Scope, peers: ProxyPeers | None = None) -> None:
         self.spool, self.build = spool, build
         client = scope.get("client")
-        # uvicorn has put the proxy's X-Forwarded-For (trusted: FORWARDED_ALLOW_IPS) into the scope.
-        self.client_address = str(client[0]) if client else None
+        # On one machine uvicorn has put the proxy's X-Forwarded-For (its peer on loopback,
+        # FORWARDED_ALLOW_IPS) into the scope; on Kubernetes ``peers`` knows the proxy pods.
+        peer = str(client[0]) if client else None
+        self.client_address = peer if peers is None else peers.client_address(peer, _forwarded_for(scope))
         self.user: str | None = None
         self.server: str | None = None
         self.params: Params = {}
@@ -273,8 +282,8 @@ def _json(body: bytes | bytearray) -> Mapping[str, Any]:
 class Recorder:
     """Which requests the service records, in ``spool``, for a gate serving under ``prefix``."""
 
-    def __init__(self, spool: EventSpool, prefix: str) -> None:
-        self.spool = spool
+    def __init__(self, spool: EventSpool, prefix: str, peers: ProxyPeers | None = None) -> None:
+        self.spool, self.peers = spool, peers
         self.routes = {
             (method, prefix + version + route): build
             for (method, route), build in ROUTES.items()
@@ -284,7 +293,7 @@ class Recorder:
     def watch(self, scope: Scope) -> Watch | None:
         """A watch of this request, or None when it records nothing (a dict lookup)."""
         build = self.routes.get((scope["method"], scope["path"]))
-        return None if build is None else Watch(self.spool, build, scope)
+        return None if build is None else Watch(self.spool, build, scope, self.peers)
 
 
 # --- the service's spool -----------------------------------------------------------------

@@ -50,6 +50,7 @@ from tornado.web import HTTPError
 
 from hubforge.errors import MLFLOW_CODES, Unavailable
 from hubforge.events.spool import EventSpool
+from hubforge.proxies import ProxyPeers
 
 from .audit import Recorder, Watch
 from .policy import (
@@ -312,6 +313,7 @@ class HubGate:
         hub_auth: HubOAuth,
         group_personas: Mapping[str, Iterable[str]] | None = None,
         audit: EventSpool | None = None,
+        proxy_peers: ProxyPeers | None = None,
     ):
         self.app = app
         self.hub_auth = hub_auth
@@ -326,7 +328,8 @@ class HubGate:
         self.sessions = URLSafeTimedSerializer(hub_auth.api_token, salt=SESSION_COOKIE)
         self.states = URLSafeTimedSerializer(hub_auth.api_token, salt=STATE_COOKIE)
         # Runs, models and aliases go to the audit trail (``audit``: this worker's spool).
-        self.audit = Recorder(audit, self.prefix) if audit is not None else None
+        # Where each came from: behind the proxy pods (Kubernetes), ``proxy_peers``'s word.
+        self.audit = Recorder(audit, self.prefix, proxy_peers) if audit is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer the callback and refusals here; pass the rest on as the hub user."""

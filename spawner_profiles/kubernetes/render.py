@@ -29,7 +29,7 @@ import yaml
 
 from hubforge.catalog import Catalog, Tier, load_catalog
 from hubforge.config import KubernetesSection, PlatformConfig
-from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, MLFLOW_URL_ENV
+from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, MLFLOW_URL_ENV, PROXY_PEERS_ENV
 from hubforge.errors import ConfigError, HubforgeError
 from hubforge.hardware import GPU_MODELS
 from hubforge.hub.services import Placement, enabled_services, hub_services, server_audit_env
@@ -59,6 +59,9 @@ HUB_DATA_DIR = PurePosixPath("/srv/jupyterhub/hubforge")
 SECRET_NAME = "hubforge-platform"
 #: z2jh's service account of the hub pod, where the governance service deploys from.
 HUB_SERVICE_ACCOUNT = "hub"
+#: The headless Service whose addresses are the proxy pods', and the labels z2jh gives them.
+PROXY_PEERS_SERVICE = "hubforge-proxy"
+PROXY_POD_LABELS = {"app": "jupyterhub", "component": "proxy"}
 #: The Role in each model namespace that lets the hub deploy there.
 DEPLOY_ROLE = "hubforge-deploy"
 KUEUE_API = "kueue.x-k8s.io/v1beta1"
@@ -108,7 +111,8 @@ def kubernetes(cfg: PlatformConfig) -> Placement:
         url_host="hub",
         python="python3",
         scripts="",
-        env={**_hub_env(), ISOLATION_ENV: "pods"},
+        # The services believe X-Forwarded-For from the proxy pods only (hubforge.proxies).
+        env={**_hub_env(), ISOLATION_ENV: "pods", PROXY_PEERS_ENV: PROXY_PEERS_SERVICE},
         reached_as=("hub:{port}",),
     )
 
@@ -198,10 +202,26 @@ def platform_manifests(cfg: PlatformConfig) -> list[dict[str, Any]]:
             "stringData": {"platform.yaml": _secret_config(cfg)},
         },
     ]
+    manifests.append(proxy_peers(ns))
     if cfg.services.serving.enabled:
         for target_ns in cfg.services.serving.kserve.namespaces.values():
             manifests.extend(deploy_access(target_ns, ns))
     return manifests
+
+
+def proxy_peers(namespace: str) -> dict[str, Any]:
+    """A headless Service over z2jh's proxy pods: its DNS answer is their current addresses,
+    the only peers whose ``X-Forwarded-For`` the services believe (``HUBFORGE_PROXY_PEERS``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(PROXY_PEERS_SERVICE, namespace),
+        "spec": {
+            "clusterIP": "None",
+            "selector": PROXY_POD_LABELS,
+            "ports": [{"name": "http", "port": 8000, "targetPort": "http"}],
+        },
+    }
 
 
 def deploy_access(namespace: str, hub_namespace: str) -> list[dict[str, Any]]:

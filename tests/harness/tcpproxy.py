@@ -30,16 +30,24 @@ class TcpProxy:
         return listener
 
     def cut(self) -> None:
-        """Refuse new connections and reset the open ones."""
+        """Refuse new connections and reset the open ones.
+
+        Every socket is shut down before it is closed: a close alone does not end the
+        ``accept``/``recv`` another thread is blocked in, so the kernel kept such a
+        socket open and its peer waited forever on a connection that was meant to be gone.
+        """
         with self._lock:
             listener, self._listener = self._listener, None
             sockets, self._open = self._open, set()
         if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                sock.close()
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def restore(self) -> None:
         """Accept connections again, on the same port."""

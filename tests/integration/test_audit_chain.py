@@ -9,6 +9,8 @@ plain SQL and ``verify`` must name it. Two writers at once extend one unbroken c
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import subprocess
 import sys
@@ -17,10 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 import sqlalchemy as sa
 
-from harness.platform import pg_databases
+from harness.platform import PG_DSN, pg_databases
+from hubforge.errors import StoreError
 from hubforge.events.spool import EventSpool, read_spool
 from hubforge.hub.governance.audit import AuditLog, link, load_public_key, load_signing_key, verify
 from hubforge.hub.governance.store import GovernanceStore
@@ -259,3 +263,194 @@ def test_a_spool_made_again_after_its_folder_was_lost_is_stored_not_skipped(
     assert (done.stored, done.duplicates) == (3, 0), "its records are new, not the old spool's 1 to 3"
     assert log.ingest(again).duplicates == 3
     assert verify(store, load_public_key(f"{key_path}.pub")).intact
+
+
+def trail_state(store: GovernanceStore) -> tuple[Any, ...]:
+    """The events, the head and the checkpoints, as a second client reads them."""
+    with store.engine.connect() as conn:
+        events = conn.execute(sa.text("SELECT position, emitter, seq FROM gov_audit_events ORDER BY position")).all()
+        head = conn.execute(sa.text("SELECT position, hash FROM gov_audit_head")).one()
+        checkpoints = conn.execute(sa.text("SELECT position FROM gov_audit_checkpoints ORDER BY position")).all()
+    return tuple(events), tuple(head), tuple(checkpoints)
+
+
+def test_text_a_copy_could_misread_is_stored_as_sent(store: GovernanceStore, key_path: Path, tmp_path: Path) -> None:
+    """PostgreSQL takes the rows as COPY text, where a tab, a line end or a backslash mean something."""
+    log = AuditLog(store, load_signing_key(key_path))
+    awkward = ["tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", "\\.", "été ✓ 🎉", "'); DROP TABLE x; --"]
+    batch = [
+        {"__timestamp__": "2026-12-03T10:00:00.250Z", "__emitter__": "hub", "__seq__": i + 1, "__schema__": SCHEMA,
+         **event(f"user {text}", f"notebooks/{text}.ipynb")}
+        for i, text in enumerate(awkward)
+    ]  # fmt: skip
+    assert log.ingest(batch).stored == len(awkward)
+    for position, sent in enumerate(batch, start=1):
+        kept = row(store, position)
+        assert (kept["user"], kept["resource"]) == (sent["user"], f"file:{sent['path']}")
+        assert json.loads(kept["record"]) == sent
+    assert verify(store, load_public_key(f"{key_path}.pub")).intact, "every record hashes to what was chained"
+
+
+def test_records_sent_again_around_gaps_are_skipped_and_the_rest_stored(
+    store: GovernanceStore, key_path: Path, tmp_path: Path
+) -> None:
+    log = AuditLog(store, load_signing_key(key_path))
+    batch = records(tmp_path, "server:alice/", 15)
+    first = [r for r in batch if r["__seq__"] in {1, 2, 3, 4, 5, 8, 10, 11, 12}]
+    assert log.ingest(first).stored == 9
+    again = log.ingest(batch + batch[13:])  # every record, and the last two twice in the one batch
+    assert (again.stored, again.duplicates) == (6, 11)
+    events, _head, _checkpoints = trail_state(store)
+    assert sorted(seq for _position, _emitter, seq in events) == list(range(1, 16)), "each once"
+    verdict = verify(store, load_public_key(f"{key_path}.pub"))
+    assert verdict.intact and (verdict.records, verdict.checkpoints) == (15, 2)
+
+
+def test_a_batch_that_fails_part_way_stores_nothing(store: GovernanceStore, key_path: Path, tmp_path: Path) -> None:
+    log = AuditLog(store, load_signing_key(key_path))
+    batch = records(tmp_path, "server:alice/", 20)
+    assert log.ingest(batch[:5]).stored == 5
+    # A stray row where the next ingest's third record goes: written without the key, it
+    # fails that ingest after two of its rows have gone in.
+    sql(
+        store,
+        'INSERT INTO gov_audit_events (position, emitter, seq, observed, schema, "user", action, outcome, resource,'
+        " time, record, prev_hash, hash) SELECT 8, 'stray', 1, observed, schema, \"user\", action, outcome, resource,"
+        " time, record, prev_hash, hash FROM gov_audit_events WHERE position = 5",
+    )
+    before = trail_state(store)
+    with pytest.raises(StoreError, match="ingesting audit events failed"):
+        log.ingest(batch[5:])
+    assert trail_state(store) == before, "no row, no head move, no checkpoint"
+    sql(store, "DELETE FROM gov_audit_events WHERE emitter = 'stray'")
+    assert log.ingest(batch[5:]).stored == 15
+    verdict = verify(store, load_public_key(f"{key_path}.pub"))
+    assert verdict.intact and (verdict.records, verdict.checkpoints) == (20, 2)
+
+
+def test_postgresql_takes_the_rows_in_one_copy_and_sqlite_in_inserts(
+    store: GovernanceStore, key_path: Path, tmp_path: Path
+) -> None:
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        assert AuditLog(store, load_signing_key(key_path)).ingest(records(tmp_path, "hub", 30)).stored == 30
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+    inserts = [s for s in statements if s.startswith("INSERT INTO gov_audit_events")]
+    assert len(inserts) == (0 if store.engine.dialect.name == "postgresql" else 1)
+    assert verify(store, load_public_key(f"{key_path}.pub")).records == 30
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_before_the_copy_stores_nothing_and_the_next_ingest_works(
+    key_path: Path, tmp_path: Path
+) -> None:
+    with pg_databases("audit") as urls:
+        store = GovernanceStore(urls["audit"])
+        store.upgrade()
+        log = AuditLog(store, load_signing_key(key_path))
+        batch = records(tmp_path, "hub", 10)
+
+        def cut(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+            if statement.startswith("SELECT gov_audit_events.seq"):  # the duplicate check, just before the COPY
+                with contextlib.closing(psycopg2.connect(PG_DSN)) as admin, admin.cursor() as c:
+                    c.execute("SELECT pg_terminate_backend(%s, 10000)", (cursor.connection.get_backend_pid(),))
+
+        sa.event.listen(store.engine, "after_cursor_execute", cut)
+        try:
+            with pytest.raises(StoreError, match=r"ingesting audit events failed: .*connection") as failed:
+                log.ingest(batch)
+        finally:
+            sa.event.remove(store.engine, "after_cursor_execute", cut)
+        assert isinstance(failed.value.__cause__, sa.exc.DBAPIError)
+        assert failed.value.__cause__.connection_invalidated, "the pool does not hand the dead connection out again"
+        assert trail_state(store)[0] == ()
+        assert log.ingest(batch).stored == 10
+        assert verify(store, load_public_key(f"{key_path}.pub")).intact
+        store.dispose()
+
+
+def test_the_hash_index_is_dropped_by_its_migration_and_the_trail_kept(
+    store: GovernanceStore, key_path: Path, tmp_path: Path
+) -> None:
+    from alembic import command
+
+    from hubforge.hub.governance.store import alembic_config
+
+    def indexes() -> set[str]:
+        return {index["name"] or "" for index in sa.inspect(store.engine).get_indexes("gov_audit_events")}
+
+    assert "ix_gov_audit_events_hash" not in indexes() and "ix_gov_audit_events_time" in indexes()
+    with store.engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0003")
+    assert "ix_gov_audit_events_hash" in indexes()
+    filled(store, key_path, tmp_path)
+    store.upgrade()
+    assert "ix_gov_audit_events_hash" not in indexes()
+    assert problem(store, key_path) is None
+    sql(store, "UPDATE gov_audit_events SET position = -1 WHERE position = 7")
+    sql(store, "UPDATE gov_audit_events SET position = 7 WHERE position = 8")
+    sql(store, "UPDATE gov_audit_events SET position = 8 WHERE position = -1")
+    assert problem(store, key_path) == "record 7 was moved (reordered)", "found by its hash without the index"
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "no-returning"])
+def test_an_ingest_locks_and_reads_the_head_whether_or_not_the_database_returns_rows(
+    store: GovernanceStore, key_path: Path, tmp_path: Path, returning: bool
+) -> None:
+    store.engine.dialect.update_returning = returning  # False: as on SQLite before 3.35
+    log = filled(store, key_path, tmp_path)
+    verdict = verify(store, load_public_key(f"{key_path}.pub"))
+    assert verdict.intact and (verdict.records, verdict.checkpoints) == (20, 2)
+    sql(store, "DELETE FROM gov_audit_head")
+    with pytest.raises(StoreError, match="the audit chain's head row is missing"):
+        log.ingest(records(tmp_path, "late", 1))
+
+
+@pytest.mark.postgres
+def test_postgresql_sessions_bound_every_wait_and_the_url_has_the_last_word() -> None:
+    with pg_databases("audit") as urls:
+        defaults, own = (
+            GovernanceStore(urls["audit"]),
+            GovernanceStore(f"{urls['audit']}?options=-c%20lock_timeout%3D2s"),
+        )
+        try:
+            for store, lock_timeout in ((defaults, "30s"), (own, "2s")):
+                with store.engine.connect() as conn:
+                    server = {name: conn.execute(sa.text(f"SHOW {name}")).scalar()
+                              for name in ("lock_timeout", "idle_in_transaction_session_timeout")}  # fmt: skip
+                    client = conn.connection.driver_connection.get_dsn_parameters()
+                assert server == {"lock_timeout": lock_timeout, "idle_in_transaction_session_timeout": "5min"}
+                bounds = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "30"}
+                bounds["tcp_user_timeout"] = "30000"
+                assert {key: client[key] for key in bounds} == bounds
+        finally:
+            defaults.dispose()
+            own.dispose()
+
+
+@pytest.mark.postgres
+def test_an_ingest_behind_a_chain_head_held_by_an_abandoned_transaction_fails_instead_of_waiting(
+    key_path: Path, tmp_path: Path
+) -> None:
+    with pg_databases("audit") as urls:
+        store = GovernanceStore(f"{urls['audit']}?options=-c%20lock_timeout%3D1s")
+        store.upgrade()
+        log = AuditLog(store, load_signing_key(key_path))
+        batch = records(tmp_path, "hub", 5)
+        # A writer whose client vanished mid-ingest: it holds the head's row lock, idle.
+        holder = psycopg2.connect(urls["audit"])
+        try:
+            holder.cursor().execute("UPDATE gov_audit_head SET position = position WHERE id = 1")
+            with pytest.raises(StoreError, match=r"ingesting audit events failed: .*lock timeout"):
+                log.ingest(batch)
+        finally:
+            holder.close()  # what PostgreSQL does on its own after idle_in_transaction_session_timeout
+        assert log.ingest(batch).stored == 5, "nothing of the failed ingest was stored"
+        assert verify(store, load_public_key(f"{key_path}.pub")).intact
+        store.dispose()

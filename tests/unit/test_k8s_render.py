@@ -144,6 +144,7 @@ def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]]) -> No
         "Role",
         "RoleBinding",
         "Secret",
+        "Service",
     ]
     assert sorted(set(seen)) == kinds
 
@@ -257,6 +258,19 @@ def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert {"port": 10102, "protocol": "TCP"} in rule["ports"]
 
 
+def test_the_services_believe_forwarded_addresses_from_the_proxy_pods_only(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (values,) = rendered["helm-values.yaml"]
+    for name in ("governance", "mlflow"):
+        assert values["hub"]["services"][name]["environment"]["HUBFORGE_PROXY_PEERS"] == "hubforge-proxy"
+    (service,) = [doc for doc in rendered["hubforge-platform.yaml"] if doc["kind"] == "Service"]
+    assert service["metadata"]["name"] == "hubforge-proxy"
+    assert service["spec"]["clusterIP"] == "None", "headless: its DNS answer is the pods' own addresses"
+    # The labels z2jh gives the proxy pods (its proxy/deployment.yaml), and nobody else's.
+    assert service["spec"]["selector"] == {"app": "jupyterhub", "component": "proxy"}
+
+
 def test_extra_config_configures_the_hub(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,7 +326,7 @@ def test_no_model_namespaces_without_serving(tmp_path: Path) -> None:
     path = platform_file(tmp_path, {"services": {"serving": {"enabled": False}}})
     render_k8s(load_config(path, environ={}), tmp_path / "out")
     docs = list(yaml.safe_load_all((tmp_path / "out" / "hubforge-platform.yaml").read_text()))
-    assert [d["kind"] for d in docs] == ["Namespace", "Secret"]
+    assert [d["kind"] for d in docs] == ["Namespace", "Secret", "Service"]
 
 
 def test_the_object_store_must_be_one_kserve_reads(tmp_path: Path) -> None:
