@@ -7,14 +7,19 @@ PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11 /usr/local/bin/python3.11) 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hubforge-installed
+# Feast's own environment (hubforge/features/environment.py says why it is not .venv).
+FEAST_VENV ?= $(VENV)-feast
+FEAST_PY := $(FEAST_VENV)/bin/python
+FEAST_STAMP := $(FEAST_VENV)/.hubforge-installed
 CHP := node_modules/.bin/configurable-http-proxy
 # Browser tests drive Debian's Chromium (never a browser download).
 CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-unit test-integration test-platform test-jupyterhub test-platform-then-jupyterhub bench lint clean
+.PHONY: install up test test-unit test-integration test-features test-platform test-jupyterhub \
+	test-integration-then-features test-platform-then-jupyterhub bench lint clean
 
-install: $(STAMP) $(CHP)
+install: $(STAMP) $(FEAST_STAMP) $(CHP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +32,16 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	cp server_extension/jupyter_server_config.d/hubforge.json $(VENV)/etc/jupyter/jupyter_server_config.d/
 	touch $@
 
+$(FEAST_PY):
+	$(PYTHON) -m venv $(FEAST_VENV)
+
+$(FEAST_STAMP): $(FEAST_PY) requirements-feast.txt setup.cfg pyproject.toml
+	$(FEAST_PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(FEAST_PY) -m pip install --quiet -r requirements-feast.txt
+	# hubforge itself, without the platform's dependencies: only hubforge.features runs here.
+	$(FEAST_PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
 $(CHP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -34,7 +49,9 @@ $(CHP): package.json package-lock.json
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# The demo feature repository first, one line a step (a second run only checks it).
 up: install
+	$(VENV)/bin/hubforge features apply
 	$(VENV)/bin/hubforge up
 
 # The tests in three layers (docs/testing.md), each its own pytest run, and JupyterHub's own
@@ -48,18 +65,23 @@ up: install
 test: install $(CHROMIUM)
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory test-unit && \
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-integration test-platform-then-jupyterhub; \
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-integration-then-features test-platform-then-jupyterhub; \
 	status=$$?; echo "all tests: $$(( $$(date +%s) - start )) s"; exit $$status
 
-# One lane of `make test`: the platform layer, then JupyterHub's own tests.
+# One lane of `make test`: the integration layer, then the feature store's tests.
+test-integration-then-features:
+	@$(MAKE) --no-print-directory test-integration && $(MAKE) --no-print-directory test-features
+
+# The other lane: the platform layer, then JupyterHub's own tests.
 test-platform-then-jupyterhub:
 	@$(MAKE) --no-print-directory test-platform && $(MAKE) --no-print-directory test-jupyterhub
 
-# $(call layer,NAME): run tests/NAME with PYTEST_ARGS and print "layer NAME: <seconds> s",
-# after pytest's list of the layer's ten slowest tests (where the suite's time goes).
+# $(call layer,NAME[,PYTHON]): run tests/NAME with PYTEST_ARGS (in PYTHON's environment,
+# else the platform's) and print "layer NAME: <seconds> s", after pytest's list of the
+# layer's ten slowest tests (where the suite's time goes).
 define layer
-	@echo "$(PY) -m pytest --durations=10 tests/$(1) $(PYTEST_ARGS)"; start=$$(date +%s); status=0; \
-	$(PY) -m pytest --durations=10 tests/$(1) $(PYTEST_ARGS) || status=$$?; \
+	@echo "$(or $(2),$(PY)) -m pytest --durations=10 tests/$(1) $(PYTEST_ARGS)"; start=$$(date +%s); status=0; \
+	$(or $(2),$(PY)) -m pytest --durations=10 tests/$(1) $(PYTEST_ARGS) || status=$$?; \
 	echo "layer $(1): $$(( $$(date +%s) - start )) s"; \
 	[ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status
 endef
@@ -71,6 +93,10 @@ test-unit: install
 # One real component each: an MLflow server, a kernel, a jupyter-server, PostgreSQL ...
 test-integration: install
 	$(call layer,integration)
+
+# The feature store with the real Feast, in Feast's environment (SQLite and the local Redis).
+test-features: install
+	$(call layer,features,$(FEAST_PY))
 
 # The whole platform (hubforge up) and browser tests.
 test-platform: install $(CHROMIUM)

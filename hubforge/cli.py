@@ -1,10 +1,11 @@
 """The ``hubforge`` command line.
 
-``hubforge config`` (here) checks and shows the platform config. The other
-subcommands belong to the parts that do the work and register themselves
-through the ``hubforge.commands`` entry-point group (``up`` from the hub,
-``profiles`` and ``k8s`` from the spawners), so this bottom-layer package imports
-none of them. Errors a person can act on end the command with one line on stderr
+``hubforge config`` (here) checks and shows the platform config; ``hubforge features
+apply`` (here, run by ``make up``) applies the demo feature repository in the Feast
+environment. The other subcommands belong to the parts that do the work and register
+themselves through the ``hubforge.commands`` entry-point group (``up`` from the hub,
+``profiles`` and ``k8s`` from the spawners), so this bottom-layer package imports none
+of them. Errors a person can act on end the command with one line on stderr
 and a non-zero exit status, never a traceback.
 """
 
@@ -46,6 +47,27 @@ def _cmd_config_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_features_apply(args: argparse.Namespace) -> int:
+    # Feast has an environment of its own (hubforge.features.environment): the work runs there.
+    from .features.environment import run_in_feast
+
+    cfg = load_config(_config_path(args))
+    return run_in_feast(cfg, ["apply", *(["--force"] if args.force else [])])
+
+
+def _add_features(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    features = sub.add_parser("features", help="the feature store (Feast): apply the demo feature repository")
+    features_sub = features.add_subparsers(dest="features_command", metavar="ACTION", required=True)
+    apply = features_sub.add_parser(
+        "apply",
+        parents=[common],
+        help="write the demo repository into <data_dir>/features, apply it and fill its online store, "
+        "in the Feast environment (make up runs it; quick when nothing changed)",
+    )
+    apply.add_argument("--force", action="store_true", help="generate, apply and materialize again, changed or not")
+    apply.set_defaults(func=_cmd_features_apply)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
@@ -73,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, func) in actions.items():
         action = config_sub.add_parser(name, parents=[common], help=help_text)
         action.set_defaults(func=func)
+
+    _add_features(sub, common)
 
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         entry.load()(sub, parents=[common])

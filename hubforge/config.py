@@ -379,12 +379,22 @@ class ServingService:
 
 
 @dataclass(frozen=True)
+class FeaturesService:
+    """``services.features``: the feature store (Feast)."""
+
+    enabled: bool
+    #: The Python environment with Feast (:func:`hubforge.features.environment.feast_python`).
+    environment: str
+
+
+@dataclass(frozen=True)
 class ServicesSection:
     """``services``: the hub-managed services."""
 
     mlflow: MlflowService
     governance: GovernanceService
     serving: ServingService
+    features: FeaturesService
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServicesSection:
@@ -392,6 +402,7 @@ class ServicesSection:
             mlflow=_flat(MlflowService, data["mlflow"]),
             governance=_flat(GovernanceService, data["governance"]),
             serving=ServingService.from_data(data["serving"]),
+            features=_flat(FeaturesService, data["features"]),
         )
 
 

@@ -14,7 +14,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 #: The layers, each a folder of tests/ and a marker of the same name.
-LAYERS = ("unit", "integration", "platform")
+LAYERS = ("unit", "integration", "features", "platform")
 
 
 def layer_of(path: Path) -> str | None:

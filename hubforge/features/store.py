@@ -1,0 +1,185 @@
+"""Feast, at its boundary: apply a repository's definitions and fill its online store.
+
+This is the only module of :mod:`hubforge.features` that imports Feast (6-8 s), and only
+:mod:`hubforge.features.apply` imports it, inside the steps that need it. Whatever Feast
+raises is translated into one :class:`~hubforge.features.repo.FeaturesError` line;
+what Feast prints (progress bars, colours) is kept out of the command's own lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureStore,
+    FeatureView,
+    OnDemandFeatureView,
+    Project,
+    StreamFeatureView,
+)
+from feast.data_source import DataSource
+from feast.feature_view import DUMMY_ENTITY
+from feast.infra.offline_stores.file_source import FileSource
+from feast.repo_contents import RepoContents
+from feast.repo_operations import extract_objects_for_apply_delete, get_repo_files, is_valid_name
+
+from .repo import FeaturesError
+
+__all__ = ["Applied", "apply_repo", "load_repo", "materialize_repo", "open_store"]
+
+_modules = itertools.count()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """How many objects of each kind a repository defines (as applied)."""
+
+    entities: int
+    data_sources: int
+    feature_views: int
+    on_demand_feature_views: int
+    feature_services: int
+
+    def __str__(self) -> str:
+        counts = (
+            (self.entities, "entity", "entities"),
+            (self.data_sources, "data source", "data sources"),
+            (self.feature_views, "feature view", "feature views"),
+            (self.on_demand_feature_views, "on-demand feature view", "on-demand feature views"),
+            (self.feature_services, "feature service", "feature services"),
+        )
+        return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
+
+
+#: The longest reason a message quotes (some of Feast's messages print whole objects).
+REASON_MAX = 300
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying what went wrong, as Feast or Python put it."""
+    if isinstance(exc, SyntaxError):
+        return f"{Path(exc.filename or '?').name} line {exc.lineno}: {exc.msg}"
+    text = " ".join(str(exc).split())
+    if len(text) > REASON_MAX:
+        text = text[: REASON_MAX - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _translated(step: str) -> Iterator[None]:
+    """Run a step with Feast's output kept aside and any error turned into one line."""
+    kept = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(kept):
+            yield
+    except FeaturesError:
+        raise
+    # Feast and the code of a repository raise anything (ValueError, its own exceptions,
+    # SyntaxError, ImportError, redis' errors): each ends here as one line for a person.
+    except Exception as exc:
+        raise FeaturesError(f"features: {step}: {_reason(exc)}") from exc
+
+
+def _load_module(path: Path) -> ModuleType:
+    """Run one Python file of a repository as a module of its own.
+
+    It is not left in ``sys.modules``, so dill pickles the on-demand views' functions
+    by value, and a second repository's ``definitions.py`` is never the first one's.
+    """
+    spec = importlib.util.spec_from_file_location(f"_hubforge_feature_repo_{next(_modules)}", path)
+    if spec is None or spec.loader is None:
+        raise FeaturesError(f"features: {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _collect(modules: list[ModuleType], project: Project) -> RepoContents:
+    """The Feast objects the modules define, each once (as ``feast apply`` collects them)."""
+    found: list[object] = []
+    for module in modules:
+        for name in dir(module):
+            obj = getattr(module, name)
+            if not any(obj is seen for seen in found):
+                found.append(obj)
+    views = [o for o in found if isinstance(o, FeatureView) and not isinstance(o, StreamFeatureView)]
+    sources = [o for o in found if isinstance(o, DataSource)]
+    sources += [v.batch_source for v in views if v.batch_source is not None and v.batch_source not in sources]
+    return RepoContents(
+        projects=[project],
+        data_sources=sources,
+        entities=[o for o in found if isinstance(o, Entity)] + [DUMMY_ENTITY],
+        feature_views=views,
+        feature_services=[o for o in found if isinstance(o, FeatureService)],
+        on_demand_feature_views=[o for o in found if isinstance(o, OnDemandFeatureView)],
+        stream_feature_views=[o for o in found if isinstance(o, StreamFeatureView)],
+        label_views=[],
+        permissions=[],
+    )
+
+
+def open_store(repo: Path) -> FeatureStore:
+    """The Feast store of the repository at ``repo`` (its ``feature_store.yaml``)."""
+    with _translated("feature_store.yaml"):
+        return FeatureStore(repo_path=str(repo))
+
+
+def load_repo(repo: Path, store: FeatureStore) -> RepoContents:
+    """The objects the repository's Python files define, under the store's project."""
+    config = store.config
+    if not is_valid_name(config.project):
+        raise FeaturesError(f"features: feature_store.yaml: project: {config.project!r} is not a valid Feast name")
+    with _translated("definitions"):
+        modules = [_load_module(path) for path in get_repo_files(repo)]
+        project = Project(name=config.project, description=config.project_description or "")
+        return _collect(modules, project)
+
+
+def _check_files(repo: Path, contents: RepoContents) -> None:
+    """Refuse a Parquet source that is not there (Feast 0.67 only logs a warning, and fails later)."""
+    for source in contents.data_sources:
+        if not isinstance(source, FileSource):
+            continue
+        path = FileSource.get_uri_for_file_path(repo, source.path)
+        if "://" not in path and not Path(path).exists():
+            raise FeaturesError(f"features: apply: data source {source.name}: no such file {path}")
+
+
+def apply_repo(repo: Path) -> Applied:
+    """Register the repository's objects (and delete what it no longer defines), as ``feast apply``."""
+    store = open_store(repo)
+    contents = load_repo(repo, store)
+    _check_files(repo, contents)
+    with _translated("apply"):
+        provider = store._get_provider()  # feast apply checks the sources the same way
+        for view in contents.feature_views:
+            if view.batch_source is not None:
+                provider.validate_data_source(store.config, view.batch_source)
+        to_apply, to_delete, _, _ = extract_objects_for_apply_delete(store.project, store.registry, contents)
+        store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+    return Applied(
+        entities=len(contents.entities) - 1,  # less Feast's placeholder for entity-less views
+        data_sources=len(contents.data_sources),
+        feature_views=len(contents.feature_views),
+        on_demand_feature_views=len(contents.on_demand_feature_views),
+        feature_services=len(contents.feature_services),
+    )
+
+
+def materialize_repo(repo: Path, start: datetime, end: datetime) -> int:
+    """Fill the online store with each feature view's latest values in [start, end); how many views."""
+    store = open_store(repo)
+    with _translated("materialize"):
+        views = [view for view in store.list_feature_views() if view.online]
+        store.materialize(start_date=start, end_date=end, feature_views=[view.name for view in views])
+    return len(views)
