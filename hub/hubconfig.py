@@ -20,6 +20,7 @@ from hubforge.contract import (
     CONFIG_ENV,
     DATA_ENV,
     DEMO_PASSWORD_ENV,
+    FEATURES_URL_ENV,
     INSTANCE_ENV,
     ISOLATION_ENV,
     MLFLOW_URL_ENV,
@@ -215,6 +216,9 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     if cfg.services.mlflow.enabled:
         # Servers reach MLflow through the proxy, as the person's own hub identity.
         c.Spawner.environment[MLFLOW_URL_ENV] = f"{cfg.local_url}services/mlflow"
+    if cfg.services.features.enabled:
+        # The feature browser reads the catalog there, under the server's token.
+        c.Spawner.environment[FEATURES_URL_ENV] = f"{cfg.local_url}services/features"
     local = cfg.spawner.local
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")

@@ -35,9 +35,11 @@ from hubforge.contract import (
     SERVICE_BIND_IP_ENV,
     SERVING_URL_ENV,
 )
+from hubforge.features.environment import feast_python
 from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
 
 __all__ = [
+    "FEATURES",
     "GOVERNANCE",
     "GOVERNANCE_ROLE",
     "MLFLOW",
@@ -224,8 +226,24 @@ SERVING = ServiceSpec(
     default_port=10103,
     on_kubernetes=False,
 )
+
+
+def _features_command(placement: Placement, port: int) -> list[str]:
+    # Feast's own environment (hubforge.features.environment), where the catalog's reads
+    # of Feast will run too; the hub image on Kubernetes has none yet.
+    return [str(feast_python(placement.cfg)), "-m", "hubforge.hub.features"]
+
+
+FEATURES = ServiceSpec(
+    name="features",
+    command=_features_command,
+    environment=_serving_environment,
+    health_path="api/health",
+    default_port=10104,
+    on_kubernetes=False,
+)
 #: Every hub-managed service, in start order.
-SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING)
+SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING, FEATURES)
 
 
 def server_audit_env(cfg: PlatformConfig, governance: str) -> dict[str, str]:

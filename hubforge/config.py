@@ -383,6 +383,7 @@ class FeaturesService:
     """``services.features``: the feature store (Feast)."""
 
     enabled: bool
+    port: int
     #: The Python environment with Feast (:func:`hubforge.features.environment.feast_python`).
     environment: str
 

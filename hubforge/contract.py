@@ -30,6 +30,7 @@ __all__ = [
     "DATA_ENV",
     "DEMO_PASSWORD_ENV",
     "EX_TEMPFAIL",
+    "FEATURES_URL_ENV",
     "GOVERNANCE_URL_ENV",
     "IMAGE_ENV",
     "INSTANCE_ENV",
@@ -104,6 +105,9 @@ AUDIT_URL_ENV = "HUBFORGE_AUDIT_URL"
 #: The governance service's URL (``.../services/governance``) as the server reaches it: the
 #: widgets submit and follow approval requests there, under the server's hub token.
 GOVERNANCE_URL_ENV = "HUBFORGE_GOVERNANCE_URL"
+#: The features service's URL (``.../services/features``) as the server reaches it: the
+#: feature browser reads the catalog there, under the server's hub token.
+FEATURES_URL_ENV = "HUBFORGE_FEATURES_URL"
 #: ``on`` to record each executed cell's source in the audit trail, not only its sha256.
 AUDIT_CELL_SOURCE_ENV = "HUBFORGE_AUDIT_CELL_SOURCE"
 #: The tier the server runs on (its slug).

@@ -12,29 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import os
 import secrets
 import signal
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubOAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Unicode, default
-from traitlets.config import Application, catch_config_error
+from traitlets import Unicode
+from traitlets.config import catch_config_error
 
 from hubforge import __version__, proxies
 from hubforge.config import PlatformConfig, load_config
-from hubforge.contract import ISOLATION_ENV, MLFLOW_URL_ENV, SERVICE_BIND_IP_ENV, SERVING_URL_ENV
-from hubforge.errors import ConfigError, HubforgeError
+from hubforge.contract import ISOLATION_ENV, MLFLOW_URL_ENV, SERVING_URL_ENV
+from hubforge.errors import ConfigError
 from hubforge.events.spool import EventSpool, platform_spool_dir
+from hubforge.hub.service_app import HubServiceApp, make_hub_oauth
 
 from .audit import KEY_FILE, AuditLog, load_signing_key
 from .collect import SpoolCollector
@@ -58,50 +55,16 @@ __all__ = [
 #: The largest body read at all: a batch of audit records a server forwards (each handler
 #: reads at most its own ``max_body``, 64 KiB for the rest of the API).
 MAX_BODY_SIZE = 4 * 1024 * 1024 + 1024
+#: The service's name: its prefix, its access scope.
+SERVICE = "governance"
 #: Seconds between two collections of the platform's audit spools.
 COLLECT_EVERY_S = 1.0
 
-#: Hub-service environment variables -> the HubOAuth traits they set.
-_HUB_ENV = {
-    "JUPYTERHUB_API_URL": "api_url",
-    "JUPYTERHUB_HOST": "hub_host",
-    "JUPYTERHUB_OAUTH_CALLBACK_URL": "oauth_redirect_uri",
-}
-
 
 def make_hub_auth(prefix: str, environ: Mapping[str, str] | None = None) -> HubOAuth:
-    """The service's HubOAuth, from the hub-service environment (``JUPYTERHUB_*``).
-
-    Refuses (ConfigError) to run without the hub's token and OAuth client id.
-    Without ``JUPYTERHUB_OAUTH_ACCESS_SCOPES`` access needs
-    ``access:services!service=<name>``: with no access scope at all, HubOAuth
-    would let in every hub user.
-    """
-    env = os.environ if environ is None else environ
-    required = ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_CLIENT_ID")
-    missing = [name for name in required if not env.get(name)]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)} not set: the governance service runs as a JupyterHub-managed service")
-    scopes_env = env.get("JUPYTERHUB_OAUTH_ACCESS_SCOPES")
-    service = env.get("JUPYTERHUB_SERVICE_NAME") or "governance"
-    try:
-        access = set(json.loads(scopes_env)) if scopes_env else set()
-    except ValueError as exc:
-        raise ConfigError(f"JUPYTERHUB_OAUTH_ACCESS_SCOPES is not a JSON list: {exc}") from exc
-    settings: dict[str, Any] = {
-        "api_token": env["JUPYTERHUB_API_TOKEN"],
-        "oauth_client_id": env["JUPYTERHUB_CLIENT_ID"],
-        "base_url": prefix,
-        "access_scopes": access or {f"access:services!service={service}"},
-    }
-    # Read from ``environ`` rather than left to HubOAuth's os.environ defaults,
-    # so that one process can run services for several hubs (as the tests do).
-    for name, trait in _HUB_ENV.items():
-        if env.get(name):
-            settings[trait] = env[name]
-    if env.get("JUPYTERHUB_BASE_URL"):
-        settings["hub_prefix"] = url_path_join(env["JUPYTERHUB_BASE_URL"], "hub") + "/"
-    return HubOAuth(**settings)
+    """The service's HubOAuth (API tokens and browser logins), from the ``JUPYTERHUB_*``
+    environment (:func:`~hubforge.hub.service_app.hub_auth_settings`)."""
+    return make_hub_oauth(SERVICE, prefix, environ)
 
 
 def make_app(
@@ -191,12 +154,14 @@ def load_cookie_secret(path: Path) -> bytes:
     return secret
 
 
-class GovernanceService(Application):
+class GovernanceService(HubServiceApp):
     """The governance service process."""
 
     name = "hubforge-governance"
     description = "The hubforge governance service: approval requests behind JupyterHub auth."
     version = __version__
+    service_name = SERVICE
+    library_loggers = ("hubforge", "alembic", "tornado")
     aliases: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "db-url": "GovernanceService.db_url",
         "log-level": "Application.log_level",
@@ -211,40 +176,10 @@ class GovernanceService(Application):
         "else SQLite in data_dir.",
     ).tag(config=True)
 
-    service_prefix = Unicode(help="URL prefix served (JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
-
-    service_url = Unicode(help="Address to bind, as a URL (JUPYTERHUB_SERVICE_URL).").tag(config=True)
-
-    bind_ip = Unicode(
-        help="Address to listen on, when it differs from JUPYTERHUB_SERVICE_URL's host (HUBFORGE_BIND_IP): "
-        "on Kubernetes the URL names the hub's Service, which the pod cannot bind; listen on 0.0.0.0 there.",
-    ).tag(config=True)
-
-    @default("bind_ip")
-    def _default_bind_ip(self) -> str:
-        return os.environ.get(SERVICE_BIND_IP_ENV, "")
-
     cookie_secret_file = Unicode(
         "",
         help="File holding the browser-session cookie secret. Default: governance_cookie_secret in data_dir.",
     ).tag(config=True)
-
-    @default("log_level")
-    def _default_log_level(self) -> int:
-        # A service's start, stop and requests belong in the hub's log.
-        return logging.INFO
-
-    @default("log_format")
-    def _default_log_format(self) -> str:
-        return "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
-
-    @default("service_prefix")
-    def _default_prefix(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/governance/"
-
-    @default("service_url")
-    def _default_service_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_URL", "")
 
     platform: PlatformConfig
     hub_auth: HubOAuth
@@ -258,8 +193,6 @@ class GovernanceService(Application):
     collector: SpoolCollector
     audit: EventSpool
     web_app: web.Application
-    ip: str
-    port: int
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -275,27 +208,13 @@ class GovernanceService(Application):
         self.init_deployer()
         self.init_handlers()
 
-    def init_logging(self) -> None:
-        """Send the libraries' logs (store, alembic, tornado, hub auth) where ours go."""
-        for name in ("hubforge", "alembic", "tornado"):
-            logger = logging.getLogger(name)
-            logger.handlers = list(self.log.handlers)
-            logger.setLevel(self.log.level)
-            logger.propagate = False
-
     def init_config(self) -> None:
         """Load the platform config and the hub environment; settle URLs and address."""
         self.platform = load_config()
         self.hub_auth = make_hub_auth(self.service_prefix)
         if not self.db_url:
             self.db_url = self.platform.db_url("governance")
-        url = urlsplit(self.service_url)
-        if not (url.hostname and url.port):
-            raise ConfigError(
-                f"JUPYTERHUB_SERVICE_URL {self.service_url!r} names no host and port: "
-                "the governance service runs as a JupyterHub-managed service"
-            )
-        self.ip, self.port = self.bind_ip or url.hostname, url.port
+        self.init_address()
 
     def init_policies(self) -> None:
         """Compile the governance policies; a broken one stops the start, naming its file."""
@@ -470,10 +389,4 @@ class GovernanceService(Application):
 
 def main(argv: list[str] | None = None) -> None:
     """Run the governance service; a configuration problem exits 1 with one line."""
-    service = GovernanceService()
-    try:
-        service.initialize(argv)
-    except HubforgeError as exc:
-        service.log.critical("%s", exc)
-        sys.exit(1)
-    service.start()
+    GovernanceService.main(argv)

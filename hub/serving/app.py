@@ -15,25 +15,20 @@ any tornado ``HTTPServer``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import signal
-import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
-from traitlets import Float, Integer, List, Unicode, default
-from traitlets.config import Application, catch_config_error
+from traitlets import Float, Integer, List, Unicode
+from traitlets.config import catch_config_error
 
 from hubforge import __version__
 from hubforge.config import load_config
-from hubforge.contract import SERVICE_BIND_IP_ENV
-from hubforge.errors import ConfigError, HubforgeError
+from hubforge.hub.service_app import HubServiceApp
+from hubforge.hub.service_app import make_hub_auth as service_hub_auth
 
 from .front import RequestLog, ServingFront
 from .handlers import ROUTES, AccessCache, NotFoundHandler
@@ -49,31 +44,10 @@ SERVICE = "serving"
 
 
 def make_hub_auth(prefix: str, environ: Mapping[str, str] | None = None, cache_max_age: int = 60) -> HubAuth:
-    """The service's HubAuth (tokens only: no browser login), from the ``JUPYTERHUB_*`` environment.
-
-    Refuses (ConfigError) to run without the service's hub token. Without
-    ``JUPYTERHUB_OAUTH_ACCESS_SCOPES`` access needs ``access:services!service=<name>``:
-    with no access scope at all, HubAuth would let in every hub user. Token lookups are
-    cached ``cache_max_age`` seconds (a revoked token works that long at most).
-    """
-    env = os.environ if environ is None else environ
-    if not env.get("JUPYTERHUB_API_TOKEN"):
-        raise ConfigError("JUPYTERHUB_API_TOKEN not set: the serving service runs as a JupyterHub-managed service")
-    service = env.get("JUPYTERHUB_SERVICE_NAME") or SERVICE
-    scopes_env = env.get("JUPYTERHUB_OAUTH_ACCESS_SCOPES")
-    try:
-        access = set(json.loads(scopes_env)) if scopes_env else set()
-    except ValueError as exc:
-        raise ConfigError(f"JUPYTERHUB_OAUTH_ACCESS_SCOPES is not a JSON list: {exc}") from exc
-    settings: dict[str, Any] = {
-        "api_token": env["JUPYTERHUB_API_TOKEN"],
-        "base_url": prefix,
-        "access_scopes": access or {f"access:services!service={service}"},
-        "cache_max_age": cache_max_age,
-    }
-    if env.get("JUPYTERHUB_API_URL"):
-        settings["api_url"] = env["JUPYTERHUB_API_URL"]
-    return HubAuth(**settings)
+    """The service's HubAuth (tokens only: no browser login), from the ``JUPYTERHUB_*``
+    environment (:func:`~hubforge.hub.service_app.hub_auth_settings`). Token lookups are
+    cached ``cache_max_age`` seconds (a revoked token works that long at most)."""
+    return service_hub_auth(SERVICE, prefix, environ, cache_max_age=cache_max_age)
 
 
 def make_app(
@@ -103,12 +77,13 @@ def make_app(
     )
 
 
-class ServingService(Application):
+class ServingService(HubServiceApp):
     """The serving service process."""
 
     name = "hubforge-serving"
     description = "The hubforge serving router: approved model versions behind JupyterHub auth."
     version = __version__
+    service_name = SERVICE
     aliases: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "state-dir": "ServingService.state_dir",
         "log-level": "Application.log_level",
@@ -126,38 +101,11 @@ class ServingService(Application):
         32 * 1024 * 1024, help="The largest request body, in bytes (a scoring request's; a larger one is a 413)."
     ).tag(config=True)
     scoring_workers = Integer(1, help="uvicorn workers per scoring process.").tag(config=True)
-    service_prefix = Unicode(help="URL prefix served (JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
-    service_url = Unicode(help="Address to bind, as a URL (JUPYTERHUB_SERVICE_URL).").tag(config=True)
-    bind_ip = Unicode(help="Address to listen on when it differs from the URL's host (HUBFORGE_BIND_IP).").tag(
-        config=True
-    )
-
-    @default("bind_ip")
-    def _default_bind_ip(self) -> str:
-        return os.environ.get(SERVICE_BIND_IP_ENV, "")
-
-    @default("service_prefix")
-    def _default_prefix(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or f"/services/{SERVICE}/"
-
-    @default("service_url")
-    def _default_service_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_URL", "")
-
-    @default("log_level")
-    def _default_log_level(self) -> int:
-        return logging.INFO
-
-    @default("log_format")
-    def _default_log_format(self) -> str:
-        return "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
 
     request_log: RequestLog
     hub_auth: HubAuth
     router: Router
     web_app: web.Application
-    ip: str
-    port: int
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -170,29 +118,17 @@ class ServingService(Application):
 
     def init_logging(self) -> None:
         """Send the libraries' logs (tornado, hub auth) where ours go; the line per request."""
+        super().init_logging()
         level = self.log_level
         number = level if isinstance(level, int) else int(logging.getLevelName(str(level)))
         self.request_log = RequestLog(self.log, debug=number <= logging.DEBUG)
-        for name in ("hubforge", "tornado"):
-            logger = logging.getLogger(name)
-            logger.handlers = list(self.log.handlers)
-            # The level itself, not the application logger's (traitlets keeps that at DEBUG
-            # and filters in its handler): no debug record is made for nothing.
-            logger.setLevel(number)
-            logger.propagate = False
 
     def init_config(self) -> None:
         """The hub environment, the state folder and the address to listen on."""
         self.hub_auth = make_hub_auth(self.service_prefix)
         if not self.state_dir:
             self.state_dir = str(load_config().data_dir / SERVICE)
-        url = urlsplit(self.service_url)
-        if not (url.hostname and url.port):
-            raise ConfigError(
-                f"JUPYTERHUB_SERVICE_URL {self.service_url!r} names no host and port: "
-                "the serving service runs as a JupyterHub-managed service"
-            )
-        self.ip, self.port = self.bind_ip or url.hostname, url.port
+        self.init_address()
 
     def init_router(self) -> None:
         """The state folder, the scoring pool and the router, with the saved routes read."""
@@ -226,12 +162,8 @@ class ServingService(Application):
         front = ServingFront(self.web_app, max_body_size=self.max_body_size, log=self.request_log)
         await front.listen(self.port, self.ip)
         self.log.info("Serving router listening on http://%s:%d%s", self.ip, self.port, self.service_prefix)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         restoring = asyncio.create_task(self.router.restore())
-        await stop.wait()
+        await self.until_signalled()
         self.log.info("Serving router stopping")
         restoring.cancel()
         await front.close()
@@ -240,10 +172,4 @@ class ServingService(Application):
 
 def main(argv: list[str] | None = None) -> None:
     """Run the serving service; a configuration problem exits 1 with one line."""
-    service = ServingService()
-    try:
-        service.initialize(argv)
-    except HubforgeError as exc:
-        service.log.critical("%s", exc)
-        sys.exit(1)
-    service.start()
+    ServingService.main(argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from hubforge.config import PlatformConfig
 
+from .catalog import CATALOG_FILE
 from .repo import (
     DATA_VERSION,
     DEFAULT_PROJECT,
@@ -158,7 +160,7 @@ def _run_steps(repo: Path, steps: Plan, state: State, now: datetime, log: Callab
         log(f"features: data: generated {rows:,} rows in {repo / 'data'} (up to {anchor:%Y-%m-%d %H:%M} UTC)")
     else:
         log(f"features: data: kept (generated up to {anchor:%Y-%m-%d %H:%M} UTC)")
-    if steps.apply or steps.materialize:
+    if steps.apply or steps.materialize or not (repo / CATALOG_FILE).is_file():
         log("features: loading Feast")
         from . import store  # Feast itself: seconds of imports, only when there is work for it
     if steps.apply:
@@ -171,9 +173,22 @@ def _run_steps(repo: Path, steps: Plan, state: State, now: datetime, log: Callab
         started = time.monotonic()
         count = store.materialize_repo(repo, anchor - MATERIALIZE_WINDOW, now)
         log(f"features: materialized {count} feature views up to now ({time.monotonic() - started:.1f} s)")
-        return replace(state, materialized_to=now.isoformat())
-    log(f"features: online store: up to date (materialized {state.materialized_to[:16].replace('T', ' ')} UTC)")
+        state = replace(state, materialized_to=now.isoformat())
+    else:
+        log(f"features: online store: up to date (materialized {state.materialized_to[:16].replace('T', ' ')} UTC)")
+    if steps.apply or steps.materialize or not (repo / CATALOG_FILE).is_file():
+        _write_catalog(repo, now, log)
     return state
+
+
+def _write_catalog(repo: Path, now: datetime, log: Callable[[str], None]) -> None:
+    """The registry as ``catalog.json``, for browsing without Feast (:mod:`.catalog`)."""
+    from . import store
+
+    catalog = store.catalog_of(store.open_store(repo), now)
+    _write(repo / CATALOG_FILE, json.dumps(catalog, indent=1) + "\n")
+    count = len(catalog["feature_views"])
+    log(f"features: catalog: {count} feature views, {len(catalog['feature_services'])} feature services")
 
 
 def apply_demo(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from feast import (
     Entity,
@@ -35,7 +36,7 @@ from feast.repo_operations import extract_objects_for_apply_delete, get_repo_fil
 
 from .repo import FeaturesError
 
-__all__ = ["Applied", "apply_repo", "load_repo", "materialize_repo", "open_store"]
+__all__ = ["Applied", "apply_repo", "catalog_of", "load_repo", "materialize_repo", "open_store"]
 
 _modules = itertools.count()
 
@@ -183,3 +184,82 @@ def materialize_repo(repo: Path, start: datetime, end: datetime) -> int:
         views = [view for view in store.list_feature_views() if view.online]
         store.materialize(start_date=start, end_date=end, feature_views=[view.name for view in views])
     return len(views)
+
+
+def _columns(fields: Any) -> list[dict[str, str]]:
+    return [{"name": f.name, "dtype": str(f.dtype), "description": f.description or ""} for f in fields]
+
+
+def _common(obj: Any) -> dict[str, Any]:
+    return {"name": obj.name, "description": obj.description or "", "owner": obj.owner or "", "tags": dict(obj.tags)}
+
+
+def _source(source: DataSource) -> dict[str, Any]:
+    fields = getattr(source, "schema", None) or []
+    return {
+        **_common(source),
+        "type": type(source).__name__,
+        "path": getattr(source, "path", "") or "",
+        "timestamp_field": source.timestamp_field or "",
+        "fields": _columns(fields),
+    }
+
+
+def _view(view: FeatureView) -> dict[str, Any]:
+    ends = [end for _, end in view.materialization_intervals]
+    return {
+        **_common(view),
+        "kind": "batch",
+        "entities": [name for name in view.entities if name != DUMMY_ENTITY.name],
+        "features": _columns(view.features),
+        "ttl_seconds": int(view.ttl.total_seconds()) if view.ttl else None,
+        "sources": [view.batch_source.name] if view.batch_source is not None else [],
+        "online": bool(view.online),
+        "materialized_to": max(ends).isoformat() if ends else None,
+    }
+
+
+def _on_demand(view: OnDemandFeatureView, views: dict[str, FeatureView]) -> dict[str, Any]:
+    read = view.source_feature_view_projections
+    # An on-demand view is about the entities of the views it reads.
+    entities = {e for name in read if name in views for e in views[name].entities} - {DUMMY_ENTITY.name}
+    return {
+        **_common(view),
+        "kind": "on_demand",
+        "entities": sorted(entities),
+        "features": _columns(view.features),
+        "ttl_seconds": None,
+        "sources": [*view.source_request_sources, *read],
+        "online": True,
+        "materialized_to": None,
+    }
+
+
+def _by_name(objects: Any) -> list[Any]:
+    return sorted(objects, key=lambda obj: obj.name)
+
+
+def catalog_of(store: FeatureStore, generated: datetime) -> dict[str, Any]:
+    """The registry's objects as the catalog's plain data (:mod:`hubforge.features.catalog`)."""
+    with _translated("catalog"):
+        views = {view.name: view for view in store.list_feature_views()}
+        return {
+            "version": 1,
+            "generated": generated.isoformat(),
+            "project": {"name": store.project, "description": store.config.project_description or ""},
+            "entities": [
+                {**_common(e), "join_keys": [e.join_key], "value_type": e.value_type.name}
+                for e in _by_name(store.list_entities())
+                if e.name != DUMMY_ENTITY.name
+            ],
+            "data_sources": [_source(source) for source in _by_name(store.list_data_sources())],
+            "feature_views": [_view(view) for view in _by_name(views.values())]
+            + [_on_demand(view, views) for view in _by_name(store.list_on_demand_feature_views())],
+            "feature_services": [
+                {
+                    **_common(service),
+                    "views": {p.name: [f.name for f in p.features] for p in service.feature_view_projections},
+                }
+                for service in _by_name(store.list_feature_services())
+            ],
+        }

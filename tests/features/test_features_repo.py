@@ -106,7 +106,8 @@ def latest(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return frame.sort_values("event_timestamp").groupby(key).tail(1).set_index(key)
 
 
-STEPS = ("repository ", "online store: ", "data: ", "loading Feast", "applied ", "materialized ", "ready (")
+STEPS = ("repository ", "online store: ", "data: ", "loading Feast", "applied ", "materialized ", "catalog: ")
+STEPS += ("ready (",)
 
 
 def test_the_first_apply_reports_each_step_on_one_line(on_sqlite: Applied) -> None:
@@ -323,3 +324,42 @@ def test_the_features_package_imports_feast_only_for_the_steps_that_need_it() ->
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_the_catalog_holds_the_registry_for_browsing_without_feast(on_sqlite: Applied) -> None:
+    from hubforge.features.catalog import load
+
+    catalog = load(on_sqlite.repo / "catalog.json")
+    assert (on_sqlite.repo / "catalog.json").stat().st_mode & 0o777 == 0o600
+    store = on_sqlite.store()
+    assert catalog.project["name"] == "hubforge_demo"
+    assert {i.name for i in catalog.of_kind("feature_view")} == {
+        *(v.name for v in store.list_feature_views()),
+        *(v.name for v in store.list_on_demand_feature_views()),
+    }
+    profile = catalog.get("feature_view", "customer_profile")
+    assert profile is not None and profile.restricted, "tagged sensitivity: confidential"
+    assert profile.data["ttl_seconds"] == 90 * 86400 and profile.data["entities"] == ["customer"]
+    assert profile.data["sources"] == ["customer_profile_source"]
+    assert {f["name"] for f in profile.data["features"]} >= {"plan", "tenure_months"}
+    assert profile.data["materialized_to"][:16] == on_sqlite.outcome.state.materialized_to[:16]
+    risk = catalog.get("feature_view", "transaction_risk")
+    assert risk is not None and risk.data["kind"] == "on_demand"
+    assert risk.data["entities"] == ["customer", "merchant"]
+    assert set(risk.data["sources"]) == {"transaction_request", "merchant_risk", "customer_activity"}
+    assert catalog.lineage("customer_activity") == {
+        "sources": ["customer_activity_source"],
+        "services": ["churn_model_v1", "fraud_model_v1"],
+    }
+    assert [hit.item.name for hit in catalog.search("chargeback")][:1] == ["merchant_risk"]
+    assert {hit.item.name for hit in catalog.search("risk-engineering")} >= {"merchant", "fraud_model_v1"}
+
+
+def test_a_lost_catalog_is_written_again_by_the_next_run(on_sqlite: Applied, tmp_path: Path) -> None:
+    cfg = platform_config(tmp_path)
+    first, _ = apply_logged(cfg)
+    (first.repo / "catalog.json").unlink()
+    again, lines = apply_logged(cfg)
+    assert again.plan == Plan(generate=False, apply=False, materialize=False)
+    assert any(line.startswith("features: catalog: 4 feature views, 2 feature services") for line in lines)
+    assert (first.repo / "catalog.json").is_file()

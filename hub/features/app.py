@@ -1,0 +1,223 @@
+"""The features service: the feature catalog, for every hub user, behind JupyterHub auth.
+
+``hubforge features apply`` writes the registry as ``catalog.json`` beside the feature
+repository, in the platform's private data folder, which people's servers cannot read.
+This service serves it: ``GET api/catalog`` (the whole catalog, with an ETag, so a
+widget's refresh costs a 304) and ``GET api/search?q=...`` (matching objects, best
+first, :meth:`~hubforge.features.catalog.Catalog.search`). It reads the file again when
+it changes, so a new apply shows without a restart. Tokens only (the widgets, Voila apps
+and scripts call it with the server's or a person's token); any hub user with access to
+the service may browse: the catalog is metadata, never data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from jupyterhub.services.auth import HubAuth, HubAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets.config import catch_config_error
+
+from hubforge import __version__
+from hubforge.config import load_config
+from hubforge.errors import HubforgeError
+from hubforge.features.apply import features_dir
+from hubforge.features.catalog import CATALOG_FILE, KINDS, Catalog
+from hubforge.features.catalog import load as load_catalog
+from hubforge.hub.service_app import HubServiceApp, make_hub_auth
+
+__all__ = ["CatalogFile", "FeaturesService", "main", "make_app"]
+
+SERVICE = "features"
+JSON_TYPE = "application/json; charset=UTF-8"
+#: The longest search query read (a person types a few words).
+MAX_QUERY = 200
+MAX_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The catalog as last read: its file's identity, its bytes, its ETag, its search."""
+
+    stamp: tuple[int, int]
+    body: bytes
+    etag: str
+    catalog: Catalog
+
+
+class CatalogFile:
+    """``catalog.json`` at ``path``, read again whenever the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._loaded: Loaded | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Loaded:
+        """The catalog now; a HubforgeError (one line) when there is none or it is unreadable."""
+        try:
+            info = self.path.stat()
+        except OSError:
+            raise HubforgeError("the feature catalog is not there yet: `hubforge features apply` writes it") from None
+        stamp = (info.st_mtime_ns, info.st_size)
+        with self._lock:
+            if self._loaded is None or self._loaded.stamp != stamp:
+                catalog = load_catalog(self.path)
+                body = json.dumps(catalog.data).encode()
+                self._loaded = Loaded(stamp, body, f'"{hashlib.sha256(body).hexdigest()[:32]}"', catalog)
+            return self._loaded
+
+
+def _hit(item: Any) -> dict[str, Any]:
+    return {
+        "kind": item.kind,
+        "name": item.name,
+        "description": item.description,
+        "owner": item.owner,
+        "tags": dict(item.tags),
+        "restricted": item.restricted,
+    }
+
+
+class FeaturesHandler(HubAuthenticated, web.RequestHandler):
+    """Base: hub token auth, JSON errors (never a traceback), the catalog file."""
+
+    @property
+    def hub_auth(self) -> HubAuth:
+        return self.settings["hub_auth"]
+
+    @property
+    def catalog_file(self) -> CatalogFile:
+        return self.settings["catalog_file"]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "the features service failed; its log says why"
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def loaded(self) -> Loaded:
+        try:
+            return self.catalog_file.current()
+        except HubforgeError as exc:
+            raise web.HTTPError(503, "%s", str(exc)) from None
+
+
+class HealthHandler(FeaturesHandler):
+    """``GET api/health``: 200 while the service runs (no auth: the hub's check)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps({"status": "ok", "catalog": self.catalog_file.path.is_file()}))
+
+
+class CatalogHandler(FeaturesHandler):
+    """``GET api/catalog``: the whole catalog (304 when the ETag still matches)."""
+
+    @web.authenticated
+    def get(self) -> None:
+        loaded = self.loaded()
+        self.set_header("ETag", loaded.etag)
+        self.set_header("Cache-Control", "no-cache")
+        if loaded.etag in [tag.strip() for tag in self.request.headers.get("If-None-Match", "").split(",")]:
+            self.set_status(304)
+            self.finish()
+            return
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(loaded.body)
+
+
+class SearchHandler(FeaturesHandler):
+    """``GET api/search?q=WORDS[&kind=feature_view...][&limit=N]``: matching objects, best first."""
+
+    @web.authenticated
+    def get(self) -> None:
+        query = self.get_query_argument("q", "")
+        if len(query) > MAX_QUERY:
+            raise web.HTTPError(400, "q: at most %d characters", MAX_QUERY)
+        kinds = self.get_query_arguments("kind")
+        unknown = sorted(set(kinds) - set(KINDS.values()))
+        if unknown:
+            raise web.HTTPError(400, "kind: %s is none of %s", unknown[0], ", ".join(sorted(KINDS.values())))
+        raw = self.get_query_argument("limit", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise web.HTTPError(400, "limit: a whole number from 1 to %d", MAX_LIMIT)
+        hits = self.loaded().catalog.search(query, kinds or None, int(raw))
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps({"query": query, "hits": [_hit(hit.item) for hit in hits]}))
+
+
+class NotFoundHandler(FeaturesHandler):
+    """Any other path or method: a JSON 404."""
+
+    def prepare(self) -> None:
+        raise web.HTTPError(404, "no such path in the features service")
+
+
+ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
+    ("api/health", HealthHandler),
+    ("api/catalog", CatalogHandler),
+    ("api/search", SearchHandler),
+]
+
+
+def make_app(catalog_path: Path, prefix: str, hub_auth: HubAuth, **settings: Any) -> web.Application:
+    """The service's tornado application under ``prefix``."""
+    handlers = [(url_path_join(prefix, path), handler) for path, handler in ROUTES]
+    return web.Application(
+        handlers,
+        default_handler_class=NotFoundHandler,
+        hub_auth=hub_auth,
+        catalog_file=CatalogFile(catalog_path),
+        xsrf_cookies=False,  # tokens only: no cookie is read
+        **settings,
+    )
+
+
+class FeaturesService(HubServiceApp):
+    """The features service process."""
+
+    name = "hubforge-features"
+    description = "The hubforge features service: the feature catalog behind JupyterHub auth."
+    version = __version__
+    service_name = SERVICE
+    aliases: ClassVar[dict[str, Any]] = {"log-level": "Application.log_level"}  # type: ignore[misc]
+
+    web_app: web.Application
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        self.init_logging()
+        self.init_address()
+        self.catalog_path = features_dir(load_config()) / CATALOG_FILE
+        self.web_app = make_app(self.catalog_path, self.service_prefix, make_hub_auth(SERVICE, self.service_prefix))
+
+    def start(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        server = HTTPServer(self.web_app, xheaders=True, max_body_size=64 * 1024)
+        server.listen(self.port, self.ip)
+        self.log.info("Features service listening on http://%s:%d%s (catalog %s)", self.ip, self.port,
+                      self.service_prefix, self.catalog_path)  # fmt: skip
+        await self.until_signalled()
+        self.log.info("Features service stopping")
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the features service; a configuration problem exits 1 with one line."""
+    FeaturesService.main(argv)
