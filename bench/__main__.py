@@ -11,6 +11,7 @@ from bench import (
     approval,
     audit,
     extension_start,
+    features,
     mlflow_gate,
     mlflow_search,
     serving,
@@ -32,6 +33,7 @@ SUITES = {
     "audit": audit.run,
     "serving": serving.run,
     "approval": approval.run,
+    "features": features.run,
 }
 
 

@@ -8,6 +8,8 @@
 - :class:`ApprovalQueue`: the requests awaiting one's decision, with the model card, the
   metrics and their difference to production; Approve and Reject open the request's
   decision page, where the person decides.
+- :class:`FeatureBrowser`: the feature store's catalog, searched as you type: a view's
+  schema, TTL, freshness and lineage, restricted data marked, and the code that reads it.
 
 They run in a person's kernel and talk to the platform only through its REST APIs, with
 the person's server token (:mod:`.client`): a widget can do nothing that token could not
@@ -23,13 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .approval_queue import ApprovalQueue, metric_diff
-    from .client import GovernanceClient, WidgetError, mlflow_client
+    from .client import FeaturesClient, GovernanceClient, WidgetError, mlflow_client
     from .deploy_panel import DeployPanel, Progress, deploy_progress
+    from .feature_browser import FeatureBrowser
     from .modelcard_editor import ModelCardEditor
 
 __all__ = [
     "ApprovalQueue",
     "DeployPanel",
+    "FeatureBrowser",
+    "FeaturesClient",
     "GovernanceClient",
     "ModelCardEditor",
     "Progress",
@@ -43,6 +48,7 @@ __all__ = [
 _HOMES = {
     "ApprovalQueue": "approval_queue",
     "metric_diff": "approval_queue",
+    "FeaturesClient": "client",
     "GovernanceClient": "client",
     "WidgetError": "client",
     "mlflow_client": "client",
@@ -50,6 +56,7 @@ _HOMES = {
     "Progress": "deploy_panel",
     "deploy_progress": "deploy_panel",
     "ModelCardEditor": "modelcard_editor",
+    "FeatureBrowser": "feature_browser",
 }
 
 

@@ -29,8 +29,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
-from hubforge.contract import GOVERNANCE_URL_ENV, MLFLOW_URL_ENV
+from hubforge.contract import FEATURES_URL_ENV, GOVERNANCE_URL_ENV, MLFLOW_URL_ENV
 from hubforge.errors import HubforgeError
+from hubforge.features.catalog import Catalog
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -42,6 +43,7 @@ __all__ = [
     "TIMEOUT",
     "TOKEN_ENV",
     "Background",
+    "FeaturesClient",
     "GovernanceClient",
     "WidgetError",
     "describe",
@@ -345,3 +347,60 @@ def pretty(value: Any, limit: int = 20_000) -> str:
     """``value`` as indented JSON text (or its text), cut at ``limit`` characters."""
     text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class FeaturesClient:
+    """The features service's catalog at ``url`` (``.../services/features``) as ``token``.
+
+    The browser searches the whole catalog in the kernel, so each keystroke costs no call;
+    :meth:`catalog` remembers the last answer's ETag and catalog, so a Refresh of an
+    unchanged catalog costs a 304 and no parsing. ``transport``: httpx's, for tests.
+    """
+
+    def __init__(
+        self, url: str, token: str, *, timeout: httpx.Timeout = TIMEOUT, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Accept": "application/json", "Authorization": f"token {token}"}
+        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport, follow_redirects=False)
+        # (ETag, catalog) of the last 200, replaced as a whole so a concurrent refresh reads a matching pair.
+        self._cached: tuple[str, Catalog] | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> FeaturesClient:
+        """The client a kernel's environment describes; WidgetError naming what is missing."""
+        env = os.environ if environ is None else environ
+        url, token = env.get(FEATURES_URL_ENV, ""), env.get(TOKEN_ENV, "")
+        if not url:
+            raise WidgetError(f"{FEATURES_URL_ENV} is not set: the feature browser runs in a hubforge server's kernel")
+        if not token:
+            raise WidgetError(f"{TOKEN_ENV} is not set: the feature browser calls the platform as your server")
+        return cls(url, token, **kwargs)
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def catalog(self) -> Catalog:
+        """The catalog now: the cached one when the service answers 304, else the new one."""
+        what = "cannot read the feature catalog"
+        cached = self._cached
+        headers = {"If-None-Match": cached[0]} if cached else {}
+        try:
+            response = self._http.get(f"{self.url}/api/catalog", headers=headers)
+        except httpx.TimeoutException:
+            raise WidgetError(f"{what}: the features service did not answer in time") from None
+        except httpx.HTTPError as exc:
+            words = one_line(str(exc), 160) or type(exc).__name__
+            raise WidgetError(f"{what}: cannot reach the features service at {self.url}: {words}") from None
+        if response.status_code == 304 and cached:
+            return cached[1]
+        if not response.is_success:
+            raise WidgetError(f"{what}: {_answer(response)}")
+        try:
+            found = Catalog.from_json(response.content)
+        except HubforgeError as exc:
+            raise WidgetError(f"{what}: {one_line(str(exc), 240)}") from None
+        etag = response.headers.get("ETag")
+        self._cached = (etag, found) if etag else None
+        return found

@@ -134,8 +134,12 @@ class Catalog:
         self.items: list[Item] = []
         self._by: dict[tuple[str, str], Item] = {}
         for key, kind in KINDS.items():
-            for obj in data.get(key, ()):
-                item = Item(kind, str(obj["name"]), obj, _text(kind, obj))
+            for obj in data.get(key) or ():
+                try:
+                    item = Item(kind, str(obj["name"]), obj, _text(kind, obj))
+                except (KeyError, TypeError, AttributeError) as exc:
+                    what = obj.get("name", "?") if isinstance(obj, Mapping) else "?"
+                    raise FeaturesError(f"features: catalog: {kind} {what}: malformed ({exc})") from exc
                 self.items.append(item)
                 self._by[(kind, item.name)] = item
 
@@ -175,8 +179,8 @@ class Catalog:
         item = self.get("feature_view", view)
         if item is None:
             return {"sources": [], "services": []}
-        services = [s.name for s in self.of_kind("feature_service") if view in s.data.get("views", {})]
-        return {"sources": list(item.data.get("sources", ())), "services": services}
+        services = [s.name for s in self.of_kind("feature_service") if view in (s.data.get("views") or {})]
+        return {"sources": list(item.data.get("sources") or ()), "services": services}
 
 
 def load(path: str | Path) -> Catalog:

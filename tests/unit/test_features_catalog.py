@@ -66,7 +66,9 @@ def test_an_empty_query_lists_everything_views_first_up_to_the_limit() -> None:
         ("{", "features: catalog: unreadable"),
         ("[]", "features: catalog: not a version 1 catalog"),
         ('{"version": 2}', "features: catalog: not a version 1 catalog"),
-        ('{"version": 1, "feature_views": [{"kind": "batch"}]}', "features: catalog: unreadable"),
+        ('{"version": 1, "feature_views": [{"kind": "batch"}]}', "features: catalog: feature_view ?: malformed"),
+        ('{"version": 1, "feature_views": [{"name": "v", "features": 5}]}', "features: catalog: feature_view v: "),
+        ('{"version": 1, "entities": [{"name": "e", "tags": ["a"]}]}', "features: catalog: entity e: malformed"),
     ],
 )
 def test_what_is_not_a_catalog_is_one_line(text: str, said: str) -> None:
