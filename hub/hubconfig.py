@@ -182,8 +182,9 @@ def _configure_ldap(c: Any, ldap: Mapping[str, Any]) -> None:
             setattr(c.LDAPAuthenticator, key, value)
 
 
-def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
-    """Personas become roles with custom scopes; configured users join their groups."""
+def configure_rbac(c: Any, cfg: PlatformConfig, kind: str | None = None) -> None:
+    """Personas become roles with custom scopes; configured users join their groups.
+    ``kind``: where the hub runs (a :class:`~.services.Placement`'s; default: platform.yaml's spawner)."""
     c.JupyterHub.custom_scopes = {name: {"description": text} for name, text in CUSTOM_SCOPES.items()}
     c.JupyterHub.load_roles = hub_roles(cfg.persona_groups(), persona_services())
     groups: dict[str, dict[str, list[str]]] = {
@@ -196,8 +197,11 @@ def configure_rbac(c: Any, cfg: PlatformConfig) -> None:
     # A server's token may log runs to MLflow and report its audit events on the person's
     # behalf, nothing more; it names the custom scopes above and the services, so it is
     # set beside them.
-    mlflow = cfg.services.mlflow.enabled
-    c.Spawner.server_token_scopes = [s for s in SERVER_TOKEN_SCOPES if mlflow or "service=mlflow" not in s]
+    # Only services that run here: the hub refuses a token scope naming one it does not know.
+    running = {spec.name for spec in enabled_services(cfg, kind)}
+    c.Spawner.server_token_scopes = [
+        s for s in SERVER_TOKEN_SCOPES if not s.startswith("access:services!service=") or s.split("=", 1)[1] in running
+    ]
 
 
 def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:

@@ -53,6 +53,7 @@ SERVER_TOKEN_SCOPES = (
     "access:servers!server",
     "access:services!service=mlflow",
     "access:services!service=governance",
+    "access:services!service=features",
     "custom:requests:submit",
     "custom:experiments:write",
     "custom:models:read",

@@ -78,7 +78,7 @@ from hubforge.spawner_profiles.kubernetes.spawner import configure_kubespawner
 _platform = load_config()
 configure_auth(c, _platform)
 configure_audit(c, _platform)
-configure_rbac(c, _platform)
+configure_rbac(c, _platform, "kubernetes")
 configure_service_role(c, _platform)
 configure_kubespawner(c, _platform)
 """

@@ -164,3 +164,12 @@ def test_mlflow_job_workers_are_off_by_default(tmp_path: Path) -> None:
     assert env(render(tmp_path))["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     on = render(tmp_path, {"services": {"mlflow": {"job_execution": True}}})
     assert env(on)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+
+
+def test_servers_read_the_feature_catalog_where_the_features_service_runs(tmp_path: Path) -> None:
+    c = render(tmp_path)
+    assert c.Spawner.environment["HUBFORGE_FEATURES_URL"] == "http://127.0.0.1:8000/services/features"
+    assert "access:services!service=features" in c.Spawner.server_token_scopes
+    off = render(tmp_path, {"services": {"features": {"enabled": False}}})
+    assert "HUBFORGE_FEATURES_URL" not in off.Spawner.environment
+    assert not [s for s in off.Spawner.server_token_scopes if "features" in s], "no scope for a service not running"

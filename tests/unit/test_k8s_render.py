@@ -291,6 +291,8 @@ def test_extra_config_configures_the_hub(
     assert roles["hubforge-services"]["services"] == ["governance", "mlflow"]
     assert roles["hubforge-governance"]["scopes"] == ["access:services!service=mlflow", "custom:audit:read"]
     assert "custom:experiments:write" in c.Spawner.server_token_scopes
+    # The features service does not run on Kubernetes yet: no token may name it.
+    assert "access:services!service=features" not in c.Spawner.server_token_scopes
 
 
 def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:

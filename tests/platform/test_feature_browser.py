@@ -1,0 +1,81 @@
+"""Finding a feature in JupyterLab: alice's FeatureBrowser on the demo repository.
+
+The demo repository is applied into the running platform's data folder as `make up` does
+(`hubforge features apply`, in Feast's environment); the features service the hub
+started serves its catalog. In Debian's chromium, alice opens a notebook, shows the
+browser, types a word as a person does, picks the view she finds and reads its schema,
+lineage and the code that reads it; the API answers her token and nobody's without one.
+A screenshot is kept.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.jupyterlab import (
+    UI_TIMEOUT_MS,
+    alice_token,
+    log_in,
+    new_notebook_from_launcher,
+    notebook,
+    run_cell,
+    start_server_from_spawn_page,
+)
+from harness.platform import CHROMIUM, CHROMIUM_FLAGS
+
+FEATURES = "/services/features/api"
+
+
+def apply_demo(platform: Any) -> None:
+    hubforge = Path(sys.executable).with_name("hubforge")
+    done = subprocess.run([str(hubforge), "features", "apply", "--config", str(platform.config_path)],
+                          env=platform.env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "[hubforge] features: catalog: 4 feature views, 2 feature services" in done.stdout
+
+
+@pytest.mark.parametrize("platform", ["sqlite"], indirect=True)
+def test_alice_finds_a_feature_by_typing_and_gets_its_code(platform: Any, session_for: Any, artifacts: Any) -> None:
+    from playwright.sync_api import sync_playwright
+
+    apply_demo(platform)
+    with alice_token(platform, session_for) as client, sync_playwright() as pw:
+        catalog = client.get(f"{FEATURES}/catalog")
+        assert catalog.status_code == 200, catalog.text
+        assert catalog.json()["project"]["name"] == "hubforge_demo"
+        assert httpx.get(f"{platform.url}{FEATURES}/catalog").status_code in (401, 403)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            log_in(page, platform.url)
+            start_server_from_spawn_page(page, platform.url)
+            new_notebook_from_launcher(page)
+            run_cell(page, 0, "from hubforge.widgets import FeatureBrowser\nbrowser = FeatureBrowser()\nbrowser")
+            panel = notebook(page).locator(".jp-OutputArea-output")
+            panel.get_by_text("hubforge_demo:").wait_for(timeout=UI_TIMEOUT_MS)
+            search = panel.get_by_placeholder("Search names, descriptions, owners, tags")
+            search.click(timeout=UI_TIMEOUT_MS)
+            page.keyboard.type("chargeb", delay=120)  # as a person types: the list follows each key
+            results = panel.locator("select").first
+            results.locator("option", has_text="merchant_risk").first.wait_for(state="attached", timeout=UI_TIMEOUT_MS)
+            assert results.locator("option").first.inner_text().startswith("merchant_risk")
+            results.select_option(index=0)
+            panel.get_by_text("chargeback_rate_90d").first.wait_for(timeout=UI_TIMEOUT_MS)
+            panel.get_by_text("fraud_model_v1").first.wait_for(timeout=UI_TIMEOUT_MS)  # lineage: the service using it
+            panel.get_by_text("get_online_features").first.wait_for(timeout=UI_TIMEOUT_MS)
+            page.screenshot(path=str(artifacts / "feature-browser.png"), full_page=True)
+            # The kernel's browser holds the same: what the person sees is what the code would read.
+            run_cell(page, 1, "print(browser.selected, 'merchant_risk:chargeback_rate_90d' in browser.snippet)")
+            out = notebook(page).locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+            out.get_by_text("('feature_view', 'merchant_risk') True").wait_for(timeout=UI_TIMEOUT_MS)
+        except Exception:
+            page.screenshot(path=str(artifacts / "feature-browser-failed.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
