@@ -8,6 +8,12 @@
   browser's search and results), against the least any search can do, a substring test
   of every view's name. Target: ≤ 50 ms.
 
+- **online read**: one merchant's two features a call, through :class:`OnlineFeatures`
+  (the notebook's reader: the features service, hot keys kept in the kernel), hot (the
+  20 merchants asked for again and again) and cold (nothing kept: every call goes to the
+  service), against plain ``FeatureStore.get_online_features`` in the Feast environment,
+  on SQLite and on the Redis at 127.0.0.1:6379. Target: under 1 ms for the hot tier.
+
 The registry is generated once with the real Feast (about a minute) and kept under
 ``build/bench/``.
 """
@@ -17,7 +23,9 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from bench.report import Result
@@ -98,6 +106,80 @@ def _substring(names: list[str]) -> list[float]:
     return times
 
 
+ONLINE_CALLS = 400
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _quantile(samples: list[float], q: int) -> float:
+    return statistics.quantiles(samples, n=100)[q - 1]
+
+
+def _apply(tmp: Path, redis_url: str) -> Path:
+    """The demo repository applied into ``tmp`` (``redis_url``: its online store); the data folder."""
+    import sys
+
+    config = tmp / "platform.yaml"
+    project = f"bench_{uuid.uuid4().hex[:8]}"  # its own keys in a shared Redis
+    backends = f"backends: {{redis_url: '{redis_url}'}}\n" if redis_url else ""
+    config.write_text(backends)
+    hubforge = Path(sys.executable).with_name("hubforge")
+    env = {"PATH": "/usr/bin:/bin", "HUBFORGE_DATA": str(tmp / "data")}
+    done = subprocess.run([str(hubforge), "features", "apply", "--config", str(config)], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"features apply failed: {done.stderr.strip()}")
+    if redis_url:  # a project of its own: rewrite the store's project and apply again
+        yaml_path = tmp / "data" / "features" / "feature_store.yaml"
+        yaml_path.write_text(yaml_path.read_text().replace("project: hubforge_demo", f"project: {project}"))
+        state = tmp / "data" / "features" / ".hubforge-state.json"
+        state.unlink()
+        done = subprocess.run([str(hubforge), "features", "apply", "--config", str(config)], env=env,
+                              capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    return tmp / "data"
+
+
+def _online(backend: str) -> list[Result]:
+    from harness.features import SERVICE_TOKEN, USERS, FeaturesProcess
+    from harness.hub import running_hub
+    from hubforge.features.reader import OnlineFeatures
+
+    features = ["merchant_risk:avg_ticket_usd", "merchant_risk:category"]
+    with tempfile.TemporaryDirectory(prefix="hubforge-bench-online-") as tmp:
+        data = _apply(Path(tmp), REDIS_URL if backend == "Redis" else "")
+        repo = data / "features"
+        try:
+            plain = [t * 1000 for t in json.loads(_feast("online", str(repo), str(ONLINE_CALLS)))]
+            with running_hub(USERS, SERVICE_TOKEN) as hub:
+                service = FeaturesProcess(hub, data)
+                try:
+                    sides = {}
+                    for name, ttl in (("hot", 60.0), ("cold", 0.0)):
+                        reader = OnlineFeatures(service.url, "alice-token", ttl=ttl)
+                        for merchant in range(501, 521):  # the service opens its store; the hot keys
+                            reader.get(features, [{"merchant_id": merchant}])
+                        times = []
+                        for i in range(ONLINE_CALLS):
+                            started = time.perf_counter()
+                            reader.get(features, [{"merchant_id": 501 + i % 20}])
+                            times.append((time.perf_counter() - started) * 1000)
+                        reader.close()
+                        sides[name] = times
+                finally:
+                    service.stop()
+        finally:
+            if backend == "Redis":
+                _feast("teardown", str(repo))
+    baseline = f"plain get_online_features ({backend})"
+    hot, plain_us = [t * 1000 for t in sides["hot"]], [t * 1000 for t in plain]  # the hot tier in µs
+    return [
+        Result(f"features: online read hot p50, {backend}", "us", hot, plain_us, baseline),
+        Result(
+            f"features: online read hot p99, {backend}", "us", [_quantile(hot, 99)], [_quantile(plain_us, 99)], baseline
+        ),
+        Result(f"features: online read cold p50, {backend}", "ms", sides["cold"], plain, baseline),
+    ]
+
+
 def run(repeat: int) -> list[Result]:
     """Opening the browser and typing in it, against Feast's registry and a bare filter."""
     repo = registry()
@@ -115,7 +197,9 @@ def run(repeat: int) -> list[Result]:
         floor.extend(t * 1000 for t in _substring(names))
     p99 = [statistics.quantiles(typed, n=100)[98]]
     floor_p99 = [statistics.quantiles(floor, n=100)[98]]
+    online = [result for backend in ("SQLite", "Redis") for result in _online(backend)]
     return [
+        *online,
         Result("features: open browser, 2k views", "ms", opened, feast_list, "Feast: list views+services"),
         Result("features: open browser, 2k views", "ms", opened, feast_import, "Feast: import + list"),
         Result("features: keystroke search (p50)", "ms", typed, floor, "substring test of names"),

@@ -2,7 +2,8 @@
 platform's): ``generate OUT N`` applies a repository of N feature views (50 feature
 services) with the real Feast and writes its ``catalog.json``; ``baseline OUT`` times what a
 notebook does without the catalog: import Feast and list the registry's views and
-services, printed as JSON."""
+services; ``online REPO N`` times N plain online reads; ``teardown REPO`` empties a
+repository's online store. Timings are printed as JSON."""
 
 from __future__ import annotations
 
@@ -78,8 +79,36 @@ def baseline(repo: Path) -> dict[str, float]:
     return {"import": imported - started, "list": listed - imported}
 
 
+def online(repo: Path, calls: int) -> list[float]:
+    """Seconds of each plain ``get_online_features`` call, one merchant a call, as the
+    reader's benchmark asks (after one call that opens the store)."""
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo))
+    features = ["merchant_risk:avg_ticket_usd", "merchant_risk:category"]
+    for merchant in range(501, 521):  # as the reader's side: the store open, the keys read once
+        store.get_online_features(features=features, entity_rows=[{"merchant_id": merchant}]).to_dict()
+    times = []
+    for i in range(calls):
+        started = time.perf_counter()
+        store.get_online_features(features=features, entity_rows=[{"merchant_id": 501 + i % 20}]).to_dict()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def teardown(repo: Path) -> None:
+    """Remove the repository's keys from its online store (the shared Redis)."""
+    from feast import FeatureStore
+
+    FeatureStore(repo_path=str(repo)).teardown()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "generate":
         generate(Path(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "online":
+        print(json.dumps(online(Path(sys.argv[2]), int(sys.argv[3]))))
+    elif sys.argv[1] == "teardown":
+        teardown(Path(sys.argv[2]))
     else:
         print(json.dumps(baseline(Path(sys.argv[2]))))

@@ -28,11 +28,14 @@ from traitlets.config import catch_config_error
 
 from hubforge import __version__
 from hubforge.config import load_config
-from hubforge.errors import HubforgeError
+from hubforge.errors import HubforgeError, Refusal, http_answer
 from hubforge.features.apply import features_dir
 from hubforge.features.catalog import CATALOG_FILE, KINDS, Catalog
 from hubforge.features.catalog import load as load_catalog
+from hubforge.features.repo import FeaturesError
 from hubforge.hub.service_app import HubServiceApp, make_hub_auth
+
+from .online import OnlineReader, parse
 
 __all__ = ["CatalogFile", "FeaturesService", "main", "make_app"]
 
@@ -41,6 +44,8 @@ JSON_TYPE = "application/json; charset=UTF-8"
 #: The longest search query read (a person types a few words).
 MAX_QUERY = 200
 MAX_LIMIT = 200
+#: The largest request body: an online read of a thousand entity rows.
+MAX_BODY = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,28 @@ class SearchHandler(FeaturesHandler):
         self.finish(json.dumps({"query": query, "hits": [_hit(hit.item) for hit in hits]}))
 
 
+class OnlineHandler(FeaturesHandler):
+    """``POST api/online``: feature values for entity rows (:mod:`.online`)."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON") from None
+        try:
+            query = parse(body, self.loaded().catalog)
+        except Refusal as exc:
+            status, message = http_answer(exc)
+            raise web.HTTPError(status, "%s", message) from None
+        try:
+            values = await self.settings["online"].read(query)
+        except FeaturesError as exc:
+            raise web.HTTPError(400, "%s", str(exc)) from None
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(values)
+
+
 class NotFoundHandler(FeaturesHandler):
     """Any other path or method: a JSON 404."""
 
@@ -170,6 +197,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("api/health", HealthHandler),
     ("api/catalog", CatalogHandler),
     ("api/search", SearchHandler),
+    ("api/online", OnlineHandler),
 ]
 
 
@@ -181,6 +209,7 @@ def make_app(catalog_path: Path, prefix: str, hub_auth: HubAuth, **settings: Any
         default_handler_class=NotFoundHandler,
         hub_auth=hub_auth,
         catalog_file=CatalogFile(catalog_path),
+        online=OnlineReader(catalog_path.parent),
         xsrf_cookies=False,  # tokens only: no cookie is read
         **settings,
     )
@@ -209,7 +238,7 @@ class FeaturesService(HubServiceApp):
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        server = HTTPServer(self.web_app, xheaders=True, max_body_size=64 * 1024)
+        server = HTTPServer(self.web_app, xheaders=True, max_body_size=MAX_BODY)
         server.listen(self.port, self.ip)
         self.log.info("Features service listening on http://%s:%d%s (catalog %s)", self.ip, self.port,
                       self.service_prefix, self.catalog_path)  # fmt: skip

@@ -12,7 +12,7 @@ import contextlib
 import importlib.util
 import io
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from feast.repo_operations import extract_objects_for_apply_delete, get_repo_fil
 
 from .repo import FeaturesError
 
-__all__ = ["Applied", "apply_repo", "catalog_of", "load_repo", "materialize_repo", "open_store"]
+__all__ = ["Applied", "apply_repo", "catalog_of", "load_repo", "materialize_repo", "online_values", "open_store"]
 
 _modules = itertools.count()
 
@@ -263,3 +263,12 @@ def catalog_of(store: FeatureStore, generated: datetime) -> dict[str, Any]:
                 for service in _by_name(store.list_feature_services())
             ],
         }
+
+
+def online_values(
+    store: FeatureStore, features: Sequence[str], service: str | None, rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    """The online values of ``features`` (or of the feature ``service``) for ``rows``, by name."""
+    with _translated("online read"):
+        refs: Any = store.get_feature_service(service) if service else list(features)
+        return dict(store.get_online_features(features=refs, entity_rows=[dict(row) for row in rows]).to_dict())

@@ -43,7 +43,7 @@ def test_an_analyst_searches_the_catalog_in_the_voila_app(tmp_path: Path, artifa
                     options.first.wait_for(state="attached", timeout=30_000)
                     assert options.first.inner_text().startswith("merchant_risk")
                     page.locator("select").first.select_option(index=0)
-                    page.get_by_text("get_online_features").first.wait_for(timeout=30_000)
+                    page.get_by_text("OnlineFeatures.from_env()").first.wait_for(timeout=30_000)
                     page.screenshot(path=str(artifacts / "feature-browser-voila.png"), full_page=True)
                     # An analyst sees no code cell and no traceback: only the app.
                     assert "Traceback" not in page.content()

@@ -4,7 +4,8 @@ The demo repository is applied into the running platform's data folder as `make 
 (`hubforge features apply`, in Feast's environment); the features service the hub
 started serves its catalog. In Debian's chromium, alice opens a notebook, shows the
 browser, types a word as a person does, picks the view she finds and reads its schema,
-lineage and the code that reads it; the API answers her token and nobody's without one.
+lineage and the code that reads it, runs that code's online read from her kernel, and is
+refused restricted data; the API answers her token and nobody's without one.
 A screenshot is kept.
 """
 
@@ -68,12 +69,21 @@ def test_alice_finds_a_feature_by_typing_and_gets_its_code(platform: Any, sessio
             results.select_option(index=0)
             panel.get_by_text("chargeback_rate_90d").first.wait_for(timeout=UI_TIMEOUT_MS)
             panel.get_by_text("fraud_model_v1").first.wait_for(timeout=UI_TIMEOUT_MS)  # lineage: the service using it
-            panel.get_by_text("get_online_features").first.wait_for(timeout=UI_TIMEOUT_MS)
+            panel.get_by_text("OnlineFeatures.from_env()").first.wait_for(timeout=UI_TIMEOUT_MS)
             page.screenshot(path=str(artifacts / "feature-browser.png"), full_page=True)
             # The kernel's browser holds the same: what the person sees is what the code would read.
             run_cell(page, 1, "print(browser.selected, 'merchant_risk:chargeback_rate_90d' in browser.snippet)")
             out = notebook(page).locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
             out.get_by_text("('feature_view', 'merchant_risk') True").wait_for(timeout=UI_TIMEOUT_MS)
+            # The code the browser wrote reads online through the platform, from her kernel (no Feast there).
+            run_cell(page, 2, 'exec("# Serving" + browser.snippet.split("# Serving", 1)[1])\nprint(sorted(online))')
+            out = notebook(page).locator(".jp-CodeCell").nth(2).locator(".jp-OutputArea-output")
+            out.get_by_text("'avg_ticket_usd'").wait_for(timeout=UI_TIMEOUT_MS)
+            # Restricted data is refused to her, saying how to ask for it.
+            restricted = 'OnlineFeatures.from_env().get(["customer_profile:plan"], [{"customer_id": 1001}])'
+            run_cell(page, 3, restricted)
+            out = notebook(page).locator(".jp-CodeCell").nth(3).locator(".jp-OutputArea-output")
+            out.get_by_text("customer_profile is restricted").first.wait_for(timeout=UI_TIMEOUT_MS)
         except Exception:
             page.screenshot(path=str(artifacts / "feature-browser-failed.png"), full_page=True)
             raise

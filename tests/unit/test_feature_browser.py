@@ -202,7 +202,7 @@ def test_the_code_of_a_view_reads_each_feature_by_reference() -> None:
     code = snippet_for(catalog, item(catalog, "feature_view", "customer_activity"))
     assert "store.get_historical_features(\n    entity_df=entity_df,\n    features=[\n" in code
     assert '"customer_activity:sessions_7d",' in code and '"customer_activity:spend_7d_usd",' in code
-    assert "store.get_online_features(" in code and 'entity_rows=[{"customer_id": 1001}]' in code
+    assert "OnlineFeatures.from_env().get(" in code and 'entity_rows=[{"customer_id": 1001}]' in code
     assert '"customer_id": [1001, 1002],' in code
     compile(code, "<snippet>", "exec")
     # An on-demand view needs its entities' keys and its request source's fields in each row.
@@ -327,7 +327,8 @@ def test_a_service_shows_its_views_and_features_and_the_code_to_read_them() -> N
     assert "it uses customer_profile" in shown
     code = panel.snippet
     assert 'features=store.get_feature_service("churn_model_v1"),' in code
-    assert code.count("store.get_feature_service") == 2 and "store.get_historical_features(" in code
+    assert code.count("store.get_feature_service") == 1 and "store.get_historical_features(" in code
+    assert 'feature_service="churn_model_v1",' in code, "online, through the platform's reader"
     assert 'entity_rows=[{"customer_id": 1001}]' in code and "needs an approved data-access request" in code
     assert "store.get_feature_service(&quot;churn_model_v1&quot;)" in panel.code.value
     compile(code, "<snippet>", "exec")

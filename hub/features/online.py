@@ -1,0 +1,140 @@
+"""Online reads through the features service: ``POST api/online``.
+
+A notebook reads feature values for a few entities (``get_online_features``) through the
+service rather than opening the online store itself: the store lives in the platform's
+private data folder, and restricted views must be read only where the platform decides.
+The body names either ``features`` (``view:feature`` references) or a ``feature_service``,
+and the ``entity_rows``; :func:`parse` checks it against the catalog before Feast sees
+it, so what is malformed or unknown is a 400 naming it, and a restricted view is a 403
+saying how to ask for access. Until data-access grants are read here, every read of a
+restricted view is refused: the service fails closed.
+
+:class:`OnlineReader` holds the Feast store, opened on the first read (importing Feast
+takes seconds; the catalog requests never pay it), and reads on one thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubforge.errors import Forbidden, Invalid
+from hubforge.features.catalog import Catalog
+
+__all__ = ["MAX_FEATURES", "MAX_ROWS", "OnlineQuery", "OnlineReader", "parse"]
+
+MAX_FEATURES = 200
+MAX_ROWS = 1000
+#: The longest text of a key's value or a feature reference.
+MAX_TEXT = 256
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class OnlineQuery:
+    """A checked read: feature references or a service, the views they touch, the rows."""
+
+    features: tuple[str, ...]
+    service: str | None
+    views: tuple[str, ...]
+    rows: tuple[Mapping[str, Scalar], ...]
+
+
+def _rows(value: Any) -> tuple[Mapping[str, Scalar], ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_ROWS:
+        raise Invalid(f"entity_rows: a list of 1 to {MAX_ROWS} objects")
+    for row in value:
+        if not isinstance(row, dict) or not row:
+            raise Invalid("entity_rows: each row is an object of join keys and their values")
+        for key, item in row.items():
+            if not isinstance(item, str | int | float | bool) or (isinstance(item, str) and len(item) > MAX_TEXT):
+                raise Invalid(f"entity_rows: {key[:MAX_TEXT]!r} must be a number, a string or a boolean")
+    return tuple(value)
+
+
+def _restricted(catalog: Catalog, views: tuple[str, ...]) -> None:
+    project = catalog.project.get("name", "")
+    for name in views:
+        item = catalog.get("feature_view", name)
+        if item is not None and item.restricted:
+            raise Forbidden(
+                f"{name} is restricted: reading its data needs an approved data-access request "
+                f"(target feature_view:{project}/{name}) from a data steward"
+            )
+
+
+def parse(body: Any, catalog: Catalog) -> OnlineQuery:
+    """The read ``body`` asks for, checked against ``catalog``; Invalid (400) naming what is
+    wrong, Forbidden (403) for a restricted view."""
+    if not isinstance(body, dict):
+        raise Invalid("the body must be a JSON object")
+    extra = sorted(set(body) - {"features", "feature_service", "entity_rows"})
+    if extra:
+        raise Invalid(f"{extra[0][:MAX_TEXT]}: not a field of an online read")
+    rows = _rows(body.get("entity_rows"))
+    if ("features" in body) == ("feature_service" in body):
+        raise Invalid("name either features (view:feature, ...) or a feature_service")
+    if "feature_service" in body:
+        name = body["feature_service"]
+        service = catalog.get("feature_service", name) if isinstance(name, str) else None
+        if service is None:
+            raise Invalid(f"feature_service: no feature service {str(name)[:MAX_TEXT]!r} in the catalog")
+        used = tuple(service.data.get("views") or {})
+        _restricted(catalog, used)
+        return OnlineQuery(features=(), service=service.name, views=used, rows=rows)
+    refs = body["features"]
+    if not isinstance(refs, list) or not 1 <= len(refs) <= MAX_FEATURES:
+        raise Invalid(f"features: a list of 1 to {MAX_FEATURES} references view:feature")
+    views: list[str] = []
+    for ref in refs:
+        if not isinstance(ref, str) or ref.count(":") != 1 or len(ref) > MAX_TEXT:
+            raise Invalid(f"features: {str(ref)[:MAX_TEXT]!r} is not a reference view:feature")
+        view_name, feature = ref.split(":")
+        view = catalog.get("feature_view", view_name)
+        if view is None:
+            raise Invalid(f"features: no feature view {view_name!r} in the catalog")
+        if feature not in {column.get("name") for column in view.data.get("features") or ()}:
+            raise Invalid(f"features: {view_name} has no feature {feature!r}")
+        if view_name not in views:
+            views.append(view_name)
+    _restricted(catalog, tuple(views))
+    return OnlineQuery(features=tuple(refs), service=None, views=tuple(views), rows=rows)
+
+
+class OnlineReader:
+    """The online store of the repository at ``repo``, read on a thread of its own."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self._store: Any = None
+        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-online")
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._store is None:
+                from hubforge.features.store import open_store  # Feast: seconds, on the first read only
+
+                self._store = open_store(self.repo)
+            return self._store
+
+    def _read(self, query: OnlineQuery) -> bytes:
+        from hubforge.features.store import online_values
+
+        store = self._open()
+        return json.dumps({"features": online_values(store, query.features, query.service, query.rows)},
+                          default=str).encode()  # fmt: skip
+
+    async def read(self, query: OnlineQuery) -> bytes:
+        """The values as JSON ``{"features": {name: [value per row]}}``; FeaturesError (one
+        line) for what Feast refuses (say, a join key the views do not have)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._read, query)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
