@@ -32,6 +32,7 @@ from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
 from .auth import audited, oauth_groups_key
 from .requests_audit import audited_log_function
 from .services import (
+    FEATURES,
     MLFLOW,
     Placement,
     enabled_services,
@@ -220,7 +221,7 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     if cfg.services.mlflow.enabled:
         # Servers reach MLflow through the proxy, as the person's own hub identity.
         c.Spawner.environment[MLFLOW_URL_ENV] = f"{cfg.local_url}services/mlflow"
-    if cfg.services.features.enabled:
+    if FEATURES.enabled(cfg):
         # The feature browser reads the catalog there, under the server's token.
         c.Spawner.environment[FEATURES_URL_ENV] = f"{cfg.local_url}services/features"
     local = cfg.spawner.local

@@ -153,6 +153,10 @@ class Platform:
             raise LaunchError(str(exc)) from None
         if self.isolation.warning:
             self.log(self.isolation.warning)
+        for spec in SERVICES:
+            reason = spec.unavailable(self.cfg) if spec.configured(self.cfg) else None
+            if reason:
+                self.log(f"the {spec.name} service does not start: {reason}")
 
     def init_data_dir(self) -> None:
         """Create the data folder, private to the platform's account, and claim it for this supervisor.

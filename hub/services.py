@@ -121,10 +121,17 @@ class ServiceSpec:
     persona_access: bool = True
     #: Whether it runs in the hub pod on Kubernetes too (serving is KServe's there).
     on_kubernetes: bool = True
+    #: Why it cannot run on this machine though platform.yaml has it on (None: it can).
+    unavailable: Callable[[PlatformConfig], str | None] = lambda cfg: None
 
-    def enabled(self, cfg: PlatformConfig) -> bool:
+    def configured(self, cfg: PlatformConfig) -> bool:
         """``services.<name>.enabled`` (a service without that setting is always on)."""
         return bool(getattr(_section(cfg, self.name), "enabled", True))
+
+    def enabled(self, cfg: PlatformConfig) -> bool:
+        """On in platform.yaml, and able to run here: a service that cannot start would hold
+        ``hubforge up`` until its health check gave up, and the hub would restart it forever."""
+        return self.configured(cfg) and self.unavailable(cfg) is None
 
     def configured_port(self, cfg: PlatformConfig) -> int:
         """``services.<name>.port``: 0 lets the platform choose."""
@@ -234,6 +241,13 @@ def _features_command(placement: Placement, port: int) -> list[str]:
     return [str(feast_python(placement.cfg)), "-m", "hubforge.hub.features"]
 
 
+def _features_unavailable(cfg: PlatformConfig) -> str | None:
+    python = feast_python(cfg)
+    if os.access(python, os.X_OK):
+        return None
+    return f"no Feast environment at {python.parent.parent} (`make install` builds it; services.features.environment)"
+
+
 FEATURES = ServiceSpec(
     name="features",
     command=_features_command,
@@ -241,6 +255,7 @@ FEATURES = ServiceSpec(
     health_path="api/health",
     default_port=10104,
     on_kubernetes=False,
+    unavailable=_features_unavailable,
 )
 #: Every hub-managed service, in start order.
 SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING, FEATURES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,15 @@ def test_the_mlflow_database_url_is_never_on_a_command_line(tmp_path: Path) -> N
         entry = hub_service(services.MLFLOW, placement)
         assert not any("s3cret" in part for part in entry["command"])
         assert entry["environment"]["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://mlflow:s3cret@db/mlflow"
+
+
+def test_the_features_service_is_off_where_its_feast_environment_is_missing(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"services": {"features": {"environment": str(tmp_path / "no-feast")}}})
+    assert services.FEATURES.configured(cfg) and not services.FEATURES.enabled(cfg)
+    assert services.FEATURES.unavailable(cfg) == (
+        f"no Feast environment at {tmp_path / 'no-feast'} (`make install` builds it; services.features.environment)"
+    )
+    assert "features" not in [spec.name for spec in services.enabled_services(cfg)]
+    (tmp_path / "no-feast" / "bin").mkdir(parents=True)
+    (tmp_path / "no-feast" / "bin" / "python").symlink_to(sys.executable)
+    assert services.FEATURES.enabled(cfg)
