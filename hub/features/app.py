@@ -7,7 +7,8 @@ widget's refresh costs a 304) and ``GET api/search?q=...`` (matching objects, be
 first, :meth:`~hubforge.features.catalog.Catalog.search`). It reads the file again when
 it changes, so a new apply shows without a restart. Tokens only (the widgets, Voila apps
 and scripts call it with the server's or a person's token); any hub user with access to
-the service may browse: the catalog is metadata, never data.
+the service may browse: the catalog is metadata, never data. Data is ``POST api/online``
+(:mod:`.online`): the online store's values for entity rows, restricted views refused.
 """
 
 from __future__ import annotations
