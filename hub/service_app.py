@@ -24,13 +24,14 @@ from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubAuth, HubOAuth
 from jupyterhub.utils import url_path_join
+from tornado import web
 from traitlets import Unicode, default
 from traitlets.config import Application
 
 from hubforge.contract import SERVICE_BIND_IP_ENV
 from hubforge.errors import ConfigError, HubforgeError
 
-__all__ = ["HubServiceApp", "hub_auth_settings", "make_hub_auth", "make_hub_oauth"]
+__all__ = ["HubServiceApp", "JSONErrorHandler", "hub_auth_settings", "make_hub_auth", "make_hub_oauth"]
 
 #: Hub-service environment variables -> the HubAuth traits they set.
 _HUB_ENV = {
@@ -83,6 +84,34 @@ def make_hub_auth(name: str, prefix: str, environ: Mapping[str, str] | None = No
 def make_hub_oauth(name: str, prefix: str, environ: Mapping[str, str] | None = None, **traits: Any) -> HubOAuth:
     """Hub auth with browser logins (OAuth) for the service ``name``."""
     return HubOAuth(**hub_auth_settings(name, prefix, environ, oauth=True), **traits)
+
+
+#: A 401's challenge: a hub token.
+CHALLENGE = ("WWW-Authenticate", 'token realm="jupyterhub"')
+#: An error body's type.
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+class JSONErrorHandler(web.RequestHandler):
+    """A handler base whose every error is ``{"status": N, "message": "..."}``, never a traceback.
+
+    The message is the ``HTTPError``'s, else the status's reason; a 5xx without one says
+    ``internal_error``; a 401 names how to authenticate (a hub token).
+    """
+
+    internal_error: ClassVar[str] = "internal error; the service log has the details"
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = self.internal_error
+        self.set_header("Content-Type", JSON_TYPE)
+        if status_code == 401:
+            self.set_header(*CHALLENGE)
+        self.finish(json.dumps({"status": status_code, "message": message}).encode())
 
 
 class HubServiceApp(Application):

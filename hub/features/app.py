@@ -34,7 +34,7 @@ from hubforge.features.apply import features_dir
 from hubforge.features.catalog import CATALOG_FILE, KINDS, Catalog
 from hubforge.features.catalog import load as load_catalog
 from hubforge.features.repo import FeaturesError
-from hubforge.hub.service_app import HubServiceApp, make_hub_auth
+from hubforge.hub.service_app import HubServiceApp, JSONErrorHandler, make_hub_auth
 
 from .online import OnlineReader, parse
 
@@ -93,8 +93,10 @@ def _hit(item: Any) -> dict[str, Any]:
     }
 
 
-class FeaturesHandler(HubAuthenticated, web.RequestHandler):
+class FeaturesHandler(HubAuthenticated, JSONErrorHandler):
     """Base: hub token auth, JSON errors (never a traceback), the catalog file."""
+
+    internal_error = "the features service failed; its log says why"
 
     @property
     def hub_auth(self) -> HubAuth:
@@ -103,16 +105,6 @@ class FeaturesHandler(HubAuthenticated, web.RequestHandler):
     @property
     def catalog_file(self) -> CatalogFile:
         return self.settings["catalog_file"]
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = self._reason
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        elif status_code >= 500:
-            message = "the features service failed; its log says why"
-        self.set_header("Content-Type", JSON_TYPE)
-        self.finish(json.dumps({"status": status_code, "message": message}))
 
     def loaded(self) -> Loaded:
         try:

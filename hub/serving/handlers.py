@@ -35,6 +35,7 @@ from jupyterhub.services.auth import HubAuth, HubAuthenticated, UserNotAllowed
 from tornado import web
 
 from hubforge.errors import Invalid, LaunchError, Refusal, http_answer
+from hubforge.hub.service_app import CHALLENGE, JSON_TYPE, JSONErrorHandler
 
 from .model import TARGETS, Release, parse_deploy
 from .router import Router
@@ -70,12 +71,8 @@ RELEASE_HEADER = "X-Hubforge-Release"
 MAX_CONTROL_BODY = 64 * 1024
 #: Every answer's: it depends on who asks and on the routes of the moment.
 CACHE_CONTROL = ("Cache-Control", "no-store")
-#: A 401's challenge.
-CHALLENGE = ("WWW-Authenticate", 'token realm="jupyterhub"')
-#: An error body's type.
-JSON_TYPE = "application/json; charset=utf-8"
 #: The message of a 500: the details go to the log, not to the caller.
-INTERNAL_ERROR = "internal error; the service log has the details"
+INTERNAL_ERROR = JSONErrorHandler.internal_error
 
 _TOKEN = re.compile(r"(?:token|bearer)\s+(\S+)", re.IGNORECASE)
 
@@ -137,7 +134,7 @@ def _key(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
-class ServingHandler(HubAuthenticated, web.RequestHandler):
+class ServingHandler(HubAuthenticated, JSONErrorHandler):
     """Base of the service's handlers: hub authentication, declared access, JSON errors.
 
     Application settings used: ``hub_auth``, ``access_cache``, ``router``, ``service_prefix``,
@@ -234,19 +231,6 @@ class ServingHandler(HubAuthenticated, web.RequestHandler):
             return value.decode("utf-8")
         except UnicodeDecodeError:
             raise web.HTTPError(400, "a URL parameter is not valid UTF-8") from None
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Every error as ``{"status": N, "message": "..."}``; never a traceback."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = self._reason
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        elif status_code >= 500:
-            message = INTERNAL_ERROR
-        self.set_header("Content-Type", JSON_TYPE)
-        if status_code == 401:
-            self.set_header(*CHALLENGE)
-        self.finish(error_body(status_code, message))
 
 
 class InvocationsHandler(ServingHandler):
