@@ -33,9 +33,11 @@ from .auth import audited, oauth_groups_key
 from .requests_audit import audited_log_function
 from .services import (
     FEATURES,
+    GOVERNANCE,
     MLFLOW,
     Placement,
     enabled_services,
+    features_role,
     governance_role,
     hub_services,
     persona_services,
@@ -283,4 +285,6 @@ def configure_service_role(c: Any, cfg: PlatformConfig) -> None:
     roles = [service_role(names)]
     if MLFLOW.name in names or "serving" in names:
         roles.append(governance_role(names))
+    if FEATURES.name in names and GOVERNANCE.name in names:
+        roles.append(features_role(names))
     c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, *roles]

@@ -40,6 +40,7 @@ from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
 
 __all__ = [
     "FEATURES",
+    "FEATURES_ROLE",
     "GOVERNANCE",
     "GOVERNANCE_ROLE",
     "MLFLOW",
@@ -50,6 +51,7 @@ __all__ = [
     "Placement",
     "ServiceSpec",
     "enabled_services",
+    "features_role",
     "governance_role",
     "health_url",
     "hub_service",
@@ -67,6 +69,8 @@ SERVICE_START_TIMEOUT = 180
 SERVICE_ROLE = "hubforge-services"
 #: The governance service's own role: it reads every model version's card and metrics in MLflow.
 GOVERNANCE_ROLE = "hubforge-governance"
+#: The features service's own role: it checks people's data-access grants with the governance service.
+FEATURES_ROLE = "hubforge-features"
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,18 @@ def _features_command(placement: Placement, port: int) -> list[str]:
     return [str(feast_python(placement.cfg)), "-m", "hubforge.hub.features"]
 
 
+def _features_environment(placement: Placement) -> dict[str, str]:
+    env = {SERVICE_BIND_IP_ENV: placement.bind_ip}
+    if "governance" in placement.ports and GOVERNANCE.enabled(placement.cfg):
+        # Restricted views are read only under a data-access grant, which the service asks the
+        # governance service about as its own hub identity (features_role), at its port.
+        base = placement.cfg.hub.base_url
+        env[GOVERNANCE_URL_ENV] = (
+            f"http://{placement.url_host}:{placement.ports['governance']}{base}services/governance"
+        )
+    return env
+
+
 def _features_unavailable(cfg: PlatformConfig) -> str | None:
     python = feast_python(cfg)
     if os.access(python, os.X_OK):
@@ -251,7 +267,7 @@ def _features_unavailable(cfg: PlatformConfig) -> str | None:
 FEATURES = ServiceSpec(
     name="features",
     command=_features_command,
-    environment=_serving_environment,
+    environment=_features_environment,
     health_path="api/health",
     default_port=10104,
     on_kubernetes=False,
@@ -318,6 +334,14 @@ def governance_role(names: Iterable[str]) -> dict[str, Any]:
     names = set(names)
     scopes = [f"access:services!service={name}" for name in (MLFLOW.name, SERVING.name) if name in names]
     return {"name": GOVERNANCE_ROLE, "scopes": [*scopes, "custom:audit:read"], "services": [GOVERNANCE.name]}
+
+
+def features_role(names: Iterable[str]) -> dict[str, Any]:
+    """The ``load_roles`` entry that lets the features service check anyone's active data-access
+    grants with the governance service, when it is among the services ``names`` that run."""
+    grants = [f"access:services!service={GOVERNANCE.name}", "custom:grants:read"]
+    scopes = grants if GOVERNANCE.name in set(names) else []
+    return {"name": FEATURES_ROLE, "scopes": scopes, "services": [FEATURES.name]}
 
 
 def health_url(spec: ServiceSpec, services_url: str) -> str:

@@ -37,6 +37,9 @@ CUSTOM_SCOPES: dict[str, str] = {
     "custom:catalog:manage": "Manage the data catalog.",
     "custom:audit:read": "Oversight: read everyone's runs, models and approval requests.",
     "custom:audit-trail:read": "Read the platform's audit trail (everyone's events) and its compliance reports.",
+    "custom:grants:read": (
+        "Check anyone's active data-access grants (the features service does, before serving restricted data)."
+    ),
     "custom:policies:manage": "Manage governance policies.",
     "custom:apps:use": "Use published no-code (Voila) apps.",
     "custom:schedules:run": "Run parameterised notebooks on a schedule.",

@@ -159,6 +159,10 @@ def review_html(
         what += f" (canary {canary}%)" if canary else ""
     else:
         what = str(request.get("target"))
+        if request.get("duration_days"):
+            what += f" for {request.get('duration_days')} days"
+        if request.get("expires"):
+            what += f" (access until {str(request.get('expires'))[:16].replace('T', ' ')} UTC)"
     parts = [
         f"<b>{esc(kind)}</b>: {esc(what)}, requested by <b>{esc(requester)}</b> on {esc(created)}",
         f'<div style="white-space:pre-wrap;margin:4px 0"><i>{esc(str(request.get("justification") or ""))}</i></div>',

@@ -33,7 +33,7 @@ from .approvals import TOKEN_DECISION, decide_request, judge
 from .auth import needs_scope
 from .compare import Comparison, MetricRow, Threshold, compare, metric_rows
 from .evidence import Evidence
-from .model import DECISIONS, STATUSES, ApprovalRequest
+from .model import DATA_ACCESS, DECISIONS, DEFAULT_GRANT_DAYS, STATUSES, ApprovalRequest
 from .openapi import Operation
 from .policy import (
     APPROVER_SCOPES,
@@ -71,6 +71,17 @@ def _what(request: ApprovalRequest) -> str:
         canary = f", canary {request.canary_percent}%" if request.canary_percent else ""
         return f"{request.model} version {request.version}{canary}"
     return request.target
+
+
+def _access(request: ApprovalRequest) -> list[tuple[str, str]]:
+    """A data-access request's duration, and once approved, until when access lasts."""
+    if request.kind != DATA_ACCESS:
+        return []
+    days = request.duration_days
+    fields = [("Access for", f"{DEFAULT_GRANT_DAYS} days (the default)" if days is None else f"{days} days")]
+    if request.expires is not None:
+        fields.append(("Access until", request.expires.strftime("%Y-%m-%d %H:%M UTC")))
+    return fields
 
 
 def render_list(prefix: str, user: str, requests: Sequence[ApprovalRequest], mine: Sequence[ApprovalRequest]) -> str:
@@ -210,6 +221,7 @@ def render_request(
         ("What", _what(request)),
         ("Requested by", request.requester),
         ("Justification", request.justification),
+        *_access(request),
         ("Status", request.status),
         ("Created", request.created.isoformat()),
     ]

@@ -14,7 +14,7 @@ from typing import Any
 from hubforge.personas import CUSTOM_SCOPES
 
 from .evidence import Evidence
-from .model import DEPLOY_STAGES, stage_of
+from .model import DEFAULT_GRANT_DAYS, DEPLOY_STAGES, stage_of
 from .policy import has_scope
 
 __all__ = ["Submission", "grants", "policy_input", "submission"]
@@ -22,7 +22,8 @@ __all__ = ["Submission", "grants", "policy_input", "submission"]
 
 @dataclass(frozen=True)
 class Submission:
-    """A new request as checked: deploy requests name a model version, others a target."""
+    """A new request as checked: deploy requests name a model version, others a target (and
+    data-access requests how many days access lasts)."""
 
     kind: str
     target: str
@@ -30,6 +31,7 @@ class Submission:
     model: str | None = None
     version: str | None = None
     canary_percent: int | None = None
+    duration_days: int | None = None
 
     @property
     def stage(self) -> str | None:
@@ -45,6 +47,7 @@ class Submission:
             "model": self.model,
             "version": self.version,
             "canary_percent": self.canary_percent,
+            "duration_days": self.duration_days,
         }
 
 
@@ -53,7 +56,8 @@ def submission(body: Mapping[str, Any]) -> Submission:
     schema's per-kind rules have already refused what a kind may not carry or lacks."""
     kind = str(body["kind"])
     if kind not in DEPLOY_STAGES:
-        return Submission(kind, str(body["target"]), str(body["justification"]))
+        days = int(body.get("duration_days", DEFAULT_GRANT_DAYS))
+        return Submission(kind, str(body["target"]), str(body["justification"]), duration_days=days)
     model, version = str(body["model"]), str(body["version"])
     return Submission(
         kind,

@@ -27,6 +27,7 @@ from .approvals import ApprovalRequestHandler, ApprovalRequestsHandler, Decision
 from .audit import AuditLog, AuditQuery, query_events
 from .auth import HubAuthHandler, needs_scope, public
 from .decision_pages import RequestListPage, RequestPage
+from .grants import GrantsHandler
 from .ingest import INGEST_BODY, reported_records
 from .openapi import Operation
 from .pages import AuditPageHandler
@@ -51,6 +52,7 @@ __all__ = [
     "AuditEventsHandler",
     "DecisionHandler",
     "DeployPolicyHandler",
+    "GrantsHandler",
     "HealthHandler",
     "IndexHandler",
     "NotFoundHandler",
@@ -367,6 +369,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("api/requests/{request_id}", ApprovalRequestHandler),
     ("api/requests/{request_id}/decision", DecisionHandler),
     ("api/policy/deploy", DeployPolicyHandler),
+    ("api/grants", GrantsHandler),
     ("api/notifications", NotificationsHandler),
     ("api/audit/events", AuditEventsHandler),
     ("audit", AuditPageHandler),

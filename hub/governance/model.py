@@ -7,20 +7,24 @@ Nothing here touches a database or a request; the store maps its rows onto
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "DATA_ACCESS",
     "DECISIONS",
+    "DEFAULT_GRANT_DAYS",
     "DEPLOY_STAGES",
     "DEPLOY_STATUSES",
     "KINDS",
     "MAX_COMMENT",
+    "MAX_GRANT_DAYS",
     "MAX_JUSTIFICATION",
     "MAX_MODEL",
     "MAX_TARGET",
     "STATUSES",
     "ApprovalRequest",
+    "access_expires",
     "format_time",
     "stage_of",
 ]
@@ -40,6 +44,14 @@ DECISIONS: dict[str, str] = {"approve": "approved", "reject": "rejected"}
 #: The request kinds that are deployments -> the stage each deploys to.
 DEPLOY_STAGES: dict[str, str] = {"deploy-staging": "staging", "deploy-production": "production"}
 
+#: The kind whose approval grants its requester access to its target for a while.
+DATA_ACCESS = "data-access"
+#: How many days an approved data-access request lasts when it did not say (and for requests
+#: made before requests said).
+DEFAULT_GRANT_DAYS = 30
+#: The longest a data-access request may ask for: access is asked for again, not held forever.
+MAX_GRANT_DAYS = 90
+
 MAX_TARGET = 200
 #: MLflow's own limit on a registered model's name.
 MAX_MODEL = 256
@@ -52,6 +64,11 @@ def format_time(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.isoformat().replace("+00:00", "Z")
+
+
+def access_expires(granted: datetime, duration_days: int | None) -> datetime:
+    """When access approved at ``granted`` for ``duration_days`` ends (None: the default)."""
+    return granted + timedelta(days=DEFAULT_GRANT_DAYS if duration_days is None else duration_days)
 
 
 def stage_of(kind: str) -> str | None:
@@ -86,6 +103,10 @@ class ApprovalRequest:
     deploy_status: str | None = None
     deploy_detail: str | None = None
     deploy_changed: datetime | None = None
+    #: Data-access requests: the days access lasts once approved (None: the default, for
+    #: requests made before they said), and when an approved one's access ends.
+    duration_days: int | None = None
+    expires: datetime | None = None
 
     @property
     def pending(self) -> bool:
@@ -116,6 +137,19 @@ class ApprovalRequest:
             "digest": self.digest,
             "policy": self.policy,
             "deployment": self.deployment_json(),
+            "duration_days": self.duration_days,
+            "expires": format_time(self.expires),
+        }
+
+    def grant_json(self) -> dict[str, Any]:
+        """An approved data-access request as the grant it is (see the ``Grant`` schema)."""
+        return {
+            "request_id": self.id,
+            "user": self.requester,
+            "target": self.target,
+            "granted": format_time(self.decided),
+            "expires": format_time(self.expires),
+            "approved_by": self.decided_by,
         }
 
     def deployment_json(self) -> dict[str, Any] | None:

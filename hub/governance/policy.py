@@ -22,6 +22,7 @@ from .model import KINDS
 __all__ = [
     "APPROVER_SCOPES",
     "AUDIT_SCOPE",
+    "GRANTS_SCOPE",
     "NOT_FOUND_MESSAGE",
     "SUBMIT_SCOPE",
     "TRAIL_SCOPE",
@@ -31,6 +32,7 @@ __all__ = [
     "approver_scope",
     "can_view",
     "check_decision",
+    "grants_subject",
     "has_scope",
     "visibility",
 ]
@@ -39,6 +41,8 @@ SUBMIT_SCOPE = "custom:requests:submit"
 AUDIT_SCOPE = "custom:audit:read"
 #: Reads the audit trail: everyone's events, the audit page and reports (data stewards, platform admins).
 TRAIL_SCOPE = "custom:audit-trail:read"
+#: Checks anyone's active data-access grants (the features service, before serving restricted data).
+GRANTS_SCOPE = "custom:grants:read"
 
 #: The scope whose holders decide each kind of request.
 APPROVER_SCOPES: dict[str, str] = {
@@ -141,3 +145,20 @@ def check_decision(user_name: str, scopes: Iterable[str], request: RequestLike) 
         raise PolicyDenied(403, "separation of duties: nobody may decide their own request")
     if request.status != "pending":
         raise PolicyDenied(409, f"the request was already decided (status: {request.status})")
+
+
+def grants_subject(caller: str, caller_kind: str, scopes: Iterable[str], user: str | None) -> str | None:
+    """Whose data-access grants ``caller`` (a hub ``user`` or a ``service``) holding ``scopes`` may
+    read when asking for ``user``'s (None: their own); None when they have none to read.
+
+    A person reads their own; anyone's needs :data:`GRANTS_SCOPE` or :data:`AUDIT_SCOPE`
+    (else :class:`PolicyDenied`, 403). Grants are people's: a service asking for its own has
+    none, and a service named like a person is not that person.
+    """
+    person = caller_kind == "user"
+    if user is None or (person and user == caller):
+        return caller if person else None
+    scopes = set(scopes)
+    if not (has_scope(scopes, GRANTS_SCOPE) or has_scope(scopes, AUDIT_SCOPE)):
+        raise PolicyDenied(403, f"missing scope: reading another user's grants needs {GRANTS_SCOPE} or {AUDIT_SCOPE}")
+    return user

@@ -11,11 +11,14 @@ from typing import Any
 import jsonschema
 
 from .model import (
+    DATA_ACCESS,
     DECISIONS,
+    DEFAULT_GRANT_DAYS,
     DEPLOY_STAGES,
     DEPLOY_STATUSES,
     KINDS,
     MAX_COMMENT,
+    MAX_GRANT_DAYS,
     MAX_JUSTIFICATION,
     MAX_MODEL,
     MAX_TARGET,
@@ -30,6 +33,7 @@ __all__ = [
     "DECISION_BODY",
     "DEPLOY_REQUEST_BODY",
     "ERROR",
+    "GRANT",
     "HEALTH",
     "INDEX",
     "INGESTED",
@@ -71,10 +75,17 @@ CANARY_PERCENT = {
     "maximum": 100,
     "description": "The share of traffic the new version gets at first (0: it replaces what is served).",
 }
+DURATION_DAYS = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_GRANT_DAYS,
+    "description": f"How many days the access lasts once approved (data-access; default {DEFAULT_GRANT_DAYS}).",
+}
 
 #: A field a request of this kind may not carry; ``x-problem`` is what a 400 says of it.
 _DEPLOY_ONLY = {"not": {}, "x-problem": "belongs to deploy requests, not data-access"}
 _DERIVED = {"not": {}, "x-problem": "is not sent with deploy requests: it is made from model and version"}
+_DATA_ACCESS_ONLY = {"not": {}, "x-problem": "belongs to data-access requests, not deploy requests"}
 
 NEW_REQUEST_BODY: dict[str, Any] = {
     "type": "object",
@@ -84,7 +95,7 @@ NEW_REQUEST_BODY: dict[str, Any] = {
     # the service accepts (schemathesis checks exactly that).
     "allOf": [
         {
-            "if": {"properties": {"kind": {"const": "data-access"}}, "required": ["kind"]},
+            "if": {"properties": {"kind": {"const": DATA_ACCESS}}, "required": ["kind"]},
             "then": {
                 "required": ["target"],
                 "properties": {"model": _DEPLOY_ONLY, "version": _DEPLOY_ONLY, "canary_percent": _DEPLOY_ONLY},
@@ -92,12 +103,16 @@ NEW_REQUEST_BODY: dict[str, Any] = {
         },
         {
             "if": {"properties": {"kind": {"enum": list(DEPLOY_STAGES)}}, "required": ["kind"]},
-            "then": {"required": ["model", "version"], "properties": {"target": _DERIVED}},
+            "then": {
+                "required": ["model", "version"],
+                "properties": {"target": _DERIVED, "duration_days": _DATA_ACCESS_ONLY},
+            },
         },
     ],
     "description": (
         "A deploy request (deploy-staging, deploy-production) names model and version, and may give "
-        "canary_percent; a data-access request names its target (the dataset)."
+        "canary_percent; a data-access request names its target (the dataset), and may give "
+        "duration_days."
     ),
     "properties": {
         "kind": {
@@ -113,6 +128,7 @@ NEW_REQUEST_BODY: dict[str, Any] = {
         "model": MODEL_NAME,
         "version": MODEL_VERSION,
         "canary_percent": CANARY_PERCENT,
+        "duration_days": DURATION_DAYS,
         "justification": {
             **_TEXT,
             "maxLength": MAX_JUSTIFICATION,
@@ -127,7 +143,7 @@ DEPLOY_REQUEST_BODY: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["kind", "model", "version", "justification"],
     "properties": {
-        **{k: v for k, v in NEW_REQUEST_BODY["properties"].items() if k != "target"},
+        **{k: v for k, v in NEW_REQUEST_BODY["properties"].items() if k not in ("target", "duration_days")},
         "kind": {"type": "string", "enum": list(DEPLOY_STAGES), "description": "What is requested."},
     },
 }
@@ -198,6 +214,26 @@ APPROVAL_REQUEST: dict[str, Any] = {
                 "changed": {"type": ["string", "null"], "format": "date-time"},
             },
         },
+        "duration_days": {
+            "type": ["integer", "null"],
+            "description": "A data-access request: the days access lasts once approved (null: the default).",
+        },
+        "expires": {**_MAYBE_TIME, "description": "An approved data-access request: when its access ends."},
+    },
+}
+
+#: An approved data-access request whose access has not ended.
+GRANT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["request_id", "user", "target", "granted", "expires", "approved_by"],
+    "properties": {
+        "request_id": {"type": "string", "description": "The data-access request that was approved."},
+        "user": {"type": "string", "description": "Who has access: the requester."},
+        "target": {"type": "string", "description": "To what, as requested (e.g. feature_view:<project>/<view>)."},
+        "granted": {**_TIME, "description": "When it was approved."},
+        "expires": {**_TIME, "description": "When the access ends."},
+        "approved_by": {"type": "string"},
     },
 }
 
@@ -308,6 +344,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "NewRequest": NEW_REQUEST_BODY,
     "Decision": DECISION_BODY,
     "ApprovalRequest": APPROVAL_REQUEST,
+    "Grant": GRANT,
     "AuditEvent": AUDIT_EVENT,
     "AuditPage": AUDIT_PAGE,
     "Ingested": INGESTED,

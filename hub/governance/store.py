@@ -30,15 +30,18 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from hubforge.errors import Conflict, Forbidden, Invalid, NotFound, StoreError
 
 from .model import (
+    DATA_ACCESS,
     DECISIONS,
     DEPLOY_STATUSES,
     KINDS,
     MAX_COMMENT,
+    MAX_GRANT_DAYS,
     MAX_JUSTIFICATION,
     MAX_MODEL,
     MAX_TARGET,
     STATUSES,
     ApprovalRequest,
+    access_expires,
 )
 from .policy import Visibility
 
@@ -144,6 +147,12 @@ class ApprovalRequestRow(Base):
             "deploy_status IS NULL OR " + _in("deploy_status", DEPLOY_STATUSES),
             name="ck_gov_approval_requests_deploy",
         ),
+        sa.CheckConstraint(
+            f"duration_days IS NULL OR (duration_days >= 1 AND duration_days <= {MAX_GRANT_DAYS})",
+            name="ck_gov_approval_requests_duration",
+        ),
+        # The active grants of one user (GovernanceStore.active_grants).
+        sa.Index("ix_gov_approval_requests_grants", "kind", "requester", "status"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
@@ -164,6 +173,8 @@ class ApprovalRequestRow(Base):
     deploy_status: Mapped[str | None] = mapped_column(sa.String(16))
     deploy_detail: Mapped[str | None] = mapped_column(sa.String(2000))
     deploy_changed: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duration_days: Mapped[int | None] = mapped_column(sa.Integer)
+    expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def to_model(self) -> ApprovalRequest:
         """The row as a detached value."""
@@ -186,6 +197,8 @@ class ApprovalRequestRow(Base):
             deploy_status=self.deploy_status,
             deploy_detail=self.deploy_detail,
             deploy_changed=self.deploy_changed,
+            duration_days=self.duration_days,
+            expires=self.expires,
         )
 
 
@@ -314,10 +327,14 @@ class GovernanceStore:
         version: str | None = None,
         canary_percent: int | None = None,
         policy: Mapping[str, Any] | None = None,
+        duration_days: int | None = None,
     ) -> ApprovalRequest:
-        """Record a new pending request and return it (deploy requests name ``model`` and ``version``)."""
+        """Record a new pending request and return it (deploy requests name ``model`` and ``version``,
+        data-access requests may give ``duration_days``)."""
         if kind not in KINDS:
             raise StoreError(f"governance store: unknown request kind {kind!r}")
+        if duration_days is not None and (kind != DATA_ACCESS or not 1 <= duration_days <= MAX_GRANT_DAYS):
+            raise StoreError(f"governance store: a duration of 1 to {MAX_GRANT_DAYS} days is for data-access only")
         _check_storable(target=target, justification=justification, requester=requester, model=model)
         row = ApprovalRequestRow(
             # Random, not sequential: ids must not reveal how many requests exist.
@@ -332,6 +349,7 @@ class GovernanceStore:
             version=version,
             canary_percent=canary_percent,
             policy=json.dumps(dict(policy)) if policy is not None else None,
+            duration_days=duration_days,
         )
 
         def create(session: Session) -> ApprovalRequest:
@@ -388,6 +406,21 @@ class GovernanceStore:
 
         return self._run("listing requests", select)
 
+    def active_grants(self, user: str, target: str | None = None, now: datetime | None = None) -> list[ApprovalRequest]:
+        """``user``'s approved data-access requests whose access has not ended at ``now`` (default:
+        now), of ``target`` only when given; the newest grant first."""
+        _check_storable(user=user, target=target)
+        t = ApprovalRequestRow
+        now = now or datetime.now(UTC)
+        query = sa.select(t).where(t.kind == DATA_ACCESS, t.requester == user, t.status == "approved", t.expires > now)
+        if target is not None:
+            query = query.where(t.target == target)
+
+        def select(session: Session) -> list[ApprovalRequest]:
+            return [row.to_model() for row in session.scalars(query.order_by(t.decided.desc(), t.id))]
+
+        return self._run("listing grants", select)
+
     def decide(
         self,
         request_id: str,
@@ -407,7 +440,8 @@ class GovernanceStore:
         ``record`` is called with the decided request before the decision commits:
         when it raises, the decision is rolled back (the audit trail's fail-closed).
         ``digest`` (what an approved deployment may serve) and ``policy`` (the policy's word on
-        this decision) are kept with the decision.
+        this decision) are kept with the decision. An approved data-access request gets its
+        ``expires``, ``duration_days`` after the decision, in the same transaction.
         """
         if decision not in DECISIONS:
             raise StoreError(f"governance store: unknown decision {decision!r}")
@@ -485,4 +519,8 @@ class GovernanceStore:
             if row.requester == approver:
                 raise SelfDecision("separation of duties: nobody may decide their own request")
             raise AlreadyDecided(f"the request was already decided ({row.status})")
+        if row.kind == DATA_ACCESS and row.status == "approved" and row.decided is not None:
+            # The row is ours until commit (the UPDATE above holds it): its duration cannot change.
+            row.expires = access_expires(row.decided, row.duration_days)
+            session.flush()
         return row.to_model()

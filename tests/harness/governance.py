@@ -81,6 +81,8 @@ USERS: dict[str, dict[str, Any]] = {
     },
     # a service's token: services record events through their own spools
     "robot-token": {"kind": "service", "name": "robot", "scopes": [ACCESS]},
+    # the features service's token: its hubforge-features role checks anyone's data-access grants
+    "features-token": {"kind": "service", "name": "features", "scopes": [ACCESS, "custom:grants:read"]},
     # a hub user the hub did not let into the service
     "mallory-token": {
         "kind": "user",

@@ -101,7 +101,7 @@ def test_upgrade_creates_prefixed_tables_and_its_own_version_table(db_url):
     tables = set(sa.inspect(store.engine).get_table_names())
     trail = {"gov_audit_head", "gov_audit_events", "gov_audit_checkpoints"}
     assert tables == {"gov_approval_requests", *trail, VERSION_TABLE}
-    assert versions(store) == ["0004"]
+    assert versions(store) == ["0005"]
     store.dispose()
 
 
@@ -109,7 +109,7 @@ def test_upgrade_twice_is_idempotent_and_keeps_data(store):
     kept = submit(store)
     store.upgrade()
     store.upgrade()
-    assert versions(store) == ["0004"]
+    assert versions(store) == ["0005"]
     assert store.get_request(kept.id) == kept
 
 
@@ -123,7 +123,7 @@ def test_upgrade_leaves_other_applications_alembic_table_alone(db_url):
     with store.engine.connect() as conn:
         other = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
     assert other == "jupyterhub-head"
-    assert versions(store) == ["0004"]
+    assert versions(store) == ["0005"]
     store.dispose()
 
 

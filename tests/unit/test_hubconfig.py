@@ -53,6 +53,13 @@ def test_personas_become_roles_and_users_join_groups(tmp_path: Path) -> None:
         "scopes": ["access:services!service=mlflow", "access:services!service=serving", "custom:audit:read"],
         "services": ["governance"],
     }
+    features_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "hubforge-features")
+    assert features_role == {
+        "name": "hubforge-features",
+        "scopes": ["access:services!service=governance", "custom:grants:read"],
+        "services": ["features"],
+    }
+    assert "custom:grants:read" in c.JupyterHub.custom_scopes
 
 
 def test_demo_users_in_an_admin_group_are_hub_admins(tmp_path: Path) -> None:

@@ -290,6 +290,7 @@ def test_extra_config_configures_the_hub(
     assert {"data-scientist", "ml-lead", "hubforge-services"} <= set(roles)
     assert roles["hubforge-services"]["services"] == ["governance", "mlflow"]
     assert roles["hubforge-governance"]["scopes"] == ["access:services!service=mlflow", "custom:audit:read"]
+    assert "hubforge-features" not in roles, "the features service does not run on Kubernetes yet"
     assert "custom:experiments:write" in c.Spawner.server_token_scopes
     # The features service does not run on Kubernetes yet: no token may name it.
     assert "access:services!service=features" not in c.Spawner.server_token_scopes

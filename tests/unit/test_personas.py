@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from jupyterhub import roles, scopes
 
-from hubforge.hub.services import persona_services
+from hubforge.hub.services import features_role, governance_role, persona_services, service_names
 from hubforge.personas import CUSTOM_SCOPES, PERSONAS, hub_roles, persona_names
 
 
@@ -27,6 +27,13 @@ def test_every_role_is_accepted_by_jupyterhub() -> None:
         roles._validate_role_name(role["name"])
         scopes._check_scopes_exist(role["scopes"], who_for=f"role {role['name']}")
         assert role["groups"] == [role["name"]]
+
+
+def test_the_services_own_roles_are_accepted_by_jupyterhub() -> None:
+    for role in (governance_role(service_names()), features_role(service_names())):
+        roles._validate_role_name(role["name"])
+        scopes._check_scopes_exist(role["scopes"], who_for=f"role {role['name']}")
+    assert "custom:grants:read" in features_role(service_names())["scopes"]
 
 
 @pytest.mark.parametrize(

@@ -166,3 +166,19 @@ def test_the_features_service_is_off_where_its_feast_environment_is_missing(tmp_
     (tmp_path / "no-feast" / "bin").mkdir(parents=True)
     (tmp_path / "no-feast" / "bin" / "python").symlink_to(sys.executable)
     assert services.FEATURES.enabled(cfg)
+
+
+def test_the_features_service_checks_grants_with_governance_as_itself(tmp_path: Path) -> None:
+    c = Config()
+    configure(c, config(tmp_path), runtime())
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles[services.FEATURES_ROLE] == {
+        "name": "hubforge-features",
+        "scopes": ["access:services!service=governance", "custom:grants:read"],
+        "services": ["features"],
+    }
+    assert services.features_role(["features"])["scopes"] == [], "no governance to ask, nothing to hold"
+    # without its Feast environment the features service does not run, and gets no role
+    c = Config()
+    configure(c, config(tmp_path, {"services": {"features": {"environment": str(tmp_path / "no-feast")}}}), runtime())
+    assert services.FEATURES_ROLE not in {r["name"] for r in c.JupyterHub.load_roles}

@@ -538,3 +538,12 @@ def test_the_package_exports_its_public_names():
     assert set(package.__all__) <= set(dir(package))
     with pytest.raises(AttributeError):
         package.NoSuchWidget  # noqa: B018
+
+
+def test_a_data_access_request_shows_its_duration_and_once_approved_until_when():
+    request = {"kind": "data-access", "requester": "alice", "created": "2026-12-03T10:00:00Z",
+               "target": "feature_view:hubforge_demo/customer_profile", "justification": "Q1 churn",
+               "duration_days": 7}  # fmt: skip
+    assert "feature_view:hubforge_demo/customer_profile for 7 days, requested by" in review_html(request)
+    approved = review_html({**request, "expires": "2026-12-10T10:05:00Z"})
+    assert "for 7 days (access until 2026-12-10 10:05 UTC)" in approved
