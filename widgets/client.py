@@ -163,6 +163,13 @@ class GovernanceClient:
         found: dict[str, Any] = self._json("cannot submit the request", "POST", "api/requests", json=body)
         return found
 
+    def grants(self, target: str | None = None) -> list[dict[str, Any]]:
+        """The caller's active data-access grants (of ``target`` only, when given)."""
+        params = {"target": target} if target else {}
+        found: list[dict[str, Any]] = self._json("cannot read your data-access grants", "GET", "api/grants",
+                                                 params=params)  # fmt: skip
+        return found
+
     def get_request(self, request_id: str) -> dict[str, Any]:
         """One approval request."""
         what = f"cannot read request {request_id}"

@@ -2,9 +2,10 @@
 
 For data scientists: a search box over every object of the feature catalog (names,
 descriptions, owners, tags, fields), a kind filter, and for the chosen object its schema,
-TTL, freshness, owner, tags and lineage (data source -> feature view -> feature services),
-with the ``get_historical_features`` / ``get_online_features`` code to read it and a
-button that puts that code in a new cell.
+TTL, freshness, owner, tags and lineage (data source -> feature view -> feature services
+-> the MLflow runs and models that read them, :mod:`.feature_lineage`), with the code that
+reads it through the platform (training sets and online values) and a button that puts
+that code in a new cell.
 
 The catalog is read once from the features service (:class:`~.client.FeaturesClient`, a
 304 on Refresh when unchanged) and searched in the kernel with
@@ -12,9 +13,10 @@ The catalog is read once from the features service (:class:`~.client.FeaturesCli
 at most ``limit`` results as the options of one ``Select``: a catalog of thousands of views
 never becomes thousands of widgets. Everything the catalog says was typed by people and
 is escaped before it goes into HTML; in the code snippet it is only ever a quoted literal.
-A restricted view is browsed like any other (the catalog is metadata); the notice says
-that reading its data needs an approved data-access request, which the features service
-enforces, not this widget.
+A restricted view is browsed like any other (the catalog is metadata); reading its data
+needs an approved data-access request, which the features service enforces, not this
+widget. For such a view, or a service reading one, the access panel
+(:class:`~.feature_access.AccessPanel`) says where the person stands and sends the request.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from typing import Any, Protocol
 
 import ipywidgets as widgets
 
-from hubforge.features.catalog import MAX_HITS, Catalog
+from hubforge.features.catalog import MAX_HITS, Catalog, Item
 
-from .client import Background, FeaturesClient, WidgetError, one_line
+from .client import Background, FeaturesClient, WidgetError, mlflow_client, one_line
+from .feature_access import AccessPanel, GovernanceLike
+from .feature_lineage import Lineage, lineage_runs, mlflow_ui_url
+from .feature_lineage import lineage_html as runs_html
 from .feature_text import (
     HINT,
     KIND_FILTERS,
@@ -87,6 +92,17 @@ def notebook_insert(code: str) -> None:
     shell.set_next_input(code, replace=False)
 
 
+def restricted_of(catalog: Catalog, item: Item) -> list[str]:
+    """The restricted feature views ``item`` reads: itself (a view) or those of a service."""
+    if item.kind == "feature_view":
+        return [item.name] if item.restricted else []
+    if item.kind != "feature_service":
+        return []
+    views = item.data.get("views")
+    names = list(views) if isinstance(views, dict) else []
+    return [n for n in names if (v := catalog.get("feature_view", str(n))) is not None and v.restricted]
+
+
 # --- the widget ---------------------------------------------------------------------
 
 
@@ -96,7 +112,10 @@ class FeatureBrowser(widgets.VBox):
     ``client``: where the catalog comes from (default: :meth:`FeaturesClient.from_env`,
     made when it is first read, so a kernel without the platform shows one line).
     ``now``: the clock freshness is measured against. ``insert``: puts code in a new cell
-    (default :func:`notebook_insert`). ``limit``: the most results listed.
+    (default :func:`notebook_insert`). ``limit``: the most results listed. ``governance``:
+    makes the client the access panel asks (default: the kernel's governance service).
+    ``mlflow``: makes the MLflow client the runs that used a view are found with (default:
+    the platform's MLflow, as the person).
     """
 
     def __init__(
@@ -107,8 +126,14 @@ class FeatureBrowser(widgets.VBox):
         insert: Callable[[str], None] = notebook_insert,
         limit: int = MAX_HITS,
         load: bool = True,
+        governance: Callable[[], GovernanceLike] | None = None,
+        mlflow: Callable[[], Any] | None = None,
     ) -> None:
         self._client, self._insert, self._limit = client, insert, limit
+        self._governance = governance
+        self._mlflow = mlflow or mlflow_client
+        self._mlflow_client: Any = None
+        self._lineage: Lineage | None = None
         self._now = now or (lambda: datetime.now(UTC))
         self._catalog: Catalog | None = None
         self._results: list[tuple[str, str]] = []
@@ -117,6 +142,8 @@ class FeatureBrowser(widgets.VBox):
         self._quiet = False  # set while the browser itself changes the list or the box
         self._build()
         self._work = Background(self._busy)
+        # Its own worker: finding runs never cancels a catalog read, nor is cancelled by one.
+        self._runs_work = Background(lambda _: None)
         if load:
             self.refresh()
 
@@ -133,13 +160,17 @@ class FeatureBrowser(widgets.VBox):
         self.list.observe(self._chosen, "value")
         self.note = widgets.HTML("")
         self.detail = widgets.HTML(HINT)
+        self.runs = widgets.HTML("")
         self.code = widgets.HTML("")
         self.insert_button = widgets.Button(description="Insert into notebook", icon="plus", disabled=True)
         self.insert_button.on_click(lambda _: self.insert())
         self.insert_status = widgets.HTML("")
+        self.access = AccessPanel(self._governance)
         left = widgets.VBox([self.query, self.list, self.note], layout=widgets.Layout(width="40%"))
         snippet = widgets.VBox([self.code, widgets.HBox([self.insert_button, self.insert_status])])
-        right = widgets.VBox([self.detail, snippet], layout=widgets.Layout(width="60%", padding="0 0 0 12px"))
+        right = widgets.VBox(
+            [self.detail, self.runs, self.access, snippet], layout=widgets.Layout(width="60%", padding="0 0 0 12px")
+        )
         header = widgets.HBox([self.title, self.refresh_button])
         super().__init__([header, self.activity, self.status, self.kind, widgets.HBox([left, right])])
 
@@ -241,6 +272,8 @@ class FeatureBrowser(widgets.VBox):
             self._selected, self._snippet = None, ""
             self.detail.value, self.code.value = HINT, ""
             self.insert_button.disabled = True
+            self.access.show("", [])
+            self.runs.value = ""
             return
         self._selected = (kind, name)
         if self.list.value != self._selected and self._selected in self._results:
@@ -254,9 +287,35 @@ class FeatureBrowser(widgets.VBox):
                 f'<span style="color:#cf222e">{html.escape(one_line(f"cannot show {name}: {exc}"))}</span>'
             )
             self._snippet = ""
+        self.access.show(str(catalog.project.get("name") or ""), restricted_of(catalog, item))
+        self._find_runs(catalog, item)
         self.code.value = f'<pre style="overflow-x:auto">{html.escape(self._snippet)}</pre>' if self._snippet else ""
         self.insert_button.disabled = not self._snippet
         self.insert_status.value = ""
+
+    def _find_runs(self, catalog: Catalog, item: Item) -> None:
+        """Look up, off the kernel's thread, the MLflow runs (and their models) that read ``item``."""
+        self._lineage = None
+        if item.kind not in ("feature_view", "feature_service"):
+            self.runs.value = ""
+            return
+        # A read through a feature service records the service only: a view's runs include its services'.
+        via = catalog.lineage(item.name)["services"] if item.kind == "feature_view" else []
+        self.runs.value = f"<div>{SPINNER}<i>Finding the runs that used {html.escape(item.name)}…</i></div>"
+
+        def find() -> Lineage:
+            if self._mlflow_client is None:
+                self._mlflow_client = self._mlflow()
+            return lineage_runs(self._mlflow_client, item.kind, item.name, via_services=via)
+
+        def found(lineage: Lineage) -> None:
+            self._lineage = lineage
+            self.runs.value = runs_html(lineage, mlflow_ui_url())
+
+        def failed(message: str) -> None:
+            self.runs.value = f'<span style="color:#cf222e">{html.escape(one_line(message))}</span>'
+
+        self._runs_work.run(f"Finding the runs that used {item.name}", find, found, failed)
 
     def insert(self) -> None:
         """Put the code shown in a new notebook cell, or say in one line why not."""
@@ -297,6 +356,15 @@ class FeatureBrowser(widgets.VBox):
         """The code shown for the item ("" for an entity or a data source)."""
         return self._snippet
 
+    @property
+    def lineage(self) -> Lineage | None:
+        """The runs and models found for the item shown (None while looking, or for other kinds)."""
+        return self._lineage
+
     def wait(self, timeout: float = 60.0) -> bool:
         """Wait for the read under way; whether it ended within ``timeout`` seconds."""
         return self._work.wait(timeout)
+
+    def wait_runs(self, timeout: float = 60.0) -> bool:
+        """Wait for the lookup of runs under way."""
+        return self._runs_work.wait(timeout)

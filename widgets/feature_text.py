@@ -320,30 +320,33 @@ def _keys(catalog: Catalog, views: Iterable[str]) -> dict[str, str]:
     return keys
 
 
-def _calls(features: str, online: str, keys: Mapping[str, str], restricted: bool) -> str:
+def _calls(what: str, keys: Mapping[str, str], restricted: bool) -> str:
+    """The code reading ``what`` (feature references, or ``feature_service="name"``) for
+    training and for serving, through the platform: the kernel has no Feast."""
     columns = "".join(f"        {_literal(k)}: [{_example(t, 0)}, {_example(t, 1)}],\n" for k, t in keys.items())
     row = ", ".join(f"{_literal(k)}: {_example(t, 0)}" for k, t in keys.items())
     note = "# Restricted features: reading them needs an approved data-access request.\n" if restricted else ""
     return (
         "import pandas as pd\n\n"
         f"{note}"
-        "# Training data (with Feast: store is a feast.FeatureStore): each row of entity_df\n"
-        "# gets the values as of its event_timestamp.\n"
+        "# Training data: each row of entity_df gets the values as of its event_timestamp,\n"
+        "# read through the platform (no Feast needed), as get_historical_features(...).to_df().\n"
+        "from hubforge.features.historical import HistoricalFeatures\n\n"
         "entity_df = pd.DataFrame(\n"
         "    {\n"
         f"{columns}"
         '        "event_timestamp": [pd.Timestamp.now(tz="UTC")] * 2,\n'
         "    }\n"
         ")\n"
-        "training_df = store.get_historical_features(\n"
+        "training_df = HistoricalFeatures.from_env().get(\n"
+        f"    {what},\n"
         "    entity_df=entity_df,\n"
-        f"    features={features},\n"
-        ").to_df()\n\n"
+        ")\n\n"
         "# Serving: the latest values of each entity, read through the platform (no Feast\n"
         "# needed), as get_online_features(...).to_dict() answers.\n"
         "from hubforge.features.reader import OnlineFeatures\n\n"
         "online = OnlineFeatures.from_env().get(\n"
-        f"    {online},\n"
+        f"    {what},\n"
         f"    entity_rows=[{{{row}}}],\n"
         ")\n"
     )
@@ -354,10 +357,9 @@ def snippet_for(catalog: Catalog, item: Item) -> str:
     if item.kind == "feature_view":
         refs = [f"{item.name}:{c.get('name')}" for c in _list(item.data, "features") if isinstance(c, Mapping)]
         features = "[\n" + "".join(f"        {_literal(ref)},\n" for ref in refs) + "    ]"
-        return _calls(features, features, _keys(catalog, [item.name]), item.restricted)
+        return _calls(features, _keys(catalog, [item.name]), item.restricted)
     if item.kind == "feature_service":
         views = list(_service_views(item))
         restricted = any(v.restricted for v in (catalog.get("feature_view", n) for n in views) if v is not None)
-        features = f"store.get_feature_service({_literal(item.name)})"
-        return _calls(features, f"feature_service={_literal(item.name)}", _keys(catalog, views), restricted)
+        return _calls(f"feature_service={_literal(item.name)}", _keys(catalog, views), restricted)
     return ""

@@ -8,7 +8,10 @@ first, :meth:`~hubforge.features.catalog.Catalog.search`). It reads the file aga
 it changes, so a new apply shows without a restart. Tokens only (the widgets, Voila apps
 and scripts call it with the server's or a person's token); any hub user with access to
 the service may browse: the catalog is metadata, never data. Data is ``POST api/online``
-(:mod:`.online`): the online store's values for entity rows, restricted views refused.
+(:mod:`.online`): the online store's values for entity rows, and ``POST api/historical``
+(:mod:`.historical`): the offline store's values as of each row's time, for training
+sets. Restricted views are read only under an active data-access grant, and every such
+read is an audit event (:mod:`.access`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +33,18 @@ from traitlets.config import catch_config_error
 
 from hubforge import __version__
 from hubforge.config import load_config
-from hubforge.errors import HubforgeError, Refusal, http_answer
+from hubforge.contract import GOVERNANCE_URL_ENV
+from hubforge.errors import Forbidden, HubforgeError, Refusal, Unavailable, http_answer
+from hubforge.events.spool import open_spool, platform_spool_dir
 from hubforge.features.apply import features_dir
 from hubforge.features.catalog import CATALOG_FILE, KINDS, Catalog
 from hubforge.features.catalog import load as load_catalog
 from hubforge.features.repo import FeaturesError
 from hubforge.hub.service_app import HubServiceApp, JSONErrorHandler, make_hub_auth
 
-from .online import OnlineReader, parse
+from .access import DataAccess, Grant, ReadAudit, restricted_views
+from .historical import HistoricalQuery, HistoricalReader, parse_historical
+from .online import OnlineQuery, OnlineReader, parse
 
 __all__ = ["CatalogFile", "FeaturesService", "main", "make_app"]
 
@@ -45,8 +53,13 @@ JSON_TYPE = "application/json; charset=UTF-8"
 #: The longest search query read (a person types a few words).
 MAX_QUERY = 200
 MAX_LIMIT = 200
-#: The largest request body: an online read of a thousand entity rows.
-MAX_BODY = 256 * 1024
+#: The largest request body of an online read: a thousand entity rows.
+MAX_ONLINE_BODY = 256 * 1024
+#: ... of a historical read: ten thousand rows of a few keys and a time (about 100 bytes
+#: each; a kernel sends a larger training set in parts).
+MAX_HISTORICAL_BODY = 4 * 1024 * 1024
+#: The largest body the server reads at all: each route refuses more than its own (413).
+MAX_BODY = max(MAX_ONLINE_BODY, MAX_HISTORICAL_BODY)
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,41 @@ class FeaturesHandler(HubAuthenticated, JSONErrorHandler):
         except HubforgeError as exc:
             raise web.HTTPError(503, "%s", str(exc)) from None
 
+    @property
+    def audit(self) -> ReadAudit:
+        return self.settings["audit"]
+
+    async def authorize(self, catalog: Catalog, views: list[str], **read: Any) -> dict[str, Grant]:
+        """The caller's grants for the restricted ``views`` of a read (``read``: its mode, rows
+        and features, for the audit event); 403 saying how to ask when one is missing, 503
+        when governance cannot say. A refusal is recorded; if even that fails, it is logged."""
+        if not views:
+            return {}
+        user, project = self.current_user["name"], str(catalog.project.get("name", ""))
+        try:
+            return await self.settings["access"].require(user, project, views)
+        except Forbidden as exc:
+            try:
+                await self.audit.record(user, project, views, "denied", client=self.request.remote_ip or "",
+                                        reason=str(exc), **read)  # fmt: skip
+            except Unavailable:
+                self.log.error("A refused read of %s by %s is not in the audit trail", views, user)
+            raise web.HTTPError(403, "%s", str(exc)) from None
+        except Unavailable as exc:
+            raise web.HTTPError(503, "%s", str(exc)) from None
+
+    async def recorded(self, catalog: Catalog, views: list[str], grants: dict[str, Grant], outcome: str,
+                       reason: str = "", **read: Any) -> None:  # fmt: skip
+        """Record a read of the restricted ``views`` before its data leaves (503 if it cannot be)."""
+        if not views:
+            return
+        try:
+            await self.audit.record(self.current_user["name"], str(catalog.project.get("name", "")), views, outcome,
+                                    client=self.request.remote_ip or "", grants=grants, reason=reason,
+                                    **read)  # fmt: skip
+        except Unavailable as exc:
+            raise web.HTTPError(503, "%s", str(exc)) from None
+
 
 class HealthHandler(FeaturesHandler):
     """``GET api/health``: 200 while the service runs (no auth: the hub's check)."""
@@ -157,26 +205,65 @@ class SearchHandler(FeaturesHandler):
         self.finish(json.dumps({"query": query, "hits": [_hit(hit.item) for hit in hits]}))
 
 
-class OnlineHandler(FeaturesHandler):
-    """``POST api/online``: feature values for entity rows (:mod:`.online`)."""
+class ReadHandler(FeaturesHandler):
+    """Base of the data reads, online and historical: the body parsed against the catalog,
+    the grants of its restricted views checked, then the read, recorded before its data
+    leaves. A restricted view is never read without both."""
+
+    #: ``online`` or ``historical``: the audit event's mode, and the settings key of the reader.
+    mode: ClassVar[str]
+    #: The largest body it reads (bytes).
+    max_body: ClassVar[int]
+
+    def parse(self, body: Any, catalog: Catalog) -> OnlineQuery | HistoricalQuery:
+        raise NotImplementedError
 
     @web.authenticated
     async def post(self) -> None:
+        if len(self.request.body) > self.max_body:
+            raise web.HTTPError(413, "the body is over %d bytes: send fewer entity rows at a time", self.max_body)
         try:
             body = json.loads(self.request.body)
         except ValueError:
             raise web.HTTPError(400, "the body must be JSON") from None
+        catalog = self.loaded().catalog
         try:
-            query = parse(body, self.loaded().catalog)
+            query = self.parse(body, catalog)
         except Refusal as exc:
             status, message = http_answer(exc)
             raise web.HTTPError(status, "%s", message) from None
+        views = restricted_views(catalog, query.views)
+        features = f"service:{query.service}" if query.service else ",".join(query.features)
+        read: dict[str, Any] = {"mode": self.mode, "rows": len(query.rows), "features": features}
+        grants = await self.authorize(catalog, views, **read)
         try:
-            values = await self.settings["online"].read(query)
+            values = await self.settings[self.mode].read(query)
         except FeaturesError as exc:
+            await self.recorded(catalog, views, grants, "failure", reason=str(exc), **read)
             raise web.HTTPError(400, "%s", str(exc)) from None
+        await self.recorded(catalog, views, grants, "success", **read)
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(values)
+
+
+class OnlineHandler(ReadHandler):
+    """``POST api/online``: feature values for entity rows (:mod:`.online`)."""
+
+    mode = "online"
+    max_body = MAX_ONLINE_BODY
+
+    def parse(self, body: Any, catalog: Catalog) -> OnlineQuery:
+        return parse(body, catalog)
+
+
+class HistoricalHandler(ReadHandler):
+    """``POST api/historical``: feature values as of each entity row's time (:mod:`.historical`)."""
+
+    mode = "historical"
+    max_body = MAX_HISTORICAL_BODY
+
+    def parse(self, body: Any, catalog: Catalog) -> HistoricalQuery:
+        return parse_historical(body, catalog)
 
 
 class NotFoundHandler(FeaturesHandler):
@@ -191,11 +278,20 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("api/catalog", CatalogHandler),
     ("api/search", SearchHandler),
     ("api/online", OnlineHandler),
+    ("api/historical", HistoricalHandler),
 ]
 
 
-def make_app(catalog_path: Path, prefix: str, hub_auth: HubAuth, **settings: Any) -> web.Application:
-    """The service's tornado application under ``prefix``."""
+def make_app(
+    catalog_path: Path,
+    prefix: str,
+    hub_auth: HubAuth,
+    access: DataAccess | None = None,
+    audit: ReadAudit | None = None,
+    **settings: Any,
+) -> web.Application:
+    """The service's tornado application under ``prefix``; without ``access`` or ``audit``
+    restricted views are refused (no grant can be checked, no read recorded)."""
     handlers = [(url_path_join(prefix, path), handler) for path, handler in ROUTES]
     return web.Application(
         handlers,
@@ -203,6 +299,9 @@ def make_app(catalog_path: Path, prefix: str, hub_auth: HubAuth, **settings: Any
         hub_auth=hub_auth,
         catalog_file=CatalogFile(catalog_path),
         online=OnlineReader(catalog_path.parent),
+        historical=HistoricalReader(catalog_path.parent),
+        access=access or DataAccess(None, ""),
+        audit=audit or ReadAudit(None),
         xsrf_cookies=False,  # tokens only: no cookie is read
         **settings,
     )
@@ -224,8 +323,17 @@ class FeaturesService(HubServiceApp):
         super().initialize(argv)
         self.init_logging()
         self.init_address()
-        self.catalog_path = features_dir(load_config()) / CATALOG_FILE
-        self.web_app = make_app(self.catalog_path, self.service_prefix, make_hub_auth(SERVICE, self.service_prefix))
+        cfg = load_config()
+        self.catalog_path = features_dir(cfg) / CATALOG_FILE
+        # Grants are asked of governance as this service's own hub identity (custom:grants:read).
+        governance = os.environ.get(GOVERNANCE_URL_ENV) or None
+        if governance is None:
+            self.log.warning("No governance service (%s unset): restricted feature views are refused to everyone",
+                             GOVERNANCE_URL_ENV)  # fmt: skip
+        access = DataAccess(governance, os.environ.get("JUPYTERHUB_API_TOKEN", ""))
+        audit = ReadAudit(open_spool(platform_spool_dir(cfg.data_dir, SERVICE), SERVICE))
+        self.web_app = make_app(self.catalog_path, self.service_prefix, make_hub_auth(SERVICE, self.service_prefix),
+                                access=access, audit=audit)  # fmt: skip
 
     def start(self) -> None:
         asyncio.run(self._serve())

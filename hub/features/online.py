@@ -5,9 +5,9 @@ service rather than opening the online store itself: the store lives in the plat
 private data folder, and restricted views must be read only where the platform decides.
 The body names either ``features`` (``view:feature`` references) or a ``feature_service``,
 and the ``entity_rows``; :func:`parse` checks it against the catalog before Feast sees
-it, so what is malformed or unknown is a 400 naming it, and a restricted view is a 403
-saying how to ask for access. Until data-access grants are read here, every read of a
-restricted view is refused: the service fails closed.
+it, so what is malformed or unknown is a 400 naming it. The views a read touches are in
+the query, for the handler to check the reader's data-access grants on the restricted
+ones (:mod:`.access`) before anything is read.
 
 :class:`OnlineReader` holds the Feast store, opened on the first read (importing Feast
 takes seconds; the catalog requests never pay it), and reads on one thread of its own.
@@ -18,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubforge.errors import Forbidden, Invalid
+from hubforge.errors import Invalid
 from hubforge.features.catalog import Catalog
 
-__all__ = ["MAX_FEATURES", "MAX_ROWS", "OnlineQuery", "OnlineReader", "parse"]
+__all__ = ["MAX_FEATURES", "MAX_ROWS", "OnlineQuery", "OnlineReader", "check_value", "parse", "read_target", "touched"]
 
 MAX_FEATURES = 200
 MAX_ROWS = 1000
@@ -46,6 +46,12 @@ class OnlineQuery:
     rows: tuple[Mapping[str, Scalar], ...]
 
 
+def check_value(key: str, item: Any) -> None:
+    """Invalid unless ``item``, an entity row's value of ``key``, is a number, a boolean or a short string."""
+    if not isinstance(item, str | int | float | bool) or (isinstance(item, str) and len(item) > MAX_TEXT):
+        raise Invalid(f"entity_rows: {key[:MAX_TEXT]!r} must be a number, a string or a boolean")
+
+
 def _rows(value: Any) -> tuple[Mapping[str, Scalar], ...]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_ROWS:
         raise Invalid(f"entity_rows: a list of 1 to {MAX_ROWS} objects")
@@ -53,31 +59,39 @@ def _rows(value: Any) -> tuple[Mapping[str, Scalar], ...]:
         if not isinstance(row, dict) or not row:
             raise Invalid("entity_rows: each row is an object of join keys and their values")
         for key, item in row.items():
-            if not isinstance(item, str | int | float | bool) or (isinstance(item, str) and len(item) > MAX_TEXT):
-                raise Invalid(f"entity_rows: {key[:MAX_TEXT]!r} must be a number, a string or a boolean")
+            check_value(key, item)
     return tuple(value)
-
-
-def _restricted(catalog: Catalog, views: tuple[str, ...]) -> None:
-    project = catalog.project.get("name", "")
-    for name in views:
-        item = catalog.get("feature_view", name)
-        if item is not None and item.restricted:
-            raise Forbidden(
-                f"{name} is restricted: reading its data needs an approved data-access request "
-                f"(target feature_view:{project}/{name}) from a data steward"
-            )
 
 
 def parse(body: Any, catalog: Catalog) -> OnlineQuery:
     """The read ``body`` asks for, checked against ``catalog``; Invalid (400) naming what is
-    wrong, Forbidden (403) for a restricted view."""
+    wrong. Restricted views are the caller's to check (:mod:`.access`)."""
     if not isinstance(body, dict):
         raise Invalid("the body must be a JSON object")
     extra = sorted(set(body) - {"features", "feature_service", "entity_rows"})
     if extra:
         raise Invalid(f"{extra[0][:MAX_TEXT]}: not a field of an online read")
     rows = _rows(body.get("entity_rows"))
+    features, service, views = read_target(body, catalog)
+    return OnlineQuery(features=features, service=service, views=touched(catalog, views), rows=rows)
+
+
+def touched(catalog: Catalog, views: Iterable[str]) -> tuple[str, ...]:
+    """The views a read touches: those named, and the views each on-demand one computes from."""
+    found = list(views)
+    for name in list(found):
+        item = catalog.get("feature_view", name)
+        if item is None or item.data.get("kind") != "on_demand":
+            continue
+        for source in item.data.get("sources") or ():
+            if catalog.get("feature_view", source) is not None and source not in found:
+                found.append(source)
+    return tuple(found)
+
+
+def read_target(body: Mapping[str, Any], catalog: Catalog) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+    """What a read's ``body`` names, checked against ``catalog``: its feature references or
+    its feature service, and the views they are of; Invalid (400) naming what is wrong."""
     if ("features" in body) == ("feature_service" in body):
         raise Invalid("name either features (view:feature, ...) or a feature_service")
     if "feature_service" in body:
@@ -85,9 +99,7 @@ def parse(body: Any, catalog: Catalog) -> OnlineQuery:
         service = catalog.get("feature_service", name) if isinstance(name, str) else None
         if service is None:
             raise Invalid(f"feature_service: no feature service {str(name)[:MAX_TEXT]!r} in the catalog")
-        used = tuple(service.data.get("views") or {})
-        _restricted(catalog, used)
-        return OnlineQuery(features=(), service=service.name, views=used, rows=rows)
+        return (), service.name, tuple(service.data.get("views") or {})
     refs = body["features"]
     if not isinstance(refs, list) or not 1 <= len(refs) <= MAX_FEATURES:
         raise Invalid(f"features: a list of 1 to {MAX_FEATURES} references view:feature")
@@ -103,8 +115,7 @@ def parse(body: Any, catalog: Catalog) -> OnlineQuery:
             raise Invalid(f"features: {view_name} has no feature {feature!r}")
         if view_name not in views:
             views.append(view_name)
-    _restricted(catalog, tuple(views))
-    return OnlineQuery(features=tuple(refs), service=None, views=tuple(views), rows=rows)
+    return tuple(refs), None, tuple(views)
 
 
 class OnlineReader:

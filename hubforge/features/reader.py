@@ -24,6 +24,7 @@ import httpx
 from hubforge.contract import FEATURES_URL_ENV
 
 from .repo import FeaturesError
+from .usage import record_retrieval
 
 __all__ = ["OnlineFeatures"]
 
@@ -105,6 +106,7 @@ class OnlineFeatures:
                 while len(self._kept) > self.max_keys:
                     self._kept.popitem(last=False)
         names = list(found[0]) if found else []
+        record_retrieval("online", (), [feature_service or ""], () if feature_service else features)
         return {name: [found[i][name] for i in range(len(rows))] for name in names}
 
     def _read(self, body: Mapping[str, Any]) -> dict[str, list[Any]]:

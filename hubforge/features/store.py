@@ -1,4 +1,4 @@
-"""Feast, at its boundary: apply a repository's definitions and fill its online store.
+"""Feast, at its boundary: apply a repository's definitions, fill its online store, read it.
 
 This is the only module of :mod:`hubforge.features` that imports Feast (6-8 s), and only
 :mod:`hubforge.features.apply` imports it, inside the steps that need it. Whatever Feast
@@ -19,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
 from feast import (
     Entity,
     FeatureService,
@@ -34,9 +36,19 @@ from feast.infra.offline_stores.file_source import FileSource
 from feast.repo_contents import RepoContents
 from feast.repo_operations import extract_objects_for_apply_delete, get_repo_files, is_valid_name
 
+from .frames import column_values
 from .repo import FeaturesError
 
-__all__ = ["Applied", "apply_repo", "catalog_of", "load_repo", "materialize_repo", "online_values", "open_store"]
+__all__ = [
+    "Applied",
+    "apply_repo",
+    "catalog_of",
+    "historical_values",
+    "load_repo",
+    "materialize_repo",
+    "online_values",
+    "open_store",
+]
 
 _modules = itertools.count()
 
@@ -77,11 +89,14 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _translated(step: str) -> Iterator[None]:
-    """Run a step with Feast's output kept aside and any error turned into one line."""
+def _translated(step: str, *, quiet: bool = True) -> Iterator[None]:
+    """Run a step with Feast's output kept aside (unless not ``quiet``) and any error turned into one line."""
     kept = io.StringIO()
     try:
-        with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(kept):
+        with (
+            contextlib.redirect_stdout(kept) if quiet else contextlib.nullcontext(),
+            contextlib.redirect_stderr(kept) if quiet else contextlib.nullcontext(),
+        ):
             yield
     except FeaturesError:
         raise
@@ -272,3 +287,116 @@ def online_values(
     with _translated("online read"):
         refs: Any = store.get_feature_service(service) if service else list(features)
         return dict(store.get_online_features(features=refs, entity_rows=[dict(row) for row in rows]).to_dict())
+
+
+#: The entity rows' time column (Feast's default name, the one it looks for first).
+TIMESTAMP = "event_timestamp"
+#: Which distinct entity key and time a row of the frame Feast is given stands for.
+_KEY = "__hubforge_key"
+
+
+def _asked(store: FeatureStore, features: Sequence[str], service: str | None) -> dict[str, list[str]]:
+    """The features read, by view, in order: the service's projections or the references."""
+    if service:
+        projections = store.get_feature_service(service).feature_view_projections
+        return {p.name: [feature.name for feature in p.features] for p in projections}
+    asked: dict[str, list[str]] = {}
+    for ref in features:
+        view, name = ref.split(":", 1)
+        asked.setdefault(view, []).append(name)
+    return asked
+
+
+def _batch_needs(asked: Mapping[str, list[str]], on_demand: Mapping[str, OnDemandFeatureView]) -> dict[str, list[str]]:
+    """The batch views' features to read: those asked, and those the on-demand views asked compute from."""
+    needs: dict[str, list[str]] = {}
+    for view, names in asked.items():
+        if view in on_demand:
+            projections = on_demand[view].source_feature_view_projections.values()
+            sources = [(p.name, [f.name for f in p.features]) for p in projections]
+        else:
+            sources = [(view, names)]
+        for name, wanted in sources:
+            have = needs.setdefault(name, [])
+            have.extend(feature for feature in wanted if feature not in have)
+    return needs
+
+
+@dataclass(frozen=True)
+class _AsOf:
+    """A batch view's values as of each distinct key and time (``frame``), and which of them
+    each entity row is (``key``)."""
+
+    frame: pd.DataFrame
+    key: Any
+
+    def values(self, name: str) -> list[Any]:
+        """A feature's JSON values, a value per row (an int stays an int where others are missing)."""
+        found = dict(zip(self.frame.index, column_values(self.frame[name]), strict=True))
+        return [found.get(key) for key in self.key]
+
+    def rows(self, names: list[str]) -> pd.DataFrame:
+        """The features ``names``, a row per entity row, as Feast's retrieval job holds them."""
+        return self.frame[names].reindex(self.key).reset_index(drop=True)
+
+
+def _as_of(store: FeatureStore, entity: pd.DataFrame, view_name: str, names: list[str]) -> _AsOf:
+    """The batch view's ``names`` as of each entity row's time.
+
+    Feast is asked once per view, for each distinct key and time once. Its file offline
+    store (0.67) drops an entity row when one view holds rows for the row's key but none
+    in the TTL before its time, the other views' values with it; and of rows sharing a
+    key and a time it keeps one (feast-dev/feast#6787). Asked so, neither happens: a key
+    and time Feast leaves out has no value of this view, which is what it should answer.
+    """
+    view = store.get_feature_view(view_name)
+    on = [column.name for column in view.entity_columns] + [TIMESTAMP]
+    absent = [key for key in on if key not in entity.columns]
+    if absent:
+        raise FeaturesError(f"features: historical read: the entity rows have no {absent[0]} ({view_name} needs it)")
+    key = entity.groupby(on, sort=False, dropna=False).ngroup().to_numpy()
+    asked = entity[on].assign(**{_KEY: key}).drop_duplicates(_KEY)
+    refs = [f"{view_name}:{name}" for name in names]
+    got = store.get_historical_features(entity_df=asked, features=refs).to_df()
+    return _AsOf(got.drop_duplicates(_KEY, keep="last").set_index(_KEY)[names], key)
+
+
+def _computed(view: OnDemandFeatureView, entity: pd.DataFrame, read: Mapping[str, _AsOf],
+              names: list[str]) -> pd.DataFrame:  # fmt: skip
+    """An on-demand view's ``names``, computed from the entity rows (its request fields) and the
+    values read of its sources, as Feast's retrieval job computes them."""
+    sources = [read[p.name].rows([f.name for f in p.features]) for p in view.source_feature_view_projections.values()]
+    inputs = pd.concat([entity, *sources], axis=1)
+    inputs = inputs.loc[:, ~inputs.columns.duplicated()]
+    missing = [field.name for source in view.source_request_sources.values() for field in source.schema
+               if field.name not in inputs.columns]  # fmt: skip
+    if missing:
+        raise FeaturesError(f"features: historical read: the entity rows have no {missing[0]} ({view.name} needs it)")
+    out = view.transform_arrow(pa.Table.from_pandas(inputs, preserve_index=False), False).to_pandas()
+    return out[names]
+
+
+def historical_values(
+    store: FeatureStore, features: Sequence[str], service: str | None, rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    """The values of ``features`` (or of the feature ``service``) as of each row's
+    ``event_timestamp``, by name: the rows' own columns, then the features; a value per row,
+    in the rows' order, JSON's (:mod:`.frames`), missing where the view has none in its TTL."""
+    # Not quiet: the features service reads online on another thread, inside a redirection of
+    # sys.stdout, which is the whole process's; two threads swapping it could leave it swapped.
+    with _translated("historical read", quiet=False):
+        entity = pd.DataFrame([dict(row) for row in rows])
+        if TIMESTAMP not in entity.columns:
+            raise FeaturesError(f"features: historical read: the entity rows have no {TIMESTAMP}")
+        entity[TIMESTAMP] = pd.to_datetime(entity[TIMESTAMP], utc=True)
+        asked = _asked(store, features, service)
+        on_demand = {view.name: view for view in store.list_on_demand_feature_views() if view.name in asked}
+        read = {view: _as_of(store, entity, view, names) for view, names in _batch_needs(asked, on_demand).items()}
+        values = {str(name): column_values(entity[name]) for name in entity.columns}
+        for view, names in asked.items():
+            computed = _computed(on_demand[view], entity, read, names) if view in on_demand else None
+            for name in names:
+                if name in values:
+                    raise FeaturesError(f"features: historical read: more than one column is named {name!r}")
+                values[name] = column_values(computed[name]) if computed is not None else read[view].values(name)
+        return values

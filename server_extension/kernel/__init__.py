@@ -30,6 +30,7 @@ import sys
 import threading
 from typing import Any
 
+from hubforge.features import usage
 from hubforge.server_extension.kernel import quiet
 from hubforge.server_extension.kernel.audit import CellAudit, cell_audit
 from hubforge.server_extension.kernel.context import KernelContext
@@ -78,6 +79,7 @@ def load_ipython_extension(ipython: Any) -> None:
         ipython.events.register("post_run_cell", cells.post_run_cell)
         atexit.register(cells.close)
     ipython.register_magic_function(_magic, "line", "hubforge_tracking")
+    usage.set_recorder(tracker.record_features)
     atexit.register(tracker.finish)
     _finish_on_shutdown_request(ipython, tracker)
     _handle_sigterm()
@@ -180,6 +182,7 @@ def unload_ipython_extension(ipython: Any) -> None:
         cells.close()
     if tracker is None:
         return
+    usage.set_recorder(None)
     ipython.events.unregister("pre_run_cell", tracker.pre_run_cell)
     ipython.events.unregister("post_run_cell", tracker.post_run_cell)
     atexit.unregister(tracker.finish)

@@ -1,15 +1,21 @@
-"""What a notebook's run ends with: the notebook as it is on disk, the cells as they ran, the environment."""
+"""What a notebook's run ends with: the notebook as it is on disk, the cells as they ran, the environment,
+the feature reads."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["EXECUTED", "executed_cells", "freeze", "session_files"]
+__all__ = ["EXECUTED", "RETRIEVALS", "executed_cells", "feature_files", "freeze", "session_files"]
 
 #: The artifact (under ``notebook/``) that lists the cells in the order they ran.
 EXECUTED = "executed_cells.py"
+#: The artifact (under ``features/``) that lists the feature reads of the session.
+RETRIEVALS = "retrievals.json"
 
 
 def freeze() -> str:
@@ -54,3 +60,13 @@ def session_files(
             return files
         files.append((copy, "notebook"))
     return files
+
+
+def feature_files(folder: Path, summary: Mapping[str, Any]) -> list[tuple[Path, str]]:
+    """The session's feature reads (:meth:`hubforge.features.usage.FeatureUsage.summary`) as
+    ``features/retrievals.json`` in ``folder``; nothing when it read none."""
+    if not summary:
+        return []
+    path = folder / RETRIEVALS
+    path.write_text(json.dumps(summary, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    return [(path, "features")]

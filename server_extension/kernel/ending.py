@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubforge.contract import PARAMETERS_ENV, param_item
 from hubforge.server_extension.kept_fits import KeptFit, write_fit
-from hubforge.server_extension.kernel.artifacts import session_files
+from hubforge.server_extension.kernel.artifacts import feature_files, session_files
 from hubforge.server_extension.kernel.patches import detach_active_run
 from hubforge.server_extension.kernel.training import FitJob
 from hubforge.server_extension.pending import PLACEHOLDER as PENDING
@@ -42,6 +42,7 @@ class RunEnding:
     ctx: Any
     queue: Any
     autolog: Any
+    features: Any
     run_id: str | None
     experiment_id: str | None
     finishing: bool
@@ -216,12 +217,13 @@ class RunEnding:
             client.log_metric(self.run_id, "hubforge.dropped", dropped)
 
     def _snapshot(self, folder: Path) -> list[tuple[Path, str]]:
-        """The environment, the notebook under its current name and the cells as they ran."""
+        """The environment, the notebook under its current name, the cells as they ran, the features read."""
         try:
             history = list(self.history()) if self.history is not None else None
         except Exception:
             history = None
-        return session_files(folder, self.ctx.notebook_file(self.notebook), history=history)
+        files = session_files(folder, self.ctx.notebook_file(self.notebook), history=history)
+        return files + feature_files(folder, self.features.summary())
 
     def _log_snapshot(self, client: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="hubforge-artifacts-") as tmp:

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,7 @@ class TrackingQueue:
         self._memory: deque[Item] = deque()
         self._staged: deque[Item] = deque()
         self._retries: deque[_Batch] = deque()
+        self._folds: deque[tuple[str, Callable[[Any], Mapping[str, str]], Any]] = deque()
         self._cond = threading.Condition()
         self._outstanding = 0
         self.dropped = 0
@@ -213,6 +214,23 @@ class TrackingQueue:
         """Queue one tag."""
         self._put(tag_item(run_id, key, str(value)))
 
+    def fold(self, run_id: str, merge: Callable[[Any], Mapping[str, str]], value: Any) -> None:
+        """Queue ``value`` for ``merge`` to fold into the run's tags on the sender thread; O(1), no network.
+
+        For what accumulates over a session (the feature views a notebook read): the caller
+        pays one append; ``merge(value)`` runs on the sender thread and returns the tags its
+        value changed, which then go out like :meth:`set_tag`'s, the last value of each key
+        once per round. A ``merge`` that raises costs its own value only.
+        """
+        with self._cond:
+            if self._closing and not self._thread.is_alive():
+                self.dropped += 1
+                return
+            if not self._memory and not self._folds:
+                self._oldest_at = time.monotonic()
+            self._folds.append((run_id, merge, value))
+            self._outstanding += 1
+
     def activity(self) -> None:
         """The caller is busy now (a cell starts or ends): hold partial batches for ``quiet`` seconds.
 
@@ -225,7 +243,7 @@ class TrackingQueue:
             if self._closing and not self._thread.is_alive():
                 self.dropped += 1
                 return
-            if not self._memory:
+            if not self._memory and not self._folds:
                 self._oldest_at = time.monotonic()
             self._memory.append(item)
             self._outstanding += 1
@@ -292,6 +310,7 @@ class TrackingQueue:
             while (raw := self._spool.read_raw()) is not None:
                 items.extend(json.loads(raw))
             items.extend(self._memory)
+            items.extend(self._merged_locked())
             self._retries.clear()
             self._staged.clear()
             self._memory.clear()
@@ -413,7 +432,7 @@ class TrackingQueue:
             return False
         if self._retries or self._staged or self._spool.items:
             return True
-        if not self._memory:
+        if not self._memory and not self._folds:
             return False
         if self._flushing or self._closing or len(self._memory) >= MAX_METRICS:
             return True
@@ -425,7 +444,7 @@ class TrackingQueue:
         return max(self._next_send, ready)
 
     def _until_due_locked(self) -> float:
-        if self._held or not self._memory:
+        if self._held or not (self._memory or self._folds):
             return self.flush_interval  # release(), a full batch and flush() notify
         return max(0.001, self._send_at_locked() - time.monotonic())
 
@@ -442,6 +461,12 @@ class TrackingQueue:
     def _stage(self) -> None:
         """Move the oldest items (a spooled chunk, else up to one batch of memory) to staged."""
         with self._cond:
+            if self._folds:  # into memory, counted there instead
+                folds = len(self._folds)
+                merged = self._merged_locked()
+                self._memory.extend(merged)
+                self._outstanding += len(merged) - folds
+                self._cond.notify_all()
             raw = self._spool.read_raw()
             if raw is None:
                 for _ in range(min(len(self._memory), MAX_METRICS)):
@@ -451,6 +476,18 @@ class TrackingQueue:
         with self._cond:
             self._spool.items -= len(chunk)
         self._staged.extend(chunk)
+
+    def _merged_locked(self) -> list[Item]:
+        """The tags the queued folds return, the last value of each (run, key); the folds are gone."""
+        tags: dict[tuple[str, str], str] = {}
+        while self._folds:
+            run_id, merge, value = self._folds.popleft()
+            try:
+                for key, text in merge(value).items():
+                    tags[(self._aliases.get(run_id, run_id), str(key))] = str(text)
+            except Exception as exc:
+                log.warning("hubforge tracking: could not merge %s into run tags: %s", type(value).__name__, exc)
+        return [tag_item(run_id, key, text) for (run_id, key), text in tags.items()]
 
     def _take_batch(self) -> _Batch:
         """Pop staged items of one run up to MLflow's per-request limits."""

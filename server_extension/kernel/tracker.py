@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hubforge.contract import KEY, KIND, METRIC, PARAM, RUN_ID_FILE_ENV, TAG
+from hubforge.features.usage import FeatureUsage, Retrieval
 from hubforge.server_extension.kernel import autolog as autologging
 from hubforge.server_extension.kernel.artifacts import freeze
 from hubforge.server_extension.kernel.context import (
@@ -106,6 +107,7 @@ class Tracker(RunEnding):
         self.experiment_id: str | None = None
         self.queue: TrackingQueue | None = None
         self.autolog: autologging.Autolog | None = None
+        self.features = FeatureUsage()  # the feature views and services this session read
         self.last_failed = False
         self.finishing = False  # finish() has started (on whichever thread)
         self.finished = False  # ... and is done
@@ -214,6 +216,7 @@ class Tracker(RunEnding):
             print("hubforge: tracking off (no MLFLOW_TRACKING_URI)", file=sys.stderr)
             return
         self._start_ms = int(time.time() * 1000)
+        self.features = FeatureUsage()
         spool = Path(self.ctx.spool_dir)
         self.queue = TrackingQueue(
             _client, spool_dir=spool, on_refused=self._refused, quiet=SEND_WHEN_QUIET_S, max_delay=SEND_WITHIN_S
@@ -363,6 +366,13 @@ class Tracker(RunEnding):
         """(run id, experiment id) once the run is open (see :class:`.autolog.Session`)."""
         run_id, experiment_id = self.run_id, self.experiment_id
         return (run_id, experiment_id) if run_id and experiment_id else None
+
+    def record_features(self, retrieval: Retrieval) -> None:
+        """A read of feature values (see :mod:`hubforge.features.usage`): counted here, merged
+        into the session run's tags on the queue's sender thread; a repeated one costs a lookup."""
+        queue = self.queue
+        if self.enabled and queue is not None and self.features.note(retrieval):
+            queue.fold(self.run_id or PENDING, self.features.merge, retrieval)
 
     def source_tags(self) -> dict[str, str]:
         """The source tags of runs started in this kernel, naming the notebook as it is now."""

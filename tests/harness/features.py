@@ -15,6 +15,7 @@ import httpx
 from harness.hub import FakeHub
 from harness.platform import free_port, wait_for
 from hubforge.config import load_config
+from hubforge.contract import GOVERNANCE_URL_ENV
 from hubforge.features.environment import feast_python
 
 PREFIX = "/services/features/"
@@ -62,19 +63,23 @@ def view(name: str, description: str = "", **tags: str) -> dict[str, Any]:
 
 
 class FeaturesProcess:
-    def __init__(self, hub: FakeHub, data: Path) -> None:
+    """The service on ``data`` behind ``hub``, as ``token``; ``governance``: where it checks grants."""
+
+    def __init__(self, hub: FakeHub, data: Path, token: str = SERVICE_TOKEN, governance: str | None = None) -> None:
         self.port = free_port()
         self.catalog_path = data / "features" / "catalog.json"
         self.log = data.parent / "features.log"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HUBFORGE_DATA": str(data),
-            "JUPYTERHUB_API_TOKEN": SERVICE_TOKEN,
+            "JUPYTERHUB_API_TOKEN": token,
             "JUPYTERHUB_API_URL": hub.api_url,
             "JUPYTERHUB_SERVICE_NAME": "features",
             "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
             "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{self.port}",
         }
+        if governance:
+            env[GOVERNANCE_URL_ENV] = governance
         python = feast_python(load_config(None, environ={}))
         with self.log.open("wb") as log:
             cmd = [str(python), "-m", "hubforge.hub.features"]

@@ -80,7 +80,8 @@ def test_restricted_data_is_refused_saying_how_to_ask_for_it(service: FeaturesPr
     assert answer.status_code == 403
     assert answer.json()["message"] == (
         "customer_profile is restricted: reading its data needs an approved data-access request "
-        "(target feature_view:hubforge_demo/customer_profile) from a data steward"
+        "(target feature_view:hubforge_demo/customer_profile) from a data steward; ask for it with the "
+        "feature browser's Request access button, or submit one to the governance service"
     )
 
 

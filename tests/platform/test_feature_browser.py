@@ -5,8 +5,10 @@ The demo repository is applied into the running platform's data folder as `make 
 started serves its catalog. In Debian's chromium, alice opens a notebook, shows the
 browser, types a word as a person does, picks the view she finds and reads its schema,
 lineage and the code that reads it, runs that code's online read from her kernel, and is
-refused restricted data; the API answers her token and nobody's without one.
-A screenshot is kept.
+refused restricted data; the API answers her token and nobody's without one. She asks for
+access from the browser (purpose, a week); dan approves on his decision page; her kernel
+then reads the view; erin finds the request, the approval and the reads in the audit
+trail. Screenshots are kept.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from harness.jupyterlab import (
     run_cell,
     start_server_from_spawn_page,
 )
-from harness.platform import CHROMIUM, CHROMIUM_FLAGS
+from harness.platform import CHROMIUM, CHROMIUM_FLAGS, HubSession, api, wait_for
 
 FEATURES = "/services/features/api"
+GOV = "/services/governance/api"
 
 
 def apply_demo(platform: Any) -> None:
@@ -39,6 +42,50 @@ def apply_demo(platform: Any) -> None:
                           env=platform.env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "[hubforge] features: catalog: 4 feature views, 2 feature services" in done.stdout
+
+
+def request_access(page: Any, panel: Any, client: httpx.Client) -> str:
+    """alice picks the restricted view in the browser and asks for a week's access; the request's id."""
+    search = panel.get_by_placeholder("Search names, descriptions, owners, tags")
+    search.fill("")
+    search.click(timeout=UI_TIMEOUT_MS)
+    page.keyboard.type("customer prof", delay=120)
+    results = panel.locator("select").first
+    results.locator("option", has_text="customer_profile").first.wait_for(state="attached", timeout=UI_TIMEOUT_MS)
+    results.select_option(label=results.locator("option", has_text="customer_profile").first.inner_text())
+    panel.get_by_text("restricted; you hold no access").first.wait_for(timeout=UI_TIMEOUT_MS)
+    panel.get_by_placeholder("Purpose: what you will use the data for (for the data steward)").fill(
+        "Retrain the churn model on plans and tenure for the Q1 review."
+    )
+    panel.locator(".widget-dropdown select").first.select_option(label="7 days")
+    panel.locator("button", has_text="Request access").click(timeout=UI_TIMEOUT_MS)
+    panel.get_by_text("Sent: request").first.wait_for(timeout=UI_TIMEOUT_MS)
+    panel.get_by_text("awaits a data steward's decision").first.wait_for(timeout=UI_TIMEOUT_MS)
+    listed = client.get(f"{GOV}/requests", params={"kind": "data-access", "status": "pending"}).json()
+    (request,) = [r for r in listed if r["target"] == "feature_view:hubforge_demo/customer_profile"]
+    assert (request["requester"], request["duration_days"]) == ("alice", 7)
+    return str(request["id"])
+
+
+def erin_reads_the_story(platform: Any, request_id: str) -> None:
+    """erin, the platform admin, finds the request, dan's approval and alice's reads in the trail."""
+    erin = HubSession(platform.url)
+    try:
+        assert erin.login("erin").status_code == 302
+        token = erin.new_token("erin", "audit")
+    finally:
+        erin.close()
+    with api(platform.url, token) as c:
+
+        def told() -> bool:
+            reads = c.get(f"{GOV}/audit/events", params={"type": "features/read/v1", "user": "alice"}).json()
+            outcomes = {(e["outcome"], e["event"].get("request_id")) for e in reads["events"]}
+            return {("denied", None), ("success", request_id)} <= outcomes
+
+        wait_for(told, 30, "alice's reads in the audit trail")
+        asked = c.get(f"{GOV}/audit/events", params={"type": "governance/data_access/v1"}).json()["events"]
+        story = {(e["event"]["action"], e["user"]) for e in asked if e["event"].get("request_id") == request_id}
+        assert story == {("requested", "alice"), ("approved", "dan")}
 
 
 @pytest.mark.parametrize("platform", ["sqlite"], indirect=True)
@@ -84,6 +131,24 @@ def test_alice_finds_a_feature_by_typing_and_gets_its_code(platform: Any, sessio
             run_cell(page, 3, restricted)
             out = notebook(page).locator(".jp-CodeCell").nth(3).locator(".jp-OutputArea-output")
             out.get_by_text("customer_profile is restricted").first.wait_for(timeout=UI_TIMEOUT_MS)
+            request_id = request_access(page, panel, client)
+            # dan, a data steward, approves on his decision page; nothing in alice's notebook could.
+            assert client.post(f"{GOV}/requests/{request_id}/decision", json={"decision": "approve"}).status_code == 403
+            dan = HubSession(platform.url)
+            try:
+                assert dan.login("dan").status_code == 302
+                decided = dan.decide(request_id, "approve", "fine for the Q1 churn review")
+                assert decided.status_code == 200, decided.text
+            finally:
+                dan.close()
+            panel.locator("button", has_text="Check again").click(timeout=UI_TIMEOUT_MS)
+            panel.get_by_text("you hold access until").first.wait_for(timeout=UI_TIMEOUT_MS)
+            page.screenshot(path=str(artifacts / "feature-browser-access.png"), full_page=True)
+            reread = 'print(sorted(OnlineFeatures.from_env().get(["customer_profile:plan"], [{"customer_id": 1001}])))'
+            run_cell(page, 4, reread)
+            out = notebook(page).locator(".jp-CodeCell").nth(4).locator(".jp-OutputArea-output")
+            out.get_by_text("['customer_id', 'plan']").wait_for(timeout=UI_TIMEOUT_MS)
+            erin_reads_the_story(platform, request_id)
         except Exception:
             page.screenshot(path=str(artifacts / "feature-browser-failed.png"), full_page=True)
             raise

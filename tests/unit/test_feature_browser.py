@@ -200,7 +200,8 @@ def test_ttl_and_freshness_in_words() -> None:
 def test_the_code_of_a_view_reads_each_feature_by_reference() -> None:
     catalog = Catalog(demo())
     code = snippet_for(catalog, item(catalog, "feature_view", "customer_activity"))
-    assert "store.get_historical_features(\n    entity_df=entity_df,\n    features=[\n" in code
+    assert "training_df = HistoricalFeatures.from_env().get(\n    [\n" in code and "    entity_df=entity_df,\n" in code
+    assert "store." not in code, "the kernel has no Feast: it reads through the platform"
     assert '"customer_activity:sessions_7d",' in code and '"customer_activity:spend_7d_usd",' in code
     assert "OnlineFeatures.from_env().get(" in code and 'entity_rows=[{"customer_id": 1001}]' in code
     assert '"customer_id": [1001, 1002],' in code
@@ -326,11 +327,10 @@ def test_a_service_shows_its_views_and_features_and_the_code_to_read_them() -> N
     assert "<td><code>customer_activity</code></td><td><code>spend_7d_usd</code></td><td>Float64</td>" in shown
     assert "it uses customer_profile" in shown
     code = panel.snippet
-    assert 'features=store.get_feature_service("churn_model_v1"),' in code
-    assert code.count("store.get_feature_service") == 1 and "store.get_historical_features(" in code
-    assert 'feature_service="churn_model_v1",' in code, "online, through the platform's reader"
+    assert code.count('feature_service="churn_model_v1",') == 2, "training and online, through the platform's readers"
+    assert "HistoricalFeatures.from_env().get(" in code and "store." not in code
     assert 'entity_rows=[{"customer_id": 1001}]' in code and "needs an approved data-access request" in code
-    assert "store.get_feature_service(&quot;churn_model_v1&quot;)" in panel.code.value
+    assert "feature_service=&quot;churn_model_v1&quot;" in panel.code.value
     compile(code, "<snippet>", "exec")
 
 
