@@ -35,6 +35,7 @@ from .client import Background, FeaturesClient, WidgetError, mlflow_client, one_
 from .feature_access import AccessPanel, GovernanceLike
 from .feature_lineage import Lineage, lineage_runs, mlflow_ui_url
 from .feature_lineage import lineage_html as runs_html
+from .feature_sample import OnlineLike, SamplePanel
 from .feature_text import (
     HINT,
     KIND_FILTERS,
@@ -115,7 +116,8 @@ class FeatureBrowser(widgets.VBox):
     (default :func:`notebook_insert`). ``limit``: the most results listed. ``governance``:
     makes the client the access panel asks (default: the kernel's governance service).
     ``mlflow``: makes the MLflow client the runs that used a view are found with (default:
-    the platform's MLflow, as the person).
+    the platform's MLflow, as the person). ``online``: makes the reader of online samples
+    (default: the features service, as the server).
     """
 
     def __init__(
@@ -128,9 +130,11 @@ class FeatureBrowser(widgets.VBox):
         load: bool = True,
         governance: Callable[[], GovernanceLike] | None = None,
         mlflow: Callable[[], Any] | None = None,
+        online: Callable[[], OnlineLike] | None = None,
     ) -> None:
         self._client, self._insert, self._limit = client, insert, limit
         self._governance = governance
+        self._online = online
         self._mlflow = mlflow or mlflow_client
         self._mlflow_client: Any = None
         self._lineage: Lineage | None = None
@@ -166,10 +170,12 @@ class FeatureBrowser(widgets.VBox):
         self.insert_button.on_click(lambda _: self.insert())
         self.insert_status = widgets.HTML("")
         self.access = AccessPanel(self._governance)
+        self.sample = SamplePanel(self._online)
         left = widgets.VBox([self.query, self.list, self.note], layout=widgets.Layout(width="40%"))
         snippet = widgets.VBox([self.code, widgets.HBox([self.insert_button, self.insert_status])])
         right = widgets.VBox(
-            [self.detail, self.runs, self.access, snippet], layout=widgets.Layout(width="60%", padding="0 0 0 12px")
+            [self.detail, self.sample, self.runs, self.access, snippet],
+            layout=widgets.Layout(width="60%", padding="0 0 0 12px"),
         )
         header = widgets.HBox([self.title, self.refresh_button])
         super().__init__([header, self.activity, self.status, self.kind, widgets.HBox([left, right])])
@@ -273,6 +279,7 @@ class FeatureBrowser(widgets.VBox):
             self.detail.value, self.code.value = HINT, ""
             self.insert_button.disabled = True
             self.access.show("", [])
+            self.sample.layout.display = "none"
             self.runs.value = ""
             return
         self._selected = (kind, name)
@@ -288,6 +295,7 @@ class FeatureBrowser(widgets.VBox):
             )
             self._snippet = ""
         self.access.show(str(catalog.project.get("name") or ""), restricted_of(catalog, item))
+        self.sample.show(catalog, item)
         self._find_runs(catalog, item)
         self.code.value = f'<pre style="overflow-x:auto">{html.escape(self._snippet)}</pre>' if self._snippet else ""
         self.insert_button.disabled = not self._snippet

@@ -32,6 +32,7 @@ __all__ = [
     "lineage_html",
     "plural",
     "result_label",
+    "row_keys",
     "snippet_for",
     "ttl_text",
 ]
@@ -318,6 +319,11 @@ def _keys(catalog: Catalog, views: Iterable[str]) -> dict[str, str]:
                 for column in _list(request.data, "fields"):
                     keys.setdefault(str(column.get("name")), str(column.get("dtype", "")))
     return keys
+
+
+def row_keys(catalog: Catalog, views: Iterable[str]) -> dict[str, str]:
+    """The columns an entity row needs to read ``views`` (join keys, request fields), with their types."""
+    return _keys(catalog, views)
 
 
 def _calls(what: str, keys: Mapping[str, str], restricted: bool) -> str:

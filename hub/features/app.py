@@ -39,7 +39,7 @@ from hubforge.events.spool import open_spool, platform_spool_dir
 from hubforge.features.apply import features_dir
 from hubforge.features.catalog import CATALOG_FILE, KINDS, Catalog
 from hubforge.features.catalog import load as load_catalog
-from hubforge.features.repo import FeaturesError
+from hubforge.features.repo import FeaturesError, StoreUnreachable
 from hubforge.hub.service_app import HubServiceApp, JSONErrorHandler, make_hub_auth
 
 from .access import DataAccess, Grant, ReadAudit, restricted_views
@@ -240,6 +240,9 @@ class ReadHandler(FeaturesHandler):
             values = await self.settings[self.mode].read(query)
         except FeaturesError as exc:
             await self.recorded(catalog, views, grants, "failure", reason=str(exc), **read)
+            if isinstance(exc, StoreUnreachable):  # the store's fault, not the request's: try again later
+                self.log.error("%s read failed: %s", self.mode, exc)
+                raise web.HTTPError(503, "%s", str(exc)) from None
             raise web.HTTPError(400, "%s", str(exc)) from None
         await self.recorded(catalog, views, grants, "success", **read)
         self.set_header("Content-Type", JSON_TYPE)

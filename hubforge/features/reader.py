@@ -47,9 +47,12 @@ class OnlineFeatures:
         max_keys: int = 10_000,
         timeout: httpx.Timeout = TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        record: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
         self.ttl, self.max_keys = ttl, max_keys
+        #: Whether reads are recorded on the notebook's run (a glance from the browser is not).
+        self.record = record
         headers = {"Authorization": f"token {token}", "Accept": "application/json"}
         self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport)
         self._kept: OrderedDict[tuple[tuple[str, ...], RowKey], tuple[float, dict[str, Any]]] = OrderedDict()
@@ -106,7 +109,8 @@ class OnlineFeatures:
                 while len(self._kept) > self.max_keys:
                     self._kept.popitem(last=False)
         names = list(found[0]) if found else []
-        record_retrieval("online", (), [feature_service or ""], () if feature_service else features)
+        if self.record:
+            record_retrieval("online", (), [feature_service or ""], () if feature_service else features)
         return {name: [found[i][name] for i in range(len(rows))] for name in names}
 
     def _read(self, body: Mapping[str, Any]) -> dict[str, list[Any]]:

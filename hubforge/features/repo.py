@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from hubforge.errors import HubforgeError
+from hubforge.errors import HubforgeError, Unavailable
 
 __all__ = [
     "DATA_VERSION",
@@ -50,6 +50,11 @@ REFRESH_AFTER = timedelta(days=7)
 
 class FeaturesError(HubforgeError):
     """The feature repository could not be written, applied or materialized; one line saying why."""
+
+
+class StoreUnreachable(FeaturesError, Unavailable):
+    """A store of the repository (the online store's Redis, say) cannot be reached now: no
+    fault of the request, try again later (503)."""
 
 
 def definitions_text() -> str:

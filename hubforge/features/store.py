@@ -37,7 +37,7 @@ from feast.repo_contents import RepoContents
 from feast.repo_operations import extract_objects_for_apply_delete, get_repo_files, is_valid_name
 
 from .frames import column_values
-from .repo import FeaturesError
+from .repo import FeaturesError, StoreUnreachable
 
 __all__ = [
     "Applied",
@@ -103,7 +103,26 @@ def _translated(step: str, *, quiet: bool = True) -> Iterator[None]:
     # Feast and the code of a repository raise anything (ValueError, its own exceptions,
     # SyntaxError, ImportError, redis' errors): each ends here as one line for a person.
     except Exception as exc:
+        if _unreachable(exc):
+            raise StoreUnreachable(f"features: {step}: a store cannot be reached: {_reason(exc)}") from exc
         raise FeaturesError(f"features: {step}: {_reason(exc)}") from exc
+
+
+#: What the clients of the stores raise when their server is away (redis' own classes are
+#: not the builtins': they are known by name).
+_UNREACHABLE_NAMES = frozenset({"ConnectionError", "TimeoutError", "BusyLoadingError"})
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says a store's server cannot be reached."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionError | TimeoutError) or type(seen).__name__ in _UNREACHABLE_NAMES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _load_module(path: Path) -> ModuleType:

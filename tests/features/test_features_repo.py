@@ -363,3 +363,24 @@ def test_a_lost_catalog_is_written_again_by_the_next_run(on_sqlite: Applied, tmp
     assert again.plan == Plan(generate=False, apply=False, materialize=False)
     assert any(line.startswith("features: catalog: 4 feature views, 2 feature services") for line in lines)
     assert (first.repo / "catalog.json").is_file()
+
+
+def test_an_online_read_while_redis_is_away_says_so_in_one_line(on_redis: Applied, tmp_path: Path) -> None:
+    """The service answers 503 for it (StoreUnreachable), not a 400: the request was fine."""
+    import shutil
+
+    from hubforge.features.repo import StoreUnreachable
+    from hubforge.features.store import online_values, open_store
+
+    repo = tmp_path / "repo"
+    shutil.copytree(on_redis.cfg.data_dir / "features", repo)
+    settings = repo / "feature_store.yaml"
+    with refused_port() as port:
+        settings.write_text(settings.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
+        assert f"127.0.0.1:{port}" in settings.read_text()
+        store = open_store(repo)
+        with pytest.raises(StoreUnreachable) as caught:
+            online_values(store, ["merchant_risk:category"], None, [{"merchant_id": 501}])
+    message = str(caught.value)
+    assert message.startswith("features: online read: a store cannot be reached: ConnectionError")
+    assert "\n" not in message and "Traceback" not in message
