@@ -180,6 +180,54 @@ def _online(backend: str) -> list[Result]:
     ]
 
 
+RESTRICTED_CALLS = 200
+
+
+def _restricted() -> list[Result]:
+    """A restricted view read under a grant (checked with the real governance service, the read's
+    audit event on disk before the answer) against an unrestricted read, same service, same run."""
+    from harness.features import ACCESS, FeaturesProcess
+    from harness.governance import PREFIX, serving_governance
+    from hubforge.features.reader import OnlineFeatures
+    from hubforge.hub.governance.store import GovernanceStore
+
+    with tempfile.TemporaryDirectory(prefix="hubforge-bench-restricted-") as tmp:
+        data = _apply(Path(tmp), "")
+        store = GovernanceStore(f"sqlite:///{tmp}/governance.sqlite")
+        store.upgrade()
+        with serving_governance(store, Path(tmp) / "governance") as gov:
+            alice = gov.hub.tokens["alice-token"]
+            gov.hub.tokens["alice-token"] = {**alice, "scopes": [*alice["scopes"], ACCESS]}
+            body = {"kind": "data-access", "target": "feature_view:hubforge_demo/customer_profile",
+                    "justification": "The restricted-read benchmark.", "duration_days": 1}  # fmt: skip
+            with gov.client("alice-token") as c:
+                request = c.post("api/requests", json=body).json()
+            gov.decide("dan-token", request["id"]).raise_for_status()
+            service = FeaturesProcess(gov.hub, data, token="features-token", governance=gov.url + PREFIX)
+            try:
+                reader = OnlineFeatures(service.url, "alice-token", ttl=0.0, record=False)
+                reads = {"restricted": ["customer_profile:plan", "customer_profile:tenure_months"],
+                         "open": ["customer_activity:sessions_7d", "customer_activity:spend_7d_usd"]}  # fmt: skip
+                times: dict[str, list[float]] = {name: [] for name in reads}
+                for features in reads.values():  # open the store; fetch the grant
+                    reader.get(features, [{"customer_id": 1001}])
+                for i in range(RESTRICTED_CALLS):  # interleaved: the machine's noise falls on both
+                    for name, features in reads.items():
+                        started = time.perf_counter()
+                        reader.get(features, [{"customer_id": 1001 + i % 20}])
+                        times[name].append((time.perf_counter() - started) * 1000)
+                reader.close()
+            finally:
+                service.stop()
+        store.dispose()
+    baseline, name = "unrestricted read, same service", "features: restricted online read (grant + audit)"
+    p99 = [_quantile(times["restricted"], 99)], [_quantile(times["open"], 99)]
+    return [
+        Result(f"{name} p50", "ms", times["restricted"], times["open"], baseline),
+        Result(f"{name} p99", "ms", *p99, baseline),
+    ]
+
+
 def run(repeat: int) -> list[Result]:
     """Opening the browser and typing in it, against Feast's registry and a bare filter."""
     repo = registry()
@@ -200,6 +248,7 @@ def run(repeat: int) -> list[Result]:
     online = [result for backend in ("SQLite", "Redis") for result in _online(backend)]
     return [
         *online,
+        *_restricted(),
         Result("features: open browser, 2k views", "ms", opened, feast_list, "Feast: list views+services"),
         Result("features: open browser, 2k views", "ms", opened, feast_import, "Feast: import + list"),
         Result("features: keystroke search (p50)", "ms", typed, floor, "substring test of names"),

@@ -49,7 +49,13 @@ REFRESH_AFTER = timedelta(days=7)
 
 
 class FeaturesError(HubforgeError):
-    """The feature repository could not be written, applied or materialized; one line saying why."""
+    """The feature repository could not be written, applied or materialized, or a read was
+    refused; one line saying why."""
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows in a notebook instead of a traceback: the line says it all (a
+        refused read is no bug of the person's code)."""
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
 
 
 class StoreUnreachable(FeaturesError, Unavailable):

@@ -225,16 +225,19 @@ def backend_store(
         yield store
 
 
-@pytest.fixture(scope="module")
-def running(backend_store: GovernanceStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+@contextlib.contextmanager
+def serving_governance(store: GovernanceStore, tmp: Path) -> Iterator[Running]:
+    """The governance service on ``store`` behind a fake hub of :data:`USERS`, in a loop thread."""
+    for folder in ("events", "key"):
+        (tmp / folder).mkdir(parents=True, exist_ok=True)
     loop = LoopThread()
     hub = FakeHub(USERS, SERVICE_TOKEN).start()
-    audit = EventSpool(tmp_path_factory.mktemp("events") / "governance", "governance")
-    key = load_signing_key(tmp_path_factory.mktemp("key") / "audit-signing-key.pem", create=True)
-    trail = AuditLog(backend_store, key)
+    audit = EventSpool(tmp / "events" / "governance", "governance")
+    key = load_signing_key(tmp / "key" / "audit-signing-key.pem", create=True)
+    trail = AuditLog(store, key)
     running = Running(url="", hub=hub, app=None, loop=loop, audit=audit, trail=trail)  # type: ignore[arg-type]
     running.app = make_app(
-        backend_store,
+        store,
         PREFIX,
         hub_auth=make_hub_auth(PREFIX, environ=running.hub_env()),
         group_personas=load_config(environ={}).group_personas(),
@@ -245,15 +248,23 @@ def running(backend_store: GovernanceStore, tmp_path_factory: pytest.TempPathFac
         snapshots=FixedSnapshots(),
     )
     running.url = running.serve_app(running.app)
-    yield running
-    for server in running.servers:
-        server.stop()
-    hub.shutdown()
-    hub.server_close()
-    audit.close()
-    # HubOAuth's aiohttp session belongs to this loop: close it here, not at exit.
-    loop.run(close_hub_http_client())
-    loop.stop()
+    try:
+        yield running
+    finally:
+        for server in running.servers:
+            server.stop()
+        hub.shutdown()
+        hub.server_close()
+        audit.close()
+        # HubOAuth's aiohttp session belongs to this loop: close it here, not at exit.
+        loop.run(close_hub_http_client())
+        loop.stop()
+
+
+@pytest.fixture(scope="module")
+def running(backend_store: GovernanceStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with serving_governance(backend_store, tmp_path_factory.mktemp("governance")) as running:
+        yield running
 
 
 async def close_hub_http_client() -> None:

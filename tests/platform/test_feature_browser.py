@@ -44,6 +44,16 @@ def apply_demo(platform: Any) -> None:
     assert "[hubforge] features: catalog: 4 feature views, 2 feature services" in done.stdout
 
 
+#: Look for the runs that read merchant_risk until the tracker has sent the read (its queue, off the cells).
+FIND_RUNS = """import time
+for _ in range(90):
+    browser.select("feature_view", "merchant_risk"); browser.wait_runs(30)
+    if browser.lineage is not None and (browser.lineage.runs or browser.lineage.error):
+        break
+    time.sleep(1)
+print("runs that read merchant_risk:", len(browser.lineage.runs), browser.lineage.error)"""
+
+
 def request_access(page: Any, panel: Any, client: httpx.Client) -> str:
     """alice picks the restricted view in the browser and asks for a week's access; the request's id."""
     search = panel.get_by_placeholder("Search names, descriptions, owners, tags")
@@ -153,6 +163,12 @@ def test_alice_finds_a_feature_by_typing_and_gets_its_code(platform: Any, sessio
             out = notebook(page).locator(".jp-CodeCell").nth(4).locator(".jp-OutputArea-output")
             out.get_by_text("['customer_id', 'plan']").wait_for(timeout=UI_TIMEOUT_MS)
             erin_reads_the_story(platform, request_id)
+            # Her reads were recorded on her notebook's run: the browser finds it (through MLflow's gate).
+            run_cell(page, 5, FIND_RUNS)
+            out = notebook(page).locator(".jp-CodeCell").nth(5).locator(".jp-OutputArea-output")
+            out.get_by_text("runs that read merchant_risk: 1").wait_for(timeout=UI_TIMEOUT_MS)
+            panel.get_by_text("Runs and models:").first.wait_for(timeout=UI_TIMEOUT_MS)
+            page.screenshot(path=str(artifacts / "feature-browser-runs.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(artifacts / "feature-browser-failed.png"), full_page=True)
             raise

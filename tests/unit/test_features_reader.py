@@ -81,3 +81,21 @@ def test_an_unreachable_service_and_a_kernel_outside_the_platform_are_one_line()
         online.get(["merchant_risk:avg_ticket_usd"], [{"merchant_id": 501}])
     with pytest.raises(FeaturesError, match="HUBFORGE_FEATURES_URL is not set"):
         OnlineFeatures.from_env({})
+
+
+def test_a_refusal_in_a_notebook_is_its_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shown = shell.run_cell(
+            "from hubforge.features import FeaturesError\n"
+            "raise FeaturesError('features: online read refused (403): customer_profile is restricted: ...')"
+        )
+    finally:
+        InteractiveShell.clear_instance()
+    assert isinstance(shown.error_in_exec, FeaturesError)
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "customer_profile is restricted" in text and "Traceback" not in text and "raise " not in text
+    assert FeaturesError("x")._render_traceback_() == ["\x1b[0;31mFeaturesError\x1b[0m: x"]
