@@ -136,7 +136,12 @@ class FeaturesHandler(HubAuthenticated, JSONErrorHandler):
         if not views:
             return {}
         user, project = self.current_user["name"], str(catalog.project.get("name", ""))
+        kind = str(self.current_user.get("kind", "user"))
+        if kind != "user":  # a service named like a person is not that person, in the trail either
+            user = f"{kind}:{user}"
         try:
+            if kind != "user":
+                raise Forbidden("restricted data is read by people under a grant of their own, never by a service")
             return await self.settings["access"].require(user, project, views)
         except Forbidden as exc:
             try:

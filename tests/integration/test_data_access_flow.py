@@ -41,7 +41,7 @@ PROFILE = {"features": ["customer_profile:plan", "customer_profile:tenure_months
 CHURN = {"feature_service": "churn_model_v1", "entity_rows": [{"customer_id": 1001}]}
 PROJECT = "hubforge_demo"
 TARGET = f"feature_view:{PROJECT}/customer_profile"
-PEOPLE = ("alice-token", "bob-token", "dan-token", "erin-token")
+PEOPLE = ("alice-token", "bob-token", "dan-token", "erin-token", "robot-token")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,13 @@ def pending_ids(running: Running) -> list[str]:
     with running.client("alice-token") as c:
         listed = c.get("api/requests", params={"kind": "data-access", "status": "pending"}).json()
     return [r["id"] for r in listed if r["target"] == TARGET and r["requester"] == "alice"]
+
+
+def erin_sees(running: Running, kind: str) -> list[dict[str, Any]]:
+    with running.client("erin-token") as c:
+        answer = c.get("api/audit/events", params={"type": kind, "limit": 1000})
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["events"])
 
 
 def set_expiry(store: GovernanceStore, request_id: str, when: datetime) -> None:
@@ -136,6 +143,11 @@ def test_alice_reads_restricted_data_only_after_dan_approves_and_erin_sees_it_al
 
     for other in ("bob-token", "dan-token", "erin-token"):
         assert read(features, PROFILE, other).status_code == 403, f"{other}: a grant is its requester's alone"
+    # A hub service's token is no person's, whatever its name: it holds no grant.
+    running.hub.tokens["robot-token"] = {**running.hub.tokens["robot-token"], "name": "alice"}
+    robot = read(features, PROFILE, "robot-token")
+    assert robot.status_code == 403 and "never by a service" in robot.json()["message"]
+    running.hub.tokens["robot-token"] = {**running.hub.tokens["robot-token"], "name": "robot"}
 
     # erin reads the story in the audit trail: the request, the decision, and every read.
     assert running.audit.flush(10)
@@ -146,6 +158,7 @@ def test_alice_reads_restricted_data_only_after_dan_approves_and_erin_sees_it_al
         asked = c.get("api/audit/events", params={"type": "governance/data_access/v1", "limit": 1000})
     assert reads.status_code == 200, reads.text
     mine = [e for e in reversed(reads.json()["events"]) if e["event"]["resource"]["id"] == TARGET]
+    assert "service:alice" in {e["user"] for e in erin_sees(running, "features/read/v1")}, "the robot, as a service"
     outcomes = [(e["outcome"], e["event"].get("request_id")) for e in mine]
     assert outcomes[-4:] == [("denied", None), ("denied", None), ("success", request_id), ("success", request_id)]
     assert mine[-1]["event"]["mode"] == "online" and mine[-2]["event"]["rows"] == 2
