@@ -2,7 +2,8 @@
 
 :func:`build_report` is pure: from the stored records of ``[start, end)`` it lists every
 deployment request (who asked, who decided, a separation-of-duties breach when the
-decider is the requester), every data-access request, every failed login, every role
+decider is the requester), every data-access request, every read of restricted feature
+data (served or refused, with the grant that allowed it), every failed login, every role
 or group change and every policy denial, counts events per user and per action, and
 draws a timeline of events per hour (per day, or per several days, on longer ranges)
 by category. :func:`load_report` reads the records from the store; :func:`to_json`
@@ -58,8 +59,9 @@ __all__ = [
 EVENT_IDS = "https://events.hubforge.dev/"
 LOGIN_SCHEMA = EVENT_IDS + "hub/authentication/v1"
 ACCESS_SCHEMA = EVENT_IDS + "hub/access_change/v1"
+READ_SCHEMA = EVENT_IDS + "features/read/v1"
 #: The schemas of the events the report lists one by one.
-_LISTED = (DEPLOYMENT_SCHEMA, DATA_ACCESS_SCHEMA, LOGIN_SCHEMA, ACCESS_SCHEMA, POLICY_SCHEMA)
+_LISTED = (DEPLOYMENT_SCHEMA, DATA_ACCESS_SCHEMA, READ_SCHEMA, LOGIN_SCHEMA, ACCESS_SCHEMA, POLICY_SCHEMA)
 
 #: The timeline's categories, in the order they are stacked and listed; an event's
 #: kind (its schema without the version) -> its category, where one kind is one category.
@@ -67,6 +69,7 @@ CATEGORIES = ("deployments", "data access", "policy denials", "policy decisions"
               "access changes", "servers", "files", "kernels", "cells", "MLflow runs", "MLflow models",
               "other")  # fmt: skip
 _KIND_CATEGORY = {"governance/deployment": "deployments", "governance/data_access": "data access",
+                  "features/read": "data access",
                   "hub/access_change": "access changes", "hub/server": "servers", "server/contents": "files",
                   "server/kernel": "kernels", "kernel/cell": "cells", "mlflow/run": "MLflow runs",
                   "mlflow/model": "MLflow models"}  # fmt: skip
@@ -77,6 +80,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                     "decided_by", "decided_at", "executed_at", "rolled_back_at", "sod_breach"),
     "data_access": ("request_id", "dataset", "requester", "requested_at", "status", "decided_by", "decided_at",
                     "sod_breach"),
+    "restricted_reads": ("time", "user", "dataset", "mode", "rows", "outcome", "request_id", "reason"),
     "failed_logins": ("time", "user", "client_address", "authenticator"),
     "access_changes": ("time", "user", "action", "target_user", "role", "group", "outcome"),
     "policy_denials": ("time", "user", "policy", "resource", "reasons"),
@@ -243,6 +247,16 @@ def _requests(records: Iterable[Mapping[str, Any]], section: str) -> list[dict[s
     return list(entries.values())
 
 
+def _restricted_reads(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"time": iso(_time(r)), "user": str(r.get("user", "")),
+         "dataset": str((r.get("resource") or {}).get("id", "")), "mode": str(r.get("mode", "")),
+         "rows": r.get("rows") if isinstance(r.get("rows"), int) else "", "outcome": str(r.get("outcome", "")),
+         "request_id": str(r.get("request_id", "")), "reason": str(r.get("reason", ""))}
+        for r in records
+    ]  # fmt: skip
+
+
 def _failed_logins(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"time": iso(_time(r)), "user": str(r.get("user", "")),
@@ -305,6 +319,7 @@ def build_report(
     sections = {
         "deployments": _requests(by_schema[DEPLOYMENT_SCHEMA], "deployments"),
         "data_access": _requests(by_schema[DATA_ACCESS_SCHEMA], "data_access"),
+        "restricted_reads": _restricted_reads(by_schema[READ_SCHEMA]),
         "failed_logins": _failed_logins(by_schema[LOGIN_SCHEMA]),
         "access_changes": _access_changes(by_schema[ACCESS_SCHEMA]),
         "policy_denials": _policy_denials(by_schema[POLICY_SCHEMA]),

@@ -34,6 +34,7 @@ LABELS = {"request_id": "Request", "model_name": "Model", "version": "Version", 
           "policy": "Policy", "resource": "Resource", "reasons": "Reasons", "events": "Events", "type": "Type",
           "count": "Count"}  # fmt: skip
 TITLES = {"deployments": "Deployment requests", "data_access": "Data-access requests",
+          "restricted_reads": "Reads of restricted data",
           "failed_logins": "Failed logins", "access_changes": "Role and group changes",
           "policy_denials": "Policy denials"}  # fmt: skip
 

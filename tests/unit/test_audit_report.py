@@ -259,7 +259,8 @@ def test_csv_cells_cannot_run_as_formulas(report: dict[str, Any]) -> None:
 def test_json_has_stable_keys(report: dict[str, Any]) -> None:
     data = json.loads(to_json(report))
     assert list(data) == ["from", "to", "generated", "events", "positions", "summary", "deployments", "data_access",
-                          "failed_logins", "access_changes", "policy_denials", "counts", "timeline"]  # fmt: skip
+                          "restricted_reads", "failed_logins", "access_changes", "policy_denials", "counts",
+                          "timeline"]  # fmt: skip
     assert (data["from"], data["to"]) == ("2026-03-01T00:00:00.000Z", "2026-03-02T00:00:00.000Z")
     assert list(data["deployments"][0]) == ["request_id", "model_name", "version", "stage", "requester",
                                             "requested_at", "status", "decided_by", "decided_at", "executed_at",
@@ -349,3 +350,25 @@ def test_the_page_shows_the_timeline_of_the_matching_events() -> None:
     assert 'rel="next"' not in page
     capped = render_page("/a", Filters(), [], None, moments, True)
     assert "the newest 3 matching events" in capped and "No events match." in capped
+
+
+def test_reads_of_restricted_data_are_listed_served_and_refused() -> None:
+    view = {"type": "feature_view", "id": "feature_view:payments/customer_profile"}
+    origin = {"observer": "features", "client_address": "10.0.0.7"}
+    reads = [
+        record("features/read", "14:00", "alice", "read", "denied", resource=view, origin=origin, mode="online",
+               rows=2, features="customer_profile:plan", reason="customer_profile is restricted"),
+        record("features/read", "14:30", "alice", "read", resource=view, origin=origin, mode="historical",
+               rows=500, features="service:churn_model_v1", request_id="d9"),
+    ]  # fmt: skip
+    report = build_report(reads, START, END)
+    assert report["restricted_reads"] == [
+        {"time": "2026-03-01T14:00:00.000Z", "user": "alice", "dataset": view["id"], "mode": "online", "rows": 2,
+         "outcome": "denied", "request_id": "", "reason": "customer_profile is restricted"},
+        {"time": "2026-03-01T14:30:00.000Z", "user": "alice", "dataset": view["id"], "mode": "historical",
+         "rows": 500, "outcome": "success", "request_id": "d9", "reason": ""},
+    ]  # fmt: skip
+    assert report["summary"]["restricted_reads"] == 2
+    assert category(f"{IDS}features/read/v1", "read", "success") == "data access"
+    assert "Reads of restricted data" in render_html(report)
+    assert "feature_view:payments/customer_profile" in to_csv(report)
