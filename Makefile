@@ -12,6 +12,12 @@ FEAST_VENV ?= $(VENV)-feast
 FEAST_PY := $(FEAST_VENV)/bin/python
 FEAST_STAMP := $(FEAST_VENV)/.hubforge-installed
 CHP := node_modules/.bin/configurable-http-proxy
+# hubforge's JupyterLab extension (labextension/), prebuilt and installed where the JupyterLab
+# of people's servers (.venv's, hub/ starts .venv's jupyterhub-singleuser) finds prebuilt ones.
+LABEXT := labextension
+LABEXT_NODE := $(LABEXT)/node_modules/.hubforge-installed
+LABEXT_BUILT := $(LABEXT)/dist/package.json
+LABEXT_HOME := $(VENV)/share/jupyter/labextensions/@hubforge/labextension
 # Browser tests drive Debian's Chromium (never a browser download).
 CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
@@ -19,7 +25,7 @@ PYTEST_ARGS ?=
 .PHONY: install up test test-unit test-integration test-features test-platform test-jupyterhub \
 	test-integration-then-features test-platform-then-jupyterhub bench lint clean
 
-install: $(STAMP) $(FEAST_STAMP) $(CHP)
+install: $(STAMP) $(FEAST_STAMP) $(CHP) $(LABEXT_HOME)/package.json
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +51,24 @@ $(FEAST_STAMP): $(FEAST_PY) requirements-feast.txt setup.cfg pyproject.toml
 $(CHP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# npm ci, tsc and jupyter-builder run again only when the lockfile or the sources changed.
+$(LABEXT_NODE): $(LABEXT)/package.json $(LABEXT)/package-lock.json
+	cd $(LABEXT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(LABEXT_BUILT): $(LABEXT_NODE) $(LABEXT)/tsconfig.json $(wildcard $(LABEXT)/src/*.ts) | $(STAMP)
+	rm -rf $(LABEXT)/lib
+	cd $(LABEXT) && node_modules/.bin/tsc
+	$(VENV)/bin/jupyter-builder build $(LABEXT)
+
+# A copy, not a link into the checkout (as `jupyter-builder develop` makes): with the rest of
+# .venv it is what people's accounts must be able to read.
+$(LABEXT_HOME)/package.json: $(LABEXT_BUILT)
+	rm -rf $(LABEXT_HOME)
+	mkdir -p $(LABEXT_HOME)
+	cp -R $(LABEXT)/dist/package.json $(LABEXT)/dist/static $(LABEXT_HOME)/
+	chmod -R a+rX $(LABEXT_HOME)
 
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
@@ -130,4 +154,4 @@ lint: install
 	cd $(TYPECHECK) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/setup.cfg -p hubforge
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache
+	rm -rf build dist *.egg-info .pytest_cache $(LABEXT)/lib $(LABEXT)/dist

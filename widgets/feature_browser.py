@@ -51,6 +51,7 @@ from .feature_text import (
     snippet_for,
     ttl_text,
 )
+from .notebook_insert import INSERTED, Insertion, notebook_insert
 
 __all__ = [
     "KIND_FILTERS",
@@ -60,6 +61,7 @@ __all__ = [
     "detail_html",
     "freshness",
     "human_duration",
+    "insert_text",
     "lineage_html",
     "notebook_insert",
     "snippet_for",
@@ -78,19 +80,11 @@ class CatalogSource(Protocol):
 # --- text ---------------------------------------------------------------------------
 
 
-def notebook_insert(code: str) -> None:
-    """Put ``code`` in a new notebook cell through IPython's ``set_next_input``; WidgetError without a notebook.
-
-    The kernel sends it with the reply to the next cell run: the new cell appears then.
-    """
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        get_ipython = None
-    shell = get_ipython() if get_ipython is not None else None
-    if shell is None:
-        raise WidgetError("Insert into notebook needs a notebook's kernel: copy the code above instead")
-    shell.set_next_input(code, replace=False)
+def insert_text(outcome: str | None) -> str:
+    """The line beside Insert into notebook once the notebook has answered (:mod:`.notebook_insert`)."""
+    if outcome == INSERTED:
+        return "Inserted below."
+    return "The code goes into a new cell below the next cell you run."
 
 
 def restricted_of(catalog: Catalog, item: Item) -> list[str]:
@@ -112,9 +106,12 @@ class FeatureBrowser(widgets.VBox):
 
     ``client``: where the catalog comes from (default: :meth:`FeaturesClient.from_env`,
     made when it is first read, so a kernel without the platform shows one line).
-    ``now``: the clock freshness is measured against. ``insert``: puts code in a new cell
-    (default :func:`notebook_insert`). ``limit``: the most results listed. ``governance``:
-    makes the client the access panel asks (default: the kernel's governance service).
+    ``now``: the clock freshness is measured against. ``insert(code)``: puts code in a new
+    cell and returns the :class:`~.notebook_insert.Insertion` the line beside the button
+    follows, or None when the code goes in with the next cell run (default:
+    :func:`~.notebook_insert.notebook_insert`, below this browser's cell). ``limit``: the
+    most results listed. ``governance``: makes the client the access panel asks (default:
+    the kernel's governance service).
     ``mlflow``: makes the MLflow client the runs that used a view are found with (default:
     the platform's MLflow, as the person). ``online``: makes the reader of online samples
     (default: the features service, as the server).
@@ -125,14 +122,16 @@ class FeatureBrowser(widgets.VBox):
         client: CatalogSource | None = None,
         *,
         now: Callable[[], datetime] | None = None,
-        insert: Callable[[str], None] = notebook_insert,
+        insert: Callable[[str], Insertion | None] | None = None,
         limit: int = MAX_HITS,
         load: bool = True,
         governance: Callable[[], GovernanceLike] | None = None,
         mlflow: Callable[[], Any] | None = None,
         online: Callable[[], OnlineLike] | None = None,
     ) -> None:
-        self._client, self._insert, self._limit = client, insert, limit
+        self._client, self._limit = client, limit
+        self._insert = insert or (lambda code: notebook_insert(code, near=self.model_id))
+        self._insertion: Insertion | None = None  # the latest, whose answer the line shows
         self._governance = governance
         self._online = online
         self._mlflow = mlflow or mlflow_client
@@ -299,7 +298,7 @@ class FeatureBrowser(widgets.VBox):
         self._find_runs(catalog, item)
         self.code.value = f'<pre style="overflow-x:auto">{html.escape(self._snippet)}</pre>' if self._snippet else ""
         self.insert_button.disabled = not self._snippet
-        self.insert_status.value = ""
+        self._insertion, self.insert_status.value = None, ""
 
     def _find_runs(self, catalog: Catalog, item: Item) -> None:
         """Look up, off the kernel's thread, the MLflow runs (and their models) that read ``item``."""
@@ -326,16 +325,30 @@ class FeatureBrowser(widgets.VBox):
         self._runs_work.run(f"Finding the runs that used {item.name}", find, found, failed)
 
     def insert(self) -> None:
-        """Put the code shown in a new notebook cell, or say in one line why not."""
+        """Put the code shown in a new notebook cell, or say in one line why not.
+
+        The line says where the code went once the notebook has answered (JupyterLab's
+        extension answers at once; the fallback is the next cell run).
+        """
         if not self._snippet:
             self.insert_status.value = "Choose a feature view or service first."
             return
         try:
-            self._insert(self._snippet)
+            insertion = self._insert(self._snippet)
         except WidgetError as exc:
             self.insert_status.value = f'<span style="color:#cf222e">{html.escape(one_line(str(exc)))}</span>'
             return
-        self.insert_status.value = "The code goes into a new cell below the next cell you run."
+        self._insertion = insertion
+        if insertion is None:
+            self.insert_status.value = insert_text(None)
+            return
+        self.insert_status.value = SPINNER + "Inserting…"
+        insertion.then(lambda outcome: self._inserted(insertion, outcome))
+
+    def _inserted(self, insertion: Insertion, outcome: str) -> None:
+        # An answer to an earlier click, or for an item no longer shown, changes nothing.
+        if insertion is self._insertion:
+            self.insert_status.value = insert_text(outcome)
 
     # -- what the panel shows, for tests and benchmarks
 

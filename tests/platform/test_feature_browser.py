@@ -4,7 +4,8 @@ The demo repository is applied into the running platform's data folder as `make 
 (`hubforge features apply`, in Feast's environment); the features service the hub
 started serves its catalog. In Debian's chromium, alice opens a notebook, shows the
 browser, types a word as a person does, picks the view she finds and reads its schema,
-lineage and the code that reads it, runs that code's online read from her kernel, and is
+lineage and the code that reads it, inserts that code into a new cell (there at once,
+through hubforge's JupyterLab extension), runs its online read from her kernel, and is
 refused restricted data; the API answers her token and nobody's without one. She asks for
 access from the browser (purpose, a week); dan approves on his decision page; her kernel
 then reads the view; erin finds the request, the approval and the reads in the audit
@@ -127,23 +128,33 @@ def test_alice_finds_a_feature_by_typing_and_gets_its_code(platform: Any, sessio
             panel.get_by_text("chargeback_rate_90d").first.wait_for(timeout=UI_TIMEOUT_MS)
             panel.get_by_text("fraud_model_v1").first.wait_for(timeout=UI_TIMEOUT_MS)  # lineage: the service using it
             panel.get_by_text("OnlineFeatures.from_env()").first.wait_for(timeout=UI_TIMEOUT_MS)
+            # Insert into notebook: at once (hubforge's JupyterLab extension), in a new cell below the
+            # browser's, not run, before any other cell runs; the cells after it move down one.
+            panel.locator("button", has_text="Insert into notebook").click(timeout=UI_TIMEOUT_MS)
+            inserted = notebook(page).locator(".jp-CodeCell").nth(1)
+            inserted.locator(".cm-content", has_text="OnlineFeatures.from_env()").wait_for(timeout=UI_TIMEOUT_MS)
+            panel.get_by_text("Inserted below.").first.wait_for(timeout=UI_TIMEOUT_MS)
+            assert "merchant_risk:chargeback_rate_90d" in inserted.locator(".cm-content").inner_text()
+            assert "[ ]" in inserted.locator(".jp-InputPrompt").inner_text()
+            assert notebook(page).locator(".jp-CodeCell").count() == 3  # the browser's, the new one, the empty one
+            assert "[1]" in notebook(page).locator(".jp-CodeCell").nth(0).locator(".jp-InputPrompt").inner_text()
             # A glance at real values for a merchant before writing any code.
             panel.locator(".widget-text", has_text="merchant_id").locator("input").fill("501")
             panel.locator("button", has_text="Read").first.click(timeout=UI_TIMEOUT_MS)
             panel.locator("th", has_text="value").first.wait_for(timeout=UI_TIMEOUT_MS)
             page.screenshot(path=str(artifacts / "feature-browser.png"), full_page=True)
             # The kernel's browser holds the same: what the person sees is what the code would read.
-            run_cell(page, 1, "print(browser.selected, 'merchant_risk:chargeback_rate_90d' in browser.snippet)")
-            out = notebook(page).locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+            run_cell(page, 2, "print(browser.selected, 'merchant_risk:chargeback_rate_90d' in browser.snippet)")
+            out = notebook(page).locator(".jp-CodeCell").nth(2).locator(".jp-OutputArea-output")
             out.get_by_text("('feature_view', 'merchant_risk') True").wait_for(timeout=UI_TIMEOUT_MS)
             # The code the browser wrote reads online through the platform, from her kernel (no Feast there).
-            run_cell(page, 2, 'exec("# Serving" + browser.snippet.split("# Serving", 1)[1])\nprint(sorted(online))')
-            out = notebook(page).locator(".jp-CodeCell").nth(2).locator(".jp-OutputArea-output")
+            run_cell(page, 3, 'exec("# Serving" + browser.snippet.split("# Serving", 1)[1])\nprint(sorted(online))')
+            out = notebook(page).locator(".jp-CodeCell").nth(3).locator(".jp-OutputArea-output")
             out.get_by_text("'avg_ticket_usd'").wait_for(timeout=UI_TIMEOUT_MS)
             # Restricted data is refused to her, saying how to ask for it.
             restricted = 'OnlineFeatures.from_env().get(["customer_profile:plan"], [{"customer_id": 1001}])'
-            run_cell(page, 3, restricted)
-            out = notebook(page).locator(".jp-CodeCell").nth(3).locator(".jp-OutputArea-output")
+            run_cell(page, 4, restricted)
+            out = notebook(page).locator(".jp-CodeCell").nth(4).locator(".jp-OutputArea-output")
             out.get_by_text("customer_profile is restricted").first.wait_for(timeout=UI_TIMEOUT_MS)
             request_id = request_access(page, panel, client)
             # dan, a data steward, approves on his decision page; nothing in alice's notebook could.
@@ -159,13 +170,13 @@ def test_alice_finds_a_feature_by_typing_and_gets_its_code(platform: Any, sessio
             panel.get_by_text("you hold access until").first.wait_for(timeout=UI_TIMEOUT_MS)
             page.screenshot(path=str(artifacts / "feature-browser-access.png"), full_page=True)
             reread = 'print(sorted(OnlineFeatures.from_env().get(["customer_profile:plan"], [{"customer_id": 1001}])))'
-            run_cell(page, 4, reread)
-            out = notebook(page).locator(".jp-CodeCell").nth(4).locator(".jp-OutputArea-output")
+            run_cell(page, 5, reread)
+            out = notebook(page).locator(".jp-CodeCell").nth(5).locator(".jp-OutputArea-output")
             out.get_by_text("['customer_id', 'plan']").wait_for(timeout=UI_TIMEOUT_MS)
             erin_reads_the_story(platform, request_id)
             # Her reads were recorded on her notebook's run: the browser finds it (through MLflow's gate).
-            run_cell(page, 5, FIND_RUNS)
-            out = notebook(page).locator(".jp-CodeCell").nth(5).locator(".jp-OutputArea-output")
+            run_cell(page, 6, FIND_RUNS)
+            out = notebook(page).locator(".jp-CodeCell").nth(6).locator(".jp-OutputArea-output")
             out.get_by_text("runs that read merchant_risk: 1").wait_for(timeout=UI_TIMEOUT_MS)
             panel.get_by_text("Runs and models:").first.wait_for(timeout=UI_TIMEOUT_MS)
             page.screenshot(path=str(artifacts / "feature-browser-runs.png"), full_page=True)

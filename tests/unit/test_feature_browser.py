@@ -27,6 +27,7 @@ from hubforge.widgets.feature_browser import (
     snippet_for,
     ttl_text,
 )
+from hubforge.widgets.notebook_insert import INSERTED, NEXT_RUN, Insertion
 
 NOW = datetime(2026, 12, 3, 22, 50, tzinfo=UTC)
 GROWTH, RISK = "growth-analytics@example.org", "risk-engineering@example.org"
@@ -351,6 +352,36 @@ def test_insert_puts_the_code_in_the_next_cell() -> None:
     assert not panel.insert_button.disabled
     panel.insert_button.click()
     assert inserted == [panel.snippet] and "new cell" in panel.insert_status.value
+
+
+def test_the_line_follows_the_notebooks_answer_when_it_comes() -> None:
+    asked: list[tuple[str, Insertion]] = []
+
+    def insert(code: str) -> Insertion:
+        asked.append((code, Insertion()))
+        return asked[-1][1]
+
+    panel = browser(insert=insert)
+    panel.select("feature_view", "customer_activity")
+    panel.insert_button.click()
+    assert [code for code, _ in asked] == [panel.snippet] and "Inserting" in panel.insert_status.value
+    asked[0][1].decide(INSERTED)  # JupyterLab's extension answered: the cell is there now
+    assert panel.insert_status.value == "Inserted below."
+    panel.insert_button.click()
+    asked[1][1].decide(NEXT_RUN)  # a frontend without the extension: the next cell run
+    assert panel.insert_status.value == "The code goes into a new cell below the next cell you run."
+    asked[1][1].decide(INSERTED)  # an answer later than the timeout still says where the code is
+    assert panel.insert_status.value == "Inserted below."
+
+
+def test_an_answer_for_what_is_no_longer_shown_changes_nothing() -> None:
+    late = Insertion()
+    panel = browser(insert=lambda code: late)
+    panel.select("feature_view", "customer_activity")
+    panel.insert()
+    panel.select("feature_view", "merchant_risk")
+    late.decide(INSERTED)
+    assert panel.insert_status.value == ""
 
 
 def test_without_a_notebook_insert_says_so_in_one_line() -> None:
