@@ -29,6 +29,13 @@ TRAIN = [
 ]
 
 
+#: A cell that waits (up to 60 s) for the session's run to be open.
+UNTIL_OPEN = (
+    "import time\nfrom hubforge.server_extension.kernel import current_tracker\n"
+    "for _ in range(600):\n    if current_tracker().run_id:\n        break\n    time.sleep(0.1)"
+)
+
+
 @pytest.fixture
 def client(mlflow_server: MlflowServer):
     from mlflow import MlflowClient
@@ -54,7 +61,9 @@ def finished(runs: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def test_notebook_training_is_tracked(mlflow_server: MlflowServer, client, tmp_path: Path) -> None:
-    write_notebook(tmp_path, "work/train.ipynb", TRAIN)
+    # The run opens in the background; on a loaded machine that can take longer than three cells
+    # run back to back. A person looks at status a moment later: so does this notebook.
+    write_notebook(tmp_path, "work/train.ipynb", [*TRAIN[:-1], UNTIL_OPEN, TRAIN[-1]])
     cells = [c.source for c in nbformat.read(tmp_path / "work/train.ipynb", as_version=4).cells]
     out = run_notebook(mlflow_server.url, tmp_path, "work/train.ipynb", "alice", cells)
     exp, run = only_run(client, "/Users/alice/work/train.ipynb")
