@@ -19,20 +19,16 @@ and no Feast store is used by two threads (Feast does not say one may be).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from hubforge.errors import Invalid
 from hubforge.features.catalog import Catalog
 
-from .online import MAX_TEXT, check_value, read_target, touched
+from .online import MAX_TEXT, StoreReader, check_value, read_target, touched
 
 __all__ = ["MAX_ROWS", "TIMESTAMP", "HistoricalQuery", "HistoricalReader", "parse_historical"]
 
@@ -132,34 +128,9 @@ def parse_historical(body: Any, catalog: Catalog) -> HistoricalQuery:
     return HistoricalQuery(features=features, service=service, views=views, rows=rows)
 
 
-class HistoricalReader:
-    """The offline store of the repository at ``repo``, read on a thread of its own."""
+class HistoricalReader(StoreReader):
+    """The offline store, read on a thread of its own (its own store: a long historical read never
+    holds up online reads); the answer has the rows' columns first."""
 
-    def __init__(self, repo: Path) -> None:
-        self.repo = repo
-        self._store: Any = None
-        self._lock = threading.Lock()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-historical")
-
-    def _open(self) -> Any:
-        with self._lock:
-            if self._store is None:
-                from hubforge.features.store import open_store  # Feast: seconds, on the first read only
-
-                self._store = open_store(self.repo)
-            return self._store
-
-    def _read(self, query: HistoricalQuery) -> bytes:
-        from hubforge.features.store import historical_values
-
-        store = self._open()
-        return json.dumps({"features": historical_values(store, query.features, query.service, query.rows)},
-                          default=str).encode()  # fmt: skip
-
-    async def read(self, query: HistoricalQuery) -> bytes:
-        """The values as JSON ``{"features": {name: [value per row]}}``, the rows' columns first;
-        FeaturesError (one line) for what Feast refuses."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._read, query)
-
-    def close(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
+    function = "historical_values"
+    thread_name = "feast-historical"

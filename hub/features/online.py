@@ -22,12 +22,22 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hubforge.errors import Invalid
 from hubforge.features.catalog import Catalog
 
-__all__ = ["MAX_FEATURES", "MAX_ROWS", "OnlineQuery", "OnlineReader", "check_value", "parse", "read_target", "touched"]
+__all__ = [
+    "MAX_FEATURES",
+    "MAX_ROWS",
+    "OnlineQuery",
+    "OnlineReader",
+    "StoreReader",
+    "check_value",
+    "parse",
+    "read_target",
+    "touched",
+]
 
 MAX_FEATURES = 200
 MAX_ROWS = 1000
@@ -118,14 +128,19 @@ def read_target(body: Mapping[str, Any], catalog: Catalog) -> tuple[tuple[str, .
     return tuple(refs), None, tuple(views)
 
 
-class OnlineReader:
-    """The online store of the repository at ``repo``, read on a thread of its own."""
+class StoreReader:
+    """A store of the repository at ``repo``, opened on the first read (importing Feast takes
+    seconds; the catalog requests never pay it) and read on a thread of its own."""
+
+    #: The :mod:`hubforge.features.store` function a read calls, and the thread's name.
+    function: ClassVar[str]
+    thread_name: ClassVar[str]
 
     def __init__(self, repo: Path) -> None:
         self.repo = repo
         self._store: Any = None
         self._lock = threading.Lock()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-online")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
 
     def _open(self) -> Any:
         with self._lock:
@@ -135,17 +150,23 @@ class OnlineReader:
                 self._store = open_store(self.repo)
             return self._store
 
-    def _read(self, query: OnlineQuery) -> bytes:
-        from hubforge.features.store import online_values
+    def _read(self, query: Any) -> bytes:
+        from hubforge.features import store
 
-        store = self._open()
-        return json.dumps({"features": online_values(store, query.features, query.service, query.rows)},
-                          default=str).encode()  # fmt: skip
+        values = getattr(store, self.function)(self._open(), query.features, query.service, query.rows)
+        return json.dumps({"features": values}, default=str).encode()
 
-    async def read(self, query: OnlineQuery) -> bytes:
+    async def read(self, query: Any) -> bytes:
         """The values as JSON ``{"features": {name: [value per row]}}``; FeaturesError (one
         line) for what Feast refuses (say, a join key the views do not have)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._read, query)
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+class OnlineReader(StoreReader):
+    """The online store, read on a thread of its own."""
+
+    function = "online_values"
+    thread_name = "feast-online"

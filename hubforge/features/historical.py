@@ -16,17 +16,14 @@ other columns (labels) come back as they were. It goes to the service in parts o
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 import pandas as pd
 
-from hubforge.contract import FEATURES_URL_ENV
-
 from .frames import records
-from .reader import TOKEN_ENV
+from .reader import service_env
 from .repo import FeaturesError
 from .usage import record_retrieval
 
@@ -84,12 +81,7 @@ class HistoricalFeatures:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> HistoricalFeatures:
         """The reader a kernel of a hubforge server describes; FeaturesError naming what is missing."""
-        env = os.environ if environ is None else environ
-        url, token = env.get(FEATURES_URL_ENV, ""), env.get(TOKEN_ENV, "")
-        if not url or not token:
-            missing = FEATURES_URL_ENV if not url else TOKEN_ENV
-            raise FeaturesError(f"features: {missing} is not set: historical reads run in a hubforge server's kernel")
-        return cls(url, token, **kwargs)
+        return cls(*service_env(environ, "historical"), **kwargs)
 
     def close(self) -> None:
         self._http.close()

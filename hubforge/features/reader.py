@@ -26,13 +26,24 @@ from hubforge.contract import FEATURES_URL_ENV
 from .repo import FeaturesError
 from .usage import record_retrieval
 
-__all__ = ["OnlineFeatures"]
+__all__ = ["OnlineFeatures", "service_env"]
 
 #: The server's hub token in a kernel.
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 RowKey = tuple[tuple[str, Any], ...]
+
+
+def service_env(environ: Mapping[str, str] | None, reads: str) -> tuple[str, str]:
+    """The features service's URL and the server's token, as a kernel of a hubforge server has
+    them; FeaturesError naming what is missing (``reads``: what kind of reads need them)."""
+    env = os.environ if environ is None else environ
+    url, token = env.get(FEATURES_URL_ENV, ""), env.get(TOKEN_ENV, "")
+    if not url or not token:
+        missing = FEATURES_URL_ENV if not url else TOKEN_ENV
+        raise FeaturesError(f"features: {missing} is not set: {reads} reads run in a hubforge server's kernel")
+    return url, token
 
 
 class OnlineFeatures:
@@ -63,12 +74,7 @@ class OnlineFeatures:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> OnlineFeatures:
         """The reader a kernel of a hubforge server describes; FeaturesError naming what is missing."""
-        env = os.environ if environ is None else environ
-        url, token = env.get(FEATURES_URL_ENV, ""), env.get(TOKEN_ENV, "")
-        if not url or not token:
-            missing = FEATURES_URL_ENV if not url else TOKEN_ENV
-            raise FeaturesError(f"features: {missing} is not set: online reads run in a hubforge server's kernel")
-        return cls(url, token, **kwargs)
+        return cls(*service_env(environ, "online"), **kwargs)
 
     def close(self) -> None:
         self._http.close()

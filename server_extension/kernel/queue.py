@@ -223,11 +223,8 @@ class TrackingQueue:
         once per round. A ``merge`` that raises costs its own value only.
         """
         with self._cond:
-            if self._closing and not self._thread.is_alive():
-                self.dropped += 1
+            if not self._admit_locked():
                 return
-            if not self._memory and not self._folds:
-                self._oldest_at = time.monotonic()
             self._folds.append((run_id, merge, value))
             self._outstanding += 1
 
@@ -238,13 +235,20 @@ class TrackingQueue:
         """
         self._active_at = time.monotonic()
 
+    def _admit_locked(self) -> bool:
+        """Whether something may still be queued (False: it is counted dropped); the first one
+        waiting starts the age of the next batch."""
+        if self._closing and not self._thread.is_alive():
+            self.dropped += 1
+            return False
+        if not self._memory and not self._folds:
+            self._oldest_at = time.monotonic()
+        return True
+
     def _put(self, item: Item) -> None:
         with self._cond:
-            if self._closing and not self._thread.is_alive():
-                self.dropped += 1
+            if not self._admit_locked():
                 return
-            if not self._memory and not self._folds:
-                self._oldest_at = time.monotonic()
             self._memory.append(item)
             self._outstanding += 1
             if len(self._memory) >= self.max_memory_items:

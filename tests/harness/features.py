@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,18 @@ def view(name: str, description: str = "", **tags: str) -> dict[str, Any]:
     return {"name": name, "kind": "batch", "entities": ["customer"], "features": [], "ttl_seconds": 86400,
             "sources": [], "online": True, "materialized_to": None, "description": description,
             "owner": "growth@example.org", "tags": tags}  # fmt: skip
+
+
+def apply_demo(tmp: Path) -> Path:
+    """The demo repository applied into ``tmp`` as `make up` applies it (``hubforge features apply``,
+    in Feast's environment); the platform's data folder."""
+    (tmp / "platform.yaml").write_text("{}\n")
+    hubforge = Path(sys.executable).with_name("hubforge")
+    env = {"PATH": "/usr/bin:/bin", "HUBFORGE_DATA": str(tmp / "data")}
+    done = subprocess.run([str(hubforge), "features", "apply", "--config", str(tmp / "platform.yaml")],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return tmp / "data"
 
 
 class FeaturesProcess:

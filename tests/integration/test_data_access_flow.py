@@ -14,8 +14,6 @@ and a governance service that cannot be reached refuses them (503), never serves
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from harness.features import ACCESS as FEATURES_ACCESS
-from harness.features import FeaturesProcess
+from harness.features import FeaturesProcess, apply_demo
 from harness.governance import PREFIX, Running
 from harness.platform import free_port
 from hubforge.events.spool import read_spool
@@ -47,14 +45,7 @@ PEOPLE = ("alice-token", "bob-token", "dan-token", "erin-token", "robot-token")
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The platform's data folder with the demo repository applied and materialized."""
-    tmp = tmp_path_factory.mktemp("restricted")
-    (tmp / "platform.yaml").write_text("{}\n")
-    hubforge = Path(sys.executable).with_name("hubforge")
-    env = {"PATH": "/usr/bin:/bin", "HUBFORGE_DATA": str(tmp / "data")}
-    done = subprocess.run([str(hubforge), "features", "apply", "--config", str(tmp / "platform.yaml")],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return tmp / "data"
+    return apply_demo(tmp_path_factory.mktemp("restricted"))
 
 
 @pytest.fixture(scope="module")

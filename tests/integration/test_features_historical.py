@@ -6,10 +6,7 @@ views 403s; and a kernel's ``HistoricalFeatures`` reads a training set through i
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +14,7 @@ import pandas as pd
 import pytest
 
 import hubforge.features.historical as historical
-from harness.features import SERVICE_TOKEN, USERS, FeaturesProcess
+from harness.features import SERVICE_TOKEN, USERS, FeaturesProcess, apply_demo
 from harness.hub import running_hub
 from hubforge.contract import FEATURES_URL_ENV
 from hubforge.features import FeaturesError
@@ -28,15 +25,9 @@ TTL = pd.Timedelta(days=30)  # merchant_risk's and customer_activity's
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeaturesProcess]:
-    tmp = tmp_path_factory.mktemp("historical")
-    (tmp / "platform.yaml").write_text("{}\n")
-    hubforge = Path(sys.executable).with_name("hubforge")
-    env = {"PATH": "/usr/bin:/bin", "HUBFORGE_DATA": str(tmp / "data")}
-    done = subprocess.run([str(hubforge), "features", "apply", "--config", str(tmp / "platform.yaml")],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    data = apply_demo(tmp_path_factory.mktemp("historical"))
     with running_hub(USERS, SERVICE_TOKEN) as hub:
-        running = FeaturesProcess(hub, tmp / "data")
+        running = FeaturesProcess(hub, data)
         try:
             yield running
         finally:

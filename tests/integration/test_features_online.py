@@ -4,31 +4,22 @@ restricted views refused with how to ask for access (the service fails closed)."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
 import pytest
 
-from harness.features import SERVICE_TOKEN, USERS, FeaturesProcess
+from harness.features import SERVICE_TOKEN, USERS, FeaturesProcess, apply_demo
 from harness.hub import running_hub
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeaturesProcess]:
-    tmp = tmp_path_factory.mktemp("online")
-    (tmp / "platform.yaml").write_text("{}\n")
-    hubforge = Path(sys.executable).with_name("hubforge")
-    env = {"PATH": "/usr/bin:/bin", "HUBFORGE_DATA": str(tmp / "data")}
-    done = subprocess.run([str(hubforge), "features", "apply", "--config", str(tmp / "platform.yaml")],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    data = apply_demo(tmp_path_factory.mktemp("online"))
     with running_hub(USERS, SERVICE_TOKEN) as hub:
-        running = FeaturesProcess(hub, tmp / "data")
+        running = FeaturesProcess(hub, data)
         try:
             yield running
         finally:
