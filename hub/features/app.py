@@ -40,7 +40,7 @@ from hubforge.features.apply import features_dir
 from hubforge.features.catalog import CATALOG_FILE, KINDS, Catalog
 from hubforge.features.catalog import load as load_catalog
 from hubforge.features.repo import FeaturesError, StoreUnreachable
-from hubforge.hub.service_app import HubServiceApp, JSONErrorHandler, make_hub_auth
+from hubforge.hub.service_app import JSON_TYPE, HubServiceApp, JSONErrorHandler, make_hub_auth
 
 from .access import DataAccess, Grant, ReadAudit, restricted_views
 from .historical import HistoricalQuery, HistoricalReader, parse_historical
@@ -49,7 +49,6 @@ from .online import OnlineQuery, OnlineReader, parse
 __all__ = ["CatalogFile", "FeaturesService", "main", "make_app"]
 
 SERVICE = "features"
-JSON_TYPE = "application/json; charset=UTF-8"
 #: The longest search query read (a person types a few words).
 MAX_QUERY = 200
 MAX_LIMIT = 200
