@@ -21,11 +21,14 @@ the gate records in the audit trail (runs, models, aliases), from :mod:`.audit`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -92,6 +95,8 @@ STATE_COOKIE = "hubforge-mlflow-oauth-state"
 SESSION_MAX_AGE = 14 * 24 * 3600
 STATE_MAX_AGE = 600
 TOKEN_CACHE_SECONDS = 60
+#: People (tokens) whose identity the gate keeps at once: a bound, not a working set.
+TOKEN_CACHE_SIZE = 10_000
 API_PATHS = ("api/", "ajax-api/", "graphql", "gateway/", "v1/")
 RUN_CREATE_PATHS = ("/mlflow/runs/create", "/mlflow/runs/create-promptlab-run")
 OWNED_CREATE_PATHS = ("/mlflow/experiments/create", "/mlflow/registered-models/create")
@@ -330,6 +335,7 @@ class HubGate:
         # Runs, models and aliases go to the audit trail (``audit``: this worker's spool).
         # Where each came from: behind the proxy pods (Kubernetes), ``proxy_peers``'s word.
         self.audit = Recorder(audit, self.prefix, proxy_peers) if audit is not None else None
+        self.users = _Identities(hub_auth.cache_max_age)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer the callback and refusals here; pass the rest on as the hub user."""
@@ -437,23 +443,29 @@ class HubGate:
         """The token's owner with the token's scopes, and the person's groups and roles.
 
         The token's own model lacks groups and roles unless it may read them (a
-        server's token may not), so they are asked with the service's token. Both
-        answers are cached by HubAuth; asked on this event loop, a cached answer costs
-        no thread (HubAuth's blocking calls hop to a thread of its own and back).
+        server's token may not), so they are asked with the service's token. The
+        person as both answers make them is kept for HubAuth's cache age (every request
+        of a logging client names the same token); HubAuth's own caches would make the
+        same answer again on every request.
         """
+        key = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        if (known := self.users.get(key)) is not None:
+            return dataclasses.replace(known, via_cookie=via_cookie) if known.via_cookie != via_cookie else known
         try:
-            model = await self.hub_auth.user_for_token(token, sync=False)
+            model = await self.hub_auth.user_for_token(token, use_cache=False, sync=False)
             user = HubUser.from_model(model, via_cookie=via_cookie)
             if user is None:
                 return None
             if model.get("kind") == "service":
                 # A hub service (governance reading model cards) is no person: no user's
                 # groups or roles, not even a person's of the same name; its token's scopes.
-                return dataclasses.replace(user, name=SERVICE_PREFIX + user.name)
-            profile = await self._profile(user.name)
+                user = dataclasses.replace(user, name=SERVICE_PREFIX + user.name)
+            else:
+                user = self._with_profile(user, await self._profile(user.name))
         except HTTPError as exc:
             raise HubUnavailable(exc.log_message or str(exc)) from exc
-        return self._with_profile(user, profile)
+        self.users.put(key, user)
+        return user
 
     def _with_profile(self, user: HubUser, profile: Any) -> HubUser:
         profile = profile if isinstance(profile, dict) else {}
@@ -464,23 +476,21 @@ class HubGate:
     async def _with_servers_now(self, user: HubUser, payload: Any) -> HubUser:
         """``user`` with the hub's servers asked again (not cached) when the tags ``payload``
         sets name a server or tier the cached answer does not know: one just started."""
-        if not placement_refusal(user.principal, tag_pairs(payload)):
+        if payload is None or not placement_refusal(user.principal, tag_pairs(payload)):
             return user
         try:
-            profile = await self._profile(user.name, fresh=True)
+            profile = await self._profile(user.name)
         except HTTPError as exc:
             raise HubUnavailable(exc.log_message or str(exc)) from exc
-        return self._with_profile(user, profile)
+        fresh = self._with_profile(user, profile)
+        self.users.refresh(fresh)
+        return fresh
 
-    async def _profile(self, name: str, fresh: bool = False) -> Any:
-        """``GET /hub/api/users/<name>`` with the service's token, cached like tokens."""
+    async def _profile(self, name: str) -> Any:
+        """``GET /hub/api/users/<name>`` with the service's token (kept by the caller)."""
         auth = self.hub_auth
         url = url_path_join(auth.api_url, "users", quote(name, safe=""))
-        check = auth._check_hub_authorization
-        key = f"profile:{name}"
-        if fresh:
-            auth.cache.pop(key, None)
-        return await check(url=url, api_token=auth.api_token, cache_key=key)
+        return await auth._check_hub_authorization(url=url, api_token=auth.api_token, use_cache=False)
 
     def _unauthenticated(self, request: Request) -> Response:
         """401 for API clients; browsers asking for a page go to the hub's login."""
@@ -543,6 +553,46 @@ class HubGate:
         max_age = STATE_MAX_AGE if name == STATE_COOKIE else None
         flags = {"path": self.prefix, "httponly": True, "samesite": "lax"}
         response.set_cookie(name, value, max_age, secure=secure, **flags)
+
+
+class _Identities:
+    """Who each token (by its sha256) belongs to, for ``max_age`` seconds after the hub said.
+
+    Bounded: past :data:`TOKEN_CACHE_SIZE` the oldest answer goes. Only answers that name
+    somebody are kept; a token the hub does not know is asked about again.
+    """
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self._users: dict[str, tuple[float, HubUser]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> HubUser | None:
+        entry = self._users.get(key)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] >= self.max_age:
+            with self._lock:
+                if self._users.get(key) is entry:
+                    del self._users[key]
+            return None
+        return entry[1]
+
+    def put(self, key: str, user: HubUser) -> None:
+        with self._lock:
+            self._users.pop(key, None)
+            self._users[key] = (time.monotonic(), user)
+            while len(self._users) > TOKEN_CACHE_SIZE:
+                del self._users[next(iter(self._users))]
+
+    def refresh(self, user: HubUser) -> None:
+        """What the hub said again of ``user``'s person (groups, roles, servers), for every
+        token of theirs; each keeps its own age (a token's scopes were not asked again)."""
+        with self._lock:
+            for key, (when, known) in list(self._users.items()):
+                if known.name == user.name:
+                    renewed = dataclasses.replace(known, groups=user.groups, roles=user.roles, servers=user.servers)
+                    self._users[key] = (when, renewed)
 
 
 def _load(serializer: URLSafeTimedSerializer, value: str | None, max_age: int) -> Any:

@@ -9,6 +9,7 @@ are tested against a real hub in tests/platform/test_mlflow_isolation.py.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
@@ -364,6 +365,36 @@ def test_flask_sees_the_hub_user_as_g_hubforge_user(fake_hub: FakeHub) -> None:
     assert asyncio.run(whoami()).status_code == 302
     # A request that never passed the gate finds no user and is refused.
     assert flask_app.test_client().get(f"{PREFIX}version").status_code == 401
+
+
+def test_the_gate_asks_the_hub_again_once_its_answer_is_old(fake_hub: FakeHub) -> None:
+    """The gate keeps who a token is for HubAuth's cache age, not longer: then the hub is
+    asked again (a revoked token stops working); a token the hub denies is never kept."""
+    from flask import Flask
+    from jupyterhub.services.auth import HubOAuth
+    from mlflow.server.fastapi_app import create_fastapi_app
+
+    flask_app = Flask("probe")
+    flask_app.add_url_rule(f"{PREFIX}version", "version", lambda: "3")
+    install_flask_hook(flask_app, set())
+    hub_auth = HubOAuth(
+        api_token=SERVICE_TOKEN, oauth_client_id=CLIENT_ID, api_url=fake_hub.api_url,
+        base_url=PREFIX, access_scopes={ACCESS}, cache_max_age=1,
+    )  # fmt: skip
+    transport = httpx.ASGITransport(HubGate(create_fastapi_app(flask_app), hub_auth))
+
+    async def version(token: str, times: int) -> list[int]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return [(await c.get(f"{PREFIX}version", headers=api(token))).status_code for _ in range(times)]
+
+    before = dict(fake_hub.lookups)
+    assert asyncio.run(version("alice-token", 5)) == [200] * 5
+    assert fake_hub.lookups["alice-token"] - before.get("alice-token", 0) == 1
+    time.sleep(1.1)
+    assert asyncio.run(version("alice-token", 2)) == [200] * 2
+    assert fake_hub.lookups["alice-token"] - before.get("alice-token", 0) == 2
+    assert asyncio.run(version("nobodys-token", 3)) == [302] * 3  # to the hub's login, as with no token
+    assert fake_hub.lookups["nobodys-token"] - before.get("nobodys-token", 0) == 3
 
 
 def test_a_person_registers_a_logged_model_in_one_call(mlflow_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
