@@ -9,6 +9,7 @@ from bench import (
     accounts,
     allocator,
     approval,
+    apps,
     audit,
     extension_start,
     features,
@@ -34,6 +35,7 @@ SUITES = {
     "serving": serving.run,
     "approval": approval.run,
     "features": features.run,
+    "apps": apps.run,
 }
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hubforge.catalog import load_catalog
+from hubforge.catalog import load_catalog, personas_for_groups
 from hubforge.config import PlatformConfig
 from hubforge.contract import (
+    APPS_URL_ENV,
     CONFIG_ENV,
     DATA_ENV,
     DEMO_PASSWORD_ENV,
@@ -32,6 +33,7 @@ from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
 from .auth import audited, oauth_groups_key
 from .requests_audit import audited_log_function
 from .services import (
+    APPS,
     FEATURES,
     GOVERNANCE,
     MLFLOW,
@@ -226,6 +228,9 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     if FEATURES.enabled(cfg):
         # The feature browser reads the catalog there, under the server's token.
         c.Spawner.environment[FEATURES_URL_ENV] = f"{cfg.local_url}services/features"
+    if APPS.enabled(cfg):
+        # `hubforge apps publish` in a terminal, and apps opened in the server, under its token.
+        c.Spawner.environment[APPS_URL_ENV] = f"{cfg.local_url}services/apps"
     local = cfg.spawner.local
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")
@@ -274,6 +279,20 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
         (cfg.data_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
     c.JupyterHub.services = hub_services(one_machine(cfg, rt))
     configure_service_role(c, cfg)
+    if APPS.enabled(cfg):
+        c.JupyterHub.default_url = analysts_land_on(cfg.group_personas(), f"{cfg.hub.base_url}services/apps/")
+
+
+def analysts_land_on(group_personas: Mapping[str, Iterable[str]], gallery: str) -> Callable[[Any], str]:
+    """``JupyterHub.default_url`` that sends people who are analysts and nothing else to the
+    apps ``gallery`` after login; everybody else goes where the hub sends them (their server)."""
+
+    def default_url(handler: Any) -> str:
+        user = getattr(handler, "current_user", None)
+        groups = [group.name for group in getattr(user, "groups", None) or ()]
+        return gallery if personas_for_groups(group_personas, groups) == {"analyst"} else ""
+
+    return default_url
 
 
 def configure_service_role(c: Any, cfg: PlatformConfig) -> None:

@@ -39,6 +39,7 @@ from hubforge.features.environment import feast_python
 from hubforge.personas import CUSTOM_SCOPES, SERVICE_ROLE_SCOPES
 
 __all__ = [
+    "APPS",
     "FEATURES",
     "FEATURES_ROLE",
     "GOVERNANCE",
@@ -221,18 +222,21 @@ MLFLOW = ServiceSpec(
 )
 
 
-def _serving_command(placement: Placement, port: int) -> list[str]:
-    return [placement.python, "-m", "hubforge.hub.serving"]
+def _python_module(module: str) -> Callable[[Placement, int], list[str]]:
+    """The command of a service that is a module of the platform's Python (``python -m``)."""
+    return lambda placement, port: [placement.python, "-m", module]
 
 
-def _serving_environment(placement: Placement) -> dict[str, str]:
+def _bind_where_placed(placement: Placement) -> dict[str, str]:
+    """A tornado service's environment: the address it listens on (the hub's Service on
+    Kubernetes is no address a pod can bind)."""
     return {SERVICE_BIND_IP_ENV: placement.bind_ip}
 
 
 SERVING = ServiceSpec(
     name="serving",
-    command=_serving_command,
-    environment=_serving_environment,
+    command=_python_module("hubforge.hub.serving"),
+    environment=_bind_where_placed,
     health_path="api/health",
     default_port=10103,
     on_kubernetes=False,
@@ -273,8 +277,19 @@ FEATURES = ServiceSpec(
     on_kubernetes=False,
     unavailable=_features_unavailable,
 )
+
+
+APPS = ServiceSpec(
+    name="apps",
+    command=_python_module("hubforge.hub.apps"),
+    environment=_bind_where_placed,
+    health_path="api/health",
+    default_port=10105,
+    # Its store on the hub's volume and Voila in people's pods: issue 16's images first.
+    on_kubernetes=False,
+)
 #: Every hub-managed service, in start order.
-SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING, FEATURES)
+SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING, FEATURES, APPS)
 
 
 def server_audit_env(cfg: PlatformConfig, governance: str) -> dict[str, str]:

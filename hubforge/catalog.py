@@ -37,6 +37,7 @@ __all__ = [
     "catalog_from_data",
     "check_choice",
     "culling_args",
+    "interface_args",
     "known_groups",
     "load_catalog",
     "personas_for_groups",
@@ -149,6 +150,9 @@ class Tier:
     #: Whether notebook runs on the tier are tracked to MLflow: the tier's own
     #: ``tracking`` if it has one, else the platform's ``tracking.enabled``.
     tracking: bool = True
+    #: What a server of the tier offers: ``lab`` (JupyterLab, terminals, files) or ``apps``
+    #: (Voila only: published apps, no JupyterLab, no terminals, no writes to its files).
+    interface: str = "lab"
 
     def image(self, key: str) -> ImageChoice | None:
         """The image choice named ``key``, if the tier offers it."""
@@ -240,6 +244,7 @@ def _tier(slug: str, spec: dict[str, Any], tracking: bool) -> Tier:
         capacity=Capacity(capacity["gpus"], cpu_cores(capacity["cpu"]), capacity["memory"]) if capacity else None,
         fair_share_weight=float(spec.get("fair_share_weight", 1)),
         tracking=spec.get("tracking", tracking),
+        interface=spec.get("interface", "lab"),
     )
 
 
@@ -366,6 +371,24 @@ def culling_args(tier: Tier) -> list[str]:
         f"--MappingKernelManager.cull_idle_timeout={idle}",
         f"--TerminalManager.cull_inactive_timeout={idle}",
     ]
+
+
+#: jupyter-server options of a server on an ``interface: apps`` tier: Voila's page of apps
+#: first, no JupyterLab (nor its language server), no terminals, files read-only.
+APPS_INTERFACE_ARGS = (
+    "--ServerApp.default_url=/voila/",
+    "--ServerApp.terminals_enabled=False",
+    "--ServerApp.jpserver_extensions=jupyterlab=False",
+    "--ServerApp.jpserver_extensions=jupyter_lsp=False",
+    "--ServerApp.jpserver_extensions=notebook=False",
+    "--ServerApp.jpserver_extensions=jupyter_server_terminals=False",
+    "--ServerApp.contents_manager_class=hubforge.server_extension.readonly.ReadOnlyContentsManager",
+)
+
+
+def interface_args(tier: Tier) -> list[str]:
+    """jupyter-server options of the tier's interface (none for JupyterLab, the default)."""
+    return list(APPS_INTERFACE_ARGS) if tier.interface == "apps" else []
 
 
 def tier_env(tier: Tier) -> dict[str, str]:

@@ -320,6 +320,7 @@ class BackendsSection:
     hub_db_url: str
     governance_db_url: str
     mlflow_db_url: str
+    apps_db_url: str
     redis_url: str
     object_store_url: str
 
@@ -379,6 +380,14 @@ class ServingService:
 
 
 @dataclass(frozen=True)
+class AppsService:
+    """``services.apps``: published Voila apps and their gallery."""
+
+    enabled: bool
+    port: int
+
+
+@dataclass(frozen=True)
 class FeaturesService:
     """``services.features``: the feature store (Feast)."""
 
@@ -396,6 +405,7 @@ class ServicesSection:
     governance: GovernanceService
     serving: ServingService
     features: FeaturesService
+    apps: AppsService
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServicesSection:
@@ -404,6 +414,7 @@ class ServicesSection:
             governance=_flat(GovernanceService, data["governance"]),
             serving=ServingService.from_data(data["serving"]),
             features=_flat(FeaturesService, data["features"]),
+            apps=_flat(AppsService, data["apps"]),
         )
 
 
@@ -458,7 +469,7 @@ class PlatformConfig:
         return list(spec.groups) if spec else []
 
     def db_url(self, component: str) -> str:
-        """The SQLAlchemy URL of ``component`` (hub, governance, mlflow)."""
+        """The SQLAlchemy URL of ``component`` (hub, governance, mlflow, apps)."""
         url = getattr(self.backends, f"{component}_db_url")
         if url.startswith("postgresql://"):
             # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; we ship psycopg2.

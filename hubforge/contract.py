@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
+    "APPS_URL_ENV",
     "AUDIT_CELL_SOURCE_ENV",
     "AUDIT_DIR_ENV",
     "AUDIT_URL_ENV",
@@ -108,6 +109,8 @@ GOVERNANCE_URL_ENV = "HUBFORGE_GOVERNANCE_URL"
 #: The features service's URL (``.../services/features``) as the server reaches it: the
 #: feature browser reads the catalog there, under the server's hub token.
 FEATURES_URL_ENV = "HUBFORGE_FEATURES_URL"
+#: The apps service as a person's server reaches it (``hubforge apps``, and opening an app).
+APPS_URL_ENV = "HUBFORGE_APPS_URL"
 #: ``on`` to record each executed cell's source in the audit trail, not only its sha256.
 AUDIT_CELL_SOURCE_ENV = "HUBFORGE_AUDIT_CELL_SOURCE"
 #: The tier the server runs on (its slug).

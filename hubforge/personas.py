@@ -57,6 +57,7 @@ SERVER_TOKEN_SCOPES = (
     "access:services!service=mlflow",
     "access:services!service=governance",
     "access:services!service=features",
+    "access:services!service=apps",
     "custom:requests:submit",
     "custom:experiments:write",
     "custom:models:read",

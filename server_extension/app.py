@@ -159,6 +159,10 @@ def _hooked(original: Callable[..., Any], settings: HubforgeTracking, root_dir: 
 def load(serverapp: Any) -> None:
     """Install the kernel hook on ``serverapp.kernel_manager`` (once), and the audit observers."""
     if getattr(serverapp, "hubforge_audit", None) is None:
+        from .apps import app_handlers
+
+        # Apps opened from the gallery render here, as this server's owner.
+        serverapp.web_app.add_handlers(".*$", app_handlers(serverapp.web_app.settings["base_url"]))
         serverapp.hubforge_audit = load_audit(serverapp)
         # jupyter-server unloads no module extension: write and deliver once its extensions
         # have stopped (after its kernels, whose last events are in by then), or at exit.

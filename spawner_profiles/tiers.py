@@ -21,7 +21,14 @@ from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Dict, HasTraits, Instance, Unicode, default
 
-from hubforge.catalog import Catalog, ValidatedChoice, check_choice, culling_args, personas_for_groups
+from hubforge.catalog import (
+    Catalog,
+    ValidatedChoice,
+    check_choice,
+    culling_args,
+    interface_args,
+    personas_for_groups,
+)
 from hubforge.errors import Refusal, http_answer
 from hubforge.events.spool import open_spool
 
@@ -150,8 +157,8 @@ class TierSpawnerMixin(_SpawnerBase):
         return choice
 
     def get_args(self) -> list[str]:
-        """The server's arguments, plus the tier's idle timeout for jupyter-server."""
+        """The server's arguments, plus the tier's idle timeout and interface for jupyter-server."""
         args: list[str] = super().get_args()
         if self.tier_choice is not None:
-            args += culling_args(self.tier_choice.tier)
+            args += culling_args(self.tier_choice.tier) + interface_args(self.tier_choice.tier)
         return args

@@ -32,12 +32,14 @@ HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 _REASONS = {
     200: "OK",
     201: "Created",
+    204: "No content",
     302: "Redirect",
     400: "Bad request",
     401: "Not authenticated",
     403: "Forbidden",
     404: "Not found",
     409: "Conflict",
+    413: "Too large",
     415: "Unsupported media type",
     502: "The hub could not be reached",
     503: "The store is unavailable",
@@ -158,6 +160,7 @@ def build_spec(
     cookie_name: str,
     title: str = "hubforge governance",
     version: str = "1",
+    description: str = "Approval requests for deployments and data access, behind JupyterHub auth.",
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document for ``routes`` (path template, handler class) served under ``prefix``."""
     paths: dict[str, Any] = {}
@@ -172,7 +175,7 @@ def build_spec(
         "info": {
             "title": title,
             "version": version,
-            "description": "Approval requests for deployments and data access, behind JupyterHub auth.",
+            "description": description,
         },
         "servers": [{"url": prefix}],
         "paths": paths,

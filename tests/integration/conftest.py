@@ -7,6 +7,7 @@ and not started), ``mlflow server --app-name hubforge`` behind a fake hub (``fak
 (``backend_store``, ``running``).
 """
 
+from harness.apps import running_apps  # noqa: F401 (fixtures)
 from harness.governance import backend_store, running  # noqa: F401 (fixtures)
 from harness.mlflow import mlflow_server, own_mlflow  # noqa: F401 (fixtures)
 from harness.mlflow_app import browser, fake_hub, mlflow_url  # noqa: F401 (fixtures)

@@ -46,8 +46,8 @@ def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if request.param == "sqlite":
         yield from _run(tmp_path_factory, "sqlite", {})
         return
-    with pg_databases("hub", "governance") as urls:
-        backends = {"hub_db_url": urls["hub"], "governance_db_url": urls["governance"]}
+    with pg_databases("hub", "governance", "apps") as urls:
+        backends = {"hub_db_url": urls["hub"], "governance_db_url": urls["governance"], "apps_db_url": urls["apps"]}
         yield from _run(tmp_path_factory, "postgresql", {"backends": backends})
 
 

@@ -21,7 +21,7 @@ def test_default_config_is_valid_and_complete(tmp_path: Path) -> None:
     assert cfg.source == "default platform.yaml"
     assert cfg.data_dir == tmp_path.resolve()
     assert set(cfg.data["personas"]) == set(persona_names())
-    assert set(cfg.data["users"]) == {"alice", "bob", "carol", "dan", "erin"}
+    assert set(cfg.data["users"]) == {"alice", "bob", "carol", "dan", "erin", "frank"}
     assert cfg.db_url("governance") == f"sqlite:///{tmp_path.resolve() / 'governance.sqlite'}"
     assert cfg.public_url == "http://127.0.0.1:8000/"
 

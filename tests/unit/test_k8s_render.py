@@ -228,12 +228,13 @@ def test_the_secret_carries_the_platform_config(
     path.write_text(secret["stringData"]["platform.yaml"])
     cfg = load_config(path, environ={})
     assert str(cfg.data_dir) == str(HUB_DATA_DIR)
-    assert list(cfg.data["tiers"]) == ["interactive", "training", "hpo", "finetune"]
+    assert list(cfg.data["tiers"]) == ["interactive", "training", "hpo", "finetune", "apps"]
 
 
 def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     (values,) = rendered["helm-values.yaml"]
-    assert [p["slug"] for p in values["singleuser"]["profileList"]] == ["interactive", "training", "hpo", "finetune"]
+    slugs = [p["slug"] for p in values["singleuser"]["profileList"]]
+    assert slugs == ["interactive", "training", "hpo", "finetune", "apps"]
     hub = values["hub"]
     assert set(hub["services"]) == {"governance", "mlflow"}  # serving is KServe's on Kubernetes
     assert hub["services"]["governance"]["url"] == "http://hub:10101"

@@ -50,13 +50,15 @@ def one_line_error(make: Any) -> str:
 # --- the shipped tiers ---------------------------------------------------------
 
 
-def test_default_catalog_has_the_four_seed_tiers() -> None:
+def test_default_catalog_has_the_four_seed_tiers_and_the_analysts_apps() -> None:
     catalog = load_catalog(load_config(environ={}))
-    assert catalog.slugs == ["interactive", "training", "hpo", "finetune"]
-    interactive, training, hpo, finetune = catalog.tiers
+    assert catalog.slugs == ["interactive", "training", "hpo", "finetune", "apps"]
+    interactive, training, hpo, finetune, apps = catalog.tiers
     assert interactive.queue is None and interactive.capacity is None  # reserved
     assert interactive.resources.gpu_resource == "nvidia.com/mig-1g.10gb"
-    assert interactive.personas == frozenset(persona_names())
+    assert interactive.personas == frozenset(persona_names()) - {"analyst"}  # no notebooks for analysts
+    assert {t.interface for t in catalog.tiers} == {"lab", "apps"} and apps.interface == "apps"
+    assert apps.personas == {"analyst"} and apps.resources.gpus.max == 0 and apps.queue is None
     assert {t.queue for t in (training, hpo, finetune)} == {"training", "hpo", "finetune"}
     assert training.resources.model == "nvidia-h100-80gb"
     assert hpo.resources.gpus.min >= 2  # multi-GPU sweeps
@@ -254,13 +256,13 @@ def test_each_persona_sees_the_tiers_the_config_allows() -> None:
     assert visible(cfg, "carol") == ["interactive", "training", "hpo", "finetune"]  # ml-lead
     assert visible(cfg, "dan") == ["interactive"]  # data-steward
     assert visible(cfg, "erin") == ["interactive", "training", "hpo", "finetune"]  # platform-admin
-    assert visible(cfg, "ann") == ["interactive"]  # analyst
+    assert visible(cfg, "ann") == ["apps"]  # analyst: published apps, no notebook tier
 
 
 def test_an_analyst_sees_nothing_when_the_config_gives_them_nothing() -> None:
     everyone_but_analysts = [p for p in persona_names() if p != "analyst"]
     cfg = with_tier(
-        "interactive",
+        "apps",
         {"personas": everyone_but_analysts},
         users={**DEFAULT["users"], "ann": {"groups": ["analyst"]}},
     )

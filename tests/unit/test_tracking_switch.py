@@ -82,6 +82,7 @@ def test_a_tier_switches_tracking_off_under_a_global_on() -> None:
         "training": False,
         "hpo": True,
         "finetune": True,
+        "apps": True,
     }
 
 
@@ -91,6 +92,7 @@ def test_a_tier_switches_tracking_on_under_a_global_off() -> None:
         "training": False,
         "hpo": False,
         "finetune": False,
+        "apps": False,
     }
 
 
