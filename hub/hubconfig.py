@@ -17,14 +17,11 @@ from typing import Any
 from hubforge.catalog import load_catalog, personas_for_groups
 from hubforge.config import PlatformConfig
 from hubforge.contract import (
-    APPS_URL_ENV,
     CONFIG_ENV,
     DATA_ENV,
     DEMO_PASSWORD_ENV,
-    FEATURES_URL_ENV,
     INSTANCE_ENV,
     ISOLATION_ENV,
-    MLFLOW_URL_ENV,
     RUNTIME_ENV,
 )
 from hubforge.events.spool import platform_spool_dir
@@ -37,13 +34,15 @@ from .services import (
     FEATURES,
     GOVERNANCE,
     MLFLOW,
+    SCHEDULER,
     Placement,
     enabled_services,
     features_role,
     governance_role,
     hub_services,
     persona_services,
-    server_audit_env,
+    scheduler_role,
+    server_service_env,
     service_role,
 )
 
@@ -220,17 +219,7 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     c.Spawner.default_url = cfg.spawner.default_url
     c.Spawner.start_timeout = cfg.hub.start_timeout
     c.Spawner.http_timeout = cfg.hub.start_timeout
-    c.Spawner.environment = {INSTANCE_ENV: rt.instance}
-    c.Spawner.environment.update(server_audit_env(cfg, f"{cfg.local_url}services/governance"))
-    if cfg.services.mlflow.enabled:
-        # Servers reach MLflow through the proxy, as the person's own hub identity.
-        c.Spawner.environment[MLFLOW_URL_ENV] = f"{cfg.local_url}services/mlflow"
-    if FEATURES.enabled(cfg):
-        # The feature browser reads the catalog there, under the server's token.
-        c.Spawner.environment[FEATURES_URL_ENV] = f"{cfg.local_url}services/features"
-    if APPS.enabled(cfg):
-        # `hubforge apps publish` in a terminal, and apps opened in the server, under its token.
-        c.Spawner.environment[APPS_URL_ENV] = f"{cfg.local_url}services/apps"
+    c.Spawner.environment = {INSTANCE_ENV: rt.instance, **server_service_env(cfg)}
     local = cfg.spawner.local
     s = c.LocalTierSpawner
     s.home_dir_template = str(cfg.data_dir / "users" / "{username}")
@@ -306,4 +295,6 @@ def configure_service_role(c: Any, cfg: PlatformConfig) -> None:
         roles.append(governance_role(names))
     if FEATURES.name in names and GOVERNANCE.name in names:
         roles.append(features_role(names))
+    if SCHEDULER.name in names:
+        roles.append(scheduler_role(cfg.persona_groups()))
     c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, *roles]

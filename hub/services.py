@@ -20,6 +20,7 @@ settings under ``services.<name>`` in the platform config (``port``, optionally
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,10 +29,14 @@ from urllib.parse import urlsplit
 
 from hubforge.config import PlatformConfig
 from hubforge.contract import (
+    APPS_URL_ENV,
     AUDIT_CELL_SOURCE_ENV,
     AUDIT_URL_ENV,
+    FEATURES_URL_ENV,
     GOVERNANCE_URL_ENV,
     MLFLOW_URL_ENV,
+    SCHEDULER_RUN_SERVICES_ENV,
+    SCHEDULER_URL_ENV,
     SERVICE_BIND_IP_ENV,
     SERVING_URL_ENV,
 )
@@ -45,6 +50,8 @@ __all__ = [
     "GOVERNANCE",
     "GOVERNANCE_ROLE",
     "MLFLOW",
+    "SCHEDULER",
+    "SCHEDULER_ROLE",
     "SERVICES",
     "SERVICE_ROLE",
     "SERVICE_START_TIMEOUT",
@@ -58,7 +65,9 @@ __all__ = [
     "hub_service",
     "hub_services",
     "persona_services",
+    "scheduler_role",
     "server_audit_env",
+    "server_service_env",
     "service_names",
     "service_role",
 ]
@@ -72,6 +81,8 @@ SERVICE_ROLE = "hubforge-services"
 GOVERNANCE_ROLE = "hubforge-governance"
 #: The features service's own role: it checks people's data-access grants with the governance service.
 FEATURES_ROLE = "hubforge-features"
+#: The scheduler's own role: it makes a short-lived token of a job's owner for each run.
+SCHEDULER_ROLE = "hubforge-scheduler"
 
 
 @dataclass(frozen=True)
@@ -279,6 +290,21 @@ FEATURES = ServiceSpec(
 )
 
 
+def _scheduler_environment(placement: Placement) -> dict[str, str]:
+    # Each run gets the services' addresses people's servers get (RUN_SERVICES_ENV, as JSON).
+    run_services = json.dumps(server_service_env(placement.cfg))
+    return {SERVICE_BIND_IP_ENV: placement.bind_ip, SCHEDULER_RUN_SERVICES_ENV: run_services}
+
+
+SCHEDULER = ServiceSpec(
+    name="scheduler",
+    command=_python_module("hubforge.hub.scheduler"),
+    environment=_scheduler_environment,
+    health_path="api/health",
+    default_port=10106,
+    # Runs are papermill processes on the hub's machine; on Kubernetes they become Jobs (issue 14).
+    on_kubernetes=False,
+)
 APPS = ServiceSpec(
     name="apps",
     command=_python_module("hubforge.hub.apps"),
@@ -289,7 +315,7 @@ APPS = ServiceSpec(
     on_kubernetes=False,
 )
 #: Every hub-managed service, in start order.
-SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING, FEATURES, APPS)
+SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING, FEATURES, APPS, SCHEDULER)
 
 
 def server_audit_env(cfg: PlatformConfig, governance: str) -> dict[str, str]:
@@ -299,6 +325,22 @@ def server_audit_env(cfg: PlatformConfig, governance: str) -> dict[str, str]:
     env = {AUDIT_URL_ENV: f"{governance}/api/audit/events", GOVERNANCE_URL_ENV: governance}
     if cfg.services.governance.audit_cell_source:
         env[AUDIT_CELL_SOURCE_ENV] = "on"
+    return env
+
+
+def server_service_env(cfg: PlatformConfig) -> dict[str, str]:
+    """Where a person's server (and a scheduled run, which is one's work too) finds the
+    platform's services, through the proxy on one machine, under its own token."""
+    services = f"{cfg.local_url}services"
+    env = server_audit_env(cfg, f"{services}/governance")
+    if MLFLOW.enabled(cfg):
+        env[MLFLOW_URL_ENV] = f"{services}/mlflow"  # runs logged as the person's own hub identity
+    if FEATURES.enabled(cfg):
+        env[FEATURES_URL_ENV] = f"{services}/features"  # the feature browser's catalog and reads
+    if APPS.enabled(cfg):
+        env[APPS_URL_ENV] = f"{services}/apps"  # `hubforge apps`, and apps opened in the server
+    if SCHEDULER.enabled(cfg):
+        env[SCHEDULER_URL_ENV] = f"{services}/scheduler"  # `hubforge schedule`
     return env
 
 
@@ -357,6 +399,17 @@ def features_role(names: Iterable[str]) -> dict[str, Any]:
     grants = [f"access:services!service={GOVERNANCE.name}", "custom:grants:read"]
     scopes = grants if GOVERNANCE.name in set(names) else []
     return {"name": FEATURES_ROLE, "scopes": scopes, "services": [FEATURES.name]}
+
+
+def scheduler_role(persona_groups: Mapping[str, Iterable[str]]) -> dict[str, Any]:
+    """The ``load_roles`` entry that lets the scheduler make short-lived tokens for the people
+    who may schedule (the groups granting the ``scheduler`` persona), and for nobody else."""
+    groups = sorted(set(persona_groups.get("scheduler", ())))
+    return {
+        "name": SCHEDULER_ROLE,
+        "scopes": [f"tokens!group={group}" for group in groups],
+        "services": [SCHEDULER.name],
+    }
 
 
 def health_url(spec: ServiceSpec, services_url: str) -> str:

@@ -28,57 +28,17 @@ from typing import Any
 from urllib.parse import quote
 
 from hubforge.contract import APPS_URL_ENV
-from hubforge.errors import Invalid, Refusal, Unavailable
+from hubforge.errors import Invalid
+from hubforge.service_client import USER_ENV, ServiceClient
 
 __all__ = ["AppsClient", "register"]
 
-TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
-USER_ENV = "JUPYTERHUB_USER"
 
+class AppsClient(ServiceClient):
+    """The apps service's API, as the holder of a hub token."""
 
-class AppsError(Refusal):
-    """What the apps service refused, with its status (the CLI's one line)."""
-
-
-class AppsClient:
-    """The apps service's API, as the holder of ``token``."""
-
-    def __init__(self, url: str, token: str, timeout: float = 60) -> None:
-        import httpx
-
-        self.base = url.rstrip("/") + "/"
-        self.http = httpx.Client(
-            base_url=self.base, headers={"Authorization": f"token {token}"}, timeout=timeout, follow_redirects=False
-        )
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, url: str | None = None) -> AppsClient:
-        env = os.environ if env is None else env
-        url = url or env.get(APPS_URL_ENV, "")
-        token = env.get(TOKEN_ENV, "")
-        if not url:
-            raise Invalid(f"no apps service: {APPS_URL_ENV} is unset (run this in your hub server, or pass --url)")
-        if not token:
-            raise Invalid(f"{TOKEN_ENV} is unset: run this in your hub server (a terminal or a notebook)")
-        return cls(url, token)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
-
-        try:
-            resp = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"the apps service at {self.base} cannot be reached: {exc}") from None
-        if resp.status_code >= 400:
-            try:
-                message = resp.json().get("message") or resp.reason_phrase
-            except ValueError:
-                message = resp.reason_phrase
-            raise AppsError(f"{message} ({resp.status_code})", status=resp.status_code)
-        return resp.json() if resp.content else None
+    service = "apps"
+    url_env = APPS_URL_ENV
 
     @staticmethod
     def path(app: str, user: str) -> str:
@@ -88,23 +48,23 @@ class AppsClient:
 
     def publish(self, notebook: Any, name: str, **fields: Any) -> dict[str, Any]:
         body = {"name": name, "notebook": notebook, **{k: v for k, v in fields.items() if v is not None}}
-        return self._call("POST", "api/apps", json=body)
+        return self.call("POST", "api/apps", json=body)
 
     def apps(self, query: str = "", mine: bool = False) -> list[dict[str, Any]]:
         params = {"q": query, **({"mine": "1"} if mine else {})}
-        return self._call("GET", "api/apps", params=params)["apps"]
+        return self.call("GET", "api/apps", params=params)["apps"]
 
     def versions(self, path: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"{path}/versions")["versions"]
+        return self.call("GET", f"{path}/versions")["versions"]
 
     def rollback(self, path: str, version: int) -> dict[str, Any]:
-        return self._call("POST", f"{path}/rollback", json={"version": version})
+        return self.call("POST", f"{path}/rollback", json={"version": version})
 
     def update(self, path: str, **fields: Any) -> dict[str, Any]:
-        return self._call("PATCH", path, json={k: v for k, v in fields.items() if v is not None})
+        return self.call("PATCH", path, json={k: v for k, v in fields.items() if v is not None})
 
     def unpublish(self, path: str) -> None:
-        self._call("DELETE", path)
+        self.call("DELETE", path)
 
 
 def _read_notebook(path: str) -> Any:

@@ -321,6 +321,7 @@ class BackendsSection:
     governance_db_url: str
     mlflow_db_url: str
     apps_db_url: str
+    scheduler_db_url: str
     redis_url: str
     object_store_url: str
 
@@ -380,6 +381,14 @@ class ServingService:
 
 
 @dataclass(frozen=True)
+class SchedulerService:
+    """``services.scheduler``: scheduled notebook runs."""
+
+    enabled: bool
+    port: int
+
+
+@dataclass(frozen=True)
 class AppsService:
     """``services.apps``: published Voila apps and their gallery."""
 
@@ -406,6 +415,7 @@ class ServicesSection:
     serving: ServingService
     features: FeaturesService
     apps: AppsService
+    scheduler: SchedulerService
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServicesSection:
@@ -415,6 +425,7 @@ class ServicesSection:
             serving=ServingService.from_data(data["serving"]),
             features=_flat(FeaturesService, data["features"]),
             apps=_flat(AppsService, data["apps"]),
+            scheduler=_flat(SchedulerService, data["scheduler"]),
         )
 
 
@@ -469,7 +480,7 @@ class PlatformConfig:
         return list(spec.groups) if spec else []
 
     def db_url(self, component: str) -> str:
-        """The SQLAlchemy URL of ``component`` (hub, governance, mlflow, apps)."""
+        """The SQLAlchemy URL of ``component`` (hub, governance, mlflow, apps, scheduler)."""
         url = getattr(self.backends, f"{component}_db_url")
         if url.startswith("postgresql://"):
             # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; we ship psycopg2.

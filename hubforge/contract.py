@@ -37,6 +37,8 @@ __all__ = [
     "INSTANCE_ENV",
     "ISOLATION_ENV",
     "ITEM_SCHEMA",
+    "JOB_ENV",
+    "JOB_RUN_ENV",
     "KERNEL_PYTHON_ENV",
     "KEY",
     "KIND",
@@ -53,6 +55,8 @@ __all__ = [
     "RUN_ID_FILE_ENV",
     "RUN_SCHEMA",
     "RUN_VERSION",
+    "SCHEDULER_RUN_SERVICES_ENV",
+    "SCHEDULER_URL_ENV",
     "SERVER_NAME_ENV",
     "SERVICE_BIND_IP_ENV",
     "SERVING_URL_ENV",
@@ -111,6 +115,11 @@ GOVERNANCE_URL_ENV = "HUBFORGE_GOVERNANCE_URL"
 FEATURES_URL_ENV = "HUBFORGE_FEATURES_URL"
 #: The apps service as a person's server reaches it (``hubforge apps``, and opening an app).
 APPS_URL_ENV = "HUBFORGE_APPS_URL"
+#: The scheduler as a person's server reaches it (``hubforge schedule``).
+SCHEDULER_URL_ENV = "HUBFORGE_SCHEDULER_URL"
+#: The services' addresses a scheduled run gets (what people's servers get), as a JSON object:
+#: hub -> scheduler.
+SCHEDULER_RUN_SERVICES_ENV = "HUBFORGE_SCHEDULER_RUN_SERVICES"
 #: ``on`` to record each executed cell's source in the audit trail, not only its sha256.
 AUDIT_CELL_SOURCE_ENV = "HUBFORGE_AUDIT_CELL_SOURCE"
 #: The tier the server runs on (its slug).
@@ -125,8 +134,13 @@ KERNEL_PYTHON_ENV = "HUBFORGE_KERNEL_PYTHON"
 
 # -- server -> kernel ------------------------------------------------------------------------------
 
-#: What started the kernel: ``jupyterlab``, ``papermill`` or ``voila`` (the run's origin tag).
+#: What started the kernel: ``jupyterlab``, ``papermill``, ``scheduler`` or ``voila`` (the run's
+#: origin tag).
 ORIGIN_ENV = "HUBFORGE_ORIGIN"
+#: The scheduled job and the job's run a papermill kernel executes for (``hubforge.job`` and
+#: ``hubforge.job_run`` tags of its MLflow run).
+JOB_ENV = "HUBFORGE_JOB"
+JOB_RUN_ENV = "HUBFORGE_JOB_RUN"
 #: The server's root folder, against which notebook paths are relative.
 NOTEBOOK_ROOT_ENV = "HUBFORGE_NOTEBOOK_ROOT"
 #: The hub's name of the server (``JUPYTERHUB_SERVER_NAME``; empty is the default server).

@@ -35,7 +35,14 @@ from papermill.engines import NBClientEngine
 from papermill.log import logger
 from papermill.utils import merge_kwargs, remove_args
 
-from hubforge.contract import CLOSE_BUDGET_ENV, OUTPUT_NOTEBOOK_ENV, PARAMETERS_ENV, RUN_ID_FILE_ENV, param_item
+from hubforge.contract import (
+    CLOSE_BUDGET_ENV,
+    ORIGIN_ENV,
+    OUTPUT_NOTEBOOK_ENV,
+    PARAMETERS_ENV,
+    RUN_ID_FILE_ENV,
+    param_item,
+)
 
 from .kernel.queue import refused
 from .launch import (
@@ -51,6 +58,7 @@ from .pending import PendingRun, spool_root, write_pending
 __all__ = ["HubforgeEngine", "kernel_launch", "log_output_notebook"]
 
 ORIGIN = "papermill"
+SCHEDULER = "scheduler"
 
 
 def kernel_launch(
@@ -63,7 +71,9 @@ def kernel_launch(
     cwd: str,
 ) -> tuple[dict[str, str], list[str]]:
     """The kernel's full environment and extra arguments for a papermill run."""
-    additions = tracking_env(server_env, root_dir=cwd, origin=ORIGIN)
+    # The scheduler runs its jobs through this engine and says so; anything else is papermill.
+    origin = SCHEDULER if server_env.get(ORIGIN_ENV) == SCHEDULER else ORIGIN
+    additions = tracking_env(server_env, root_dir=cwd, origin=origin)
     additions[PARAMETERS_ENV] = json.dumps(dict(parameters), default=str)
     additions[RUN_ID_FILE_ENV] = run_id_file
     additions[CLOSE_BUDGET_ENV] = str(close_budget(KERNEL_SHUTDOWN_WAIT))

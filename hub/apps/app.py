@@ -32,7 +32,7 @@ from traitlets.config import catch_config_error
 
 from hubforge import __version__, proxies
 from hubforge.config import PlatformConfig, load_config
-from hubforge.errors import NotFound, Refusal, Unavailable, http_answer
+from hubforge.errors import Refusal
 from hubforge.hub.governance.api import APIHandler
 from hubforge.hub.governance.app import load_cookie_secret
 from hubforge.hub.governance.auth import needs_scope, public
@@ -167,6 +167,8 @@ class AppsHandler(APIHandler):
     """Base of the apps API: the store, the caller's groups, the service's refusals."""
 
     max_body: ClassVar[int] = MAX_BODY_SIZE
+    store_words: ClassVar[str] = "the apps store"
+    not_found_message: ClassVar[str] = NOT_FOUND
 
     @property
     def apps(self) -> AppStore:
@@ -178,15 +180,6 @@ class AppsHandler(APIHandler):
     @property
     def is_admin(self) -> bool:
         return bool(self.current_user.get("admin"))
-
-    def refused(self, refusal: Refusal) -> web.HTTPError:
-        if isinstance(refusal, Unavailable):
-            self.log.error("Apps store failed on %s %s: %s", self.request.method, self.request.path, refusal)
-            return web.HTTPError(503, "the apps store is unavailable; try again later")
-        if isinstance(refusal, NotFound):
-            return web.HTTPError(404, NOT_FOUND)
-        status, message = http_answer(refusal)
-        return web.HTTPError(status, "%s", message)
 
     async def record(self, owner: str, name: str) -> AppRecord:
         """The app if the caller may see it; 404 otherwise."""

@@ -33,6 +33,10 @@ class APIHandler(HubAuthHandler):
     operations: ClassVar[dict[str, Operation]] = {}
     #: The largest request body this handler reads (413 beyond it).
     max_body: ClassVar[int] = 64 * 1024
+    #: How an outage of the service's store is told, and every "not found" (the other
+    #: services built on this base say theirs).
+    store_words: ClassVar[str] = "the governance store"
+    not_found_message: ClassVar[str] = NOT_FOUND_MESSAGE
 
     def set_default_headers(self) -> None:
         """JSON, and never cached: answers depend on who asks."""
@@ -96,9 +100,9 @@ class APIHandler(HubAuthHandler):
                            self.request.path, refusal)  # fmt: skip
             return web.HTTPError(503, "the audit trail cannot record this now, so it was not done; try again later")
         if isinstance(refusal, Unavailable):
-            self.log.error("Governance store failed on %s %s: %s", self.request.method, self.request.path, refusal)
-            return web.HTTPError(503, "the governance store is unavailable; try again later")
+            self.log.error("%s failed on %s %s: %s", self.store_words, self.request.method, self.request.path, refusal)
+            return web.HTTPError(503, f"{self.store_words} is unavailable; try again later")
         if isinstance(refusal, NotFound):
-            return web.HTTPError(404, NOT_FOUND_MESSAGE)
+            return web.HTTPError(404, self.not_found_message)
         status, message = http_answer(refusal)
         return web.HTTPError(status, "%s", message.removeprefix("governance store: "))

@@ -1,2 +1,3 @@
-"""The notebook scheduler: job definitions, their schedules (:mod:`.schedule`) and their runs'
-records (:mod:`.store`). The service that fires and executes them comes next (issue 14)."""
+"""The notebook scheduler: the service (:mod:`.app`) that fires jobs on their schedules
+(:mod:`.schedule`), runs them through papermill as their owners (:mod:`.runner`) and keeps
+their definitions and runs (:mod:`.store`)."""

@@ -89,6 +89,6 @@ def cell_audit(env: dict[str, str] | os._Environ[str], kernel_id: str, user: str
     if not root:
         return None
     folder = Path(root) / f"kernel-{kernel_id or os.getpid()}"
-    observer = "papermill" if env.get(ORIGIN_ENV) == "papermill" else "kernel"
+    observer = "papermill" if env.get(ORIGIN_ENV) in ("papermill", "scheduler") else "kernel"
     source = env.get(AUDIT_CELL_SOURCE_ENV)
     return CellAudit(folder, user, notebook, observer=observer, with_source=bool(source) and not switched_off(source))

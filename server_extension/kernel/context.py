@@ -18,6 +18,8 @@ from typing import Any
 
 from hubforge.contract import (
     CLOSE_BUDGET_ENV,
+    JOB_ENV,
+    JOB_RUN_ENV,
     NOTEBOOK_ROOT_ENV,
     ORIGIN_ENV,
     SERVER_NAME_ENV,
@@ -59,6 +61,8 @@ class KernelContext:
     kernel_id: str
     spool_dir: str
     close_budget: float | None = None  # seconds to end the run and log fits at shutdown
+    job: str = ""  # the scheduled job a papermill kernel runs for, and the job's run
+    job_run: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, kernel_id: str = "") -> KernelContext:
@@ -75,12 +79,15 @@ class KernelContext:
             user=env.get("JUPYTERHUB_USER") or getpass.getuser(),
             notebook=notebook or f"kernel-{kernel_id or os.getpid()}",
             root=root,
-            server=env.get(SERVER_NAME_ENV) or DEFAULT_SERVER,
+            # A scheduled run is no server's: it carries no server tag (the gate checks it).
+            server=env.get(SERVER_NAME_ENV) or ("" if env.get(ORIGIN_ENV) == "scheduler" else DEFAULT_SERVER),
             tier=env.get(TIER_ENV, ""),
             origin=env.get(ORIGIN_ENV, "jupyterlab"),
             kernel_id=kernel_id,
             spool_dir=str(spool_root(env)),
             close_budget=_seconds(env.get(CLOSE_BUDGET_ENV)),
+            job=env.get(JOB_ENV, ""),
+            job_run=env.get(JOB_RUN_ENV, ""),
         )
 
     def notebook_file(self, notebook: str) -> Path | None:
@@ -190,6 +197,8 @@ def source_tags(ctx: KernelContext, notebook: str) -> dict[str, str]:
         "hubforge.tier": ctx.tier,
         "hubforge.kernel_id": ctx.kernel_id,
         "hubforge.origin": ctx.origin,
+        "hubforge.job": ctx.job,
+        "hubforge.job_run": ctx.job_run,
     }
     return {key: value for key, value in tags.items() if value}
 

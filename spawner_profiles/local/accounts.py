@@ -115,7 +115,7 @@ def decide(cfg: PlatformConfig, euid: int) -> Isolation:
 
 
 #: Backends a person's process could reach over loopback, in the config.
-_BACKENDS = ("hub_db_url", "governance_db_url", "mlflow_db_url", "apps_db_url", "redis_url")
+_BACKENDS = ("hub_db_url", "governance_db_url", "mlflow_db_url", "apps_db_url", "scheduler_db_url", "redis_url")
 
 
 def open_backends(cfg: PlatformConfig) -> list[str]:

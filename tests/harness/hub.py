@@ -7,10 +7,12 @@ unpatched: a threaded HTTP server on a free loopback port answering
   403 for a token it does not know, 500 for ``explode-token``;
 - ``GET /hub/api/users/<name>`` with the service's own token: the user's groups and
   running servers (what the MLflow gate asks for its placement tags);
-- ``POST /hub/api/oauth2/token``: a code the test set, exchanged with PKCE.
+- ``POST /hub/api/oauth2/token``: a code the test set, exchanged with PKCE;
+- ``POST /hub/api/users/<name>/tokens`` and ``DELETE .../tokens/<id>`` with the service's own
+  token: a token of that person made (what the scheduler does for each run) and revoked.
 
 The tests set ``tokens``, ``codes``, ``groups`` and ``servers``, and read ``calls`` (each
-token asked about, in order) and ``lookups`` (a count per token).
+token asked about, in order), ``lookups`` (a count per token) and ``issued``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import hashlib
 import json
 import re
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 __all__ = ["FakeHub", "running_hub"]
 
@@ -49,6 +52,9 @@ class FakeHub(ThreadingHTTPServer):
         self.lookups: dict[str, int] = {}
         self.groups: dict[str, list[str]] = {}  # a user's hub groups (default: data-science)
         self.servers: dict[str, dict[str, str]] = {}  # a user's running servers: name -> tier
+        # Tokens made for people with the service's token (the scheduler's runs): id -> (token,
+        # owner, expires_in, note); the token is a person's like any other until revoked.
+        self.issued: dict[str, tuple[str, str, int, str]] = {}
 
     def start(self) -> FakeHub:
         """Serve in a daemon thread (until ``shutdown()``); the hub itself."""
@@ -100,9 +106,26 @@ class _HubHandler(BaseHTTPRequestHandler):
         model = self.server.tokens.get(token)
         return self._reply(200, model) if model else self._reply(403, {"status": 403, "message": "unknown token"})
 
+    def _service_token(self) -> bool:
+        match = _AUTH.fullmatch(self.headers.get("Authorization", "").strip())
+        return bool(match) and match.group(1) == self.server.service_token
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
-        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        raw = self.rfile.read(length)
+        made = re.fullmatch(r"/hub/api/users/([^/]+)/tokens", self.path)
+        if made and self._service_token():
+            owner = unquote(made.group(1))
+            model = next((m for m in self.server.tokens.values() if m.get("name") == owner), None)
+            if model is None:
+                return self._reply(403, {"status": 403, "message": "no permissions to generate tokens"})
+            body = json.loads(raw or b"{}")
+            token_id = f"a{len(self.server.issued) + 1}"
+            token = f"{owner}-run-{uuid.uuid4().hex[:12]}"
+            self.server.issued[token_id] = (token, owner, int(body.get("expires_in") or 0), str(body.get("note")))
+            self.server.tokens[token] = model
+            return self._reply(201, {"token": token, "id": token_id})
+        form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         token, challenge = self.server.codes.pop(form.get("code", ""), ("", ""))
         verifier = form.get("code_verifier", "").encode()
         digest = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
@@ -111,6 +134,15 @@ class _HubHandler(BaseHTTPRequestHandler):
         if form.get("client_secret") != self.server.service_token or digest.decode() != challenge:
             return self._reply(400, {"error": "invalid_client"})
         return self._reply(200, {"access_token": token, "token_type": "Bearer"})
+
+    def do_DELETE(self) -> None:
+        gone = re.fullmatch(r"/hub/api/users/([^/]+)/tokens/([^/]+)", self.path)
+        if not gone or not self._service_token() or gone.group(2) not in self.server.issued:
+            return self._reply(404, {"status": 404, "message": "no such token"})
+        token = self.server.issued[gone.group(2)][0]
+        self.server.tokens.pop(token, None)
+        self.send_response(204)
+        self.end_headers()
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()

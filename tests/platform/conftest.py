@@ -46,8 +46,8 @@ def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if request.param == "sqlite":
         yield from _run(tmp_path_factory, "sqlite", {})
         return
-    with pg_databases("hub", "governance", "apps") as urls:
-        backends = {"hub_db_url": urls["hub"], "governance_db_url": urls["governance"], "apps_db_url": urls["apps"]}
+    with pg_databases("hub", "governance", "apps", "scheduler") as urls:
+        backends = {f"{name}_db_url": url for name, url in urls.items()}
         yield from _run(tmp_path_factory, "postgresql", {"backends": backends})
 
 

@@ -15,7 +15,14 @@ from hubforge.hub.hubconfig import Runtime, configure
 RT = Runtime(
     hub_port=1001,
     proxy_api_port=1002,
-    service_ports={"governance": 1003, "mlflow": 1004, "serving": 1005, "features": 1006, "apps": 1007},
+    service_ports={
+        "governance": 1003,
+        "mlflow": 1004,
+        "serving": 1005,
+        "features": 1006,
+        "apps": 1007,
+        "scheduler": 1008,
+    },
     proxy_command="/opt/chp",
     instance="/data",
 )
@@ -46,7 +53,7 @@ def test_personas_become_roles_and_users_join_groups(tmp_path: Path) -> None:
     assert c.JupyterHub.load_groups["platform-admin"]["users"] == ["erin"]
     assert "custom:approve:production" in c.JupyterHub.custom_scopes
     service_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "hubforge-services")
-    assert service_role["services"] == ["governance", "mlflow", "serving", "features", "apps"]
+    assert service_role["services"] == ["governance", "mlflow", "serving", "features", "apps", "scheduler"]
     governance_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "hubforge-governance")
     assert governance_role == {
         "name": "hubforge-governance",
@@ -100,7 +107,7 @@ def test_services_are_hub_managed_behind_the_proxy(tmp_path: Path) -> None:
 
 def test_mlflow_can_be_disabled(tmp_path: Path) -> None:
     c = render(tmp_path, {"services": {"mlflow": {"enabled": False}}})
-    assert [s["name"] for s in c.JupyterHub.services] == ["governance", "serving", "features", "apps"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["governance", "serving", "features", "apps", "scheduler"]
 
 
 def test_oauth_maps_claims_to_persona_groups(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_proxy_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_internal_ports_never_reuse_the_public_port_or_each_other(cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     """The public port is free until the proxy binds it, so the OS may offer it again."""
     public = cfg.hub.port
-    offered = iter([public, 41001, 41001, public, 41002, 41003, 41004, 41005, 41006, 41007])
+    offered = iter([public, 41001, 41001, public, 41002, 41003, 41004, 41005, 41006, 41007, 41008])
     monkeypatch.setattr(launcher, "free_port", lambda host="127.0.0.1": next(offered))
     monkeypatch.setattr(launcher, "port_in_use", lambda host, port: False)
     monkeypatch.setattr(launcher, "find_proxy_command", lambda command: ["configurable-http-proxy"])
@@ -64,4 +64,4 @@ def test_internal_ports_never_reuse_the_public_port_or_each_other(cfg, monkeypat
     platform.init_ports()
     rt = platform.runtime
     ports = [rt.hub_port, rt.proxy_api_port, *rt.service_ports.values()]
-    assert ports == [41001, 41002, 41003, 41004, 41005, 41006, 41007]
+    assert ports == [41001, 41002, 41003, 41004, 41005, 41006, 41007, 41008]

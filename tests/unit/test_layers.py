@@ -105,5 +105,5 @@ def test_the_parts_register_their_subcommands() -> None:
     # `hubforge up`, `profiles` and `k8s` come from the hub and the spawners through the
     # entry-point group; the shared package only owns `config` and `features` (hubforge.features).
     subcommands = next(action for action in build_parser()._actions if action.dest == "command").choices
-    assert set(subcommands) == {"config", "features", "up", "profiles", "k8s", "audit", "apps"}
+    assert set(subcommands) == {"config", "features", "up", "profiles", "k8s", "audit", "apps", "schedule"}
     assert COMMANDS_GROUP == "hubforge.commands"

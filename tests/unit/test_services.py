@@ -20,7 +20,9 @@ from hubforge.personas import hub_roles
 from hubforge.spawner_profiles.kubernetes.render import helm_values, kubernetes
 
 #: Ports no other number in a rendering shares, so that they can be told apart.
-LOCAL_PORTS = {"governance": 41003, "mlflow": 41004, "serving": 41005, "features": 41006, "apps": 41007}
+LOCAL_PORTS = {
+    "governance": 41003, "mlflow": 41004, "serving": 41005, "features": 41006, "apps": 41007, "scheduler": 41008
+}  # fmt: skip
 
 
 def runtime() -> Runtime:
@@ -112,9 +114,16 @@ def test_the_hub_gets_every_enabled_service_as_rendered(tmp_path: Path) -> None:
     c = Config()
     configure(c, cfg, runtime())
     assert c.JupyterHub.services == services.hub_services(one_machine(cfg, runtime()))
-    assert [s["name"] for s in c.JupyterHub.services] == ["governance", "mlflow", "serving", "features", "apps"]
+    assert [s["name"] for s in c.JupyterHub.services] == [
+        "governance",
+        "mlflow",
+        "serving",
+        "features",
+        "apps",
+        "scheduler",
+    ]
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == services.SERVICE_ROLE)
-    assert role["services"] == ["governance", "mlflow", "serving", "features", "apps"]
+    assert role["services"] == ["governance", "mlflow", "serving", "features", "apps", "scheduler"]
     values = helm_values(cfg, load_catalog(cfg))
     rendered = {name: {"name": name, **entry} for name, entry in values["hub"]["services"].items()}
     assert rendered == {s["name"]: s for s in services.hub_services(kubernetes(cfg))}
@@ -126,9 +135,9 @@ def test_a_disabled_service_is_nowhere(tmp_path: Path) -> None:
     cfg = config(tmp_path, {"services": {"mlflow": {"enabled": False}, "governance": {"port": 9911}}})
     c = Config()
     configure(c, cfg, runtime())
-    assert [s["name"] for s in c.JupyterHub.services] == ["governance", "serving", "features", "apps"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["governance", "serving", "features", "apps", "scheduler"]
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == services.SERVICE_ROLE)
-    assert role["services"] == ["governance", "serving", "features", "apps"], "the hub's own services, as on Kubernetes"
+    assert role["services"] == ["governance", "serving", "features", "apps", "scheduler"], "the hub's own services"
     values = helm_values(cfg, load_catalog(cfg))
     assert set(values["hub"]["services"]) == {"governance"}  # serving is KServe's on Kubernetes
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
