@@ -54,6 +54,7 @@ from hubforge.hub.governance.handlers import NotFoundHandler, OAuthCallbackHandl
 from hubforge.hub.governance.openapi import Operation, build_spec, path_pattern
 from hubforge.hub.service_app import HubServiceApp, make_hub_oauth
 
+from .pages import PAGE_CSP, RUNS_SHOWN, jobs_page
 from .runner import TOKEN_MARGIN, Execution, HubTokens, Outcome, execute, run_environment
 from .schedule import due, parse_schedule
 from .store import Job, Run, SchedulerStore
@@ -401,6 +402,31 @@ def _as_html(path: Path) -> str:
     return str(body)
 
 
+class PageHandler(SchedulerHandler):
+    """The scheduler's page: the person's jobs, their next runs and their run history."""
+
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation(
+            "One's jobs, their next runs and their latest runs (an HTML page)",
+            {200: {"type": "string"}, 302: None},
+            description="An HTML page without script. Browsers without a session are sent to the hub login.",
+            media_type="text/html",
+        )
+    }
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    @needs_scope(RUNS_SCOPE)
+    async def get(self) -> None:
+        jobs = await self.call_store(self.store.jobs, None if self.admin else self.user_name)
+        runs = {job.id: await self.call_store(self.store.runs, job.id, RUNS_SHOWN) for job in jobs}
+        self.finish(jobs_page(self.settings["service_prefix"], self.user_name, jobs, runs))
+
+
 class HealthHandler(SchedulerHandler):
     operations: ClassVar[dict[str, Operation]] = {"get": Operation("Readiness check", {200: {"type": "object"}})}
 
@@ -410,6 +436,7 @@ class HealthHandler(SchedulerHandler):
 
 
 ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
+    ("", PageHandler),
     ("api/health", HealthHandler),
     ("api/openapi.json", OpenAPIHandler),
     ("oauth_callback", OAuthCallbackHandler),

@@ -316,6 +316,13 @@ def test_a_runs_output_is_a_sandboxed_page_for_its_owner_only(running: Running) 
         assert page.status_code == 200 and "sandbox" in page.headers["Content-Security-Policy"]
         runs = alice.get(f"api/jobs/{job.id}/runs").json()
         assert runs[0]["state"] == "succeeded" and runs[0]["output"] is True and runs[0]["duration"] > 0
+        listing = alice.get("")  # the scheduler's page: her jobs, their next runs, their history
+        assert listing.status_code == 200 and "script-src" not in listing.headers["Content-Security-Policy"]
+        assert f'data-job="{job.id}"' in listing.text and f'data-run="{run.id}"' in listing.text
+        assert f"api/runs/{run.id}/output" in listing.text and 'class="succeeded"' in listing.text
+    with running.client() as anonymous:
+        assert anonymous.get("", follow_redirects=False).status_code == 302  # to the hub's login
     with running.client("bob-token") as bob:
         assert bob.get(f"api/runs/{run.id}/output").status_code == 404
         assert bob.get(f"api/jobs/{job.id}/runs").status_code == 404
+        assert f'data-job="{job.id}"' not in bob.get("").text

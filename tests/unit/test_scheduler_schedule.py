@@ -73,3 +73,23 @@ def test_a_tick_runs_what_fell_due_and_the_catch_up_policy_decides_on_what_was_m
     later = utc(2026, 12, 4, 10, 30)
     assert due(hourly, utc(2026, 12, 4, 7), later, "none") == ([], utc(2026, 12, 4, 11))
     assert due(hourly, utc(2026, 12, 4, 7), later, "latest") == ([utc(2026, 12, 4, 10)], utc(2026, 12, 4, 11))
+
+
+def test_the_page_lists_jobs_with_their_runs_escaped() -> None:
+    from datetime import timedelta
+
+    from hubforge.hub.scheduler.pages import jobs_page
+    from hubforge.hub.scheduler.store import Job, Run
+
+    due_at = utc(2026, 12, 4, 7)
+    weekly = parse_schedule({"cron": "0 7 * * 1"})
+    job = Job("j-1", "alice", "<b>report</b>", "n" * 64, "weekly <report>.ipynb", {}, weekly,
+              "interactive", 600, 2, 60, "skip", "latest", "", False, due_at, due_at)  # fmt: skip
+    ended = due_at + timedelta(seconds=12)
+    ran = Run("r-1", "j-1", due_at, 1, "failed", due_at, due_at, ended, "<script>x</script>", "o")
+    page = jobs_page("/services/scheduler/", "alice", [job], {"j-1": [ran]})
+    assert "<script>" not in page and "&lt;b&gt;report&lt;/b&gt;" in page
+    assert 'data-job="j-1"' in page and 'data-run="r-1"' in page and "12.0 s" in page
+    assert "/services/scheduler/api/runs/r-1/output" in page and "next run 2026-12-04 07:00:00 UTC" in page
+    assert "cron 0 7 * * 1 (UTC)" in page and "catch-up latest" in page
+    assert "No scheduled notebook yet" in jobs_page("/services/scheduler/", "bob", [], {})
