@@ -33,6 +33,8 @@ from traitlets.config import catch_config_error
 from hubforge import __version__, proxies
 from hubforge.config import PlatformConfig, load_config
 from hubforge.errors import Refusal
+from hubforge.events.record import record as record_event
+from hubforge.events.spool import open_spool, platform_spool_dir
 from hubforge.hub.governance.api import APIHandler
 from hubforge.hub.governance.app import load_cookie_secret
 from hubforge.hub.governance.auth import needs_scope, public
@@ -181,6 +183,13 @@ class AppsHandler(APIHandler):
     def is_admin(self) -> bool:
         return bool(self.current_user.get("admin"))
 
+    def audit(self, action: str, owner: str, name: str, record: AppRecord | None = None) -> None:
+        """The change in the audit trail (``apps/app/v1``), as the caller's."""
+        shared = ",".join(record.shares) if record is not None else None
+        version = record.current.version if record is not None and record.current is not None else None
+        record_event(self.settings.get("audit"), "apps/app", SERVICE, user=self.user_name, action=action,
+                     resource=("app", f"{owner}/{name}"), version=version, shared_with=shared)  # fmt: skip
+
     async def record(self, owner: str, name: str) -> AppRecord:
         """The app if the caller may see it; 404 otherwise."""
         groups = await self.viewer_groups()
@@ -239,6 +248,7 @@ class AppsListHandler(AppsHandler):
         self.log.info(
             "%s published %s version %s", self.user_name, record.key, record.current and record.current.version
         )
+        self.audit("publish", record.owner, record.name, record)
         self.set_header("Location", url_path_join(self.settings["service_prefix"], "api/apps", record.key))
         self.write_json(record.as_json(for_owner=True), 201)
 
@@ -269,6 +279,7 @@ class AppHandler(AppsHandler):
         await self.record(owner, name)  # 404 before 403: nothing said of apps one cannot see
         changes = {key: body.get(key) for key in ("title", "description", "share")}
         record = await self.call_store(self.apps.update, owner, name, self.user_name, **changes)
+        self.audit("share", owner, name, record)
         self.write_json(record.as_json(for_owner=True))
 
     @needs_scope()
@@ -277,6 +288,7 @@ class AppHandler(AppsHandler):
             await self.record(owner, name)
         await self.call_store(self.apps.unpublish, owner, name, self.user_name, admin=self.is_admin)
         self.log.info("%s unpublished %s/%s", self.user_name, owner, name)
+        self.audit("unpublish", owner, name)
         self.set_status(204)
         self.finish()
 
@@ -315,6 +327,7 @@ class RollbackHandler(AppsHandler):
         await self.record(owner, name)
         record = await self.call_store(self.apps.rollback, owner, name, self.user_name, body["version"])
         self.log.info("%s rolled %s back to version %s", self.user_name, record.key, body["version"])
+        self.audit("rollback", owner, name, record)
         self.write_json(record.as_json(for_owner=True))
 
 
@@ -557,6 +570,7 @@ class AppsService(HubServiceApp):
             hub_auth=hub_auth,
             cookie_secret=load_cookie_secret(Path(self.platform.data_dir / "apps_cookie_secret")),
             hub_base_url=self.platform.hub.base_url,
+            audit=open_spool(platform_spool_dir(self.platform.data_dir, SERVICE), SERVICE),
             log=self.log,
             proxy_peers=self.proxy_peers,
         )

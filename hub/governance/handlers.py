@@ -19,6 +19,7 @@ from tornado import web
 
 from hubforge.errors import Refusal
 from hubforge.events import event_schemas
+from hubforge.events.record import EVENT_IDS
 from hubforge.personas import persona_names
 from hubforge.spawner_profiles.local.accounts import WORDS
 
@@ -135,10 +136,6 @@ class WhoAmIHandler(APIHandler):
                 "isolation": {"mode": self.settings["isolation"], "words": WORDS[self.settings["isolation"]]},
             }
         )
-
-
-#: The prefix of the platform's event schema ids; ``type=hub/server/v1`` means the full id.
-EVENT_IDS = "https://events.hubforge.dev/"
 
 
 class AuditEventsHandler(APIHandler):

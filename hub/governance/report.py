@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from hubforge.errors import Invalid
+from hubforge.events.record import EVENT_IDS
 
 from .audit import EVENTS, AuditQuery, matching
 from .events import DATA_ACCESS_SCHEMA, DEPLOYMENT_SCHEMA, POLICY_SCHEMA
@@ -55,8 +56,6 @@ __all__ = [
     "to_json",
 ]
 
-#: The prefix of the platform's event schema ids (``hub/server/v1`` is the short type).
-EVENT_IDS = "https://events.hubforge.dev/"
 LOGIN_SCHEMA = EVENT_IDS + "hub/authentication/v1"
 ACCESS_SCHEMA = EVENT_IDS + "hub/access_change/v1"
 READ_SCHEMA = EVENT_IDS + "features/read/v1"
@@ -67,12 +66,12 @@ _LISTED = (DEPLOYMENT_SCHEMA, DATA_ACCESS_SCHEMA, READ_SCHEMA, LOGIN_SCHEMA, ACC
 #: kind (its schema without the version) -> its category, where one kind is one category.
 CATEGORIES = ("deployments", "data access", "policy denials", "policy decisions", "failed logins", "logins",
               "access changes", "servers", "files", "kernels", "cells", "MLflow runs", "MLflow models",
-              "other")  # fmt: skip
+              "apps", "scheduled runs", "other")  # fmt: skip
 _KIND_CATEGORY = {"governance/deployment": "deployments", "governance/data_access": "data access",
                   "features/read": "data access",
                   "hub/access_change": "access changes", "hub/server": "servers", "server/contents": "files",
                   "server/kernel": "kernels", "kernel/cell": "cells", "mlflow/run": "MLflow runs",
-                  "mlflow/model": "MLflow models"}  # fmt: skip
+                  "mlflow/model": "MLflow models", "apps/app": "apps", "scheduler/run": "scheduled runs"}  # fmt: skip
 
 #: The listed sections: name -> their items' fields, in column order.
 SECTIONS: dict[str, tuple[str, ...]] = {

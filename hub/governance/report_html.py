@@ -22,7 +22,8 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-
 
 #: A colour per timeline category (CATEGORIES' order).
 PALETTE = dict(zip(CATEGORIES, ("#4e79a7", "#59a14f", "#e15759", "#f1ce63", "#7b2d8e", "#a0cbe8", "#f28e2b",
-                                "#76b7b2", "#8cd17d", "#b07aa1", "#ff9da7", "#9c755f", "#d4a6c8", "#bab0ac"),
+                                "#76b7b2", "#8cd17d", "#b07aa1", "#ff9da7", "#9c755f", "#d4a6c8", "#86bcb6",
+                                "#e8c547", "#bab0ac"),
                    strict=True))  # fmt: skip
 
 LABELS = {"request_id": "Request", "model_name": "Model", "version": "Version", "stage": "Stage",

@@ -45,6 +45,8 @@ from hubforge.catalog import load_catalog, personas_for_groups, tiers_for
 from hubforge.config import PlatformConfig, load_config
 from hubforge.contract import ISOLATION_ENV, SCHEDULER_RUN_SERVICES_ENV
 from hubforge.errors import Invalid, NotFound, Refusal, Unavailable
+from hubforge.events.record import record as record_event
+from hubforge.events.spool import EventSpool, open_spool, platform_spool_dir
 from hubforge.hub.apps.app import Groups
 from hubforge.hub.apps.notebooks import inspect as inspect_notebook
 from hubforge.hub.governance.api import APIHandler
@@ -143,10 +145,12 @@ class Scheduler:
         accounts: Any = None,
         tracking: Mapping[str, bool] | None = None,
         trust_webhooks: bool = False,
+        audit: EventSpool | None = None,
     ) -> None:
         self.store, self.tokens, self.services = store, tokens, dict(services)
         self.accounts = accounts  # owner -> their system Account, on one machine with isolation
         self.tracking = dict(tracking or {})  # tier -> whether runs on it are tracked
+        self.audit = audit  # the service's audit spool: runs started and ended
         self.trust_webhooks = trust_webhooks  # tests: a webhook on loopback
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.http = httpx.AsyncClient(timeout=10, follow_redirects=False)
@@ -172,8 +176,10 @@ class Scheduler:
                 if job.concurrency == "skip":
                     why = "the job's previous run was still going (concurrency: skip)"
                     await asyncio.to_thread(self.store.finish, run, "skipped", now, error=why)
+                    self.event(job, "end", run, state="skipped", reason=why)
                 continue  # concurrency: queue; it starts when the previous one ends
             if await asyncio.to_thread(self.store.start, run.id, datetime.now(UTC)):  # the clock a duration reads
+                self.event(job, "start", run)
                 self.tasks[run.job] = asyncio.get_running_loop().create_task(self._run(job, run))
                 started.append(run)
         return started
@@ -196,8 +202,16 @@ class Scheduler:
             output=str(output) if output.exists() else "",
         )
         app_log.info("scheduled run %s of %s (%s/%s): %s", run.id, job.id, job.owner, job.name, outcome.state)
+        self.event(job, "end", run, state=outcome.state, reason=outcome.error)
         if outcome.state != "succeeded" and retry is None and job.notify_url:
             await self._notify(job, run, outcome)
+
+    def event(self, job: Job, action: str, run: Run, *, state: str = "", reason: str = "") -> None:
+        """A run started or ended, in the audit trail as its owner's (``scheduler/run/v1``)."""
+        outcome = "success" if action == "start" or state == "succeeded" else "failure"
+        record_event(self.audit, "scheduler/run", SERVICE, user=job.owner, action=action, resource=("run", run.id),
+                     outcome=outcome, job=job.id, run=run.id, attempt=run.attempt, state=state,
+                     scheduled_for=run.scheduled_for.isoformat(), reason=reason[:512])  # fmt: skip
 
     async def _execute(self, job: Job, run: Run) -> Outcome:
         """Run ``run`` as the owner: their token, and their system account when people have
@@ -277,6 +291,11 @@ class SchedulerHandler(APIHandler):
     def admin(self) -> bool:
         return bool(self.current_user.get("admin"))
 
+    def job_event(self, action: str, job_id: str) -> None:
+        """A job defined, paused, resumed or deleted, in the audit trail as the caller's."""
+        record_event(self.settings.get("audit"), "scheduler/run", SERVICE, user=self.user_name, action=action,
+                     resource=("job", job_id), job=job_id)  # fmt: skip
+
 
 class JobsHandler(SchedulerHandler):
     operations: ClassVar[dict[str, Operation]] = {
@@ -324,6 +343,7 @@ class JobsHandler(SchedulerHandler):
             notify_url=notify,
         )
         self.log.info("%s defined job %s (%s)", self.user_name, job.id, job.name)
+        self.job_event("define", job.id)
         self.set_header("Location", url_path_join(self.settings["service_prefix"], "api/jobs", job.id))
         self.write_json(job.as_json(), 201)
 
@@ -342,6 +362,7 @@ class JobHandler(SchedulerHandler):
     @needs_scope(RUNS_SCOPE)
     async def delete(self, job_id: str) -> None:
         await self.call_store(self.store.delete_job, job_id, self.user_name, admin=self.admin)
+        self.job_event("delete", job_id)
         self.set_status(204)
         self.finish()
 
@@ -353,6 +374,7 @@ class PauseHandler(SchedulerHandler):
     @needs_scope(RUNS_SCOPE)
     async def post(self, job_id: str) -> None:
         job = await self.call_store(self.store.set_paused, job_id, self.user_name, self.paused, admin=self.admin)
+        self.job_event("pause" if self.paused else "resume", job_id)
         self.write_json(job.as_json())
 
 
@@ -524,12 +546,14 @@ class SchedulerService(HubServiceApp):
         hub_auth = make_hub_oauth(SERVICE, self.service_prefix)
         services = json.loads(os.environ.get(RUN_SERVICES_ENV) or "{}")
         catalog = load_catalog(self.platform)
+        audit = open_spool(platform_spool_dir(self.platform.data_dir, SERVICE), SERVICE)
         self.scheduler = Scheduler(
             self.store,
             HubTokens(hub_auth.api_url, hub_auth.api_token),
             services,
             accounts=self._accounts() if os.environ.get(ISOLATION_ENV) == "users" else None,
             tracking={tier.slug: tier.tracking for tier in catalog.tiers},
+            audit=audit,
         )
         self.proxy_peers = proxies.from_env()
         self.web_app = make_app(
@@ -538,6 +562,7 @@ class SchedulerService(HubServiceApp):
             hub_auth=hub_auth,
             tiers_for_groups=tiers_by_groups(self.platform),
             cookie_secret=load_cookie_secret(self.platform.data_dir / "scheduler_cookie_secret"),
+            audit=audit,
             log=self.log,
             proxy_peers=self.proxy_peers,
         )

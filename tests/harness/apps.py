@@ -22,6 +22,7 @@ from tornado import web
 from harness.governance import LoopThread, close_hub_http_client, hub_user, serve
 from harness.hub import FakeHub
 from harness.platform import pg_databases
+from hubforge.events.spool import EventSpool, read_spool
 from hubforge.hub.apps.app import make_app
 from hubforge.hub.apps.store import AppStore
 from hubforge.hub.service_app import make_hub_oauth
@@ -69,6 +70,12 @@ class RunningApps:
     hub: FakeHub
     app: web.Application
     store: AppStore
+    audit: EventSpool
+
+    def events(self, **match: Any) -> list[dict[str, Any]]:
+        """The apps service's audit events so far whose fields equal ``match``."""
+        self.audit.flush()
+        return [e for e in read_spool(self.audit.directory) if all(e.get(k) == v for k, v in match.items())]
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"token {token}"} if token else {}
@@ -94,13 +101,15 @@ def serving_apps(db_url: str, root: Path) -> Iterator[RunningApps]:
     for model in USERS.values():
         hub.groups[model["name"]] = list(model.get("groups") or [])
     store = AppStore(db_url, root)
-    running = RunningApps("", hub, None, store)  # type: ignore[arg-type]
+    audit = EventSpool(root.with_name(root.name + "-events"), "apps")
+    running = RunningApps("", hub, None, store, audit)  # type: ignore[arg-type]
     running.app = make_app(
         store,
         PREFIX,
         hub_auth=make_hub_oauth("apps", PREFIX, running.hub_env()),
         kernels=["python3"],
         cookie_secret=COOKIE_SECRET,
+        audit=audit,
     )
     server, port = loop.run(serve(running.app))
     running.url = f"http://127.0.0.1:{port}"
@@ -111,6 +120,7 @@ def serving_apps(db_url: str, root: Path) -> Iterator[RunningApps]:
         hub.shutdown()
         hub.server_close()
         store.dispose()
+        audit.close()
         loop.run(close_hub_http_client())
         loop.stop()
 

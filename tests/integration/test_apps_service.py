@@ -65,6 +65,13 @@ def test_alice_publishes_versions_rolls_back_and_unpublishes(
     assert run("list", "--mine") == 0
     assert "alice/churn  unpublished" in capsys.readouterr().out
     assert run("rollback", "churn", "--version", "2") == 0  # back in the gallery, at version 2
+    # Every change is in the audit trail, as alice's.
+    changes = [
+        (e["action"], e.get("version"))
+        for e in running_apps.events(user="alice")
+        if e["resource"]["id"] == "alice/churn"
+    ]
+    assert changes == [("publish", 1), ("publish", 2), ("rollback", 1), ("unpublish", None), ("rollback", 2)]
 
 
 def test_only_the_people_shared_with_see_an_app(running_apps: RunningApps) -> None:

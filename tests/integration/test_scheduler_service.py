@@ -28,6 +28,7 @@ from harness.hub import FakeHub
 from harness.mlflow import MlflowServer
 from harness.platform import wait_for
 from hubforge.cli import main as hubforge
+from hubforge.events.spool import EventSpool, read_spool
 from hubforge.hub.scheduler.app import Scheduler, make_app
 from hubforge.hub.scheduler.runner import HubTokens
 from hubforge.hub.scheduler.schedule import parse_schedule
@@ -66,6 +67,13 @@ class Running:
     loop: LoopThread
     store: SchedulerStore
     scheduler: Scheduler
+    audit: EventSpool
+
+    def events(self, **match: Any) -> list[dict[str, Any]]:
+        """The scheduler's audit events so far whose fields equal ``match``."""
+        self.audit.flush()
+        found = [e for e in read_spool(self.audit.directory) if e["__schema__"].endswith("/scheduler/run/v1")]
+        return [e for e in found if all(e.get(k) == v for k, v in match.items())]
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"token {token}"} if token else {}
@@ -121,7 +129,8 @@ def running(tmp_path_factory: pytest.TempPathFactory, mlflow: MlflowServer) -> I
     store = SchedulerStore(f"sqlite:///{tmp / 'scheduler.sqlite'}", tmp / "files")
     tokens = HubTokens(hub.api_url, SERVICE_TOKEN)
     # The tests' webhook listens on loopback, which the service refuses to tell.
-    scheduler = Scheduler(store, tokens, {"HUBFORGE_MLFLOW_URL": mlflow.url}, trust_webhooks=True)
+    audit = EventSpool(tmp / "events", "scheduler")
+    scheduler = Scheduler(store, tokens, {"HUBFORGE_MLFLOW_URL": mlflow.url}, trust_webhooks=True, audit=audit)
     open_tiers = {"data-scientist": {"interactive", "training"}, "ml-engineer": {"interactive"}}
     app = make_app(
         store,
@@ -129,16 +138,18 @@ def running(tmp_path_factory: pytest.TempPathFactory, mlflow: MlflowServer) -> I
         hub_auth=make_hub_oauth("scheduler", PREFIX, env),
         kernels=["python3"],
         tiers_for_groups=lambda groups: set().union(*(open_tiers.get(g, set()) for g in groups)),
+        audit=audit,
     )
     server, port = loop.run(serve(app))
     try:
-        yield Running(f"http://127.0.0.1:{port}", hub, loop, store, scheduler)
+        yield Running(f"http://127.0.0.1:{port}", hub, loop, store, scheduler, audit)
     finally:
         server.stop()
         loop.run(scheduler.close())
         hub.shutdown()
         hub.server_close()
         store.dispose()
+        audit.close()
         loop.run(close_hub_http_client())
         loop.stop()
 
@@ -178,6 +189,13 @@ def test_a_job_every_minute_runs_twice_on_time_as_its_owner(running: Running, ml
     assert {entry[3] for entry in issued} >= {f"scheduler run {run1.id}", f"scheduler run {run2.id}"}
     assert all(owner == "alice" and expires == 120 + 300 for _, owner, expires, _ in issued)
     assert not [entry for entry in issued if entry[0] in running.hub.tokens]
+    # Each run started and ended in the audit trail, as alice's.
+    for run in (run1, run2):
+        started, ended = running.events(run=run.id, action="start"), running.events(run=run.id, action="end")
+        assert [(e["user"], e["outcome"], e["job"]) for e in started] == [("alice", "success", job.id)]
+        assert [(e["state"], e["outcome"], e["origin"]["observer"]) for e in ended] == [
+            ("succeeded", "success", "scheduler")
+        ]
     output = nbformat.read(history[0].output, as_version=4)
     assert "sales for apac over 6 weeks as alice" in json.dumps(output)
     # Tracked in MLflow as alice's, with the job and the run, and the parameters.
@@ -301,6 +319,9 @@ def test_the_api_and_the_command_line(
         refused = frank.get("api/jobs")
         assert refused.status_code == 403 and "custom:schedules:run" in refused.json()["message"]
     assert hubforge(["schedule", "delete", job_id]) == 0
+    actions = [e["action"] for e in running.events(job=job_id) if e["resource"]["type"] == "job"]
+    assert actions == ["define", "pause", "resume", "delete"]
+    assert {e["user"] for e in running.events(job=job_id)} == {"bob"}
     with running.client("bob-token") as bob:
         assert bob.get(f"api/jobs/{job_id}").status_code == 404
         assert bob.get("api/jobs").json() == []
