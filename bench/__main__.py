@@ -15,6 +15,7 @@ from bench import (
     features,
     mlflow_gate,
     mlflow_search,
+    scheduler,
     serving,
     spawnstorm,
     startup,
@@ -36,6 +37,7 @@ SUITES = {
     "approval": approval.run,
     "features": features.run,
     "apps": apps.run,
+    "scheduler": scheduler.run,
 }
 
 

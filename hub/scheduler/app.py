@@ -44,7 +44,7 @@ from hubforge import __version__, proxies
 from hubforge.catalog import load_catalog, personas_for_groups, tiers_for
 from hubforge.config import PlatformConfig, load_config
 from hubforge.contract import ISOLATION_ENV, SCHEDULER_RUN_SERVICES_ENV
-from hubforge.errors import Invalid, NotFound, Refusal, Unavailable
+from hubforge.errors import Invalid, Refusal, Unavailable
 from hubforge.events.record import record as record_event
 from hubforge.events.spool import EventSpool, open_spool, platform_spool_dir
 from hubforge.hub.apps.app import Groups
@@ -67,8 +67,9 @@ SERVICE = "scheduler"
 #: Where a run works when it runs as its owner's account: a folder of their home.
 RUNS_FOLDER = ".hubforge-scheduled"
 RUNS_SCOPE = "custom:schedules:run"
-#: Seconds between two ticks.
+#: Seconds between two ticks at most (a run ending frees its job's queue), and at least.
 TICK_S = 1.0
+MIN_WAIT_S = 0.01
 #: The variable holding, as JSON, the service addresses a run's environment gets (what
 #: people's servers get from the hub).
 RUN_SERVICES_ENV = SCHEDULER_RUN_SERVICES_ENV
@@ -160,25 +161,38 @@ class Scheduler:
         return self.store.interrupted(now or datetime.now(UTC))
 
     async def tick(self, now: datetime | None = None) -> list[Run]:
-        """One pass: fire what fell due, start what may start; the runs started."""
+        """One pass: fire what fell due, start what may start; the runs started. Reads and
+        writes in batches: a minute in which hundreds of jobs fall due is a few transactions."""
         now = now or datetime.now(UTC)
+        firings = []
         for job in await asyncio.to_thread(self.store.due_jobs, now):
             assert job.next_due is not None
-            occurrences, following = due(job.schedule, job.next_due, now, job.catch_up)
-            await asyncio.to_thread(self.store.fire, job, occurrences, following, now)
-        started = []
-        for run in await asyncio.to_thread(self.store.ready_runs, now):
-            try:
-                job = await asyncio.to_thread(self.store.job, run.job)
-            except NotFound:
-                continue
-            if run.job in self.tasks or await asyncio.to_thread(self.store.running, run.job):
+            firings.append((job, *due(job.schedule, job.next_due, now, job.catch_up)))
+        if firings:
+            await asyncio.to_thread(self.store.fire_all, firings, now)
+        ready = await asyncio.to_thread(self.store.ready_runs, now)
+        if not ready:
+            return []
+        known = await asyncio.to_thread(self.store.jobs_by_id, {run.job for run in ready})
+        busy = await asyncio.to_thread(self.store.running_jobs) | set(self.tasks)
+        to_start: list[tuple[Job, Run]] = []
+        for run in ready:
+            job = known.get(run.job)
+            if job is None:
+                continue  # deleted meanwhile
+            if run.job in busy:
                 if job.concurrency == "skip":
                     why = "the job's previous run was still going (concurrency: skip)"
                     await asyncio.to_thread(self.store.finish, run, "skipped", now, error=why)
                     self.event(job, "end", run, state="skipped", reason=why)
                 continue  # concurrency: queue; it starts when the previous one ends
-            if await asyncio.to_thread(self.store.start, run.id, datetime.now(UTC)):  # the clock a duration reads
+            busy.add(run.job)
+            to_start.append((job, run))
+        # The clock a run's duration reads is the real one, whatever ``now`` the tick was for.
+        started_ids = await asyncio.to_thread(self.store.start_all, [run.id for _, run in to_start], datetime.now(UTC))
+        started = []
+        for job, run in to_start:
+            if run.id in started_ids:
                 self.event(job, "start", run)
                 self.tasks[run.job] = asyncio.get_running_loop().create_task(self._run(job, run))
                 started.append(run)
@@ -262,13 +276,18 @@ class Scheduler:
             app_log.warning("job %s: the failure webhook failed: %s", job.id, exc)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop``: at least every :data:`TICK_S`, and right when something falls due."""
         while not stop.is_set():
+            wait = TICK_S
             try:
                 await self.tick()
+                upcoming = await asyncio.to_thread(self.store.next_moment)
+                if upcoming is not None:
+                    wait = min(TICK_S, max(MIN_WAIT_S, (upcoming - datetime.now(UTC)).total_seconds()))
             except Unavailable as exc:
                 app_log.error("scheduler tick failed: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_S)
+                await asyncio.wait_for(stop.wait(), wait)
 
     async def close(self) -> None:
         for task in list(self.tasks.values()):
