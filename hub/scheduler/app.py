@@ -177,17 +177,17 @@ class Scheduler:
         busy = await asyncio.to_thread(self.store.running_jobs) | set(self.tasks)
         to_start: list[tuple[Job, Run]] = []
         for run in ready:
-            job = known.get(run.job)
-            if job is None:
+            owner_job = known.get(run.job)
+            if owner_job is None:
                 continue  # deleted meanwhile
             if run.job in busy:
-                if job.concurrency == "skip":
+                if owner_job.concurrency == "skip":
                     why = "the job's previous run was still going (concurrency: skip)"
                     await asyncio.to_thread(self.store.finish, run, "skipped", now, error=why)
-                    self.event(job, "end", run, state="skipped", reason=why)
+                    self.event(owner_job, "end", run, state="skipped", reason=why)
                 continue  # concurrency: queue; it starts when the previous one ends
             busy.add(run.job)
-            to_start.append((job, run))
+            to_start.append((owner_job, run))
         # The clock a run's duration reads is the real one, whatever ``now`` the tick was for.
         started_ids = await asyncio.to_thread(self.store.start_all, [run.id for _, run in to_start], datetime.now(UTC))
         started = []
