@@ -12,10 +12,8 @@ viewer may read. Nobody's token but the viewer's is involved at any step.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +24,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hubforge.contract import APPS_URL_ENV
+from hubforge.files import replace_durably
 
 __all__ = ["APPS_FOLDER", "OpenAppHandler", "app_handlers"]
 
@@ -65,19 +64,12 @@ class OpenAppHandler(JupyterHandler):
 def keep(path: Path, body: bytes) -> None:
     """``body`` at ``path``, replaced whole (never half-written) when it differs."""
     try:
-        if hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(body).digest():
+        if path.read_bytes() == body:
             return
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".ipynb")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_durably(path, body)
 
 
 def app_handlers(base_url: str) -> list[tuple[str, Any]]:

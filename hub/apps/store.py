@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from hubforge.errors import Forbidden, Invalid, NotFound, StoreError
+from hubforge.files import replace_durably
 
 from .notebooks import Inspected
 
@@ -234,18 +233,8 @@ class AppStore:
 
     def _write(self, digest: str, suffix: str, body: bytes) -> None:
         path = self.root / f"{digest}{suffix}"
-        if path.exists():
-            return
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(body)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if not path.exists():  # stored by its digest: there already is the same
+            replace_durably(path, body)
 
     def notebook_path(self, version: Version) -> Path:
         return self.root / f"{version.digest}.ipynb"

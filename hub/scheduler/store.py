@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from hubforge.errors import Invalid, NotFound, StoreError
+from hubforge.files import replace_durably
 
 from .schedule import CATCH_UP, Schedule
 
@@ -267,17 +266,8 @@ class SchedulerStore:
     def keep_notebook(self, body: bytes) -> str:
         digest = hashlib.sha256(body).hexdigest()
         path = self.notebook_path(digest)
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(body)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        if not path.exists():  # stored by its digest: there already is the same
+            replace_durably(path, body)
         return digest
 
     def notebook_path(self, digest: str) -> Path:
