@@ -50,6 +50,7 @@ __all__ = [
     "PARAM",
     "PARAMETERS_ENV",
     "PROXY_PEERS_ENV",
+    "REPLAY_MODULE",
     "RUN",
     "RUNTIME_ENV",
     "RUN_ID_FILE_ENV",
@@ -157,6 +158,12 @@ PARAMETERS_ENV = "HUBFORGE_PARAMETERS"
 RUN_ID_FILE_ENV = "HUBFORGE_RUN_ID_FILE"
 #: Where papermill writes the output notebook.
 OUTPUT_NOTEBOOK_ENV = "HUBFORGE_OUTPUT_NOTEBOOK"
+
+# -- commands ------------------------------------------------------------------------------------
+
+#: ``python -m`` this to send what kernels kept while MLflow was away (``--spool DIR``); a
+#: person's server runs it, and so does the scheduler after a run, as the run's owner.
+REPLAY_MODULE = "hubforge.server_extension.replay"
 
 # -- exit statuses -------------------------------------------------------------------------------
 

@@ -31,10 +31,9 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from traitlets import Bool, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
-from hubforge.contract import CLOSE_BUDGET_ENV, EX_TEMPFAIL, KERNEL_PYTHON_ENV, SPOOL_DIR_ENV
+from hubforge.contract import CLOSE_BUDGET_ENV, EX_TEMPFAIL, KERNEL_PYTHON_ENV, REPLAY_MODULE, SPOOL_DIR_ENV
 
 from .audit import load_audit
-from .kept_fits import list_fits, read_fit
 from .launch import (
     KERNEL_SHUTDOWN_WAIT,
     add_extension_argument,
@@ -45,7 +44,8 @@ from .launch import (
     tracking_state,
     voila_notebook,
 )
-from .pending import adopt_dead, list_pending, read_pending, spool_root
+from .pending import adopt_dead, spool_root
+from .replay import waiting
 from .sessions import follow_notebooks
 
 __all__ = ["HubforgeTracking", "Replayer", "load", "prepare_launch", "unload"]
@@ -306,7 +306,7 @@ class Replayer:
         log_file = open(self.root / ".replay.log", "wb")  # noqa: SIM115 - handed to the child
         with log_file:
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "hubforge.server_extension.replay", "--spool", str(self.root)],
+                [sys.executable, "-m", REPLAY_MODULE, "--spool", str(self.root)],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -317,14 +317,7 @@ class Replayer:
 
     def waiting(self) -> bool:
         """Whether entries or fits for this server's MLflow (or unreadable ones, to set aside) wait."""
-        for entries, read in ((list_pending, read_pending), (list_fits, read_fit)):
-            for entry in entries(self.root):
-                try:
-                    if read(entry).tracking_uri.rstrip("/") == self.uri:
-                        return True
-                except ValueError:
-                    return True
-        return False
+        return waiting(self.root, self.uri)
 
     def _report(self, code: int) -> None:
         try:

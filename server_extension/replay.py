@@ -34,6 +34,7 @@ from typing import Any
 
 from hubforge.contract import EX_TEMPFAIL
 from hubforge.server_extension.fit_replay import FitReport, replay_fits
+from hubforge.server_extension.kept_fits import list_fits, read_fit
 from hubforge.server_extension.kernel.context import create_run_where_taken, experiment_named
 from hubforge.server_extension.kernel.queue import TrackingQueue, refused
 from hubforge.server_extension.pending import (
@@ -50,7 +51,7 @@ from hubforge.server_extension.pending import (
     write_run,
 )
 
-__all__ = ["Report", "main", "replay"]
+__all__ = ["Report", "main", "replay", "waiting"]
 
 log = logging.getLogger("hubforge.replay")
 REPLAY_TAG = "hubforge.replay_id"
@@ -70,6 +71,20 @@ class Report:
     skipped: list[str] = field(default_factory=list)  # entries for another MLflow
     records: int = 0  # metrics, params and tags sent (or found already there)
     fits: FitReport = field(default_factory=FitReport)  # kept fits (see fit_replay)
+
+
+def waiting(root: Path, tracking_uri: str) -> bool:
+    """Whether entries or kept fits for ``tracking_uri`` (or unreadable ones, to set aside)
+    wait under ``root``: a look that never imports mlflow."""
+    uri = tracking_uri.rstrip("/")
+    for entries, read in ((list_pending, read_pending), (list_fits, read_fit)):
+        for entry in entries(root):
+            try:
+                if read(entry).tracking_uri.rstrip("/") == uri:
+                    return True
+            except ValueError:
+                return True
+    return False
 
 
 def replay(root: Path, tracking_uri: str, client: Any = None, timeout: float = 60.0) -> Report:
@@ -207,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     root = args.spool or spool_root()
     adopt_dead(root)
+    if not waiting(root, uri):
+        print(f"nothing waits for {uri}")
+        return 0
     report = replay(root, uri, timeout=args.timeout)
     for run_id in report.delivered:
         print(f"delivered: run {run_id}")

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from jupyterhub.services.auth import HubOAuth
@@ -43,7 +43,7 @@ from traitlets.config import catch_config_error
 from hubforge import __version__, proxies
 from hubforge.catalog import load_catalog, personas_for_groups, tiers_for
 from hubforge.config import PlatformConfig, load_config
-from hubforge.contract import ISOLATION_ENV, SCHEDULER_RUN_SERVICES_ENV
+from hubforge.contract import EX_TEMPFAIL, ISOLATION_ENV, SCHEDULER_RUN_SERVICES_ENV
 from hubforge.errors import Invalid, Refusal, Unavailable
 from hubforge.events.record import record as record_event
 from hubforge.events.spool import EventSpool, open_spool, platform_spool_dir
@@ -57,7 +57,7 @@ from hubforge.hub.governance.openapi import Operation, build_spec, path_pattern
 from hubforge.hub.service_app import HubServiceApp, make_hub_oauth
 
 from .pages import PAGE_CSP, RUNS_SHOWN, jobs_page
-from .runner import TOKEN_MARGIN, Execution, HubTokens, Outcome, execute, run_environment
+from .runner import TOKEN_MARGIN, Execution, HubTokens, Outcome, deliver_kept, execute, run_environment
 from .schedule import due, parse_schedule
 from .store import Job, Run, SchedulerStore
 
@@ -66,6 +66,8 @@ __all__ = ["RUNS_SCOPE", "Scheduler", "SchedulerService", "main", "make_app"]
 SERVICE = "scheduler"
 #: Where a run works when it runs as its owner's account: a folder of their home.
 RUNS_FOLDER = ".hubforge-scheduled"
+#: The spool of a person's server under their home (jupyter's data dir, ``hubforge/spool``).
+SERVER_SPOOL = ".local/share/jupyter/hubforge/spool"
 RUNS_SCOPE = "custom:schedules:run"
 #: Seconds between two ticks at most (a run ending frees its job's queue), and at least.
 TICK_S = 1.0
@@ -248,16 +250,41 @@ class Scheduler:
                 job=job.id,
                 run=run.id,
                 home=Path(account.home) if account else work,
-                spool=(Path(account.home) if account else self.store.root) / ".hubforge-spool",
+                spool=self._spool(job.owner, account),
                 tracking=self.tracking.get(job.tier, True),
             )
             outcome = await execute(execution, job.parameters, env, job.timeout_s, user=user, group=group)
+            await self._deliver_kept(job, run, env, execution.log, user, group)
         finally:
             with contextlib.suppress(Exception):  # it expires on its own in any case
                 await self.tokens.revoke(job.owner, token_id)
         if execution.output.is_file():
             await asyncio.to_thread(shutil.copyfile, execution.output, kept)
         return outcome
+
+    async def _deliver_kept(
+        self, job: Job, run: Run, env: Mapping[str, str], log: Path, user: int | None, group: int | None
+    ) -> None:
+        """Send what the run's kernel could not (MLflow away), and any earlier run's, while the
+        run's token holds; the run's outcome stands whatever happens here."""
+        try:
+            code = await deliver_kept(env, log, user=user, group=group)
+        except OSError as exc:
+            app_log.warning("run %s: could not send %s's kept run data: %s", run.id, job.owner, exc)
+            return
+        if code == EX_TEMPFAIL:
+            app_log.warning("run %s: MLflow is away; %s's kept run data waits for a later run", run.id, job.owner)
+        elif code not in (0, None):
+            app_log.warning("run %s: sending %s's kept run data exited %s (see the run's log)", run.id, job.owner, code)
+
+    def _spool(self, owner: str, account: Any) -> Path:
+        """Where ``owner``'s scheduled kernels keep run data MLflow could not take: with a system
+        account of their own, the spool of their own server (which sends it too when it runs);
+        otherwise a folder of the scheduler's for them alone, since a replay sends everything
+        it finds with one person's token."""
+        if account is not None:
+            return Path(account.home) / SERVER_SPOOL
+        return self.store.root / "spool" / f"u-{quote(owner, safe='')}"
 
     async def _notify(self, job: Job, run: Run, outcome: Outcome) -> None:
         payload = {

@@ -14,16 +14,29 @@ A run that passes its timeout is stopped: papermill and every process under it (
 kernel runs in a session of its own) get SIGTERM, then SIGKILL. The output notebook
 (the executed copy, with the cells' outputs and the error, if any) is kept, and so is
 papermill's log.
+
+A run never outlives the scheduler: papermill is started to get SIGKILL when the
+scheduler's process dies (``PR_SET_PDEATHSIG``), and its kernel ends when papermill is
+gone (ipykernel watches its parent), so a scheduler killed mid-run and started again
+finds no orphan still running the notebook beside the retry; the run it left going is
+marked interrupted and retried by its job's policy.
+
+A kernel that could not reach MLflow keeps its run's data in the owner's spool, as in a
+person's server. After each run, while its token still holds, :func:`deliver_kept`
+sends what waits there (this run's and any earlier run's) with the same replay a
+person's server runs; what MLflow still cannot take waits for the owner's next run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
+import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +44,26 @@ from urllib.parse import quote
 
 import psutil
 
-from hubforge.contract import JOB_ENV, JOB_RUN_ENV, ORIGIN_ENV, SPOOL_DIR_ENV, TRACKING_ENV
+from hubforge.contract import (
+    JOB_ENV,
+    JOB_RUN_ENV,
+    MLFLOW_URL_ENV,
+    ORIGIN_ENV,
+    REPLAY_MODULE,
+    SPOOL_DIR_ENV,
+    TRACKING_ENV,
+    tracking_on,
+)
 
-__all__ = ["KILL_GRACE", "Execution", "HubTokens", "Outcome", "execute", "run_environment"]
+__all__ = ["KILL_GRACE", "Execution", "HubTokens", "Outcome", "deliver_kept", "execute", "run_environment"]
 
 #: Seconds between SIGTERM and SIGKILL for a run past its timeout.
 KILL_GRACE = 10.0
-#: Seconds a run's token outlives the run's timeout (papermill's start and the kernel's end).
+#: Seconds a run's token outlives the run's timeout (papermill's start, the kernel's end and
+#: the delivery of what it kept).
 TOKEN_MARGIN = 300
+#: Seconds the delivery of kept run data may take after a run.
+DELIVER_WITHIN = 120.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,34 @@ def _command(execution: Execution, parameters: Mapping[str, Any]) -> list[str]:
     ]
 
 
+#: prctl(2)'s option to have a signal sent to the process when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(user: int | None, group: int | None) -> Callable[[], None]:
+    """A ``preexec_fn``: become ``user``/``group`` (no supplementary groups), then have the
+    child get SIGKILL when this process dies (Linux).
+
+    The credentials change here, not through ``Popen``'s ``user``: Python changes them
+    after the ``preexec_fn``, and a change of credentials clears the death signal. A
+    parent that died before the signal took hold ends the child too.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    parent = os.getpid()  # looked up before the fork, like prctl
+
+    def preexec() -> None:
+        if user is not None:
+            os.setgroups([])
+            os.setgid(group if group is not None else user)
+            os.setuid(user)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    return preexec
+
+
 def _stop(pid: int, sig: int) -> list[psutil.Process]:
     """Send ``sig`` to ``pid`` and every process under it; those that were there."""
     try:
@@ -188,9 +241,7 @@ async def execute(
             stdout=log,
             stderr=log,
             start_new_session=True,
-            user=user,
-            group=group,
-            extra_groups=[] if user is not None else None,
+            preexec_fn=_child_setup(user, group),
         )
         try:
             code = await asyncio.wait_for(proc.wait(), timeout_s)
@@ -212,3 +263,54 @@ async def execute(
     if code == 0:
         return Outcome("succeeded")
     return Outcome("failed", _last_error(execution.log))
+
+
+async def deliver_kept(
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    user: int | None = None,
+    group: int | None = None,
+    timeout_s: float = DELIVER_WITHIN,
+) -> int | None:
+    """Send the run data kernels kept in the owner's spool (``env``'s, a run's environment)
+    to MLflow, with the run's token, as the owner; what it says goes to ``log``.
+
+    The replay's exit status: 0 when nothing is left, ``EX_TEMPFAIL`` when MLflow is still
+    away (the data waits for the next try). None when the run is not tracked, or the
+    replay took longer than ``timeout_s`` (stopped; what it had not sent waits).
+    """
+    if not env.get(MLFLOW_URL_ENV) or not tracking_on(env) or not env.get(SPOOL_DIR_ENV):
+        return None
+    replay_env = {
+        **env,
+        "MLFLOW_TRACKING_URI": env[MLFLOW_URL_ENV],
+        "MLFLOW_TRACKING_TOKEN": env.get("JUPYTERHUB_API_TOKEN", ""),
+        # One quick try per request: an outage is waited out between runs, not inside one.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    }
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            REPLAY_MODULE,
+            "--spool",
+            env[SPOOL_DIR_ENV],
+            env=replay_env,
+            cwd=env.get("HOME") or None,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=_child_setup(user, group),
+        )
+        try:
+            return await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            _stop(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return None
+        except asyncio.CancelledError:
+            _stop(proc.pid, signal.SIGTERM)
+            raise

@@ -27,6 +27,7 @@ from harness.governance import LoopThread, close_hub_http_client, hub_user, serv
 from harness.hub import FakeHub
 from harness.mlflow import MlflowServer
 from harness.platform import wait_for
+from harness.tcpproxy import TcpProxy
 from hubforge.cli import main as hubforge
 from hubforge.events.spool import EventSpool, read_spool
 from hubforge.hub.scheduler.app import Scheduler, make_app
@@ -212,6 +213,46 @@ def test_a_job_every_minute_runs_twice_on_time_as_its_owner(running: Running, ml
     tags, params = found[0].data.tags, found[0].data.params
     assert (tags["hubforge.origin"], tags["hubforge.job"], tags["mlflow.user"]) == ("scheduler", job.id, "alice")
     assert (params["region"], params["weeks"]) == ("apac", "6")
+
+
+def test_what_a_run_kept_while_mlflow_was_away_arrives_with_the_owners_next_run(
+    running: Running, mlflow: MlflowServer
+) -> None:
+    """MLflow is down overnight: the run still succeeds and its kernel keeps the run's data
+    in alice's spool; the scheduler's try to send it after the run finds MLflow away and
+    leaves it. Once MLflow is back, her next run delivers both runs, each whole."""
+    from mlflow import MlflowClient
+
+    proxy = TcpProxy(("127.0.0.1", mlflow.port))
+    services = running.scheduler.services
+    running.scheduler.services = {**services, "HUBFORGE_MLFLOW_URL": f"http://127.0.0.1:{proxy.port}"}
+    spool = running.store.root / "spool" / "u-alice" / "pending"
+    try:
+        proxy.cut()
+        now = datetime.now(UTC)
+        body = "print('sales for', region)"
+        job = running.job("alice", "overnight", body, now, parameters={"region": "apac"})
+        (away,) = running.tick(minute(now) + timedelta(seconds=1))
+        running.settle()
+        assert running.store.runs(job.id)[0].state == "succeeded"
+        kept = [p for p in spool.iterdir() if not p.name.startswith(".")]
+        assert len(kept) == 1 and "MLflow" in running.store.output_path(away.id).with_suffix(".log").read_text()
+        proxy.restore()
+        (back,) = running.tick(minute(now) + timedelta(minutes=1, seconds=1))
+        running.settle()
+        assert [p for p in spool.iterdir() if not p.name.startswith(".")] == []
+        client = MlflowClient(mlflow.url)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        for run in (away, back):
+            (found,) = client.search_runs(experiments, f"tags.`hubforge.job_run` = '{run.id}'")
+            assert (found.info.status, found.data.tags["mlflow.user"], found.data.params["region"]) == (
+                "FINISHED",
+                "alice",
+                "apac",
+            ), run.id
+    finally:
+        running.scheduler.services = services
+        proxy.close()
 
 
 def test_a_failing_notebook_is_retried_then_reported_to_the_webhook(running: Running) -> None:

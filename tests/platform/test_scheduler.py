@@ -6,6 +6,10 @@ scheduler asks the real hub for a short-lived token of hers, runs papermill as h
 system account when the platform runs as root), keeps the output notebook and records the
 run; the run is in MLflow as hers, with origin ``scheduler`` and the job's tags, found through
 the MLflow gate with her token. bob, who holds no scheduler persona, is refused the scheduler.
+
+Then the scheduler's process is killed (SIGKILL) in the middle of a run: the run's papermill
+and kernel end with it, the hub starts the service again, and the new process marks the run
+interrupted and retries it by the job's policy; the job's definition is still there.
 """
 
 from __future__ import annotations
@@ -21,25 +25,38 @@ from typing import Any
 
 import httpx
 import nbformat
+import psutil
 
 from harness.platform import MLFLOW_API, HubSession, api, wait_for
 
 SCHEDULER = "/services/scheduler"
 
 
-def job_notebook() -> dict[str, Any]:
+def job_notebook(
+    body: str = (
+        "import os, pwd\n"
+        "print('report for', region, 'as', os.environ['JUPYTERHUB_USER'], pwd.getpwuid(os.getuid()).pw_name)\n"
+        "secret = [k for k in os.environ if 'DB_URL' in k or k in ('JUPYTERHUB_SERVICE_NAME', 'HUBFORGE_DATA')]\n"
+        "print('platform secrets:', sorted(secret))"
+    ),
+) -> dict[str, Any]:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
         nbformat.v4.new_code_cell("region = 'emea'", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            "import os, pwd\n"
-            "print('report for', region, 'as', os.environ['JUPYTERHUB_USER'], pwd.getpwuid(os.getuid()).pw_name)\n"
-            "secret = [k for k in os.environ if 'DB_URL' in k or k in ('JUPYTERHUB_SERVICE_NAME', 'HUBFORGE_DATA')]\n"
-            "print('platform secrets:', sorted(secret))"
-        ),
+        nbformat.v4.new_code_cell(body),
     ]
     return json.loads(nbformat.writes(nb))
+
+
+def schedule(platform: Any, token: str, path: Path, *options: str) -> str:
+    """``hubforge schedule create`` as alice runs it; the new job's id."""
+    env = {**os.environ, "HUBFORGE_SCHEDULER_URL": platform.url + SCHEDULER, "JUPYTERHUB_API_TOKEN": token}
+    hubforge = Path(sys.executable).with_name("hubforge")
+    done = subprocess.run([str(hubforge), "schedule", "create", str(path), *options], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[1]
 
 
 def test_alice_schedules_a_notebook_that_runs_as_her(platform: Any, tmp_path: Path) -> None:
@@ -51,13 +68,8 @@ def test_alice_schedules_a_notebook_that_runs_as_her(platform: Any, tmp_path: Pa
         path = tmp_path / "weekly report.ipynb"
         path.write_text(json.dumps(job_notebook()))
         when = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
-        env = {**os.environ, "HUBFORGE_SCHEDULER_URL": platform.url + SCHEDULER, "JUPYTERHUB_API_TOKEN": token}
-        hubforge = Path(sys.executable).with_name("hubforge")
-        command = [str(hubforge), "schedule", "create", str(path), "--name", "weekly-report", "--once", when,
-                   "--param", "region=apac", "--timeout", "300"]  # fmt: skip
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        job_id = done.stdout.split()[1]
+        job_id = schedule(platform, token, path, "--name", "weekly-report", "--once", when,
+                          "--param", "region=apac", "--timeout", "300")  # fmt: skip
         with api(platform.url, token) as as_alice:
             runs = wait_for(
                 lambda: [
@@ -106,3 +118,67 @@ def test_alice_schedules_a_notebook_that_runs_as_her(platform: Any, tmp_path: Pa
 def _alice_experiments(client: httpx.Client) -> list[str]:
     found = client.post(f"{MLFLOW_API}/experiments/search", json={"max_results": 1000}).json()
     return [e["experiment_id"] for e in found.get("experiments", []) if e["name"].startswith("/Users/alice/")]
+
+
+def _scheduler_process(platform: Any) -> psutil.Process | None:
+    """The scheduler service's process, of this platform's (None while there is none)."""
+    for proc in psutil.Process(platform.proc.pid).children(recursive=True):
+        try:
+            if "hubforge.hub.scheduler" in " ".join(proc.cmdline()):
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_the_scheduler_killed_mid_run_leaves_no_orphan_and_retries_the_run(platform: Any, tmp_path: Path) -> None:
+    alice = HubSession(platform.url)
+    marker = Path("/tmp") / f"hubforge-first-try-{os.getpid()}-{tmp_path.name}"
+    try:
+        assert alice.login("alice").status_code == 302
+        token = alice.new_token("alice", note="schedule")
+        wait_for(lambda: httpx.get(f"{platform.url}{SCHEDULER}/api/health").status_code == 200, 60, "the scheduler")
+        # The first try marks itself and then works for ten minutes; the retry finds the mark and ends.
+        body = (
+            "import os, time\n"
+            "if not os.path.exists(marker):\n"
+            "    open(marker, 'w').close()\n"
+            "    time.sleep(600)\n"
+            "print('second try done')"
+        )
+        path = tmp_path / "long.ipynb"
+        path.write_text(json.dumps(job_notebook(body)))
+        when = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+        job_id = schedule(platform, token, path, "--name", "long-report", "--once", when, "--param",
+                          f"marker={marker}", "--retries", "1", "--backoff", "1", "--timeout", "900")  # fmt: skip
+        with api(platform.url, token) as as_alice:
+            wait_for(marker.exists, 120, "the first try to start working")
+            scheduler = _scheduler_process(platform)
+            assert scheduler is not None
+            family = scheduler.children(recursive=True)
+            assert [p for p in family if "papermill" in " ".join(p.cmdline())], "the run is not the scheduler's"
+            scheduler.kill()
+            # Nothing of the run outlives the process that started it.
+            _, alive = psutil.wait_procs(family, timeout=30)
+            assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+            # The hub starts the service again; the new process retries the run by the job's policy.
+            wait_for(
+                lambda: getattr(_scheduler_process(platform), "pid", scheduler.pid) != scheduler.pid,
+                60,
+                "the hub to start the scheduler",
+            )
+
+            def history() -> list[dict[str, Any]]:  # the proxy answers 503 while the service is away
+                answer = as_alice.get(f"{SCHEDULER}/api/jobs/{job_id}/runs")
+                return answer.json() if answer.status_code == 200 else []
+
+            runs = wait_for(
+                lambda: (found := history()) and found[0]["state"] == "succeeded" and found, 240, "the retry to succeed"
+            )
+            assert [(r["attempt"], r["state"]) for r in runs] == [(2, "succeeded"), (1, "interrupted")], runs
+            assert as_alice.get(f"{SCHEDULER}/api/jobs/{job_id}").json()["name"] == "long-report"
+            page = as_alice.get(f"{SCHEDULER}/api/runs/{runs[0]['id']}/output")
+            assert "second try done" in page.text
+    finally:
+        marker.unlink(missing_ok=True)
+        alice.close()
