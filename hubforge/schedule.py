@@ -10,6 +10,7 @@ or ``--url``) with the hub token of the server it runs in. Registered under the
     hubforge schedule list
     hubforge schedule runs JOB
     hubforge schedule pause|resume|delete JOB
+    hubforge schedule execute          # in a scheduled run's Kubernetes pod (HUBFORGE_JOB_RUN)
 
 The notebook is frozen when the job is made: later edits to the file do not change it.
 ``--param NAME=VALUE`` values are read as JSON when they are JSON (``6``, ``true``,
@@ -20,16 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from hubforge.contract import SCHEDULER_URL_ENV
+from hubforge.contract import JOB_ENV, JOB_RUN_ENV, SCHEDULER_URL_ENV
 from hubforge.errors import Invalid
+from hubforge.notebook_runs import DELIVER_WITHIN, papermill_command, replay_command, replay_env
 from hubforge.service_client import ServiceClient
 
-__all__ = ["ScheduleClient", "parse_params", "register"]
+__all__ = ["ScheduleClient", "execute_run", "parse_params", "register"]
 
 
 class ScheduleClient(ServiceClient):
@@ -52,6 +56,45 @@ class ScheduleClient(ServiceClient):
 
     def delete(self, job: str) -> None:
         self.call("DELETE", f"api/jobs/{quote(job, safe='')}")
+
+    def job(self, job: str) -> dict[str, Any]:
+        return self.call("GET", f"api/jobs/{quote(job, safe='')}")
+
+    def run_notebook(self, run: str) -> dict[str, Any]:
+        return self.call("GET", f"api/runs/{quote(run, safe='')}/notebook")
+
+    def send_output(self, run: str, body: bytes) -> None:
+        self.call("PUT", f"api/runs/{quote(run, safe='')}/output", content=body,
+                  headers={"Content-Type": "application/json"})  # fmt: skip
+
+
+def execute_run(client: ScheduleClient, env: Mapping[str, str], workdir: Path) -> int:
+    """One scheduled run, here (a Kubernetes Job's pod): the run's notebook from the scheduler,
+    papermill through hubforge's engine with the job's parameters, the delivery of what the
+    kernel kept while MLflow was away, the output notebook back to the scheduler. papermill's
+    exit status: the Job succeeds or fails with it."""
+    job_id, run_id = env.get(JOB_ENV, ""), env.get(JOB_RUN_ENV, "")
+    if not job_id or not run_id:
+        raise Invalid(f"{JOB_ENV} and {JOB_RUN_ENV} are unset: this runs in a scheduled run's pod")
+    job = client.job(job_id)
+    notebook = client.run_notebook(run_id)
+    work = workdir / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    source = work / (Path(str(job.get("notebook") or "")).name or f"{job['name']}.ipynb")
+    source.write_text(json.dumps(notebook), encoding="utf-8")
+    output = work / f"output-{run_id}.ipynb"
+    command = papermill_command(source, output, work, job.get("parameters") or {})
+    code = subprocess.run(command, env=dict(env), cwd=work, stdin=subprocess.DEVNULL, check=False).returncode
+    delivery = replay_env(env)
+    if delivery is not None:
+        try:
+            subprocess.run(replay_command(env), env=delivery, stdin=subprocess.DEVNULL, timeout=DELIVER_WITHIN,
+                           check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            print("hubforge: MLflow is slow; the kept run data waits", flush=True)
+    if output.is_file():
+        client.send_output(run_id, output.read_bytes())
+    return code
 
 
 def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
@@ -121,13 +164,15 @@ def _run(args: argparse.Namespace) -> int:
         elif args.schedule_command == "delete":
             client.delete(args.job)
             print(f"deleted {args.job}")
+        elif args.schedule_command == "execute":
+            return execute_run(client, os.environ, Path(args.workdir))
     finally:
         client.close()
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
-    """Add ``schedule create|list|runs|pause|resume|delete`` to ``hubforge``."""
+    """Add ``schedule create|list|runs|pause|resume|delete|execute`` to ``hubforge``."""
     schedule = subparsers.add_parser("schedule", help="run notebooks on a schedule, as yourself")
     actions = schedule.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
     url = argparse.ArgumentParser(add_help=False)
@@ -156,5 +201,8 @@ def register(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.
                        ("resume", "resume a job from its next occurrence"), ("delete", "delete a job")):  # fmt: skip
         action = actions.add_parser(name, parents=common, help=text)
         action.add_argument("job", metavar="JOB", help="the job's id (j-...)")
+    execute = actions.add_parser("execute", parents=common,
+                                 help="run the scheduled run this pod is for (a Kubernetes Job's command)")  # fmt: skip
+    execute.add_argument("--workdir", default=".", help="where the run works (default: here)")
     for action in actions.choices.values():
         action.set_defaults(func=_run)

@@ -47,6 +47,7 @@ from hubforge.contract import EX_TEMPFAIL, ISOLATION_ENV, SCHEDULER_RUN_SERVICES
 from hubforge.errors import Invalid, Refusal, Unavailable
 from hubforge.events.record import record as record_event
 from hubforge.events.spool import EventSpool, open_spool, platform_spool_dir
+from hubforge.files import replace_durably
 from hubforge.hub.apps.app import Groups
 from hubforge.hub.apps.notebooks import inspect as inspect_notebook
 from hubforge.hub.governance.api import APIHandler
@@ -443,10 +444,52 @@ class RunsHandler(SchedulerHandler):
         self.write_json([run.as_json() for run in found])
 
 
+class RunNotebookHandler(SchedulerHandler):
+    operations: ClassVar[dict[str, Operation]] = {
+        "get": Operation(
+            "The notebook a run executes (its job's frozen copy)",
+            {200: {"type": "object"}},
+            description="For the job's owner only: what a run's pod fetches with the run's token "
+            "(`hubforge schedule execute`).",
+        )
+    }
+
+    @needs_scope(RUNS_SCOPE)
+    async def get(self, run_id: str) -> None:
+        run = await self.call_store(self.store.run, run_id)
+        job = await self.call_store(self.store.job, run.job, self.user_name)
+        body = await asyncio.to_thread(self.store.notebook_path(job.notebook).read_bytes)
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+
 class OutputHandler(SchedulerHandler):
     operations: ClassVar[dict[str, Operation]] = {
-        "get": Operation("The run's output notebook as HTML", {200: {"type": "string"}}, media_type="text/html")
+        "get": Operation("The run's output notebook as HTML", {200: {"type": "string"}}, media_type="text/html"),
+        "put": Operation(
+            "Keep a going run's output notebook",
+            {204: None},
+            request={"type": "object"},
+            description="For the job's owner only, while the run is going: how a run's pod hands its "
+            "output back (`hubforge schedule execute`). The notebook is checked as a published one is.",
+            errors=(400, 409, 413, 415),
+        ),
     }
+
+    @needs_scope(RUNS_SCOPE)
+    async def put(self, run_id: str) -> None:
+        body = self.json_body()
+        run = await self.call_store(self.store.run, run_id)
+        await self.call_store(self.store.job, run.job, self.user_name)
+        if run.state != "running":
+            raise web.HTTPError(409, f"run {run.id} is {run.state}: only a going run's output can be sent")
+        try:
+            checked = await asyncio.to_thread(inspect_notebook, body, self.settings["kernels"])
+        except Refusal as exc:
+            raise self.refused(exc) from None
+        await asyncio.to_thread(replace_durably, self.store.output_path(run.id), checked.body)
+        self.set_status(204)
+        self.finish()
 
     @needs_scope(RUNS_SCOPE)
     async def get(self, run_id: str) -> None:
@@ -513,6 +556,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("api/jobs/{job_id}/pause", PauseHandler),
     ("api/jobs/{job_id}/resume", ResumeHandler),
     ("api/jobs/{job_id}/runs", RunsHandler),
+    ("api/runs/{run_id}/notebook", RunNotebookHandler),
     ("api/runs/{run_id}/output", OutputHandler),
 ]
 

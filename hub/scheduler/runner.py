@@ -44,16 +44,8 @@ from urllib.parse import quote
 
 import psutil
 
-from hubforge.contract import (
-    JOB_ENV,
-    JOB_RUN_ENV,
-    MLFLOW_URL_ENV,
-    ORIGIN_ENV,
-    REPLAY_MODULE,
-    SPOOL_DIR_ENV,
-    TRACKING_ENV,
-    tracking_on,
-)
+from hubforge.contract import JOB_ENV, JOB_RUN_ENV, ORIGIN_ENV, SPOOL_DIR_ENV, TRACKING_ENV
+from hubforge.notebook_runs import DELIVER_WITHIN, papermill_command, replay_command, replay_env
 
 __all__ = ["KILL_GRACE", "Execution", "HubTokens", "Outcome", "deliver_kept", "execute", "run_environment"]
 
@@ -62,8 +54,6 @@ KILL_GRACE = 10.0
 #: Seconds a run's token outlives the run's timeout (papermill's start, the kernel's end and
 #: the delivery of what it kept).
 TOKEN_MARGIN = 300
-#: Seconds the delivery of kept run data may take after a run.
-DELIVER_WITHIN = 120.0
 
 
 @dataclass(frozen=True)
@@ -149,24 +139,6 @@ def run_environment(
     return env
 
 
-def _command(execution: Execution, parameters: Mapping[str, Any]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "papermill",
-        "--engine",
-        "hubforge",
-        "--no-progress-bar",
-        "--log-output",
-        "--cwd",
-        str(execution.workdir),
-        "-y",
-        json.dumps(dict(parameters)),
-        str(execution.notebook),
-        str(execution.output),
-    ]
-
-
 #: prctl(2)'s option to have a signal sent to the process when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
 
@@ -234,7 +206,7 @@ async def execute(
     execution.workdir.mkdir(parents=True, exist_ok=True)
     with execution.log.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            *_command(execution, parameters),
+            *papermill_command(execution.notebook, execution.output, execution.workdir, parameters),
             env=dict(env),
             cwd=str(execution.workdir),
             stdin=asyncio.subprocess.DEVNULL,
@@ -280,24 +252,13 @@ async def deliver_kept(
     away (the data waits for the next try). None when the run is not tracked, or the
     replay took longer than ``timeout_s`` (stopped; what it had not sent waits).
     """
-    if not env.get(MLFLOW_URL_ENV) or not tracking_on(env) or not env.get(SPOOL_DIR_ENV):
+    delivery = replay_env(env)
+    if delivery is None:
         return None
-    replay_env = {
-        **env,
-        "MLFLOW_TRACKING_URI": env[MLFLOW_URL_ENV],
-        "MLFLOW_TRACKING_TOKEN": env.get("JUPYTERHUB_API_TOKEN", ""),
-        # One quick try per request: an outage is waited out between runs, not inside one.
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-    }
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            REPLAY_MODULE,
-            "--spool",
-            env[SPOOL_DIR_ENV],
-            env=replay_env,
+            *replay_command(env),
+            env=delivery,
             cwd=env.get("HOME") or None,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,

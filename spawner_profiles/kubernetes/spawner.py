@@ -319,11 +319,11 @@ def user_groups(cfg: PlatformConfig, name: str) -> list[str]:
 
 @asynccontextmanager
 async def offline_spawner(
-    cfg: PlatformConfig, user: str, catalog: Catalog | None = None
+    cfg: PlatformConfig, user: str, catalog: Catalog | None = None, groups: list[str] | None = None
 ) -> AsyncIterator[HubforgeKubeSpawner]:
-    """A HubforgeKubeSpawner for a user of the config, configured as the hub would, with no cluster.
+    """A HubforgeKubeSpawner for a user, configured as the hub would, with no cluster.
 
-    The user's groups come from the config's ``users:`` section; the hub is
+    The user's groups are ``groups`` (as the hub has them), else the config's ``users:`` section's; the hub is
     z2jh's (``http://hub:8081``). The spawner's API client points at
     :data:`OFFLINE_HOST` and is closed on exit.
     """
@@ -332,7 +332,8 @@ async def offline_spawner(
     configure_kubespawner(c, cfg, catalog)
     prefix = cfg.hub.base_url
     hub = _RenderHub(f"{prefix}hub/", f"http://hub:8081{prefix}hub/", f"http://hub:8081{prefix}hub/api")
-    account = _RenderUser(user, f"{prefix}user/{user}/", tuple(_Group(g) for g in user_groups(cfg, user)))
+    named = groups if groups is not None else user_groups(cfg, user)
+    account = _RenderUser(user, f"{prefix}user/{user}/", tuple(_Group(g) for g in named))
     async with client.ApiClient(client.Configuration(host=OFFLINE_HOST)) as api_client:
         with _offline(api_client):
             spawner = HubforgeKubeSpawner(config=c, user=account, hub=hub)

@@ -388,3 +388,84 @@ def test_a_runs_output_is_a_sandboxed_page_for_its_owner_only(running: Running) 
         assert bob.get(f"api/runs/{run.id}/output").status_code == 404
         assert bob.get(f"api/jobs/{job.id}/runs").status_code == 404
         assert f'data-job="{job.id}"' not in bob.get("").text
+
+
+def test_a_run_in_its_kubernetes_pod_fetches_its_notebook_and_hands_its_output_back(
+    running: Running, mlflow: MlflowServer, tmp_path: Path
+) -> None:
+    """What a run's Job pod does, here: the pod's container (command and environment) from the
+    rendered Job, its token from the Secret, its home a folder of the test's. The notebook
+    comes from the scheduler, runs through papermill as alice's, is tracked to MLflow with
+    the job's tags, and its output goes back to the scheduler; a failing notebook fails
+    the pod. Only a going run of one's own takes an output, and only a notebook."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from hubforge.config import PlatformConfig, default_config_text
+    from hubforge.hub.scheduler.kube import run_manifests
+
+    cfg = PlatformConfig(data=yaml.safe_load(default_config_text()), source="platform.yaml", data_dir=tmp_path)
+    services = {"HUBFORGE_MLFLOW_URL": mlflow.url, "HUBFORGE_SCHEDULER_URL": running.url + PREFIX}
+    now = datetime.now(UTC)
+
+    def pod_run(body: str) -> tuple[Job, Any, subprocess.CompletedProcess[str]]:
+        job = running.job("alice", f"in-pod-{len(body)}", body, now, parameters={"region": "apac"})
+        (run,) = running.store.fire(job, [minute(now)], None, now)
+        assert running.store.start(run.id, now)
+        secret, manifest = asyncio.run(
+            run_manifests(cfg, job, run, ["data-scientist", "scheduler"], services, "alice-token")
+        )
+        (container,) = manifest["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env["JUPYTERHUB_API_TOKEN"] = secret["stringData"]["token"]
+        home = tmp_path / run.id
+        env.update(HOME=str(home), HUBFORGE_SPOOL_DIR=str(home / "spool"), PATH=os.environ["PATH"])
+        command = [str(Path(sys.executable).with_name(container["command"][0])), *container["command"][1:-1]]
+        done = subprocess.run([*command, str(home / "work")], env=env, capture_output=True, text=True, timeout=300)
+        return job, run, done
+
+    job, run, done = pod_run("print('sales for', region)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = nbformat.read(running.store.output_path(run.id), as_version=4)
+    assert "sales for apac" in json.dumps(output)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow.url)
+    found = wait_for(
+        lambda: client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], f"tags.`hubforge.job_run` = '{run.id}'"
+        ),
+        60,
+        "the pod's run in MLflow",
+    )
+    assert (found[0].data.tags["hubforge.job"], found[0].data.tags["mlflow.user"]) == (job.id, "alice")
+    assert found[0].data.params["region"] == "apac"
+
+    _, failing, done = pod_run("raise ValueError('no sales data for ' + region)")
+    assert done.returncode != 0 and "no sales data for apac" in done.stderr
+    assert "no sales data for apac" in json.dumps(nbformat.read(running.store.output_path(failing.id), as_version=4))
+
+    kept = json.dumps(output)
+    with running.client("bob-token") as bob:  # not his run: no such run, for reading or for writing
+        assert bob.get(f"api/runs/{run.id}/notebook").status_code == 404
+        assert (
+            bob.put(f"api/runs/{run.id}/output", content=kept, headers={"Content-Type": "application/json"}).status_code
+            == 404
+        )
+    with running.client("alice-token") as alice:
+        assert (
+            "".join(alice.get(f"api/runs/{run.id}/notebook").json()["cells"][1]["source"])
+            == "print('sales for', region)"
+        )
+        put = alice.put(
+            f"api/runs/{run.id}/output", content='{"cells": 1}', headers={"Content-Type": "application/json"}
+        )
+        assert put.status_code == 400 and "\n" not in put.json()["message"]
+        running.store.finish(running.store.run(run.id), "succeeded", datetime.now(UTC))
+        late = alice.put(f"api/runs/{run.id}/output", content=kept, headers={"Content-Type": "application/json"})
+        assert late.status_code == 409 and "succeeded" in late.json()["message"]
+    running.store.finish(running.store.run(failing.id), "failed", datetime.now(UTC))
