@@ -292,7 +292,7 @@ FEATURES = ServiceSpec(
 
 def _scheduler_environment(placement: Placement) -> dict[str, str]:
     # Each run gets the services' addresses people's servers get (RUN_SERVICES_ENV, as JSON).
-    run_services = json.dumps(server_service_env(placement.cfg))
+    run_services = json.dumps(server_service_env(placement.cfg, placement))
     return {SERVICE_BIND_IP_ENV: placement.bind_ip, SCHEDULER_RUN_SERVICES_ENV: run_services}
 
 
@@ -302,8 +302,7 @@ SCHEDULER = ServiceSpec(
     environment=_scheduler_environment,
     health_path="api/health",
     default_port=10106,
-    # Runs are papermill processes on the hub's machine; on Kubernetes they become Jobs (issue 14).
-    on_kubernetes=False,
+    # On Kubernetes each run is a Job on its tier (hubforge.hub.scheduler.kube).
 )
 APPS = ServiceSpec(
     name="apps",
@@ -328,19 +327,31 @@ def server_audit_env(cfg: PlatformConfig, governance: str) -> dict[str, str]:
     return env
 
 
-def server_service_env(cfg: PlatformConfig) -> dict[str, str]:
+def server_service_env(cfg: PlatformConfig, placement: Placement | None = None) -> dict[str, str]:
     """Where a person's server (and a scheduled run, which is one's work too) finds the
-    platform's services, through the proxy on one machine, under its own token."""
-    services = f"{cfg.local_url}services"
-    env = server_audit_env(cfg, f"{services}/governance")
-    if MLFLOW.enabled(cfg):
-        env[MLFLOW_URL_ENV] = f"{services}/mlflow"  # runs logged as the person's own hub identity
-    if FEATURES.enabled(cfg):
-        env[FEATURES_URL_ENV] = f"{services}/features"  # the feature browser's catalog and reads
-    if APPS.enabled(cfg):
-        env[APPS_URL_ENV] = f"{services}/apps"  # `hubforge apps`, and apps opened in the server
-    if SCHEDULER.enabled(cfg):
-        env[SCHEDULER_URL_ENV] = f"{services}/scheduler"  # `hubforge schedule`
+    platform's services, under its own token: on one machine through the proxy; with a
+    Kubernetes ``placement``, on the hub's Service (each service on its port), and only the
+    services that run there."""
+    if placement is not None and placement.kind == "kubernetes":
+        running = {spec.name for spec in enabled_services(cfg, "kubernetes")}
+        ports = placement.ports
+
+        def url(name: str) -> str:
+            return f"http://{placement.url_host}:{ports[name]}{cfg.hub.base_url}services/{name}"
+
+    else:
+        running = {spec.name for spec in enabled_services(cfg, "one machine")}
+
+        def url(name: str) -> str:
+            return f"{cfg.local_url}services/{name}"
+
+    env = server_audit_env(cfg, url("governance"))
+    for spec, variable in ((MLFLOW, MLFLOW_URL_ENV), (FEATURES, FEATURES_URL_ENV), (APPS, APPS_URL_ENV),
+                           (SCHEDULER, SCHEDULER_URL_ENV)):  # fmt: skip
+        # MLflow: runs logged as the person's own hub identity; features: the feature browser's
+        # catalog and reads; apps: `hubforge apps` and apps opened in the server; `hubforge schedule`.
+        if spec.name in running:
+            env[variable] = url(spec.name)
     return env
 
 

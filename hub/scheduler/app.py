@@ -28,7 +28,7 @@ import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -61,6 +61,9 @@ from .pages import PAGE_CSP, RUNS_SHOWN, jobs_page
 from .runner import TOKEN_MARGIN, Execution, HubTokens, Outcome, deliver_kept, execute, run_environment
 from .schedule import due, parse_schedule
 from .store import Job, Run, SchedulerStore
+
+if TYPE_CHECKING:
+    from .kube import KubeRuns  # kubespawner, imported on Kubernetes only
 
 __all__ = ["RUNS_SCOPE", "Scheduler", "SchedulerService", "main", "make_app"]
 
@@ -150,8 +153,10 @@ class Scheduler:
         tracking: Mapping[str, bool] | None = None,
         trust_webhooks: bool = False,
         audit: EventSpool | None = None,
+        kube: KubeRuns | None = None,
     ) -> None:
         self.store, self.tokens, self.services = store, tokens, dict(services)
+        self.kube = kube  # on Kubernetes: each run a Job on its tier
         self.accounts = accounts  # owner -> their system Account, on one machine with isolation
         self.tracking = dict(tracking or {})  # tier -> whether runs on it are tracked
         self.audit = audit  # the service's audit spool: runs started and ended
@@ -232,7 +237,17 @@ class Scheduler:
 
     async def _execute(self, job: Job, run: Run) -> Outcome:
         """Run ``run`` as the owner: their token, and their system account when people have
-        their own (then in a folder of their home, which only they and root can enter)."""
+        their own (then in a folder of their home, which only they and root can enter); on
+        Kubernetes, a Job on the job's tier."""
+        if self.kube is not None:
+            # The token outlives a wait in the tier's queue too; revoked when the Job ends.
+            seconds = job.timeout_s + TOKEN_MARGIN + int(self.kube.admission_wait_s)
+            token, token_id = await self.tokens.issue(job.owner, seconds, f"scheduler run {run.id}")
+            try:
+                return await self.kube.execute(job, run, token)
+            finally:
+                with contextlib.suppress(Exception):
+                    await self.tokens.revoke(job.owner, token_id)
         account = await asyncio.to_thread(self.accounts, job.owner) if self.accounts is not None else None
         work = (Path(account.home) / RUNS_FOLDER if account else self.store.root / "work") / run.id
         user, group = (account.uid, account.gid) if account else (None, None)
@@ -644,6 +659,7 @@ class SchedulerService(HubServiceApp):
             accounts=self._accounts() if os.environ.get(ISOLATION_ENV) == "users" else None,
             tracking={tier.slug: tier.tracking for tier in catalog.tiers},
             audit=audit,
+            kube=self._kube(hub_auth, services) if self.platform.spawner.on_kubernetes else None,
         )
         self.proxy_peers = proxies.from_env()
         self.web_app = make_app(
@@ -656,6 +672,15 @@ class SchedulerService(HubServiceApp):
             log=self.log,
             proxy_peers=self.proxy_peers,
         )
+
+    def _kube(self, hub_auth: HubOAuth, services: Mapping[str, str]) -> KubeRuns:
+        """Runs as Jobs, through the API as the hub pod's service account."""
+        from kubernetes_asyncio import client, config
+
+        from .kube import KubeRuns
+
+        config.load_incluster_config()
+        return KubeRuns(self.platform, Groups(hub_auth).of, services, client.ApiClient)
 
     def _accounts(self) -> Any:
         """owner -> their system account (made on first use), as the local spawner makes it."""

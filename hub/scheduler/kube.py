@@ -22,11 +22,20 @@ priority class. What makes it a run and not a server:
   chart's network policies for people's pods hold for it too, and carries the one that lets
   it reach the hub's Service (the scheduler, MLflow); its name is no server's, so no
   spawner ever takes it for one.
+
+:class:`KubeRuns` is how the scheduler runs on Kubernetes: it creates the Job and then the
+Secret (owned by the Job, so it goes with it), follows the Job to its end through the
+Kubernetes API as the hub pod's service account (whose Role in the user namespace is
+rendered by ``hubforge k8s render``), and deletes the Job when the scheduler stops or the
+run is given up: no run outlives the scheduler's record of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,10 +45,10 @@ from hubforge.catalog import ChoiceError, load_catalog, tier_env
 from hubforge.config import PlatformConfig
 from hubforge.spawner_profiles.kubernetes.spawner import QUEUE_LABEL, TIER_LABEL, offline_spawner
 
-from .runner import run_environment
+from .runner import Outcome, last_error_line, run_environment
 from .store import Job, Run
 
-__all__ = ["JOB_LABEL", "RUN_LABEL", "job_name", "run_manifests"]
+__all__ = ["JOB_LABEL", "RUN_LABEL", "KubeRuns", "job_name", "run_manifests"]
 
 JOB_LABEL = "hubforge.dev/job"
 RUN_LABEL = "hubforge.dev/run"
@@ -53,6 +62,8 @@ WORKDIR = PurePosixPath("/tmp/hubforge-run")
 #: Seconds a finished Job (and its pod's log) stays for people to look at.
 KEEP_FINISHED_S = 3600
 TOKEN_KEY = "token"
+#: Seconds a run may wait for its tier's queue (Kueue) before it is given up.
+ADMISSION_WAIT_S = 6 * 3600
 
 
 def job_name(run: Run) -> str:
@@ -137,3 +148,98 @@ async def run_manifests(
         "stringData": {TOKEN_KEY: token},
     }
     return [secret, manifest]
+
+
+class KubeRuns:
+    """Runs as Jobs in the user namespace (see the module's docstring).
+
+    ``groups``: owner -> their hub groups (the tier is checked against them at each run);
+    ``services``: the variables naming the services as people's pods reach them;
+    ``api_client``: makes the kubernetes_asyncio ``ApiClient`` (in the hub pod, its service
+    account's), on the first run: inside the event loop its HTTP session belongs to.
+    """
+
+    def __init__(
+        self,
+        cfg: PlatformConfig,
+        groups: Callable[[str], Awaitable[frozenset[str]]],
+        services: Mapping[str, str],
+        api_client: Callable[[], Any],
+        *,
+        poll_s: float = 5.0,
+        admission_wait_s: float = ADMISSION_WAIT_S,
+    ) -> None:
+        self.cfg, self.groups, self.services = cfg, groups, dict(services)
+        self.api_client = api_client
+        self.poll_s, self.admission_wait_s = poll_s, admission_wait_s
+        self._apis: tuple[Any, Any] | None = None
+
+    @property
+    def batch(self) -> Any:
+        return self._connect()[0]
+
+    @property
+    def core(self) -> Any:
+        return self._connect()[1]
+
+    def _connect(self) -> tuple[Any, Any]:
+        if self._apis is None:
+            from kubernetes_asyncio import client
+
+            made = self.api_client()
+            self._apis = client.BatchV1Api(made), client.CoreV1Api(made)
+        return self._apis
+
+    async def execute(self, job: Job, run: Run, token: str) -> Outcome:
+        """Run ``run`` as a Job with ``token`` (the owner's, for the run); how it ended."""
+        groups = sorted(await self.groups(job.owner))
+        secret, manifest = await run_manifests(self.cfg, job, run, groups, self.services, token)
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        created = await self.batch.create_namespaced_job(namespace, manifest)
+        try:
+            secret["metadata"]["ownerReferences"] = [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created.metadata.uid}
+            ]
+            await self.core.create_namespaced_secret(namespace, secret)
+            outcome = await self._follow(namespace, name, job)
+        except BaseException:  # stopped, or the API failed: the Job goes, its pod with it
+            await self._delete(namespace, name)
+            raise
+        if outcome.state != "succeeded":
+            await self._delete(namespace, name)
+        return outcome
+
+    async def _follow(self, namespace: str, name: str, job: Job) -> Outcome:
+        began = time.monotonic()
+        while True:
+            found = await self.batch.read_namespaced_job_status(name, namespace)
+            for condition in found.status.conditions or ():
+                if condition.status != "True":
+                    continue
+                if condition.type == "Complete":
+                    return Outcome("succeeded")
+                if condition.type == "Failed":
+                    if condition.reason == "DeadlineExceeded":
+                        return Outcome("timed_out", f"stopped after its timeout of {job.timeout_s} s")
+                    return Outcome("failed", await self._why(namespace, name, condition))
+            if found.spec.suspend and time.monotonic() - began > self.admission_wait_s:
+                hours = self.admission_wait_s / 3600
+                return Outcome("failed", f"waited more than {hours:g} h for the {job.tier} tier's queue")
+            await asyncio.sleep(self.poll_s)
+
+    async def _why(self, namespace: str, name: str, condition: Any) -> str:
+        """The line of the pod's log that says why papermill failed, else the Job's reason."""
+        fallback = f"the run's pod failed ({condition.reason}: {condition.message or 'no message'})"[:500]
+        try:
+            pods = await self.core.list_namespaced_pod(namespace, label_selector=f"job-name={name}")
+            for pod in pods.items:
+                log = await self.core.read_namespaced_pod_log(pod.metadata.name, namespace, tail_lines=200)
+                return last_error_line(log) if log else fallback
+        except Exception:  # the log is gone with its node: the Job's own reason says enough
+            return fallback
+        return fallback
+
+    async def _delete(self, namespace: str, name: str) -> None:
+        # Already gone; or the API is away, and the Job ends at its deadline all the same.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background"))

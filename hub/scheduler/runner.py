@@ -47,7 +47,16 @@ import psutil
 from hubforge.contract import JOB_ENV, JOB_RUN_ENV, ORIGIN_ENV, SPOOL_DIR_ENV, TRACKING_ENV
 from hubforge.notebook_runs import DELIVER_WITHIN, papermill_command, replay_command, replay_env
 
-__all__ = ["KILL_GRACE", "Execution", "HubTokens", "Outcome", "deliver_kept", "execute", "run_environment"]
+__all__ = [
+    "KILL_GRACE",
+    "Execution",
+    "HubTokens",
+    "Outcome",
+    "deliver_kept",
+    "execute",
+    "last_error_line",
+    "run_environment",
+]
 
 #: Seconds between SIGTERM and SIGKILL for a run past its timeout.
 KILL_GRACE = 10.0
@@ -183,9 +192,15 @@ def _stop(pid: int, sig: int) -> list[psutil.Process]:
 def _last_error(log: Path) -> str:
     """The line that says why papermill failed (the exception's last line), from its log."""
     try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        text = log.read_text(errors="replace")
     except OSError:
         return "papermill failed (no log)"
+    return last_error_line(text)
+
+
+def last_error_line(text: str) -> str:
+    """The line of papermill's output that says why it failed (the exception's last line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if "Error" in line or "Exception" in line:
             return line[:500]

@@ -8,6 +8,7 @@ What is written (``render_k8s``):
   ``singleuser.profileList`` is the static view of every tier; ``hub.services``
   runs every enabled service of :data:`~hubforge.hub.services.SERVICES` in the hub pod.
 - ``hubforge-platform.yaml``: the user namespace and the Secret with the platform config;
+  with the scheduler on, a Role letting the hub pod run scheduled runs as Jobs there;
   with serving on, the model namespaces (``services.serving.kserve.namespaces``) and a
   Role in each letting the hub pod deploy InferenceServices there.
 - ``priority-classes.yaml``: a PriorityClass per class the tiers name.
@@ -29,10 +30,10 @@ import yaml
 
 from hubforge.catalog import Catalog, Tier, load_catalog
 from hubforge.config import KubernetesSection, PlatformConfig
-from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, MLFLOW_URL_ENV, PROXY_PEERS_ENV
+from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, PROXY_PEERS_ENV
 from hubforge.errors import ConfigError, HubforgeError
 from hubforge.hardware import GPU_MODELS
-from hubforge.hub.services import Placement, enabled_services, hub_services, server_audit_env
+from hubforge.hub.services import SCHEDULER, Placement, enabled_services, hub_services, server_service_env
 from hubforge.hub.serving.kserve import API_GROUP as KSERVE_API_GROUP
 
 from .spawner import kube_memory, kube_settings, profile_for
@@ -50,6 +51,7 @@ __all__ = [
     "priority_classes",
     "render_k8s",
     "resource_flavor",
+    "scheduler_access",
 ]
 
 #: Where the hub pod mounts the platform config (from the Secret).
@@ -64,6 +66,8 @@ PROXY_PEERS_SERVICE = "hubforge-proxy"
 PROXY_POD_LABELS = {"app": "jupyterhub", "component": "proxy"}
 #: The Role in each model namespace that lets the hub deploy there.
 DEPLOY_ROLE = "hubforge-deploy"
+#: The Role in the user namespace that lets the scheduler run Jobs there.
+SCHEDULER_ROLE = "hubforge-scheduler"
 KUEUE_API = "kueue.x-k8s.io/v1beta1"
 LABELS = {"app.kubernetes.io/part-of": "hubforge", "app.kubernetes.io/managed-by": "hubforge"}
 #: PriorityClass values: reserved (interactive) servers above queued ones.
@@ -162,14 +166,9 @@ def _hub_values(cfg: PlatformConfig, settings: KubernetesSection) -> dict[str, A
 def helm_values(cfg: PlatformConfig, catalog: Catalog) -> dict[str, Any]:
     """Values for the Zero-to-JupyterHub chart, installed in the user namespace."""
     settings = kube_settings(cfg)
-    ports = _ports(cfg)
-    # Servers report their audit events to the governance service on the hub's Service (the
-    # hub's NetworkPolicy above lets user pods in), as the person's own hub identity.
-    governance = f"http://hub:{ports['governance']}{cfg.hub.base_url}services/governance"
-    singleuser: dict[str, Any] = {"extraEnv": server_audit_env(cfg, governance)}
-    if "mlflow" in ports:
-        # Kernels log to MLflow there too, under the server's token.
-        singleuser["extraEnv"][MLFLOW_URL_ENV] = f"http://hub:{ports['mlflow']}{cfg.hub.base_url}services/mlflow"
+    # Servers reach the services on the hub's Service (the hub's NetworkPolicy above lets user
+    # pods in), as the person's own hub identity: audit events, MLflow, `hubforge schedule`.
+    singleuser: dict[str, Any] = {"extraEnv": server_service_env(cfg, kubernetes(cfg))}
     return {
         "hub": _hub_values(cfg, settings),
         "singleuser": {
@@ -203,6 +202,8 @@ def platform_manifests(cfg: PlatformConfig) -> list[dict[str, Any]]:
         },
     ]
     manifests.append(proxy_peers(ns))
+    if SCHEDULER.enabled(cfg):
+        manifests.extend(scheduler_access(ns))
     if cfg.services.serving.enabled:
         for target_ns in cfg.services.serving.kserve.namespaces.values():
             manifests.extend(deploy_access(target_ns, ns))
@@ -243,6 +244,35 @@ def deploy_access(namespace: str, hub_namespace: str) -> list[dict[str, Any]]:
             "metadata": _metadata(DEPLOY_ROLE, namespace),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": DEPLOY_ROLE},
             "subjects": [{"kind": "ServiceAccount", "name": HUB_SERVICE_ACCOUNT, "namespace": hub_namespace}],
+        },
+    ]
+
+
+def scheduler_access(namespace: str) -> list[dict[str, Any]]:
+    """A Role in the user namespace letting the hub pod (where the scheduler runs, as z2jh's
+    ``hub`` service account) run scheduled runs as Jobs: make, follow and delete a run's
+    Job, make its token's Secret, read its pod's log. The least
+    :class:`hubforge.hub.scheduler.kube.KubeRuns` needs."""
+    rules = [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": ["batch"], "resources": ["jobs/status"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    ]
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(SCHEDULER_ROLE, namespace),
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(SCHEDULER_ROLE, namespace),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SCHEDULER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": HUB_SERVICE_ACCOUNT, "namespace": namespace}],
         },
     ]
 

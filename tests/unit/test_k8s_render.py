@@ -236,7 +236,7 @@ def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     slugs = [p["slug"] for p in values["singleuser"]["profileList"]]
     assert slugs == ["interactive", "training", "hpo", "finetune", "apps"]
     hub = values["hub"]
-    assert set(hub["services"]) == {"governance", "mlflow"}  # serving is KServe's on Kubernetes
+    assert set(hub["services"]) == {"governance", "mlflow", "scheduler"}  # serving is KServe's on Kubernetes
     assert hub["services"]["governance"]["url"] == "http://hub:10101"
     assert hub["services"]["governance"]["command"] == ["python3", "-m", "hubforge.hub.governance"]
     mlflow = hub["services"]["mlflow"]["command"]
@@ -246,7 +246,7 @@ def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     )
     assert hub["services"]["mlflow"]["oauth_client_allowed_scopes"] == sorted(CUSTOM_SCOPES)
     assert mlflow[mlflow.index("--static-prefix") + 1] == "/services/mlflow"
-    assert {p["port"] for p in hub["service"]["extraPorts"]} == {10101, 10102}
+    assert {p["port"] for p in hub["service"]["extraPorts"]} == {10101, 10102, 10106}
     assert hub["extraVolumeMounts"][0]["mountPath"] == "/etc/hubforge"
     assert hub["extraVolumes"][0]["secret"]["secretName"] == "hubforge-platform"
     assert hub["extraEnv"]["HUBFORGE_CONFIG"] == "/etc/hubforge/platform.yaml"
@@ -289,7 +289,7 @@ def test_extra_config_configures_the_hub(
     assert issubclass(c.JupyterHub.authenticator_class, GenericOAuthenticator)
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert {"data-scientist", "ml-lead", "hubforge-services"} <= set(roles)
-    assert roles["hubforge-services"]["services"] == ["governance", "mlflow"]
+    assert roles["hubforge-services"]["services"] == ["governance", "mlflow", "scheduler"]
     assert roles["hubforge-governance"]["scopes"] == ["access:services!service=mlflow", "custom:audit:read"]
     assert "hubforge-features" not in roles, "the features service does not run on Kubernetes yet"
     assert "custom:experiments:write" in c.Spawner.server_token_scopes
@@ -301,7 +301,7 @@ def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:
     path = platform_file(tmp_path, {"services": {"mlflow": {"enabled": False}, "governance": {"port": 9911}}})
     files = render_k8s(load_config(path, environ={}), tmp_path / "out")
     values = yaml.safe_load(files[0].read_text())
-    assert set(values["hub"]["services"]) == {"governance"}
+    assert set(values["hub"]["services"]) == {"governance", "scheduler"}
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
     assert "HUBFORGE_MLFLOW_URL" not in values["singleuser"].get("extraEnv", {})
 
@@ -311,8 +311,14 @@ def test_the_hub_may_deploy_inference_services_in_the_model_namespaces_only(
 ) -> None:
     namespaces = [n["metadata"]["name"] for n in objects(rendered, "Namespace")]
     assert namespaces == ["hubforge", "hubforge-models", "hubforge-models-staging"]
-    roles = {r["metadata"]["namespace"]: r for r in objects(rendered, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in objects(rendered, "RoleBinding")}
+    roles = {
+        r["metadata"]["namespace"]: r for r in objects(rendered, "Role") if r["metadata"]["name"] == "hubforge-deploy"
+    }
+    bindings = {
+        b["metadata"]["namespace"]: b
+        for b in objects(rendered, "RoleBinding")
+        if b["metadata"]["name"] == "hubforge-deploy"
+    }
     assert set(roles) == set(bindings) == {"hubforge-models", "hubforge-models-staging"}
     for namespace, role in roles.items():
         (rule,) = role["rules"]
@@ -326,11 +332,35 @@ def test_the_hub_may_deploy_inference_services_in_the_model_namespaces_only(
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "hubforge"}]
 
 
+def test_the_scheduler_may_run_jobs_in_the_user_namespace_and_nothing_more(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (role,) = [r for r in objects(rendered, "Role") if r["metadata"]["name"] == "hubforge-scheduler"]
+    (binding,) = [b for b in objects(rendered, "RoleBinding") if b["metadata"]["name"] == "hubforge-scheduler"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "hubforge"
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}  # fmt: skip
+    assert granted == {
+        ("batch", "jobs", "create"), ("batch", "jobs", "get"), ("batch", "jobs", "delete"),
+        ("batch", "jobs/status", "get"), ("", "secrets", "create"), ("", "pods", "list"), ("", "pods/log", "get"),
+    }  # fmt: skip
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "hubforge"}]
+    (values,) = rendered["helm-values.yaml"]
+    scheduler = values["hub"]["services"]["scheduler"]
+    assert scheduler["command"] == ["python3", "-m", "hubforge.hub.scheduler"]
+    # Runs reach the services as people's pods do, on the hub's Service.
+    runs = json.loads(scheduler["environment"]["HUBFORGE_SCHEDULER_RUN_SERVICES"])
+    assert runs["HUBFORGE_MLFLOW_URL"] == values["singleuser"]["extraEnv"]["HUBFORGE_MLFLOW_URL"]
+    assert runs["HUBFORGE_SCHEDULER_URL"] == "http://hub:10106/services/scheduler"
+    assert values["singleuser"]["extraEnv"]["HUBFORGE_SCHEDULER_URL"] == runs["HUBFORGE_SCHEDULER_URL"]
+    assert "HUBFORGE_APPS_URL" not in runs, "the apps service does not run on Kubernetes yet"
+
+
 def test_no_model_namespaces_without_serving(tmp_path: Path) -> None:
     path = platform_file(tmp_path, {"services": {"serving": {"enabled": False}}})
     render_k8s(load_config(path, environ={}), tmp_path / "out")
     docs = list(yaml.safe_load_all((tmp_path / "out" / "hubforge-platform.yaml").read_text()))
-    assert [d["kind"] for d in docs] == ["Namespace", "Secret", "Service"]
+    assert [d["kind"] for d in docs] == ["Namespace", "Secret", "Service", "Role", "RoleBinding"]  # the scheduler's
 
 
 def test_the_object_store_must_be_one_kserve_reads(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import kubernetes_validate
@@ -106,3 +107,103 @@ def test_a_job_on_a_tier_its_owner_may_no_longer_use_is_refused() -> None:
         render("finetune", ["data-scientist"])  # fine-tuning is the ML engineers'
     with pytest.raises(ChoiceError):
         render("training", ["data-scientist"], gpus="64")
+
+
+# --- the scheduler's runs as Jobs, against the API's answers ---------------------------------
+
+
+class Api:
+    """The calls KubeRuns makes of BatchV1Api and CoreV1Api, answered as an API server would;
+    every object sent is checked against the Kubernetes schema. ``states``: the Job's status
+    at each read (the last one repeats)."""
+
+    def __init__(self, states: list[dict[str, Any]], log: str = "") -> None:
+        self.states, self.log = list(states), log
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []
+
+    async def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any:
+        kubernetes_validate.validate(body, K8S_VERSION, strict=True)
+        self.jobs[body["metadata"]["name"]] = body
+        return SimpleNamespace(metadata=SimpleNamespace(uid="6f1c-uid"))
+
+    async def create_namespaced_secret(self, namespace: str, body: dict[str, Any]) -> Any:
+        kubernetes_validate.validate(body, K8S_VERSION, strict=True)
+        assert body["metadata"]["name"] in self.jobs, "the Secret is made after the Job that owns it"
+        self.secrets[body["metadata"]["name"]] = body
+
+    async def read_namespaced_job_status(self, name: str, namespace: str) -> Any:
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        conditions = [SimpleNamespace(status="True", message="", **c) for c in state.get("conditions", [])]
+        return SimpleNamespace(spec=SimpleNamespace(suspend=state.get("suspend", False)),
+                               status=SimpleNamespace(conditions=conditions))  # fmt: skip
+
+    async def delete_namespaced_job(self, name: str, namespace: str, propagation_policy: str) -> None:
+        assert propagation_policy == "Background"  # its pod goes with it
+        self.deleted.append(name)
+
+    async def list_namespaced_pod(self, namespace: str, label_selector: str) -> Any:
+        return SimpleNamespace(items=[SimpleNamespace(metadata=SimpleNamespace(name=label_selector[9:] + "-x7k2p"))])
+
+    async def read_namespaced_pod_log(self, name: str, namespace: str, tail_lines: int) -> str:
+        return self.log
+
+
+def kube_runs(api: Api, **kwargs: Any) -> Any:
+    from hubforge.hub.scheduler.kube import KubeRuns
+
+    async def groups(owner: str) -> frozenset[str]:
+        return frozenset({"data-scientist", "scheduler"})
+
+    runs = KubeRuns(config(), groups, SERVICES, lambda: None, poll_s=0.01, **kwargs)
+    runs._apis = (api, api)
+    return runs
+
+
+QUEUED = {"suspend": True}
+GOING: dict[str, Any] = {}
+
+
+def test_a_run_is_a_job_that_completes() -> None:
+    api = Api([QUEUED, QUEUED, GOING, {"conditions": [{"type": "Complete", "reason": ""}]}])
+    outcome = asyncio.run(kube_runs(api).execute(job("training"), RUN, "run-token-secret"))
+    assert (outcome.state, outcome.error) == ("succeeded", "")
+    name = "hubforge-r-00aa11bb22cc"
+    assert api.jobs[name]["spec"]["suspend"] is True  # Kueue admits it
+    assert api.secrets[name]["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": "6f1c-uid"}
+    ]
+    assert api.deleted == []  # a finished Job stays an hour for its log, then goes by itself
+
+
+def test_a_failed_run_says_why_in_its_pods_words_and_its_job_goes() -> None:
+    log = "Executing: 100%\nTraceback (most recent call last):\n  ...\nValueError: no sales data for apac\n"
+    api = Api([GOING, {"conditions": [{"type": "Failed", "reason": "BackoffLimitExceeded"}]}], log=log)
+    outcome = asyncio.run(kube_runs(api).execute(job("interactive"), RUN, "t"))
+    assert (outcome.state, outcome.error) == ("failed", "ValueError: no sales data for apac")
+    assert api.deleted == ["hubforge-r-00aa11bb22cc"]
+
+
+def test_a_run_past_its_timeout_or_too_long_in_the_queue_is_stopped() -> None:
+    api = Api([GOING, {"conditions": [{"type": "Failed", "reason": "DeadlineExceeded"}]}])
+    outcome = asyncio.run(kube_runs(api).execute(job("interactive", timeout_s=600), RUN, "t"))
+    assert (outcome.state, outcome.error) == ("timed_out", "stopped after its timeout of 600 s")
+    api = Api([QUEUED])
+    outcome = asyncio.run(kube_runs(api, admission_wait_s=0.05).execute(job("hpo"), RUN, "t"))
+    assert outcome.state == "failed" and "for the hpo tier's queue" in outcome.error
+    assert api.deleted == ["hubforge-r-00aa11bb22cc"]
+
+
+def test_a_stopping_scheduler_takes_its_runs_jobs_with_it() -> None:
+    api = Api([GOING])
+
+    async def stop_midway() -> None:
+        task = asyncio.create_task(kube_runs(api).execute(job("training"), RUN, "t"))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_midway())
+    assert api.deleted == ["hubforge-r-00aa11bb22cc"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from traitlets.config import Config
 
 from hubforge.catalog import load_catalog
 from hubforge.config import PlatformConfig, load_config
-from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, SERVING_URL_ENV
+from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, SCHEDULER_RUN_SERVICES_ENV, SERVING_URL_ENV
 from hubforge.hub import services
 from hubforge.hub.hubconfig import Runtime, configure, one_machine
 from hubforge.hub.services import SERVICES, Placement, ServiceSpec, hub_service
@@ -96,6 +97,14 @@ def test_each_service_renders_alike_field_by_field(tmp_path: Path, spec: Service
     # Only one machine runs the serving router (KServe on Kubernetes): governance drives it there.
     own_local = {k: v for k, v in ours["environment"].items() if k not in local.env and k != SERVING_URL_ENV}
     own_kube = {k: v for k, v in theirs["environment"].items() if k not in kube.env}
+    # A scheduled run reaches the services as people's servers do: through the proxy on one
+    # machine, on the hub's Service (each on its port) on Kubernetes, there only those running.
+    run_local = json.loads(own_local.pop(SCHEDULER_RUN_SERVICES_ENV, "{}"))
+    run_kube = json.loads(own_kube.pop(SCHEDULER_RUN_SERVICES_ENV, "{}"))
+    assert set(run_kube) <= set(run_local)
+    for variable, url in run_kube.items():
+        name = run_local[variable].split("/services/")[1].split("/")[0]
+        assert url == run_local[variable].replace(cfg.local_url, f"http://hub:{kube.ports[name]}/"), variable
     for field in sorted(ours):
         if field == "environment":
             assert generic(own_local, facts(local, spec)) == generic(own_kube, facts(kube, spec)), field
@@ -128,7 +137,8 @@ def test_the_hub_gets_every_enabled_service_as_rendered(tmp_path: Path) -> None:
     rendered = {name: {"name": name, **entry} for name, entry in values["hub"]["services"].items()}
     assert rendered == {s["name"]: s for s in services.hub_services(kubernetes(cfg))}
     ports = {p["name"]: p["port"] for p in values["hub"]["service"]["extraPorts"]}
-    assert ports == {"governance": 10101, "mlflow": 10102}  # serving is KServe's on Kubernetes
+    # serving is KServe's on Kubernetes
+    assert ports == {"governance": 10101, "mlflow": 10102, "scheduler": 10106}
 
 
 def test_a_disabled_service_is_nowhere(tmp_path: Path) -> None:
@@ -139,9 +149,9 @@ def test_a_disabled_service_is_nowhere(tmp_path: Path) -> None:
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == services.SERVICE_ROLE)
     assert role["services"] == ["governance", "serving", "features", "apps", "scheduler"], "the hub's own services"
     values = helm_values(cfg, load_catalog(cfg))
-    assert set(values["hub"]["services"]) == {"governance"}  # serving is KServe's on Kubernetes
+    assert set(values["hub"]["services"]) == {"governance", "scheduler"}  # serving is KServe's on Kubernetes
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
-    assert [p["port"] for p in values["hub"]["service"]["extraPorts"]] == [9911]
+    assert [p["port"] for p in values["hub"]["service"]["extraPorts"]] == [9911, 10106]
     env = values["singleuser"]["extraEnv"]
     assert "HUBFORGE_MLFLOW_URL" not in env, "no MLflow: kernels are not told of one"
     assert env["HUBFORGE_AUDIT_URL"] == "http://hub:9911/services/governance/api/audit/events"
