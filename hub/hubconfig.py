@@ -51,6 +51,7 @@ __all__ = [
     "Runtime",
     "configure",
     "configure_audit",
+    "configure_landing",
     "configure_service_role",
     "configure_services",
     "one_machine",
@@ -268,7 +269,19 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
         (cfg.data_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
     c.JupyterHub.services = hub_services(one_machine(cfg, rt))
     configure_service_role(c, cfg)
-    if APPS.enabled(cfg):
+    configure_landing(c, cfg)
+
+
+def _running_services(c: Any, cfg: PlatformConfig) -> list[str]:
+    """The services the hub runs: ours on one machine; the chart's hub.services on Kubernetes,
+    which z2jh has set before the extraConfig runs."""
+    configured = c.JupyterHub.services if "services" in c.JupyterHub else []
+    return [s["name"] for s in configured] or [s.name for s in enabled_services(cfg)]
+
+
+def configure_landing(c: Any, cfg: PlatformConfig) -> None:
+    """Where people land after login: analysts on the apps gallery, when the hub runs it."""
+    if APPS.name in _running_services(c, cfg):
         c.JupyterHub.default_url = analysts_land_on(cfg.group_personas(), f"{cfg.hub.base_url}services/apps/")
 
 
@@ -286,10 +299,7 @@ def analysts_land_on(group_personas: Mapping[str, Iterable[str]], gallery: str) 
 
 def configure_service_role(c: Any, cfg: PlatformConfig) -> None:
     """Services read who a token belongs to, their groups and roles; nothing more."""
-    # The services the hub runs: ours on one machine; the chart's hub.services on Kubernetes,
-    # which z2jh has set before this extraConfig runs.
-    configured = c.JupyterHub.services if "services" in c.JupyterHub else []
-    names = [s["name"] for s in configured] or [s.name for s in enabled_services(cfg)]
+    names = _running_services(c, cfg)
     roles = [service_role(names)]
     if MLFLOW.name in names or "serving" in names:
         roles.append(governance_role(names))

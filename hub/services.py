@@ -310,8 +310,7 @@ APPS = ServiceSpec(
     environment=_bind_where_placed,
     health_path="api/health",
     default_port=10105,
-    # Its store on the hub's volume and Voila in people's pods: issue 16's images first.
-    on_kubernetes=False,
+    # Its store on the hub's volume (or its database); apps open in the viewer's own pod.
 )
 #: Every hub-managed service, in start order.
 SERVICES: tuple[ServiceSpec, ...] = (GOVERNANCE, MLFLOW, SERVING, FEATURES, APPS, SCHEDULER)

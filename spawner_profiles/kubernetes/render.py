@@ -76,7 +76,8 @@ PRIORITY_RESERVED, PRIORITY_QUEUED = 1000, 100
 EXTRA_CONFIG = """\
 # hubforge: every setting comes from the platform config mounted from a Secret.
 from hubforge.config import load_config
-from hubforge.hub.hubconfig import configure_audit, configure_auth, configure_rbac, configure_service_role
+from hubforge.hub.hubconfig import configure_audit, configure_auth, configure_landing, configure_rbac
+from hubforge.hub.hubconfig import configure_service_role
 from hubforge.spawner_profiles.kubernetes.spawner import configure_kubespawner
 
 _platform = load_config()
@@ -84,6 +85,7 @@ configure_auth(c, _platform)
 configure_audit(c, _platform)
 configure_rbac(c, _platform, "kubernetes")
 configure_service_role(c, _platform)
+configure_landing(c, _platform)
 configure_kubespawner(c, _platform)
 """
 

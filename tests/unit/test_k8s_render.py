@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
@@ -236,7 +237,7 @@ def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     slugs = [p["slug"] for p in values["singleuser"]["profileList"]]
     assert slugs == ["interactive", "training", "hpo", "finetune", "apps"]
     hub = values["hub"]
-    assert set(hub["services"]) == {"governance", "mlflow", "scheduler"}  # serving is KServe's on Kubernetes
+    assert set(hub["services"]) == {"governance", "mlflow", "apps", "scheduler"}  # serving is KServe's on Kubernetes
     assert hub["services"]["governance"]["url"] == "http://hub:10101"
     assert hub["services"]["governance"]["command"] == ["python3", "-m", "hubforge.hub.governance"]
     mlflow = hub["services"]["mlflow"]["command"]
@@ -246,7 +247,7 @@ def test_helm_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     )
     assert hub["services"]["mlflow"]["oauth_client_allowed_scopes"] == sorted(CUSTOM_SCOPES)
     assert mlflow[mlflow.index("--static-prefix") + 1] == "/services/mlflow"
-    assert {p["port"] for p in hub["service"]["extraPorts"]} == {10101, 10102, 10106}
+    assert {p["port"] for p in hub["service"]["extraPorts"]} == {10101, 10102, 10105, 10106}
     assert hub["extraVolumeMounts"][0]["mountPath"] == "/etc/hubforge"
     assert hub["extraVolumes"][0]["secret"]["secretName"] == "hubforge-platform"
     assert hub["extraEnv"]["HUBFORGE_CONFIG"] == "/etc/hubforge/platform.yaml"
@@ -289,7 +290,10 @@ def test_extra_config_configures_the_hub(
     assert issubclass(c.JupyterHub.authenticator_class, GenericOAuthenticator)
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert {"data-scientist", "ml-lead", "hubforge-services"} <= set(roles)
-    assert roles["hubforge-services"]["services"] == ["governance", "mlflow", "scheduler"]
+    assert roles["hubforge-services"]["services"] == ["governance", "mlflow", "apps", "scheduler"]
+    # Analysts land on the apps gallery, as on one machine.
+    frank = SimpleNamespace(current_user=SimpleNamespace(groups=[SimpleNamespace(name="analyst")]))
+    assert c.JupyterHub.default_url(frank) == "/services/apps/"
     assert roles["hubforge-governance"]["scopes"] == ["access:services!service=mlflow", "custom:audit:read"]
     assert "hubforge-features" not in roles, "the features service does not run on Kubernetes yet"
     assert "custom:experiments:write" in c.Spawner.server_token_scopes
@@ -301,7 +305,7 @@ def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:
     path = platform_file(tmp_path, {"services": {"mlflow": {"enabled": False}, "governance": {"port": 9911}}})
     files = render_k8s(load_config(path, environ={}), tmp_path / "out")
     values = yaml.safe_load(files[0].read_text())
-    assert set(values["hub"]["services"]) == {"governance", "scheduler"}
+    assert set(values["hub"]["services"]) == {"governance", "apps", "scheduler"}
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
     assert "HUBFORGE_MLFLOW_URL" not in values["singleuser"].get("extraEnv", {})
 
@@ -353,7 +357,8 @@ def test_the_scheduler_may_run_jobs_in_the_user_namespace_and_nothing_more(
     assert runs["HUBFORGE_MLFLOW_URL"] == values["singleuser"]["extraEnv"]["HUBFORGE_MLFLOW_URL"]
     assert runs["HUBFORGE_SCHEDULER_URL"] == "http://hub:10106/services/scheduler"
     assert values["singleuser"]["extraEnv"]["HUBFORGE_SCHEDULER_URL"] == runs["HUBFORGE_SCHEDULER_URL"]
-    assert "HUBFORGE_APPS_URL" not in runs, "the apps service does not run on Kubernetes yet"
+    assert runs["HUBFORGE_APPS_URL"] == "http://hub:10105/services/apps"
+    assert "HUBFORGE_FEATURES_URL" not in runs, "the features service does not run on Kubernetes yet"
 
 
 def test_no_model_namespaces_without_serving(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def test_the_hub_gets_every_enabled_service_as_rendered(tmp_path: Path) -> None:
     assert rendered == {s["name"]: s for s in services.hub_services(kubernetes(cfg))}
     ports = {p["name"]: p["port"] for p in values["hub"]["service"]["extraPorts"]}
     # serving is KServe's on Kubernetes
-    assert ports == {"governance": 10101, "mlflow": 10102, "scheduler": 10106}
+    assert ports == {"governance": 10101, "mlflow": 10102, "apps": 10105, "scheduler": 10106}
 
 
 def test_a_disabled_service_is_nowhere(tmp_path: Path) -> None:
@@ -149,9 +149,10 @@ def test_a_disabled_service_is_nowhere(tmp_path: Path) -> None:
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == services.SERVICE_ROLE)
     assert role["services"] == ["governance", "serving", "features", "apps", "scheduler"], "the hub's own services"
     values = helm_values(cfg, load_catalog(cfg))
-    assert set(values["hub"]["services"]) == {"governance", "scheduler"}  # serving is KServe's on Kubernetes
+    # serving is KServe's on Kubernetes
+    assert set(values["hub"]["services"]) == {"governance", "apps", "scheduler"}
     assert values["hub"]["services"]["governance"]["url"] == "http://hub:9911"
-    assert [p["port"] for p in values["hub"]["service"]["extraPorts"]] == [9911, 10106]
+    assert [p["port"] for p in values["hub"]["service"]["extraPorts"]] == [9911, 10105, 10106]
     env = values["singleuser"]["extraEnv"]
     assert "HUBFORGE_MLFLOW_URL" not in env, "no MLflow: kernels are not told of one"
     assert env["HUBFORGE_AUDIT_URL"] == "http://hub:9911/services/governance/api/audit/events"
