@@ -139,6 +139,9 @@ class ServiceSpec:
     on_kubernetes: bool = True
     #: Why it cannot run on this machine though platform.yaml has it on (None: it can).
     unavailable: Callable[[PlatformConfig], str | None] = lambda cfg: None
+    #: Whether it starts processes of its own, which on one machine must not outlive it
+    #: (it then runs under :mod:`hubforge.hub.supervised`; a pod ends whole on Kubernetes).
+    supervised: bool = False
 
     def configured(self, cfg: PlatformConfig) -> bool:
         """``services.<name>.enabled`` (a service without that setting is always on)."""
@@ -230,6 +233,7 @@ MLFLOW = ServiceSpec(
     environment=_mlflow_environment,
     health_path="health",
     default_port=10102,
+    supervised=True,  # its uvicorn workers
 )
 
 
@@ -251,6 +255,7 @@ SERVING = ServiceSpec(
     health_path="api/health",
     default_port=10103,
     on_kubernetes=False,
+    supervised=True,  # its scoring servers and their workers
 )
 
 
@@ -374,10 +379,13 @@ def enabled_services(cfg: PlatformConfig, kind: str | None = None) -> list[Servi
 def hub_service(spec: ServiceSpec, placement: Placement) -> dict[str, Any]:
     """``spec`` as a ``c.JupyterHub.services`` entry (z2jh ``hub.services`` adds the key as name)."""
     port = placement.ports[spec.name]
+    command = spec.command(placement, port)
+    if spec.supervised and placement.kind != "kubernetes":
+        command = [placement.python, "-m", "hubforge.hub.supervised", "--port", str(port), "--", *command]
     return {
         "name": spec.name,
         "url": f"http://{placement.url_host}:{port}",
-        "command": spec.command(placement, port),
+        "command": command,
         "environment": {**placement.env, **spec.environment(placement)},
         "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": list(spec.oauth_client_allowed_scopes),

@@ -64,6 +64,7 @@ __all__ = [
     "SPOOL_DIR_ENV",
     "STEP",
     "STR_MAX",
+    "SUPERVISED_ENV",
     "TAG",
     "TIER_ENV",
     "TIMESTAMP",
@@ -93,6 +94,9 @@ INSTANCE_ENV = "HUBFORGE_INSTANCE"
 DEMO_PASSWORD_ENV = "HUBFORGE_DEMO_PASSWORD"
 #: How people's servers are isolated (``users``, ``none``, ``pods``), as ``hubforge up`` decided.
 ISOLATION_ENV = "HUBFORGE_ISOLATION"
+#: Set by ``hubforge.hub.supervised`` on its command (and so on all it starts): the port of
+#: the service they belong to, which the next start of that service clears of leftovers.
+SUPERVISED_ENV = "HUBFORGE_SUPERVISED"
 #: The address a service listens on when it differs from ``JUPYTERHUB_SERVICE_URL``'s host.
 SERVICE_BIND_IP_ENV = "HUBFORGE_BIND_IP"
 #: Host names (or addresses) of the proxy, comma-separated: a service believes the

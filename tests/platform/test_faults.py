@@ -1,0 +1,94 @@
+"""Faults on the running platform (SQLite and PostgreSQL): a process killed outright comes
+back by itself, and leaves nothing behind that keeps its successor from starting.
+
+MLflow's own process killed (its uvicorn worker and job runners used to live on as
+orphans holding the port, so the hub's restarts of MLflow could never start): the
+supervisor ends what MLflow started and exits, the hub starts MLflow again, and it
+answers. The supervisor itself killed: MLflow dies with it, and the next start stops the
+worker and the job runners it had started.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import psutil
+
+from harness.platform import wait_for
+
+SUPERVISED = "hubforge.hub.supervised"
+
+
+def _mlflow_supervisor(platform: Any) -> psutil.Process | None:
+    """MLflow's supervisor, of this platform's processes (None while there is none)."""
+    for proc in psutil.Process(platform.proc.pid).children(recursive=True):
+        try:
+            line = proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if SUPERVISED in line and any(part.endswith("mlflow") for part in line):
+            return proc
+    return None
+
+
+def _port(supervisor: psutil.Process) -> int:
+    line = supervisor.cmdline()
+    return int(line[line.index("--port") + 1])
+
+
+def _answers(port: int) -> bool:
+    """MLflow's health check, at its own port (under its prefix), not through the proxy."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/services/mlflow/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _marked(port: int) -> list[psutil.Process]:
+    """Every live process marked as the MLflow service's (its supervisor's command and all it started)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("HUBFORGE_SUPERVISED") == str(port) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _comes_back(platform: Any, before: psutil.Process, earlier: list[psutil.Process]) -> psutil.Process:
+    """The new supervisor, once nothing of the ``earlier`` MLflow is left and the new one
+    answers (a leftover worker answers on the port until the new start stops it)."""
+    found = wait_for(
+        lambda: (s := _mlflow_supervisor(platform)) is not None and s.pid != before.pid and s,
+        120,
+        "the hub to start MLflow again",
+    )
+    wait_for(lambda: not _alive(earlier), 60, "what the killed MLflow had started to be stopped")
+    wait_for(lambda: _answers(_port(found)), 120, "MLflow to answer again")
+    return found
+
+
+def test_mlflow_killed_comes_back_by_itself_and_leaves_no_orphan(platform: Any) -> None:
+    supervisor = _mlflow_supervisor(platform)
+    assert supervisor is not None, "MLflow runs under its supervisor"
+    port = _port(supervisor)
+    wait_for(lambda: _answers(port), 120, "MLflow")
+    first = [p for p in _marked(port) if p.pid != supervisor.pid]
+    (server,) = [p for p in first if p.ppid() == supervisor.pid]
+    assert len(first) > 1, "MLflow runs a worker of its own"
+
+    server.kill()  # MLflow's own process, as in the issue: its worker used to live on
+    again = _comes_back(platform, supervisor, first)
+    descendants = {p.pid for p in again.children(recursive=True)}
+    assert {p.pid for p in _marked(port)} <= descendants, "only the new MLflow's processes are left"
+
+    second = again.children(recursive=True)
+    again.kill()  # the supervisor itself: MLflow dies with it, what MLflow started is cleared at the next start
+    third = _comes_back(platform, again, second)
+    assert {p.pid for p in _marked(port)} <= {p.pid for p in third.children(recursive=True)}
