@@ -26,31 +26,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import psutil
 
 from hubforge.contract import INSTANCE_ENV, SUPERVISED_ENV
+from hubforge.processes import become_subreaper, die_with_parent
 
 __all__ = ["main", "stop_leftovers"]
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 #: Seconds between SIGTERM and SIGKILL for what the command leaves.
 GRACE_S = 5.0
-
-
-def _prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    return prctl
 
 
 def _stop(procs: list[psutil.Process], grace: float = GRACE_S) -> None:
@@ -102,16 +92,6 @@ def stop_leftovers(port: int, instance: str, wait_s: float = 10.0) -> list[int]:
     return [proc.pid for proc in found]
 
 
-def _child_setup(parent: int, prctl: Callable[..., int] | None) -> Callable[[], None]:
-    def preexec() -> None:
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    return preexec
-
-
 def run(command: list[str], port: int) -> int:
     """Steps 1 to 4 of the module's docstring; the command's exit status."""
     left = stop_leftovers(port, os.environ.get(INSTANCE_ENV, ""))
@@ -120,11 +100,9 @@ def run(command: list[str], port: int) -> int:
             f"hubforge: stopped {len(left)} leftover process(es) holding port {port} or marked as its service: {left}"
         )
         print(said, file=sys.stderr)
-    prctl = _prctl()
-    if prctl is not None:
-        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    become_subreaper()
     env = {**os.environ, SUPERVISED_ENV: str(port)}
-    child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_child_setup(os.getpid(), prctl))
+    child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent())
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -31,21 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
-import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 import psutil
 
 from hubforge.contract import JOB_ENV, JOB_RUN_ENV, ORIGIN_ENV, SPOOL_DIR_ENV, TRACKING_ENV
 from hubforge.notebook_runs import DELIVER_WITHIN, papermill_command, replay_command, replay_env
+from hubforge.processes import die_with_parent
 
 __all__ = [
     "KILL_GRACE",
@@ -148,32 +147,20 @@ def run_environment(
     return env
 
 
-#: prctl(2)'s option to have a signal sent to the process when its parent dies (Linux).
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup(user: int | None, group: int | None) -> Callable[[], None]:
-    """A ``preexec_fn``: become ``user``/``group`` (no supplementary groups), then have the
-    child get SIGKILL when this process dies (Linux).
-
-    The credentials change here, not through ``Popen``'s ``user``: Python changes them
-    after the ``preexec_fn``, and a change of credentials clears the death signal. A
-    parent that died before the signal took hold ends the child too.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-    parent = os.getpid()  # looked up before the fork, like prctl
-
-    def preexec() -> None:
-        if user is not None:
-            os.setgroups([])
-            os.setgid(group if group is not None else user)
-            os.setuid(user)
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    return preexec
+async def _start(
+    command: list[str], env: Mapping[str, str], cwd: str | None, out: IO[bytes], user: int | None, group: int | None
+) -> asyncio.subprocess.Process:
+    """``command`` as ``user``, in a session of its own, ending with this process; its output to ``out``."""
+    return await asyncio.create_subprocess_exec(
+        *command,
+        env=dict(env),
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        start_new_session=True,
+        preexec_fn=die_with_parent(user=user, group=group),
+    )
 
 
 def _stop(pid: int, sig: int) -> list[psutil.Process]:
@@ -220,16 +207,8 @@ async def execute(
     papermill and its kernel past ``timeout_s``)."""
     execution.workdir.mkdir(parents=True, exist_ok=True)
     with execution.log.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            *papermill_command(execution.notebook, execution.output, execution.workdir, parameters),
-            env=dict(env),
-            cwd=str(execution.workdir),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            preexec_fn=_child_setup(user, group),
-        )
+        command = papermill_command(execution.notebook, execution.output, execution.workdir, parameters)
+        proc = await _start(command, env, str(execution.workdir), log, user, group)
         try:
             code = await asyncio.wait_for(proc.wait(), timeout_s)
         except TimeoutError:
@@ -271,16 +250,7 @@ async def deliver_kept(
     if delivery is None:
         return None
     with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *replay_command(env),
-            env=delivery,
-            cwd=env.get("HOME") or None,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=_child_setup(user, group),
-        )
+        proc = await _start(replay_command(env), delivery, env.get("HOME") or None, out, user, group)
         try:
             return await asyncio.wait_for(proc.wait(), timeout_s)
         except TimeoutError:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import re
 import secrets
@@ -39,6 +38,7 @@ from typing import Any
 import psutil
 
 from hubforge.errors import LaunchError, Refusal, Unavailable
+from hubforge.processes import die_with_parent
 
 from .model import Release
 from .upstream import UpstreamError, UpstreamPool
@@ -93,15 +93,6 @@ class ScoringSettings:
     workers: int = 1
 
 
-_libc: Any = None
-
-
-def _end_with_parent() -> None:
-    """In the child before exec: SIGTERM when the service (the thread that started it) dies."""
-    if _libc is not None:
-        _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 #: The longest Unix socket path Linux binds (``sun_path`` holds 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
 
@@ -145,9 +136,6 @@ class ScoringProcess:
 
     async def start(self, upstream: UpstreamPool) -> None:
         """Start the process and return once it answers ``/ping`` (LaunchError otherwise)."""
-        global _libc
-        if _libc is None and sys.platform.startswith("linux"):
-            _libc = ctypes.CDLL(None)
         self.socket.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
@@ -162,7 +150,7 @@ class ScoringProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_end_with_parent,  # one libc call between fork and exec: takes no lock
+                preexec_fn=die_with_parent(signal.SIGTERM),  # SIGTERM when the service dies
             )
         try:
             await self._wait_ready(upstream)
