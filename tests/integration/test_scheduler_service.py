@@ -277,7 +277,8 @@ def test_a_failing_notebook_is_retried_then_reported_to_the_webhook(running: Run
         )  # fmt: skip
         running.tick(minute(now) + timedelta(seconds=1))
         running.settle()
-        running.tick(minute(now) + timedelta(seconds=2))  # the retry, its backoff over
+        # The retry, its backoff over: due from when the first try ended, by the real clock.
+        running.tick(max(minute(now) + timedelta(seconds=2), datetime.now(UTC) + timedelta(seconds=1)))
         running.settle()
         history = running.store.runs(job.id)
         assert [(r.attempt, r.state) for r in history] == [(2, "failed"), (1, "failed")]
