@@ -19,7 +19,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .launcher import Platform  # JupyterHub and the services only for this command
 
     cfg = load_config(getattr(args, "config", None))
-    return Platform(cfg, log=lambda line: print(f"[hubforge] {line}", flush=True)).run()
+    log = lambda line: print(f"[hubforge] {line}", flush=True)  # noqa: E731
+    return Platform(cfg, log=log, keep_servers=bool(getattr(args, "keep_servers", False))).run()
 
 
 def register(
@@ -28,4 +29,10 @@ def register(
 ) -> None:
     """Add ``up`` to ``hubforge``'s subcommands (``parents``: the common ``--config``)."""
     up = subparsers.add_parser("up", parents=list(parents), help="start the platform on this machine (Ctrl-C stops it)")
+    up.add_argument(
+        "--keep-servers",
+        action="store_true",
+        help="when stopped, leave people's servers (and their kernels) and the proxy running for the "
+        "next `hubforge up` to take over: how hubforge is upgraded without ending anybody's work",
+    )
     up.set_defaults(func=cmd_up)

@@ -73,6 +73,8 @@ class Runtime:
     instance: str
     #: users (an account per person), none (the platform's account), pods (Kubernetes).
     isolation: str = "none"
+    #: Whether a stop of the hub leaves people's servers and the proxy running (an upgrade).
+    keep_servers: bool = False
 
     def to_json(self) -> str:
         """Serialise for the environment."""
@@ -88,7 +90,7 @@ class Runtime:
 def configure(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     """Apply the platform config to a JupyterHub config object ``c``."""
     configure_network(c, cfg, rt)
-    configure_state(c, cfg)
+    configure_state(c, cfg, rt)
     configure_auth(c, cfg)
     configure_audit(c, cfg)
     configure_rbac(c, cfg)
@@ -108,18 +110,26 @@ def configure_network(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     # Route to the hub from the proxy's first moment: the hub answers (login,
     # health) while it is still waiting for its services to come up.
     c.ConfigurableHTTPProxy.command = [rt.proxy_command, f"--default-target=http://127.0.0.1:{rt.hub_port}"]
+    c.JupyterHub.proxy_class = "hubforge.hub.proxy.KeptProxy"
     c.ConfigurableHTTPProxy.pid_file = str(cfg.data_dir / "proxy.pid")
     c.ConfigurableHTTPProxy.should_start = True
+    # A hub that crashed left the proxy routing people to their servers: the next one takes it over.
+    c.KeptProxy.instance = rt.instance
 
 
-def configure_state(c: Any, cfg: PlatformConfig) -> None:
-    """Everything the hub keeps goes under the data folder (or the configured database)."""
+def configure_state(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
+    """Everything the hub keeps goes under the data folder (or the configured database).
+
+    A hub that stops stops people's servers and the proxy, unless ``hubforge up --keep-servers``
+    runs it (an upgrade: the next hub takes them over). A hub that crashes stops nothing either
+    way: its successor finds the servers in its database and polls them (the spawner's state).
+    """
     data = cfg.data_dir
     c.JupyterHub.db_url = cfg.db_url("hub")
     c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
-    c.JupyterHub.cleanup_servers = True
-    c.JupyterHub.cleanup_proxy = True
+    c.JupyterHub.cleanup_servers = not rt.keep_servers
+    c.JupyterHub.cleanup_proxy = not rt.keep_servers
 
 
 def configure_audit(c: Any, cfg: PlatformConfig) -> None:

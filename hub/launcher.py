@@ -1,10 +1,22 @@
-"""``hubforge up``: start the platform on one machine and stop all of it on Ctrl-C.
+"""``hubforge up``: start the platform on one machine, keep it up, and stop all of it on Ctrl-C.
 
 The supervisor starts one process, JupyterHub, in a session of its own; the
 hub starts configurable-http-proxy, the hub-managed services (governance,
-MLflow) and users' servers. Every process of the platform carries
-``HUBFORGE_INSTANCE=<data folder>`` in its environment, which is how a stop,
-or the next start after a crash, finds all of them, whoever their parent was.
+MLflow) and users' servers, and restarts the proxy and the services when they
+exit. Every process of the platform carries ``HUBFORGE_INSTANCE=<data folder>``
+in its environment, which is how a stop, or the next start after a crash, finds
+all of them, whoever their parent was.
+
+A hub that dies is started again, with backoff, and nobody's work goes with it:
+people's servers (and their kernels) and the proxy keep running while the hub
+is away; the services it ran are stopped and the new hub starts them; the new
+hub takes the proxy over and finds the servers in its database. The supervisor
+is the child subreaper of everything the platform starts, so it reaps what a
+dead hub leaves, and a server that ends while the hub is away never stays a
+zombie that looks alive.
+
+``--keep-servers`` makes a stop (Ctrl-C, SIGTERM) leave people's servers and the
+proxy running for the next start to take over (:mod:`.handover`): an upgrade.
 """
 
 from __future__ import annotations
@@ -30,15 +42,28 @@ from hubforge.catalog import SERVER_STOP_GRACE
 from hubforge.config import PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, DEMO_PASSWORD_ENV, INSTANCE_ENV
 from hubforge.errors import LaunchError
+from hubforge.processes import become_subreaper
 from hubforge.spawner_profiles.local.accounts import Isolation, IsolationRefused, decide
 
+from .handover import Handover, kept_processes, user_servers
 from .hubconfig import RUNTIME_ENV, Runtime
+from .proxy import running_proxy
 from .services import SERVICES, enabled_services, health_url, service_names
 
-__all__ = ["Platform", "demo_password", "find_proxy_command", "free_port", "instance_processes"]
+__all__ = [
+    "Backoff",
+    "Platform",
+    "demo_password",
+    "describe_exit",
+    "find_proxy_command",
+    "free_port",
+    "instance_processes",
+]
 
 SUPERVISOR_PID = "hubforge-up.pid"
 PASSWORD_FILE = "demo-password"
+PROXY_PID = "proxy.pid"
+HUB_PID = "jupyterhub.pid"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -117,16 +142,66 @@ def stop_processes(procs: list[psutil.Process], timeout: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def describe_exit(status: int | None) -> str:
+    """A process's exit status in words: ``status 1``, ``signal SIGKILL``."""
+    if status is None:
+        return "no status"
+    if status < 0:
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"signal {-status}"
+    return f"status {status}"
+
+
+class Backoff:
+    """How long to wait before the next restart of a process that keeps dying.
+
+    The wait doubles from ``first`` to ``most`` with each restart that never became ready;
+    after ``attempts`` of those in a row there is no next restart (None). A restart that
+    becomes ready starts the count again.
+    """
+
+    def __init__(self, first: float = 1.0, most: float = 30.0, attempts: int = 6):
+        self.first = first
+        self.most = most
+        self.attempts = attempts
+        self.failures = 0
+
+    def next_delay(self) -> float | None:
+        """The wait before the next restart, counting this failure; None: give up."""
+        self.failures += 1
+        if self.failures > self.attempts:
+            return None
+        return float(min(self.most, self.first * 2 ** (self.failures - 1)))
+
+    def recovered(self) -> None:
+        """The process became ready: the next failure waits ``first`` again."""
+        self.failures = 0
+
+
 class Platform:
     """The platform's processes on one machine, started and stopped as a whole."""
 
-    def __init__(self, cfg: PlatformConfig, log: Callable[[str], None] = print, output: IO[str] | None = None):
+    def __init__(
+        self,
+        cfg: PlatformConfig,
+        log: Callable[[str], None] = print,
+        output: IO[str] | None = None,
+        keep_servers: bool = False,
+    ):
         self.cfg = cfg
         self.log = log
         self.output = output
+        self.keep_servers = keep_servers
         self.instance = str(cfg.data_dir)
         self.hub: subprocess.Popen[bytes] | None = None
+        self.hub_env: dict[str, str] = {}
         self.signals: list[int] = []
+        self.restarts = 0
+        self.backoff = Backoff()
+        #: What the last ``--keep-servers`` stop left running, when this start takes it over.
+        self.handover: Handover | None = None
         self._claimed = False
         self._stopping = False
         self.isolation = Isolation("none")  # until init_isolation decides
@@ -138,12 +213,14 @@ class Platform:
 
     def start(self) -> None:
         """Decide how people are isolated, prepare the data folder, clean up after a crash, start the hub."""
+        become_subreaper()
         self.init_isolation()
         self.init_data_dir()
+        self.init_handover()
         self.init_cleanup()
         self.init_ports()
-        env = self.init_environment()
-        self.start_hub(env)
+        self.hub_env = self.init_environment()
+        self.start_hub(self.hub_env)
 
     def init_isolation(self) -> None:
         """Run people's servers as their own accounts where possible; refuse where unsafe."""
@@ -175,21 +252,45 @@ class Platform:
         pidfile.write_text(f"{os.getpid()}\n")
         self._claimed = True
 
+    def init_handover(self) -> None:
+        """Take over what the last ``--keep-servers`` stop left running, if it is still there."""
+        handover = Handover.load(self.cfg.data_dir)
+        if handover is None:
+            return
+        proxy = running_proxy(str(self.cfg.data_dir / PROXY_PID), self.instance)
+        servers = user_servers(instance_processes(self.instance))
+        if handover.public_port != self.cfg.hub.port or proxy is None:
+            self.log("What the last stop kept running can not be taken over (the proxy is gone or hub.port changed)")
+            Handover.forget(self.cfg.data_dir)
+            return
+        self.handover = handover
+        self.log(f"Taking over the proxy and {len(servers)} server(s) the last stop kept running")
+
     def init_cleanup(self) -> None:
-        """Stop what a crashed earlier run left behind and forget its pid files."""
-        leftovers = instance_processes(self.instance)
+        """Stop what a crashed earlier run left behind and forget its pid files (all but what
+        this start takes over)."""
+        kept: set[int] = set()
+        if self.handover is not None:
+            kept = kept_processes(instance_processes(self.instance), self.cfg.data_dir / PROXY_PID, self.instance)
+        leftovers = [p for p in instance_processes(self.instance) if p.pid not in kept]
         if leftovers:
             self.log(f"Stopping {len(leftovers)} process(es) left by an earlier run")
             stop_processes(leftovers)
-        for name in ("jupyterhub.pid", "proxy.pid"):
-            (self.cfg.data_dir / name).unlink(missing_ok=True)
+        (self.cfg.data_dir / HUB_PID).unlink(missing_ok=True)
+        if self.handover is None:
+            (self.cfg.data_dir / PROXY_PID).unlink(missing_ok=True)
 
     def init_ports(self) -> None:
         """Pick the internal ports; refuse if the public port belongs to another program."""
         hub = self.cfg.hub
-        if port_in_use(hub.ip, hub.port):
+        kept = self.handover
+        if kept is None and port_in_use(hub.ip, hub.port):
             raise LaunchError(f"hub.port: {hub.ip}:{hub.port} is in use by another program")
-        wanted = [hub.hub_port, hub.proxy_api_port, *(spec.configured_port(self.cfg) for spec in SERVICES)]
+        wanted = [
+            kept.hub_port if kept else hub.hub_port,
+            kept.proxy_api_port if kept else hub.proxy_api_port,
+            *(spec.configured_port(self.cfg) for spec in SERVICES),
+        ]
         # A free port is free until somebody binds it: the public port is not bound
         # until the proxy starts, so it must not be handed out again, nor one port twice.
         taken = {hub.port, *(port for port in wanted if port)}
@@ -209,6 +310,7 @@ class Platform:
             proxy_command=find_proxy_command(hub.proxy_command),
             instance=self.instance,
             isolation=self.isolation.mode,
+            keep_servers=self.keep_servers,
         )
 
     def init_environment(self) -> dict[str, str]:
@@ -217,7 +319,7 @@ class Platform:
         env[RUNTIME_ENV] = self.runtime.to_json()
         env[INSTANCE_ENV] = self.instance
         env[DATA_ENV] = str(self.cfg.data_dir)
-        env["CONFIGPROXY_AUTH_TOKEN"] = secrets.token_hex(32)
+        env["CONFIGPROXY_AUTH_TOKEN"] = self.handover.proxy_token if self.handover else secrets.token_hex(32)
         if self.cfg.source != "default platform.yaml":
             env[CONFIG_ENV] = str(Path(self.cfg.source).resolve())
         if self.cfg.auth.type == "demo":
@@ -276,16 +378,44 @@ class Platform:
 
         The servers go first: JupyterHub stops its services (MLflow) and the proxy before
         the servers, and a server stopping ends its kernels' runs through both. Each
-        server gets SERVER_STOP_GRACE seconds (hubforge.catalog).
+        server gets SERVER_STOP_GRACE seconds (hubforge.catalog). With ``--keep-servers``
+        the servers and the proxy stay, for the next start (:meth:`hand_over`).
         """
         if self._stopping or not self._claimed:
             # Never sweep an instance this supervisor does not own (e.g. refused to start).
             return
         self._stopping = True
-        servers = [p for p in instance_processes(self.instance) if _is_user_server(p)]
-        if servers:
-            self.log(f"stopping {len(servers)} user server(s); their kernels end their MLflow runs")
-            stop_processes(servers, timeout=SERVER_STOP_GRACE)
+        if self.keep_servers and self.hub is not None:
+            self.hand_over(timeout)
+        else:
+            servers = user_servers(instance_processes(self.instance))
+            if servers:
+                self.log(f"stopping {len(servers)} user server(s); their kernels end their MLflow runs")
+                stop_processes(servers, timeout=SERVER_STOP_GRACE)
+            self.stop_hub(timeout)
+            stop_processes(instance_processes(self.instance))
+            Handover.forget(self.cfg.data_dir)
+        pidfile = self.cfg.data_dir / SUPERVISOR_PID
+        if _read_pid(pidfile) == os.getpid():
+            pidfile.unlink(missing_ok=True)
+
+    def hand_over(self, timeout: float) -> None:
+        """Stop the hub and its services; leave people's servers and the proxy to the next start."""
+        self.stop_hub(timeout)
+        running = instance_processes(self.instance)
+        kept = kept_processes(running, self.cfg.data_dir / PROXY_PID, self.instance)
+        stop_processes([p for p in running if p.pid not in kept])
+        if running_proxy(str(self.cfg.data_dir / PROXY_PID), self.instance) is None:
+            stop_processes(instance_processes(self.instance))  # nothing can reach them without it
+            return
+        rt = self.runtime
+        token = self.hub_env["CONFIGPROXY_AUTH_TOKEN"]
+        Handover(self.cfg.hub.port, rt.hub_port, rt.proxy_api_port, token).save(self.cfg.data_dir)
+        servers = len(user_servers(running))
+        self.log(f"left the proxy and {servers} user server(s) running for the next start (--keep-servers)")
+
+    def stop_hub(self, timeout: float) -> None:
+        """SIGTERM to the hub; SIGKILL if it has not ended after ``timeout`` seconds."""
         if self.hub is not None and self.hub.poll() is None:
             self.hub.send_signal(signal.SIGTERM)
             try:
@@ -293,13 +423,73 @@ class Platform:
             except subprocess.TimeoutExpired:
                 self.hub.kill()
                 self.hub.wait()
-        stop_processes(instance_processes(self.instance))
-        pidfile = self.cfg.data_dir / SUPERVISOR_PID
-        if _read_pid(pidfile) == os.getpid():
-            pidfile.unlink(missing_ok=True)
+
+    # -- keeping the hub up ---------------------------------------------------------------------------
+
+    def restart_hub(self) -> None:
+        """Start the hub again, after stopping what the dead one ran except people's servers and
+        the proxy: its services (the new hub starts them on the same ports) and their children."""
+        running = instance_processes(self.instance)
+        kept = kept_processes(running, self.cfg.data_dir / PROXY_PID, self.instance)
+        stop_processes([p for p in running if p.pid not in kept])
+        (self.cfg.data_dir / HUB_PID).unlink(missing_ok=True)
+        self.restarts += 1
+        self.start_hub(self.hub_env)
+
+    def _hub_answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.cfg.local_url}hub/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``, reaping orphans; False when a signal to stop came meanwhile."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.signals:
+                return False
+            reap_orphans(self.hub)
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return not self.signals
+
+    def keep_up(self) -> int:
+        """Watch the hub until a signal to stop: restart it (with backoff) whenever it dies.
+
+        Returns the exit status for ``hubforge up``: 0 when stopped by a signal, else the
+        last status of a hub that kept failing to come back.
+        """
+        down_since: float | None = None
+        next_check = 0.0
+        while not self.signals:
+            assert self.hub is not None
+            status = self.hub.poll()
+            if status is not None:
+                delay = self.backoff.next_delay()
+                words = describe_exit(status)
+                if delay is None:
+                    self.log(f"the hub exited with {words} after {self.backoff.attempts} restarts in a row; giving up")
+                    return status or 1
+                self.log(f"the hub exited with {words}; people's servers keep running; restarting it in {delay:.0f}s")
+                down_since = down_since or time.monotonic()
+                if not self._wait(delay):
+                    break
+                self.restart_hub()
+                continue
+            now = time.monotonic()
+            if down_since is not None and now >= next_check:
+                next_check = now + 0.5
+                if self._hub_answers():
+                    self.log(f"the hub is back after {now - down_since:.1f}s (restart {self.restarts})")
+                    self.backoff.recovered()
+                    down_since = None
+            if self.handover is not None and down_since is None:
+                Handover.forget(self.cfg.data_dir)  # the hub has taken them over
+                self.handover = None
+            self._wait(0.2)
+        return 0
 
     def run(self) -> int:
-        """Start, report readiness, and wait for Ctrl-C (SIGINT) or SIGTERM."""
+        """Start, report readiness, keep the hub up until Ctrl-C (SIGINT) or SIGTERM."""
         received = self.signals
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -317,16 +507,25 @@ class Platform:
                     return 0
                 raise
             self.log(f"hubforge is ready at {self.url} (Ctrl-C stops it)")
-            while not received and self.hub is not None and self.hub.poll() is None:
-                time.sleep(0.2)
-            if not received and self.hub is not None:
-                self.log(f"the hub exited with status {self.hub.returncode}")
-                return self.hub.returncode or 1
-            return 0
+            return self.keep_up()
         finally:
             self.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def reap_orphans(hub: subprocess.Popen[bytes] | None) -> None:
+    """Collect the exit status of every child that has ended, except the hub's (``Popen``'s own):
+    as subreaper, the supervisor inherits what a dead hub started."""
+    while True:
+        try:
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if ended is None or (hub is not None and ended.si_pid == hub.pid):
+            return
+        with suppress(ChildProcessError):
+            os.waitpid(ended.si_pid, os.WNOHANG)
 
 
 def _read_pid(path: Path) -> int | None:
@@ -334,14 +533,6 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _is_user_server(proc: psutil.Process) -> bool:
-    """Whether ``proc`` is a person's single-user server (the spawners start jupyterhub-singleuser)."""
-    try:
-        return any("jupyterhub-singleuser" in part for part in proc.cmdline()[:2])
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
 
 
 def _is_hubforge(pid: int) -> bool:

@@ -205,12 +205,12 @@ class PlatformProcess:
         env.pop("HUBFORGE_CONFIG", None)
         return env
 
-    def start(self) -> None:
-        """Start `hubforge up` (returns at once; see wait_ready)."""
+    def start(self, *args: str) -> None:
+        """Start `hubforge up` with ``args`` (returns at once; see wait_ready)."""
         hubforge = Path(sys.executable).with_name("hubforge")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(hubforge), "up", "--config", str(self.config_path)],
+                [str(hubforge), "up", "--config", str(self.config_path), *args],
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -24,3 +24,104 @@ def test_instance_processes_finds_marked_processes_only(tmp_path: Path) -> None:
         for proc in (ours, other):
             proc.kill()
             proc.wait()
+
+
+def _chp(port: int, api_port: int, token: str, marker: str) -> subprocess.Popen[bytes]:
+    from hubforge.hub.launcher import find_proxy_command
+
+    env = {**os.environ, "HUBFORGE_INSTANCE": marker, "CONFIGPROXY_AUTH_TOKEN": token}
+    cmd = [find_proxy_command(), "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1"]
+    return subprocess.Popen([*cmd, "--api-port", str(api_port)], env=env, stdout=subprocess.DEVNULL)
+
+
+def test_a_restarted_hub_takes_the_running_proxy_over_and_keeps_its_routes(tmp_path: Path) -> None:
+    """The proxy a dead hub left is taken over only when it is this instance's and answers its token."""
+    import asyncio
+
+    import httpx
+
+    from harness.platform import wait_for
+    from hubforge.hub.launcher import free_port
+    from hubforge.hub.proxy import KeptProxy, running_proxy
+
+    port, api_port, token, marker = free_port(), free_port(), "s3cret" * 8, str(tmp_path)
+    chp = _chp(port, api_port, token, marker)
+    pid_file = tmp_path / "proxy.pid"
+    pid_file.write_text(str(chp.pid))
+    api = f"http://127.0.0.1:{api_port}"
+    try:
+        wait_for(lambda: _answers(f"{api}/api/routes", token), 30, "the proxy's API")
+        route = httpx.post(
+            f"{api}/api/routes/user/alice",
+            json={"target": "http://127.0.0.1:9", "jupyterhub": True},
+            headers=_auth(token),
+        )
+        assert route.status_code == 201
+        assert running_proxy(str(pid_file), marker + "-other") is None, "another instance's proxy is not ours"
+        assert running_proxy(str(pid_file), marker).pid == chp.pid
+
+        async def take_over() -> tuple[int, dict]:
+            proxy = KeptProxy(pid_file=str(pid_file), instance=marker, api_url=api, auth_token=token)
+            await proxy.start()
+            try:
+                return proxy.proxy_process.pid, await proxy.get_all_routes()
+            finally:
+                proxy._check_running_callback.stop()
+
+        pid, routes = asyncio.run(take_over())
+        assert pid == chp.pid, "the running proxy was taken over, not replaced"
+        assert "/user/alice/" in routes, "with the routes people were using"
+        assert chp.poll() is None
+    finally:
+        chp.kill()
+        chp.wait()
+    assert running_proxy(str(pid_file), marker) is None, "a dead proxy is nobody's to take over"
+    pid_file.write_text(str(os.getpid()))
+    assert running_proxy(str(pid_file), marker) is None, "a pid reused by another program is not the proxy"
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"token {token}"}
+
+
+def _answers(url: str, token: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, headers=_auth(token), timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_supervisor_reaps_what_a_dead_hub_left() -> None:
+    """As subreaper, ``hubforge up`` inherits the orphans of a dead hub: each one that ends is
+    reaped, so a server that ended while the hub was away never looks alive (a zombie's pid
+    still answers ``kill(pid, 0)``, the spawner's poll)."""
+    import psutil
+
+    script = (
+        "import os, sys, time\n"
+        "from hubforge.processes import become_subreaper\n"
+        "from hubforge.hub.launcher import reap_orphans\n"
+        "become_subreaper()\n"
+        "hub = os.fork()\n"
+        "if hub == 0:\n"
+        "    orphan = os.fork()\n"
+        "    if orphan == 0:\n"
+        "        time.sleep(0.5); os._exit(0)\n"
+        "    print(orphan, flush=True); os._exit(0)\n"  # the 'hub' dies, its child is handed to us
+        "os.waitpid(hub, 0)\n"
+        "time.sleep(2)\n"
+        "print(open(f'/proc/{int(sys.stdin.readline())}/stat').read().split()[2], flush=True)\n"
+        "reap_orphans(None)\n"
+        "print(os.path.exists(f'/proc/{int(sys.stdin.readline())}'), flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    orphan = int(proc.stdout.readline())
+    proc.stdin.write(f"{orphan}\n{orphan}\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "Z", "the ended orphan waits for its new parent"
+    assert proc.stdout.readline().strip() == "False", "and is gone once reaped"
+    assert proc.wait(30) == 0
+    assert not psutil.pid_exists(orphan)

@@ -65,3 +65,37 @@ def test_internal_ports_never_reuse_the_public_port_or_each_other(cfg, monkeypat
     rt = platform.runtime
     ports = [rt.hub_port, rt.proxy_api_port, *rt.service_ports.values()]
     assert ports == [41001, 41002, 41003, 41004, 41005, 41006, 41007, 41008]
+
+
+def test_restarts_back_off_and_give_up_after_a_run_of_failures() -> None:
+    backoff = launcher.Backoff(first=1, most=8, attempts=5)
+    assert [backoff.next_delay() for _ in range(6)] == [1, 2, 4, 8, 8, None]
+    backoff.recovered()
+    assert backoff.next_delay() == 1, "a restart that came up starts the count again"
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(0, "status 0"), (1, "status 1"), (-9, "signal SIGKILL"), (-15, "signal SIGTERM"), (None, "no status")],
+)
+def test_exit_statuses_are_said_in_words(status: int | None, words: str) -> None:
+    assert launcher.describe_exit(status) == words
+
+
+def test_a_handover_is_private_and_round_trips(tmp_path: Path) -> None:
+    from hubforge.hub.handover import HANDOVER_FILE, Handover
+
+    kept = Handover(public_port=8000, hub_port=8081, proxy_api_port=8001, proxy_token="t" * 64)
+    kept.save(tmp_path)
+    assert stat.S_IMODE((tmp_path / HANDOVER_FILE).stat().st_mode) == 0o600, "it holds the proxy's token"
+    assert Handover.load(tmp_path) == kept
+    Handover.forget(tmp_path)
+    assert Handover.load(tmp_path) is None
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"public_port": 1}', '{"public_port": "x", "hub_port": 1}'])
+def test_a_damaged_handover_is_no_handover(tmp_path: Path, text: str) -> None:
+    from hubforge.hub.handover import HANDOVER_FILE, Handover
+
+    (tmp_path / HANDOVER_FILE).write_text(text)
+    assert Handover.load(tmp_path) is None
