@@ -42,7 +42,7 @@ from hubforge.catalog import SERVER_STOP_GRACE
 from hubforge.config import PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, DEMO_PASSWORD_ENV, INSTANCE_ENV
 from hubforge.errors import LaunchError
-from hubforge.processes import become_subreaper
+from hubforge.processes import Backoff, become_subreaper, describe_exit
 from hubforge.spawner_profiles.local.accounts import Isolation, IsolationRefused, decide
 
 from .handover import Handover, kept_processes, user_servers
@@ -51,10 +51,8 @@ from .proxy import running_proxy
 from .services import SERVICES, enabled_services, health_url, service_names
 
 __all__ = [
-    "Backoff",
     "Platform",
     "demo_password",
-    "describe_exit",
     "find_proxy_command",
     "free_port",
     "instance_processes",
@@ -140,44 +138,6 @@ def stop_processes(procs: list[psutil.Process], timeout: float = 10.0) -> None:
         with suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(alive, timeout=5)
-
-
-def describe_exit(status: int | None) -> str:
-    """A process's exit status in words: ``status 1``, ``signal SIGKILL``."""
-    if status is None:
-        return "no status"
-    if status < 0:
-        try:
-            return f"signal {signal.Signals(-status).name}"
-        except ValueError:
-            return f"signal {-status}"
-    return f"status {status}"
-
-
-class Backoff:
-    """How long to wait before the next restart of a process that keeps dying.
-
-    The wait doubles from ``first`` to ``most`` with each restart that never became ready;
-    after ``attempts`` of those in a row there is no next restart (None). A restart that
-    becomes ready starts the count again.
-    """
-
-    def __init__(self, first: float = 1.0, most: float = 30.0, attempts: int = 6):
-        self.first = first
-        self.most = most
-        self.attempts = attempts
-        self.failures = 0
-
-    def next_delay(self) -> float | None:
-        """The wait before the next restart, counting this failure; None: give up."""
-        self.failures += 1
-        if self.failures > self.attempts:
-            return None
-        return float(min(self.most, self.first * 2 ** (self.failures - 1)))
-
-    def recovered(self) -> None:
-        """The process became ready: the next failure waits ``first`` again."""
-        self.failures = 0
 
 
 class Platform:

@@ -139,9 +139,6 @@ class ServiceSpec:
     on_kubernetes: bool = True
     #: Why it cannot run on this machine though platform.yaml has it on (None: it can).
     unavailable: Callable[[PlatformConfig], str | None] = lambda cfg: None
-    #: Whether it starts processes of its own, which on one machine must not outlive it
-    #: (it then runs under :mod:`hubforge.hub.supervised`; a pod ends whole on Kubernetes).
-    supervised: bool = False
 
     def configured(self, cfg: PlatformConfig) -> bool:
         """``services.<name>.enabled`` (a service without that setting is always on)."""
@@ -233,7 +230,6 @@ MLFLOW = ServiceSpec(
     environment=_mlflow_environment,
     health_path="health",
     default_port=10102,
-    supervised=True,  # its uvicorn workers
 )
 
 
@@ -255,7 +251,6 @@ SERVING = ServiceSpec(
     health_path="api/health",
     default_port=10103,
     on_kubernetes=False,
-    supervised=True,  # its scoring servers and their workers
 )
 
 
@@ -380,7 +375,8 @@ def hub_service(spec: ServiceSpec, placement: Placement) -> dict[str, Any]:
     """``spec`` as a ``c.JupyterHub.services`` entry (z2jh ``hub.services`` adds the key as name)."""
     port = placement.ports[spec.name]
     command = spec.command(placement, port)
-    if spec.supervised and placement.kind != "kubernetes":
+    if placement.kind != "kubernetes":
+        # Restarted with backoff, and nothing it starts outlives it (a pod ends whole on Kubernetes).
         command = [placement.python, "-m", "hubforge.hub.supervised", "--port", str(port), "--", *command]
     return {
         "name": spec.name,

@@ -2,8 +2,8 @@
 machine, run so that nothing it starts outlives it, and no leftover of an earlier one keeps
 it from starting.
 
-Services that start processes of their own (MLflow's uvicorn workers, the serving router's
-scoring servers) run under it. It:
+Every service runs under it on one machine (on Kubernetes a pod ends whole, and the
+kubelet restarts it). It:
 
 1. stops what a predecessor that was killed left of this platform instance's service
    (``HUBFORGE_INSTANCE``): every process marked as the service's (step 3), and whatever
@@ -15,11 +15,16 @@ scoring servers) run under it. It:
    (``HUBFORGE_SUPERVISED=PORT``, inherited by all it starts), sent SIGKILL should this
    process die (``PR_SET_PDEATHSIG``), and passes SIGTERM, SIGINT and SIGHUP on to it;
 4. when the command ends, however it ends, stops everything it started (SIGTERM, then
-   SIGKILL after a grace), and exits with the command's status (128 + the signal's
-   number when a signal ended it), so the hub sees and logs why its service stopped.
+   SIGKILL after a grace), says how it ended, and starts it again after a backoff
+   (1 s, doubling to 30 s; a run of a minute or more starts the count again). A command
+   that keeps failing (six restarts in a row that did not last) is left to the hub: the
+   supervisor exits with the command's status (128 + the signal's number when a signal
+   ended it), and the hub logs it and starts the service again at its own pace;
+5. when it is told to stop (SIGTERM or SIGINT: the hub stopping its service), stops the
+   command and everything it started, and exits with the command's status.
 
 A killed supervisor takes the command with it (the death signal); what the command had
-started itself is stopped by step 1 of the next start.
+started itself is stopped by step 1 of the next start, which the hub makes.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ import time
 import psutil
 
 from hubforge.contract import INSTANCE_ENV, SUPERVISED_ENV
-from hubforge.processes import become_subreaper, die_with_parent
+from hubforge.processes import Backoff, become_subreaper, describe_exit, die_with_parent
 
 __all__ = ["main", "stop_leftovers"]
 
 #: Seconds between SIGTERM and SIGKILL for what the command leaves.
 GRACE_S = 5.0
+#: A command that ran this long before it ended had come up: its restarts count from one again.
+STEADY_S = 60.0
 
 
 def _stop(procs: list[psutil.Process], grace: float = GRACE_S) -> None:
@@ -92,29 +99,60 @@ def stop_leftovers(port: int, instance: str, wait_s: float = 10.0) -> list[int]:
     return [proc.pid for proc in found]
 
 
-def run(command: list[str], port: int) -> int:
-    """Steps 1 to 4 of the module's docstring; the command's exit status."""
-    left = stop_leftovers(port, os.environ.get(INSTANCE_ENV, ""))
+def _say(line: str) -> None:
+    print(f"hubforge: {line}", file=sys.stderr, flush=True)
+
+
+def run(command: list[str], port: int, backoff: Backoff | None = None) -> int:
+    """Steps 1 to 5 of the module's docstring; the command's last exit status."""
+    backoff = backoff or Backoff()
+    instance = os.environ.get(INSTANCE_ENV, "")
+    left = stop_leftovers(port, instance)
     if left:
-        said = (
-            f"hubforge: stopped {len(left)} leftover process(es) holding port {port} or marked as its service: {left}"
-        )
-        print(said, file=sys.stderr)
+        _say(f"stopped {len(left)} leftover process(es) holding port {port} or marked as its service: {left}")
     become_subreaper()
     env = {**os.environ, SUPERVISED_ENV: str(port)}
-    child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent())
+    stopping: list[int] = []
+    child: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signum)
+        if signum != signal.SIGHUP:
+            stopping.append(signum)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    try:
-        code = child.wait()
-    finally:
-        _end_all()
+    name = os.environ.get("JUPYTERHUB_SERVICE_NAME") or os.path.basename(command[0])
+    while True:
+        started = time.monotonic()
+        child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent())
+        try:
+            code = child.wait()
+        finally:
+            _end_all()
+        if stopping:
+            break
+        if time.monotonic() - started >= STEADY_S:
+            backoff.recovered()
+        delay = backoff.next_delay()
+        if delay is None:
+            _say(f"{name} exited with {describe_exit(code)}, {backoff.attempts} times in a row: leaving it to the hub")
+            break
+        _say(f"{name} exited with {describe_exit(code)}; starting it again in {delay:.0f}s")
+        if not _sleep(delay, stopping):
+            break
+        stop_leftovers(port, instance)  # whatever of the instance took the port meanwhile
     return code if code >= 0 else 128 - code
+
+
+def _sleep(seconds: float, stopping: list[int]) -> bool:
+    """Sleep, unless told to stop meanwhile (then False)."""
+    deadline = time.monotonic() + seconds
+    while not stopping and time.monotonic() < deadline:
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+    return not stopping
 
 
 def _end_all() -> None:

@@ -1,6 +1,7 @@
-"""Child processes that do not outlive the process that started them (Linux ``prctl(2)``).
+"""Child processes that do not outlive the process that started them (Linux ``prctl(2)``),
+and the restart policy of the processes hubforge keeps running.
 
-Off Linux the calls do nothing: there the children's own ends are what there is.
+Off Linux the ``prctl`` calls do nothing: there the children's own ends are what there is.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["become_subreaper", "die_with_parent"]
+__all__ = ["Backoff", "become_subreaper", "describe_exit", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -56,3 +57,41 @@ def become_subreaper() -> None:
     prctl = _prctl()
     if prctl is not None:
         prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def describe_exit(status: int | None) -> str:
+    """A process's exit status in words: ``status 1``, ``signal SIGKILL``."""
+    if status is None:
+        return "no status"
+    if status < 0:
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"signal {-status}"
+    return f"status {status}"
+
+
+class Backoff:
+    """How long to wait before the next restart of a process that keeps dying.
+
+    The wait doubles from ``first`` to ``most`` with each restart that never became ready;
+    after ``attempts`` of those in a row there is no next restart (None). A restart that
+    becomes ready starts the count again.
+    """
+
+    def __init__(self, first: float = 1.0, most: float = 30.0, attempts: int = 6):
+        self.first = first
+        self.most = most
+        self.attempts = attempts
+        self.failures = 0
+
+    def next_delay(self) -> float | None:
+        """The wait before the next restart, counting this failure; None: give up."""
+        self.failures += 1
+        if self.failures > self.attempts:
+            return None
+        return float(min(self.most, self.first * 2 ** (self.failures - 1)))
+
+    def recovered(self) -> None:
+        """The process became ready: the next failure waits ``first`` again."""
+        self.failures = 0

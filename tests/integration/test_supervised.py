@@ -3,16 +3,16 @@
 
 Killing the ``mlflow server`` process alone used to leave its worker serving as an orphan
 that held the port, so the hub's restart of MLflow could never take its place. Now:
-whatever MLflow started ends with it and the supervisor exits with the status that says
-how; a supervisor killed outright takes MLflow with it, and the next start stops the
-worker left holding the port; SIGTERM stops everything; another platform's process on
-the port is left alone.
+whatever MLflow started ends with it, the supervisor says how it ended and starts it
+again (with backoff; a command that keeps failing is left to the hub, with its status);
+a supervisor killed outright takes MLflow with it, and the next start stops the worker
+left holding the port; SIGTERM stops everything, also while a restart waits; another
+platform's process on the port is left alone.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -84,16 +84,47 @@ def started(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
             left.kill()
 
 
-def test_killing_mlflows_own_process_ends_its_worker_and_says_so(started: tuple) -> None:
+def test_killing_mlflows_own_process_ends_its_worker_and_starts_it_again(tmp_path: Path, started: tuple) -> None:
     supervisor, port = started
     processes = family(supervisor)
     (server,) = [p for p in processes if p.ppid() == supervisor.pid]
     workers = [p for p in processes if p.pid != server.pid]
     assert workers, "MLflow serves from a worker process of its own"
     server.kill()
-    assert supervisor.wait(30) == 128 + signal.SIGKILL  # the hub logs it and starts MLflow again
     _, alive = psutil.wait_procs(workers, timeout=15)
-    assert alive == [] and listeners(port) == [] and not answering(port)
+    assert alive == [], "the worker ended with MLflow's own process"
+    wait_for(lambda: answering(port), 120, "MLflow started again by its supervisor")
+    assert supervisor.poll() is None, "the same supervisor runs it"
+    assert {p.pid for p in listeners(port)} <= {p.pid for p in family(supervisor)}, "only the new MLflow"
+    said = (tmp_path / "supervised.log").read_text()
+    assert "exited with signal SIGKILL; starting it again in 1s" in said, said
+
+
+def _supervise(command: str, first: float = 0.05) -> subprocess.Popen[str]:
+    """The supervisor's loop with a quick backoff, on a command of a few lines."""
+    code = (
+        "import sys\n"
+        "from hubforge.hub.supervised import run\n"
+        "from hubforge.processes import Backoff\n"
+        f"sys.exit(run([sys.executable, '-c', {command!r}], 0, Backoff(first={first}, most={first}, attempts=3)))\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+
+
+def test_a_command_that_keeps_failing_is_left_to_the_hub_with_its_status() -> None:
+    proc = _supervise("import sys; sys.exit(3)")
+    _, said = proc.communicate(timeout=60)
+    assert proc.returncode == 3, said
+    assert said.count("exited with status 3; starting it again") == 3, said
+    assert "3 times in a row: leaving it to the hub" in said
+
+
+def test_sigterm_while_a_restart_waits_stops_at_once() -> None:
+    proc = _supervise("import sys; sys.exit(4)", first=60)
+    assert proc.stderr is not None
+    assert "starting it again in 60s" in proc.stderr.readline()
+    proc.terminate()
+    assert proc.wait(10) == 4, "the hub's stop is not held up by the backoff"
 
 
 def test_a_killed_supervisor_leaves_nothing_the_next_start_cannot_clear(tmp_path: Path, started: tuple) -> None:

@@ -2,10 +2,11 @@
 back by itself, and leaves nothing behind that keeps its successor from starting.
 
 MLflow's own process killed (its uvicorn worker and job runners used to live on as
-orphans holding the port, so the hub's restarts of MLflow could never start): the
-supervisor ends what MLflow started and exits, the hub starts MLflow again, and it
-answers. The supervisor itself killed: MLflow dies with it, and the next start stops the
-worker and the job runners it had started.
+orphans holding the port, so the hub's restarts of MLflow could never start): its
+supervisor ends what MLflow started and starts MLflow again, and it answers. The
+supervisor itself killed: MLflow dies with it, the hub starts the supervisor again, and
+that start stops the worker and the job runners the old MLflow had started. The
+governance service killed: its supervisor starts it again, and it answers.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ SUPERVISED = "hubforge.hub.supervised"
 
 def _mlflow_supervisor(platform: Any) -> psutil.Process | None:
     """MLflow's supervisor, of this platform's processes (None while there is none)."""
+    return _supervisor(platform, lambda line: any(part.endswith("mlflow") for part in line))
+
+
+def _supervisor(platform: Any, matches: Any) -> psutil.Process | None:
     for proc in psutil.Process(platform.proc.pid).children(recursive=True):
         try:
             line = proc.cmdline()
         except psutil.NoSuchProcess:
             continue
-        if SUPERVISED in line and any(part.endswith("mlflow") for part in line):
+        if SUPERVISED in line and matches(line[line.index("--") :]):
             return proc
     return None
 
@@ -84,11 +89,32 @@ def test_mlflow_killed_comes_back_by_itself_and_leaves_no_orphan(platform: Any) 
     assert len(first) > 1, "MLflow runs a worker of its own"
 
     server.kill()  # MLflow's own process, as in the issue: its worker used to live on
-    again = _comes_back(platform, supervisor, first)
-    descendants = {p.pid for p in again.children(recursive=True)}
-    assert {p.pid for p in _marked(port)} <= descendants, "only the new MLflow's processes are left"
+    wait_for(lambda: not _alive(first), 60, "what the killed MLflow had started to be stopped")
+    wait_for(lambda: _answers(port), 120, "MLflow to answer again")
+    assert _mlflow_supervisor(platform).pid == supervisor.pid, "its supervisor started it again"
+    descendants = {p.pid for p in supervisor.children(recursive=True)}
+    assert {p.pid for p in _marked(port)} <= descendants | {supervisor.pid}, "only the new MLflow's processes are left"
 
-    second = again.children(recursive=True)
-    again.kill()  # the supervisor itself: MLflow dies with it, what MLflow started is cleared at the next start
-    third = _comes_back(platform, again, second)
-    assert {p.pid for p in _marked(port)} <= {p.pid for p in third.children(recursive=True)}
+    second = supervisor.children(recursive=True)
+    supervisor.kill()  # the supervisor itself: MLflow dies with it, what MLflow started is cleared at the next start
+    third = _comes_back(platform, supervisor, second)
+    assert {p.pid for p in _marked(port)} <= {p.pid for p in third.children(recursive=True)} | {third.pid}
+
+
+def test_the_governance_service_killed_comes_back_by_itself(platform: Any) -> None:
+    supervisor = _supervisor(platform, lambda line: "hubforge.hub.governance" in line)
+    assert supervisor is not None, "governance runs under its supervisor"
+    (service,) = supervisor.children()
+    service.kill()
+    health = f"{platform.url}/services/governance/api/health"
+    wait_for(lambda: _status(health) == 200 and supervisor.children() != [service], 60, "governance to answer")
+    assert _supervisor(platform, lambda line: "hubforge.hub.governance" in line).pid == supervisor.pid
+    log = platform.log_path.read_text()
+    assert "exited with signal SIGKILL; starting it again in" in log
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None

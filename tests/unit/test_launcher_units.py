@@ -15,6 +15,7 @@ from hubforge.config import load_config
 from hubforge.errors import LaunchError
 from hubforge.hub import launcher
 from hubforge.hub.launcher import demo_password, find_proxy_command
+from hubforge.processes import Backoff, describe_exit
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_internal_ports_never_reuse_the_public_port_or_each_other(cfg, monkeypat
 
 
 def test_restarts_back_off_and_give_up_after_a_run_of_failures() -> None:
-    backoff = launcher.Backoff(first=1, most=8, attempts=5)
+    backoff = Backoff(first=1, most=8, attempts=5)
     assert [backoff.next_delay() for _ in range(6)] == [1, 2, 4, 8, 8, None]
     backoff.recovered()
     assert backoff.next_delay() == 1, "a restart that came up starts the count again"
@@ -79,7 +80,7 @@ def test_restarts_back_off_and_give_up_after_a_run_of_failures() -> None:
     [(0, "status 0"), (1, "status 1"), (-9, "signal SIGKILL"), (-15, "signal SIGTERM"), (None, "no status")],
 )
 def test_exit_statuses_are_said_in_words(status: int | None, words: str) -> None:
-    assert launcher.describe_exit(status) == words
+    assert describe_exit(status) == words
 
 
 def test_a_handover_is_private_and_round_trips(tmp_path: Path) -> None:

@@ -105,10 +105,10 @@ def test_each_service_renders_alike_field_by_field(tmp_path: Path, spec: Service
     for variable, url in run_kube.items():
         name = run_local[variable].split("/services/")[1].split("/")[0]
         assert url == run_local[variable].replace(cfg.local_url, f"http://hub:{kube.ports[name]}/"), variable
-    if spec.supervised:  # on one machine it runs under the supervisor; a pod ends whole
-        supervisor = [local.python, "-m", "hubforge.hub.supervised", "--port", str(local.ports[spec.name]), "--"]
-        assert ours["command"][: len(supervisor)] == supervisor
-        ours = {**ours, "command": ours["command"][len(supervisor) :]}
+    # On one machine each runs under the supervisor; a pod ends whole.
+    supervisor = [local.python, "-m", "hubforge.hub.supervised", "--port", str(local.ports[spec.name]), "--"]
+    assert ours["command"][: len(supervisor)] == supervisor
+    ours = {**ours, "command": ours["command"][len(supervisor) :]}
     for field in sorted(ours):
         if field == "environment":
             assert generic(own_local, facts(local, spec)) == generic(own_kube, facts(kube, spec)), field
