@@ -15,6 +15,7 @@ from bench import (
     features,
     mlflow_gate,
     mlflow_search,
+    recovery,
     scheduler,
     serving,
     spawnstorm,
@@ -38,6 +39,7 @@ SUITES = {
     "features": features.run,
     "apps": apps.run,
     "scheduler": scheduler.run,
+    "recovery": recovery.run,
 }
 
 

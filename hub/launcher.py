@@ -327,10 +327,16 @@ class Platform:
         return {spec.name: health_url(spec, base) for spec in enabled_services(self.cfg)}
 
     def wait_services(self, timeout: float = 300.0) -> None:
-        """Poll every service through the proxy until each answers."""
+        """Poll every service through the proxy until each answers, or the hub (which has
+        answered) dies: that is a crash like any other, for :meth:`keep_up` to restart."""
         deadline = time.monotonic() + timeout
         for name, url in self.service_health_urls().items():
-            self._poll(url, deadline)
+            try:
+                self._poll(url, deadline)
+            except LaunchError:
+                if self.hub is not None and self.hub.poll() is not None and not self.signals:
+                    return
+                raise
             self.log(f"{name} is ready at {self.cfg.local_url}services/{name}/")
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -466,7 +472,8 @@ class Platform:
                 if received:
                     return 0
                 raise
-            self.log(f"hubforge is ready at {self.url} (Ctrl-C stops it)")
+            if self.hub is not None and self.hub.poll() is None:
+                self.log(f"hubforge is ready at {self.url} (Ctrl-C stops it)")
             return self.keep_up()
         finally:
             self.stop()
