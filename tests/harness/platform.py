@@ -7,6 +7,7 @@ in through the hub's login form.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -26,7 +27,10 @@ from typing import Any
 import httpx
 import psutil
 import psycopg2
+import sqlalchemy as sa
 import yaml
+
+from hubforge.config import load_config
 
 DEMO_PASSWORD = "demo-" + uuid.uuid4().hex[:12]
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -363,3 +367,17 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def stored(platform: PlatformProcess, where: str, **params: Any) -> list[dict[str, Any]]:
+    """The trail's records ``where`` (SQL on gov_audit_events) in chain order, read from the
+    platform's governance database: each record with its ``position`` and ``observed``."""
+    cfg = load_config(str(platform.config_path))
+    engine = sa.create_engine(cfg.db_url("governance"))
+    try:
+        with engine.connect() as conn:
+            query = f"SELECT position, observed, record FROM gov_audit_events WHERE {where} ORDER BY position"
+            rows = conn.execute(sa.text(query), params).all()
+    finally:
+        engine.dispose()
+    return [{"position": r.position, "observed": r.observed, **json.loads(r.record)} for r in rows]

@@ -8,7 +8,6 @@ command, on the platform's config) finds the chain intact and signed.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,25 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from harness.models import register_model
-from harness.platform import HubSession, PlatformProcess, api, wait_for
-from hubforge.config import load_config
-
-
-def stored(platform: PlatformProcess, where: str, **params: Any) -> list[dict[str, Any]]:
-    """The trail's records ``where`` (SQL on gov_audit_events) in chain order, read from the
-    platform's governance database: each record with its ``position`` and ``observed``."""
-    cfg = load_config(str(platform.config_path))
-    engine = sa.create_engine(cfg.db_url("governance"))
-    try:
-        with engine.connect() as conn:
-            query = f"SELECT position, observed, record FROM gov_audit_events WHERE {where} ORDER BY position"
-            rows = conn.execute(sa.text(query), params).all()
-    finally:
-        engine.dispose()
-    return [{"position": r.position, "observed": r.observed, **json.loads(r.record)} for r in rows]
+from harness.platform import HubSession, PlatformProcess, api, stored, wait_for
 
 
 def trail(platform: PlatformProcess, since: str) -> list[dict[str, Any]]:

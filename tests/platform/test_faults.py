@@ -118,3 +118,71 @@ def _status(url: str) -> int | None:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return None
+
+
+def test_requests_made_while_governance_is_killed_are_kept_once_with_their_audit_events(
+    platform: Any, session_for: Any
+) -> None:
+    """alice keeps filing data-access requests while the governance service is killed outright:
+    every request it acknowledged (201) is there once, with one audit event; none is there
+    twice, acknowledged or not (an answer lost with the process may leave one, never two)."""
+    import threading
+    import uuid
+
+    from harness.platform import api, stored
+
+    session, user = session_for("data-scientist")
+    tag = uuid.uuid4().hex[:6]
+    acked: list[tuple[str, str]] = []
+    refused: list[int | None] = []
+    done = threading.Event()
+
+    def file_requests() -> None:
+        with api(platform.url, session.new_token(user, note="faults")) as http:
+            number = 0
+            while not done.is_set():
+                number += 1
+                target = f"datasets/faults-{tag}-{number}"
+                body = {"kind": "data-access", "target": target, "justification": "fault test", "duration_days": 1}
+                try:
+                    answer = http.post("/services/governance/api/requests", json=body)
+                except httpx.HTTPError:
+                    refused.append(None)
+                    continue
+                if answer.status_code == 201:
+                    acked.append((str(answer.json()["id"]), target))
+                else:
+                    refused.append(answer.status_code)
+
+    filer = threading.Thread(target=file_requests, daemon=True)
+    filer.start()
+    try:
+        wait_for(lambda: len(acked) >= 5, 60, "requests to be filed")
+        supervisor = _supervisor(platform, lambda line: "hubforge.hub.governance" in line)
+        assert supervisor is not None
+        (service,) = supervisor.children()
+        service.kill()
+        wait_for(lambda: refused, 30, "a request to meet the killed service")
+        before = len(acked)
+        wait_for(lambda: len(acked) >= before + 5, 90, "requests to be acknowledged again")
+    finally:
+        done.set()
+        filer.join(60)
+    assert all(status in (None, 502, 503) for status in refused), refused
+
+    with api(platform.url, session.new_token(user, note="faults")) as http:
+        listed = http.get("/services/governance/api/requests", params={"kind": "data-access"}).json()
+    ours = [r for r in listed if r["target"].startswith(f"datasets/faults-{tag}-")]
+    targets = [r["target"] for r in ours]
+    assert len(targets) == len(set(targets)), "no request is there twice"
+    kept = {str(r["id"]): r["target"] for r in ours}
+    assert all(kept.get(rid) == target for rid, target in acked), "every acknowledged request is kept"
+
+    def audited() -> bool:
+        for rid, _ in acked:
+            events = stored(platform, "resource = :r", r=f"request:{rid}")
+            if [e["action"] for e in events] != ["requested"]:
+                return False
+        return True
+
+    wait_for(audited, 60, "one audit event for each acknowledged request")
