@@ -17,7 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,7 +234,13 @@ def notebook_session(http: httpx.Client, prefix: str, path: str) -> Iterator[Ker
     channel = KernelChannel(ws_url, http.headers["Authorization"])
     try:
         yield channel
-    finally:
+    except BaseException:
+        # The test failed: end the session if the server can still be reached, and let the
+        # failure be what is reported, not a cleanup that could not reach it.
         channel.close()
-        deleted = http.delete(f"{prefix}/api/sessions/{session['id']}", timeout=90)
-        assert deleted.status_code == 204, deleted.text
+        with suppress(httpx.HTTPError):
+            http.delete(f"{prefix}/api/sessions/{session['id']}", timeout=90)
+        raise
+    channel.close()
+    deleted = http.delete(f"{prefix}/api/sessions/{session['id']}", timeout=90)
+    assert deleted.status_code == 204, deleted.text
