@@ -229,10 +229,9 @@ class Platform:
     def init_cleanup(self) -> None:
         """Stop what a crashed earlier run left behind and forget its pid files (all but what
         this start takes over)."""
-        kept: set[int] = set()
-        if self.handover is not None:
-            kept = kept_processes(instance_processes(self.instance), self.cfg.data_dir / PROXY_PID, self.instance)
-        leftovers = [p for p in instance_processes(self.instance) if p.pid not in kept]
+        running = instance_processes(self.instance)
+        kept = self._kept(running) if self.handover is not None else set()
+        leftovers = [p for p in running if p.pid not in kept]
         if leftovers:
             self.log(f"Stopping {len(leftovers)} process(es) left by an earlier run")
             stop_processes(leftovers)
@@ -368,9 +367,7 @@ class Platform:
     def hand_over(self, timeout: float) -> None:
         """Stop the hub and its services; leave people's servers and the proxy to the next start."""
         self.stop_hub(timeout)
-        running = instance_processes(self.instance)
-        kept = kept_processes(running, self.cfg.data_dir / PROXY_PID, self.instance)
-        stop_processes([p for p in running if p.pid not in kept])
+        running = self._stop_all_but_kept()
         if running_proxy(str(self.cfg.data_dir / PROXY_PID), self.instance) is None:
             stop_processes(instance_processes(self.instance))  # nothing can reach them without it
             return
@@ -395,12 +392,21 @@ class Platform:
     def restart_hub(self) -> None:
         """Start the hub again, after stopping what the dead one ran except people's servers and
         the proxy: its services (the new hub starts them on the same ports) and their children."""
-        running = instance_processes(self.instance)
-        kept = kept_processes(running, self.cfg.data_dir / PROXY_PID, self.instance)
-        stop_processes([p for p in running if p.pid not in kept])
+        self._stop_all_but_kept()
         (self.cfg.data_dir / HUB_PID).unlink(missing_ok=True)
         self.restarts += 1
         self.start_hub(self.hub_env)
+
+    def _kept(self, running: list[psutil.Process]) -> set[int]:
+        """Of ``running``, what outlives the hub: people's servers, all they started, the proxy."""
+        return kept_processes(running, self.cfg.data_dir / PROXY_PID, self.instance)
+
+    def _stop_all_but_kept(self) -> list[psutil.Process]:
+        """Stop the instance's processes except what outlives the hub; all that ran before."""
+        running = instance_processes(self.instance)
+        kept = self._kept(running)
+        stop_processes([p for p in running if p.pid not in kept])
+        return running
 
     def _hub_answers(self) -> bool:
         try:
