@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from hubforge.features import usage
@@ -83,6 +84,7 @@ def load_ipython_extension(ipython: Any) -> None:
     atexit.register(tracker.finish)
     _finish_on_shutdown_request(ipython, tracker)
     _handle_sigterm()
+    _end_with_the_server()
     if tracker.enabled and ctx.tracking_uri:
         for name, value in MLFLOW_DEFAULTS.items():
             os.environ.setdefault(name, value)
@@ -150,6 +152,62 @@ def _handle_sigterm() -> None:
         return
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+#: How long a kernel whose server died may take to end its run before it leaves anyway.
+LEAVE_WITHIN_S = 30.0
+
+
+def _end_with_the_server() -> None:
+    """When the kernel's server dies, end the run and the cell audit before the kernel leaves.
+
+    ipykernel's parent poller ends a kernel whose server is gone (killed, out of memory)
+    with ``os._exit`` within a second: nothing registered for exit runs, and whatever the
+    tracking queue still held would be lost. Its poller, not yet started while extensions
+    load, becomes :class:`_ParentWatch`, which notices the same thing and ends the run
+    (KILLED if a cell was running) first.
+    """
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+        from ipykernel.parentpoller import ParentPollerUnix
+    except ImportError:  # not an ipykernel kernel
+        return
+    if not IPKernelApp.initialized():
+        return
+    poller = getattr(IPKernelApp.instance(), "poller", None)
+    if type(poller) is not ParentPollerUnix or poller.is_alive():
+        return
+
+    class _ParentWatch(ParentPollerUnix):
+        """ipykernel's parent poller that ends the run before the kernel follows its server."""
+
+        def run(self) -> None:
+            # As ipykernel's: a parent pid that is not the real parent means "watch for init".
+            parent = self.parent_pid if os.getppid() == self.parent_pid else 0
+            while True:
+                ppid = os.getppid()
+                if (parent and ppid != parent) or (not parent and ppid == 1):
+                    break
+                time.sleep(1.0)
+            try:
+                _leave_with_the_server()
+            finally:
+                os._exit(1)
+
+    poller.__class__ = _ParentWatch
+
+
+def _leave_with_the_server() -> None:
+    """End the run (KILLED if a cell was running) and the cell audit, within ``LEAVE_WITHIN_S``."""
+    logging.getLogger("hubforge").warning("hubforge: this kernel's server is gone; ending its run, then leaving")
+    deadline = threading.Timer(LEAVE_WITHIN_S, os._exit, (1,))
+    deadline.daemon = True
+    deadline.start()
+    tracker, cells = _tracker, _cells
+    if tracker is not None:
+        tracker.finish(status="KILLED" if tracker.busy else None)
+    if cells is not None:
+        cells.close()
 
 
 def _on_sigterm(signum: int, _frame: Any) -> None:

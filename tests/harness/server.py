@@ -217,6 +217,21 @@ class KernelChannel:
         return Execution(reply["status"], "".join(streams["stdout"]), "".join(streams["stderr"]))
 
 
+def open_session(http: httpx.Client, prefix: str, path: str) -> tuple[dict[str, Any], KernelChannel]:
+    """Open a notebook session (a new kernel) as JupyterLab does: the session, and its kernel's websocket."""
+    body = {"path": path, "name": Path(path).name, "type": "notebook", "kernel": {"name": "python3"}}
+    resp = http.post(f"{prefix}/api/sessions", json=body)
+    assert resp.status_code == 201, resp.text
+    session: dict[str, Any] = resp.json()
+    return session, kernel_channel(http, prefix, session["kernel"]["id"])
+
+
+def kernel_channel(http: httpx.Client, prefix: str, kernel_id: str) -> KernelChannel:
+    """A websocket to a running kernel, as a reloaded JupyterLab opens it."""
+    base = str(http.base_url).rstrip("/").replace("http", "ws", 1)
+    return KernelChannel(f"{base}{prefix}/api/kernels/{kernel_id}/channels", http.headers["Authorization"])
+
+
 @contextmanager
 def notebook_session(http: httpx.Client, prefix: str, path: str) -> Iterator[KernelChannel]:
     """A notebook session on a jupyter-server's REST API, with its kernel's websocket.
@@ -225,13 +240,7 @@ def notebook_session(http: httpx.Client, prefix: str, path: str) -> Iterator[Ker
     the server's URL prefix (``/user/alice`` behind the hub, ``""`` alone).
     Leaving deletes the session, which shuts the kernel down (and so ends the run).
     """
-    body = {"path": path, "name": Path(path).name, "type": "notebook", "kernel": {"name": "python3"}}
-    resp = http.post(f"{prefix}/api/sessions", json=body)
-    assert resp.status_code == 201, resp.text
-    session = resp.json()
-    base = str(http.base_url).rstrip("/").replace("http", "ws", 1)
-    ws_url = f"{base}{prefix}/api/kernels/{session['kernel']['id']}/channels"
-    channel = KernelChannel(ws_url, http.headers["Authorization"])
+    session, channel = open_session(http, prefix, path)
     try:
         yield channel
     except BaseException:

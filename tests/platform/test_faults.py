@@ -16,38 +16,8 @@ from typing import Any
 import httpx
 import psutil
 
+from harness.faults import mlflow_answers, mlflow_supervisor, service_supervisor, supervised_port
 from harness.platform import wait_for
-
-SUPERVISED = "hubforge.hub.supervised"
-
-
-def _mlflow_supervisor(platform: Any) -> psutil.Process | None:
-    """MLflow's supervisor, of this platform's processes (None while there is none)."""
-    return _supervisor(platform, lambda line: any(part.endswith("mlflow") for part in line))
-
-
-def _supervisor(platform: Any, matches: Any) -> psutil.Process | None:
-    for proc in psutil.Process(platform.proc.pid).children(recursive=True):
-        try:
-            line = proc.cmdline()
-        except psutil.NoSuchProcess:
-            continue
-        if SUPERVISED in line and matches(line[line.index("--") :]):
-            return proc
-    return None
-
-
-def _port(supervisor: psutil.Process) -> int:
-    line = supervisor.cmdline()
-    return int(line[line.index("--port") + 1])
-
-
-def _answers(port: int) -> bool:
-    """MLflow's health check, at its own port (under its prefix), not through the proxy."""
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/services/mlflow/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _marked(port: int) -> list[psutil.Process]:
@@ -70,28 +40,28 @@ def _comes_back(platform: Any, before: psutil.Process, earlier: list[psutil.Proc
     """The new supervisor, once nothing of the ``earlier`` MLflow is left and the new one
     answers (a leftover worker answers on the port until the new start stops it)."""
     found = wait_for(
-        lambda: (s := _mlflow_supervisor(platform)) is not None and s.pid != before.pid and s,
+        lambda: (s := mlflow_supervisor(platform)) is not None and s.pid != before.pid and s,
         120,
         "the hub to start MLflow again",
     )
     wait_for(lambda: not _alive(earlier), 60, "what the killed MLflow had started to be stopped")
-    wait_for(lambda: _answers(_port(found)), 120, "MLflow to answer again")
+    wait_for(lambda: mlflow_answers(supervised_port(found)), 120, "MLflow to answer again")
     return found
 
 
 def test_mlflow_killed_comes_back_by_itself_and_leaves_no_orphan(platform: Any) -> None:
-    supervisor = _mlflow_supervisor(platform)
+    supervisor = mlflow_supervisor(platform)
     assert supervisor is not None, "MLflow runs under its supervisor"
-    port = _port(supervisor)
-    wait_for(lambda: _answers(port), 120, "MLflow")
+    port = supervised_port(supervisor)
+    wait_for(lambda: mlflow_answers(port), 120, "MLflow")
     first = [p for p in _marked(port) if p.pid != supervisor.pid]
     (server,) = [p for p in first if p.ppid() == supervisor.pid]
     assert len(first) > 1, "MLflow runs a worker of its own"
 
     server.kill()  # MLflow's own process, as in the issue: its worker used to live on
     wait_for(lambda: not _alive(first), 60, "what the killed MLflow had started to be stopped")
-    wait_for(lambda: _answers(port), 120, "MLflow to answer again")
-    assert _mlflow_supervisor(platform).pid == supervisor.pid, "its supervisor started it again"
+    wait_for(lambda: mlflow_answers(port), 120, "MLflow to answer again")
+    assert mlflow_supervisor(platform).pid == supervisor.pid, "its supervisor started it again"
     descendants = {p.pid for p in supervisor.children(recursive=True)}
     assert {p.pid for p in _marked(port)} <= descendants | {supervisor.pid}, "only the new MLflow's processes are left"
 
@@ -102,13 +72,13 @@ def test_mlflow_killed_comes_back_by_itself_and_leaves_no_orphan(platform: Any) 
 
 
 def test_the_governance_service_killed_comes_back_by_itself(platform: Any) -> None:
-    supervisor = _supervisor(platform, lambda line: "hubforge.hub.governance" in line)
+    supervisor = service_supervisor(platform, lambda line: "hubforge.hub.governance" in line)
     assert supervisor is not None, "governance runs under its supervisor"
     (service,) = supervisor.children()
     service.kill()
     health = f"{platform.url}/services/governance/api/health"
     wait_for(lambda: _status(health) == 200 and supervisor.children() != [service], 60, "governance to answer")
-    assert _supervisor(platform, lambda line: "hubforge.hub.governance" in line).pid == supervisor.pid
+    assert service_supervisor(platform, lambda line: "hubforge.hub.governance" in line).pid == supervisor.pid
     log = platform.log_path.read_text()
     assert "exited with signal SIGKILL; starting it again in" in log
 
@@ -158,7 +128,7 @@ def test_requests_made_while_governance_is_killed_are_kept_once_with_their_audit
     filer.start()
     try:
         wait_for(lambda: len(acked) >= 5, 60, "requests to be filed")
-        supervisor = _supervisor(platform, lambda line: "hubforge.hub.governance" in line)
+        supervisor = service_supervisor(platform, lambda line: "hubforge.hub.governance" in line)
         assert supervisor is not None
         (service,) = supervisor.children()
         service.kill()
