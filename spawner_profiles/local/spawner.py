@@ -17,6 +17,7 @@ them back when it stops, crashes or is culled.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import shutil
@@ -26,11 +27,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jupyterhub import orm
 from jupyterhub.spawner import SimpleLocalProcessSpawner, set_user_setuid
 from sqlalchemy.orm import Session, object_session
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient
 from traitlets import Dict, Float, List, Unicode, default
 
 from hubforge.catalog import SERVER_STOP_GRACE, ChoiceError, Tier, ValidatedChoice, tier_env
@@ -52,6 +55,12 @@ _ENVIRONMENTS: dict[tuple[tuple[str, str], ...] | None, LocalEnvironments] = {}
 #: Seconds between two reconciliations of the allocator with the hub's servers, from polls.
 RECONCILE_INTERVAL = 30.0
 _LAST_RECONCILE: dict[int, float] = {}
+
+#: How long a restarted hub keeps trying to ask again for a spawn its crash interrupted in the
+#: GPU queue (the hub answers only once every server has been checked).
+RESUME_WITHIN_S = 300.0
+#: Server keys whose interrupted spawn this (hub) process is asking for again.
+_RESUMING: dict[str, asyncio.Future[None]] = {}
 
 
 def singleuser_command() -> list[str]:
@@ -268,7 +277,8 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
 
     async def _acquire(self, choice: ValidatedChoice) -> Allocation:
         request, quotas = self.gpu_request(choice)
-        async with aclosing(self.allocator.acquire(request, quotas)) as steps:
+        resume = json.dumps(self.user_options or {})  # what a restarted hub asks for again
+        async with aclosing(self.allocator.acquire(request, quotas, resume)) as steps:
             async for step in steps:
                 if isinstance(step, QueueStatus):
                     self._announce(step.message)
@@ -378,6 +388,8 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         """
         if self._acquiring is not None:
             return None  # still queued: nothing to poll yet
+        if not self.pid and self._interrupted_in_queue():
+            return 0  # the hub stops it as "stopped while the hub was down"; it is asked for again
         now = time.monotonic()
         if now - _LAST_RECONCILE.get(id(self.allocator), 0.0) >= RECONCILE_INTERVAL:
             _LAST_RECONCILE[id(self.allocator)] = now
@@ -390,6 +402,70 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         if status is not None:
             self._release("exited")
         return status
+
+    def _interrupted_in_queue(self) -> bool:
+        """Whether this server's spawn was waiting for GPUs when the hub died; if so, ask the
+        hub for it again (in the background, once the hub answers), keeping its place."""
+        key = self.server_key
+        if key in _RESUMING:
+            return True
+        waiting = self.allocator.interrupted(key)
+        if waiting is None:
+            return False
+        _RESUMING[key] = asyncio.ensure_future(self._resume(waiting.resume))
+        return True
+
+    async def _resume(self, resume: str) -> None:
+        """Ask the hub, as this server's person (a token for their servers only, revoked after),
+        to spawn it again with the options it was asked for with; the allocator keeps its place."""
+        key = self.server_key
+        try:
+            options = json.loads(resume)
+            if not isinstance(options, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            self.log.warning("Not asking again for the spawn of %s: its options do not read (%s)", self._log_name, exc)
+            self.allocator.forget_interrupted(key)
+            _RESUMING.pop(key, None)
+            return
+        token = self.user.new_api_token(
+            note="hubforge: a queued spawn asked for again after a hub restart",
+            expires_in=int(RESUME_WITHIN_S) + 60,
+            scopes=[f"servers!user={self.user.name}"],
+        )
+        try:
+            answer = await self._ask_hub(token, options)
+        finally:
+            _RESUMING.pop(key, None)
+            found = orm.APIToken.find(self.user.db, token)
+            if found is not None:
+                self.user.db.delete(found)
+                self.user.db.commit()
+        if answer in (201, 202):
+            self.log.info("Asked again for the spawn of %s, which waited for GPUs when the hub stopped", self._log_name)
+        else:
+            self.log.warning("The spawn of %s, interrupted in the GPU queue, was refused (%s)", self._log_name, answer)
+            self.allocator.forget_interrupted(key)
+
+    async def _ask_hub(self, token: str, options: dict[str, Any]) -> int | str:
+        """POST the spawn to the hub's REST API until it answers (it answers once it has started)."""
+        url = f"{self.hub.api_url.rstrip('/')}/users/{quote(self.user.name)}/servers/{quote(self.name)}"
+        headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+        deadline = time.monotonic() + RESUME_WITHIN_S
+        while True:
+            try:
+                answer = await AsyncHTTPClient().fetch(
+                    url, method="POST", body=json.dumps(options), headers=headers, raise_error=False
+                )
+            except OSError as exc:
+                code: int | str = f"the hub does not answer: {exc}"
+            else:
+                code = answer.code
+                if code not in (400, 599) or b"pending" not in (answer.body or b""):
+                    return code if code in (201, 202) else f"{code} {(answer.body or b'').decode(errors='replace')}"
+            if time.monotonic() > deadline:
+                return code
+            await asyncio.sleep(1.0)
 
     def _past_lifetime(self) -> bool:
         lifetime = self.tier_choice.tier.max_lifetime if self.tier_choice else 0

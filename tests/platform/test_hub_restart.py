@@ -14,15 +14,14 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psutil
 
+from harness.faults import alices_notebook, ran, server_ready
 from harness.platform import HubSession, PlatformProcess, api, wait_for
-from harness.server import KernelChannel, notebook_session
+from harness.server import KernelChannel
 from hubforge.hub.handover import user_servers
 from hubforge.hub.launcher import instance_processes
 
@@ -35,23 +34,6 @@ GPU_MACHINE = {
         }
     }
 }
-
-
-@contextmanager
-def alices_notebook(platform: PlatformProcess, spawn: dict) -> Iterator[tuple[httpx.Client, KernelChannel]]:
-    """alice logged in, her server started as ``spawn`` asks, a notebook open on it."""
-    session = HubSession(platform.url)
-    try:
-        assert session.login("alice").status_code == 302
-        with api(platform.url, session.new_token("alice")) as http:
-            assert http.post("/hub/api/users/alice/server", json=spawn).status_code in (201, 202)
-            wait_for(
-                lambda: http.get("/hub/api/users/alice").json()["servers"].get("", {}).get("ready"), 180, "her server"
-            )
-            with notebook_session(http, "/user/alice", "restart.ipynb") as kernel:
-                yield http, kernel
-    finally:
-        session.close()
 
 
 def hub_answers(platform: PlatformProcess) -> bool:
@@ -86,12 +68,6 @@ def status_of(http: httpx.Client, path: str) -> int | None:
         return None
 
 
-def ran(kernel: KernelChannel, code: str) -> str:
-    done = kernel.execute(code)
-    assert done.status == "ok", done.stderr
-    return done.stdout.strip()
-
-
 def gpus_held(platform: PlatformProcess) -> dict[str, str]:
     """The GPU allocator's allocations (server -> GPUs), as the hub keeps them."""
     with sqlite3.connect(platform.data_dir / "gpus.sqlite") as db:
@@ -115,7 +91,7 @@ def test_the_hub_and_the_proxy_killed_cost_alice_nothing(tmp_path: Path) -> None
     platform.start()
     try:
         platform.wait_ready()
-        with alices_notebook(platform, {"profile": "training", "gpus": 1}) as (http, kernel):
+        with alices_notebook(platform.url, {"profile": "training", "gpus": 1}) as (http, kernel):
             assert ran(kernel, "x = 41; n = 0") == ""
             held, servers, proxy = gpus_held(platform), servers_of(platform), proxy_pid(platform)
             assert list(held) == ["alice/"], "her server holds the machine's GPU"
@@ -158,7 +134,7 @@ def test_an_upgrade_restart_with_keep_servers_keeps_everybodys_work(tmp_path: Pa
     platform.start("--keep-servers")
     try:
         platform.wait_ready()
-        with alices_notebook(platform, {"profile": "interactive"}) as (http, kernel):
+        with alices_notebook(platform.url, {"profile": "interactive"}) as (http, kernel):
             assert ran(kernel, "x = 41; n = 0") == ""
             servers, proxy = servers_of(platform), proxy_pid(platform)
 
@@ -179,3 +155,55 @@ def test_an_upgrade_restart_with_keep_servers_keeps_everybodys_work(tmp_path: Pa
     finally:
         assert platform.stop() == 0, platform.log_tail()
     assert instance_processes(str(platform.data_dir.resolve())) == []
+
+
+def test_a_spawn_waiting_for_gpus_when_the_hub_dies_waits_on_after_it(tmp_path: Path) -> None:
+    """bob holds the machine's one GPU; alice asks for one and waits in the queue; the hub is
+    killed. The restarted hub asks for alice's spawn again, in her place; when bob stops,
+    she gets the GPU, and the allocations are exactly the running servers'."""
+    platform = PlatformProcess(tmp_path / "data", GPU_MACHINE)
+    platform.start()
+    people = {name: HubSession(platform.url) for name in ("alice", "bob")}
+    try:
+        platform.wait_ready()
+        assert all(session.login(name).status_code == 302 for name, session in people.items())
+        bob = api(platform.url, people["bob"].new_token("bob"))
+        alice = api(platform.url, people["alice"].new_token("alice"))
+        training = {"profile": "training", "gpus": 1}
+        assert bob.post("/hub/api/users/bob/server", json=training).status_code in (201, 202)
+        wait_for(lambda: server_ready(bob, "bob"), 180, "bob's server")
+        assert alice.post("/hub/api/users/alice/server", json=training).status_code == 202
+        wait_for(lambda: pending(alice, "alice") == "spawn", 30, "alice's spawn to wait")
+        assert list(gpus_held(platform)) == ["bob/"]
+
+        psutil.Process(int((platform.data_dir / "jupyterhub.pid").read_text())).kill()
+        wait_for(lambda: not hub_answers(platform), 30, "the hub to go")
+        wait_for(lambda: hub_answers(platform), 180, "the hub to come back")
+
+        wait_for(lambda: pending(alice, "alice") == "spawn", 120, "alice's spawn to be asked for again")
+        assert server_ready(bob, "bob") and list(gpus_held(platform)) == ["bob/"], "bob keeps his GPU"
+        asked = "Asked again for the spawn of alice"
+        wait_for(lambda: asked in platform.log_path.read_text(), 60, "the hub to say it asked again")
+        assert [t["note"] for t in alice.get("/hub/api/users/alice/tokens").json()["api_tokens"]].count(
+            "hubforge: a queued spawn asked for again after a hub restart"
+        ) == 0, "the token that asked for it is gone"
+
+        assert bob.delete("/hub/api/users/bob/server").status_code in (202, 204)
+        wait_for(lambda: server_ready(alice, "alice"), 180, "alice's server, once bob's GPU is free")
+        assert list(gpus_held(platform)) == ["alice/"], "the allocations are the running servers'"
+        alice.delete("/hub/api/users/alice/server")
+        wait_for(lambda: not gpus_held(platform), 120, "her GPU back")
+    finally:
+        for session in people.values():
+            session.close()
+        assert platform.stop() == 0, platform.log_tail()
+    assert instance_processes(str(platform.data_dir.resolve())) == []
+
+
+def pending(http: httpx.Client, user: str) -> str | None:
+    """What the hub says the user's default server is pending (spawn, stop), if anything."""
+    try:
+        found = http.get(f"/hub/api/users/{user}")
+    except httpx.TransportError:
+        return None
+    return found.json()["servers"].get("", {}).get("pending") if found.status_code == 200 else None

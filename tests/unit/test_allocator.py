@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -464,6 +465,87 @@ def test_allocations_and_usage_survive_a_restart(machine: list[Gpu], db: Path, c
     third = GpuAllocator(machine, db, clock=clock)
     assert third.usage() == pytest.approx({"ds": 6.0 + 2.0, "ml": 2.0})  # alice's interval closed, carol's runs
     third.close()
+
+
+def test_a_request_waiting_when_the_process_dies_is_named_and_keeps_its_place(
+    machine: list[Gpu], db: Path, clock: Clock
+) -> None:
+    """The hub dies while alice and then bob wait: the next process names both, with what to
+    ask for again; asked for again (bob first), alice still goes first; served, nothing is left."""
+    first = GpuAllocator(machine, db, clock=clock)
+    _fill(first)
+
+    async def before_the_crash() -> None:
+        alice = await first_status_resumable(first, req("alice", 1), '{"profile": "training"}')
+        clock.advance(60)
+        bob = await first_status_resumable(first, req("bob", 1), '{"profile": "training", "gpus": 1}')
+        assert first.interrupted("alice/") is None, "alice's request is waited for here"
+        for task in (alice, bob):  # the process dies: nobody waits any more, the record stays
+            task.cancel()
+
+    run(before_the_crash)
+    # Cancelling is what a *living* process does when a spawn is stopped: it forgets the record.
+    assert first.interrupted("alice/") is None
+    first.close()
+
+    # Now a crash for real: a process records both waits and dies without withdrawing them.
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            crashed = GpuAllocator(machine, db, clock=clock)
+            _fill_again(crashed)
+
+            async def crash() -> None:
+                await first_status_resumable(crashed, req("alice", 1), '{"profile": "training"}')
+                clock.advance(60)
+                await first_status_resumable(crashed, req("bob", 1), '{"profile": "training", "gpus": 1}')
+                os._exit(0)
+
+            asyncio.run(crash())
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0
+
+    clock.advance(600)
+    after = GpuAllocator(machine, db, clock=clock)
+    alice, bob = after.interrupted("alice/"), after.interrupted("bob/")
+    assert alice is not None and alice.resume == '{"profile": "training"}'
+    assert bob is not None and bob.arrival == alice.arrival + 60
+
+    async def asked_again() -> None:
+        bob_task = await first_status_resumable(after, req("bob", 1), "{}")
+        alice_task = await first_status_resumable(after, req("alice", 1), "{}")
+        assert [s.server_key for s in after.queue()] == ["alice/", "bob/"], "arrival order kept"
+        after.release("a/")
+        assert (await alice_task).server_key == "alice/" and not bob_task.done()
+        after.release("b/")
+        assert (await bob_task).server_key == "bob/"
+
+    run(asked_again)
+    assert after.interrupted("alice/") is None and after.interrupted("bob/") is None
+    after.forget_interrupted("carol/")  # nothing to forget: no error
+    after.close()
+
+
+def _fill_again(allocator: GpuAllocator) -> None:
+    for key in list(allocator.allocations()):
+        allocator.release(key)
+    _fill(allocator)
+
+
+async def first_status_resumable(allocator: GpuAllocator, request: GpuRequest, resume: str) -> asyncio.Task:
+    """As :func:`first_status`, for a request recorded with what asks for it again."""
+
+    async def run() -> Allocation:
+        async with aclosing(allocator.acquire(request, NO_QUOTAS, resume)) as steps:
+            async for step in steps:
+                if isinstance(step, Allocation):
+                    return step
+        raise AssertionError("acquire ended without an allocation")
+
+    task = asyncio.create_task(run())
+    await until(lambda: any(s.server_key == request.server_key for s in allocator.queue()), "the request to queue")
+    return task
 
 
 def test_usage_older_than_the_window_stops_counting(machine: list[Gpu], db: Path, clock: Clock) -> None:

@@ -37,7 +37,7 @@ from .allocation import (
     TierState,
 )
 from .devices import Gpu, Selector, describe_inventory
-from .store import GpuStore
+from .store import GpuStore, WaitingRow
 
 __all__ = ["WEEK", "GpuAllocator"]
 
@@ -207,7 +207,7 @@ class GpuAllocator:
         return waiter.allocation
 
     async def acquire(
-        self, request: GpuRequest, quotas: Quotas = NO_QUOTAS
+        self, request: GpuRequest, quotas: Quotas = NO_QUOTAS, resume: str | None = None
     ) -> AsyncGenerator[QueueStatus | Allocation, None]:
         """Wait for GPUs: yield a :class:`QueueStatus` whenever it changes, then the Allocation.
 
@@ -216,12 +216,22 @@ class GpuAllocator:
         never be served. Cancelling the task or closing the generator before
         the Allocation is yielded leaves the request neither queued nor
         allocated (use ``contextlib.aclosing`` so that closing is immediate).
+
+        A request that has to wait is recorded with ``resume`` (what its caller needs
+        to ask for it again) until it is served or withdrawn: if the process dies
+        meanwhile, :meth:`interrupted` names it, and asked for again it keeps its
+        place (its first arrival).
         """
         self.check(request, quotas)
         if request.gpus == 0:
             yield self._grant_cpu(request)
             return
-        waiter = self._enqueue(request, quotas)
+        earlier = self._store.waiting().get(request.server_key)
+        waiter = self._enqueue(request, quotas, earlier.arrival if earlier else None)
+        recorded = earlier is not None
+        if waiter.allocation is None and resume is not None:
+            self._store.wait(WaitingRow(request.server_key, request.user, waiter.arrival, resume))
+            recorded = True
         delivered = False
         try:
             shown: _Place | None = None
@@ -237,6 +247,20 @@ class GpuAllocator:
         finally:
             if not delivered:
                 self._leave(waiter)
+            if recorded:
+                self._store.done_waiting(request.server_key)
+
+    def interrupted(self, server_key: str) -> WaitingRow | None:
+        """The request of ``server_key`` recorded as waiting when no one waits for it here:
+        the process that waited for it died (a hub crash)."""
+        if server_key in self._waiting:
+            return None
+        return self._store.waiting().get(server_key)
+
+    def forget_interrupted(self, server_key: str) -> None:
+        """Drop an interrupted request that will not be asked for again."""
+        if server_key not in self._waiting:
+            self._store.done_waiting(server_key)
 
     # -- mutation (each method runs without awaiting) -----------------------------------------
 
@@ -283,8 +307,8 @@ class GpuAllocator:
         self._commit([allocation])
         return allocation
 
-    def _enqueue(self, request: GpuRequest, quotas: Quotas) -> _Waiter:
-        waiter = _Waiter(request, quotas, self._clock(), self._pool(request.selector))
+    def _enqueue(self, request: GpuRequest, quotas: Quotas, arrival: float | None = None) -> _Waiter:
+        waiter = _Waiter(request, quotas, self._clock() if arrival is None else arrival, self._pool(request.selector))
         self._waiting[request.server_key] = waiter
         self._dispatch()
         return waiter

@@ -4,6 +4,8 @@ The allocator keeps its working state in memory and writes every change here
 in one transaction before it changes memory, so that a hub restart finds the
 same GPUs held and the same usage history. ``held_devices`` has the device
 UUID as its primary key: two servers can never hold one GPU, even by a bug.
+``waiting`` keeps the requests still in the queue, so that those a hub crash
+interrupted are asked for again, in their place (see ``GpuAllocator.acquire``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hubforge.errors import HubforgeError
 from .allocation import Allocation
 from .devices import Gpu
 
-__all__ = ["GpuStateError", "GpuStore", "UsageRow"]
+__all__ = ["GpuStateError", "GpuStore", "UsageRow", "WaitingRow"]
 
 SCHEMA_VERSION = 1
 
@@ -48,6 +50,12 @@ CREATE TABLE IF NOT EXISTS usage (
     start REAL NOT NULL,
     "end" REAL
 );
+CREATE TABLE IF NOT EXISTS waiting (
+    server_key TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    arrival REAL NOT NULL,
+    resume TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS usage_end ON usage ("end");
 CREATE INDEX IF NOT EXISTS usage_open ON usage (server_key) WHERE "end" IS NULL;
 """
@@ -65,6 +73,15 @@ class UsageRow(NamedTuple):
     start: float
     end: float | None
     gpus: int
+
+
+class WaitingRow(NamedTuple):
+    """A request that waits in the queue: since when, and what asks for it again after a hub restart."""
+
+    server_key: str
+    user: str
+    arrival: float
+    resume: str
 
 
 class GpuStore:
@@ -145,6 +162,27 @@ class GpuStore:
                 )
         except sqlite3.Error as exc:
             raise GpuStateError(f"{self.path}: cannot release GPU allocations: {exc}") from exc
+
+    def waiting(self) -> dict[str, WaitingRow]:
+        """The requests recorded as waiting in the queue, by server key."""
+        rows = self._db.execute("SELECT server_key, user, arrival, resume FROM waiting ORDER BY arrival")
+        return {row[0]: WaitingRow(*row) for row in rows}
+
+    def wait(self, row: WaitingRow) -> None:
+        """Record that a request waits (replacing what an earlier wait of the same server left)."""
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO waiting VALUES (?, ?, ?, ?)", row)
+        except sqlite3.Error as exc:
+            raise GpuStateError(f"{self.path}: cannot record a waiting GPU request: {exc}") from exc
+
+    def done_waiting(self, server_key: str) -> None:
+        """The request of ``server_key`` waits no more (served, withdrawn, or given up)."""
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM waiting WHERE server_key = ?", (server_key,))
+        except sqlite3.Error as exc:
+            raise GpuStateError(f"{self.path}: cannot record a waiting GPU request: {exc}") from exc
 
     def close(self) -> None:
         """Close the database connection."""
