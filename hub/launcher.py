@@ -55,6 +55,7 @@ __all__ = [
     "demo_password",
     "find_proxy_command",
     "free_port",
+    "free_privileged_port",
     "instance_processes",
 ]
 
@@ -69,6 +70,36 @@ def free_port(host: str = "127.0.0.1") -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+#: The lowest port :func:`free_privileged_port` hands out (the range below holds well-known services).
+PRIVILEGED_FLOOR = 600
+
+
+def privileged_port_limit() -> int:
+    """The first port a process without privileges may bind (``net.ipv4.ip_unprivileged_port_start``)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+def free_privileged_port(taken: set[int], host: str = "127.0.0.1") -> int | None:
+    """A port below :func:`privileged_port_limit` that nobody listens on (None if none is free).
+
+    Only a privileged process may bind one: while a service restarts, nobody's notebook can
+    take its port over and be handed the requests (and tokens) meant for it.
+    """
+    for port in range(min(privileged_port_limit(), 1024) - 1, PRIVILEGED_FLOOR - 1, -1):
+        if port in taken:
+            continue
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    return None
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -253,14 +284,22 @@ class Platform:
         # A free port is free until somebody binds it: the public port is not bound
         # until the proxy starts, so it must not be handed out again, nor one port twice.
         taken = {hub.port, *(port for port in wanted if port)}
+        # People's processes run as their own accounts: internal ports they cannot bind.
+        privileged = self.isolation.mode == "users" and os.geteuid() == 0
         ports = []
         for port in wanted:
             if not port:
-                port = free_port()
+                port = (free_privileged_port(taken) if privileged else None) or free_port()
                 while port in taken:
                     port = free_port()
                 taken.add(port)
             ports.append(port)
+        open_ports = [port for port in ports if port >= privileged_port_limit()]
+        if privileged and open_ports:
+            self.log(
+                f"Internal port(s) {', '.join(map(str, open_ports))} can be bound by anybody (configured, or "
+                "no privileged port was free): a person's process could take one over while it restarts"
+            )
         hub_port, proxy_api_port, *service_ports = ports
         self.runtime = Runtime(
             hub_port=hub_port,

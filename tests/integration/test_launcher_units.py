@@ -125,3 +125,29 @@ def test_the_supervisor_reaps_what_a_dead_hub_left() -> None:
     assert proc.stdout.readline().strip() == "False", "and is gone once reaped"
     assert proc.wait(30) == 0
     assert not psutil.pid_exists(orphan)
+
+
+def test_privileged_ports_are_free_ones_only_a_privileged_process_may_bind() -> None:
+    """Internal ports on a machine shared by people: below the unprivileged start, free, not taken."""
+    import socket
+
+    from hubforge.hub.launcher import PRIVILEGED_FLOOR, free_privileged_port, privileged_port_limit
+
+    if os.geteuid() != 0 or privileged_port_limit() <= PRIVILEGED_FLOOR:
+        assert os.geteuid() != 0 or free_privileged_port(set()) is None
+        return
+    first = free_privileged_port(set())
+    assert first is not None and PRIVILEGED_FLOOR <= first < privileged_port_limit()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", first))
+        holder.listen()
+        second = free_privileged_port(set())
+        assert second is not None and second != first, "a port in use is not handed out"
+    assert free_privileged_port({first, second}) not in (first, second), "nor one already taken"
+    # Someone without privileges cannot bind it: a child that drops to nobody tries.
+    probe = (
+        "import socket, sys; s = socket.socket()\n"
+        "try:\n s.bind(('127.0.0.1', int(sys.argv[1])))\nexcept PermissionError:\n sys.exit(13)"
+    )
+    refused = subprocess.run([sys.executable, "-c", probe, str(first)], user="nobody", check=False)
+    assert refused.returncode == 13

@@ -110,6 +110,32 @@ def _open(http: httpx.Client, user: str, name: str) -> tuple[KernelChannel, int]
     return kernel, pid
 
 
+#: Run in alice's kernel: try to bind each of PORTS on the loopback address; say what happened.
+BIND = """
+import json, socket
+def bind(port):
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return "bound"
+        except OSError as exc:
+            return type(exc).__name__
+print(json.dumps({port: bind(port) for port in PORTS}))
+"""
+
+
+def _internal_ports(platform: PlatformProcess) -> set[int]:
+    """Ports the platform's own processes (not people's) listen on, but the public one."""
+    ours = set()
+    for proc in psutil.process_iter(["environ", "uids"]):
+        env = proc.info.get("environ") or {}
+        if env.get("HUBFORGE_INSTANCE") == str(platform.data_dir) and proc.info["uids"].real == os.getuid():
+            ours.add(proc.pid)
+    listening = psutil.net_connections(kind="tcp")
+    public = int(platform.url.rsplit(":", 1)[1])
+    return {c.laddr.port for c in listening if c.status == psutil.CONN_LISTEN and c.pid in ours} - {public}
+
+
 def _platform_pid(platform: PlatformProcess, word: str) -> int:
     """The process of the platform whose command line has ``word`` (the hub, MLflow's server)."""
     for proc in psutil.process_iter(["cmdline", "environ"]):
@@ -171,6 +197,13 @@ def test_alices_notebook_reaches_nothing_that_is_not_hers(
         # The MLflow server's database URL is not on its command line (which anyone may read).
         cmdline = " ".join(psutil.Process(_platform_pid(platform, "mlflow")).cmdline())
         assert "--backend-store-uri" not in cmdline and "sqlite:" not in cmdline, cmdline
+
+        # The ports the hub, the proxy's API and the services listen on are privileged: her
+        # process cannot take one over while its service restarts (and be handed its requests).
+        internal = _internal_ports(platform)
+        assert len(internal) >= 4, internal  # the hub, the proxy's API, governance, MLflow, ...
+        binds = alice.execute(f"PORTS = {sorted(internal)!r}\n" + BIND).stdout
+        assert set(json.loads(binds).values()) == {"PermissionError"}, binds
 
         # MLflow still stores and serves what her account logs through the proxy.
         said = alice.execute(ARTIFACT)
