@@ -37,6 +37,7 @@ __all__ = [
     "catalog_from_data",
     "check_choice",
     "culling_args",
+    "fair_share_group",
     "interface_args",
     "known_groups",
     "load_catalog",
@@ -469,3 +470,14 @@ def _chosen_gpus(tier: Tier, value: Any) -> int:
     if not gpus.min <= count <= gpus.max:
         raise ChoiceError(f"tier {tier.slug!r} allows {gpus.min} to {gpus.max} GPUs, not {count}")
     return count
+
+
+def fair_share_group(user_groups: list[str], tier: Tier, fallback: str) -> str:
+    """The group a person's request on ``tier`` is counted against: one the tier has a quota
+    for (the first by name), else their first group, else ``fallback`` (their name).
+
+    The one-machine queue and Kueue's per-group ClusterQueues both count by it."""
+    for group in sorted(user_groups):
+        if group in tier.quota:
+            return group
+    return sorted(user_groups)[0] if user_groups else fallback

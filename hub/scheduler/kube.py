@@ -120,10 +120,12 @@ async def run_manifests(
     spec["restartPolicy"] = "Never"
     spec.pop("activeDeadlineSeconds", None)  # a server's lifetime; the Job's deadline is the job's timeout
     marks = {JOB_LABEL: job.id, RUN_LABEL: run.id}
+    # The queue KubeSpawner named for the owner's pod (their group's on the tier) goes on the Job.
+    queue = pod["metadata"].get("labels", {}).get(QUEUE_LABEL)
     pod_labels = {k: v for k, v in pod["metadata"].get("labels", {}).items() if k != QUEUE_LABEL}
     pod_labels.update(HUB_ACCESS)
     pod_labels.update(marks)
-    job_labels = {TIER_LABEL: tier.slug, **marks, **({QUEUE_LABEL: tier.queue} if tier.queue else {})}
+    job_labels = {TIER_LABEL: tier.slug, **marks, **({QUEUE_LABEL: queue} if tier.queue and queue else {})}
     owner = {"hubforge.dev/owner": job.owner}
     manifest = {
         "apiVersion": "batch/v1",

@@ -12,9 +12,13 @@ What is written (``render_k8s``):
   with serving on, the model namespaces (``services.serving.kserve.namespaces``) and a
   Role in each letting the hub pod deploy InferenceServices there.
 - ``priority-classes.yaml``: a PriorityClass per class the tiers name.
-- ``kueue.yaml``: a ResourceFlavor per GPU model, a ClusterQueue per queued tier
-  (one cohort, fair-sharing weights, nominal quotas) and a LocalQueue per
-  queued tier in the user namespace.
+- ``kueue-values.yaml``: values for Kueue's chart (``KUEUE_CHART_VERSION``): its manager
+  configuration with fair sharing and the pod integration on.
+- ``kueue.yaml`` (``kueue.x-k8s.io/v1beta2``): a ResourceFlavor per GPU model; the
+  platform's Cohort and, in it, a Cohort per queued tier holding the tier's capacity
+  with its fair-share weight; in each tier's cohort a ClusterQueue per group with a
+  quota on the tier (borrowing at most that many GPUs) and one for everybody else,
+  each with its LocalQueue in the user namespace.
 
 The builders are pure functions returning plain dicts; only
 :func:`render_k8s` writes files.
@@ -36,22 +40,26 @@ from hubforge.hardware import GPU_MODELS
 from hubforge.hub.services import SCHEDULER, Placement, enabled_services, hub_services, server_service_env
 from hubforge.hub.serving.kserve import API_GROUP as KSERVE_API_GROUP
 
-from .spawner import kube_memory, kube_settings, profile_for
+from .spawner import group_label, kube_memory, kube_settings, profile_for, queue_name
 
 __all__ = [
     "HUB_CONFIG_DIR",
     "HUB_DATA_DIR",
+    "KUEUE_CHART_VERSION",
     "cluster_queue",
     "deploy_access",
     "helm_values",
     "kubernetes",
     "kueue_manifests",
+    "kueue_values",
     "local_queue",
+    "platform_cohort",
     "platform_manifests",
     "priority_classes",
     "render_k8s",
     "resource_flavor",
     "scheduler_access",
+    "tier_cohort",
 ]
 
 #: Where the hub pod mounts the platform config (from the Secret).
@@ -68,7 +76,10 @@ PROXY_POD_LABELS = {"app": "jupyterhub", "component": "proxy"}
 DEPLOY_ROLE = "hubforge-deploy"
 #: The Role in the user namespace that lets the scheduler run Jobs there.
 SCHEDULER_ROLE = "hubforge-scheduler"
-KUEUE_API = "kueue.x-k8s.io/v1beta1"
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+#: The Kueue release the objects and the manager configuration are written for (v1beta2 is
+#: its storage version; ``spec.cohort`` became ``cohortName`` there).
+KUEUE_CHART_VERSION = "0.19.2"
 LABELS = {"app.kubernetes.io/part-of": "hubforge", "app.kubernetes.io/managed-by": "hubforge"}
 #: PriorityClass values: reserved (interactive) servers above queued ones.
 PRIORITY_RESERVED, PRIORITY_QUEUED = 1000, 100
@@ -323,55 +334,123 @@ def _weight(weight: float) -> int | str:
     return int(weight) if weight == int(weight) else f"{weight:g}"
 
 
-def cluster_queue(tier: Tier, settings: KubernetesSection) -> dict[str, Any]:
-    """The ClusterQueue of a queued tier: its nominal quota, in the cohort, with its fair share."""
+def _covered(tier: Tier) -> list[str]:
+    return ["cpu", "memory", *([tier.resources.gpu_resource] if tier.resources.gpu_resource else [])]
+
+
+def tier_cohort(tier: Tier, settings: KubernetesSection) -> dict[str, Any]:
+    """The Cohort of a queued tier: the tier's capacity (its nominal quota), shared by the
+    ClusterQueues of its groups, with the tier's fair-share weight in the platform's cohort."""
     assert tier.capacity is not None, "load_catalog requires a capacity on queued tiers"
-    covered: list[str] = ["cpu", "memory"]
     quotas: list[dict[str, Any]] = [
         {"name": "cpu", "nominalQuota": _cpu_quantity(tier.capacity.cpu)},
         {"name": "memory", "nominalQuota": kube_memory(tier.capacity.memory)},
     ]
     if tier.resources.gpu_resource:
-        covered.append(tier.resources.gpu_resource)
         quotas.append({"name": tier.resources.gpu_resource, "nominalQuota": tier.capacity.gpus})
     return {
         "apiVersion": KUEUE_API,
-        "kind": "ClusterQueue",
-        "metadata": _metadata(f"hubforge-{tier.slug}", **{"hubforge.dev/tier": tier.slug}),
+        "kind": "Cohort",
+        "metadata": _metadata(tier_cohort_name(tier), **{"hubforge.dev/tier": tier.slug}),
         "spec": {
-            "cohort": settings.cohort,
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.namespace}},
-            "queueingStrategy": "BestEffortFIFO",
+            "parentName": settings.cohort,
             "fairSharing": {"weight": _weight(tier.fair_share_weight)},
-            # Take back lent quota when needed; never end a running server of the same queue.
-            "preemption": {"reclaimWithinCohort": "Any", "withinClusterQueue": "Never"},
             "resourceGroups": [
-                {"coveredResources": covered, "flavors": [{"name": _flavor_name(tier), "resources": quotas}]}
+                {"coveredResources": _covered(tier), "flavors": [{"name": _flavor_name(tier), "resources": quotas}]}
             ],
         },
     }
 
 
-def local_queue(tier: Tier, settings: KubernetesSection) -> dict[str, Any]:
-    """The LocalQueue users' pods name (``kueue.x-k8s.io/queue-name``), in the user namespace."""
+def platform_cohort(settings: KubernetesSection) -> dict[str, Any]:
+    """The root Cohort the tiers' cohorts share (and lend unused capacity within)."""
+    return {"apiVersion": KUEUE_API, "kind": "Cohort", "metadata": _metadata(settings.cohort), "spec": {}}
+
+
+def tier_cohort_name(tier: Tier) -> str:
+    return f"hubforge-{tier.slug}"
+
+
+def cluster_queue(tier: Tier, settings: KubernetesSection, group: str | None = None) -> dict[str, Any]:
+    """The ClusterQueue of one group on a queued tier (``group`` None: everybody whose groups
+    have no quota on it). It owns no quota: it borrows the tier cohort's, a group at most its
+    GPU quota. Fair sharing orders the groups; nobody's running server is preempted."""
+    resources: list[dict[str, Any]] = [{"name": name, "nominalQuota": 0} for name in _covered(tier)]
+    if group is not None and tier.resources.gpu_resource:
+        resources[-1]["borrowingLimit"] = tier.quota[group]
+    labels = {"hubforge.dev/tier": tier.slug, **({"hubforge.dev/group": group_label(group)} if group else {})}
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "ClusterQueue",
+        "metadata": _metadata(cluster_queue_name(tier, group), **labels),
+        "spec": {
+            "cohortName": tier_cohort_name(tier),
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.namespace}},
+            "queueingStrategy": "BestEffortFIFO",
+            "fairSharing": {"weight": 1},
+            # A person's server is never ended to make room for another's (as on one machine).
+            "preemption": {"reclaimWithinCohort": "Never", "withinClusterQueue": "Never"},
+            "resourceGroups": [
+                {"coveredResources": _covered(tier), "flavors": [{"name": _flavor_name(tier), "resources": resources}]}
+            ],
+        },
+    }
+
+
+def cluster_queue_name(tier: Tier, group: str | None) -> str:
+    return f"hubforge-{tier.slug}" + (f"-{group_label(group)}" if group else "")
+
+
+def local_queue(tier: Tier, settings: KubernetesSection, group: str | None = None) -> dict[str, Any]:
+    """The LocalQueue a group's pods on a tier name (``kueue.x-k8s.io/queue-name``), in the
+    user namespace; the spawner picks it with :func:`~.spawner.queue_for`."""
     assert tier.queue is not None
     return {
         "apiVersion": KUEUE_API,
         "kind": "LocalQueue",
-        "metadata": _metadata(tier.queue, settings.namespace, **{"hubforge.dev/tier": tier.slug}),
-        "spec": {"clusterQueue": f"hubforge-{tier.slug}"},
+        "metadata": _metadata(queue_name(tier, group), settings.namespace, **{"hubforge.dev/tier": tier.slug}),
+        "spec": {"clusterQueue": cluster_queue_name(tier, group)},
     }
 
 
 def kueue_manifests(catalog: Catalog, settings: KubernetesSection) -> list[dict[str, Any]]:
-    """ResourceFlavors, then ClusterQueues, then LocalQueues (the order to apply them)."""
+    """ResourceFlavors, Cohorts, ClusterQueues, then LocalQueues (the order to apply them).
+
+    Per queued tier: a Cohort holding the tier's capacity, in the platform's cohort; a
+    ClusterQueue and a LocalQueue per group with a quota on the tier, and one for everybody else.
+    """
     queued = [tier for tier in catalog if tier.queue]
     flavors = dict.fromkeys(_flavor_name(tier) for tier in catalog if tier.queue or tier.resources.model)
+    queues = [(tier, group) for tier in queued for group in (*sorted(tier.quota), None)]
     return [
         *(resource_flavor(name) for name in flavors),
-        *(cluster_queue(tier, settings) for tier in queued),
-        *(local_queue(tier, settings) for tier in queued),
+        *([platform_cohort(settings)] if queued else []),
+        *(tier_cohort(tier, settings) for tier in queued),
+        *(cluster_queue(tier, settings, group) for tier, group in queues),
+        *(local_queue(tier, settings, group) for tier, group in queues),
     ]
+
+
+#: Kueue's manager configuration as its chart ships it (see vendor/kueue/).
+MANAGER_CONFIG = Path(__file__).parent / "vendor" / "kueue" / "manager-config.yaml"
+
+
+def manager_config() -> dict[str, Any]:
+    """Kueue's manager configuration (``config.kueue.x-k8s.io/v1beta2``) as its chart ships it."""
+    config: dict[str, Any] = yaml.safe_load(MANAGER_CONFIG.read_text())
+    return config
+
+
+def kueue_values() -> dict[str, Any]:
+    """Values for Kueue's own chart (``KUEUE_CHART_VERSION``): its manager configuration, as the
+    chart ships it, with fair sharing on and the pod integration (people's servers are pods)."""
+    config = manager_config()
+    config["fairSharing"] = {"preemptionStrategies": ["LessThanOrEqualToFinalShare", "LessThanInitialShare"]}
+    frameworks = config.setdefault("integrations", {}).setdefault("frameworks", [])
+    if "pod" not in frameworks:
+        frameworks.append("pod")
+    body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    return {"managerConfig": {"controllerManagerConfigYaml": body}}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -423,8 +502,15 @@ def render_k8s(cfg: PlatformConfig, out_dir: str | Path) -> list[Path]:
         ),
         _write(out / "priority-classes.yaml", priority_classes(catalog), "kubectl apply -f priority-classes.yaml"),
         _write(
+            out / "kueue-values.yaml",
+            [kueue_values()],
+            f"Kueue's chart, with fair sharing and the pod integration on: helm upgrade --install kueue "
+            f"oci://registry.k8s.io/kueue/charts/kueue --version {KUEUE_CHART_VERSION} --namespace kueue-system "
+            "--create-namespace --values kueue-values.yaml",
+        ),
+        _write(
             out / "kueue.yaml",
             kueue_manifests(catalog, settings),
-            "Kueue objects (needs Kueue with the pod integration and fair sharing on): kubectl apply -f kueue.yaml",
+            f"Kueue {KUEUE_CHART_VERSION} objects (after kueue-values.yaml is installed): kubectl apply -f kueue.yaml",
         ),
     ]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from hubforge.catalog import (
     Tier,
     ValidatedChoice,
     check_choice,
+    fair_share_group,
     load_catalog,
     personas_for_groups,
     tier_env,
@@ -49,10 +52,13 @@ __all__ = [
     "HubforgeKubeSpawner",
     "TierProfileList",
     "configure_kubespawner",
+    "group_label",
     "kube_memory",
     "kube_settings",
     "offline_spawner",
     "profile_for",
+    "queue_for",
+    "queue_name",
     "render_pod",
     "render_pod_async",
     "user_groups",
@@ -91,6 +97,28 @@ def kube_memory(spec: str) -> str:
     """A JupyterHub memory spec as a Kubernetes quantity ('8G' is 8 GiB: '8Gi')."""
     number, unit = spec[:-1], spec[-1]
     return f"{number}{unit}i" if number.isdigit() else str(memory_bytes(spec))
+
+
+def group_label(group: str) -> str:
+    """A hub group's name as a DNS label fit for Kueue object names (lowercase, ``-`` for
+    anything else, with a digest of the name when that changed it, so two never collide)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", group.lower()).strip("-")[:40] or "group"
+    if label != group:
+        label = f"{label}-{hashlib.sha256(group.encode()).hexdigest()[:6]}"
+    return label
+
+
+def queue_name(tier: Tier, group: str | None) -> str:
+    """The LocalQueue of ``group``'s pods on a queued tier (None: groups without a quota on it)."""
+    assert tier.queue is not None
+    return tier.queue + (f"-{group_label(group)}" if group else "")
+
+
+def queue_for(tier: Tier, user_groups: list[str], user: str) -> str:
+    """The LocalQueue a person's pod on a queued tier names: their fair-share group's (the
+    group their request counts against on one machine), if it has a quota on the tier."""
+    group = fair_share_group(user_groups, tier, user)
+    return queue_name(tier, group if group in tier.quota else None)
 
 
 def _gpu_override(tier: Tier, count: int) -> dict[str, Any]:
@@ -213,6 +241,11 @@ class HubforgeKubeSpawner(TierSpawnerMixin, KubeSpawner):
         # Canonical keys and string values: KubeSpawner looks choices up by string key.
         self.user_options = {"profile": choice.tier.slug, "image": choice.image_key, "gpus": str(choice.gpus)}
         await super().load_user_options()
+        if choice.tier.queue:
+            # Kueue counts the pod against the person's group on the tier (its own ClusterQueue).
+            queue = queue_for(choice.tier, self.user_groups(), self.user.name)
+            labels: dict[str, str] = dict(self.extra_labels)  # type: ignore[has-type]
+            self.extra_labels = {**labels, QUEUE_LABEL: queue}
 
     async def start(self) -> Any:
         """KubeSpawner's start, recorded in the audit trail as done or failed."""

@@ -36,7 +36,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from traitlets import Dict, Float, List, Unicode, default
 
-from hubforge.catalog import SERVER_STOP_GRACE, ChoiceError, Tier, ValidatedChoice, tier_env
+from hubforge.catalog import SERVER_STOP_GRACE, ChoiceError, ValidatedChoice, fair_share_group, tier_env
 from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV
 
 from ..tiers import TierSpawnerMixin
@@ -75,14 +75,6 @@ def shared_allocator(db_path: str, declared_gpus: list[dict[str, Any]], window_s
         Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         _ALLOCATORS[db_path] = GpuAllocator(inventory(declared_gpus), db_path, window_s=window_s)
     return _ALLOCATORS[db_path]
-
-
-def fair_share_group(user_groups: list[str], tier: Tier, fallback: str) -> str:
-    """The group a request is counted against: one the tier has a quota for, else the first group."""
-    for group in sorted(user_groups):
-        if group in tier.quota:
-            return group
-    return sorted(user_groups)[0] if user_groups else fallback
 
 
 class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):

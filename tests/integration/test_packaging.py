@@ -49,6 +49,9 @@ def test_wheel_ships_data_and_entry_points(wheel: Path) -> None:
         "hubforge/platform.schema.json",
         "hubforge/default-platform.yaml",
         "hubforge/hub/jupyterhub_config.py",
+        # What `hubforge k8s render` starts Kueue's configuration from, with its licence.
+        "hubforge/spawner_profiles/kubernetes/vendor/kueue/manager-config.yaml",
+        "hubforge/spawner_profiles/kubernetes/vendor/kueue/LICENSE",
     } <= names
     schemas = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hubforge" / "events" / "schemas").rglob("*.yaml")}
     assert schemas and schemas <= names, schemas - names  # the audit event schemas

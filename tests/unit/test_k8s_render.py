@@ -32,7 +32,12 @@ from hubforge.spawner_profiles.kubernetes.spawner import QUEUE_LABEL, HubforgeKu
 
 K8S_VERSION = "1.35.0"
 KUEUE = Path(__file__).resolve().parents[1] / "data" / "kueue"
-KUEUE_KINDS = {"ClusterQueue": "clusterqueues", "LocalQueue": "localqueues", "ResourceFlavor": "resourceflavors"}
+KUEUE_KINDS = {
+    "ClusterQueue": "clusterqueues",
+    "Cohort": "cohorts",
+    "LocalQueue": "localqueues",
+    "ResourceFlavor": "resourceflavors",
+}
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 OAUTH = {
     "type": "oauth",
@@ -83,13 +88,13 @@ def _closed(schema: Any) -> Any:
 
 @cache
 def kueue_validator(kind: str) -> jsonschema.Draft7Validator:
-    schema = json.loads((KUEUE / f"{KUEUE_KINDS[kind]}.v1beta1.json").read_text())
+    schema = json.loads((KUEUE / f"{KUEUE_KINDS[kind]}.v1beta2.json").read_text())
     schema.pop("$comment")
     return jsonschema.Draft7Validator(_closed(schema))
 
 
 def validate_kueue(obj: dict[str, Any]) -> None:
-    assert obj["apiVersion"] == "kueue.x-k8s.io/v1beta1"
+    assert obj["apiVersion"] == "kueue.x-k8s.io/v1beta2"
     errors = sorted(kueue_validator(obj["kind"]).iter_errors(obj), key=lambda e: list(e.absolute_path))
     assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
     meta = obj["metadata"]
@@ -101,19 +106,20 @@ def validate_kueue(obj: dict[str, Any]) -> None:
 def _check_cel_rules(obj: dict[str, Any]) -> None:
     """The CRDs' x-kubernetes-validations (CEL) that jsonschema cannot run, for what we write."""
     spec = obj["spec"]
-    if obj["kind"] == "ClusterQueue":
-        for group in spec["resourceGroups"]:
+    if obj["kind"] in ("ClusterQueue", "Cohort"):
+        for group in spec.get("resourceGroups", []):
             assert all(len(f["resources"]) == len(group["coveredResources"]) for f in group["flavors"])
             # Each flavor lists the covered resources in the same order.
             assert all([r["name"] for r in f["resources"]] == group["coveredResources"] for f in group["flavors"])
+    if obj["kind"] == "ClusterQueue":
         preemption = spec.get("preemption", {})
         assert not (
             preemption.get("reclaimWithinCohort", "Never") == "Never"
             and preemption.get("borrowWithinCohort", {}).get("policy", "Never") != "Never"
         )
-        if not spec.get("cohort"):
+        if not spec.get("cohortName"):
             limits = [r for g in spec["resourceGroups"] for f in g["flavors"] for r in f["resources"]]
-            assert not any("borrowingLimit" in r for r in limits)
+            assert not any("borrowingLimit" in r for r in limits), "borrowingLimit must be nil when cohort is empty"
     if obj["kind"] == "ResourceFlavor":
         assert len(spec.get("nodeLabels", {})) <= 8
 
@@ -122,13 +128,19 @@ def _check_cel_rules(obj: dict[str, Any]) -> None:
 
 
 def test_render_writes_the_expected_files(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert set(rendered) == {"helm-values.yaml", "hubforge-platform.yaml", "priority-classes.yaml", "kueue.yaml"}
+    assert set(rendered) == {
+        "helm-values.yaml",
+        "hubforge-platform.yaml",
+        "priority-classes.yaml",
+        "kueue-values.yaml",
+        "kueue.yaml",
+    }
 
 
 def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]]) -> None:
     seen = []
     for name, docs in rendered.items():
-        if name == "helm-values.yaml":
+        if name in ("helm-values.yaml", "kueue-values.yaml"):
             continue
         for doc in docs:
             if doc["kind"] in KUEUE_KINDS:
@@ -138,6 +150,7 @@ def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]]) -> No
             seen.append(doc["kind"])
     kinds = [
         "ClusterQueue",
+        "Cohort",
         "LocalQueue",
         "Namespace",
         "PriorityClass",
@@ -153,7 +166,7 @@ def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]]) -> No
 def test_the_kueue_validation_catches_mistakes() -> None:
     # The vendored schema and the closed-world check are not vacuous.
     good = {
-        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
         "kind": "LocalQueue",
         "metadata": {"name": "training", "namespace": "hubforge"},
         "spec": {"clusterQueue": "hubforge-training"},
@@ -164,7 +177,7 @@ def test_the_kueue_validation_catches_mistakes() -> None:
         with pytest.raises(AssertionError):
             validate_kueue(bad)
     cq = {
-        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
         "kind": "ClusterQueue",
         "metadata": {"name": "q"},
         "spec": {"fairSharing": {"weight": "heavy"}, "resourceGroups": []},
@@ -174,39 +187,103 @@ def test_the_kueue_validation_catches_mistakes() -> None:
 
 
 def test_kueue_objects_fit_together(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """A Cohort per queued tier holds its capacity, in the platform's cohort, with its weight;
+    in it, a ClusterQueue per group with a quota (borrowing at most that many GPUs) and one for
+    everybody else, each named by a LocalQueue in the user namespace."""
     catalog = load_catalog(load_config(environ={}))
     queued = [t for t in catalog if t.queue]
     flavors = {f["metadata"]["name"]: f for f in objects(rendered, "ResourceFlavor")}
-    cluster_queues = {q["metadata"]["name"]: q for q in objects(rendered, "ClusterQueue")}
+    cohorts = {c["metadata"]["name"]: c["spec"] for c in objects(rendered, "Cohort")}
+    cluster_queues = {q["metadata"]["name"]: q["spec"] for q in objects(rendered, "ClusterQueue")}
     local_queues = {q["metadata"]["name"]: q for q in objects(rendered, "LocalQueue")}
     # One flavor per GPU model, labelled as GPU feature discovery labels the nodes.
     assert set(flavors) == {"nvidia-a100-80gb", "nvidia-h100-80gb", "nvidia-a100-40gb"}
     assert flavors["nvidia-h100-80gb"]["spec"]["nodeLabels"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-    assert set(cluster_queues) == {f"hubforge-{t.slug}" for t in queued}
-    assert set(local_queues) == {t.queue for t in queued}
+    assert cohorts.pop("hubforge") == {}, "the platform's cohort, the tiers' parent"
+    assert set(cohorts) == {f"hubforge-{t.slug}" for t in queued}
+    expected_queues = set()
     for tier in queued:
-        cq = cluster_queues[f"hubforge-{tier.slug}"]["spec"]
-        assert cq["cohort"] == "hubforge"
-        assert cq["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "hubforge"}}
-        assert float(cq["fairSharing"]["weight"]) == tier.fair_share_weight
-        (group,) = cq["resourceGroups"]
+        cohort = cohorts[f"hubforge-{tier.slug}"]
+        assert cohort["parentName"] == "hubforge"
+        assert float(cohort["fairSharing"]["weight"]) == tier.fair_share_weight
+        (group,) = cohort["resourceGroups"]
         assert group["coveredResources"] == ["cpu", "memory", "nvidia.com/gpu"]
         (flavor,) = group["flavors"]
         assert flavor["name"] == tier.resources.model and flavor["name"] in flavors
         quota = {r["name"]: r["nominalQuota"] for r in flavor["resources"]}
-        assert tier.capacity is not None
+        assert tier.capacity is not None and tier.quota, "the shipped queued tiers have group quotas"
         assert quota["nvidia.com/gpu"] == tier.capacity.gpus
         assert quota["memory"] == tier.capacity.memory + "i"
-        lq = local_queues[tier.queue]
-        assert lq["metadata"]["namespace"] == "hubforge"
-        assert lq["spec"]["clusterQueue"] == f"hubforge-{tier.slug}"
-    weights = {name: q["spec"]["fairSharing"]["weight"] for name, q in cluster_queues.items()}
+        for grp in (*tier.quota, None):
+            name = f"hubforge-{tier.slug}" + (f"-{grp}" if grp else "")
+            cq = cluster_queues[name]
+            assert cq["cohortName"] == f"hubforge-{tier.slug}"
+            assert cq["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "hubforge"}}
+            assert cq["preemption"] == {"reclaimWithinCohort": "Never", "withinClusterQueue": "Never"}
+            (resources,) = [f["resources"] for g in cq["resourceGroups"] for f in g["flavors"]]
+            assert all(r["nominalQuota"] == 0 for r in resources), "the quota is the tier cohort's"
+            limits = {r["name"]: r.get("borrowingLimit") for r in resources}
+            assert limits == {"cpu": None, "memory": None, "nvidia.com/gpu": tier.quota[grp] if grp else None}
+            lq = local_queues[tier.queue + (f"-{grp}" if grp else "")]
+            assert lq["metadata"]["namespace"] == "hubforge"
+            assert lq["spec"]["clusterQueue"] == name
+            expected_queues.add(name)
+    assert set(cluster_queues) == expected_queues
+    weights = {name: c["fairSharing"]["weight"] for name, c in cohorts.items()}
     assert weights == {"hubforge-training": 2, "hubforge-hpo": 1, "hubforge-finetune": "0.5"}
+
+
+def test_kueue_values_turn_fair_sharing_and_the_pod_integration_on(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The manager configuration for Kueue's chart: the chart's own, with fair sharing (v1beta2:
+    present means on) and the pod integration; every key one Kueue's Configuration has."""
+    (values,) = rendered["kueue-values.yaml"]
+    assert set(values) == {"managerConfig"}
+    config = yaml.safe_load(values["managerConfig"]["controllerManagerConfigYaml"])
+    assert (config["apiVersion"], config["kind"]) == ("config.kueue.x-k8s.io/v1beta2", "Configuration")
+    assert config["fairSharing"] == {"preemptionStrategies": ["LessThanOrEqualToFinalShare", "LessThanInitialShare"]}
+    assert "pod" in config["integrations"]["frameworks"]
+    shipped = yaml.safe_load((KUEUE_VENDOR / "manager-config.yaml").read_text())
+    assert {k: v for k, v in config.items() if k not in ("fairSharing", "integrations")} == {
+        k: v for k, v in shipped.items() if k != "integrations"
+    }, "the rest as the chart ships it"
+    assert set(config) <= KUEUE_CONFIGURATION_FIELDS
+
+
+#: The JSON fields of Kueue v0.19.2's ``Configuration`` (apis/config/v1beta2/configuration_types.go).
+KUEUE_CONFIGURATION_FIELDS = {
+    "apiVersion", "kind", "namespace", "health", "metrics", "webhook", "leaderElection", "controller",
+    "clientConnection", "pprofBindAddress", "manageJobsWithoutQueueName", "managedJobsNamespaceSelector",
+    "internalCertManagement", "waitForPodsReady", "integrations", "multiKueue", "fairSharing",
+    "admissionFairSharing", "resources", "featureGates", "objectRetentionPolicies",
+}  # fmt: skip
+KUEUE_VENDOR = Path(__file__).resolve().parents[2] / "spawner_profiles" / "kubernetes" / "vendor" / "kueue"
+
+
+def test_a_group_name_that_is_no_dns_label_still_names_its_own_queues(tmp_path: Path) -> None:
+    """Kueue's names come from hub groups: any group name platform.yaml allows gives valid names
+    (``_`` is not allowed in them), and two never collide."""
+    raw = yaml.safe_load(default_config_text())
+    training = copy.deepcopy(raw["tiers"]["training"])
+    training["quota"] = {"data-scientist": 2, "ml_team": 4, "ml-team-b": 4, "ml.team": 1}
+    users = {**raw["users"], "mia": {"groups": ["ml_team", "ml-team-b", "ml.team"]}}
+    path = platform_file(tmp_path, {"tiers": {**raw["tiers"], "training": training}, "users": users})
+    cfg = load_config(path, environ={})
+    render_k8s(cfg, tmp_path / "out")
+    docs = list(yaml.safe_load_all((tmp_path / "out" / "kueue.yaml").read_text()))
+    for doc in docs:
+        validate_kueue(doc)
+    names = [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterQueue" and "training" in d["metadata"]["name"]]
+    assert len(names) == len(set(names)) == 5
+    assert "hubforge-training-data-scientist" in names, "a name that is a DNS label stays as it is"
 
 
 def test_a_queued_pod_names_a_rendered_local_queue(rendered: dict[str, list[dict[str, Any]]]) -> None:
     pod = render_pod(load_config(environ={}), "bob", "finetune", {})
     local_queues = {q["metadata"]["name"] for q in objects(rendered, "LocalQueue")}
+    # bob is an ML engineer: his pod counts against the ML engineers' quota on the tier.
+    assert pod["metadata"]["labels"][QUEUE_LABEL] == "finetune-ml-engineer"
     assert pod["metadata"]["labels"][QUEUE_LABEL] in local_queues
     classes = {c["metadata"]["name"] for c in objects(rendered, "PriorityClass")}
     assert pod["spec"]["priorityClassName"] in classes
@@ -394,13 +471,17 @@ def test_a_queued_cpu_only_tier_gets_a_cpu_flavor(tmp_path: Path) -> None:
     docs = list(yaml.safe_load_all((tmp_path / "out" / "kueue.yaml").read_text()))
     for doc in docs:
         validate_kueue(doc)
-    flavor, cq, _ = docs
+    (flavor,) = [d for d in docs if d["kind"] == "ResourceFlavor"]
     assert flavor["metadata"]["name"] == "cpu" and flavor["spec"] == {}
-    group = cq["spec"]["resourceGroups"][0]
+    (cohort,) = [d for d in docs if d["kind"] == "Cohort" and d["metadata"]["name"] == "hubforge-batch"]
+    group = cohort["spec"]["resourceGroups"][0]
     assert group["coveredResources"] == ["cpu", "memory"]
     assert group["flavors"][0]["resources"][0]["nominalQuota"] == "2500m"
     assert group["flavors"][0]["resources"][1]["nominalQuota"] == str(3 * 512 * 1024**2)
-    assert len(files) == 4
+    for cq in (d for d in docs if d["kind"] == "ClusterQueue"):
+        (resources,) = [f["resources"] for g in cq["spec"]["resourceGroups"] for f in g["flavors"]]
+        assert [r["name"] for r in resources] == ["cpu", "memory"] and not any("borrowingLimit" in r for r in resources)
+    assert len(files) == 5
 
 
 def test_the_demo_authenticator_is_refused_on_kubernetes(tmp_path: Path) -> None:
@@ -428,6 +509,7 @@ def test_cli_k8s_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "helm-values.yaml",
         "hubforge-platform.yaml",
         "priority-classes.yaml",
+        "kueue-values.yaml",
         "kueue.yaml",
     ]
 

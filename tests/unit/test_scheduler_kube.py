@@ -74,9 +74,10 @@ def test_a_run_is_a_valid_job_on_its_tier(tier: str, options: dict[str, str]) ->
     gpus = int(options.get("gpus", spec.resources.gpus.default))
     limits = container["resources"]["limits"]
     assert limits.get(spec.resources.gpu_resource or "-") == (str(gpus) if gpus else None)
-    # Kueue queues the Job (suspended until admitted), not its pod.
+    # Kueue queues the Job (suspended until admitted), not its pod, in the owner's group's queue.
     labels, pod_labels = manifest["metadata"]["labels"], pod["metadata"]["labels"]
-    assert labels.get(QUEUE_LABEL) == spec.queue and QUEUE_LABEL not in pod_labels
+    assert labels.get(QUEUE_LABEL) == (f"{spec.queue}-data-scientist" if spec.queue else None)
+    assert QUEUE_LABEL not in pod_labels
     assert job_spec["suspend"] is bool(spec.queue)
     assert labels[TIER_LABEL] == tier and (labels[JOB_LABEL], labels[RUN_LABEL]) == (RUN.job, RUN.id)
     # The network rules of people's pods hold for it; it may reach the hub's Service.

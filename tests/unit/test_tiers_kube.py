@@ -30,6 +30,7 @@ from hubforge.spawner_profiles.kubernetes.spawner import (
     kube_memory,
     offline_spawner,
     profile_for,
+    queue_for,
     render_pod,
 )
 
@@ -151,7 +152,10 @@ def test_every_tier_renders_a_valid_pod(user: str, tier: str, options: dict[str,
     (container,) = pod["spec"]["containers"]
     labels = pod["metadata"]["labels"]
     assert labels[TIER_LABEL] == tier
-    assert labels.get(QUEUE_LABEL) == spec.queue
+    # Queued: the LocalQueue of the person's group on the tier (its quota, its fair share).
+    assert labels.get(QUEUE_LABEL) == (queue_for(spec, cfg.user_groups(user), user) if spec.queue else None)
+    if spec.queue:
+        assert labels[QUEUE_LABEL] == f"{spec.queue}-{cfg.user_groups(user)[0]}"
     assert pod["metadata"]["namespace"] == "hubforge"
     assert pod["spec"]["nodeSelector"] == spec.node_selector
     assert pod["spec"]["tolerations"] == list(spec.tolerations)
