@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hubforge.catalog import load_catalog, personas_for_groups
+from hubforge.catalog import QUEUE_WAIT_S, load_catalog, personas_for_groups
 from hubforge.config import PlatformConfig
 from hubforge.contract import (
     CONFIG_ENV,
@@ -201,7 +201,12 @@ def configure_rbac(c: Any, cfg: PlatformConfig, kind: str | None = None) -> None
     """Personas become roles with custom scopes; configured users join their groups.
     ``kind``: where the hub runs (a :class:`~.services.Placement`'s; default: platform.yaml's spawner)."""
     c.JupyterHub.custom_scopes = {name: {"description": text} for name, text in CUSTOM_SCOPES.items()}
-    c.JupyterHub.load_roles = hub_roles(cfg.persona_groups(), persona_services())
+    # Added to the roles configured before (z2jh's idle culler, its ``hub.loadRoles``), not
+    # in their place: a service that lost its role gets 403 on every call.
+    ours = hub_roles(cfg.persona_groups(), persona_services())
+    names = {role["name"] for role in ours}
+    earlier = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    c.JupyterHub.load_roles = [role for role in earlier if role.get("name") not in names] + ours
     groups: dict[str, dict[str, list[str]]] = {
         group: {"users": []} for groups in cfg.persona_groups().values() for group in groups
     }
@@ -246,7 +251,7 @@ def configure_spawner(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     s.fair_share_window = local.fair_share_window_hours * 3600
     s.poll_interval = local.poll_interval
     # A queued spawn may wait for GPUs far longer than a server takes to start.
-    c.Spawner.start_timeout = max(cfg.hub.start_timeout, 24 * 3600)
+    c.Spawner.start_timeout = max(cfg.hub.start_timeout, QUEUE_WAIT_S)
 
 
 def one_machine(cfg: PlatformConfig, rt: Runtime) -> Placement:

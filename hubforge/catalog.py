@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the config validates with the catalog, never the other way 
     from .config import PlatformConfig
 
 __all__ = [
+    "QUEUE_WAIT_S",
     "SERVER_STOP_GRACE",
     "Capacity",
     "Catalog",
@@ -50,6 +51,10 @@ __all__ = [
 #: killed (Kubernetes). Stopping, it shuts its kernels down, and each ends its MLflow run
 #: and logs the fits still waiting (up to 20 s: see hubforge.server_extension.launch).
 SERVER_STOP_GRACE = 30
+
+#: How long a spawn may wait in a queued tier's queue (GPUs on one machine, Kueue on
+#: Kubernetes) before the hub gives it up: the spawners' start timeout when a tier is queued.
+QUEUE_WAIT_S = 24 * 3600
 
 #: The options a spawn request may carry besides the tier itself.
 OPTION_KEYS = ("image", "gpus")

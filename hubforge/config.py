@@ -286,6 +286,8 @@ class KubernetesSection:
     cohort: str
     #: The hub image (must have hubforge installed); empty: the chart's default.
     hub_image: str
+    #: Size of the hub pod's volume for the platform's data folder (a Kubernetes quantity).
+    data_volume_size: str
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from hubforge.catalog import Catalog, Tier, load_catalog
+from hubforge.catalog import QUEUE_WAIT_S, Catalog, Tier, load_catalog
 from hubforge.config import KubernetesSection, PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, PROXY_PEERS_ENV
 from hubforge.errors import ConfigError, HubforgeError
@@ -67,11 +67,15 @@ HUB_CONFIG_DIR = PurePosixPath("/etc/hubforge")
 #: The platform's data folder in the hub pod: on z2jh's hub volume.
 HUB_DATA_DIR = PurePosixPath("/srv/jupyterhub/hubforge")
 SECRET_NAME = "hubforge-platform"
+#: The hub pod's volume for the platform's data folder (HUB_DATA_DIR).
+DATA_VOLUME = "hubforge-data"
 #: z2jh's service account of the hub pod, where the governance service deploys from.
 HUB_SERVICE_ACCOUNT = "hub"
 #: The headless Service whose addresses are the proxy pods', and the labels z2jh gives them.
 PROXY_PEERS_SERVICE = "hubforge-proxy"
 PROXY_POD_LABELS = {"app": "jupyterhub", "component": "proxy"}
+#: The labels z2jh gives the hub pod (its legacy match labels, without the release's name).
+HUB_POD_LABELS = {"app": "jupyterhub", "component": "hub"}
 #: The Role in each model namespace that lets the hub deploy there.
 DEPLOY_ROLE = "hubforge-deploy"
 #: The Role in the user namespace that lets the scheduler run Jobs there.
@@ -153,8 +157,15 @@ def _hub_values(cfg: PlatformConfig, settings: KubernetesSection) -> dict[str, A
     ports = _ports(cfg)
     hub: dict[str, Any] = {
         "extraEnv": _hub_env(),
-        "extraVolumes": [{"name": SECRET_NAME, "secret": {"secretName": SECRET_NAME}}],
-        "extraVolumeMounts": [{"name": SECRET_NAME, "mountPath": str(HUB_CONFIG_DIR), "readOnly": True}],
+        "extraVolumes": [
+            {"name": SECRET_NAME, "secret": {"secretName": SECRET_NAME}},
+            {"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": DATA_VOLUME}},
+        ],
+        "extraVolumeMounts": [
+            {"name": SECRET_NAME, "mountPath": str(HUB_CONFIG_DIR), "readOnly": True},
+            # The platform's data on a volume of its own, not on the chart's 1Gi hub database volume.
+            {"name": DATA_VOLUME, "mountPath": str(HUB_DATA_DIR)},
+        ],
         "extraConfig": {"hubforge": EXTRA_CONFIG},
         "services": _services(cfg),
         # The proxy reaches the services on the hub's Service, beside the hub API.
@@ -182,15 +193,32 @@ def helm_values(cfg: PlatformConfig, catalog: Catalog) -> dict[str, Any]:
     # Servers reach the services on the hub's Service (the hub's NetworkPolicy above lets user
     # pods in), as the person's own hub identity: audit events, MLflow, `hubforge schedule`.
     singleuser: dict[str, Any] = {"extraEnv": server_service_env(cfg, kubernetes(cfg))}
+    queued = any(tier.queue for tier in catalog)
     return {
         "hub": _hub_values(cfg, settings),
         "singleuser": {
             **singleuser,
             "cmd": "jupyterhub-singleuser",
             "defaultUrl": cfg.spawner.default_url,
+            # A pod Kueue holds is a spawn still starting: it may wait as long as a queue does.
+            "startTimeout": max(cfg.hub.start_timeout, QUEUE_WAIT_S) if queued else cfg.hub.start_timeout,
+            # The chart lets people's pods reach the hub's API port only; they reach the
+            # services (MLflow, governance, ...) on the hub's Service too.
+            "networkPolicy": {
+                "egress": [
+                    {
+                        "to": [{"podSelector": {"matchLabels": dict(HUB_POD_LABELS)}}],
+                        "ports": [{"port": port, "protocol": "TCP"} for port in _ports(cfg).values()],
+                    }
+                ]
+            },
             # The static view; the hub replaces it with the per-user tiers (extraConfig).
             "profileList": [profile_for(tier) for tier in catalog],
         },
+        # The chart's image pullers would pull every tier's images onto every user node at
+        # install (its hook waits at most 5 minutes) and not onto the GPU nodes, which
+        # carry taints they do not tolerate: each tier's nodes pull their images on first use.
+        "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}, "pullProfileListImages": False},
     }
 
 
@@ -212,6 +240,15 @@ def platform_manifests(cfg: PlatformConfig) -> list[dict[str, Any]]:
             "type": "Opaque",
             # A Secret, not a ConfigMap: backend URLs and OAuth settings may carry credentials.
             "stringData": {"platform.yaml": _secret_config(cfg)},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": _metadata(DATA_VOLUME, ns),
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],  # the hub pod alone (the chart recreates it, never two)
+                "resources": {"requests": {"storage": kube_settings(cfg).data_volume_size}},
+            },
         },
     ]
     manifests.append(proxy_peers(ns))
@@ -479,6 +516,11 @@ def render_k8s(cfg: PlatformConfig, out_dir: str | Path) -> list[Path]:
     if cfg.auth.type == "demo":
         raise ConfigError(
             f"{cfg.source}: auth.type: the demo authenticator is for one machine; use oauth or ldap on Kubernetes"
+        )
+    if not cfg.hub.public_url:
+        raise ConfigError(
+            f"{cfg.source}: hub.public_url: required on Kubernetes (the address people open, e.g. "
+            "https://hub.example.org): MLflow accepts browsers' requests for that host and origin only"
         )
     catalog = load_catalog(cfg)
     settings = kube_settings(cfg)

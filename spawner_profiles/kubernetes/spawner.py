@@ -16,12 +16,15 @@ import asyncio
 import copy
 import hashlib
 import re
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kubespawner.spawner as kubespawner_module
+import yaml
 from kubernetes_asyncio import client
 from kubespawner import KubeSpawner
 from tornado import web
@@ -42,6 +45,7 @@ from hubforge.catalog import (
     tiers_for,
 )
 from hubforge.config import KubernetesSection, PlatformConfig
+from hubforge.contract import CONFIG_ENV, DATA_ENV
 from hubforge.hardware import memory_bytes
 
 from ..tiers import TierSpawnerMixin
@@ -241,6 +245,10 @@ class HubforgeKubeSpawner(TierSpawnerMixin, KubeSpawner):
         # Canonical keys and string values: KubeSpawner looks choices up by string key.
         self.user_options = {"profile": choice.tier.slug, "image": choice.image_key, "gpus": str(choice.gpus)}
         await super().load_user_options()
+        # KubeSpawner merges a profile's dicts (node selector, labels) into the configured ones
+        # but replaces lists: the chart's tolerations (its user-node taint) go with the tier's.
+        configured: list[dict[str, Any]] = self._configured["tolerations"]
+        self.tolerations = configured + [t for t in map(dict, choice.tier.tolerations) if t not in configured]
         if choice.tier.queue:
             # Kueue counts the pod against the person's group on the tier (its own ClusterQueue).
             queue = queue_for(choice.tier, self.user_groups(), self.user.name)
@@ -352,17 +360,25 @@ def user_groups(cfg: PlatformConfig, name: str) -> list[str]:
 
 @asynccontextmanager
 async def offline_spawner(
-    cfg: PlatformConfig, user: str, catalog: Catalog | None = None, groups: list[str] | None = None
+    cfg: PlatformConfig,
+    user: str,
+    catalog: Catalog | None = None,
+    groups: list[str] | None = None,
+    config: Config | None = None,
 ) -> AsyncIterator[HubforgeKubeSpawner]:
     """A HubforgeKubeSpawner for a user, configured as the hub would, with no cluster.
 
-    The user's groups are ``groups`` (as the hub has them), else the config's ``users:`` section's; the hub is
-    z2jh's (``http://hub:8081``). The spawner's API client points at
-    :data:`OFFLINE_HOST` and is closed on exit.
+    The user's groups are ``groups`` (as the hub has them), else the config's ``users:``
+    section's; the hub is z2jh's (``http://hub:8081``). ``config``: the hub's whole
+    configuration (the chart's ``jupyterhub_config.py`` run with the values), else only what
+    hubforge configures. The spawner's API client points at :data:`OFFLINE_HOST` and is
+    closed on exit.
     """
     catalog = catalog if catalog is not None else load_catalog(cfg)
-    c = Config()
-    configure_kubespawner(c, cfg, catalog)
+    c = config
+    if c is None:
+        c = Config()
+        configure_kubespawner(c, cfg, catalog)
     prefix = cfg.hub.base_url
     hub = _RenderHub(f"{prefix}hub/", f"http://hub:8081{prefix}hub/", f"http://hub:8081{prefix}hub/api")
     named = groups if groups is not None else user_groups(cfg, user)
@@ -384,15 +400,34 @@ async def render_pod_async(
     catalog = load_catalog(cfg)
     groups = user_groups(cfg, user)
     check_choice(catalog, groups, personas_for_groups(cfg.group_personas(), groups), tier, options)
-    async with offline_spawner(cfg, user, catalog) as spawner:
-        spawner.user_options = {"profile": tier, **options}
-        try:
-            await spawner.load_user_options()
-        except web.HTTPError as exc:
-            raise ChoiceError(exc.get_message() or str(exc), status=exc.status_code) from exc
-        pod = spawner.api.api_client.sanitize_for_serialization(await spawner.get_pod_manifest())
+    with chart_config(cfg, catalog) as c:
+        async with offline_spawner(cfg, user, catalog, config=c) as spawner:
+            spawner.user_options = {"profile": tier, **options}
+            try:
+                await spawner.load_user_options()
+            except web.HTTPError as exc:
+                raise ChoiceError(exc.get_message() or str(exc), status=exc.status_code) from exc
+            pod = spawner.api.api_client.sanitize_for_serialization(await spawner.get_pod_manifest())
     pod["metadata"]["namespace"] = spawner.namespace
     return pod
+
+
+@contextmanager
+def chart_config(cfg: PlatformConfig, catalog: Catalog) -> Iterator[Config]:
+    """The hub's configuration as the chart (:mod:`.chart`) builds it from ``hubforge k8s
+    render``'s values: its spawner settings (labels, user scheduler, security context, home
+    volume, metadata-blocking init container, environment) with ours (extraConfig) on top."""
+    from .chart import chart_hub_config, chart_values, helm_merge
+    from .render import helm_values
+
+    values = helm_merge(chart_values(), helm_values(cfg, catalog))
+    with tempfile.TemporaryDirectory(prefix="hubforge-render-") as scratch:
+        # The hub pod's platform.yaml (the Secret's), with a data folder that exists here.
+        mounted = Path(scratch) / "platform.yaml"
+        mounted.write_text(yaml.safe_dump({**cfg.data, "data_dir": scratch}, sort_keys=False))
+        env = {"POD_NAMESPACE": kube_settings(cfg).namespace, CONFIG_ENV: str(mounted), DATA_ENV: scratch}
+        with chart_hub_config(values, env, Path(scratch)) as c:
+            yield c
 
 
 def render_pod(cfg: PlatformConfig, user: str, tier: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -11,3 +11,16 @@ def write(tmp_path: Path, data: object) -> Path:
     path = tmp_path / "platform.yaml"
     path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
     return path
+
+
+#: An OAuth login (an identity provider that names each person's groups): what Kubernetes needs.
+OAUTH = {
+    "type": "oauth",
+    "oauth": {
+        "client_id": "hubforge",
+        "authorize_url": "https://idp.example.org/authorize",
+        "token_url": "https://idp.example.org/token",
+        "userdata_url": "https://idp.example.org/userinfo",
+        "persona_claim": "groups",
+    },
+}

@@ -52,6 +52,10 @@ def test_wheel_ships_data_and_entry_points(wheel: Path) -> None:
         # What `hubforge k8s render` starts Kueue's configuration from, with its licence.
         "hubforge/spawner_profiles/kubernetes/vendor/kueue/manager-config.yaml",
         "hubforge/spawner_profiles/kubernetes/vendor/kueue/LICENSE",
+        # The chart `hubforge profiles render` runs.
+        "hubforge/spawner_profiles/kubernetes/vendor/z2jh/values.yaml",
+        "hubforge/spawner_profiles/kubernetes/vendor/z2jh/files/hub/jupyterhub_config.py",
+        "hubforge/spawner_profiles/kubernetes/vendor/z2jh/files/hub/z2jh.py",
     } <= names
     schemas = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hubforge" / "events" / "schemas").rglob("*.yaml")}
     assert schemas and schemas <= names, schemas - names  # the audit event schemas

@@ -92,11 +92,13 @@ async def until(condition: Callable[[], bool], what: str, deadline_s: float = 5.
         await asyncio.sleep(0)
 
 
-async def first_status(allocator: GpuAllocator, request: GpuRequest, quotas: Quotas = NO_QUOTAS) -> asyncio.Task:
-    """Start acquiring in a task and return it once the request is queued."""
+async def first_status(
+    allocator: GpuAllocator, request: GpuRequest, quotas: Quotas = NO_QUOTAS, resume: str | None = None
+) -> asyncio.Task:
+    """Start acquiring in a task (``resume``: what asks for it again) and return it once the request is queued."""
 
     async def run() -> Allocation:
-        async with aclosing(allocator.acquire(request, quotas)) as steps:
+        async with aclosing(allocator.acquire(request, quotas, resume)) as steps:
             async for step in steps:
                 if isinstance(step, Allocation):
                     return step
@@ -476,9 +478,9 @@ def test_a_request_waiting_when_the_process_dies_is_named_and_keeps_its_place(
     _fill(first)
 
     async def before_the_crash() -> None:
-        alice = await first_status_resumable(first, req("alice", 1), '{"profile": "training"}')
+        alice = await first_status(first, req("alice", 1), NO_QUOTAS, '{"profile": "training"}')
         clock.advance(60)
-        bob = await first_status_resumable(first, req("bob", 1), '{"profile": "training", "gpus": 1}')
+        bob = await first_status(first, req("bob", 1), NO_QUOTAS, '{"profile": "training", "gpus": 1}')
         assert first.interrupted("alice/") is None, "alice's request is waited for here"
         for task in (alice, bob):  # the process dies: nobody waits any more, the record stays
             task.cancel()
@@ -496,9 +498,9 @@ def test_a_request_waiting_when_the_process_dies_is_named_and_keeps_its_place(
             _fill_again(crashed)
 
             async def crash() -> None:
-                await first_status_resumable(crashed, req("alice", 1), '{"profile": "training"}')
+                await first_status(crashed, req("alice", 1), NO_QUOTAS, '{"profile": "training"}')
                 clock.advance(60)
-                await first_status_resumable(crashed, req("bob", 1), '{"profile": "training", "gpus": 1}')
+                await first_status(crashed, req("bob", 1), NO_QUOTAS, '{"profile": "training", "gpus": 1}')
                 os._exit(0)
 
             asyncio.run(crash())
@@ -513,8 +515,8 @@ def test_a_request_waiting_when_the_process_dies_is_named_and_keeps_its_place(
     assert bob is not None and bob.arrival == alice.arrival + 60
 
     async def asked_again() -> None:
-        bob_task = await first_status_resumable(after, req("bob", 1), "{}")
-        alice_task = await first_status_resumable(after, req("alice", 1), "{}")
+        bob_task = await first_status(after, req("bob", 1), NO_QUOTAS, "{}")
+        alice_task = await first_status(after, req("alice", 1), NO_QUOTAS, "{}")
         assert [s.server_key for s in after.queue()] == ["alice/", "bob/"], "arrival order kept"
         after.release("a/")
         assert (await alice_task).server_key == "alice/" and not bob_task.done()
@@ -531,21 +533,6 @@ def _fill_again(allocator: GpuAllocator) -> None:
     for key in list(allocator.allocations()):
         allocator.release(key)
     _fill(allocator)
-
-
-async def first_status_resumable(allocator: GpuAllocator, request: GpuRequest, resume: str) -> asyncio.Task:
-    """As :func:`first_status`, for a request recorded with what asks for it again."""
-
-    async def run() -> Allocation:
-        async with aclosing(allocator.acquire(request, NO_QUOTAS, resume)) as steps:
-            async for step in steps:
-                if isinstance(step, Allocation):
-                    return step
-        raise AssertionError("acquire ended without an allocation")
-
-    task = asyncio.create_task(run())
-    await until(lambda: any(s.server_key == request.server_key for s in allocator.queue()), "the request to queue")
-    return task
 
 
 def test_usage_older_than_the_window_stops_counting(machine: list[Gpu], db: Path, clock: Clock) -> None:

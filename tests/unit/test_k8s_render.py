@@ -22,6 +22,7 @@ import yaml
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets.config import Config
 
+from harness.config import OAUTH
 from hubforge.catalog import load_catalog
 from hubforge.cli import main
 from hubforge.config import default_config_text, load_config
@@ -39,16 +40,6 @@ KUEUE_KINDS = {
     "ResourceFlavor": "resourceflavors",
 }
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-OAUTH = {
-    "type": "oauth",
-    "oauth": {
-        "client_id": "hubforge",
-        "authorize_url": "https://idp.example.org/authorize",
-        "token_url": "https://idp.example.org/token",
-        "userdata_url": "https://idp.example.org/userinfo",
-        "persona_claim": "groups",
-    },
-}
 
 
 def platform_file(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
@@ -153,6 +144,7 @@ def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]]) -> No
         "Cohort",
         "LocalQueue",
         "Namespace",
+        "PersistentVolumeClaim",
         "PriorityClass",
         "ResourceFlavor",
         "Role",
@@ -442,7 +434,8 @@ def test_no_model_namespaces_without_serving(tmp_path: Path) -> None:
     path = platform_file(tmp_path, {"services": {"serving": {"enabled": False}}})
     render_k8s(load_config(path, environ={}), tmp_path / "out")
     docs = list(yaml.safe_load_all((tmp_path / "out" / "hubforge-platform.yaml").read_text()))
-    assert [d["kind"] for d in docs] == ["Namespace", "Secret", "Service", "Role", "RoleBinding"]  # the scheduler's
+    kinds = ["Namespace", "Secret", "PersistentVolumeClaim", "Service", "Role", "RoleBinding"]  # the scheduler's
+    assert [d["kind"] for d in docs] == kinds
 
 
 def test_the_object_store_must_be_one_kserve_reads(tmp_path: Path) -> None:

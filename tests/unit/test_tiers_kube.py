@@ -158,7 +158,9 @@ def test_every_tier_renders_a_valid_pod(user: str, tier: str, options: dict[str,
         assert labels[QUEUE_LABEL] == f"{spec.queue}-{cfg.user_groups(user)[0]}"
     assert pod["metadata"]["namespace"] == "hubforge"
     assert pod["spec"]["nodeSelector"] == spec.node_selector
-    assert pod["spec"]["tolerations"] == list(spec.tolerations)
+    # The chart's (people's pods tolerate its user-node taint), then the tier's.
+    chart = [t for t in pod["spec"]["tolerations"] if t["key"].startswith("hub.jupyter.org")]
+    assert chart and pod["spec"]["tolerations"] == chart + list(spec.tolerations)
     assert pod["spec"]["priorityClassName"] == spec.priority_class
     assert pod["spec"]["activeDeadlineSeconds"] == spec.max_lifetime
     assert f"--ServerApp.shutdown_no_activity_timeout={spec.idle_timeout}" in container["args"]
