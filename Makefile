@@ -23,7 +23,7 @@ CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
 .PHONY: install up test test-unit test-integration test-features test-platform test-jupyterhub \
-	test-integration-then-features test-platform-then-jupyterhub bench lint clean
+	test-integration-then-features test-platform-then-jupyterhub bench lint dist clean
 
 install: $(STAMP) $(FEAST_STAMP) $(CHP) $(LABEXT_HOME)/package.json
 
@@ -138,6 +138,11 @@ test-jupyterhub: install
 
 bench: install
 	$(PY) -m bench
+
+# What the images (images/hub, images/user) are built from: the wheel in dist/ and the
+# JupyterLab extension in labextension/dist (built by install).
+dist: install
+	rm -rf dist && $(PY) -m build --wheel --no-isolation --outdir dist .
 
 # mypy cannot follow setup.cfg's package_dir, so it checks a tree of links laid out as the
 # package is imported (hubforge/hub -> hub/, ...): every hubforge.* import is then typed

@@ -35,6 +35,8 @@ from .services import (
     GOVERNANCE,
     MLFLOW,
     SCHEDULER,
+    SERVICE_START_TIMEOUT,
+    SERVICES,
     Placement,
     enabled_services,
     features_role,
@@ -44,6 +46,7 @@ from .services import (
     scheduler_role,
     server_service_env,
     service_role,
+    service_timeouts,
 )
 
 __all__ = [
@@ -283,6 +286,7 @@ def configure_services(c: Any, cfg: PlatformConfig, rt: Runtime) -> None:
     if MLFLOW.enabled(cfg):
         (cfg.data_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
     c.JupyterHub.services = hub_services(one_machine(cfg, rt))
+    configure_service_timeouts(c)
     configure_service_role(c, cfg)
     configure_landing(c, cfg)
 
@@ -323,3 +327,17 @@ def configure_service_role(c: Any, cfg: PlatformConfig) -> None:
     if SCHEDULER.name in names:
         roles.append(scheduler_role(cfg.persona_groups()))
     c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, *roles]
+
+
+def configure_service_timeouts(c: Any) -> None:
+    """Give hubforge's services their start timeout where this JupyterHub knows the field
+    (6.0 and later; the Zero to JupyterHub chart's hub may run an older one)."""
+    if not service_timeouts() or "services" not in c.JupyterHub:
+        return
+    ours = {spec.name for spec in SERVICES}
+    c.JupyterHub.services = [
+        {**service, "timeout": service.get("timeout", SERVICE_START_TIMEOUT)}
+        if service.get("name") in ours
+        else service
+        for service in c.JupyterHub.services
+    ]

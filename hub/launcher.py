@@ -21,6 +21,8 @@ proxy running for the next start to take over (:mod:`.handover`): an upgrade.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -30,9 +32,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import psutil
@@ -52,11 +54,13 @@ from .services import SERVICES, enabled_services, health_url, service_names
 
 __all__ = [
     "Platform",
+    "claim_privileged_ports",
     "demo_password",
     "find_proxy_command",
     "free_port",
     "free_privileged_port",
     "instance_processes",
+    "release_ports",
 ]
 
 SUPERVISOR_PID = "hubforge-up.pid"
@@ -100,6 +104,55 @@ def free_privileged_port(taken: set[int], host: str = "127.0.0.1") -> int | None
                 continue
         return port
     return None
+
+
+#: Where the platforms on this machine that use privileged ports say which they have taken
+#: (root only): a free port is free until its service binds it, seconds or more later, and
+#: two platforms starting at once would otherwise pick the same ones.
+PORT_CLAIMS = Path("/run/hubforge-ports.json")
+
+
+@contextmanager
+def _claims(path: Path = PORT_CLAIMS) -> Iterator[dict[str, dict[str, Any]]]:
+    """The claims of platforms whose launcher still runs, under an exclusive lock; written back."""
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            claims = json.loads(path.read_text())
+        except (OSError, ValueError):
+            claims = {}
+        live = {
+            instance: claim
+            for instance, claim in (claims.items() if isinstance(claims, dict) else [])
+            if isinstance(claim, dict) and psutil.pid_exists(int(claim.get("pid", 0)))
+        }
+        yield live
+        scratch = path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(live))
+        scratch.replace(path)
+
+
+def claim_privileged_ports(instance: str, wanted: list[int], taken: set[int], path: Path = PORT_CLAIMS) -> list[int]:
+    """``wanted`` with each 0 replaced by a free privileged port no other running platform has
+    claimed, recorded as this instance's (with this process as the claimant); a 0 stays when no
+    privileged port is free."""
+    with _claims(path) as claims:
+        claims.pop(instance, None)
+        others = {int(port) for claim in claims.values() for port in claim.get("ports", [])}
+        chosen: list[int] = []
+        for port in wanted:
+            if not port:
+                port = free_privileged_port(taken | others | set(chosen) | set(wanted)) or 0
+            chosen.append(port)
+        claims[instance] = {"pid": os.getpid(), "ports": [port for port in chosen if port]}
+    return chosen
+
+
+def release_ports(instance: str, path: Path = PORT_CLAIMS) -> None:
+    """Give up this instance's claim (its launcher is ending)."""
+    if path.exists():
+        with _claims(path) as claims:
+            claims.pop(instance, None)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -195,6 +248,7 @@ class Platform:
         self.handover: Handover | None = None
         self._claimed = False
         self._stopping = False
+        self._claimed_ports = False  # privileged ports recorded in PORT_CLAIMS
         self.isolation = Isolation("none")  # until init_isolation decides
 
     @property
@@ -286,10 +340,13 @@ class Platform:
         taken = {hub.port, *(port for port in wanted if port)}
         # People's processes run as their own accounts: internal ports they cannot bind.
         privileged = self.isolation.mode == "users" and os.geteuid() == 0
+        if privileged:
+            wanted = claim_privileged_ports(self.instance, wanted, taken)
+            self._claimed_ports = True
         ports = []
         for port in wanted:
             if not port:
-                port = (free_privileged_port(taken) if privileged else None) or free_port()
+                port = free_port()
                 while port in taken:
                     port = free_port()
                 taken.add(port)
@@ -402,6 +459,8 @@ class Platform:
         pidfile = self.cfg.data_dir / SUPERVISOR_PID
         if _read_pid(pidfile) == os.getpid():
             pidfile.unlink(missing_ok=True)
+        if self._claimed_ports:
+            release_ports(self.instance)
 
     def hand_over(self, timeout: float) -> None:
         """Stop the hub and its services; leave people's servers and the proxy to the next start."""

@@ -70,6 +70,7 @@ __all__ = [
     "server_service_env",
     "service_names",
     "service_role",
+    "service_timeouts",
 ]
 
 #: Seconds the hub waits for a service to answer after starting it (MLflow's first start
@@ -385,8 +386,16 @@ def hub_service(spec: ServiceSpec, placement: Placement) -> dict[str, Any]:
         "environment": {**placement.env, **spec.environment(placement)},
         "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": list(spec.oauth_client_allowed_scopes),
-        "timeout": SERVICE_START_TIMEOUT,
+        # No "timeout": the chart's JupyterHub may predate the field; each hub adds it
+        # (hubconfig.configure_service_timeouts), knowing its own version.
     }
+
+
+def service_timeouts() -> bool:
+    """Whether this JupyterHub lets a service say how long it takes to start (6.0 and later)."""
+    from jupyterhub.services.service import Service
+
+    return "timeout" in Service.class_trait_names()
 
 
 def hub_services(placement: Placement) -> list[dict[str, Any]]:

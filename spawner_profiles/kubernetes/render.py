@@ -92,7 +92,7 @@ EXTRA_CONFIG = """\
 # hubforge: every setting comes from the platform config mounted from a Secret.
 from hubforge.config import load_config
 from hubforge.hub.hubconfig import configure_audit, configure_auth, configure_landing, configure_rbac
-from hubforge.hub.hubconfig import configure_service_role
+from hubforge.hub.hubconfig import configure_service_role, configure_service_timeouts
 from hubforge.spawner_profiles.kubernetes.spawner import configure_kubespawner
 
 _platform = load_config()
@@ -102,6 +102,7 @@ configure_rbac(c, _platform, "kubernetes")
 configure_service_role(c, _platform)
 configure_landing(c, _platform)
 configure_kubespawner(c, _platform)
+configure_service_timeouts(c)
 """
 
 
@@ -522,8 +523,13 @@ def render_k8s(cfg: PlatformConfig, out_dir: str | Path) -> list[Path]:
             f"{cfg.source}: hub.public_url: required on Kubernetes (the address people open, e.g. "
             "https://hub.example.org): MLflow accepts browsers' requests for that host and origin only"
         )
-    catalog = load_catalog(cfg)
     settings = kube_settings(cfg)
+    if not settings.hub_image:
+        raise ConfigError(
+            f"{cfg.source}: spawner.kubernetes.hub_image: required on Kubernetes (the chart's own hub image "
+            "has no hubforge): build images/hub/Dockerfile and name the image here"
+        )
+    catalog = load_catalog(cfg)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -24,3 +24,6 @@ OAUTH = {
         "persona_claim": "groups",
     },
 }
+
+#: A hub image built from images/hub/Dockerfile, as an operator names it in platform.yaml.
+HUB_IMAGE = "registry.example.org/hubforge-hub:0.1.0"

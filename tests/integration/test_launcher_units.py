@@ -5,6 +5,7 @@ The parts that need no process are in tests/unit/test_launcher_units.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -151,3 +152,28 @@ def test_privileged_ports_are_free_ones_only_a_privileged_process_may_bind() -> 
     )
     refused = subprocess.run([sys.executable, "-c", probe, str(first)], user="nobody", check=False)
     assert refused.returncode == 13
+
+
+def test_platforms_starting_at_once_never_claim_the_same_privileged_port(tmp_path: Path) -> None:
+    """Free is free until bound, and a service binds its port seconds later: each launcher
+    records its ports, and another skips them while the launcher that claimed them lives."""
+    from hubforge.hub.launcher import claim_privileged_ports, release_ports
+
+    if os.geteuid() != 0:
+        return  # only root picks privileged ports
+    claims = tmp_path / "ports.json"
+    first = claim_privileged_ports("/srv/a", [0, 0, 0, 8081], set(), claims)
+    second = claim_privileged_ports("/srv/b", [0, 0, 0], set(), claims)
+    assert len(set(first[:3])) == 3 and first[3] == 8081, "a configured port is kept, and claimed"
+    assert set(first).isdisjoint(second), "none of a's ports for b, though none is bound yet"
+    again = claim_privileged_ports("/srv/a", [first[0], 0], set(), claims)
+    assert again[0] == first[0] and again[1] not in second, "a's new claim replaces its old one"
+    release_ports("/srv/a", claims)
+    recorded = json.loads(claims.read_text())
+    assert set(recorded) == {"/srv/b"}
+    # A claim whose launcher is gone counts for nothing.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claims.write_text(json.dumps({"/srv/c": {"pid": dead.pid, "ports": second}}))
+    reused = claim_privileged_ports("/srv/d", [0], set(), claims)
+    assert "/srv/c" not in json.loads(claims.read_text()) and reused[0] != 0

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.packaging import build_wheel
+
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = {
     "hubforge": "hubforge",
@@ -21,15 +23,7 @@ LAYOUT = {
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (found,) = out.glob("hubforge-*.whl")
-    return found
+    return build_wheel(tmp_path_factory.mktemp("dist"))
 
 
 def test_every_python_folder_is_in_the_wheel(wheel: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.config import OAUTH
+from harness.config import HUB_IMAGE, OAUTH
 from hubforge.config import load_config
 from hubforge.spawner_profiles.kubernetes.chart import chart_hub_config, chart_values, helm_merge, values_errors
 from hubforge.spawner_profiles.kubernetes.render import render_k8s
@@ -24,7 +24,12 @@ def deploy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The rendered files (name -> YAML documents) and our values merged over the chart's."""
     tmp = tmp_path_factory.mktemp("chart")
     path = tmp / "platform.yaml"
-    data = {"data_dir": str(tmp / "data"), "hub": {"public_url": "https://hub.example.org"}, "auth": OAUTH}
+    data = {
+        "data_dir": str(tmp / "data"),
+        "hub": {"public_url": "https://hub.example.org"},
+        "auth": OAUTH,
+        "spawner": {"kubernetes": {"hub_image": HUB_IMAGE}},
+    }
     path.write_text(yaml.safe_dump(data))
     files = render_k8s(load_config(path, environ={}), tmp / "out")
     rendered = {f.name: list(yaml.safe_load_all(f.read_text())) for f in files}
@@ -183,3 +188,30 @@ def test_profiles_render_shows_the_pod_the_chart_makes() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["HUBFORGE_MLFLOW_URL"].startswith("http://hub:") and env["HUBFORGE_TIER"] == "training"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_services_get_a_start_timeout_only_from_a_jupyterhub_that_has_the_field(hub_config: Any) -> None:
+    """The chart's hub runs JupyterHub 5.5, which refuses a service's ``timeout`` (6.0 added
+    it): the values leave it out and the hub adds it where its own JupyterHub knows it."""
+    from hubforge.hub.services import SERVICE_START_TIMEOUT, service_timeouts
+
+    services = {s["name"]: s for s in hub_config.JupyterHub.services}
+    expected = SERVICE_START_TIMEOUT if service_timeouts() else None
+    assert services["mlflow"].get("timeout") == expected
+    assert "timeout" not in services["jupyterhub-idle-culler"]
+
+
+def test_the_hub_runs_the_hubforge_hub_image(deploy: dict[str, Any], tmp_path: Path) -> None:
+    """The chart's own hub image has no hubforge: the values name ours, and a render without
+    one is refused in one line."""
+    from harness.config import HUB_IMAGE
+    from hubforge.errors import ConfigError
+
+    image = deploy["values"]["hub"]["image"]
+    assert (image["name"], image["tag"]) == tuple(HUB_IMAGE.rsplit(":", 1))
+    path = tmp_path / "platform.yaml"
+    data = {"data_dir": str(tmp_path / "data"), "hub": {"public_url": "https://hub.example.org"}, "auth": OAUTH}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"spawner.kubernetes.hub_image: required on Kubernetes") as info:
+        render_k8s(load_config(path, environ={}), tmp_path / "out")
+    assert "\n" not in str(info.value)

@@ -22,10 +22,10 @@ import yaml
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets.config import Config
 
-from harness.config import OAUTH
+from harness.config import HUB_IMAGE, OAUTH
 from hubforge.catalog import load_catalog
 from hubforge.cli import main
-from hubforge.config import default_config_text, load_config
+from hubforge.config import default_config_text, load_config, merge
 from hubforge.errors import ConfigError
 from hubforge.personas import CUSTOM_SCOPES
 from hubforge.spawner_profiles.kubernetes.render import HUB_DATA_DIR, render_k8s
@@ -44,8 +44,13 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 
 def platform_file(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
     path = tmp_path / "platform.yaml"
-    data = {"data_dir": str(tmp_path / "data"), "hub": {"public_url": "https://hub.example.org"}, "auth": OAUTH}
-    path.write_text(yaml.safe_dump({**data, **(extra or {})}))
+    data = {
+        "data_dir": str(tmp_path / "data"),
+        "hub": {"public_url": "https://hub.example.org"},
+        "auth": OAUTH,
+        "spawner": {"kubernetes": {"hub_image": HUB_IMAGE}},
+    }
+    path.write_text(yaml.safe_dump(merge(data, extra or {})))
     return path
 
 

@@ -89,7 +89,6 @@ def test_each_service_renders_alike_field_by_field(tmp_path: Path, spec: Service
             "environment",
             "oauth_no_confirm",
             "oauth_client_allowed_scopes",
-            "timeout",
         }
     )
     shared_local = {k: v for k, v in ours["environment"].items() if k in local.env}
@@ -126,7 +125,10 @@ def test_the_hub_gets_every_enabled_service_as_rendered(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     c = Config()
     configure(c, cfg, runtime())
-    assert c.JupyterHub.services == services.hub_services(one_machine(cfg, runtime()))
+    rendered = services.hub_services(one_machine(cfg, runtime()))
+    # As rendered, and with its start timeout where this JupyterHub knows the field.
+    timeout = {"timeout": services.SERVICE_START_TIMEOUT} if services.service_timeouts() else {}
+    assert c.JupyterHub.services == [{**timeout, **entry} for entry in rendered]
     assert [s["name"] for s in c.JupyterHub.services] == [
         "governance",
         "mlflow",
