@@ -33,6 +33,9 @@ $(PY):
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e ".[test,dev]"
+	# The tests' helm engine (helm lint of the chart with our values): Helm's Go library with
+	# Python bindings. Its wheel asks for Python 3.12; the bindings (cffi) run on 3.11.
+	$(PY) -m pip install --quiet --no-deps --ignore-requires-python "helm-sdkpy==0.1.32"
 	# An editable install skips data_files: enable the server extension as a wheel would.
 	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d
 	cp server_extension/jupyter_server_config.d/hubforge.json $(VENV)/etc/jupyter/jupyter_server_config.d/

@@ -1,13 +1,14 @@
 """The Zero to JupyterHub chart as its hub pod runs it, without a cluster.
 
-The chart is vendored at one release (``vendor/z2jh/``, see its README): its
-``values.yaml``, ``values.schema.yaml`` and the two files its hub pod runs,
+The chart is vendored at one release (``vendor/z2jh/``, see its README), whole: its
+values, schema and templates, and the two files its hub pod runs,
 ``jupyterhub_config.py`` and ``z2jh.py``. :func:`chart_hub_config` merges values over
 the chart's as helm does, lays out what the chart's Secret and ConfigMap would mount
 (with the secrets the chart generates), and runs the chart's ``jupyterhub_config.py``
 in this process: the hub's configuration as the hub pod would build it, our
 ``hub.extraConfig`` included. ``hubforge profiles render`` builds its pod from it, and
-the tests check that what ``hubforge k8s render`` writes is what the chart runs.
+the tests check that what ``hubforge k8s render`` writes is what the chart runs
+(and ``helm lint`` the chart with it).
 """
 
 from __future__ import annotations

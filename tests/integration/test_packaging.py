@@ -50,6 +50,8 @@ def test_wheel_ships_data_and_entry_points(wheel: Path) -> None:
         "hubforge/spawner_profiles/kubernetes/vendor/z2jh/values.yaml",
         "hubforge/spawner_profiles/kubernetes/vendor/z2jh/files/hub/jupyterhub_config.py",
         "hubforge/spawner_profiles/kubernetes/vendor/z2jh/files/hub/z2jh.py",
+        "hubforge/spawner_profiles/kubernetes/vendor/z2jh/Chart.yaml",
+        "hubforge/spawner_profiles/kubernetes/vendor/z2jh/templates/hub/deployment.yaml",
     } <= names
     schemas = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hubforge" / "events" / "schemas").rglob("*.yaml")}
     assert schemas and schemas <= names, schemas - names  # the audit event schemas
