@@ -215,3 +215,24 @@ def test_the_hub_runs_the_hubforge_hub_image(deploy: dict[str, Any], tmp_path: P
     with pytest.raises(ConfigError, match=r"spawner.kubernetes.hub_image: required on Kubernetes") as info:
         render_k8s(load_config(path, environ={}), tmp_path / "out")
     assert "\n" not in str(info.value)
+
+
+def test_every_service_command_resolves_in_the_hub_image(hub_config: Any) -> None:
+    """The hub pod starts each service by its command: a module of hubforge (``python3 -m``),
+    or a console script of a package the hub image installs with hubforge (MLflow's)."""
+    import importlib.util
+    from importlib.metadata import distribution, entry_points
+
+    requires = {r.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower()
+                for r in distribution("hubforge").requires or []}  # fmt: skip
+    scripts = {ep.name: ep for ep in entry_points(group="console_scripts")}
+    ours = [s for s in hub_config.JupyterHub.services if s["name"] != "jupyterhub-idle-culler"]
+    assert {s["name"] for s in ours} >= {"governance", "mlflow"}
+    for service in ours:
+        command = service["command"]
+        if command[:2] == ["python3", "-m"]:
+            assert importlib.util.find_spec(command[2]) is not None, command
+        else:
+            script = scripts.get(command[0])
+            assert script is not None and script.dist is not None, command
+            assert script.dist.metadata["Name"].lower() in requires, f"{command[0]} comes with hubforge's requirements"
