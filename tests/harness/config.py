@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,3 +28,17 @@ OAUTH = {
 
 #: A hub image built from images/hub/Dockerfile, as an operator names it in platform.yaml.
 HUB_IMAGE = "registry.example.org/hubforge-hub:0.1.0"
+
+
+def kubernetes_platform(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """A platform.yaml Kubernetes renders from (an OAuth login, the public address, a hub
+    image), with ``extra`` merged over it; its data folder under ``tmp_path``."""
+    from hubforge.config import merge
+
+    data = {
+        "data_dir": str(tmp_path / "data"),
+        "hub": {"public_url": "https://hub.example.org"},
+        "auth": OAUTH,
+        "spawner": {"kubernetes": {"hub_image": HUB_IMAGE}},
+    }
+    return write(tmp_path, merge(data, extra or {}))

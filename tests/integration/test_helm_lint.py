@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import HUB_IMAGE, OAUTH
+from harness.config import kubernetes_platform
 from hubforge.config import load_config
 from hubforge.spawner_profiles.kubernetes.chart import CHART, CHART_VERSION, helm_merge
 from hubforge.spawner_profiles.kubernetes.render import render_k8s
@@ -35,15 +35,7 @@ def _lint(chart: Path, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_helm_lints_the_chart_with_our_values(tmp_path: Path) -> None:
-    platform = tmp_path / "platform.yaml"
-    data = {
-        "data_dir": str(tmp_path / "data"),
-        "hub": {"public_url": "https://hub.example.org"},
-        "auth": OAUTH,
-        "spawner": {"kubernetes": {"hub_image": HUB_IMAGE}},
-    }
-    platform.write_text(yaml.safe_dump(data))
-    render_k8s(load_config(platform, environ={}), tmp_path / "out")
+    render_k8s(load_config(kubernetes_platform(tmp_path), environ={}), tmp_path / "out")
     (ours,) = yaml.safe_load_all((tmp_path / "out" / "helm-values.yaml").read_text())
     chart = tmp_path / "chart"
     shutil.copytree(CHART, chart)

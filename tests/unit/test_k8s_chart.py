@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.config import HUB_IMAGE, OAUTH
+from harness.config import OAUTH, kubernetes_platform
 from hubforge.config import load_config
 from hubforge.spawner_profiles.kubernetes.chart import chart_hub_config, chart_values, helm_merge, values_errors
 from hubforge.spawner_profiles.kubernetes.render import render_k8s
@@ -23,15 +23,7 @@ from hubforge.spawner_profiles.kubernetes.render import render_k8s
 def deploy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The rendered files (name -> YAML documents) and our values merged over the chart's."""
     tmp = tmp_path_factory.mktemp("chart")
-    path = tmp / "platform.yaml"
-    data = {
-        "data_dir": str(tmp / "data"),
-        "hub": {"public_url": "https://hub.example.org"},
-        "auth": OAUTH,
-        "spawner": {"kubernetes": {"hub_image": HUB_IMAGE}},
-    }
-    path.write_text(yaml.safe_dump(data))
-    files = render_k8s(load_config(path, environ={}), tmp / "out")
+    files = render_k8s(load_config(kubernetes_platform(tmp), environ={}), tmp / "out")
     rendered = {f.name: list(yaml.safe_load_all(f.read_text())) for f in files}
     (ours,) = rendered["helm-values.yaml"]
     (secret,) = [d for d in rendered["hubforge-platform.yaml"] if d["kind"] == "Secret"]

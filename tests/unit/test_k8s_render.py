@@ -22,10 +22,10 @@ import yaml
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets.config import Config
 
-from harness.config import HUB_IMAGE, OAUTH
+from harness.config import kubernetes_platform
 from hubforge.catalog import load_catalog
 from hubforge.cli import main
-from hubforge.config import default_config_text, load_config, merge
+from hubforge.config import default_config_text, load_config
 from hubforge.errors import ConfigError
 from hubforge.personas import CUSTOM_SCOPES
 from hubforge.spawner_profiles.kubernetes.render import HUB_DATA_DIR, render_k8s
@@ -42,23 +42,11 @@ KUEUE_KINDS = {
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def platform_file(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
-    path = tmp_path / "platform.yaml"
-    data = {
-        "data_dir": str(tmp_path / "data"),
-        "hub": {"public_url": "https://hub.example.org"},
-        "auth": OAUTH,
-        "spawner": {"kubernetes": {"hub_image": HUB_IMAGE}},
-    }
-    path.write_text(yaml.safe_dump(merge(data, extra or {})))
-    return path
-
-
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     """File name -> its YAML documents, for the shipped tiers with OAuth."""
     tmp = tmp_path_factory.mktemp("k8s")
-    files = render_k8s(load_config(platform_file(tmp), environ={}), tmp / "out")
+    files = render_k8s(load_config(kubernetes_platform(tmp), environ={}), tmp / "out")
     return {path.name: list(yaml.safe_load_all(path.read_text())) for path in files}
 
 
@@ -265,7 +253,7 @@ def test_a_group_name_that_is_no_dns_label_still_names_its_own_queues(tmp_path: 
     training = copy.deepcopy(raw["tiers"]["training"])
     training["quota"] = {"data-scientist": 2, "ml_team": 4, "ml-team-b": 4, "ml.team": 1}
     users = {**raw["users"], "mia": {"groups": ["ml_team", "ml-team-b", "ml.team"]}}
-    path = platform_file(tmp_path, {"tiers": {**raw["tiers"], "training": training}, "users": users})
+    path = kubernetes_platform(tmp_path, {"tiers": {**raw["tiers"], "training": training}, "users": users})
     cfg = load_config(path, environ={})
     render_k8s(cfg, tmp_path / "out")
     docs = list(yaml.safe_load_all((tmp_path / "out" / "kueue.yaml").read_text()))
@@ -376,7 +364,7 @@ def test_extra_config_configures_the_hub(
 
 
 def test_mlflow_disabled_and_settings(tmp_path: Path) -> None:
-    path = platform_file(tmp_path, {"services": {"mlflow": {"enabled": False}, "governance": {"port": 9911}}})
+    path = kubernetes_platform(tmp_path, {"services": {"mlflow": {"enabled": False}, "governance": {"port": 9911}}})
     files = render_k8s(load_config(path, environ={}), tmp_path / "out")
     values = yaml.safe_load(files[0].read_text())
     assert set(values["hub"]["services"]) == {"governance", "apps", "scheduler"}
@@ -436,7 +424,7 @@ def test_the_scheduler_may_run_jobs_in_the_user_namespace_and_nothing_more(
 
 
 def test_no_model_namespaces_without_serving(tmp_path: Path) -> None:
-    path = platform_file(tmp_path, {"services": {"serving": {"enabled": False}}})
+    path = kubernetes_platform(tmp_path, {"services": {"serving": {"enabled": False}}})
     render_k8s(load_config(path, environ={}), tmp_path / "out")
     docs = list(yaml.safe_load_all((tmp_path / "out" / "hubforge-platform.yaml").read_text()))
     kinds = ["Namespace", "Secret", "PersistentVolumeClaim", "Service", "Role", "RoleBinding"]  # the scheduler's
@@ -445,17 +433,17 @@ def test_no_model_namespaces_without_serving(tmp_path: Path) -> None:
 
 def test_the_object_store_must_be_one_kserve_reads(tmp_path: Path) -> None:
     kube = {"spawner": {"type": "kubernetes"}}
-    path = platform_file(tmp_path, {**kube, "backends": {"object_store_url": "/srv/models"}})
+    path = kubernetes_platform(tmp_path, {**kube, "backends": {"object_store_url": "/srv/models"}})
     with pytest.raises(ConfigError, match=r"backends.object_store_url: KServe serves approved models from s3:// or "
                                           r"gs:// URLs, not '/srv/models'"):  # fmt: skip
         load_config(path, environ={})
     same = {"kserve": {"namespaces": {"production": "models", "staging": "models"}}}
-    path = platform_file(tmp_path, {**kube, "services": {"serving": same}})
+    path = kubernetes_platform(tmp_path, {**kube, "services": {"serving": same}})
     with pytest.raises(ConfigError, match="production and staging need one each"):
         load_config(path, environ={})
-    path = platform_file(tmp_path, {**kube, "backends": {"object_store_url": "s3://models/hubforge"}})
+    path = kubernetes_platform(tmp_path, {**kube, "backends": {"object_store_url": "s3://models/hubforge"}})
     assert load_config(path, environ={}).backends.object_store_url == "s3://models/hubforge"
-    local = platform_file(tmp_path, {"backends": {"object_store_url": "/srv/models"}})
+    local = kubernetes_platform(tmp_path, {"backends": {"object_store_url": "/srv/models"}})
     assert load_config(local, environ={}).backends.object_store_url == "/srv/models"  # MLflow's, on one machine
 
 
@@ -464,7 +452,7 @@ def test_a_queued_cpu_only_tier_gets_a_cpu_flavor(tmp_path: Path) -> None:
     batch["resources"] = {"cpu": {"guarantee": 1, "limit": "1500m"}, "memory": {"guarantee": "1G", "limit": "2G"}}
     batch.pop("node_selector")
     batch["capacity"] = {"gpus": 0, "cpu": "2500m", "memory": "1.5G"}
-    path = platform_file(tmp_path, {"tiers": {"batch": batch}})
+    path = kubernetes_platform(tmp_path, {"tiers": {"batch": batch}})
     files = render_k8s(load_config(path, environ={}), tmp_path / "out")
     docs = list(yaml.safe_load_all((tmp_path / "out" / "kueue.yaml").read_text()))
     for doc in docs:
@@ -500,7 +488,7 @@ def run_cli(argv: Sequence[str]) -> int:
 
 
 def test_cli_k8s_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = platform_file(tmp_path)
+    path = kubernetes_platform(tmp_path)
     assert run_cli(["k8s", "render", "--out", str(tmp_path / "out"), "--config", str(path)]) == 0
     out = capsys.readouterr().out.split()
     assert [Path(p).name for p in out] == [
