@@ -449,12 +449,15 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
                 answer = await AsyncHTTPClient().fetch(
                     url, method="POST", body=json.dumps(options), headers=headers, raise_error=False
                 )
-            except OSError as exc:
+            except OSError as exc:  # not listening yet
                 code: int | str = f"the hub does not answer: {exc}"
             else:
+                body = answer.body or b""
+                if answer.code in (201, 202):
+                    return answer.code
+                if answer.code != 400 or b"pending" not in body:  # only "still stopping it" is worth a retry
+                    return f"{answer.code} {body.decode(errors='replace')}"
                 code = answer.code
-                if code not in (400, 599) or b"pending" not in (answer.body or b""):
-                    return code if code in (201, 202) else f"{code} {(answer.body or b'').decode(errors='replace')}"
             if time.monotonic() > deadline:
                 return code
             await asyncio.sleep(1.0)
