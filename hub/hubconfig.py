@@ -28,6 +28,7 @@ from hubforge.events.spool import platform_spool_dir
 from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
 
 from .auth import audited, oauth_groups_key
+from .compat import give_services_time
 from .requests_audit import audited_log_function
 from .services import (
     APPS,
@@ -46,7 +47,6 @@ from .services import (
     scheduler_role,
     server_service_env,
     service_role,
-    service_timeouts,
 )
 
 __all__ = [
@@ -330,9 +330,10 @@ def configure_service_role(c: Any, cfg: PlatformConfig) -> None:
 
 
 def configure_service_timeouts(c: Any) -> None:
-    """Give hubforge's services their start timeout where this JupyterHub knows the field
-    (6.0 and later; the Zero to JupyterHub chart's hub may run an older one)."""
-    if not service_timeouts() or "services" not in c.JupyterHub:
+    """Give hubforge's services their start timeout: the field where this JupyterHub knows it
+    (6.0 and later), the same wait by :func:`~hubforge.hub.compat.give_services_time` where
+    it does not (the Zero to JupyterHub chart's hub runs 5.5)."""
+    if give_services_time(SERVICE_START_TIMEOUT) or "services" not in c.JupyterHub:
         return
     ours = {spec.name for spec in SERVICES}
     c.JupyterHub.services = [

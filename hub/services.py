@@ -70,7 +70,6 @@ __all__ = [
     "server_service_env",
     "service_names",
     "service_role",
-    "service_timeouts",
 ]
 
 #: Seconds the hub waits for a service to answer after starting it (MLflow's first start
@@ -389,13 +388,6 @@ def hub_service(spec: ServiceSpec, placement: Placement) -> dict[str, Any]:
         # No "timeout": the chart's JupyterHub may predate the field; each hub adds it
         # (hubconfig.configure_service_timeouts), knowing its own version.
     }
-
-
-def service_timeouts() -> bool:
-    """Whether this JupyterHub lets a service say how long it takes to start (6.0 and later)."""
-    from jupyterhub.services.service import Service
-
-    return "timeout" in Service.class_trait_names()
 
 
 def hub_services(placement: Placement) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ from tornado.web import HTTPError
 
 from hubforge.errors import MLFLOW_CODES, Unavailable
 from hubforge.events.spool import EventSpool
+from hubforge.hub.compat import pkce_challenge
 from hubforge.proxies import ProxyPeers
 
 from .audit import Recorder, Watch
@@ -506,13 +507,12 @@ class HubGate:
 
     def _login_redirect(self, request: Request) -> Response:
         """Send the browser to the hub's authorize URL; remember where it was going."""
-        verifier, challenge, method = self.hub_auth.generate_pkce_code_challenge()
+        verifier, pkce = pkce_challenge(self.hub_auth)
         state = secrets.token_urlsafe(16)
         target = request.scope.get("raw_path") or request.scope["path"].encode()
         if query := request.scope.get("query_string"):
             target += b"?" + query
         saved = {"state": state, "next": target.decode("latin-1"), "verifier": verifier}
-        pkce = {"code_challenge": challenge, "code_challenge_method": method}
         url = url_concat(self.hub_auth.login_url, {"state": state, **pkce})
         response = RedirectResponse(url, status_code=302)
         self._set_cookie(response, request, STATE_COOKIE, self.states.dumps(saved))
@@ -529,7 +529,8 @@ class HubGate:
             again = f"OAuth state missing, expired or wrong: open {self.prefix} again."
             return PlainTextResponse(again, 400)
         code, verifier = params.get("code", ""), saved.get("verifier")
-        exchange = partial(self.hub_auth.token_for_code, code, code_verifier=verifier)
+        pkce = {"code_verifier": verifier} if verifier else {}  # no PKCE on JupyterHub 5
+        exchange = partial(self.hub_auth.token_for_code, code, **pkce)
         try:
             token = await anyio.to_thread.run_sync(exchange)
         except (HTTPError, KeyError, TypeError) as exc:

@@ -163,10 +163,14 @@ def derived_environment(folder: Path) -> Path:
 
 
 class PlatformProcess:
-    """`hubforge up` as a subprocess on free ports with its own data folder."""
+    """`hubforge up` as a subprocess on free ports with its own data folder, in the test run's
+    environment with ``environment`` over it."""
 
-    def __init__(self, data_dir: Path, overrides: dict[str, Any] | None = None):
+    def __init__(
+        self, data_dir: Path, overrides: dict[str, Any] | None = None, environment: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
+        self.environment = environment or {}
         self.port = free_port()
         # Run as root, people's servers run as accounts of this test run's own prefix (where
         # those accounts can run the platform at all: see NO_ACCOUNTS).
@@ -207,6 +211,7 @@ class PlatformProcess:
         env.update({"HUBFORGE_DEMO_PASSWORD": DEMO_PASSWORD, "PYTHONUNBUFFERED": "1"})
         env.pop("HUBFORGE_DATA", None)
         env.pop("HUBFORGE_CONFIG", None)
+        env.update(self.environment)
         return env
 
     def start(self, *args: str) -> None:
@@ -320,6 +325,16 @@ class HubSession:
         return self.client.post(
             f"/services/governance/api/requests/{request_id}/decision", json=body, headers={"X-XSRFToken": xsrf}
         )
+
+
+def running(proc: PlatformProcess) -> Iterator[PlatformProcess]:
+    """``proc`` started and answering, for a fixture to yield from; stopped after."""
+    proc.start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
 
 
 def api(url: str, token: str) -> httpx.Client:

@@ -17,6 +17,7 @@ from harness.platform import (
     claim_test_accounts,
     pg_databases,
     remove_test_accounts,
+    running,
 )
 
 
@@ -31,13 +32,7 @@ def test_accounts() -> Iterator[None]:
 
 
 def _run(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: dict) -> Iterator[PlatformProcess]:
-    proc = PlatformProcess(tmp_path_factory.mktemp(name) / "data", overrides)
-    proc.start()
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
+    yield from running(PlatformProcess(tmp_path_factory.mktemp(name) / "data", overrides))
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -21,6 +21,7 @@ from harness.platform import (
     api,
     derived_environment,
     experiment_runs,
+    running,
     wait_for,
 )
 from harness.server import KernelChannel
@@ -56,13 +57,7 @@ def gpu_platform(tmp_path_factory: pytest.TempPathFactory, torch_env: Path) -> I
         "environments": {"scipy": "platform", "pytorch": str(torch_env)},
     }
     overrides = {"users": USERS, "spawner": {"local": local}}
-    proc = PlatformProcess(tmp_path_factory.mktemp("gpus") / "data", overrides)
-    proc.start()
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
+    yield from running(PlatformProcess(tmp_path_factory.mktemp("gpus") / "data", overrides))
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from traitlets.config import Config
 
 from hubforge.config import load_config
 from hubforge.hub.auth import AuditedLogins
+from hubforge.hub.compat import service_timeouts
 from hubforge.hub.hubconfig import Runtime, configure
-from hubforge.hub.services import service_timeouts
 
 RT = Runtime(
     hub_port=1001,

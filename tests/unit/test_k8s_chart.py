@@ -185,7 +185,8 @@ def test_profiles_render_shows_the_pod_the_chart_makes() -> None:
 def test_services_get_a_start_timeout_only_from_a_jupyterhub_that_has_the_field(hub_config: Any) -> None:
     """The chart's hub runs JupyterHub 5.5, which refuses a service's ``timeout`` (6.0 added
     it): the values leave it out and the hub adds it where its own JupyterHub knows it."""
-    from hubforge.hub.services import SERVICE_START_TIMEOUT, service_timeouts
+    from hubforge.hub.compat import service_timeouts
+    from hubforge.hub.services import SERVICE_START_TIMEOUT
 
     services = {s["name"]: s for s in hub_config.JupyterHub.services}
     expected = SERVICE_START_TIMEOUT if service_timeouts() else None

@@ -15,6 +15,7 @@ from hubforge.catalog import load_catalog
 from hubforge.config import PlatformConfig, load_config
 from hubforge.contract import CONFIG_ENV, DATA_ENV, ISOLATION_ENV, SCHEDULER_RUN_SERVICES_ENV, SERVING_URL_ENV
 from hubforge.hub import services
+from hubforge.hub.compat import service_timeouts
 from hubforge.hub.hubconfig import Runtime, configure, one_machine
 from hubforge.hub.services import SERVICES, Placement, ServiceSpec, hub_service
 from hubforge.personas import hub_roles
@@ -127,7 +128,7 @@ def test_the_hub_gets_every_enabled_service_as_rendered(tmp_path: Path) -> None:
     configure(c, cfg, runtime())
     rendered = services.hub_services(one_machine(cfg, runtime()))
     # As rendered, and with its start timeout where this JupyterHub knows the field.
-    timeout = {"timeout": services.SERVICE_START_TIMEOUT} if services.service_timeouts() else {}
+    timeout = {"timeout": services.SERVICE_START_TIMEOUT} if service_timeouts() else {}
     assert c.JupyterHub.services == [{**timeout, **entry} for entry in rendered]
     assert [s["name"] for s in c.JupyterHub.services] == [
         "governance",
