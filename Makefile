@@ -36,10 +36,11 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	# The tests' helm engine (helm lint of the chart with our values): Helm's Go library with
 	# Python bindings. Its wheel asks for Python 3.12; the bindings (cffi) run on 3.11.
 	$(PY) -m pip install --quiet --no-deps --ignore-requires-python "helm-sdkpy==0.1.32"
-	# The Zero to JupyterHub chart's own JupyterHub (5.5.0, the hub image's), for the tests that
-	# run the platform on it (PYTHONPATH=$(VENV)/chart-hub): hubforge runs on it and on 6.x.
+	# The hub image's JupyterHub (the Zero to JupyterHub chart's line, images/hub/Dockerfile), for
+	# the tests that run the platform on it (PYTHONPATH=$(VENV)/chart-hub): hubforge runs on it
+	# and on 6.x.
 	rm -rf $(VENV)/chart-hub
-	$(PY) -m pip install --quiet --no-deps --target $(VENV)/chart-hub "jupyterhub==5.5.0"
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/chart-hub "jupyterhub==5.5.4"
 	# An editable install skips data_files: enable the server extension as a wheel would.
 	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d
 	cp server_extension/jupyter_server_config.d/hubforge.json $(VENV)/etc/jupyter/jupyter_server_config.d/

@@ -28,8 +28,9 @@ from hubforge.events.spool import platform_spool_dir
 from hubforge.personas import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, hub_roles
 
 from .auth import audited, oauth_groups_key
-from .compat import give_services_time
+from .compat import service_timeouts
 from .requests_audit import audited_log_function
+from .service_start import start_services_together
 from .services import (
     APPS,
     FEATURES,
@@ -330,10 +331,11 @@ def configure_service_role(c: Any, cfg: PlatformConfig) -> None:
 
 
 def configure_service_timeouts(c: Any) -> None:
-    """Give hubforge's services their start timeout: the field where this JupyterHub knows it
-    (6.0 and later), the same wait by :func:`~hubforge.hub.compat.give_services_time` where
-    it does not (the Zero to JupyterHub chart's hub runs 5.5)."""
-    if give_services_time(SERVICE_START_TIMEOUT) or "services" not in c.JupyterHub:
+    """Start the hub's services together, each given its start timeout: the field where
+    this JupyterHub knows it (6.0 and later; the Zero to JupyterHub chart's hub runs 5.5),
+    :data:`SERVICE_START_TIMEOUT` for any service without one."""
+    start_services_together(SERVICE_START_TIMEOUT)
+    if not service_timeouts() or "services" not in c.JupyterHub:
         return
     ours = {spec.name for spec in SERVICES}
     c.JupyterHub.services = [

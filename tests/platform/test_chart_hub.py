@@ -1,8 +1,9 @@
-"""hubforge on the Zero to JupyterHub chart's own JupyterHub (5.5.0 in chart 4.4.0), which the
-hub image keeps: the platform starts though MLflow takes longer than JupyterHub 5.5's ten
-seconds to answer, every persona logs in and reaches the services through hub OAuth, the
-MLflow UI's login works without PKCE, and a person's server spawns and tracks a notebook's
-run to MLflow under her identity.
+"""hubforge on the hub image's JupyterHub: the Zero to JupyterHub chart's line (5.5 in chart
+4.4.0), at the patch release the image installs. The platform starts though MLflow takes
+longer than JupyterHub 5.5's ten seconds to answer, every persona logs in and reaches the
+services through hub OAuth, the MLflow UI's login works without PKCE, a person's server
+spawns and tracks a notebook's run to MLflow under her identity, and the scheduler runs a
+notebook as her with a token the hub makes for it.
 
 ``make install`` puts that JupyterHub in ``.venv/chart-hub``; the platform runs with it first
 on its path (the hub, its services and the servers it spawns).
@@ -10,8 +11,11 @@ on its path (the hub, its services and the servers it spawns).
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,7 +23,8 @@ import httpx
 import pytest
 
 from harness.faults import alices_server, ended, ran, run_info, session_run
-from harness.platform import MLFLOW_API, PERSONA_USERS, HubSession, PlatformProcess, running, wait_for
+from harness.platform import MLFLOW_API, PERSONA_USERS, HubSession, PlatformProcess, api, running, wait_for
+from harness.scheduler import SCHEDULER, job_notebook, schedule
 from harness.server import notebook_session
 from hubforge.spawner_profiles.kubernetes.chart import CHART_APP_VERSION
 
@@ -34,11 +39,15 @@ def chart_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProc
 
 
 def test_the_platform_starts_on_the_charts_jupyterhub(chart_hub: PlatformProcess) -> None:
-    assert httpx.get(f"{chart_hub.url}/hub/api/").json()["version"] == CHART_APP_VERSION
-    log = chart_hub.log_path.read_text(errors="replace")
-    # JupyterHub 5.5 has no service timeout field: the hub waited for MLflow as 6.x would.
-    assert "Starting managed service mlflow at" in log and "(waiting up to 180s)" in log
-    assert "Cannot connect to" not in log
+    version = httpx.get(f"{chart_hub.url}/hub/api/").json()["version"]
+    assert version.split(".")[:2] == CHART_APP_VERSION.split(".")[:2], "the chart's JupyterHub line"
+    lines = chart_hub.log_path.read_text(errors="replace").splitlines()
+    # The services started together, and the hub waited for each (5.5 alone gives a service
+    # ten one-second tries, and MLflow takes longer), then said which answered.
+    starts = [i for i, line in enumerate(lines) if "Starting managed service" in line]
+    answers = [i for i, line in enumerate(lines) if re.search(r"Service \w+ answers at", line)]
+    assert len(starts) == len(answers) >= 6 and max(starts) < min(answers)
+    assert any("Service mlflow answers at" in lines[i] for i in answers)
 
 
 def test_every_persona_logs_in_and_reaches_the_services(chart_hub: PlatformProcess) -> None:
@@ -81,3 +90,27 @@ def test_a_notebook_run_is_tracked_under_its_person(chart_hub: PlatformProcess) 
         assert run_info(http, run_id)["user_id"] == "alice"
         data = http.get(f"{MLFLOW_API}/runs/get", params={"run_id": run_id}).json()["run"]["data"]
         assert {metric["key"]: metric["value"] for metric in data["metrics"]}["accuracy"] == 0.93
+
+
+def test_the_scheduler_runs_a_notebook_as_its_person(chart_hub: PlatformProcess, tmp_path: Path) -> None:
+    """The scheduler asks the hub for a short-lived token of alice's for each run."""
+    session = HubSession(chart_hub.url)
+    try:
+        assert session.login("alice").status_code == 302
+        token = session.new_token("alice", note="schedule")
+        path = tmp_path / "report.ipynb"
+        path.write_text(json.dumps(job_notebook("print('report for', region)")))
+        when = (datetime.now(UTC) + timedelta(seconds=10)).isoformat()
+        job_id = schedule(chart_hub, token, path, "--name", "report", "--once", when, "--param", "region=apac")
+        with api(chart_hub.url, token) as as_alice:
+            (run,) = wait_for(
+                lambda: [
+                    r for r in as_alice.get(f"{SCHEDULER}/api/jobs/{job_id}/runs").json() if r["state"] != "running"
+                ],
+                180,
+                "the scheduled run to end",
+            )
+            assert run["state"] == "succeeded", run
+            assert "report for apac" in as_alice.get(f"{SCHEDULER}/api/runs/{run['id']}/output").text
+    finally:
+        session.close()
