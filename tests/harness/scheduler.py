@@ -7,14 +7,21 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nbformat
 
-__all__ = ["SCHEDULER", "job_notebook", "schedule"]
+from hubforge.hub.scheduler.store import FINAL
+
+__all__ = ["SCHEDULER", "ended_runs", "job_notebook", "schedule", "soon"]
 
 SCHEDULER = "/services/scheduler"
+#: How far ahead a test schedules its run: ``hubforge schedule create`` has to start and ask
+#: before then, which takes seconds on a loaded machine (the scheduler refuses past times).
+AHEAD = timedelta(seconds=10)
 
 
 def job_notebook(
@@ -43,3 +50,13 @@ def schedule(platform: Any, token: str, path: Path, *options: str) -> str:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout.split()[1]
+
+
+def soon() -> str:
+    """A moment for ``--once``: :data:`AHEAD` from now."""
+    return (datetime.now(UTC) + AHEAD).isoformat()
+
+
+def ended_runs(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """The job's runs that have ended (``client`` carries the owner's token)."""
+    return [run for run in client.get(f"{SCHEDULER}/api/jobs/{job_id}/runs").json() if run["state"] in FINAL]

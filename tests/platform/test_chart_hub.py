@@ -15,7 +15,6 @@ import json
 import re
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,7 +23,7 @@ import pytest
 
 from harness.faults import alices_server, ended, ran, run_info, session_run
 from harness.platform import MLFLOW_API, PERSONA_USERS, HubSession, PlatformProcess, api, running, wait_for
-from harness.scheduler import SCHEDULER, job_notebook, schedule
+from harness.scheduler import SCHEDULER, ended_runs, job_notebook, schedule, soon
 from harness.server import notebook_session
 from hubforge.spawner_profiles.kubernetes.chart import CHART_APP_VERSION
 
@@ -100,16 +99,9 @@ def test_the_scheduler_runs_a_notebook_as_its_person(chart_hub: PlatformProcess,
         token = session.new_token("alice", note="schedule")
         path = tmp_path / "report.ipynb"
         path.write_text(json.dumps(job_notebook("print('report for', region)")))
-        when = (datetime.now(UTC) + timedelta(seconds=10)).isoformat()
-        job_id = schedule(chart_hub, token, path, "--name", "report", "--once", when, "--param", "region=apac")
+        job_id = schedule(chart_hub, token, path, "--name", "report", "--once", soon(), "--param", "region=apac")
         with api(chart_hub.url, token) as as_alice:
-            (run,) = wait_for(
-                lambda: [
-                    r for r in as_alice.get(f"{SCHEDULER}/api/jobs/{job_id}/runs").json() if r["state"] != "running"
-                ],
-                180,
-                "the scheduled run to end",
-            )
+            (run,) = wait_for(lambda: ended_runs(as_alice, job_id), 180, "the scheduled run to end")
             assert run["state"] == "succeeded", run
             assert "report for apac" in as_alice.get(f"{SCHEDULER}/api/runs/{run['id']}/output").text
     finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import httpx
 import psutil
 
 from harness.platform import MLFLOW_API, HubSession, api, wait_for
-from harness.scheduler import SCHEDULER, job_notebook, schedule
+from harness.scheduler import SCHEDULER, ended_runs, job_notebook, schedule, soon
 
 
 def test_alice_schedules_a_notebook_that_runs_as_her(platform: Any, tmp_path: Path) -> None:
@@ -36,14 +35,12 @@ def test_alice_schedules_a_notebook_that_runs_as_her(platform: Any, tmp_path: Pa
         wait_for(lambda: httpx.get(f"{platform.url}{SCHEDULER}/api/health").status_code == 200, 60, "the scheduler")
         path = tmp_path / "weekly report.ipynb"
         path.write_text(json.dumps(job_notebook()))
-        when = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+        when = soon()
         job_id = schedule(platform, token, path, "--name", "weekly-report", "--once", when,
                           "--param", "region=apac", "--timeout", "300")  # fmt: skip
         with api(platform.url, token) as as_alice:
             runs = wait_for(
-                lambda: [
-                    r for r in as_alice.get(f"{SCHEDULER}/api/jobs/{job_id}/runs").json() if r["state"] != "running"
-                ],
+                lambda: ended_runs(as_alice, job_id),
                 240,
                 "the scheduled run to end",
             )
@@ -117,7 +114,7 @@ def test_the_scheduler_killed_mid_run_leaves_no_orphan_and_retries_the_run(platf
         )
         path = tmp_path / "long.ipynb"
         path.write_text(json.dumps(job_notebook(body)))
-        when = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+        when = soon()
         job_id = schedule(platform, token, path, "--name", "long-report", "--once", when, "--param",
                           f"marker={marker}", "--retries", "1", "--backoff", "1", "--timeout", "900")  # fmt: skip
         with api(platform.url, token) as as_alice:
