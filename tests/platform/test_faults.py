@@ -140,8 +140,16 @@ def test_requests_made_while_governance_is_killed_are_kept_once_with_their_audit
         filer.join(60)
     assert all(status in (None, 502, 503) for status in refused), refused
 
+    listed: list[dict] = []
     with api(platform.url, session.new_token(user, note="faults")) as http:
-        listed = http.get("/services/governance/api/requests", params={"kind": "data-access"}).json()
+        params: dict[str, str] = {"kind": "data-access", "limit": "500"}
+        while True:  # every page: at full speed alice files hundreds while the service is away
+            page = http.get("/services/governance/api/requests", params=params)
+            assert page.status_code == 200, page.text
+            listed += page.json()
+            if "X-Next-Cursor" not in page.headers:
+                break
+            params["cursor"] = page.headers["X-Next-Cursor"]
     ours = [r for r in listed if r["target"].startswith(f"datasets/faults-{tag}-")]
     targets = [r["target"] for r in ours]
     assert len(targets) == len(set(targets)), "no request is there twice"
