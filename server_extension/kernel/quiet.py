@@ -46,6 +46,12 @@ class QuietStream:
     def __init__(self, stream: Any, name: str):
         self._hubforge_stream = stream
         self._hubforge_name = name
+        # What ipykernel calls on both streams in every cell (8 flushes, 2 set_parent),
+        # bound here: no frame of ours, no failed lookup before __getattr__.
+        for method in ("flush", "set_parent"):
+            bound = getattr(stream, method, None)
+            if callable(bound):
+                setattr(self, method, bound)
 
     def write(self, text: str) -> int:
         """Write ``text``, or log it when a quiet thread wrote it."""
@@ -56,7 +62,7 @@ class QuietStream:
         return int(self._hubforge_stream.write(text))
 
     def flush(self) -> Any:
-        """Spelled out, not through ``__getattr__``: ipykernel flushes both streams 8 times a cell."""
+        """Flush the stream (bound to the stream's own ``flush`` in ``__init__`` where it has one)."""
         return self._hubforge_stream.flush()
 
     def writelines(self, lines: Any) -> None:
