@@ -20,7 +20,10 @@ __all__ = ["QuietStream", "install", "is_quiet", "quiet_thread", "uninstall"]
 log = logging.getLogger("hubforge.tracking.output")
 #: Thread name prefixes of hubforge's own threads and of MLflow's worker pools.
 _PREFIXES = ("hubforge-", "mlflow", "MLflow", "Mlflow")
-_quiet: set[int] = set()
+#: Marked threads, per thread: a mark ends with its thread. (A set of thread ids would
+#: outlive them, and the next thread given the same id, the person's own, would lose its
+#: output to the log.)
+_marks = threading.local()
 
 
 def quiet_thread() -> None:
@@ -29,12 +32,12 @@ def quiet_thread() -> None:
     Never the main thread: the cells run there.
     """
     if threading.current_thread() is not threading.main_thread():
-        _quiet.add(threading.get_ident())
+        _marks.quiet = True
 
 
 def is_quiet() -> bool:
     """Whether the calling thread is one of hubforge's or MLflow's background threads."""
-    if threading.get_ident() in _quiet:
+    if getattr(_marks, "quiet", False):
         return True
     thread = threading.current_thread()
     return thread is not threading.main_thread() and thread.name.startswith(_PREFIXES)

@@ -55,6 +55,17 @@ def test_the_cells_thread_writes_through_and_background_threads_go_to_the_log(ca
     assert [r.getMessage() for r in caplog.records] == ["stdout: run link", "stdout: progress", "stdout: marked"]
 
 
+def test_a_mark_ends_with_its_thread() -> None:
+    """The next thread may get the id of one that was marked and has ended (Linux reuses
+    them at once): the person's thread writes into the cell all the same."""
+    stream = _Stream()
+    quiet = QuietStream(stream, "stdout")
+    for i in range(20):
+        _in_thread("worker", lambda: quiet.write("marked\n"), mark=True)
+        _in_thread("the person's thread", lambda i=i: quiet.write(f"theirs {i}\n"))
+    assert stream.written == [f"theirs {i}\n" for i in range(20)]
+
+
 def test_what_ipykernel_calls_in_every_cell_is_the_streams_own_method() -> None:
     """No frame of ours on the flushes and set_parent calls every cell makes: they are the
     stream's bound methods themselves."""
