@@ -77,8 +77,8 @@ def _freeze_the_startup_heap() -> None:
     stores, SQLAlchemy's mappers) out of every later full garbage collection.
 
     Each request leaves long-lived objects behind (caches, pooled connections), and every
-    so many of them CPython scans the whole heap: about 0.6 s on two cores, during which
-    this worker answers nobody. Frozen, the scan covers what came after the start only.
+    so many of them CPython scans the whole heap: 0.3 s on two idle cores, twice that on
+    busy ones, during which this worker answers nobody. Frozen, the scan covers what came after the start only.
     """
     gc.collect()
     gc.freeze()

@@ -64,10 +64,6 @@ class QuietStream:
             return len(text)
         return int(self._hubforge_stream.write(text))
 
-    def flush(self) -> Any:
-        """Flush the stream (bound to the stream's own ``flush`` in ``__init__`` where it has one)."""
-        return self._hubforge_stream.flush()
-
     def writelines(self, lines: Any) -> None:
         """Write each line (see :meth:`write`)."""
         for line in lines:
