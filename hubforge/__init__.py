@@ -8,8 +8,14 @@ kernel-side code in :mod:`hubforge.server_extension` and
 :mod:`hubforge.widgets`.
 
 This module imports nothing heavy: the wheel test imports it with no
-dependencies installed.
+dependencies installed. It first defers the slow imports of third-party packages
+that every hubforge process would otherwise pay for at start
+(:mod:`hubforge.imports`).
 """
+
+from hubforge.imports import defer_slow_imports
+
+defer_slow_imports()
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,35 @@
+"""A hubforge process does not pay for ``rfc3987_syntax``'s parsers at start, and jsonschema's
+``iri`` checks answer as they do in a process without hubforge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CHECK = """
+import json, sys
+{first}
+import jsonschema
+from hubforge.config import load_config
+load_config(None)
+built = "rfc3987_syntax.syntax_helpers" in sys.modules
+checker = jsonschema.FormatChecker()
+values = ["https://example.com/\\u00e4", "not an iri", "../x", "http://[::1"]
+answers = [checker.conforms(v, f) for v in values for f in ("iri", "iri-reference")]
+print(json.dumps({{"built_at_start": built, "answers": answers}}))
+"""
+
+
+def run(first: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHECK.format(first=first)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_a_hubforge_process_defers_the_parsers_and_answers_the_same() -> None:
+    deferred = run("import hubforge")
+    eager = run("import jsonschema")  # jsonschema first: the real package, as without hubforge
+    assert deferred["built_at_start"] is False
+    assert eager["built_at_start"] is True
+    assert deferred["answers"] == eager["answers"]
+    assert deferred["answers"][:4] == [True, True, False, False]
