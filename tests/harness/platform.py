@@ -337,6 +337,16 @@ def running(proc: PlatformProcess) -> Iterator[PlatformProcess]:
         proc.stop()
 
 
+def assert_all_stopped(platform: PlatformProcess) -> None:
+    """After `hubforge up` stopped: none of its processes left, its port closed, its pid file gone."""
+    from hubforge.hub.launcher import instance_processes  # the hub's own (heavy) imports, when used
+
+    assert instance_processes(str(platform.data_dir.resolve())) == []
+    with closing(socket.socket()) as sock:
+        assert sock.connect_ex(("127.0.0.1", platform.port)) != 0, "the public port is still open"
+    assert not (platform.data_dir / "hubforge-up.pid").exists()
+
+
 def api(url: str, token: str) -> httpx.Client:
     """An API client that authenticates with a hub token."""
     return httpx.Client(base_url=url, headers={"Authorization": f"token {token}"}, timeout=30)

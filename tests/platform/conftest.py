@@ -46,12 +46,6 @@ def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         yield from _run(tmp_path_factory, "postgresql", {"backends": backends})
 
 
-@pytest.fixture(scope="session")
-def sqlite_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
-    """A platform of its own, for tests that stop or crash it."""
-    yield from _run(tmp_path_factory, "own", {})
-
-
 @pytest.fixture
 def session_for(platform: PlatformProcess) -> Iterator:
     """Log a persona in: ``session_for("ml-lead")`` -> (HubSession, username)."""

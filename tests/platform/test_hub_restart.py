@@ -14,10 +14,12 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from harness.faults import alices_notebook, ran, server_ready
 from harness.platform import HubSession, PlatformProcess, api, wait_for
@@ -86,44 +88,55 @@ def proxy_pid(platform: PlatformProcess) -> int | None:
         return None
 
 
-def test_the_hub_and_the_proxy_killed_cost_alice_nothing(tmp_path: Path) -> None:
-    platform = PlatformProcess(tmp_path / "data", GPU_MACHINE)
+@pytest.fixture(scope="module")
+def gpu_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
+    """One platform on a one-GPU machine for the tests that kill its hub. Each leaves it as it
+    found it (the hub back, nobody's server running), so they share one start; a normal stop
+    afterwards still ends everything."""
+    platform = PlatformProcess(tmp_path_factory.mktemp("gpu-machine") / "data", GPU_MACHINE)
     platform.start()
     try:
         platform.wait_ready()
-        with alices_notebook(platform.url, {"profile": "training", "gpus": 1}) as (http, kernel):
-            assert ran(kernel, "x = 41; n = 0") == ""
-            held, servers, proxy = gpus_held(platform), servers_of(platform), proxy_pid(platform)
-            assert list(held) == ["alice/"], "her server holds the machine's GPU"
-
-            psutil.Process(int((platform.data_dir / "jupyterhub.pid").read_text())).kill()
-            assert cells_while_the_hub_is_away(platform, kernel, wait_down=True) > 0, "her cells ran meanwhile"
-
-            assert ran(kernel, "print(x + 1, n > 0)") == "42 True", "the same kernel, with its variables"
-            assert servers_of(platform) == servers and proxy_pid(platform) == proxy, "the same processes"
-            assert http.get("/hub/api/users/alice").json()["servers"][""]["ready"], "the new hub has her server"
-            assert http.get("/user/alice/api/status").status_code == 200, "her token works through the new hub"
-            assert gpus_held(platform) == held, "her GPU stays hers"
-            wait_for(platform.ready, 120, "the governance service and MLflow to answer again")
-            log = platform.log_path.read_text()
-            assert "the hub exited with signal SIGKILL" in log and "the hub is back after" in log
-
-            # The proxy killed: the hub starts another and routes alice to her server again; her
-            # websocket went with the proxy, her kernel did not.
-            assert proxy is not None
-            psutil.Process(proxy).kill()
-            wait_for(lambda: proxy_pid(platform) not in (None, proxy), 60, "the hub to start the proxy again")
-            wait_for(lambda: status_of(http, "/user/alice/api/status") == 200, 60, "her route back")
-            (running,) = http.get("/user/alice/api/kernels").json()
-            ws = platform.url.replace("http", "ws", 1) + f"/user/alice/api/kernels/{running['id']}/channels"
-            reconnected = KernelChannel(ws, http.headers["Authorization"])
-            try:
-                assert ran(reconnected, "print(x + 1)") == "42"
-            finally:
-                reconnected.close()
+        yield platform
     finally:
-        assert platform.stop() == 0, platform.log_tail()
+        code = platform.stop()
+    assert code == 0, platform.log_tail()
     assert instance_processes(str(platform.data_dir.resolve())) == []
+
+
+def test_the_hub_and_the_proxy_killed_cost_alice_nothing(gpu_machine: PlatformProcess) -> None:
+    platform = gpu_machine
+    with alices_notebook(platform.url, {"profile": "training", "gpus": 1}) as (http, kernel):
+        assert ran(kernel, "x = 41; n = 0") == ""
+        held, servers, proxy = gpus_held(platform), servers_of(platform), proxy_pid(platform)
+        assert list(held) == ["alice/"], "her server holds the machine's GPU"
+
+        psutil.Process(int((platform.data_dir / "jupyterhub.pid").read_text())).kill()
+        assert cells_while_the_hub_is_away(platform, kernel, wait_down=True) > 0, "her cells ran meanwhile"
+
+        assert ran(kernel, "print(x + 1, n > 0)") == "42 True", "the same kernel, with its variables"
+        assert servers_of(platform) == servers and proxy_pid(platform) == proxy, "the same processes"
+        assert http.get("/hub/api/users/alice").json()["servers"][""]["ready"], "the new hub has her server"
+        assert http.get("/user/alice/api/status").status_code == 200, "her token works through the new hub"
+        assert gpus_held(platform) == held, "her GPU stays hers"
+        wait_for(platform.ready, 120, "the governance service and MLflow to answer again")
+        log = platform.log_path.read_text()
+        assert "the hub exited with signal SIGKILL" in log and "the hub is back after" in log
+
+        # The proxy killed: the hub starts another and routes alice to her server again; her
+        # websocket went with the proxy, her kernel did not.
+        assert proxy is not None
+        psutil.Process(proxy).kill()
+        wait_for(lambda: proxy_pid(platform) not in (None, proxy), 60, "the hub to start the proxy again")
+        wait_for(lambda: status_of(http, "/user/alice/api/status") == 200, 60, "her route back")
+        (running,) = http.get("/user/alice/api/kernels").json()
+        ws = platform.url.replace("http", "ws", 1) + f"/user/alice/api/kernels/{running['id']}/channels"
+        reconnected = KernelChannel(ws, http.headers["Authorization"])
+        try:
+            assert ran(reconnected, "print(x + 1)") == "42"
+        finally:
+            reconnected.close()
+    assert not gpus_held(platform), "her GPU is free once her server stopped"
 
 
 def test_an_upgrade_restart_with_keep_servers_keeps_everybodys_work(tmp_path: Path) -> None:
@@ -157,15 +170,14 @@ def test_an_upgrade_restart_with_keep_servers_keeps_everybodys_work(tmp_path: Pa
     assert instance_processes(str(platform.data_dir.resolve())) == []
 
 
-def test_a_spawn_waiting_for_gpus_when_the_hub_dies_waits_on_after_it(tmp_path: Path) -> None:
+def test_a_spawn_waiting_for_gpus_when_the_hub_dies_waits_on_after_it(gpu_machine: PlatformProcess) -> None:
     """bob holds the machine's one GPU; alice asks for one and waits in the queue; the hub is
     killed. The restarted hub asks for alice's spawn again, in her place; when bob stops,
     she gets the GPU, and the allocations are exactly the running servers'."""
-    platform = PlatformProcess(tmp_path / "data", GPU_MACHINE)
-    platform.start()
+    platform = gpu_machine
     people = {name: HubSession(platform.url) for name in ("alice", "bob")}
     try:
-        platform.wait_ready()
+        wait_for(platform.ready, 120, "the platform to answer")
         assert all(session.login(name).status_code == 302 for name, session in people.items())
         bob = api(platform.url, people["bob"].new_token("bob"))
         alice = api(platform.url, people["alice"].new_token("alice"))
@@ -196,8 +208,6 @@ def test_a_spawn_waiting_for_gpus_when_the_hub_dies_waits_on_after_it(tmp_path: 
     finally:
         for session in people.values():
             session.close()
-        assert platform.stop() == 0, platform.log_tail()
-    assert instance_processes(str(platform.data_dir.resolve())) == []
 
 
 def pending(http: httpx.Client, user: str) -> str | None:

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from harness.corpus import FOLDER, USER, Lab, artifacts, code_of, corpus, mlflow_runs
-from harness.platform import MLFLOW_API, HubSession, PlatformProcess, api, wait_for
+from harness.platform import MLFLOW_API, HubSession, PlatformProcess, api, assert_all_stopped, wait_for
 
 
 def tags(run: dict[str, Any]) -> dict[str, str]:
@@ -194,7 +194,8 @@ def check_notebook(
 
 
 def test_ctrl_c_of_the_platform_ends_an_open_notebooks_run(tmp_path: Path) -> None:
-    """`hubforge up` stopped with Ctrl-C while alice's notebook is open: its run ends FINISHED."""
+    """`hubforge up` stopped with Ctrl-C while alice's notebook is open: every process it started
+    stops, and the notebook's run ends FINISHED."""
     from mlflow import MlflowClient
 
     platform = PlatformProcess(tmp_path / "data")
@@ -215,6 +216,7 @@ def test_ctrl_c_of_the_platform_ends_an_open_notebooks_run(tmp_path: Path) -> No
         session.close()
     finally:
         assert platform.stop(signal.SIGINT, timeout=120) == 0, platform.log_tail()
+    assert_all_stopped(platform)
     # The platform is down: read MLflow's own store and artifact folder.
     store = MlflowClient(f"sqlite:///{tmp_path / 'data' / 'mlflow.sqlite'}")
     exp = store.get_experiment_by_name(f"/Users/alice/{FOLDER}/print_then_train.ipynb")
