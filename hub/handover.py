@@ -23,7 +23,8 @@ from .proxy import running_proxy
 __all__ = ["HANDOVER_FILE", "Handover", "kept_processes", "user_servers"]
 
 HANDOVER_FILE = "handover.json"
-SERVER_PROGRAM = "jupyterhub-singleuser"
+#: The programs people's servers run: the local spawner's, and JupyterHub's own.
+SERVER_PROGRAMS = ("hubforge-singleuser", "jupyterhub-singleuser")
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,11 @@ class Handover:
 
 
 def user_servers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
-    """Those of ``procs`` that are people's single-user servers (the spawners start jupyterhub-singleuser)."""
+    """Those of ``procs`` that are people's single-user servers (one of :data:`SERVER_PROGRAMS`)."""
     found = []
     for proc in procs:
         try:
-            if any(SERVER_PROGRAM in part for part in proc.cmdline()[:2]):
+            if any(program in part for part in proc.cmdline()[:2] for program in SERVER_PROGRAMS):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

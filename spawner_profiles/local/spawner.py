@@ -64,9 +64,15 @@ _RESUMING: dict[str, asyncio.Future[None]] = {}
 
 
 def singleuser_command() -> list[str]:
-    """The ``jupyterhub-singleuser`` of this Python environment (not whatever is on PATH)."""
-    local = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
-    return [local if os.path.exists(local) else shutil.which("jupyterhub-singleuser") or local]
+    """The single-user server of this Python environment (not whatever is on PATH):
+    ``hubforge-singleuser`` (``jupyterhub-singleuser`` that starts faster), else
+    ``jupyterhub-singleuser`` where hubforge's script is not installed."""
+    for program in ("hubforge-singleuser", "jupyterhub-singleuser"):
+        local = os.path.join(os.path.dirname(sys.executable), program)
+        if os.path.exists(local):
+            return [local]
+    found = shutil.which("jupyterhub-singleuser")
+    return [found or os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
 
 
 def shared_allocator(db_path: str, declared_gpus: list[dict[str, Any]], window_s: float) -> GpuAllocator:
@@ -546,7 +552,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
 
 
 def _platform_python() -> str:
-    """The Python the servers run (the interpreter of their jupyterhub-singleuser)."""
+    """The Python the servers run (the interpreter of their single-user server's script)."""
     return interpreter(singleuser_command()[0])
 
 

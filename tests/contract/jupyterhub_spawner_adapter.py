@@ -20,8 +20,8 @@ Adaptations, each because the platform's spawner or server differs where the tes
 
 - JupyterHub's test users are in no group that grants a persona (``visitors`` at most),
   and every tier is open by persona: such a user counts as a data scientist (``ContractSpawner.user_groups``).
-- ``full_spawn`` tests run the platform's own ``jupyterhub-singleuser`` (hubforge's server
-  extension loaded), opening ``/lab`` (the platform's default URL) instead of ``/tree``,
+- ``full_spawn`` tests run the platform's own single-user server (``hubforge-singleuser``,
+  hubforge's server extension loaded), opening ``/lab`` (the platform's default URL) instead of ``/tree``,
   which comes from the notebook package the platform does not install; the tests read the
   URL from the spawner.
 - The tests start servers with no options; a hub would have sent the spawn page's
@@ -130,7 +130,7 @@ class HubContractSpawner(ContractSpawner, mocking.MockSpawner):
 
 class HubInstrumentedSpawner(ContractSpawner, mocking.InstrumentedSpawner):
     """The spawner of the mock hub's ``full_spawn`` tests: ours, starting the platform's own
-    ``jupyterhub-singleuser`` (with hubforge's server extension) as a hub would, plus
+    single-user server (``hubforge-singleuser``, with hubforge's server extension) as a hub would, plus
     JupyterHub's test extension (``JUPYTERHUB_SINGLEUSER_TEST_EXTENSION``)."""
 
     @default("default_url")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+from hubforge.spawner_profiles.local.spawner import singleuser_command
 
 CHECK = """
 import json, sys
@@ -33,3 +36,16 @@ def test_a_hubforge_process_defers_the_parsers_and_answers_the_same() -> None:
     assert eager["built_at_start"] is True
     assert deferred["answers"] == eager["answers"]
     assert deferred["answers"][:4] == [True, True, False, False]
+
+
+def test_peoples_servers_start_without_building_the_parsers() -> None:
+    """The local spawner's server command, as far as its start imports: jsonschema, not the parsers."""
+    (program,) = singleuser_command()
+    assert Path(program).name == "hubforge-singleuser"
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", program, "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip(), "it answers as jupyterhub-singleuser does"
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "jsonschema._format" in imported and "jupyter_server.serverapp" in imported
+    assert "rfc3987_syntax.syntax_helpers" not in imported

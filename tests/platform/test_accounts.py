@@ -27,6 +27,7 @@ from hubforge.spawner_profiles.local.accounts import (
     marker,
     probe_environment,
 )
+from hubforge.spawner_profiles.local.spawner import singleuser_command
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="making accounts needs root")
 
@@ -72,7 +73,7 @@ def test_a_system_account_is_never_used() -> None:
 def test_a_python_the_account_cannot_run_refuses_the_spawn_with_the_reason(tmp_path: Path) -> None:
     account = ensure_account(ACCOUNT_PREFIX, "wen", "/home")
     if not NO_ACCOUNTS:  # the platform's own Python, where other accounts can reach it
-        probe_environment(account, [str(Path(sys.executable).with_name("jupyterhub-singleuser"))])
+        probe_environment(account, singleuser_command())
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     python = private / "python3"

@@ -50,7 +50,7 @@ def test_sigterm_stops_every_process_it_started(tmp_path: Path) -> None:
             "configurable-http-proxy",
             "hubforge.hub.governance",
             "mlflow",
-            "jupyterhub-singleuser",
+            "hubforge-singleuser",
         ):
             assert part in cmdlines, f"{part} not among {cmdlines}"
     finally:

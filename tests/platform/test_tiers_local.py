@@ -163,7 +163,7 @@ def test_full_gpu_tier_queues_fairly_and_frees_after_kill_9(gpu_platform, people
     procs = [
         p
         for p in instance_processes(str(gpu_platform.data_dir.resolve()))
-        if "jupyterhub-singleuser" in " ".join(p.cmdline()) and p.environ().get("JUPYTERHUB_USER") == "alice"
+        if "hubforge-singleuser" in " ".join(p.cmdline()) and p.environ().get("JUPYTERHUB_USER") == "alice"
     ]
     assert len(procs) == 1
     env = procs[0].environ()

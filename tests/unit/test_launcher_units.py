@@ -100,3 +100,20 @@ def test_a_damaged_handover_is_no_handover(tmp_path: Path, text: str) -> None:
 
     (tmp_path / HANDOVER_FILE).write_text(text)
     assert Handover.load(tmp_path) is None
+
+
+class _Proc:
+    def __init__(self, *cmdline: str) -> None:
+        self._cmdline = list(cmdline)
+
+    def cmdline(self) -> list[str]:
+        return self._cmdline
+
+
+def test_peoples_servers_are_found_by_either_program() -> None:
+    from hubforge.hub.handover import user_servers
+
+    ours = _Proc("/env/bin/python", "/env/bin/hubforge-singleuser", "--port=1")
+    jupyterhubs = _Proc("/env/bin/python", "/env/bin/jupyterhub-singleuser")
+    kernel = _Proc("/env/bin/python", "-m", "ipykernel_launcher", "-f", "hubforge-singleuser.json")
+    assert user_servers([ours, jupyterhubs, kernel, _Proc("node", "configurable-http-proxy")]) == [ours, jupyterhubs]
