@@ -23,7 +23,7 @@ CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
 .PHONY: install up test test-unit test-integration test-features test-platform test-jupyterhub \
-	test-jupyterhub-then-features bench lint dist clean
+	third-lane test-integration-governance test-integration-rest bench lint dist clean
 
 install: $(STAMP) $(FEAST_STAMP) $(CHP) $(LABEXT_HOME)/package.json
 
@@ -88,29 +88,44 @@ up: install
 
 # The tests in three layers (docs/testing.md), each its own pytest run, and JupyterHub's own
 # tests. The unit layer first (a failure there is cheap to see); then three lanes side by
-# side: the integration layer; the platform layer; JupyterHub's tests followed by the
-# feature store's. The first two keep both cores busy; JupyterHub's tests mostly sleep on
-# their own timers (about 40 s of CPU in 4 minutes), so they run beside them instead of
-# after one. Each lane's output is printed whole when it ends. `make test` stops after the
-# first step that fails. Each layer prints its wall time; "no tests collected" (say,
-# PYTEST_ARGS="-k ..." naming tests of one layer only) is no failure.
+# side: most of the integration layer; the platform layer; JupyterHub's tests, then the
+# integration layer's governance and audit modules, then the feature store's tests. The
+# first two keep both cores busy; JupyterHub's tests mostly sleep on their own timers
+# (about 40 s of CPU in 4 minutes), so they run beside them instead of after one. Each
+# lane's output is printed whole when it ends. `make test` stops after the first step that
+# fails. Each layer prints its wall time; "no tests collected" (say, PYTEST_ARGS="-k ..."
+# naming tests of one layer only) is no failure.
 test: install $(CHROMIUM)
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory test-unit && \
-	$(MAKE) --no-print-directory -j3 --output-sync=target test-integration test-platform test-jupyterhub-then-features; \
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-integration-rest test-platform third-lane; \
 	status=$$?; echo "all tests: $$(( $$(date +%s) - start )) s"; exit $$status
 
-# The third lane of `make test`: JupyterHub's own tests, then the feature store's.
-test-jupyterhub-then-features:
-	@$(MAKE) --no-print-directory test-jupyterhub && $(MAKE) --no-print-directory test-features
+# The integration layer's modules of the governance service and the audit trail (in-process
+# services on their own databases), which `make test` runs in its third lane.
+GOVERNANCE_TESTS := $(sort $(wildcard tests/integration/test_governance_*.py tests/integration/test_audit_*.py))
 
-# $(call layer,NAME[,PYTHON]): run tests/NAME with PYTEST_ARGS (in PYTHON's environment,
-# else the platform's) and print "layer NAME: <seconds> s", after pytest's list of the
-# layer's ten slowest tests (where the suite's time goes).
+# The third lane of `make test`: JupyterHub's tests, the governance and audit modules, the
+# feature store's tests.
+third-lane:
+	@$(MAKE) --no-print-directory test-jupyterhub && $(MAKE) --no-print-directory test-integration-governance && \
+	  $(MAKE) --no-print-directory test-features
+
+# The integration layer in two parts (together: test-integration).
+test-integration-governance: install
+	$(call layer,integration,,$(GOVERNANCE_TESTS),governance and audit)
+
+test-integration-rest: install
+	$(call layer,integration,,tests/integration $(addprefix --ignore=,$(GOVERNANCE_TESTS)),all but governance and audit)
+
+# $(call layer,NAME[,PYTHON[,PATHS,PART]]): run tests/NAME (or PATHS, PART of it) with
+# PYTEST_ARGS (in PYTHON's environment, else the platform's) and print "layer NAME: <seconds> s"
+# ("layer NAME (PART): ..."), after pytest's list of the ten slowest tests (where the suite's
+# time goes).
 define layer
-	@echo "$(or $(2),$(PY)) -m pytest --durations=10 tests/$(1) $(PYTEST_ARGS)"; start=$$(date +%s); status=0; \
-	$(or $(2),$(PY)) -m pytest --durations=10 tests/$(1) $(PYTEST_ARGS) || status=$$?; \
-	echo "layer $(1): $$(( $$(date +%s) - start )) s"; \
+	@echo "$(or $(2),$(PY)) -m pytest --durations=10 $(or $(3),tests/$(1)) $(PYTEST_ARGS)"; start=$$(date +%s); status=0; \
+	$(or $(2),$(PY)) -m pytest --durations=10 $(or $(3),tests/$(1)) $(PYTEST_ARGS) || status=$$?; \
+	echo "layer $(1)$(if $(4), ($(4))): $$(( $$(date +%s) - start )) s"; \
 	[ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status
 endef
 
