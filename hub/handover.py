@@ -18,13 +18,13 @@ from pathlib import Path
 
 import psutil
 
+from hubforge.contract import SERVER_PROGRAMS
+
 from .proxy import running_proxy
 
 __all__ = ["HANDOVER_FILE", "Handover", "kept_processes", "user_servers"]
 
 HANDOVER_FILE = "handover.json"
-#: The programs people's servers run: the local spawner's, and JupyterHub's own.
-SERVER_PROGRAMS = ("hubforge-singleuser", "jupyterhub-singleuser")
 
 
 @dataclass(frozen=True)

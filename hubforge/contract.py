@@ -59,6 +59,7 @@ __all__ = [
     "SCHEDULER_RUN_SERVICES_ENV",
     "SCHEDULER_URL_ENV",
     "SERVER_NAME_ENV",
+    "SERVER_PROGRAMS",
     "SERVICE_BIND_IP_ENV",
     "SERVING_URL_ENV",
     "SPOOL_DIR_ENV",
@@ -168,6 +169,10 @@ OUTPUT_NOTEBOOK_ENV = "HUBFORGE_OUTPUT_NOTEBOOK"
 #: ``python -m`` this to send what kernels kept while MLflow was away (``--spool DIR``); a
 #: person's server runs it, and so does the scheduler after a run, as the run's owner.
 REPLAY_MODULE = "hubforge.server_extension.replay"
+#: The programs a person's server runs, in the local spawner's order of preference:
+#: hubforge's (``hubforge.server_extension.singleuser``, which starts faster), then
+#: JupyterHub's own; the hub's handover finds people's servers by either.
+SERVER_PROGRAMS = ("hubforge-singleuser", "jupyterhub-singleuser")
 
 # -- exit statuses -------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """``hubforge-singleuser``: JupyterHub's single-user server, started as hubforge's processes start.
 
-The local spawner starts people's servers with this command. It is
+The local spawner starts people's servers with this command (the console script
+``hubforge-singleuser``, first of ``hubforge.contract.SERVER_PROGRAMS``). It is
 ``jupyterhub-singleuser`` after ``import hubforge``, whose import defers what
 every process would otherwise pay for at start (:mod:`hubforge.imports`): jupyter_server
 imports jsonschema through jupyter_events, long before the server loads hubforge's
@@ -15,10 +16,7 @@ import sys
 
 import hubforge  # noqa: F401 (first: it defers the slow imports of what follows)
 
-__all__ = ["PROGRAM", "main"]
-
-#: The console script (setup.cfg), as people's servers show in ``ps``.
-PROGRAM = "hubforge-singleuser"
+__all__ = ["main"]
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from tornado.httpclient import AsyncHTTPClient
 from traitlets import Dict, Float, List, Unicode, default
 
 from hubforge.catalog import SERVER_STOP_GRACE, ChoiceError, ValidatedChoice, fair_share_group, tier_env
-from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV
+from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV, SERVER_PROGRAMS
 
 from ..tiers import TierSpawnerMixin
 from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
@@ -67,12 +67,9 @@ def singleuser_command() -> list[str]:
     """The single-user server of this Python environment (not whatever is on PATH):
     ``hubforge-singleuser`` (``jupyterhub-singleuser`` that starts faster), else
     ``jupyterhub-singleuser`` where hubforge's script is not installed."""
-    for program in ("hubforge-singleuser", "jupyterhub-singleuser"):
-        local = os.path.join(os.path.dirname(sys.executable), program)
-        if os.path.exists(local):
-            return [local]
-    found = shutil.which("jupyterhub-singleuser")
-    return [found or os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
+    here = [os.path.join(os.path.dirname(sys.executable), program) for program in SERVER_PROGRAMS]
+    found = next((path for path in here if os.path.exists(path)), None)
+    return [found or shutil.which(SERVER_PROGRAMS[-1]) or here[-1]]
 
 
 def shared_allocator(db_path: str, declared_gpus: list[dict[str, Any]], window_s: float) -> GpuAllocator:

@@ -86,13 +86,7 @@ def test_start_after_a_crash_is_clean(tmp_path: Path) -> None:
 
 def test_a_second_up_for_the_same_data_is_refused(platform: PlatformProcess) -> None:
     """On the running platform the other tests use: refused, and it runs on untouched."""
-    second = subprocess.run(
-        [platform_hubforge(), "up", "--config", str(platform.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=platform.env(),
-    )
+    second = up_in_foreground(platform)
     assert second.returncode == 2
     assert second.stderr.strip().startswith("hubforge: error: hubforge is already running")
     assert platform.ready()
@@ -105,16 +99,18 @@ def test_port_taken_by_another_program(tmp_path: Path) -> None:
         port = blocker.getsockname()[1]
         platform = PlatformProcess(tmp_path / "data")
         platform.config_path.write_text(platform.config_path.read_text().replace(str(platform.port), str(port)))
-        result = subprocess.run(
-            [platform_hubforge(), "up", "--config", str(platform.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=platform.env(),
-        )
+        result = up_in_foreground(platform)
     assert result.returncode == 2
     assert result.stderr.strip() == f"hubforge: error: hub.port: 127.0.0.1:{port} is in use by another program"
 
 
-def platform_hubforge() -> str:
-    return str(Path(sys.executable).with_name("hubforge"))
+def up_in_foreground(platform: PlatformProcess) -> subprocess.CompletedProcess[str]:
+    """``hubforge up`` with the platform's config and environment, run to its exit (a refusal)."""
+    hubforge = str(Path(sys.executable).with_name("hubforge"))
+    return subprocess.run(
+        [hubforge, "up", "--config", str(platform.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=platform.env(),
+    )
