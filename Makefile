@@ -23,7 +23,8 @@ CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
 .PHONY: install up test test-unit test-integration test-features test-platform test-jupyterhub \
-	third-lane test-integration-governance test-integration-rest bench lint dist clean
+	lane-1 lane-2 lane-3 lane-4 test-integration-governance test-integration-scheduler \
+	test-integration-kernels test-integration-rest test-platform-shared test-platform-own bench lint dist clean
 
 install: $(STAMP) $(FEAST_STAMP) $(CHP) $(LABEXT_HOME)/package.json
 
@@ -87,36 +88,63 @@ up: install
 	$(VENV)/bin/hubforge up
 
 # The tests in three layers (docs/testing.md), each its own pytest run, and JupyterHub's own
-# tests. The unit layer first (a failure there is cheap to see); then three lanes side by
-# side: most of the integration layer; the platform layer; JupyterHub's tests, then the
-# integration layer's governance and audit modules, then the feature store's tests. The
-# first two keep both cores busy; JupyterHub's tests mostly sleep on their own timers
-# (about 40 s of CPU in 4 minutes), so they run beside them instead of after one. Each
-# lane's output is printed whole when it ends. `make test` stops after the first step that
-# fails. Each layer prints its wall time; "no tests collected" (say, PYTEST_ARGS="-k ..."
-# naming tests of one layer only) is no failure.
+# tests, in four lanes side by side, each lane one layer or part of a layer after another:
+#   1. the integration layer but the parts lanes 3 and 4 run;
+#   2. the platform layer's modules on the shared platforms (one SQLite, one PostgreSQL);
+#   3. the unit layer, JupyterHub's tests, the integration layer's governance and audit
+#      modules, its scheduler modules, the features layer;
+#   4. the platform layer's modules that start platforms of their own, then the integration
+#      layer's kernel modules.
+# The parts are chosen so that the lanes end together: the lanes wait on processes they
+# start (a hub, MLflow, kernels) more than they compute, and JupyterHub's tests mostly sleep
+# on their own timers. Each lane's output is printed whole when it ends; a lane stops at its
+# first failing part, and `make test` fails if any lane did. Each part prints its wall time;
+# "no tests collected" (say, PYTEST_ARGS="-k ..." naming tests of one layer only) is no
+# failure.
 test: install $(CHROMIUM)
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory test-unit && \
-	$(MAKE) --no-print-directory -j3 --output-sync=target test-integration-rest test-platform third-lane; \
+	$(MAKE) --no-print-directory -j4 --output-sync=target lane-1 lane-2 lane-3 lane-4; \
 	status=$$?; echo "all tests: $$(( $$(date +%s) - start )) s"; exit $$status
 
-# The integration layer's modules of the governance service and the audit trail (in-process
-# services on their own databases), which `make test` runs in its third lane.
+# The parts of the integration layer that lanes 3 and 4 run: the governance service and the
+# audit trail (in-process services on their own databases); the scheduler; the kernel side
+# of tracking (a real kernel each).
 GOVERNANCE_TESTS := $(sort $(wildcard tests/integration/test_governance_*.py tests/integration/test_audit_*.py))
+SCHEDULER_TESTS := $(sort $(wildcard tests/integration/test_scheduler_*.py))
+KERNEL_TESTS := $(sort $(wildcard tests/integration/test_kernel_*.py))
+# The platform layer's modules that start platforms of their own and never the shared ones.
+OWN_PLATFORM_TESTS := $(addprefix tests/platform/,test_accounts.py test_chart_hub.py test_ctrl_c.py \
+	test_hub_restart.py test_launcher.py test_tiers_local.py)
 
-# The third lane of `make test`: JupyterHub's tests, the governance and audit modules, the
-# feature store's tests.
-third-lane:
-	@$(MAKE) --no-print-directory test-jupyterhub && $(MAKE) --no-print-directory test-integration-governance && \
-	  $(MAKE) --no-print-directory test-features
+lane-1: test-integration-rest
+lane-2: test-platform-shared
+lane-3:
+	@$(MAKE) --no-print-directory test-unit && $(MAKE) --no-print-directory test-jupyterhub && \
+	  $(MAKE) --no-print-directory test-integration-governance && \
+	  $(MAKE) --no-print-directory test-integration-scheduler && $(MAKE) --no-print-directory test-features
+lane-4:
+	@$(MAKE) --no-print-directory test-platform-own && $(MAKE) --no-print-directory test-integration-kernels
 
-# The integration layer in two parts (together: test-integration).
+# The integration layer in parts (together: test-integration).
 test-integration-governance: install
 	$(call layer,integration,,$(GOVERNANCE_TESTS),governance and audit)
 
+test-integration-scheduler: install
+	$(call layer,integration,,$(SCHEDULER_TESTS),scheduler)
+
+test-integration-kernels: install
+	$(call layer,integration,,$(KERNEL_TESTS),kernels)
+
 test-integration-rest: install
-	$(call layer,integration,,tests/integration $(addprefix --ignore=,$(GOVERNANCE_TESTS)),all but governance and audit)
+	$(call layer,integration,,tests/integration $(addprefix --ignore=,$(GOVERNANCE_TESTS) $(SCHEDULER_TESTS) \
+	  $(KERNEL_TESTS)),the rest)
+
+# The platform layer in two parts (together: test-platform).
+test-platform-shared: install $(CHROMIUM)
+	$(call layer,platform,,tests/platform $(addprefix --ignore=,$(OWN_PLATFORM_TESTS)),shared platforms)
+
+test-platform-own: install $(CHROMIUM)
+	$(call layer,platform,,$(OWN_PLATFORM_TESTS),own platforms)
 
 # $(call layer,NAME[,PYTHON[,PATHS,PART]]): run tests/NAME (or PATHS, PART of it) with
 # PYTEST_ARGS (in PYTHON's environment, else the platform's) and print "layer NAME: <seconds> s"

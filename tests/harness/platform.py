@@ -347,6 +347,18 @@ def assert_all_stopped(platform: PlatformProcess) -> None:
     assert not (platform.data_dir / "hubforge-up.pid").exists()
 
 
+def up_in_foreground(platform: PlatformProcess) -> subprocess.CompletedProcess[str]:
+    """``hubforge up`` with the platform's config and environment, run to its exit (a refusal)."""
+    hubforge = str(Path(sys.executable).with_name("hubforge"))
+    return subprocess.run(
+        [hubforge, "up", "--config", str(platform.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=platform.env(),
+    )
+
+
 def api(url: str, token: str) -> httpx.Client:
     """An API client that authenticates with a hub token."""
     return httpx.Client(base_url=url, headers={"Authorization": f"token {token}"}, timeout=30)

@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import psutil
@@ -90,15 +89,21 @@ def proxy_pid(platform: PlatformProcess) -> int | None:
 
 @pytest.fixture(scope="module")
 def gpu_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
-    """One platform on a one-GPU machine for the tests that kill its hub. Each leaves it as it
-    found it (the hub back, nobody's server running), so they share one start; a normal stop
-    afterwards still ends everything."""
+    """One platform on a one-GPU machine, started with ``--keep-servers`` as for an upgrade, for
+    the tests that kill its hub and the upgrade. Each leaves it as it found it (the hub back,
+    nobody's server running), so they share one start. The upgrade starts it again without
+    the flag; a normal stop afterwards ends everything."""
     platform = PlatformProcess(tmp_path_factory.mktemp("gpu-machine") / "data", GPU_MACHINE)
-    platform.start()
+    platform.start("--keep-servers")
     try:
         platform.wait_ready()
         yield platform
     finally:
+        assert platform.proc is not None
+        if "--keep-servers" in platform.proc.args:  # the upgrade did not run: its stop would keep the proxy
+            platform.stop()
+            platform.start()
+            platform.wait_ready()
         code = platform.stop()
     assert code == 0, platform.log_tail()
     assert instance_processes(str(platform.data_dir.resolve())) == []
@@ -137,37 +142,6 @@ def test_the_hub_and_the_proxy_killed_cost_alice_nothing(gpu_machine: PlatformPr
         finally:
             reconnected.close()
     assert not gpus_held(platform), "her GPU is free once her server stopped"
-
-
-def test_an_upgrade_restart_with_keep_servers_keeps_everybodys_work(tmp_path: Path) -> None:
-    """The documented upgrade: `hubforge up --keep-servers` stopped (SIGTERM, as systemd stops
-    it) and started again. alice's cells run throughout; afterwards her server, kernel and
-    variables are hers as before, and a normal stop then stops everything."""
-    platform = PlatformProcess(tmp_path / "data")
-    platform.start("--keep-servers")
-    try:
-        platform.wait_ready()
-        with alices_notebook(platform.url, {"profile": "interactive"}) as (http, kernel):
-            assert ran(kernel, "x = 41; n = 0") == ""
-            servers, proxy = servers_of(platform), proxy_pid(platform)
-
-            assert platform.stop(signal.SIGTERM) == 0, platform.log_tail()
-            assert not hub_answers(platform), "the hub is stopped"
-            assert servers_of(platform) == servers and psutil.pid_exists(proxy), "her server and the proxy are not"
-            assert ran(kernel, "n += 1; print(x + n)") == "42", "her notebook works while the hub is away"
-            assert (platform.data_dir / "handover.json").exists()
-
-            platform.start()  # the upgraded platform (without the flag: its own stop will end everything)
-            assert cells_while_the_hub_is_away(platform, kernel, wait_down=False) >= 0
-            platform.wait_ready()
-            assert ran(kernel, "print(x, n > 0)") == "41 True", "the same kernel, with its variables"
-            assert servers_of(platform) == servers and proxy_pid(platform) == proxy, "taken over, not restarted"
-            assert http.get("/user/alice/api/status").status_code == 200, "her token works through the new hub"
-            assert "Taking over the proxy and 1 server(s)" in platform.log_path.read_text()
-            wait_for(lambda: not (platform.data_dir / "handover.json").exists(), 30, "the handover to be done")
-    finally:
-        assert platform.stop() == 0, platform.log_tail()
-    assert instance_processes(str(platform.data_dir.resolve())) == []
 
 
 def test_a_spawn_waiting_for_gpus_when_the_hub_dies_waits_on_after_it(gpu_machine: PlatformProcess) -> None:
@@ -217,3 +191,29 @@ def pending(http: httpx.Client, user: str) -> str | None:
     except httpx.TransportError:
         return None
     return found.json()["servers"].get("", {}).get("pending") if found.status_code == 200 else None
+
+
+def test_an_upgrade_restart_with_keep_servers_keeps_everybodys_work(gpu_machine: PlatformProcess) -> None:
+    """The documented upgrade: `hubforge up --keep-servers` stopped (SIGTERM, as systemd stops
+    it) and started again, on a platform whose hub and proxy were killed and came back. alice's
+    cells run throughout; afterwards her server, kernel and variables are hers as before, and
+    a normal stop then stops everything (the fixture's)."""
+    platform = gpu_machine
+    with alices_notebook(platform.url, {"profile": "interactive"}) as (http, kernel):
+        assert ran(kernel, "x = 41; n = 0") == ""
+        servers, proxy = servers_of(platform), proxy_pid(platform)
+
+        assert platform.stop(signal.SIGTERM) == 0, platform.log_tail()
+        assert not hub_answers(platform), "the hub is stopped"
+        assert servers_of(platform) == servers and psutil.pid_exists(proxy), "her server and the proxy are not"
+        assert ran(kernel, "n += 1; print(x + n)") == "42", "her notebook works while the hub is away"
+        assert (platform.data_dir / "handover.json").exists()
+
+        platform.start()  # the upgraded platform (without the flag: its own stop will end everything)
+        assert cells_while_the_hub_is_away(platform, kernel, wait_down=False) >= 0
+        platform.wait_ready()
+        assert ran(kernel, "print(x, n > 0)") == "41 True", "the same kernel, with its variables"
+        assert servers_of(platform) == servers and proxy_pid(platform) == proxy, "taken over, not restarted"
+        assert http.get("/user/alice/api/status").status_code == 200, "her token works through the new hub"
+        assert "Taking over the proxy and 1 server(s)" in platform.log_path.read_text()
+        wait_for(lambda: not (platform.data_dir / "handover.json").exists(), 30, "the handover to be done")

@@ -1,20 +1,20 @@
 """`hubforge up` as a process: a stop signal stops everything, a crash leaves nothing in the way.
 
 SIGTERM (systemd's stop) is here; Ctrl-C (SIGINT), with a notebook's run open, is in
-test_tracking_corpus.py, which checks the same through :func:`harness.platform.assert_all_stopped`.
+test_ctrl_c.py, which checks the same through :func:`harness.platform.assert_all_stopped`.
+Each test starts a platform of its own; a second ``hubforge up`` for a running platform is
+refused in test_platform.py, against the layer's shared platforms.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 
-from harness.platform import HubSession, PlatformProcess, api, assert_all_stopped, wait_for
+from harness.platform import HubSession, PlatformProcess, api, assert_all_stopped, up_in_foreground, wait_for
 from hubforge.hub.launcher import instance_processes
 
 
@@ -37,29 +37,10 @@ def start_server(platform: PlatformProcess, user: str = "alice") -> None:
         session.close()
 
 
-def test_sigterm_stops_every_process_it_started(tmp_path: Path) -> None:
-    platform = PlatformProcess(tmp_path / "data")
-    platform.start()
-    try:
-        platform.wait_ready()
-        start_server(platform)
-        running = instance_processes(str(platform.data_dir.resolve()))
-        cmdlines = names(running)
-        for part in (
-            "jupyterhub",
-            "configurable-http-proxy",
-            "hubforge.hub.governance",
-            "mlflow",
-            "hubforge-singleuser",
-        ):
-            assert part in cmdlines, f"{part} not among {cmdlines}"
-    finally:
-        code = platform.stop(signal.SIGTERM)
-    assert code == 0, platform.log_tail()
-    assert_all_stopped(platform)
-
-
-def test_start_after_a_crash_is_clean(tmp_path: Path) -> None:
+def test_start_after_a_crash_is_clean_and_sigterm_stops_every_process_it_started(tmp_path: Path) -> None:
+    """A crash (the supervisor and the hub killed at once) leaves the proxy and services
+    behind; the next start clears them and runs every part again; SIGTERM (systemd's stop)
+    then stops every process it started."""
     platform = PlatformProcess(tmp_path / "data")
     platform.start()
     try:
@@ -80,16 +61,19 @@ def test_start_after_a_crash_is_clean(tmp_path: Path) -> None:
         assert not {p.pid for p in instance_processes(instance)} & {p.pid for p in orphans}
         assert "left by an earlier run" in platform.log_path.read_text()
         start_server(platform)  # the hub works after the restart
+        cmdlines = names(instance_processes(instance))
+        for part in (
+            "jupyterhub",
+            "configurable-http-proxy",
+            "hubforge.hub.governance",
+            "mlflow",
+            "hubforge-singleuser",
+        ):
+            assert part in cmdlines, f"{part} not among {cmdlines}"
     finally:
-        assert platform.stop() == 0
-
-
-def test_a_second_up_for_the_same_data_is_refused(platform: PlatformProcess) -> None:
-    """On the running platform the other tests use: refused, and it runs on untouched."""
-    second = up_in_foreground(platform)
-    assert second.returncode == 2
-    assert second.stderr.strip().startswith("hubforge: error: hubforge is already running")
-    assert platform.ready()
+        code = platform.stop(signal.SIGTERM)
+    assert code == 0, platform.log_tail()
+    assert_all_stopped(platform)
 
 
 def test_port_taken_by_another_program(tmp_path: Path) -> None:
@@ -102,15 +86,3 @@ def test_port_taken_by_another_program(tmp_path: Path) -> None:
         result = up_in_foreground(platform)
     assert result.returncode == 2
     assert result.stderr.strip() == f"hubforge: error: hub.port: 127.0.0.1:{port} is in use by another program"
-
-
-def up_in_foreground(platform: PlatformProcess) -> subprocess.CompletedProcess[str]:
-    """``hubforge up`` with the platform's config and environment, run to its exit (a refusal)."""
-    hubforge = str(Path(sys.executable).with_name("hubforge"))
-    return subprocess.run(
-        [hubforge, "up", "--config", str(platform.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=platform.env(),
-    )

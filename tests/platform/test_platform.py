@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.platform import PERSONA_USERS, HubSession, api, wait_for
+from harness.platform import PERSONA_USERS, HubSession, PlatformProcess, api, up_in_foreground, wait_for
 
 
 @pytest.mark.parametrize("persona", list(PERSONA_USERS))
@@ -29,6 +29,14 @@ def test_wrong_password_is_refused(platform) -> None:
         assert session.client.get("/hub/api/user").status_code == 403
     finally:
         session.close()
+
+
+def test_a_second_up_for_the_same_data_is_refused(platform: PlatformProcess) -> None:
+    """On the running platform the other tests use: refused, and it runs on untouched."""
+    second = up_in_foreground(platform)
+    assert second.returncode == 2
+    assert second.stderr.strip().startswith("hubforge: error: hubforge is already running")
+    assert platform.ready()
 
 
 def test_unknown_user_is_refused(platform) -> None:

@@ -11,14 +11,14 @@ proxy, every notebook's runs are read back: status, snapshot, environment,
 every fit a child run with its params, and every metric, param and tag the
 corpus produced either in MLflow or in her spool's ``rejected`` folder.
 
-A second test stops the whole platform with Ctrl-C while a notebook is open.
+Ctrl-C of the whole platform while a notebook is open is in test_ctrl_c.py, on a platform
+of its own.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from harness.corpus import FOLDER, USER, Lab, artifacts, code_of, corpus, mlflow_runs
-from harness.platform import MLFLOW_API, HubSession, PlatformProcess, api, assert_all_stopped, wait_for
+from harness.platform import MLFLOW_API, HubSession, PlatformProcess, api, wait_for
 
 
 def tags(run: dict[str, Any]) -> dict[str, str]:
@@ -191,40 +191,3 @@ def check_notebook(
         got = params(fits[name])
         assert {k: got.get(k) for k in wanted} == wanted, (final, name, got)
         assert fits[name]["info"]["status"] == "FINISHED", (final, name)
-
-
-def test_ctrl_c_of_the_platform_ends_an_open_notebooks_run(tmp_path: Path) -> None:
-    """`hubforge up` stopped with Ctrl-C while alice's notebook is open: every process it started
-    stops, and the notebook's run ends FINISHED."""
-    from mlflow import MlflowClient
-
-    platform = PlatformProcess(tmp_path / "data")
-    platform.start()
-    try:
-        platform.wait_ready()
-        session = HubSession(platform.url)
-        assert session.login("alice").status_code == 302
-        with api(platform.url, session.new_token("alice", note="ctrl-c")) as http:
-            http.timeout = httpx.Timeout(120)
-            assert http.post("/hub/api/users/alice/server").status_code in (201, 202)
-            wait_for(lambda: http.get("/hub/api/users/alice").json()["servers"].get("", {}).get("ready"), 120, "server")
-            lab = Lab(http)
-            _, kernel = lab.open(lab.upload("print_then_train.ipynb"))
-            said = lab.run(kernel, code_of("print_then_train.ipynb"), 0.5)
-            assert [e.status for e in said] == ["ok"] * 4
-            kernel.close()
-        session.close()
-    finally:
-        assert platform.stop(signal.SIGINT, timeout=120) == 0, platform.log_tail()
-    assert_all_stopped(platform)
-    # The platform is down: read MLflow's own store and artifact folder.
-    store = MlflowClient(f"sqlite:///{tmp_path / 'data' / 'mlflow.sqlite'}")
-    exp = store.get_experiment_by_name(f"/Users/alice/{FOLDER}/print_then_train.ipynb")
-    runs = store.search_runs([exp.experiment_id])
-    (top,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert top.info.status == "FINISHED", platform.log_tail()
-    folder = tmp_path / "data" / "mlartifacts" / exp.experiment_id / top.info.run_id / "artifacts"
-    assert (folder / "notebook" / "print_then_train.ipynb").is_file()
-    assert "scikit-learn==" in (folder / "environment" / "requirements.txt").read_text()
-    fits = {r.info.run_name: r.info.status for r in runs if r.data.tags.get("mlflow.parentRunId") == top.info.run_id}
-    assert fits == {"DecisionTreeClassifier": "FINISHED", "KNeighborsClassifier": "FINISHED"}
