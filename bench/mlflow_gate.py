@@ -54,7 +54,7 @@ def _server(data: Path, gated: bool, hub: FakeHub) -> Iterator[httpx.Client]:
     data.mkdir(exist_ok=True)
     # One worker, as the platform runs MLflow: with two, which worker a request lands on
     # differs between the servers and shows up as a difference of its own.
-    with mlflow_server(data, hub, gated, workers=1) as url:
+    with mlflow_server(data, hub, gated) as url:
         headers = {"Host": HOST, **TOKEN}
         with httpx.Client(base_url=f"{url}{PREFIX}", headers=headers, timeout=60) as client:
             yield client

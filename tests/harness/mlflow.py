@@ -6,10 +6,13 @@ database. Used by the integration tests (through tests/integration/conftest.py) 
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,38 @@ import pytest
 from harness.platform import free_port, wait_for
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+#: Makes the empty database an ``mlflow server`` with served artifacts makes on its first start.
+_MIGRATE = """
+import sys
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as Registry
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as Tracking
+uri = "sqlite:///" + sys.argv[1]
+Tracking(uri, "mlflow-artifacts:/")
+Registry(uri)
+"""
+
+
+def migrated_database(path: Path) -> None:
+    """An empty MLflow database at ``path``, its schema already migrated (nothing if ``path`` exists).
+
+    An ``mlflow server`` on a new SQLite database migrates it as it starts: about a second of
+    CPU, which every server the tests start would pay. Their servers start instead on a copy of
+    one database migrated once per MLflow version (and kept for later runs); to MLflow that is
+    a server started again on its own database. The platform layer's servers still migrate
+    their new databases themselves.
+    """
+    if path.exists():
+        return
+    template = Path(tempfile.gettempdir()) / f"hubforge-tests-mlflow-{importlib.metadata.version('mlflow')}.sqlite"
+    if not template.exists():
+        made = template.with_name(f".{template.name}.{os.getpid()}")
+        made.unlink(missing_ok=True)
+        subprocess.run([sys.executable, "-c", _MIGRATE, str(made)], check=True, capture_output=True)
+        os.replace(made, template)  # whole or not at all, for the run's other lanes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
 
 
 class PortTaken(RuntimeError):
@@ -50,6 +85,7 @@ class MlflowServer:
                 self.url = f"http://127.0.0.1:{self.port}"
 
     def _start(self) -> None:
+        migrated_database(self.root / "mlflow.db")
         cmd = [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db"]
         cmd += ["--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--workers", "1"]
@@ -86,13 +122,23 @@ def new_run(client, name: str) -> str:
     return client.create_run(exp).info.run_id
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """A plain ``mlflow server`` of the test module's own (tests may stop and restart it)."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+def running_mlflow(root: Path) -> Iterator[MlflowServer]:
+    """A plain ``mlflow server`` in ``root``, started, until the generator is closed."""
+    server = MlflowServer(root)
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A plain ``mlflow server`` shared by the modules of the pytest run, which keep out of each
+    other's way by their people and notebook names (``/Users/<person>/<notebook>``), as a
+    company's people do on one server. A module whose tests stop and start it overrides this
+    fixture with a server of its own (``running_mlflow``)."""
+    yield from running_mlflow(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture

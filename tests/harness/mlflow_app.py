@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from harness.hub import FakeHub, running_hub
+from harness.mlflow import migrated_database
 from harness.platform import free_port, wait_for
 
 PREFIX = "/services/mlflow/"
@@ -78,26 +79,27 @@ def service_env(hub: FakeHub) -> dict[str, str]:
     }
 
 
-def mlflow_command(data: Path, port: int) -> list[str]:
+def mlflow_command(data: Path, port: int, workers: int = 1) -> list[str]:
     """``mlflow server`` as the hub starts it, behind a proxy that keeps the Host header."""
     return [
         sys.executable, "-m", "mlflow", "server", "--app-name", "hubforge",
         "--backend-store-uri", f"sqlite:///{data}/mlflow.sqlite",
         "--artifacts-destination", str(data / "mlartifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--static-prefix", PREFIX.rstrip("/"),
         "--allowed-hosts", f"{HOST},127.0.0.1:*", "--cors-allowed-origins", ORIGIN,
     ]  # fmt: skip
 
 
 @contextmanager
-def mlflow_server(data: Path, hub: FakeHub, gated: bool = True, workers: int = 2) -> Iterator[str]:
+def mlflow_server(data: Path, hub: FakeHub, gated: bool = True, workers: int = 1) -> Iterator[str]:
     """``mlflow server`` as the hub starts it in ``data`` (without hubforge's app unless
-    ``gated``), until the block ends; its URL (reach it with ``Host: HOST``). Two workers
-    by default, so that what one worker learns the other must not need."""
+    ``gated``), until the block ends; its URL (reach it with ``Host: HOST``). One worker, as
+    the hub starts it; the gate's own tests ask for two (``gate_workers``), so that what one
+    worker learns the other must not need."""
     port = free_port()
-    command = mlflow_command(data, port)
-    command[command.index("--workers") + 1] = str(workers)
+    migrated_database(data / "mlflow.sqlite")
+    command = mlflow_command(data, port, workers)
     if not gated:
         command = [part for part in command if part not in ("--app-name", "hubforge")]
     log_path = data / "server.log"
@@ -128,8 +130,15 @@ def mlflow_server(data: Path, hub: FakeHub, gated: bool = True, workers: int = 2
 
 
 @pytest.fixture(scope="module")
-def mlflow_url(fake_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow"), fake_hub) as url:
+def gate_workers() -> int:
+    """How many workers ``mlflow_url``'s server runs: one, as the hub starts it. A module that
+    tests what the workers must not keep to themselves (the gate's) overrides it with two."""
+    return 1
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(fake_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory, gate_workers: int) -> Iterator[str]:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), fake_hub, workers=gate_workers) as url:
         yield url
 
 

@@ -54,5 +54,10 @@ def register_model(
         mlflow.set_experiment(f"/Users/{user}/{name}")
         with mlflow.start_run(tags={"mlflow.user": user}) as run:
             mlflow.log_metric("accuracy", 0.9)
-            info = mlflow.sklearn.log_model(fitted, name="model", registered_model_name=name)
+            # The flavor's own requirements, named: inferring them loads the model in a new
+            # Python (about 2 s of CPU) for an answer these tests never read.
+            requirements = mlflow.sklearn.get_default_pip_requirements(include_skops=True)
+            info = mlflow.sklearn.log_model(
+                fitted, name="model", registered_model_name=name, pip_requirements=requirements
+            )
     return Registered(name, str(info.registered_model_version), run.info.run_id)

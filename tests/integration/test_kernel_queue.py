@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.mlflow import MlflowServer, new_run
+from harness.mlflow import MlflowServer, new_run, running_mlflow
 from harness.platform import wait_for
 from hubforge.server_extension.kernel.queue import TrackingQueue
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A server of this module's own: its tests stop and start it."""
+    yield from running_mlflow(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture

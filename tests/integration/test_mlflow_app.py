@@ -41,6 +41,12 @@ from hubforge.hub.mlflow.gate import (
 SEARCH = "api/2.0/mlflow/experiments/search?max_results=1"
 
 
+@pytest.fixture(scope="module")
+def gate_workers() -> int:
+    """Two workers: what one learns (a login, a token's owner) the other must not need."""
+    return 2
+
+
 def log_in(client: httpx.Client, hub: FakeHub, token: str, page: str = PREFIX + "?from=test") -> httpx.Response:
     """The OAuth round trip a browser makes, the hub's consent step stood in for."""
     start = client.get(page)

@@ -51,7 +51,7 @@ def served(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     with pytest.MonkeyPatch.context() as env:
         env.setenv(DATA_ENV, str(data))  # as the hub starts its services
         with (
-            mlflow_server(data, hub, workers=1) as url,
+            mlflow_server(data, hub) as url,
             httpx.Client(base_url=url, headers={"Host": HOST}, timeout=60) as client,
         ):
             yield client, data / "events" / "mlflow"
