@@ -7,8 +7,11 @@ alice is a data scientist, bob an ML engineer (registry manager), carol an ML le
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -187,6 +190,21 @@ def test_every_persona_token_is_known(clients) -> None:
         assert client.get("/hub/api/user").json()["name"] == user
 
 
+def searched_experiments(request: Any) -> set[str]:
+    """The experiment ids a browser's ``runs/search`` request names, in its query or JSON body."""
+    query = parse_qs(urlsplit(request.url).query)
+    ids = set(query.get("experiment_ids", []) + query.get("experimentIds", []))
+    try:
+        body = json.loads(request.post_data or "{}")
+    except ValueError:
+        body = {}
+    if isinstance(body, dict):
+        for key in ("experiment_ids", "experimentIds"):
+            if isinstance(body.get(key), list):
+                ids |= {str(i) for i in body[key]}
+    return ids
+
+
 def test_the_mlflow_ui_shows_a_person_their_runs_and_not_anothers(platform, clients, artifacts) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     alice_exp, alice_run = experiment_with_run(clients["alice"], "alice")
@@ -211,12 +229,18 @@ def test_the_mlflow_ui_shows_a_person_their_runs_and_not_anothers(platform, clie
             before = len(refusals)
             # bob's experiment: the UI loads it (GraphQL in model-training view), is told she may
             # not read it, and shows neither his runs nor any run search that was let through.
-            searched: list[int] = []
-            page.on("response", lambda r: searched.append(r.status) if "/runs/search" in r.url else None)
+            # Searches of her own page may still answer now: only those naming his experiment count.
+            searched: list[tuple[int, set[str]]] = []
+
+            def on_response(response: Any) -> None:
+                if "/runs/search" in response.url:
+                    searched.append((response.status, searched_experiments(response.request)))
+
+            page.on("response", on_response)
             page.goto(f"{platform.url}/services/mlflow/#/experiments/{bob_exp}")
             page.get_by_text(f"alice may not read experiment {bob_exp}").wait_for(timeout=60_000)
             assert bob_run not in page.content()
-            assert all(status == 403 for status in searched), searched
+            assert all(status == 403 for status, ids in searched if str(bob_exp) in ids), searched
             page.screenshot(path=str(artifacts / "mlflow-ui-alice-on-bobs-experiment.png"))
         finally:
             browser.close()
