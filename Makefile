@@ -113,8 +113,8 @@ GOVERNANCE_TESTS := $(sort $(wildcard tests/integration/test_governance_*.py tes
 SCHEDULER_TESTS := $(sort $(wildcard tests/integration/test_scheduler_*.py))
 KERNEL_TESTS := $(sort $(wildcard tests/integration/test_kernel_*.py))
 # The platform layer's modules that start platforms of their own and never the shared ones.
-OWN_PLATFORM_TESTS := $(addprefix tests/platform/,test_accounts.py test_chart_hub.py test_ctrl_c.py \
-	test_hub_restart.py test_launcher.py test_tiers_local.py)
+OWN_PLATFORM_TESTS := $(addprefix tests/platform/,test_accounts.py test_chart_hub.py test_hub_restart.py \
+	test_launcher.py test_tiers_local.py)
 
 lane-1: test-integration-rest
 lane-2: test-platform-shared

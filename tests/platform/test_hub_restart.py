@@ -1,4 +1,4 @@
-"""The hub killed, the proxy killed, the hub upgraded: nobody's notebook stops.
+"""The hub killed, the proxy killed, the hub upgraded: nobody's notebook stops; Ctrl-C stops all.
 
 alice works in a notebook on a GPU server while the hub dies outright (kill -9): her
 cells keep running over the open websocket while the hub is away, `hubforge up`
@@ -6,7 +6,12 @@ starts the hub again, and the new hub finds her server (same process, same kerne
 same variables, same GPU) and the proxy that kept routing to it. The proxy killed:
 the hub starts another and restores her route; her kernel lives on. An upgrade
 (`hubforge up --keep-servers`, stopped and started again): her kernel runs cells
-throughout and is hers again afterwards.
+throughout and is hers again afterwards. Last, the platform that went through all
+that is stopped with Ctrl-C while a notebook of the corpus is open: every process it
+started stops (the launcher's SIGINT checks) and the notebook's run ends FINISHED.
+
+The tests share one platform start, in this order; each leaves the platform as it
+found it, but the last, which stops it.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import httpx
 import psutil
 import pytest
 
+from harness.corpus import FOLDER, Lab, code_of
 from harness.faults import alices_notebook, ran, server_ready
-from harness.platform import HubSession, PlatformProcess, api, wait_for
+from harness.platform import HubSession, PlatformProcess, api, assert_all_stopped, wait_for
 from harness.server import KernelChannel
 from hubforge.hub.handover import user_servers
 from hubforge.hub.launcher import instance_processes
@@ -99,14 +105,20 @@ def gpu_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformPr
         platform.wait_ready()
         yield platform
     finally:
-        assert platform.proc is not None
-        if "--keep-servers" in platform.proc.args:  # the upgrade did not run: its stop would keep the proxy
-            platform.stop()
-            platform.start()
-            platform.wait_ready()
+        without_keep_servers(platform)
         code = platform.stop()
     assert code == 0, platform.log_tail()
     assert instance_processes(str(platform.data_dir.resolve())) == []
+
+
+def without_keep_servers(platform: PlatformProcess) -> None:
+    """Start ``platform`` again without ``--keep-servers`` if it still runs with it (the
+    upgrade, which does that, did not run), so that its next stop ends everything."""
+    assert platform.proc is not None
+    if platform.proc.poll() is None and "--keep-servers" in platform.proc.args:
+        platform.stop()
+        platform.start()
+        platform.wait_ready()
 
 
 def test_the_hub_and_the_proxy_killed_cost_alice_nothing(gpu_machine: PlatformProcess) -> None:
@@ -217,3 +229,39 @@ def test_an_upgrade_restart_with_keep_servers_keeps_everybodys_work(gpu_machine:
         assert http.get("/user/alice/api/status").status_code == 200, "her token works through the new hub"
         assert "Taking over the proxy and 1 server(s)" in platform.log_path.read_text()
         wait_for(lambda: not (platform.data_dir / "handover.json").exists(), 30, "the handover to be done")
+
+
+def test_ctrl_c_of_the_platform_ends_an_open_notebooks_run(gpu_machine: PlatformProcess) -> None:
+    """`hubforge up` stopped with Ctrl-C while alice's notebook is open: every process it started
+    stops, and the notebook's run ends FINISHED."""
+    from mlflow import MlflowClient
+
+    platform = gpu_machine
+    without_keep_servers(platform)
+    try:
+        session = HubSession(platform.url)
+        assert session.login("alice").status_code == 302
+        with api(platform.url, session.new_token("alice", note="ctrl-c")) as http:
+            http.timeout = httpx.Timeout(120)
+            assert http.post("/hub/api/users/alice/server").status_code in (201, 202)
+            wait_for(lambda: http.get("/hub/api/users/alice").json()["servers"].get("", {}).get("ready"), 120, "server")
+            lab = Lab(http)
+            _, kernel = lab.open(lab.upload("print_then_train.ipynb"))
+            said = lab.run(kernel, code_of("print_then_train.ipynb"), 0.5)
+            assert [e.status for e in said] == ["ok"] * 4
+            kernel.close()
+        session.close()
+    finally:
+        assert platform.stop(signal.SIGINT, timeout=120) == 0, platform.log_tail()
+    assert_all_stopped(platform)
+    # The platform is down: read MLflow's own store and artifact folder.
+    store = MlflowClient(f"sqlite:///{platform.data_dir / 'mlflow.sqlite'}")
+    exp = store.get_experiment_by_name(f"/Users/alice/{FOLDER}/print_then_train.ipynb")
+    runs = store.search_runs([exp.experiment_id])
+    (top,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert top.info.status == "FINISHED", platform.log_tail()
+    folder = platform.data_dir / "mlartifacts" / exp.experiment_id / top.info.run_id / "artifacts"
+    assert (folder / "notebook" / "print_then_train.ipynb").is_file()
+    assert "scikit-learn==" in (folder / "environment" / "requirements.txt").read_text()
+    fits = {r.info.run_name: r.info.status for r in runs if r.data.tags.get("mlflow.parentRunId") == top.info.run_id}
+    assert fits == {"DecisionTreeClassifier": "FINISHED", "KNeighborsClassifier": "FINISHED"}

@@ -1,7 +1,7 @@
 """`hubforge up` as a process: a stop signal stops everything, a crash leaves nothing in the way.
 
 SIGTERM (systemd's stop) is here; Ctrl-C (SIGINT), with a notebook's run open, is in
-test_ctrl_c.py, which checks the same through :func:`harness.platform.assert_all_stopped`.
+test_hub_restart.py, which checks the same through :func:`harness.platform.assert_all_stopped`.
 Each test starts a platform of its own; a second ``hubforge up`` for a running platform is
 refused in test_platform.py, against the layer's shared platforms.
 """

@@ -11,8 +11,8 @@ proxy, every notebook's runs are read back: status, snapshot, environment,
 every fit a child run with its params, and every metric, param and tag the
 corpus produced either in MLflow or in her spool's ``rejected`` folder.
 
-Ctrl-C of the whole platform while a notebook is open is in test_ctrl_c.py, on a platform
-of its own.
+Ctrl-C of the whole platform while a notebook is open is in test_hub_restart.py, on a
+platform of its own.
 """
 
 from __future__ import annotations
