@@ -67,6 +67,8 @@ SUPERVISOR_PID = "hubforge-up.pid"
 PASSWORD_FILE = "demo-password"
 PROXY_PID = "proxy.pid"
 HUB_PID = "jupyterhub.pid"
+#: The hub's program: JupyterHub after ``import hubforge`` (:mod:`hubforge.hub.jupyterhub`).
+HUB_MODULE = "hubforge.hub.jupyterhub"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -384,7 +386,7 @@ class Platform:
     def start_hub(self, env: dict[str, str]) -> None:
         """Start JupyterHub in a session of its own (Ctrl-C reaches only the supervisor)."""
         config_file = Path(__file__).with_name("jupyterhub_config.py")
-        cmd = [sys.executable, "-m", "jupyterhub", "-f", str(config_file)]
+        cmd = [sys.executable, "-m", HUB_MODULE, "-f", str(config_file)]
         out = self.output if self.output is not None else None
         self.hub = subprocess.Popen(
             cmd,

@@ -1,5 +1,5 @@
-"""A hubforge process does not pay for ``rfc3987_syntax``'s parsers at start, and jsonschema's
-``iri`` checks answer as they do in a process without hubforge."""
+"""A hubforge process (the CLI, a person's server, the hub) does not pay for ``rfc3987_syntax``'s
+parsers at start, and jsonschema's ``iri`` checks answer as they do in a process without hubforge."""
 
 from __future__ import annotations
 
@@ -48,4 +48,19 @@ def test_peoples_servers_start_without_building_the_parsers() -> None:
     assert out.stdout.strip(), "it answers as jupyterhub-singleuser does"
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "jsonschema._format" in imported and "jupyter_server.serverapp" in imported
+    assert "rfc3987_syntax.syntax_helpers" not in imported
+
+
+def test_the_hub_starts_without_building_the_parsers() -> None:
+    """``hubforge up``'s hub program, as far as its start imports: JupyterHub's, not the parsers."""
+    from hubforge.hub.launcher import HUB_MODULE
+
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", HUB_MODULE, "--version"], capture_output=True, text=True, check=True
+    )
+    import jupyterhub
+
+    assert out.stdout.strip() == jupyterhub.__version__, "it answers as jupyterhub does"
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "jsonschema._format" in imported and "jupyterhub.app" in imported
     assert "rfc3987_syntax.syntax_helpers" not in imported
