@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import psutil
 
-from harness.platform import MLFLOW_API, HubSession, api, wait_for
+from harness.platform import MLFLOW_API, PROBE, HubSession, api, wait_for
 from harness.server import KernelChannel, notebook_session
 from hubforge.hub.handover import user_servers
 from hubforge.hub.launcher import instance_processes
@@ -50,7 +50,7 @@ def supervised_port(proc: psutil.Process) -> int:
 def mlflow_answers(port: int) -> bool:
     """MLflow's health check, at its own port (under its prefix), not through the proxy."""
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/services/mlflow/health", timeout=2).status_code == 200
+        return PROBE.get(f"http://127.0.0.1:{port}/services/mlflow/health").status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.platform import free_port, wait_for
+from harness.platform import PROBE, free_port, wait_for
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -106,7 +106,7 @@ class MlflowServer:
                 raise PortTaken(self.port)
             raise RuntimeError(log[-2000:])
         try:
-            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            return PROBE.get(f"{self.url}/health", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -21,7 +21,7 @@ import pytest
 
 from harness.hub import FakeHub, running_hub
 from harness.mlflow import migrated_database
-from harness.platform import free_port, wait_for
+from harness.platform import PROBE, free_port, wait_for
 
 PREFIX = "/services/mlflow/"
 HOST = "hub.example.test"
@@ -113,7 +113,7 @@ def mlflow_server(data: Path, hub: FakeHub, gated: bool = True, workers: int = 1
         if proc.poll() is not None:
             raise AssertionError(f"mlflow server exited:\n{log_path.read_text()[-3000:]}")
         try:
-            return httpx.get(f"{url}{PREFIX}health", headers={"Host": HOST}).status_code == 200
+            return PROBE.get(f"{url}{PREFIX}health", headers={"Host": HOST}, timeout=5).status_code == 200
         except httpx.TransportError:
             return False
 

@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from harness.governance import PREFIX, Running
-from harness.platform import free_port, pg_databases, wait_for
+from harness.platform import PROBE, free_port, pg_databases, wait_for
 from harness.tcpproxy import TcpProxy
 from hubforge.events.spool import EVENTS_FILE, EventSpool, platform_spool_dir
 from hubforge.hub.governance.audit import KEY_FILE, load_public_key, verify
@@ -80,7 +80,7 @@ class GovernanceProcess:
     def _healthy(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}{PREFIX}api/health", timeout=2).status_code == 200
+            return PROBE.get(f"http://127.0.0.1:{self.port}{PREFIX}api/health").status_code == 200
         except httpx.TransportError:
             return False
 

@@ -28,6 +28,7 @@ from tornado import web
 from tornado.netutil import bind_sockets
 
 from harness.governance import ACCESS, COOKIE_SECRET, PREFIX, USERS, Running
+from harness.platform import PROBE
 from hubforge.hub.governance import schemas
 from hubforge.hub.governance.app import make_app, make_hub_auth
 from hubforge.hub.governance.auth import HubAuthHandler, declared_scopes, is_public
@@ -846,7 +847,7 @@ def test_python_m_entry_point_serves_behind_the_hub(running, tmp_path):
         while True:
             assert proc.poll() is None, proc.stdout.read().decode()
             try:
-                if httpx.get(base + "api/health").status_code == 200:
+                if PROBE.get(base + "api/health", timeout=5).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.platform import PROBE
 from hubforge.hub.launcher import instance_processes
 
 
@@ -89,7 +90,7 @@ def _answers(url: str, token: str) -> bool:
     import httpx
 
     try:
-        return httpx.get(url, headers=_auth(token), timeout=2).status_code == 200
+        return PROBE.get(url, headers=_auth(token)).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from harness.platform import free_port, wait_for
+from harness.platform import PROBE, free_port, wait_for
 from hubforge.hub.supervised import stop_leftovers
 
 INSTANCE = f"supervised-test-{os.getpid()}"
@@ -45,7 +45,7 @@ def supervised_mlflow(root: Path, port: int) -> subprocess.Popen[bytes]:
 
 def answering(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+        return PROBE.get(f"http://127.0.0.1:{port}/health").status_code == 200
     except httpx.HTTPError:
         return False
 

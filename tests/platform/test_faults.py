@@ -17,7 +17,7 @@ import httpx
 import psutil
 
 from harness.faults import mlflow_answers, mlflow_supervisor, service_supervisor, supervised_port
-from harness.platform import wait_for
+from harness.platform import PROBE, wait_for
 
 
 def _marked(port: int) -> list[psutil.Process]:
@@ -85,7 +85,7 @@ def test_the_governance_service_killed_comes_back_by_itself(platform: Any) -> No
 
 def _status(url: str) -> int | None:
     try:
-        return httpx.get(url, timeout=2).status_code
+        return PROBE.get(url).status_code
     except httpx.HTTPError:
         return None
 

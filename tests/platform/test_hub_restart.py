@@ -27,7 +27,7 @@ import pytest
 
 from harness.corpus import FOLDER, Lab, code_of
 from harness.faults import alices_notebook, ran, server_ready
-from harness.platform import HubSession, PlatformProcess, api, assert_all_stopped, wait_for
+from harness.platform import PROBE, HubSession, PlatformProcess, api, assert_all_stopped, wait_for
 from harness.server import KernelChannel
 from hubforge.hub.handover import user_servers
 from hubforge.hub.launcher import instance_processes
@@ -45,7 +45,7 @@ GPU_MACHINE = {
 
 def hub_answers(platform: PlatformProcess) -> bool:
     try:
-        return httpx.get(f"{platform.url}/hub/health", timeout=2).status_code == 200
+        return PROBE.get(f"{platform.url}/hub/health").status_code == 200
     except httpx.HTTPError:
         return False
 

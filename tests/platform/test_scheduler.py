@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import psutil
 
-from harness.platform import MLFLOW_API, HubSession, api, wait_for
+from harness.platform import MLFLOW_API, PROBE, HubSession, api, wait_for
 from harness.scheduler import SCHEDULER, ended_runs, job_notebook, schedule, soon
 
 
@@ -32,7 +32,7 @@ def test_alice_schedules_a_notebook_that_runs_as_her(platform: Any, tmp_path: Pa
     try:
         assert alice.login("alice").status_code == 302 and bob.login("bob").status_code == 302
         token = alice.new_token("alice", note="schedule")
-        wait_for(lambda: httpx.get(f"{platform.url}{SCHEDULER}/api/health").status_code == 200, 60, "the scheduler")
+        wait_for(lambda: PROBE.get(f"{platform.url}{SCHEDULER}/api/health").status_code == 200, 60, "the scheduler")
         path = tmp_path / "weekly report.ipynb"
         path.write_text(json.dumps(job_notebook()))
         when = soon()
@@ -103,7 +103,7 @@ def test_the_scheduler_killed_mid_run_leaves_no_orphan_and_retries_the_run(platf
     try:
         assert alice.login("alice").status_code == 302
         token = alice.new_token("alice", note="schedule")
-        wait_for(lambda: httpx.get(f"{platform.url}{SCHEDULER}/api/health").status_code == 200, 60, "the scheduler")
+        wait_for(lambda: PROBE.get(f"{platform.url}{SCHEDULER}/api/health").status_code == 200, 60, "the scheduler")
         # The first try marks itself and then works for ten minutes; the retry finds the mark and ends.
         body = (
             "import os, time\n"
