@@ -90,9 +90,10 @@ up: install
 # The tests in three layers (docs/testing.md), each its own pytest run, and JupyterHub's own
 # tests, in four lanes side by side, each lane one layer or part of a layer after another:
 #   1. the integration layer but the parts lanes 3 and 4 run;
-#   2. the platform layer's modules on the shared platforms (one SQLite, one PostgreSQL);
+#   2. the platform layer's modules on the shared platforms (one SQLite, one PostgreSQL),
+#      then the features layer;
 #   3. the unit layer, JupyterHub's tests, the integration layer's governance and audit
-#      modules, its scheduler modules, the features layer;
+#      modules, its scheduler modules;
 #   4. the platform layer's modules that start platforms of their own, then the integration
 #      layer's kernel modules.
 # The parts are chosen so that the lanes end together: the lanes wait on processes they
@@ -117,11 +118,12 @@ OWN_PLATFORM_TESTS := $(addprefix tests/platform/,test_accounts.py test_chart_hu
 	test_launcher.py test_tiers_local.py)
 
 lane-1: test-integration-rest
-lane-2: test-platform-shared
+lane-2:
+	@$(MAKE) --no-print-directory test-platform-shared && $(MAKE) --no-print-directory test-features
 lane-3:
 	@$(MAKE) --no-print-directory test-unit && $(MAKE) --no-print-directory test-jupyterhub && \
 	  $(MAKE) --no-print-directory test-integration-governance && \
-	  $(MAKE) --no-print-directory test-integration-scheduler && $(MAKE) --no-print-directory test-features
+	  $(MAKE) --no-print-directory test-integration-scheduler
 lane-4:
 	@$(MAKE) --no-print-directory test-platform-own && $(MAKE) --no-print-directory test-integration-kernels
 
