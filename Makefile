@@ -96,12 +96,11 @@ up: install
 #      modules, its scheduler modules;
 #   4. the platform layer's modules that start platforms of their own, then the integration
 #      layer's kernel modules.
-# The parts are chosen so that the lanes end together: the lanes wait on processes they
-# start (a hub, MLflow, kernels) more than they compute, and JupyterHub's tests mostly sleep
-# on their own timers. Each lane's output is printed whole when it ends; a lane stops at its
-# first failing part, and `make test` fails if any lane did. Each part prints its wall time;
-# "no tests collected" (say, PYTEST_ARGS="-k ..." naming tests of one layer only) is no
-# failure.
+# The parts are chosen so that the lanes end together; with four lanes both cores are busy
+# (about 90%), so what shortens the run now is less CPU, not another lane. Each lane's
+# output is printed whole when it ends; a lane stops at its first failing part, and
+# `make test` fails if any lane did. Each part prints its wall time; "no tests collected"
+# (say, PYTEST_ARGS="-k ..." naming tests of one layer only) is no failure.
 test: install $(CHROMIUM)
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory -j4 --output-sync=target lane-1 lane-2 lane-3 lane-4; \

@@ -96,9 +96,9 @@ def proxy_pid(platform: PlatformProcess) -> int | None:
 @pytest.fixture(scope="module")
 def gpu_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
     """One platform on a one-GPU machine, started with ``--keep-servers`` as for an upgrade, for
-    the tests that kill its hub and the upgrade. Each leaves it as it found it (the hub back,
-    nobody's server running), so they share one start. The upgrade starts it again without
-    the flag; a normal stop afterwards ends everything."""
+    every test of this module. Each leaves it as it found it (the hub back, nobody's server
+    running), so they share one start. The upgrade starts it again without the flag; the
+    Ctrl-C test, last, stops it; the stop here ends everything should that one not run."""
     platform = PlatformProcess(tmp_path_factory.mktemp("gpu-machine") / "data", GPU_MACHINE)
     platform.start("--keep-servers")
     try:
