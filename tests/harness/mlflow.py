@@ -19,10 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.mlflow_cli import CliServer
 from harness.platform import PROBE, free_port, wait_for
-
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-
 
 #: Makes the empty database an ``mlflow server`` with served artifacts makes on its first start.
 _MIGRATE = """
@@ -67,7 +65,7 @@ class MlflowServer:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: CliServer | None = None
         self.started_once = False
         self.log_start = 0
 
@@ -86,15 +84,16 @@ class MlflowServer:
 
     def _start(self) -> None:
         migrated_database(self.root / "mlflow.db")
-        cmd = [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db"]
-        cmd += ["--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--workers", "1"]
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - handed to the child
-        self.log_start = (self.root / "server.log").stat().st_size
+        args = ["server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db"]
+        args += ["--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1"]
+        args += ["--port", str(self.port), "--workers", "1"]
+        log = self.root / "server.log"
+        log.touch()
+        self.log_start = log.stat().st_size
         # MLflow's job runner off, as the platform's default config has it: it is not what these
         # servers stand in for, and starting it doubles the time to the first answer.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = CliServer(args, env, log)
         wait_for(self._healthy, 120, "mlflow server health")
         self.started_once = True
 

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import pytest
 
 from harness.hub import FakeHub, running_hub
 from harness.mlflow import migrated_database
+from harness.mlflow_cli import CliServer
 from harness.platform import PROBE, free_port, wait_for
 
 PREFIX = "/services/mlflow/"
@@ -80,9 +80,9 @@ def service_env(hub: FakeHub) -> dict[str, str]:
 
 
 def mlflow_command(data: Path, port: int, workers: int = 1) -> list[str]:
-    """``mlflow server`` as the hub starts it, behind a proxy that keeps the Host header."""
+    """``mlflow server``'s arguments as the hub starts it, behind a proxy that keeps the Host header."""
     return [
-        sys.executable, "-m", "mlflow", "server", "--app-name", "hubforge",
+        "server", "--app-name", "hubforge",
         "--backend-store-uri", f"sqlite:///{data}/mlflow.sqlite",
         "--artifacts-destination", str(data / "mlartifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
@@ -103,10 +103,8 @@ def mlflow_server(data: Path, hub: FakeHub, gated: bool = True, workers: int = 1
     if not gated:
         command = [part for part in command if part not in ("--app-name", "hubforge")]
     log_path = data / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command, env=service_env(hub), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    log_path.write_bytes(b"")
+    proc = CliServer(command, service_env(hub), log_path)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
