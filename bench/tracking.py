@@ -26,6 +26,9 @@ every cell whether it is tracked or not (and part of the tracked kernel's extra
 is holding MLflow's modules, the same kind of cost): the ``with pandas and
 scikit-learn`` figures pair a tracked and an untracked kernel that both imported
 them (``IMPORTS``).
+The ``cell audit on`` figures pair an untracked kernel with a tracked one that also
+records each cell in the audit trail (``AUDIT_PAIRS``), as every kernel of a person's
+server does; the other figures leave the audit off, to show tracking's own cost.
 Throughput: calls/s of ``mlflow.log_metric`` from a cell: hubforge's queued
 path (100,000 calls) vs plain synchronous logging (300 calls) and vs MLflow's
 own async logging (10,000 calls), rates compared per call. For throughput the
@@ -49,6 +52,7 @@ from jupyter_client.manager import KernelManager
 from bench import fits
 from bench.report import Result
 from harness.mlflow import MlflowServer
+from hubforge.contract import AUDIT_DIR_ENV
 
 __all__ = ["run"]
 
@@ -64,6 +68,9 @@ BURST = 3000
 IMPORTS = "import numpy, pandas, sklearn.ensemble, sklearn.linear_model"
 #: Pairs of kernels with :data:`IMPORTS`, per round.
 IMPORT_PAIRS = 2
+#: Pairs per round whose tracked kernel also records each cell in the audit trail, as every
+#: kernel of a person's server does (the server sets ``HUBFORGE_AUDIT_DIR``).
+AUDIT_PAIRS = 2
 #: Both kernels' input history in memory (see the module's docstring).
 MEMORY_HISTORY = "--HistoryManager.hist_file=:memory:"
 RATE = """
@@ -102,10 +109,12 @@ def _on_cpus(cpus: set[int] | None) -> Iterator[None]:
 class Kernel:
     """A real kernel with (or without) the hubforge extension, tracking to ``url``."""
 
-    def __init__(self, url: str, root: Path, tracked: bool, cpus: set[int] | None = None):
+    def __init__(self, url: str, root: Path, tracked: bool, cpus: set[int] | None = None, audit: Path | None = None):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HUBFORGE_", "JPY_"))}
         env.update(MLFLOW_TRACKING_URI=url, JUPYTERHUB_USER="bench", JPY_SESSION_NAME="bench.ipynb")
         env.update(HUBFORGE_NOTEBOOK_ROOT=str(root))
+        if audit is not None:
+            env[AUDIT_DIR_ENV] = str(audit)
         self.km = KernelManager(kernel_name="python3")
         self.km.shutdown_wait_time = 60
         extra = [MEMORY_HISTORY, EXTENSION] if tracked else [MEMORY_HISTORY]
@@ -163,19 +172,26 @@ def _latencies(a: Kernel, b: Kernel, cells: int = CELLS) -> tuple[list[float], l
 
 
 def _pair(
-    url: str, root: Path, tracked: bool, first: bool, cells: int = CELLS, setup: str = "x = 0"
+    url: str,
+    root: Path,
+    tracked: bool,
+    first: bool,
+    cells: int = CELLS,
+    setup: str = "x = 0",
+    audit: Path | None = None,
 ) -> tuple[list[float], list[float]]:
     """Cell times of one fresh pair: (the tracked kernel's, or the first untracked one's; the other's).
 
     ``first``: the kernel of interest is started first (the order alternates between pairs).
-    ``setup`` runs in both kernels before anything is timed.
+    ``setup`` runs in both kernels before anything is timed. ``audit``: the tracked kernel
+    also records its cells in an audit spool there.
     """
     if first:
-        ours = Kernel(url, root, tracked=tracked, cpus=KERNEL_CPUS)
+        ours = Kernel(url, root, tracked=tracked, cpus=KERNEL_CPUS, audit=audit)
         other = Kernel(url, root, tracked=False, cpus=KERNEL_CPUS)
     else:
         other = Kernel(url, root, tracked=False, cpus=KERNEL_CPUS)
-        ours = Kernel(url, root, tracked=tracked, cpus=KERNEL_CPUS)
+        ours = Kernel(url, root, tracked=tracked, cpus=KERNEL_CPUS, audit=audit)
     kernels = (ours, other)
     try:
         for kernel in kernels:
@@ -242,6 +258,11 @@ def _one_round(url: str, root: Path) -> tuple[dict[str, float], dict[str, list[f
             ours, other = _pair(url, root, True, first=pair % 2 == 0, setup=IMPORTS)
             pooled["imports"] += ours
             pooled["imports_neighbour"] += other
+        pooled["audited"], pooled["audited_neighbour"] = [], []
+        for pair in range(AUDIT_PAIRS):
+            ours, other = _pair(url, root, True, first=pair % 2 == 0, audit=root / "audit")
+            pooled["audited"] += ours
+            pooled["audited_neighbour"] += other
     for key, samples in pooled.items():
         figures[f"{key}_median"] = statistics.median(samples)
     return figures, pooled
@@ -290,6 +311,14 @@ def run(repeat: int) -> list[Result]:
             col("imports_neighbour_p99"),
             "untracked, same imports",
         ),
+        Result(
+            "cell median, cell audit on",
+            "ms",
+            col("audited_median"),
+            col("audited_neighbour_median"),
+            "untracked kernel",
+        ),
+        Result("cell p99, cell audit on", "ms", col("audited_p99"), col("audited_neighbour_p99"), "untracked kernel"),
         Result("A/A control: median", "ms", col("a_median"), col("b_median"), "another untracked kernel"),
         Result("A/A control: p99", "ms", col("a_p99"), col("b_p99"), "another untracked kernel"),
         Result("log_metric calls/s vs plain", "/s", col("ours_rate"), col("plain_rate"), "plain log_metric"),

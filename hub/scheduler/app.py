@@ -208,21 +208,24 @@ class Scheduler:
 
     async def _run(self, job: Job, run: Run) -> None:
         try:
-            outcome = await self._execute(job, run)
-        except Exception as exc:  # the hub refused a token, a file system failed: the run failed
-            app_log.exception("scheduled run %s of job %s failed to start", run.id, job.id)
-            outcome = Outcome("failed", f"could not run: {type(exc).__name__}: {str(exc)[:200]}")
+            try:
+                outcome = await self._execute(job, run)
+            except Exception as exc:  # the hub refused a token, a file system failed: the run failed
+                app_log.exception("scheduled run %s of job %s failed to start", run.id, job.id)
+                outcome = Outcome("failed", f"could not run: {type(exc).__name__}: {str(exc)[:200]}")
+            output = self.store.output_path(run.id)
+            retry = await asyncio.to_thread(
+                self.store.finish,
+                run,
+                outcome.state,
+                datetime.now(UTC),
+                error=outcome.error,
+                output=str(output) if output.exists() else "",
+            )
         finally:
+            # The job is going until its run's end is in the store (and its retry made): a
+            # run neither here nor running there would pass for over while it is not yet.
             self.tasks.pop(job.id, None)
-        output = self.store.output_path(run.id)
-        retry = await asyncio.to_thread(
-            self.store.finish,
-            run,
-            outcome.state,
-            datetime.now(UTC),
-            error=outcome.error,
-            output=str(output) if output.exists() else "",
-        )
         app_log.info("scheduled run %s of %s (%s/%s): %s", run.id, job.id, job.owner, job.name, outcome.state)
         self.event(job, "end", run, state=outcome.state, reason=outcome.error)
         if outcome.state != "succeeded" and retry is None and job.notify_url:

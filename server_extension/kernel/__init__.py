@@ -93,7 +93,10 @@ def load_ipython_extension(ipython: Any) -> None:
             # MLflow's own notebook detection otherwise asks every Jupyter server it finds
             # for its sessions (with the hub token: a 403 in the server's log).
             os.environ.setdefault("IPYNB_FILE", str(file))
-        tracker.importer = threading.Thread(target=_import_mlflow, name="hubforge-import-mlflow", daemon=True)
+        # Not a daemon: a kernel shut down in these seconds lets the import end before its
+        # interpreter does. A daemon thread would be frozen inside the import machinery, and a
+        # kernel importing anything on its way out would then wait for its lock for good.
+        tracker.importer = threading.Thread(target=_import_mlflow, name="hubforge-import-mlflow")
         tracker.importer.start()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from harness.kernel import Kernel, kernel_env
 from harness.mlflow import MlflowServer
 from harness.platform import wait_for
 from harness.server import KernelChannel, Server
@@ -91,3 +92,25 @@ def test_every_way_the_server_ends_a_kernel(mlflow_server: MlflowServer, tmp_pat
         ("DecisionTreeClassifier", "FINISHED", "2")
     ]
     assert "died without ending" not in server.log, "no run was left to be ended KILLED"
+
+
+def test_a_kernel_shut_down_while_it_imports_mlflow_lets_the_import_end_first(tmp_path: Path) -> None:
+    """A tracked kernel imports MLflow on a thread of its own as it starts. Shut down in those
+    seconds (a notebook opened and closed at once, a server stopped right after a start), it
+    used to end its interpreter with that thread still inside the import machinery: the
+    thread is frozen there, and a kernel that then imports anything on its way out waits for
+    its lock for good, an orphan once its server has gone. Its exit now waits for the import.
+
+    Here the import is made slow (an ``mlflow`` of three seconds ahead on the path) and the
+    kernel is shut down as soon as it answers, as the server does it.
+    """
+    slow = tmp_path / "slow" / "mlflow"
+    slow.mkdir(parents=True)
+    done = tmp_path / "imported"
+    (slow / "__init__.py").write_text(f"import pathlib, time\ntime.sleep(3)\npathlib.Path({str(done)!r}).touch()\n")
+    env = kernel_env("http://127.0.0.1:9", tmp_path, "alice", "opened-and-closed.ipynb", PYTHONPATH=str(slow.parent))
+    kernel = Kernel(env, tmp_path)
+    assert not done.exists(), "the kernel answers before its MLflow import ends"
+    kernel.shutdown()
+    assert done.exists(), "the kernel ended before the import it had begun"
+    assert not kernel.km.is_alive()
