@@ -226,7 +226,10 @@ def _on_sigterm(signum: int, _frame: Any) -> None:
     if tracker is not None:
         tracker.finish(status="KILLED" if busy else None)
     if busy:
-        # Raising here would only end the cell (IPython catches SystemExit): leave now.
+        # Raising here would only end the cell (IPython catches SystemExit): leave now, with
+        # the cells recorded so far written (atexit, which would, does not run).
+        if _cells is not None:
+            _cells.close()
         os._exit(128 + signum)
     raise SystemExit(128 + signum)
 

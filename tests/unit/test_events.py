@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +255,36 @@ def test_a_restarted_spool_continues_the_numbers_and_cuts_a_torn_line(tmp_path: 
     assert again.emit(SERVER, server_event()) == 4
     again.close()
     assert [r["__seq__"] for r in read_spool(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_a_lingering_spool_writes_a_burst_at_once_and_anyone_waiting_cuts_the_wait_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel's cells, milliseconds apart, share one write and one fsync; a flush, a durable
+    emit or a close does not wait out the linger."""
+    spool = EventSpool(tmp_path, "kernel-1", linger=60)
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    seqs = [spool.emit(SERVER, server_event(user=f"u{i}")) for i in range(50)]
+    started = time.monotonic()
+    assert spool.flush(30), "a flush cuts the linger short"
+    assert len(fsyncs) == 1, "the burst is one group"
+    assert spool.emit_durable(SERVER, server_event(user="last")) == 51
+    spool.emit(SERVER, server_event(user="queued at close"))
+    assert spool.close(30)
+    assert time.monotonic() - started < 30, "nobody waited out the 60 s linger"
+    assert [r["__seq__"] for r in read_spool(tmp_path)] == [*seqs, 51, 52]
+
+
+def test_a_lingering_spool_writes_on_its_own_within_the_linger(tmp_path: Path) -> None:
+    spool = EventSpool(tmp_path, "kernel-1", linger=0.2)
+    spool.emit(SERVER, server_event())
+    deadline = time.monotonic() + 30
+    while spool.durable_seq < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r["__seq__"] for r in read_spool(tmp_path)] == [1], "no one asked, and it is on disk"
+    spool.close()
 
 
 def test_emit_durable_refuses_a_bad_event_before_numbering_it(tmp_path: Path) -> None:
