@@ -46,6 +46,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from jupyter_client.manager import KernelManager
 
@@ -223,6 +224,18 @@ def _pairs(url: str, root: Path) -> dict[str, list[float]]:
     return pooled
 
 
+def _tracked_pairs(url: str, root: Path, pairs: int, **options: Any) -> tuple[list[float], list[float]]:
+    """Pooled cell times of ``pairs`` tracked/untracked pairs (``options`` as :func:`_pair`'s),
+    which kernel starts first alternating: (the tracked kernels', their neighbours')."""
+    tracked: list[float] = []
+    neighbours: list[float] = []
+    for pair in range(pairs):
+        ours, other = _pair(url, root, True, first=pair % 2 == 0, **options)
+        tracked += ours
+        neighbours += other
+    return tracked, neighbours
+
+
 def _p99(samples: list[float]) -> float:
     return sorted(samples)[int(len(samples) * 0.99)]
 
@@ -253,16 +266,8 @@ def _one_round(url: str, root: Path) -> tuple[dict[str, float], dict[str, list[f
         pooled = _pairs(url, root)
         pooled["control"] = pooled["a"] + pooled["b"]
         pooled["burst"], pooled["burst_neighbour"] = _pair(url, root, True, first=True, cells=BURST)
-        pooled["imports"], pooled["imports_neighbour"] = [], []
-        for pair in range(IMPORT_PAIRS):
-            ours, other = _pair(url, root, True, first=pair % 2 == 0, setup=IMPORTS)
-            pooled["imports"] += ours
-            pooled["imports_neighbour"] += other
-        pooled["audited"], pooled["audited_neighbour"] = [], []
-        for pair in range(AUDIT_PAIRS):
-            ours, other = _pair(url, root, True, first=pair % 2 == 0, audit=root / "audit")
-            pooled["audited"] += ours
-            pooled["audited_neighbour"] += other
+        pooled["imports"], pooled["imports_neighbour"] = _tracked_pairs(url, root, IMPORT_PAIRS, setup=IMPORTS)
+        pooled["audited"], pooled["audited_neighbour"] = _tracked_pairs(url, root, AUDIT_PAIRS, audit=root / "audit")
     for key, samples in pooled.items():
         figures[f"{key}_median"] = statistics.median(samples)
     return figures, pooled

@@ -13,6 +13,7 @@ its own environment, session and log. ``hubforge up`` still runs ``mlflow server
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import subprocess
@@ -26,16 +27,12 @@ __all__ = ["CliServer"]
 #: Imported once by the fork server; every server's CLI process is a fork of it.
 PRELOAD = ["mlflow.cli", "harness.mlflow_cli"]
 
-_context: multiprocessing.context.ForkServerContext | None = None
 
-
+@functools.cache
 def _forkserver() -> multiprocessing.context.ForkServerContext:
-    global _context
-    if _context is None:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
-        _context = context
-    return _context
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 def _run(args: list[str], env: dict[str, str], log: str) -> None:
@@ -72,10 +69,6 @@ class CliServer:
         finally:
             sys.modules["__main__"] = main
         self.pid: int = self._process.pid  # type: ignore[assignment]
-
-    @property
-    def returncode(self) -> int | None:
-        return self._process.exitcode
 
     def poll(self) -> int | None:
         return self._process.exitcode
