@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +44,7 @@ from ..tiers import TierSpawnerMixin
 from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
 from .environments import Environment, LocalEnvironments, kernel_python_env
 from .gpus import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env, inventory
+from .listeners import Listener, listener_of
 from .spawn_page import render_options_form
 
 __all__ = ["LocalTierSpawner", "fair_share_group", "shared_allocator", "singleuser_command"]
@@ -59,6 +61,8 @@ _LAST_RECONCILE: dict[int, float] = {}
 #: How long a restarted hub keeps trying to ask again for a spawn its crash interrupted in the
 #: GPU queue (the hub answers only once every server has been checked).
 RESUME_WITHIN_S = 300.0
+#: Ports tried for one start: another process may take each chosen port before the server binds it.
+PORT_ATTEMPTS = 3
 #: Server keys whose interrupted spawn this (hub) process is asking for again.
 _RESUMING: dict[str, asyncio.Future[None]] = {}
 
@@ -296,13 +300,68 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         try:
             if self.isolating:
                 await self._prepare_account()
-            url = await super().start()
+            url = await self._start_listening()
         except BaseException:
             self._release("start failed")
             self.audit_server("spawn", "failure")
             raise
         self.audit_server("spawn", "success")
         return url
+
+    async def _start_listening(self) -> Any:
+        """Start the server process; with the platform's own server program, return only once
+        that process listens on its port (the hub takes any answer from the port as the server).
+
+        A port another process took before the server bound it is given up for a new one.
+        Commands set in config (a script, a shell line) may never listen: they start as
+        JupyterHub's spawners start them.
+        """
+        for _attempt in range(PORT_ATTEMPTS):
+            ip, port = await super().start()
+            if not self._serves_http():
+                return ip, port
+            if await self._wait_listening(port) is not Listener.OTHER:
+                return ip, port
+            self.log.warning(
+                "Port %i of %s was taken by another process before the server bound it; trying another",
+                port,
+                self._log_name,
+            )
+            await self._kill_process()
+            self.port = 0  # JupyterHub's start chooses a new free one
+        raise web.HTTPError(503, f"hubforge: {PORT_ATTEMPTS} ports in a row were taken by other processes; try again")
+
+    def _serves_http(self) -> bool:
+        """Whether the command is the platform's single-user server, run directly."""
+        return (
+            bool(self.cmd)
+            and os.path.basename(self.cmd[0]) in SERVER_PROGRAMS
+            and not self.shell_cmd
+            and not self.popen_kwargs.get("shell")
+        )
+
+    async def _wait_listening(self, port: int) -> Listener:
+        """Who listens on the server's port once someone does (the hub's own wait takes over
+        after ``http_timeout``); an error naming the status if the server exits first."""
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            status = self.proc.poll()
+            listener = await asyncio.to_thread(listener_of, port, self.pid)
+            if listener in (Listener.OURS, Listener.OTHER):
+                return listener
+            if status is not None:
+                self.log.error("The server of %s exited with status %s as it started", self._log_name, status)
+                raise web.HTTPError(500, f"hubforge: your server exited with status {status} as it started")
+            if listener is Listener.UNKNOWN:
+                return listener
+            await asyncio.sleep(0.1)
+        return Listener.NOBODY
+
+    async def _kill_process(self) -> None:
+        """Kill the server's process group (started as a session of its own) and reap it."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        await asyncio.to_thread(self.proc.wait)
 
     @property
     def isolating(self) -> bool:

@@ -1,0 +1,90 @@
+"""The one-machine spawner hands the hub a server only once that server listens on its port.
+
+A local server's port is chosen free and bound seconds later; any process may take it in
+between. The hub's own readiness check takes any answer from the port below 500 as the
+server, so it would route a person's URL to whatever answered. Driven as the hub drives it,
+on JupyterHub's own ``User`` and ORM (``harness.spawner``), with a stand-in for the platform's
+server program: a script of the same name that serves HTTP on the port the hub gives it and
+exits, as jupyter-server does with ``port_retries=0``, when that port is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from tornado import web
+
+from harness.spawner import hub_db, spawner_for
+from hubforge.spawner_profiles.local.listeners import Listener, listener_of
+
+SERVER = """#!{python}
+import http.server, os, sys, urllib.parse
+if {exit_status} is not None:
+    sys.exit({exit_status})
+url = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"the server")
+
+http.server.HTTPServer((url.hostname, url.port), Handler).serve_forever()
+"""
+
+
+def server_program(folder: Path, exit_status: int | None = None) -> str:
+    """A script named as the platform's server program (``hubforge-singleuser``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / "hubforge-singleuser"
+    program.write_text(SERVER.format(python=sys.executable, exit_status=exit_status))
+    program.chmod(0o755)
+    return str(program)
+
+
+def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(tmp_path: Path) -> None:
+    taker = socket.socket()
+    taker.bind(("127.0.0.1", 0))
+    taker.listen()
+    taken = taker.getsockname()[1]
+    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin")], port=taken)
+    spawner.user_options = {"profile": "interactive"}
+
+    async def spawn() -> tuple[tuple[str, int], Listener, int]:
+        try:
+            ip, port = await spawner.start()
+            return (ip, port), listener_of(port, spawner.pid), httpx.get(f"http://{ip}:{port}/").status_code
+        finally:
+            await spawner.stop(now=True)
+
+    try:
+        (_ip, port), listener, status = asyncio.run(spawn())
+    finally:
+        still_listening = listener_of(taken, os.getpid())
+        taker.close()
+    assert port != taken, "the server moved off the port another process holds"
+    assert listener is Listener.OURS, "the port handed to the hub is the server's own"
+    assert status == 200
+    assert still_listening is Listener.OURS, "the process that took the port (this test) keeps it"
+
+
+def test_a_server_that_exits_as_it_starts_fails_the_spawn_with_its_status(tmp_path: Path) -> None:
+    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin", exit_status=3)])
+    spawner.user_options = {"profile": "interactive"}
+
+    async def spawn() -> None:
+        try:
+            await spawner.start()
+        finally:
+            await spawner.stop(now=True)
+
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawn())
+    assert refused.value.status_code == 500
+    assert "your server exited with status 3 as it started" in str(refused.value.log_message)
