@@ -9,7 +9,8 @@ the benchmarks), so this package imports as ``harness``:
   service calls, faked at the transport.
 - ``harness.mlflow``: a plain ``mlflow server`` (``MlflowServer``) and its fixtures.
 - ``harness.mlflow_app``: ``mlflow server --app-name hubforge`` behind a fake hub (``FakeHub``).
-- ``harness.mlflow_cli``: both run MLflow's CLI forked from a process that imported it once.
+- ``harness.mlflow_cli``: both run MLflow's CLI and its worker forked from a process that imported
+  what they share once.
 - ``harness.governance``: the governance service behind a fake hub (``Running``).
 - ``harness.kernel``: tracked ipykernel kernels (``Kernel``) and notebooks for them.
 - ``harness.server``: a ``jupyter-server`` with the extension (``Server``), a kernel's
