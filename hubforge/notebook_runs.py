@@ -24,11 +24,12 @@ DELIVER_WITHIN = 120.0
 
 
 def papermill_command(notebook: Path, output: Path, workdir: Path, parameters: Mapping[str, Any]) -> list[str]:
-    """papermill, through the ``hubforge`` engine, on ``notebook`` with ``parameters``."""
+    """papermill, through the ``hubforge`` engine, on ``notebook`` with ``parameters`` (its command
+    line as hubforge runs it: :mod:`hubforge.papermill_cli`)."""
     return [
         sys.executable,
         "-m",
-        "papermill",
+        "hubforge.papermill_cli",
         "--engine",
         "hubforge",
         "--no-progress-bar",

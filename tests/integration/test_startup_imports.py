@@ -64,3 +64,21 @@ def test_the_hub_starts_without_building_the_parsers() -> None:
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "jsonschema._format" in imported and "jupyterhub.app" in imported
     assert "rfc3987_syntax.syntax_helpers" not in imported
+
+
+def test_a_scheduled_run_starts_papermill_without_building_the_parsers(tmp_path: Path) -> None:
+    """The scheduler's papermill command, as far as its start imports: papermill's command line
+    and nbformat's validation, not the parsers."""
+    from hubforge.notebook_runs import papermill_command
+
+    command = papermill_command(tmp_path / "in.ipynb", tmp_path / "out.ipynb", tmp_path, {})
+    program = command[: command.index("--engine")]
+    out = subprocess.run([*program, "--version"], capture_output=True, text=True, check=True)
+    import papermill
+
+    assert out.stdout.split()[0] == papermill.__version__, "it answers as papermill does"
+    timed = [sys.executable, "-X", "importtime", *program[1:], "--help"]
+    imported = subprocess.run(timed, capture_output=True, text=True, check=True).stderr
+    names = {line.split("|")[-1].strip() for line in imported.splitlines() if line.startswith("import time:")}
+    assert "papermill.cli" in names and "jsonschema._format" in names
+    assert "rfc3987_syntax.syntax_helpers" not in names
