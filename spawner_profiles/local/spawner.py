@@ -137,6 +137,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._acquiring: asyncio.Task[Allocation] | None = None
+        self._start_began = 0.0  # time.monotonic() when start() began
         self.account: Account | None = None
 
     # -- who may use what -------------------------------------------------------------------------
@@ -288,6 +289,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
     async def start(self) -> Any:
         """Wait for GPUs in the fair-share queue, then start the server with them."""
         self._events.clear()
+        self._start_began = time.monotonic()
         choice = self.tier_choice or self.check_user_options()
         self._announce(f"Requesting {choice.tier.display_name}: {_describe(choice)}", 5)
         self._acquiring = asyncio.ensure_future(self._acquire(choice))
@@ -341,9 +343,10 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         )
 
     async def _wait_listening(self, port: int) -> Listener:
-        """Who listens on the server's port once someone does (the hub's own wait takes over
-        after ``http_timeout``); an error naming the status if the server exits first."""
-        deadline = time.monotonic() + self.http_timeout
+        """Who listens on the server's port once someone does; an error naming the status if the
+        server exits first. After ``http_timeout``, or short of the hub's ``start_timeout`` for
+        this whole start (a long wait for GPUs took most of it), the hub's own wait takes over."""
+        deadline = min(time.monotonic() + self.http_timeout, self._start_began + self.start_timeout - 1)
         while time.monotonic() < deadline:
             status = self.proc.poll()
             listener = await asyncio.to_thread(listener_of, port, self.pid)

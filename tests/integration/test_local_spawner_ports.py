@@ -24,9 +24,11 @@ from harness.spawner import hub_db, spawner_for
 from hubforge.spawner_profiles.local.listeners import Listener, listener_of
 
 SERVER = """#!{python}
-import http.server, os, sys, urllib.parse
+import http.server, os, sys, time, urllib.parse
 if {exit_status} is not None:
     sys.exit({exit_status})
+if {silent}:
+    time.sleep(3600)
 url = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -39,11 +41,12 @@ http.server.HTTPServer((url.hostname, url.port), Handler).serve_forever()
 """
 
 
-def server_program(folder: Path, exit_status: int | None = None) -> str:
-    """A script named as the platform's server program (``hubforge-singleuser``)."""
+def server_program(folder: Path, exit_status: int | None = None, silent: bool = False) -> str:
+    """A script named as the platform's server program (``hubforge-singleuser``); it exits with
+    ``exit_status``, or never listens (``silent``), or serves."""
     folder.mkdir(parents=True, exist_ok=True)
     program = folder / "hubforge-singleuser"
-    program.write_text(SERVER.format(python=sys.executable, exit_status=exit_status))
+    program.write_text(SERVER.format(python=sys.executable, exit_status=exit_status, silent=silent))
     program.chmod(0o755)
     return str(program)
 
@@ -88,3 +91,21 @@ def test_a_server_that_exits_as_it_starts_fails_the_spawn_with_its_status(tmp_pa
         asyncio.run(spawn())
     assert refused.value.status_code == 500
     assert "your server exited with status 3 as it started" in str(refused.value.log_message)
+
+
+def test_a_server_that_never_listens_is_left_to_the_hubs_wait_within_the_start_timeout(tmp_path: Path) -> None:
+    """The hub gives start() ``start_timeout`` in all (the GPU queue's wait included): the wait
+    for the listener ends short of it, and the hub's own wait for the server takes over."""
+    program = server_program(tmp_path / "bin", silent=True)
+    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[program], start_timeout=3, http_timeout=30)
+    spawner.user_options = {"profile": "interactive"}
+
+    async def spawn() -> Listener:
+        try:
+            # as the hub runs it: a start() still going at start_timeout is cancelled, and fails
+            _ip, port = await asyncio.wait_for(spawner.start(), spawner.start_timeout)
+            return listener_of(port, spawner.pid)
+        finally:
+            await spawner.stop(now=True)
+
+    assert asyncio.run(spawn()) is Listener.NOBODY, "start() returned, the port still unbound"
