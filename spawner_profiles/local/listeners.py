@@ -25,7 +25,7 @@ class Listener(enum.Enum):
     NOBODY = "nobody"
     OURS = "ours"  # a socket of the process (or one of its descendants)
     OTHER = "other"  # a socket of some other process
-    UNKNOWN = "unknown"  # no /proc (not Linux): the question cannot be answered here
+    UNKNOWN = "unknown"  # cannot be told here: no /proc (not Linux), or the process's sockets are hidden
 
 
 def listening_inodes(port: int, tables: Iterable[Path] = (_PROC / "net/tcp", _PROC / "net/tcp6")) -> set[int]:

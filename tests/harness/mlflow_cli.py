@@ -25,7 +25,6 @@ import functools
 import json
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import types
@@ -136,14 +135,14 @@ class _WorkerStart:
         with os.fdopen(self.pipe, "wb") as pipe:
             pipe.write(json.dumps(order).encode())
         self.pipe = -1
-        return _Child(self.pid, cmd)
+        return _Child(self.pid)
 
 
 class _Child:
     """The parts of :class:`subprocess.Popen` MLflow's CLI uses, for the forked worker."""
 
-    def __init__(self, pid: int, args: list[str]):
-        self.pid, self.args = pid, args
+    def __init__(self, pid: int):
+        self.pid = pid
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -162,12 +161,6 @@ class _Child:
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
             os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
 
 class CliServer:
