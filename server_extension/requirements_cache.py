@@ -12,12 +12,13 @@ or upgrading anything starts afresh.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import threading
 from pathlib import Path
 from typing import Any
+
+from hubforge.installed import distributions
 
 __all__ = ["REQUIREMENTS", "RequirementsCache", "environment_fingerprint"]
 
@@ -30,7 +31,7 @@ _MAX_ITEMS = 1000
 
 def environment_fingerprint() -> str:
     """A digest of every installed distribution and its version."""
-    seen = sorted({f"{d.metadata['Name']}=={d.version}".lower() for d in importlib.metadata.distributions()})
+    seen = sorted({f"{name}=={version}".lower() for name, version in distributions()})
     return hashlib.sha256("\n".join(seen).encode()).hexdigest()[:32]
 
 

@@ -3,29 +3,20 @@ the feature reads."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXECUTED", "RETRIEVALS", "executed_cells", "feature_files", "freeze", "session_files"]
+from hubforge.installed import freeze
+
+__all__ = ["EXECUTED", "RETRIEVALS", "executed_cells", "feature_files", "session_files"]
 
 #: The artifact (under ``notebook/``) that lists the cells in the order they ran.
 EXECUTED = "executed_cells.py"
 #: The artifact (under ``features/``) that lists the feature reads of the session.
 RETRIEVALS = "retrievals.json"
-
-
-def freeze() -> str:
-    """``pip freeze`` without a subprocess: name==version of every installed distribution."""
-    seen: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name.lower() not in seen:
-            seen[name.lower()] = f"{name}=={dist.version}"
-    return "\n".join(sorted(seen.values(), key=str.lower)) + "\n"
 
 
 def executed_cells(history: list[str]) -> str:
