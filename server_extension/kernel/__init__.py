@@ -96,15 +96,21 @@ def load_ipython_extension(ipython: Any) -> None:
         # Not a daemon: a kernel shut down in these seconds lets the import end before its
         # interpreter does. A daemon thread would be frozen inside the import machinery, and a
         # kernel importing anything on its way out would then wait for its lock for good.
-        tracker.importer = threading.Thread(target=_import_mlflow, name="hubforge-import-mlflow")
+        tracker.importer = threading.Thread(target=_import_mlflow, args=(tracker,), name="hubforge-import-mlflow")
         tracker.importer.start()
 
 
-def _import_mlflow() -> None:
-    """Import mlflow ahead of the first cell; a failure is the first cell's to report."""
+def _import_mlflow(tracker: Tracker) -> None:
+    """Import mlflow ahead of the first cell, then freeze the kernel's start out of full
+    collections (see :meth:`Tracker.freeze_start_heap`); a failure is the first cell's to report.
+
+    A first cell that comes sooner waits for this thread, and so for the freeze too,
+    before its own code runs.
+    """
     quiet.quiet_thread()
     with contextlib.suppress(Exception):
         importlib.import_module("mlflow")
+    tracker.freeze_start_heap()
 
 
 def _log_to_kernel_log() -> None:

@@ -175,6 +175,26 @@ def test_no_cell_waits_for_an_unresponsive_mlflow(unresponsive_mlflow: str, tmp_
     assert "run: (opening)" in out
 
 
+def test_the_kernels_start_is_frozen_and_a_notebooks_own_cycles_are_still_collected(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """MLflow's modules stay out of the kernel's full collections; a person's cyclic garbage,
+    made in the first cell and dropped later, is freed all the same."""
+    cells = [
+        "import gc, weakref\n"
+        "class Frame:\n    pass\n"
+        "df = Frame(); df.accessor = Frame(); df.accessor.parent = df  # a cycle, as pandas' accessors make\n"
+        "alive = weakref.ref(df)\n"
+        "import mlflow\n"
+        "print('frozen', gc.get_freeze_count())",
+        "del df\ngc.collect()\nprint('collected', alive() is None)",
+    ]
+    out = "".join(run_notebook(mlflow_server.url, tmp_path, "heap.ipynb", "erin", cells))
+    frozen = int(re.search(r"frozen (\d+)", out).group(1))
+    assert frozen > 100_000, out
+    assert "collected True" in out
+
+
 def test_a_run_opened_on_another_thread_becomes_the_active_run(mlflow_server, client, monkeypatch) -> None:
     import mlflow
 
