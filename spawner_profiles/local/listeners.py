@@ -14,11 +14,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["Listener", "listener_of"]
+__all__ = ["Listener", "listener_of", "port_held"]
 
-#: TCP state LISTEN in /proc/net/tcp{,6}.
+#: TCP states in /proc/net/tcp{,6}: LISTEN, and TIME_WAIT (which a server's bind with
+#: SO_REUSEADDR, as jupyter-server's, passes).
 _LISTEN = "0A"
+_TIME_WAIT = "06"
 _PROC = Path("/proc")
+_TABLES = (_PROC / "net/tcp", _PROC / "net/tcp6")
 
 
 class Listener(enum.Enum):
@@ -28,9 +31,8 @@ class Listener(enum.Enum):
     UNKNOWN = "unknown"  # cannot be told here: no /proc (not Linux), or the process's sockets are hidden
 
 
-def listening_inodes(port: int, tables: Iterable[Path] = (_PROC / "net/tcp", _PROC / "net/tcp6")) -> set[int]:
-    """Socket inodes of the listeners on ``port`` (any address), from /proc/net/tcp and tcp6."""
-    inodes: set[int] = set()
+def _sockets(port: int, tables: Iterable[Path]) -> Iterable[tuple[str, int]]:
+    """(state, inode) of each TCP socket whose local port is ``port`` (any address)."""
     for table in tables:
         try:
             lines = table.read_text().splitlines()[1:]
@@ -39,9 +41,20 @@ def listening_inodes(port: int, tables: Iterable[Path] = (_PROC / "net/tcp", _PR
         for line in lines:
             fields = line.split()
             # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            if len(fields) > 9 and fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(int(fields[9]))
-    return inodes
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                yield fields[3], int(fields[9])
+
+
+def listening_inodes(port: int, tables: Iterable[Path] = _TABLES) -> set[int]:
+    """Socket inodes of the listeners on ``port`` (any address), from /proc/net/tcp and tcp6."""
+    return {inode for state, inode in _sockets(port, tables) if state == _LISTEN}
+
+
+def port_held(port: int, tables: Iterable[Path] = _TABLES) -> bool:
+    """Whether some socket holds ``port`` so that a server could not bind it: a listener, or a
+    connection whose local end is that port (an outgoing connection gets its local port from
+    the same range ``random_port`` chooses from). A socket in TIME_WAIT does not count."""
+    return any(state != _TIME_WAIT for state, _inode in _sockets(port, tables))
 
 
 def descendants(pid: int) -> set[int]:

@@ -44,7 +44,7 @@ from ..tiers import TierSpawnerMixin
 from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
 from .environments import Environment, LocalEnvironments, kernel_python_env
 from .gpus import Allocation, GpuAllocator, GpuRequest, QueueStatus, Quotas, gpu_env, inventory
-from .listeners import Listener, listener_of
+from .listeners import Listener, listener_of, port_held
 from .spawn_page import render_options_form
 
 __all__ = ["LocalTierSpawner", "fair_share_group", "shared_allocator", "singleuser_command"]
@@ -314,9 +314,10 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         """Start the server process; with the platform's own server program, return only once
         that process listens on its port (the hub takes any answer from the port as the server).
 
-        A port another process took before the server bound it is given up for a new one.
-        Commands set in config (a script, a shell line) may never listen: they start as
-        JupyterHub's spawners start them.
+        A port that went to another socket before the server bound it is given up for a new
+        one: another process's listener, or a connection whose local end it became (the server
+        then exits, as jupyter-server does when its port is taken). Commands set in config (a
+        script, a shell line) may never listen: they start as JupyterHub's spawners start them.
         """
         for _attempt in range(PORT_ATTEMPTS):
             ip, port = await super().start()
@@ -325,7 +326,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
             if await self._wait_listening(port) is not Listener.OTHER:
                 return ip, port
             self.log.warning(
-                "Port %i of %s was taken by another process before the server bound it; trying another",
+                "Port %i of %s was taken by another socket before the server bound it; trying another",
                 port,
                 self._log_name,
             )
@@ -353,6 +354,10 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
             if listener in (Listener.OURS, Listener.OTHER):
                 return listener
             if status is not None:
+                if status != 0 and await asyncio.to_thread(port_held, port):
+                    # It could not bind: the port went to another socket since it was chosen (a
+                    # connection's local end, or a listener), as jupyter-server exits then.
+                    return Listener.OTHER
                 self.log.error("The server of %s exited with status %s as it started", self._log_name, status)
                 raise web.HTTPError(500, f"hubforge: your server exited with status {status} as it started")
             if listener is Listener.UNKNOWN:

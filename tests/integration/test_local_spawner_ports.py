@@ -21,7 +21,7 @@ import pytest
 from tornado import web
 
 from harness.spawner import hub_db, spawner_for
-from hubforge.spawner_profiles.local.listeners import Listener, listener_of
+from hubforge.spawner_profiles.local.listeners import Listener, listener_of, port_held
 
 SERVER = """#!{python}
 import http.server, os, sys, time, urllib.parse
@@ -75,6 +75,38 @@ def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(tmp_pat
     assert listener is Listener.OURS, "the port handed to the hub is the server's own"
     assert status == 200
     assert still_listening is Listener.OURS, "the process that took the port (this test) keeps it"
+
+
+def test_a_port_that_became_a_connections_local_end_is_given_up_for_another(tmp_path: Path) -> None:
+    """An outgoing connection takes its local port from the range the hub chooses free ports
+    from; one that got the server's port makes the server's bind fail (it exits with status 1,
+    as jupyter-server does): the spawn goes on with another port, not a failed start."""
+    peer = socket.socket()
+    peer.bind(("127.0.0.1", 0))
+    peer.listen()
+    connection = socket.socket()
+    connection.bind(("127.0.0.1", 0))
+    taken = connection.getsockname()[1]
+    connection.connect(peer.getsockname())
+    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin")], port=taken)
+    spawner.user_options = {"profile": "interactive"}
+
+    async def spawn() -> tuple[int, Listener, int]:
+        try:
+            ip, port = await spawner.start()
+            return port, listener_of(port, spawner.pid), httpx.get(f"http://{ip}:{port}/").status_code
+        finally:
+            await spawner.stop(now=True)
+
+    try:
+        assert port_held(taken) and listener_of(taken, os.getpid()) is Listener.NOBODY
+        port, listener, status = asyncio.run(spawn())
+    finally:
+        connection.close()
+        peer.close()
+    assert port != taken
+    assert listener is Listener.OURS
+    assert status == 200
 
 
 def test_a_server_that_exits_as_it_starts_fails_the_spawn_with_its_status(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hubforge.spawner_profiles.local.listeners import listening_inodes
+from hubforge.spawner_profiles.local.listeners import listening_inodes, port_held
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 TCP = HEADER + (
@@ -30,3 +30,18 @@ def test_listeners_on_a_port_come_from_both_tables_and_only_in_the_listen_state(
 
 def test_a_missing_table_is_no_listener(tmp_path: Path) -> None:
     assert listening_inodes(2024, (tmp_path / "absent",)) == set()
+
+
+def test_a_port_is_held_by_a_listener_or_a_connections_local_end_not_by_time_wait(tmp_path: Path) -> None:
+    (tmp_path / "tcp").write_text(
+        TCP
+        # 127.0.0.1:40000 the local end of a connection; 127.0.0.1:40001 in TIME_WAIT only
+        + "   3: 0100007F:9C40 0100007F:6448 01 00000000:00000000 00:00000000 00000000     0        0 9100 1 0 20\n"
+        + "   4: 0100007F:9C41 0100007F:6448 06 00000000:00000000 03:00001000 00000000     0        0 0 3 0\n"
+    )
+    tables = (tmp_path / "tcp",)
+    assert port_held(0x6448, tables)
+    assert port_held(40000, tables)
+    assert not port_held(40001, tables)
+    assert not port_held(8000, tables)
+    assert listening_inodes(40000, tables) == set()
