@@ -8,7 +8,9 @@ layer are in that layer's conftest.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         layer = layer_of(item.path)
         if layer is not None:
             item.add_marker(layer)
+
+
+#: Lines of a platform's log shown with a test of it that failed.
+PLATFORM_LOG_LINES = 80
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """A failed test of a running platform shows the end of that platform's log (the hub's,
+    its services' and people's servers' output): its folder is gone by the end of a CI run."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    platform = getattr(item, "funcargs", {}).get("platform")
+    tail = getattr(platform, "log_tail", None)
+    if callable(tail):
+        report.sections.append(("the platform's log, its end", tail(PLATFORM_LOG_LINES)))
 
 
 @pytest.fixture(scope="session")
