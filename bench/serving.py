@@ -43,6 +43,7 @@ from harness.hub import running_hub
 from hubforge.hub.serving.digest import tree_digest
 from hubforge.hub.serving.scoring import clean_environment
 from hubforge.hub.serving.upstream import UpstreamPool
+from hubforge.ports import free_port
 
 __all__ = ["run"]
 
@@ -70,14 +71,6 @@ def _save_model(folder: Path) -> Path:
     return folder / "model"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait(url: str, timeout: float = 180, client: httpx.Client | None = None) -> None:
     deadline = time.monotonic() + timeout
     get = client.get if client is not None else httpx.get
@@ -92,7 +85,7 @@ def _wait(url: str, timeout: float = 180, client: httpx.Client | None = None) ->
 @contextlib.contextmanager
 def _router(folder: Path, hub_api: str) -> Iterator[tuple[str, psutil.Process]]:
     """The router as its own process; its base URL and its process."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "JUPYTERHUB_API_TOKEN": SERVICE_TOKEN,

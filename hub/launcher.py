@@ -44,6 +44,7 @@ from hubforge.catalog import SERVER_STOP_GRACE
 from hubforge.config import PlatformConfig
 from hubforge.contract import CONFIG_ENV, DATA_ENV, DEMO_PASSWORD_ENV, INSTANCE_ENV
 from hubforge.errors import LaunchError
+from hubforge.ports import free_port
 from hubforge.processes import Backoff, become_subreaper, describe_exit
 from hubforge.spawner_profiles.local.accounts import Isolation, IsolationRefused, decide
 
@@ -69,13 +70,6 @@ PROXY_PID = "proxy.pid"
 HUB_PID = "jupyterhub.pid"
 #: The hub's program: JupyterHub after ``import hubforge`` (:mod:`hubforge.hub.jupyterhub`).
 HUB_MODULE = "hubforge.hub.jupyterhub"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 #: The lowest port :func:`free_privileged_port` hands out (the range below holds well-known services).

@@ -75,6 +75,12 @@ __all__ = [
 #: Seconds the hub waits for a service to answer after starting it (MLflow's first start
 #: creates its database: tens of seconds on a slow disk).
 SERVICE_START_TIMEOUT = 180
+#: Seconds MLflow's server keeps an idle connection open (uvicorn's default is 5). Clients
+#: keep connections for reuse: MLflow's Python client in kernels and services with no idle
+#: limit, the proxy's pool. One that sends on a connection just as the server closes it gets
+#: no answer ("Remote end closed connection"); at 5 s that happens to every client pausing as
+#: long as a short wait. Well above any client's pause between calls, a client closes first.
+MLFLOW_KEEP_ALIVE_S = 75
 #: The role that lets the services read who a token belongs to, their groups and roles.
 SERVICE_ROLE = "hubforge-services"
 #: The governance service's own role: it reads every model version's card and metrics in MLflow.
@@ -192,6 +198,8 @@ def _mlflow_command(placement: Placement, port: int) -> list[str]:
         f"{cfg.hub.base_url}services/mlflow".replace("//", "/"),
         "--workers",
         "1",
+        "--uvicorn-opts",
+        f"--timeout-keep-alive {MLFLOW_KEEP_ALIVE_S}",
         # MLflow's own middleware checks Host and Origin; the proxy keeps the browser's.
         "--allowed-hosts",
         ",".join(placement.hosts(port)),

@@ -1,7 +1,7 @@
 """Who listens on a TCP port: the server a spawn started, another process, or nobody yet.
 
-A local server's port is chosen free (JupyterHub's ``random_port``) and bound a few seconds
-later, once the server has imported. In between, any process on the machine may take it. The
+A local server's port is chosen free (:func:`hubforge.ports.free_port`) and bound a few
+seconds later, once the server has imported. In between, any process on the machine may take it. The
 hub's readiness check cannot tell: it takes any answer below 500 from the port, even another
 program's 404, as the server being up, and would then route the person's URL to that program.
 The spawner instead asks the kernel's own tables (Linux ``/proc``) whose socket listens there.
@@ -52,8 +52,8 @@ def listening_inodes(port: int, tables: Iterable[Path] = _TABLES) -> set[int]:
 
 def port_held(port: int, tables: Iterable[Path] = _TABLES) -> bool:
     """Whether some socket holds ``port`` so that a server could not bind it: a listener, or a
-    connection whose local end is that port (an outgoing connection gets its local port from
-    the same range ``random_port`` chooses from). A socket in TIME_WAIT does not count."""
+    connection whose local end is that port (a port configured, or chosen where the kernel
+    leaves no room outside its ephemeral range, may be one). A socket in TIME_WAIT does not count."""
     return any(state != _TIME_WAIT for state, _inode in _sockets(port, tables))
 
 

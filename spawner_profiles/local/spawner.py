@@ -39,6 +39,7 @@ from traitlets import Dict, Float, List, Unicode, default
 
 from hubforge.catalog import SERVER_STOP_GRACE, ChoiceError, ValidatedChoice, fair_share_group, tier_env
 from hubforge.contract import IMAGE_ENV, INSTANCE_ENV, KERNEL_PYTHON_ENV, SERVER_PROGRAMS
+from hubforge.ports import free_port
 
 from ..tiers import TierSpawnerMixin
 from .accounts import Account, AccountError, ensure_account, interpreter, probe_environment
@@ -320,6 +321,10 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         script, a shell line) may never listen: they start as JupyterHub's spawners start them.
         """
         for _attempt in range(PORT_ATTEMPTS):
+            if not self.port:  # type: ignore[has-type]  # a trait JupyterHub declares untyped
+                # Outside the ephemeral range (JupyterHub's ``random_port`` is inside it):
+                # no outgoing connection can take the port while the server imports.
+                self.port = free_port(str(self.ip or ""))
             ip, port = await super().start()
             if not self._serves_http():
                 return ip, port
@@ -331,7 +336,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
                 self._log_name,
             )
             await self._kill_process()
-            self.port = 0  # JupyterHub's start chooses a new free one
+            self.port = 0  # a new free one is chosen
         raise web.HTTPError(503, f"hubforge: {PORT_ATTEMPTS} ports in a row were taken by other processes; try again")
 
     def _serves_http(self) -> bool:

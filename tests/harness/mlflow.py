@@ -21,6 +21,7 @@ import pytest
 
 from harness.mlflow_cli import CliServer
 from harness.platform import PROBE, free_port, wait_for
+from hubforge.hub.services import MLFLOW_KEEP_ALIVE_S
 
 #: Makes the empty database an ``mlflow server`` with served artifacts makes on its first start.
 _MIGRATE = """
@@ -87,6 +88,7 @@ class MlflowServer:
         args = ["server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db"]
         args += ["--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1"]
         args += ["--port", str(self.port), "--workers", "1"]
+        args += ["--uvicorn-opts", f"--timeout-keep-alive {MLFLOW_KEEP_ALIVE_S}"]  # as the platform's
         log = self.root / "server.log"
         log.touch()
         self.log_start = log.stat().st_size

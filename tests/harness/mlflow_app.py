@@ -22,6 +22,7 @@ from harness.hub import FakeHub, running_hub
 from harness.mlflow import migrated_database
 from harness.mlflow_cli import CliServer
 from harness.platform import PROBE, free_port, wait_for
+from hubforge.hub.services import MLFLOW_KEEP_ALIVE_S
 
 PREFIX = "/services/mlflow/"
 HOST = "hub.example.test"
@@ -86,6 +87,7 @@ def mlflow_command(data: Path, port: int, workers: int = 1) -> list[str]:
         "--backend-store-uri", f"sqlite:///{data}/mlflow.sqlite",
         "--artifacts-destination", str(data / "mlartifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--uvicorn-opts", f"--timeout-keep-alive {MLFLOW_KEEP_ALIVE_S}",
         "--static-prefix", PREFIX.rstrip("/"),
         "--allowed-hosts", f"{HOST},127.0.0.1:*", "--cors-allowed-origins", ORIGIN,
     ]  # fmt: skip

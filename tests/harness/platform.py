@@ -31,6 +31,7 @@ import sqlalchemy as sa
 import yaml
 
 from hubforge.config import load_config
+from hubforge.ports import free_port
 
 DEMO_PASSWORD = "demo-" + uuid.uuid4().hex[:12]
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -48,13 +49,6 @@ PERSONA_USERS = {
 #: every 0.2 s of three health checks took half a core while a platform started. It keeps
 #: no connection between requests, as those clients did not.
 PROBE = httpx.Client(timeout=2, limits=httpx.Limits(max_keepalive_connections=0))
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:

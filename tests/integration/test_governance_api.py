@@ -25,10 +25,9 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_openapi
 from tornado import web
-from tornado.netutil import bind_sockets
 
 from harness.governance import ACCESS, COOKIE_SECRET, PREFIX, USERS, Running
-from harness.platform import PROBE
+from harness.platform import PROBE, free_port
 from hubforge.hub.governance import schemas
 from hubforge.hub.governance.app import make_app, make_hub_auth
 from hubforge.hub.governance.auth import HubAuthHandler, declared_scopes, is_public
@@ -821,13 +820,6 @@ def test_missing_hub_environment_is_a_config_error():
 
 
 # --- the real process ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    sock = bind_sockets(0, "127.0.0.1")[0]
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def test_python_m_entry_point_serves_behind_the_hub(running, tmp_path):

@@ -9,6 +9,7 @@ are tested against a real hub in tests/platform/test_mlflow_isolation.py.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
@@ -93,6 +94,26 @@ def test_decide_access_needs_the_scope_and_the_own_name() -> None:
 
 def test_health_answers_without_a_token(browser: httpx.Client) -> None:
     assert browser.get(f"{PREFIX}health").text == "OK"
+
+
+def test_a_connection_kept_idle_past_uvicorns_default_still_answers(mlflow_url: str) -> None:
+    """A client that reuses its connection after a pause of 5 s or more (a deployment's
+    readiness wait, a person reading between cells) gets an answer, not "Remote end closed
+    connection without response": the server keeps idle connections open for
+    ``MLFLOW_KEEP_ALIVE_S``, not uvicorn's 5 s."""
+    url = urlsplit(mlflow_url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+    try:
+        connection.request("GET", f"{PREFIX}health", headers={"Host": HOST})
+        first = connection.getresponse()
+        assert first.read() == b"OK" and first.getheader("connection", "keep-alive") != "close"
+        kept = connection.sock
+        time.sleep(6)
+        connection.request("GET", f"{PREFIX}health", headers={"Host": HOST})
+        assert connection.sock is kept, "the same connection"
+        assert connection.getresponse().read() == b"OK"
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize("auth", [None, "token wrong", "Bearer wrong", "Basic YTpi", "token a\tb"])
