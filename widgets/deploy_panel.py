@@ -384,8 +384,7 @@ class DeployPanel(widgets.VBox):
         self._say(message + ". Refresh to look again.", error=True)
 
     def _show(self, request: Mapping[str, Any]) -> Progress:
-        self.request = dict(request)
-        step = self.step = deploy_progress(request)
+        step = deploy_progress(request)
         page = html.escape(self._gov().page_url(str(request["id"])), quote=True)
         what = f"{request.get('kind')} of {request.get('model')} version {request.get('version')}"
         self.request_link.value = f'Request <a href="{page}" target="_blank" rel="noopener">{html.escape(what)}</a>'
@@ -398,6 +397,8 @@ class DeployPanel(widgets.VBox):
             url = html.escape(self._gov().endpoint_url(endpoint), quote=True)
             self.endpoint.value = f'Endpoint: <a href="{url}" target="_blank" rel="noopener">{url}</a>'
             self.scoring.layout.display = ""
+        # Last: whoever sees the new step (a test, the score button) sees the panel showing it.
+        self.request, self.step = dict(request), step
         return step
 
     # --- scoring --------------------------------------------------------------------
