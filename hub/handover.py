@@ -18,11 +18,11 @@ from pathlib import Path
 
 import psutil
 
-from hubforge.contract import SERVER_PROGRAMS
+from hubforge.contract import FIT_LOGGER_MODULE, SERVER_PROGRAMS
 
 from .proxy import running_proxy
 
-__all__ = ["HANDOVER_FILE", "Handover", "kept_processes", "user_servers"]
+__all__ = ["HANDOVER_FILE", "Handover", "fit_loggers", "kept_processes", "user_servers"]
 
 HANDOVER_FILE = "handover.json"
 
@@ -71,6 +71,18 @@ def user_servers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     for proc in procs:
         try:
             if any(program in part for part in proc.cmdline()[:2] for program in SERVER_PROGRAMS):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def fit_loggers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` that are kernels' fit loggers (``python -m`` :data:`FIT_LOGGER_MODULE`)."""
+    found = []
+    for proc in procs:
+        try:
+            if FIT_LOGGER_MODULE in proc.cmdline()[:3]:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

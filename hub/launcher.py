@@ -48,7 +48,7 @@ from hubforge.ports import free_port
 from hubforge.processes import Backoff, become_subreaper, describe_exit
 from hubforge.spawner_profiles.local.accounts import Isolation, IsolationRefused, decide
 
-from .handover import Handover, kept_processes, user_servers
+from .handover import Handover, fit_loggers, kept_processes, user_servers
 from .hubconfig import RUNTIME_ENV, Runtime
 from .proxy import running_proxy
 from .services import SERVICES, enabled_services, health_url, service_names
@@ -65,6 +65,9 @@ __all__ = [
 ]
 
 SUPERVISOR_PID = "hubforge-up.pid"
+#: Seconds a stopping platform waits for the kernels' fit loggers (after the servers, before
+#: MLflow): under load, logging a model with its requirements takes tens of seconds.
+FIT_LOGGER_GRACE = 45.0
 PASSWORD_FILE = "demo-password"
 PROXY_PID = "proxy.pid"
 HUB_PID = "jupyterhub.pid"
@@ -450,6 +453,7 @@ class Platform:
             if servers:
                 self.log(f"stopping {len(servers)} user server(s); their kernels end their MLflow runs")
                 stop_processes(servers, timeout=SERVER_STOP_GRACE)
+            self.wait_for_fit_loggers(FIT_LOGGER_GRACE)
             self.stop_hub(timeout)
             stop_processes(instance_processes(self.instance))
             Handover.forget(self.cfg.data_dir)
@@ -458,6 +462,22 @@ class Platform:
             pidfile.unlink(missing_ok=True)
         if self._claimed_ports:
             release_ports(self.instance)
+
+    def wait_for_fit_loggers(self, grace: float) -> None:
+        """Give the kernels' fit loggers up to ``grace`` seconds to finish the fits they hold.
+
+        A kernel hands a fit's model to its fit logger, in a session of its own, which ends
+        the fit's run in MLflow once the model is logged; a kernel that ends waits for it only
+        within its own budget. Stopping the hub now would stop MLflow under it and leave the
+        fit's run RUNNING until the person's server next starts and replays it.
+        """
+        loggers = fit_loggers(instance_processes(self.instance))
+        if not loggers:
+            return
+        self.log(f"waiting up to {grace:.0f} s for {len(loggers)} fit logger(s) to log their fits to MLflow")
+        _, alive = psutil.wait_procs(loggers, timeout=grace)
+        if alive:
+            self.log(f"{len(alive)} fit logger(s) still busy; their fits are logged when the servers next start")
 
     def hand_over(self, timeout: float) -> None:
         """Stop the hub and its services; leave people's servers and the proxy to the next start."""

@@ -32,6 +32,7 @@ __all__ = [
     "DEMO_PASSWORD_ENV",
     "EX_TEMPFAIL",
     "FEATURES_URL_ENV",
+    "FIT_LOGGER_MODULE",
     "GOVERNANCE_URL_ENV",
     "IMAGE_ENV",
     "INSTANCE_ENV",
@@ -169,6 +170,10 @@ OUTPUT_NOTEBOOK_ENV = "HUBFORGE_OUTPUT_NOTEBOOK"
 #: ``python -m`` this to send what kernels kept while MLflow was away (``--spool DIR``); a
 #: person's server runs it, and so does the scheduler after a run, as the run's owner.
 REPLAY_MODULE = "hubforge.server_extension.replay"
+#: ``python -m`` this to log a kernel's fits beside it (``--spool DIR``): the kernel starts it
+#: in a session of its own, and it goes on with its fits after the kernel; a platform stopping
+#: waits for it before it stops MLflow.
+FIT_LOGGER_MODULE = "hubforge.server_extension.fit_logger"
 #: The programs a person's server runs, in the local spawner's order of preference:
 #: hubforge's (``hubforge.server_extension.singleuser``, which starts faster), then
 #: JupyterHub's own; the hub's handover finds people's servers by either.

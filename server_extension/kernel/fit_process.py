@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hubforge.contract import FIT_LOGGER_MODULE
 from hubforge.server_extension.kernel.quiet import quiet_thread
 
 __all__ = ["FitProcess"]
 
 log = logging.getLogger(__name__)
-MODULE = "hubforge.server_extension.fit_logger"
+MODULE = FIT_LOGGER_MODULE
 
 
 class FitProcess:

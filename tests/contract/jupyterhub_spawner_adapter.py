@@ -26,6 +26,9 @@ Adaptations, each because the platform's spawner or server differs where the tes
   URL from the spawner.
 - The tests start servers with no options; a hub would have sent the spawn page's
   choice: they start on the ``interactive`` tier (``ContractSpawner.start``).
+- The mock hub waits up to 60 s for a spawn before answering 202, not 10 s
+  (:data:`SLOW_SPAWN_TIMEOUT`): the tests that expect the spawn done by then measured the
+  machine's load, not the spawner.
 
 Deviations (:data:`DEVIATIONS`), each marked expected to fail with its reason.
 """
@@ -138,6 +141,21 @@ class HubInstrumentedSpawner(ContractSpawner, mocking.InstrumentedSpawner):
         return "/lab"  # the platform's servers open JupyterLab; notebook 7's /tree is not installed
 
 
+#: Seconds the mock hub's spawn request waits for the spawn before answering 202 (JupyterHub's
+#: ``slow_spawn_timeout``, 10 by default). Tests such as ``test_progress_ready_hook_*`` expect
+#: the spawn done by then; on a busy two-core machine (the whole suite's lanes at once) a
+#: server's start takes longer, and they failed on the machine's speed, not the spawner's
+#: behaviour. The tests of the slow path set their own (``no_patience``, ``slow_spawn``).
+SLOW_SPAWN_TIMEOUT = 60
+_init_tornado_settings = mocking.MockHub.init_tornado_settings
+
+
+def _patient_tornado_settings(self: Any) -> None:
+    self.tornado_settings.setdefault("slow_spawn_timeout", SLOW_SPAWN_TIMEOUT)
+    _init_tornado_settings(self)
+
+
+mocking.MockHub.init_tornado_settings = _patient_tornado_settings  # type: ignore[method-assign]
 shipped.SimpleLocalProcessSpawner = ContractSpawner  # type: ignore[misc]
 mocking.MockSpawner = HubContractSpawner  # type: ignore[misc]
 mocking.InstrumentedSpawner = HubInstrumentedSpawner  # type: ignore[misc]

@@ -63,7 +63,8 @@ def features(running: Running, applied: Path) -> Iterator[FeaturesProcess]:
 
 
 def read(service: FeaturesProcess, body: Any, token: str) -> httpx.Response:
-    return service.client.post("api/online", json=body, headers={"Authorization": f"token {token}"}, timeout=60)
+    # The first read allowed opens the store, importing Feast: over a minute on a busy machine.
+    return service.client.post("api/online", json=body, headers={"Authorization": f"token {token}"}, timeout=180)
 
 
 def read_within(service: FeaturesProcess, body: Any, token: str, seconds: float) -> httpx.Response:

@@ -178,3 +178,62 @@ def test_platforms_starting_at_once_never_claim_the_same_privileged_port(tmp_pat
     claims.write_text(json.dumps({"/srv/c": {"pid": dead.pid, "ports": second}}))
     reused = claim_privileged_ports("/srv/d", [0], set(), claims)
     assert "/srv/c" not in json.loads(claims.read_text()) and reused[0] != 0
+
+
+def _fit_logger(spool: Path, marker: str) -> subprocess.Popen[str]:
+    """A kernel's fit logger as a kernel starts it, marked as the platform's: it works until
+    its input ends (the kernel closed it), then exits."""
+    from hubforge.contract import FIT_LOGGER_MODULE, INSTANCE_ENV
+
+    return subprocess.Popen(
+        [sys.executable, "-m", FIT_LOGGER_MODULE, "--spool", str(spool)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, INSTANCE_ENV: marker, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},  # given no fit
+        start_new_session=True,
+    )
+
+
+def test_a_stopping_platform_waits_for_the_fit_loggers_before_mlflow(tmp_path: Path) -> None:
+    """Stopping `hubforge up` stops the people's servers, then waits for the fit loggers their
+    kernels left (each ends a fit's run in MLflow once its model is logged), then the hub and
+    MLflow; a fit logger busy past the grace is left to the last sweep."""
+    import threading
+    import time
+
+    from hubforge.config import load_config
+    from hubforge.hub.launcher import Platform
+
+    (tmp_path / "data").mkdir()
+    platform = Platform(load_config(environ={"HUBFORGE_DATA": str(tmp_path / "data")}), log=(said := []).append)
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 env={**os.environ, "HUBFORGE_INSTANCE": platform.instance})  # fmt: skip
+    logger = _fit_logger(tmp_path / "spool", platform.instance)
+    try:
+        # The logger's input ends 1.5 s into the wait; it exits once it has started (seconds
+        # on a busy machine, it imports MLflow): the wait ends with it, well before the grace.
+        threading.Timer(1.5, logger.stdin.close).start()  # type: ignore[union-attr]
+        began = time.monotonic()
+        platform.wait_for_fit_loggers(300)
+        waited = time.monotonic() - began
+        assert logger.poll() == 0 and 1.0 < waited < 290, waited
+        assert said == ["waiting up to 300 s for 1 fit logger(s) to log their fits to MLflow"]
+        assert unrelated.poll() is None, "only the fit loggers are waited for"
+
+        said.clear()
+        busy = _fit_logger(tmp_path / "spool", platform.instance)
+        try:
+            platform.wait_for_fit_loggers(1)
+            assert said[-1] == "1 fit logger(s) still busy; their fits are logged when the servers next start"
+            assert busy.poll() is None, "left running: the platform's last sweep stops it"
+        finally:
+            busy.kill()
+            busy.wait()
+        said.clear()
+        platform.wait_for_fit_loggers(300)
+        assert said == [], "no fit logger: no wait"
+    finally:
+        for proc in (logger, unrelated):
+            proc.kill()
+            proc.wait()
