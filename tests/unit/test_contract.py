@@ -171,7 +171,7 @@ def test_every_item_one_field_off_is_read_as_its_schema_says() -> None:
         _item_agrees(variant)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_ITEMS)
 def test_an_item_is_read_as_its_schema_says(item: object) -> None:
     _item_agrees(item)
@@ -233,7 +233,7 @@ def test_every_run_json_one_field_off_is_read_as_its_schema_says() -> None:
         _run_agrees(variant)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_RUNS)
 def test_a_run_json_is_read_as_its_schema_says(data: object) -> None:
     _run_agrees(data)
