@@ -474,8 +474,13 @@ class Platform:
         loggers = fit_loggers(instance_processes(self.instance))
         if not loggers:
             return
-        self.log(f"waiting up to {grace:.0f} s for {len(loggers)} fit logger(s) to log their fits to MLflow")
-        _, alive = psutil.wait_procs(loggers, timeout=grace)
+        self.log(
+            f"waiting up to {grace:.0f} s for {len(loggers)} fit logger(s) to log their fits to MLflow "
+            "(Ctrl-C again stops them now)"
+        )
+        signals, deadline, alive = len(self.signals), time.monotonic() + grace, loggers
+        while alive and len(self.signals) == signals and (left := deadline - time.monotonic()) > 0:
+            _, alive = psutil.wait_procs(alive, timeout=min(0.5, left))
         if alive:
             self.log(f"{len(alive)} fit logger(s) still busy; their fits are logged when the servers next start")
 

@@ -218,7 +218,9 @@ def test_a_stopping_platform_waits_for_the_fit_loggers_before_mlflow(tmp_path: P
         platform.wait_for_fit_loggers(300)
         waited = time.monotonic() - began
         assert logger.poll() == 0 and 1.0 < waited < 290, waited
-        assert said == ["waiting up to 300 s for 1 fit logger(s) to log their fits to MLflow"]
+        assert said == [
+            "waiting up to 300 s for 1 fit logger(s) to log their fits to MLflow (Ctrl-C again stops them now)"
+        ]
         assert unrelated.poll() is None, "only the fit loggers are waited for"
 
         said.clear()
@@ -227,6 +229,12 @@ def test_a_stopping_platform_waits_for_the_fit_loggers_before_mlflow(tmp_path: P
             platform.wait_for_fit_loggers(1)
             assert said[-1] == "1 fit logger(s) still busy; their fits are logged when the servers next start"
             assert busy.poll() is None, "left running: the platform's last sweep stops it"
+            # A second Ctrl-C (or SIGTERM) while it waits: the wait ends at once.
+            said.clear()
+            threading.Timer(1.0, platform.signals.append, args=(2,)).start()
+            began = time.monotonic()
+            platform.wait_for_fit_loggers(300)
+            assert time.monotonic() - began < 60 and said[-1].startswith("1 fit logger(s) still busy")
         finally:
             busy.kill()
             busy.wait()
