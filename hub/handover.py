@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from hubforge.contract import FIT_LOGGER_MODULE, SERVER_PROGRAMS
+from hubforge.contract import FIT_LOGGER_MODULE, REPLAY_MODULE, SERVER_PROGRAMS
 
 from .proxy import running_proxy
 
@@ -78,11 +78,13 @@ def user_servers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
 
 
 def fit_loggers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
-    """Those of ``procs`` that are kernels' fit loggers (``python -m`` :data:`FIT_LOGGER_MODULE`)."""
+    """Those of ``procs`` that log run data to MLflow after the kernel that made it ended: the
+    kernels' fit loggers (:data:`FIT_LOGGER_MODULE`) and the servers' replays of what kernels
+    kept (:data:`REPLAY_MODULE`), each run as ``python -m``."""
     found = []
     for proc in procs:
         try:
-            if FIT_LOGGER_MODULE in proc.cmdline()[:3]:
+            if {FIT_LOGGER_MODULE, REPLAY_MODULE} & set(proc.cmdline()[:3]):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

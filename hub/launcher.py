@@ -464,12 +464,14 @@ class Platform:
             release_ports(self.instance)
 
     def wait_for_fit_loggers(self, grace: float) -> None:
-        """Give the kernels' fit loggers up to ``grace`` seconds to finish the fits they hold.
+        """Give the kernels' fit loggers, and the servers' replays, up to ``grace`` seconds to
+        finish the fits they hold.
 
         A kernel hands a fit's model to its fit logger, in a session of its own, which ends
         the fit's run in MLflow once the model is logged; a kernel that ends waits for it only
-        within its own budget. Stopping the hub now would stop MLflow under it and leave the
-        fit's run RUNNING until the person's server next starts and replays it.
+        within its own budget, and what it could not hand over its server replays as the
+        kernel ends. Stopping the hub now would stop MLflow under them and leave the fit's run
+        RUNNING until the person's server next starts and replays it.
         """
         loggers = fit_loggers(instance_processes(self.instance))
         if not loggers:

@@ -172,7 +172,7 @@ OUTPUT_NOTEBOOK_ENV = "HUBFORGE_OUTPUT_NOTEBOOK"
 REPLAY_MODULE = "hubforge.server_extension.replay"
 #: ``python -m`` this to log a kernel's fits beside it (``--spool DIR``): the kernel starts it
 #: in a session of its own, and it goes on with its fits after the kernel; a platform stopping
-#: waits for it before it stops MLflow.
+#: waits for it (and for :data:`REPLAY_MODULE`'s runs) before it stops MLflow.
 FIT_LOGGER_MODULE = "hubforge.server_extension.fit_logger"
 #: The programs a person's server runs, in the local spawner's order of preference:
 #: hubforge's (``hubforge.server_extension.singleuser``, which starts faster), then

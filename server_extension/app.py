@@ -191,14 +191,20 @@ def load(serverapp: Any) -> None:
         replayer = Replayer(settings.spool_root, env, settings.replay_interval, serverapp.log, Path(root_dir))
         replayer.start()
         kernels.shutdown_kernel = _then(kernels.shutdown_kernel, replayer.soon)
+        serverapp.hubforge_replayer = replayer
 
 
 def unload(serverapp: Any) -> None:
-    """The server is stopping: write the audit spool, and deliver what it can."""
+    """The server is stopping: write the audit spool, and deliver what it can; start a last
+    replay of what the ended kernels kept."""
     audit = getattr(serverapp, "hubforge_audit", None)
     if audit is not None:
         serverapp.hubforge_audit = None
         audit.close()
+    replayer = getattr(serverapp, "hubforge_replayer", None)
+    if replayer is not None:
+        serverapp.hubforge_replayer = None
+        replayer.finish()
 
 
 def _stop_gracefully_on_sigint(serverapp: Any) -> None:
@@ -303,6 +309,24 @@ class Replayer:
             self.log.warning("hubforge: a kernel died without ending its MLflow run; %s ends it as KILLED", entry.name)
         if not self.waiting():
             return self.interval
+        self._start_child()
+        return min(self.interval, 1.0)
+
+    def finish(self) -> None:
+        """The server is stopping, its kernels have ended: stop looking, and start a last
+        replay of what they kept unless one runs. It goes on after the server (a platform
+        stopping waits for it before MLflow); otherwise the fits a kernel could not hand to
+        its fit logger would wait, their runs RUNNING, for the server's next start."""
+        self.stop()
+        if self.child is not None and self.child.poll() is None:
+            return
+        try:
+            if self.waiting():
+                self._start_child()
+        except Exception:
+            self.log.warning("hubforge: the last replay did not start", exc_info=True)
+
+    def _start_child(self) -> None:
         log_file = open(self.root / ".replay.log", "wb")  # noqa: SIM115 - handed to the child
         with log_file:
             self.child = subprocess.Popen(
@@ -313,7 +337,6 @@ class Replayer:
                 stderr=subprocess.STDOUT,
             )
         self.runs += 1
-        return min(self.interval, 1.0)
 
     def waiting(self) -> bool:
         """Whether entries or fits for this server's MLflow (or unreadable ones, to set aside) wait."""

@@ -107,7 +107,19 @@ def main(argv: list[str] | None = None) -> int:
             continue
         delay = RETRY_FIRST
         if outcome != BUSY:
-            print(json.dumps({"id": name, "outcome": outcome}), flush=True)
+            _answer(name, outcome)
+
+
+def _answer(name: str, outcome: str) -> None:
+    """Tell the kernel what became of a fit. A kernel that has ended reads no more: its fits
+    are still logged, the answers go nowhere (a broken pipe must not end the process with
+    fits still to log, their runs left RUNNING)."""
+    try:
+        print(json.dumps({"id": name, "outcome": outcome}), flush=True)
+    except (BrokenPipeError, ValueError):  # ValueError: stdout already closed
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # and nothing fails at exit flushing it
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,32 @@ def test_the_logger_run_by_hand_without_mlflow_says_what_is_missing(tmp_path: Pa
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith("MLFLOW_TRACKING_URI is not set: where should the fits go?")
+
+
+def test_the_real_logger_goes_on_with_its_fits_after_the_kernel_stops_reading(tmp_path: Path) -> None:
+    """The kernel ended (nobody reads the answers): the logger still handles every fit it was
+    given, instead of dying of a broken pipe at its first answer with the rest not logged."""
+    import subprocess
+
+    from hubforge.contract import FIT_LOGGER_MODULE
+    from hubforge.server_extension.kept_fits import FITS
+
+    spool = tmp_path / "spool"
+    for name in ("first", "second"):
+        (spool / FITS / name).mkdir(parents=True)  # unreadable kept fits: each is set aside
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # never reached for these
+    proc = subprocess.Popen(
+        [sys.executable, "-m", FIT_LOGGER_MODULE, "--spool", str(spool)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the kernel is gone
+    proc.stdin.write("first\nsecond\n")
+    proc.stdin.close()
+    assert proc.wait(300) == 0, proc.stderr.read()  # it imports MLflow and warms up: slow on a busy machine
+    assert "BrokenPipeError" not in proc.stderr.read()
+    assert not list((spool / FITS).iterdir()), "both fits were handled"

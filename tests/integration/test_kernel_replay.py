@@ -435,3 +435,29 @@ def test_a_run_replayed_after_its_server_moved_goes_without_server_and_tier(clie
     kept = client.get_run(run_id).data.tags
     assert "hubforge.tier" not in kept and "hubforge.server" not in kept
     assert (kept["hubforge.notebook"], kept["hubforge.replay_id"]) == ("a", "entry-1")
+
+
+def test_a_stopping_server_starts_a_last_replay_of_what_its_ended_kernels_kept(tmp_path: Path) -> None:
+    """A server stopping (its kernels ended, their kept fits waiting) starts one more replay,
+    which goes on after the server; it starts none while one runs, and none for nothing."""
+    import logging
+
+    from hubforge.contract import REPLAY_MODULE
+    from hubforge.server_extension.app import Replayer
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    replayer = Replayer(spool, env, 60.0, logging.getLogger("test"))
+    replayer.finish()
+    assert replayer.child is None, "nothing waits: no replay"
+
+    replayer = Replayer(spool, env, 60.0, logging.getLogger("test"))
+    replayer.waiting = lambda: True  # type: ignore[method-assign]  # as a kernel's kept fit makes it
+    replayer.finish()
+    child = replayer.child
+    assert child is not None and child.args[1:3] == ["-m", REPLAY_MODULE]
+    replayer.finish()
+    assert replayer.child is child or child.poll() is not None, "not a second one beside a running one"
+    child.wait(120)
+    assert replayer.runs >= 1 and replayer._stop.is_set()

@@ -264,4 +264,4 @@ def test_ctrl_c_of_the_platform_ends_an_open_notebooks_run(gpu_machine: Platform
     assert (folder / "notebook" / "print_then_train.ipynb").is_file()
     assert "scikit-learn==" in (folder / "environment" / "requirements.txt").read_text()
     fits = {r.info.run_name: r.info.status for r in runs if r.data.tags.get("mlflow.parentRunId") == top.info.run_id}
-    assert fits == {"DecisionTreeClassifier": "FINISHED", "KNeighborsClassifier": "FINISHED"}
+    assert fits == {"DecisionTreeClassifier": "FINISHED", "KNeighborsClassifier": "FINISHED"}, platform.log_tail(300)

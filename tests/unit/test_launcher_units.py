@@ -117,3 +117,24 @@ def test_peoples_servers_are_found_by_either_program() -> None:
     jupyterhubs = _Proc("/env/bin/python", "/env/bin/jupyterhub-singleuser")
     kernel = _Proc("/env/bin/python", "-m", "ipykernel_launcher", "-f", "hubforge-singleuser.json")
     assert user_servers([ours, jupyterhubs, kernel, _Proc("node", "configurable-http-proxy")]) == [ours, jupyterhubs]
+
+
+def test_the_processes_a_stopping_platform_waits_for_are_the_fit_loggers_and_the_replays() -> None:
+    from hubforge.contract import FIT_LOGGER_MODULE, REPLAY_MODULE
+    from hubforge.hub.handover import fit_loggers
+
+    class Proc:
+        def __init__(self, *cmdline: str) -> None:
+            self.args = list(cmdline)
+
+        def cmdline(self) -> list[str]:
+            return self.args
+
+    logger = Proc("/venv/bin/python", "-m", FIT_LOGGER_MODULE, "--spool", "/s")
+    replay = Proc("/venv/bin/python", "-m", REPLAY_MODULE, "--spool", "/s")
+    others = [
+        Proc("/venv/bin/python", "-m", "ipykernel_launcher", "-f", "k.json"),
+        Proc("/venv/bin/hubforge-singleuser", "--debug"),
+        Proc("/venv/bin/python", "-c", f"print('{FIT_LOGGER_MODULE}')"),  # named, not run
+    ]
+    assert fit_loggers([*others, logger, replay]) == [logger, replay]
