@@ -179,6 +179,7 @@ class CatalogHandler(FeaturesHandler):
     @web.authenticated
     def get(self) -> None:
         loaded = self.loaded()
+        self.settings["online"].warm()  # somebody browses the features: a read of values follows
         self.set_header("ETag", loaded.etag)
         self.set_header("Cache-Control", "no-cache")
         if loaded.etag in [tag.strip() for tag in self.request.headers.get("If-None-Match", "").split(",")]:
@@ -231,6 +232,7 @@ class ReadHandler(FeaturesHandler):
         except ValueError:
             raise web.HTTPError(400, "the body must be JSON") from None
         catalog = self.loaded().catalog
+        self.settings[self.mode].warm()  # opened while the grants are checked
         try:
             query = self.parse(body, catalog)
         except Refusal as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ from typing import Any, ClassVar
 
 from hubforge.errors import Invalid
 from hubforge.features.catalog import Catalog
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_FEATURES",
@@ -129,8 +132,10 @@ def read_target(body: Mapping[str, Any], catalog: Catalog) -> tuple[tuple[str, .
 
 
 class StoreReader:
-    """A store of the repository at ``repo``, opened on the first read (importing Feast takes
-    seconds; the catalog requests never pay it) and read on a thread of its own."""
+    """A store of the repository at ``repo``, opened on the first read or once somebody starts
+    using the features (:meth:`warm`), and read on a thread of its own. Importing Feast takes
+    seconds, a minute on a busy machine: a service nobody reads from never pays it, and the
+    person who browses the catalog has the store open by the time they read a value."""
 
     #: The :mod:`hubforge.features.store` function a read calls, and the thread's name.
     function: ClassVar[str]
@@ -140,7 +145,28 @@ class StoreReader:
         self.repo = repo
         self._store: Any = None
         self._lock = threading.Lock()
+        self._warming = False
+        self._warm_lock = threading.Lock()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
+
+    def warm(self) -> None:
+        """Start opening the store, if nobody has (returns at once).
+        A failure is left to the first read, which reports it as a read does."""
+        # Not the store's lock: the opening holds that for as long as Feast imports.
+        with self._warm_lock:
+            if self._store is not None or self._warming:
+                return
+            self._warming = True
+        # A thread of its own, a daemon: a service stopping meanwhile does not wait for Feast's
+        # import to end (the reader's pool thread would be joined at exit). A read waits for
+        # the opening on the store's lock.
+        threading.Thread(target=self._open_quietly, name=f"{self.thread_name}-open", daemon=True).start()
+
+    def _open_quietly(self) -> None:
+        try:
+            self._open()
+        except Exception as exc:
+            log.info("the feature store did not open ahead of a read: %s", exc)
 
     def _open(self) -> Any:
         with self._lock:
