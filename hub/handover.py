@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,30 +65,28 @@ class Handover:
         (data_dir / HANDOVER_FILE).unlink(missing_ok=True)
 
 
-def user_servers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
-    """Those of ``procs`` that are people's single-user servers (one of :data:`SERVER_PROGRAMS`)."""
+def _by_command(procs: Iterable[psutil.Process], matches: Callable[[list[str]], bool]) -> list[psutil.Process]:
+    """Those of ``procs`` (still there, and readable) whose command line ``matches``."""
     found = []
     for proc in procs:
         try:
-            if any(program in part for part in proc.cmdline()[:2] for program in SERVER_PROGRAMS):
+            if matches(proc.cmdline()):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def user_servers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` that are people's single-user servers (one of :data:`SERVER_PROGRAMS`)."""
+    return _by_command(procs, lambda cmd: any(program in part for part in cmd[:2] for program in SERVER_PROGRAMS))
 
 
 def fit_loggers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     """Those of ``procs`` that log run data to MLflow after the kernel that made it ended: the
     kernels' fit loggers (:data:`FIT_LOGGER_MODULE`) and the servers' replays of what kernels
     kept (:data:`REPLAY_MODULE`), each run as ``python -m``."""
-    found = []
-    for proc in procs:
-        try:
-            if {FIT_LOGGER_MODULE, REPLAY_MODULE} & set(proc.cmdline()[:3]):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
+    return _by_command(procs, lambda cmd: bool({FIT_LOGGER_MODULE, REPLAY_MODULE} & set(cmd[:3])))
 
 
 def kept_processes(procs: Iterable[psutil.Process], proxy_pid_file: Path, instance: str) -> set[int]:

@@ -51,20 +51,17 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1", taken: frozenset[int] | set[int] = frozenset()) -> int:
-    """A TCP port on ``host`` nobody holds right now, outside the ephemeral range and not in
-    ``taken``. Where the whole range above :data:`FLOOR` is ephemeral (an unusual kernel
-    setting), or every try is held, the kernel's own choice."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` nobody holds right now, outside the ephemeral range. Where the
+    whole range above :data:`FLOOR` is ephemeral (an unusual kernel setting), or every try is
+    held, the kernel's own choice."""
     stretches = _candidates(*ephemeral_range())
     sizes = [len(stretch) for stretch in stretches]
     for _ in range(TRIES if stretches else 0):
         stretch = _random.choices(stretches, weights=sizes)[0]
         port = stretch[_random.randrange(len(stretch))]
-        if port not in taken and _bindable(host, port):
+        if _bindable(host, port):
             return port
-    while True:
-        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in taken:
-            return port
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -29,10 +29,10 @@ def test_a_free_port_is_outside_the_ephemeral_range_and_bindable() -> None:
         sock.bind(("127.0.0.1", port))  # nobody holds it
 
 
-def test_a_held_or_taken_port_is_never_handed_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Leave room for three ports only above the floor: one held by a listener, one taken.
+def test_a_held_port_is_never_handed_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Leave room for two ports only above the floor: one held by a listener.
     setting = tmp_path / "ip_local_port_range"
-    setting.write_text(f"{ports.FLOOR + 3} 65535")
+    setting.write_text(f"{ports.FLOOR + 2} 65535")
     monkeypatch.setattr(ports, "_RANGE_FILE", setting)
     holder = socket.socket()
     try:
@@ -40,19 +40,19 @@ def test_a_held_or_taken_port_is_never_handed_out(monkeypatch: pytest.MonkeyPatc
     except OSError:
         pytest.skip(f"port {ports.FLOOR} is in use on this machine")
     holder.listen()
-    if not ports._bindable("127.0.0.1", ports.FLOOR + 2):
+    if not ports._bindable("127.0.0.1", ports.FLOOR + 1):
         holder.close()
-        pytest.skip(f"port {ports.FLOOR + 2} is in use on this machine")
+        pytest.skip(f"port {ports.FLOOR + 1} is in use on this machine")
     with holder:
-        chosen = {ports.free_port(taken={ports.FLOOR + 1}) for _ in range(50)}
-    assert chosen == {ports.FLOOR + 2}
+        chosen = {ports.free_port() for _ in range(50)}
+    assert chosen == {ports.FLOOR + 1}
 
 
 def test_with_no_room_outside_the_range_the_kernel_chooses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     setting = tmp_path / "ip_local_port_range"
     setting.write_text(f"{ports.FLOOR} 65535")
     monkeypatch.setattr(ports, "_RANGE_FILE", setting)
-    port = ports.free_port(taken={1})
+    port = ports.free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
     assert port >= 1024
