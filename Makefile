@@ -98,8 +98,8 @@ up: install
 #      layer's kernel modules.
 # The parts are chosen so that the lanes end together; with four lanes both cores are busy
 # (about 90%), so what shortens the run now is less CPU, not another lane. Each lane's
-# output is printed whole when it ends; a lane stops at its first failing part, and
-# `make test` fails if any lane did. Each part prints its wall time; "no tests collected"
+# output is printed whole when it ends; a lane runs all its parts even when one fails, and
+# `make test` fails if any part did. Each part prints its wall time; "no tests collected"
 # (say, PYTEST_ARGS="-k ..." naming tests of one layer only) is no failure.
 test: install $(CHROMIUM)
 	@start=$$(date +%s); \
@@ -116,15 +116,19 @@ KERNEL_TESTS := $(sort $(wildcard tests/integration/test_kernel_*.py))
 OWN_PLATFORM_TESTS := $(addprefix tests/platform/,test_accounts.py test_chart_hub.py test_hub_restart.py \
 	test_launcher.py test_tiers_local.py)
 
+# $(call parts,TARGET ...): run each make target in turn, all of them whatever fails (a failure
+# in one part must not hide another's), and fail if any failed.
+define parts
+	@status=0; for part in $(1); do $(MAKE) --no-print-directory $$part || status=1; done; exit $$status
+endef
+
 lane-1: test-integration-rest
 lane-2:
-	@$(MAKE) --no-print-directory test-platform-shared && $(MAKE) --no-print-directory test-features
+	$(call parts,test-platform-shared test-features)
 lane-3:
-	@$(MAKE) --no-print-directory test-unit && $(MAKE) --no-print-directory test-jupyterhub && \
-	  $(MAKE) --no-print-directory test-integration-governance && \
-	  $(MAKE) --no-print-directory test-integration-scheduler
+	$(call parts,test-unit test-jupyterhub test-integration-governance test-integration-scheduler)
 lane-4:
-	@$(MAKE) --no-print-directory test-platform-own && $(MAKE) --no-print-directory test-integration-kernels
+	$(call parts,test-platform-own test-integration-kernels)
 
 # The integration layer in parts (together: test-integration).
 test-integration-governance: install
