@@ -158,7 +158,10 @@ class TierSpawnerMixin(_SpawnerBase):
 
     def get_args(self) -> list[str]:
         """The server's arguments, plus the tier's idle timeout and interface for jupyter-server."""
-        args: list[str] = super().get_args()
+        # A copy: JupyterHub's is the ``args`` trait itself. A second start on this spawner (a port
+        # retry; the person's next try after a failed start, which the hub keeps the spawner for)
+        # would otherwise pass each option twice, and the server refuses that.
+        args = list(super().get_args())
         if self.tier_choice is not None:
             args += culling_args(self.tier_choice.tier) + interface_args(self.tier_choice.tier)
         return args

@@ -317,7 +317,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
 
         A port that went to another socket before the server bound it is given up for a new
         one: another process's listener, or a connection whose local end it became (the server
-        then exits, as jupyter-server does when its port is taken). Commands set in config (a
+        exits then, as jupyter-server does when its port is taken). Commands set in config (a
         script, a shell line) may never listen: they start as JupyterHub's spawners start them.
         """
         for _attempt in range(PORT_ATTEMPTS):
@@ -349,14 +349,19 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
         )
 
     async def _wait_listening(self, port: int) -> Listener:
-        """Who listens on the server's port once someone does; an error naming the status if the
-        server exits first. After ``http_timeout``, or short of the hub's ``start_timeout`` for
-        this whole start (a long wait for GPUs took most of it), the hub's own wait takes over."""
+        """OURS once the server listens on its port; OTHER when it exits with the port held by
+        another socket; an error naming the status if it exits otherwise. After ``http_timeout``,
+        or short of the hub's ``start_timeout`` for this whole start (a long wait for GPUs took
+        most of it), the hub's own wait takes over.
+
+        Another process listening on the port number while the server still imports is no
+        verdict: on another address (``::1`` beside ``127.0.0.1``) it leaves the server's bind
+        alone, and on the same one the server cannot bind and exits, which is the verdict."""
         deadline = min(time.monotonic() + self.http_timeout, self._start_began + self.start_timeout - 1)
         while time.monotonic() < deadline:
             status = self.proc.poll()
             listener = await asyncio.to_thread(listener_of, port, self.pid)
-            if listener in (Listener.OURS, Listener.OTHER):
+            if listener is Listener.OURS:
                 return listener
             if status is not None:
                 if status != 0 and await asyncio.to_thread(port_held, port):
@@ -552,7 +557,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
 
     def get_args(self) -> list[str]:
         """jupyter-server refuses root without ``--allow-root``."""
-        args: list[str] = super().get_args()
+        args = list(super().get_args())  # a copy: JupyterHub's is the ``args`` trait itself
         if not self.isolating and hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--allow-root")
         return args

@@ -25,6 +25,8 @@ from hubforge.spawner_profiles.local.listeners import Listener, listener_of, por
 
 SERVER = """#!{python}
 import http.server, os, sys, time, urllib.parse
+with open(os.path.join(os.path.dirname(sys.argv[0]), "argv.log"), "a") as log:
+    log.write(repr(sys.argv[1:]) + "\\n")
 if {exit_status} is not None:
     sys.exit({exit_status})
 if {silent}:
@@ -43,7 +45,8 @@ http.server.HTTPServer((url.hostname, url.port), Handler).serve_forever()
 
 def server_program(folder: Path, exit_status: int | None = None, silent: bool = False) -> str:
     """A script named as the platform's server program (``hubforge-singleuser``); it exits with
-    ``exit_status``, or never listens (``silent``), or serves."""
+    ``exit_status``, or never listens (``silent``), or serves. Each start's arguments go to
+    ``argv.log`` beside it, a line each."""
     folder.mkdir(parents=True, exist_ok=True)
     program = folder / "hubforge-singleuser"
     program.write_text(SERVER.format(python=sys.executable, exit_status=exit_status, silent=silent))
@@ -75,6 +78,54 @@ def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(tmp_pat
     assert listener is Listener.OURS, "the port handed to the hub is the server's own"
     assert status == 200
     assert still_listening is Listener.OURS, "the process that took the port (this test) keeps it"
+    first, second = (tmp_path / "bin" / "argv.log").read_text().splitlines()
+    assert "--ServerApp.shutdown_no_activity_timeout" in first, "the tier's idle timeout is passed"
+    assert second == first, "the second start passes the same options, each once"
+
+
+def test_a_listener_on_the_same_port_of_another_address_leaves_the_server_its_port(tmp_path: Path) -> None:
+    """Another process listening on ``[::1]:P`` does not stop a server binding ``127.0.0.1:P``:
+    the spawn keeps P (it used to take that listener for a taker and kill the server)."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    taker = socket.socket(socket.AF_INET6)
+    taker.bind(("::1", 0))
+    taker.listen()
+    number = taker.getsockname()[1]
+    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin")], port=number)
+    spawner.user_options = {"profile": "interactive"}
+
+    async def spawn() -> tuple[int, Listener, int]:
+        try:
+            ip, port = await spawner.start()
+            return port, listener_of(port, spawner.pid), httpx.get(f"http://{ip}:{port}/").status_code
+        finally:
+            await spawner.stop(now=True)
+
+    try:
+        port, listener, status = asyncio.run(spawn())
+    finally:
+        taker.close()
+    assert (port, listener, status) == (number, Listener.OURS, 200)
+    assert len((tmp_path / "bin" / "argv.log").read_text().splitlines()) == 1, "one start, not a retry"
+
+
+def test_a_spawner_started_again_passes_its_options_once(tmp_path: Path) -> None:
+    """The hub keeps a person's spawner after a start that failed (its page shows the error), and
+    the person's next start runs on it again; a start that moved ports starts twice in one."""
+    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin")])
+
+    async def twice() -> None:
+        for _ in range(2):
+            spawner.user_options = {"profile": "interactive"}
+            await spawner.start()
+            await spawner.stop(now=True)
+            spawner.port = 0
+
+    asyncio.run(twice())
+    first, second = (tmp_path / "bin" / "argv.log").read_text().splitlines()
+    assert first.count("--ServerApp.shutdown_no_activity_timeout") == 1
+    assert second == first
 
 
 def test_a_port_that_became_a_connections_local_end_is_given_up_for_another(tmp_path: Path) -> None:
