@@ -16,6 +16,7 @@ import html
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import httpx
 import ipywidgets as widgets
 
 from hubforge.features.catalog import Catalog, Item
@@ -40,10 +41,17 @@ class OnlineLike(Protocol):
     ) -> dict[str, list[Any]]: ...
 
 
+#: How long a glance may take: it runs beside the person's work with its progress shown, and
+#: the first read after a platform start waits for the features service to open its feature
+#: store (Feast's import: tens of seconds on a loaded machine, past a code read's 30 s).
+GLANCE_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+
+
 def _online() -> OnlineLike:
     from hubforge.features.reader import OnlineFeatures
 
-    return OnlineFeatures.from_env(ttl=0, record=False)  # a glance, not a use: the run is not told
+    # A glance, not a use: the run is not told.
+    return OnlineFeatures.from_env(ttl=0, record=False, timeout=GLANCE_TIMEOUT)
 
 
 def key_value(name: str, text: str, dtype: str) -> Any:

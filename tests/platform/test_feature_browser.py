@@ -141,7 +141,8 @@ def test_alice_finds_a_feature_by_typing_and_gets_its_code(platform: Any, sessio
             # A glance at real values for a merchant before writing any code.
             panel.locator(".widget-text", has_text="merchant_id").locator("input").fill("501")
             panel.locator("button", has_text="Read").first.click(timeout=UI_TIMEOUT_MS)
-            panel.locator("th", has_text="value").first.wait_for(timeout=UI_TIMEOUT_MS)
+            # The first read waits for the service to open its store (the panel's own limit: 120 s).
+            panel.locator("th", has_text="value").first.wait_for(timeout=150_000)
             page.screenshot(path=str(artifacts / "feature-browser.png"), full_page=True)
             # The kernel's browser holds the same: what the person sees is what the code would read.
             run_cell(page, 2, "print(browser.selected, 'merchant_risk:chargeback_rate_90d' in browser.snippet)")

@@ -119,3 +119,20 @@ def test_the_browser_offers_the_sample_for_the_view_chosen() -> None:
     assert browser.sample.wait(10) and browser.sample.values is not None
     browser.select("entity", "customer")
     assert browser.sample.layout.display == "none"
+
+
+def test_the_panels_reader_waits_for_a_store_that_is_still_opening(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first read after a platform start waits for the service to open its feature store:
+    the panel's glance allows two minutes (a code read keeps 30 s) and records nothing."""
+    from hubforge.contract import FEATURES_URL_ENV
+    from hubforge.features.reader import TIMEOUT
+    from hubforge.widgets import feature_sample
+
+    monkeypatch.setenv(FEATURES_URL_ENV, "http://127.0.0.1:9/services/features")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "t")
+    reader = feature_sample._online()
+    try:
+        assert reader._http.timeout.read == 120.0 > TIMEOUT.read
+        assert (reader.record, reader.ttl) == (False, 0)
+    finally:
+        reader.close()
