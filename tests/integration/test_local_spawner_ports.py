@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,23 +55,38 @@ def server_program(folder: Path, exit_status: int | None = None, silent: bool = 
     return str(program)
 
 
-def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(tmp_path: Path) -> None:
-    taker = socket.socket()
-    taker.bind(("127.0.0.1", 0))
-    taker.listen()
-    taken = taker.getsockname()[1]
-    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin")], port=taken)
-    spawner.user_options = {"profile": "interactive"}
+def listening(family: socket.AddressFamily, host: str) -> socket.socket:
+    """A socket of this process listening on a free port of ``host``."""
+    sock = socket.socket(family)
+    sock.bind((host, 0))
+    sock.listen()
+    return sock
 
-    async def spawn() -> tuple[tuple[str, int], Listener, int]:
-        try:
-            ip, port = await spawner.start()
-            return (ip, port), listener_of(port, spawner.pid), httpx.get(f"http://{ip}:{port}/").status_code
-        finally:
-            await spawner.stop(now=True)
+
+def alices(tmp_path: Path, **traits: Any) -> Any:
+    """alice's spawner for the interactive tier, running the stand-in server program."""
+    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin")], **traits)
+    spawner.user_options = {"profile": "interactive"}
+    return spawner
+
+
+async def started(spawner: Any) -> tuple[int, Listener, int]:
+    """Start ``spawner`` as the hub does, then stop it: the port it handed over, who listens
+    there, and the status of a request to it."""
+    try:
+        ip, port = await spawner.start()
+        return port, listener_of(port, spawner.pid), httpx.get(f"http://{ip}:{port}/").status_code
+    finally:
+        await spawner.stop(now=True)
+
+
+def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(tmp_path: Path) -> None:
+    taker = listening(socket.AF_INET, "127.0.0.1")
+    taken = taker.getsockname()[1]
+    spawner = alices(tmp_path, port=taken)
 
     try:
-        (_ip, port), listener, status = asyncio.run(spawn())
+        port, listener, status = asyncio.run(started(spawner))
     finally:
         still_listening = listener_of(taken, os.getpid())
         taker.close()
@@ -88,22 +104,12 @@ def test_a_listener_on_the_same_port_of_another_address_leaves_the_server_its_po
     the spawn keeps P (it used to take that listener for a taker and kill the server)."""
     if not socket.has_ipv6:
         pytest.skip("no IPv6 here")
-    taker = socket.socket(socket.AF_INET6)
-    taker.bind(("::1", 0))
-    taker.listen()
+    taker = listening(socket.AF_INET6, "::1")
     number = taker.getsockname()[1]
-    spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin")], port=number)
-    spawner.user_options = {"profile": "interactive"}
-
-    async def spawn() -> tuple[int, Listener, int]:
-        try:
-            ip, port = await spawner.start()
-            return port, listener_of(port, spawner.pid), httpx.get(f"http://{ip}:{port}/").status_code
-        finally:
-            await spawner.stop(now=True)
+    spawner = alices(tmp_path, port=number)
 
     try:
-        port, listener, status = asyncio.run(spawn())
+        port, listener, status = asyncio.run(started(spawner))
     finally:
         taker.close()
     assert (port, listener, status) == (number, Listener.OURS, 200)
@@ -142,16 +148,9 @@ def test_a_port_that_became_a_connections_local_end_is_given_up_for_another(tmp_
     spawner = spawner_for(hub_db(), "alice", tmp_path, cmd=[server_program(tmp_path / "bin")], port=taken)
     spawner.user_options = {"profile": "interactive"}
 
-    async def spawn() -> tuple[int, Listener, int]:
-        try:
-            ip, port = await spawner.start()
-            return port, listener_of(port, spawner.pid), httpx.get(f"http://{ip}:{port}/").status_code
-        finally:
-            await spawner.stop(now=True)
-
     try:
         assert port_held(taken) and listener_of(taken, os.getpid()) is Listener.NOBODY
-        port, listener, status = asyncio.run(spawn())
+        port, listener, status = asyncio.run(started(spawner))
     finally:
         connection.close()
         peer.close()
