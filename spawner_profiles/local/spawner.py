@@ -557,7 +557,7 @@ class LocalTierSpawner(TierSpawnerMixin, SimpleLocalProcessSpawner):
 
     def get_args(self) -> list[str]:
         """jupyter-server refuses root without ``--allow-root``."""
-        args = list(super().get_args())  # a copy: JupyterHub's is the ``args`` trait itself
+        args: list[str] = super().get_args()  # the tier mixin's: a fresh list each call
         if not self.isolating and hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--allow-root")
         return args
