@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "SCORING_APP",
+    "SCORING_MODEL_ENV",
     "SEARCH_VIEWS",
     "catch_mlflow_exception",
     "registry_store",
@@ -34,6 +36,15 @@ SEARCH_VIEWS = {
     "registered_models": "_search_registered_models",
     "model_versions": "_search_model_versions",
 }
+
+
+#: MLflow's scoring server as an ASGI app (what ``mlflow models serve`` has uvicorn run), and
+#: the variable naming the model it loads (``mlflow.pyfunc.scoring_server._SERVER_MODEL_PATH``,
+#: which ``mlflow models serve`` sets for it). The serving service runs uvicorn with these
+#: itself: the CLI would otherwise stay alive for every served version as uvicorn's idle
+#: parent, one more MLflow import (seconds of CPU) and its memory per model.
+SCORING_APP = "mlflow.pyfunc.scoring_server.app:app"
+SCORING_MODEL_ENV = "__pyfunc_model_path__"
 
 
 def tracking_store() -> Any:

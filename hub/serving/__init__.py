@@ -2,9 +2,10 @@
 
 A hub-managed tornado service (``python -m hubforge.hub.serving``) at
 ``/services/serving/``. Each approved version runs in MLflow's scoring server
-(``mlflow models serve --env-manager local``, one process per version, with a clean
-environment); the router splits an endpoint's traffic between its production release and
-a canary by percent, and the governance service deploys, promotes and rolls back.
+(uvicorn with MLflow's scoring app, as ``mlflow models serve --env-manager local`` runs
+it: one process per version, with a clean environment); the router splits an endpoint's
+traffic between its production release and a canary by percent, and the governance
+service deploys, promotes and rolls back.
 :mod:`.model` and :mod:`.digest` are pure (governance uses :func:`.digest.tree_digest`
 too); :mod:`.state` keeps the routes; :mod:`.scoring` runs the processes;
 :mod:`.upstream` talks to them; :mod:`.router` holds it together behind

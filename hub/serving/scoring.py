@@ -1,7 +1,10 @@
 """MLflow scoring servers: one process per release, started with a clean environment.
 
-:class:`ScoringProcess` runs ``mlflow models serve --env-manager local`` (MLflow's
-scoring server, uvicorn, in the platform's own Python environment) and waits, polling
+:class:`ScoringProcess` runs MLflow's scoring server as ``mlflow models serve
+--env-manager local`` does (uvicorn with MLflow's scoring app, in the platform's own Python
+environment), but starts uvicorn itself: the CLI would stay alive beside it as its idle
+parent, one more MLflow import (about 2 s of CPU) and its memory for every served version.
+It waits, polling
 ``GET /ping`` against a deadline, until it answers. It listens on a Unix socket in the
 service's own folder (mode 0700; uvicorn's ``UVICORN_UDS``), not on a TCP port: on one
 machine every person's server and kernels run beside it, and a loopback port would let
@@ -11,8 +14,8 @@ neither, and costs less per request than loopback TCP.
 
 The process gets :func:`clean_environment` and nothing of the service's own: no hub
 token, no ``JUPYTERHUB_*`` or ``HUBFORGE_*`` variable (a model is code, and it runs
-there). It leads a process group of its own, so :meth:`ScoringProcess.stop` ends uvicorn
-with it, and it is told to end if the service dies (``PR_SET_PDEATHSIG``).
+there). It leads a process group of its own, so :meth:`ScoringProcess.stop` ends uvicorn's
+workers with it, and it is told to end if the service dies (``PR_SET_PDEATHSIG``).
 
 :class:`ScoringPool` keeps one process per release (model, version, digest), starts it
 on demand (once, however many callers wait), checks the release's folder against its
@@ -38,6 +41,7 @@ from typing import Any
 import psutil
 
 from hubforge.errors import LaunchError, Refusal, Unavailable
+from hubforge.hub.mlflow.internals import SCORING_APP, SCORING_MODEL_ENV
 from hubforge.processes import die_with_parent
 
 from .model import Release
@@ -63,8 +67,8 @@ LOG_TAIL = 5
 
 
 def clean_environment(home: Path, scripts: str, socket: Path) -> dict[str, str]:
-    """The whole environment of a scoring process: ``PATH`` (the platform's scripts first,
-    for ``uvicorn``), ``HOME``, the locale, :data:`FIXED_ENV` and the socket to listen on
+    """The whole environment of a scoring process but its model: ``PATH`` (the platform's
+    scripts first), ``HOME``, the locale, :data:`FIXED_ENV` and the socket to listen on
     (``UVICORN_UDS``); nothing inherited."""
     return {
         "PATH": os.pathsep.join([scripts, "/usr/local/bin", "/usr/bin", "/bin"]),
@@ -76,8 +80,8 @@ def clean_environment(home: Path, scripts: str, socket: Path) -> dict[str, str]:
     }
 
 
-def _default_mlflow() -> str:
-    return os.path.join(os.path.dirname(sys.executable), "mlflow")
+def _default_uvicorn() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "uvicorn")
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class ScoringSettings:
     home: Path
     logs: Path
     sockets: Path
-    mlflow: str = field(default_factory=_default_mlflow)
+    uvicorn: str = field(default_factory=_default_uvicorn)
     start_timeout: float = 120.0
     stop_timeout: float = 10.0
     workers: int = 1
@@ -98,7 +102,7 @@ MAX_SOCKET_PATH = 107
 
 
 class ScoringProcess:
-    """One ``mlflow models serve`` process for ``release``."""
+    """One scoring server (uvicorn running MLflow's scoring app) for ``release``."""
 
     def __init__(self, release: Release, settings: ScoringSettings) -> None:
         self.release = release
@@ -112,7 +116,7 @@ class ScoringProcess:
 
     @property
     def pid(self) -> int | None:
-        """The process id (of ``mlflow models serve``; uvicorn is its child)."""
+        """The process id (uvicorn's; with several workers, their parent's)."""
         return None if self.proc is None else self.proc.pid
 
     @property
@@ -126,13 +130,16 @@ class ScoringProcess:
         return str(self.socket)
 
     def command(self) -> list[str]:
-        """The command line. uvicorn listens on ``UVICORN_UDS`` rather than a host and port:
-        port 0 makes MLflow leave ``--port`` out, the loopback host is a fallback only."""
+        """The command line: uvicorn with MLflow's scoring app, as ``mlflow models serve`` runs
+        it. It listens on ``UVICORN_UDS`` (in :meth:`environment`), not on a host and port."""
+        return [self.settings.uvicorn, "--workers", str(self.settings.workers), SCORING_APP]
+
+    def environment(self) -> dict[str, str]:
+        """:func:`clean_environment` and the release's folder, which MLflow's app loads."""
         settings = self.settings
-        return [
-            *(settings.mlflow, "models", "serve", "-m", self.release.path, "--env-manager", "local"),
-            *("-h", "127.0.0.1", "-p", "0", "-w", str(settings.workers)),
-        ]
+        env = clean_environment(settings.home, os.path.dirname(settings.uvicorn), self.socket)
+        env[SCORING_MODEL_ENV] = self.release.path
+        return env
 
     async def start(self, upstream: UpstreamPool) -> None:
         """Start the process and return once it answers ``/ping`` (LaunchError otherwise)."""
@@ -144,7 +151,7 @@ class ScoringProcess:
             # PDEATHSIG follows the thread that forked, not the process.
             self.proc = subprocess.Popen(
                 self.command(),
-                env=clean_environment(self.settings.home, os.path.dirname(self.settings.mlflow), self.socket),
+                env=self.environment(),
                 cwd=self.settings.home,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -200,7 +207,7 @@ class ScoringProcess:
         self.proc.wait()
 
     def _members(self) -> list[psutil.Process]:
-        """The process's descendants (uvicorn), whose end :meth:`stop` waits for too."""
+        """The process's descendants (uvicorn's workers), whose end :meth:`stop` waits for too."""
         try:
             return list(psutil.Process(self.pid).children(recursive=True))
         except psutil.Error:

@@ -29,6 +29,7 @@ import pytest
 
 from harness.governance import LoopThread, close_hub_http_client
 from harness.hub import FakeHub
+from hubforge.hub.mlflow.internals import SCORING_APP, SCORING_MODEL_ENV
 from hubforge.hub.serving.app import make_app, make_hub_auth
 from hubforge.hub.serving.digest import tree_digest
 from hubforge.hub.serving.front import ServingFront
@@ -279,11 +280,25 @@ def test_scoring_processes_hold_no_platform_environment(service: Service) -> Non
             leaked = [k for k in env if k.startswith(("JUPYTERHUB_", "HUBFORGE_")) or k in PLATFORM_ENV]
             assert leaked == [], (member.cmdline(), leaked)
             assert "leaked-token" not in "".join(env.values())
-        assert set(_environ(proc.pid)) == {"PATH", "HOME", "LANG", "LC_ALL", "UVICORN_UDS", *FIXED_ENV}
+        env = _environ(proc.pid)
+        assert set(env) == {"PATH", "HOME", "LANG", "LC_ALL", "UVICORN_UDS", SCORING_MODEL_ENV, *FIXED_ENV}
+        assert env[SCORING_MODEL_ENV] == proc.release.path
+        # uvicorn is the process, with one worker in it: no MLflow CLI waits beside it
+        assert top.cmdline()[-1] == SCORING_APP and top.children(recursive=True) == []
         assert os.getpgid(proc.pid) == proc.pid  # its own process group
         # no TCP listener: only the service's account reaches the scoring server
         assert [c for m in [top, *top.children(recursive=True)] for c in m.net_connections("inet")] == []
         assert (proc.socket.parent.stat().st_mode & 0o777) == 0o700
+
+
+def test_the_scoring_server_is_started_as_mlflow_models_serve_starts_it(tmp_path: Path) -> None:
+    """What ``mlflow models serve --env-manager local`` would run for a model: the same app,
+    told the model's folder in the same variable (MLflow's own command builder asked)."""
+    from mlflow.pyfunc import scoring_server
+
+    command, env = scoring_server.get_cmd(str(tmp_path / "model"))
+    assert command.split()[0] == "uvicorn" and command.split()[-1] == SCORING_APP
+    assert env[SCORING_MODEL_ENV].endswith(str(tmp_path / "model"))
 
 
 def _environ(pid: int) -> dict[str, str]:

@@ -3,7 +3,7 @@
 The router (``make_app`` behind :class:`ServingFront`) runs on a loop thread on free
 ports, HubAuth unpatched against the tests' fake hub. Its scoring processes are real
 processes started by the router's pool, but of a small script standing in for
-``mlflow models serve`` (:data:`FAKE_MLFLOW`): it listens on ``UVICORN_UDS``, writes a
+uvicorn with MLflow's scoring app (:data:`FAKE_SCORING`): it listens on ``UVICORN_UDS``, writes a
 head and then a body as uvicorn does, and answers ``/invocations`` as its body asks
 (an echo by default; ``close``, ``chunked``, ``until-close``, ``bad-header``, ``slow``,
 ``extra``, ``teapot`` and ``drop-next`` for the upstream's cases). Requests are written on plain
@@ -54,7 +54,7 @@ MAX_BODY = 4096
 LOG = "tests.serving.front"
 SCORE = f"{PREFIX}endpoints/echo/invocations"
 
-FAKE_MLFLOW = """#!{python}
+FAKE_SCORING = """#!{python}
 import asyncio, json, os, pathlib, sys
 
 if (pathlib.Path(__file__).parent / "refuse-start").exists():
@@ -175,16 +175,16 @@ def model_folder(root: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("front")
-    script = root / "bin" / "mlflow"
+    script = root / "bin" / "uvicorn"
     script.parent.mkdir()
-    script.write_text(FAKE_MLFLOW.format(python=sys.executable))
+    script.write_text(FAKE_SCORING.format(python=sys.executable))
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     loop = LoopThread()
     hub = FakeHub(TOKENS, SERVICE_TOKEN).start()
 
     async def start() -> tuple[Router, web.Application, ServingFront, int]:
         state = ServingState(root / "state")
-        settings = ScoringSettings(state.home, state.logs, state.sockets, mlflow=str(script), start_timeout=30)
+        settings = ScoringSettings(state.home, state.logs, state.sockets, uvicorn=str(script), start_timeout=30)
         router = Router(state, ScoringPool(settings, UpstreamPool(timeout=1), state.verify))
         environ = {"JUPYTERHUB_API_TOKEN": SERVICE_TOKEN, "JUPYTERHUB_API_URL": hub.api_url}
         app = make_app(router, PREFIX, hub_auth=make_hub_auth(PREFIX, environ=environ))
