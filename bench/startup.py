@@ -15,10 +15,19 @@ from bench.plainhub import PlainHub, hub_healthy
 from bench.report import Result
 from harness.platform import HubSession, PlatformProcess, api, wait_for
 
+#: The spawner as the platform configures it (hub/hubconfig.py): its tier catalog, which hub
+#: groups grant which persona, its GPU database; alice is a data scientist, as on the platform.
 PLAIN_EXTRA = """
+from hubforge.catalog import load_catalog
+from hubforge.config import load_config
+_cfg = load_config(None)
 c.Authenticator.allowed_users = {"alice"}
+c.JupyterHub.load_groups = {"data-scientist": {"users": ["alice"]}}
 c.JupyterHub.spawner_class = "hubforge.spawner_profiles.local.spawner.LocalTierSpawner"
 c.LocalTierSpawner.home_dir_template = "{data}/users/{username}"
+c.LocalTierSpawner.tier_catalog = load_catalog(_cfg)
+c.LocalTierSpawner.group_personas = _cfg.group_personas()
+c.LocalTierSpawner.gpu_db = "{data}/gpus.sqlite"
 """
 
 
