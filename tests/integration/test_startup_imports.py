@@ -1,9 +1,11 @@
 """A hubforge process (the CLI, a person's server, the hub) does not pay for ``rfc3987_syntax``'s
-parsers at start, and jsonschema's ``iri`` checks answer as they do in a process without hubforge."""
+parsers at start, and jsonschema's ``iri`` checks answer as they do in a process without hubforge;
+a person's server loads JupyterLab without starting yarn."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +84,44 @@ def test_a_scheduled_run_starts_papermill_without_building_the_parsers(tmp_path:
     names = {line.split("|")[-1].strip() for line in imported.splitlines() if line.startswith("import time:")}
     assert "papermill.cli" in names and "jsonschema._format" in names
     assert "rfc3987_syntax.syntax_helpers" not in names
+
+
+LAB = """
+{first}
+import jupyterlab.labapp  # builds its _AppHandler, whose registry default asks yarn
+from jupyterlab.commands import AppOptions
+print(AppOptions().registry)
+"""
+SKIP = "from hubforge.server_extension.singleuser import skip_yarn_registry_lookup\nassert skip_yarn_registry_lookup()"
+
+
+def _load_jupyterlab(tmp_path: Path, first: str, **env: str) -> tuple[str, list[str]]:
+    """JupyterLab loaded with a ``node`` on PATH that notes each call: (its registry, the calls)."""
+    shims = tmp_path / "bin"
+    shims.mkdir(exist_ok=True)
+    calls = tmp_path / "node-calls"
+    calls.unlink(missing_ok=True)
+    node = shims / "node"
+    node.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec /usr/bin/node "$@"\n')
+    node.chmod(0o755)
+    environ = {**os.environ, "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}", **env}
+    for name in ("YARN_REGISTRY", "npm_config_registry"):
+        if name not in env:
+            environ.pop(name, None)
+    out = subprocess.run(
+        [sys.executable, "-c", LAB.format(first=first)], capture_output=True, text=True, check=True, env=environ
+    )
+    return out.stdout.strip(), calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_peoples_servers_load_jupyterlab_without_asking_yarn(tmp_path: Path) -> None:
+    """hubforge-singleuser answers JupyterLab's registry question itself: no Node.js process at
+    start, yarn's default registry, or the one the environment names as yarn would read it."""
+    registry, calls = _load_jupyterlab(tmp_path, "")
+    assert calls and "config" in calls[0], "without hubforge, JupyterLab runs yarn as it loads"
+    assert registry == "https://registry.yarnpkg.com"
+
+    assert _load_jupyterlab(tmp_path, SKIP) == (registry, [])
+    mirror = "https://npm.example.internal/"
+    assert _load_jupyterlab(tmp_path, SKIP, YARN_REGISTRY=mirror) == (mirror, [])
+    assert _load_jupyterlab(tmp_path, SKIP, npm_config_registry=mirror) == (mirror, [])
