@@ -30,7 +30,7 @@ import psutil
 from bench.report import Result
 from harness.platform import HubSession, PlatformProcess, api, wait_for
 from harness.server import KernelChannel, notebook_session
-from hubforge.hub.launcher import instance_processes
+from hubforge.hub.launcher import HUB_MODULE, instance_processes
 
 SUPERVISED = "hubforge.hub.supervised"
 
@@ -103,7 +103,7 @@ def _mlflow_server(line: list[str]) -> bool:
 
 COMPONENTS = {
     # name: (its process, its check through the proxy)
-    "hub": (lambda line: line[1:3] == ["-m", "jupyterhub"], "/hub/health"),
+    "hub": (lambda line: line[1:3] == ["-m", HUB_MODULE], "/hub/health"),
     "proxy": (lambda line: any("configurable-http-proxy" in p for p in line[:3]), "/hub/health"),
     "governance": (_service("hubforge.hub.governance"), "/services/governance/api/health"),
     "mlflow": (_mlflow_server, "/services/mlflow/health"),
