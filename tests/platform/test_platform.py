@@ -85,3 +85,13 @@ def test_mlflow_ui_behind_hub_login(session_for) -> None:
     ui = session.follow("/services/mlflow/")
     assert ui.status_code == 200
     assert "<html" in ui.text.lower()
+
+
+@pytest.mark.parametrize("platform", ["sqlite"], indirect=True)
+def test_the_recovery_benchmark_finds_each_component_it_kills(platform: PlatformProcess) -> None:
+    """``python -m bench recovery`` kills the hub, the proxy, governance and MLflow by what their
+    command lines say; one it no longer recognises stops ``make bench``, which no test runs."""
+    from bench.recovery import COMPONENTS, _process
+
+    for name, (match, _check) in COMPONENTS.items():
+        assert _process(platform, match).is_running(), name
