@@ -55,7 +55,7 @@ def skip_yarn_registry_lookup() -> bool:
 
 def main() -> None:
     """Run ``jupyterhub-singleuser`` with this process's arguments."""
+    skip_yarn_registry_lookup()  # before anything of JupyterHub's can load JupyterLab
     from jupyterhub.singleuser import main as singleuser
 
-    skip_yarn_registry_lookup()
     sys.exit(singleuser())

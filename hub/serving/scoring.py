@@ -1,16 +1,15 @@
 """MLflow scoring servers: one process per release, started with a clean environment.
 
 :class:`ScoringProcess` runs MLflow's scoring server as ``mlflow models serve
---env-manager local`` does (uvicorn with MLflow's scoring app, in the platform's own Python
-environment), but starts uvicorn itself: the CLI would stay alive beside it as its idle
-parent, one more MLflow import (about 2 s of CPU) and its memory for every served version.
-It waits, polling
-``GET /ping`` against a deadline, until it answers. It listens on a Unix socket in the
-service's own folder (mode 0700; uvicorn's ``UVICORN_UDS``), not on a TCP port: on one
-machine every person's server and kernels run beside it, and a loopback port would let
-any of them call a model without the router's hub authentication, or take the port
-before the scoring server binds it; a socket only the service's account can reach does
-neither, and costs less per request than loopback TCP.
+--env-manager local`` does (uvicorn with MLflow's scoring app, in the platform's own
+Python environment), but starts uvicorn itself: the CLI would stay alive beside it as its
+idle parent, one more MLflow import (about 2 s of CPU) and its memory for every served
+version. It waits, polling ``GET /ping`` against a deadline, until it answers. It listens
+on a Unix socket in the service's own folder (mode 0700; uvicorn's ``UVICORN_UDS``), not
+on a TCP port: on one machine every person's server and kernels run beside it, and a
+loopback port would let any of them call a model without the router's hub authentication,
+or take the port before the scoring server binds it; a socket only the service's account
+can reach does neither, and costs less per request than loopback TCP.
 
 The process gets :func:`clean_environment` and nothing of the service's own: no hub
 token, no ``JUPYTERHUB_*`` or ``HUBFORGE_*`` variable (a model is code, and it runs
