@@ -62,6 +62,15 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def still_running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs: not gone, and not a zombie left for its parent to reap. A
+    process that ends between the two looks counts as gone (psutil raises then)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @contextmanager
 def pg_databases(*names: str) -> Iterator[dict[str, str]]:
     """Fresh PostgreSQL databases on the local server, dropped afterwards; name -> URL."""

@@ -29,6 +29,7 @@ import pytest
 
 from harness.governance import LoopThread, close_hub_http_client
 from harness.hub import FakeHub
+from harness.platform import still_running
 from hubforge.hub.mlflow.internals import SCORING_APP, SCORING_MODEL_ENV
 from hubforge.hub.serving.app import make_app, make_hub_auth
 from hubforge.hub.serving.digest import tree_digest
@@ -306,20 +307,13 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
-def _runs(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_restart_restores_routes_and_refuses_a_changed_copy(service: Service) -> None:
     assert service.router is not None
     members = [psutil.Process(proc.pid) for proc in service.router.pool.processes.values() if proc.pid]
     members += [child for top in members for child in top.children(recursive=True)]
     staging = service.router.endpoint("churn", "staging").production
     service.stop()
-    assert not any(_runs(member) for member in members)
+    assert not any(still_running(member) for member in members)
     # someone with access to the service's copy of v2 changes it while the router is down
     (Path(staging.path) / "MLmodel").write_text("flavors: {}\n")
     service.start()

@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from harness.platform import PROBE, free_port, wait_for
+from harness.platform import PROBE, free_port, still_running, wait_for
 from hubforge.hub.supervised import stop_leftovers
 
 INSTANCE = f"supervised-test-{os.getpid()}"
@@ -56,13 +56,6 @@ def listeners(port: int) -> list[psutil.Process]:
         for c in psutil.net_connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
     ]
-
-
-def running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def family(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
@@ -135,11 +128,11 @@ def test_a_killed_supervisor_leaves_nothing_the_next_start_cannot_clear(tmp_path
     # MLflow's own process dies with its supervisor; what MLflow started (its uvicorn worker,
     # its job runners) lives on, the worker holding the port.
     time.sleep(2)
-    orphans = [p for p in processes if running(p)]
+    orphans = [p for p in processes if still_running(p)]
     assert orphans and {p.pid for p in listeners(port)} <= {p.pid for p in orphans}
     again = supervised_mlflow(tmp_path, port)
     try:
-        wait_for(lambda: not [p for p in orphans if running(p)], 60, "the leftovers to be stopped")
+        wait_for(lambda: not [p for p in orphans if still_running(p)], 60, "the leftovers to be stopped")
         wait_for(lambda: answering(port), 120, "MLflow started again on its port")
         said = (tmp_path / "supervised.log").read_text()
         assert f"leftover process(es) holding port {port}" in said, said

@@ -17,7 +17,7 @@ import httpx
 import psutil
 
 from harness.faults import mlflow_answers, mlflow_supervisor, service_supervisor, supervised_port
-from harness.platform import PROBE, wait_for
+from harness.platform import PROBE, still_running, wait_for
 
 
 def _marked(port: int) -> list[psutil.Process]:
@@ -33,7 +33,7 @@ def _marked(port: int) -> list[psutil.Process]:
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in procs if still_running(p)]
 
 
 def _comes_back(platform: Any, before: psutil.Process, earlier: list[psutil.Process]) -> psutil.Process:
